@@ -1,0 +1,995 @@
+#!/usr/bin/env python3
+"""WebSocket fan-out load generator for the hubbub benchmarks.
+
+The load generator measures how fast a server fans messages out to many
+WebSocket subscribers.  It is deliberately independent of any WebSocket
+library on its hot path, so that it can outrun the servers it measures:
+
+* Subscribers live in one or more worker processes (``--procs``), separate
+  from the server and from the producer.  Each worker opens its share of the
+  subscriber connections with plain :class:`asyncio.Protocol` objects,
+  performs the opening handshake by hand, optionally sends subscribe messages
+  and waits for a reply (``--sub-send`` / ``--sub-ready``), and then counts
+  incoming messages by parsing frame headers only.  Server frames are
+  unmasked, so counting needs no per-byte work.  Every ``--sample-every``-th
+  delivery is decoded to check the payload marker and to compute the
+  publish-to-receive latency.  WebSocket pings (opcode 0x9) are answered
+  with masked pongs; application-level pings (Centrifugo's ``{}``) are
+  ignored, which is fine for a run of a few seconds.
+
+* The producer runs in the coordinating (main) process.  It connects once,
+  then publishes ``--messages`` payloads of ``--size`` bytes, either as fast
+  as it can or at ``--rate`` messages per second.  Each payload embeds a
+  sequence number and a wall-clock timestamp (:func:`time.time_ns`, because
+  the receiving processes are different processes)::
+
+      HB|<seq: 10 digits>|<time_ns: 19 digits>|xxxxxxxx...   (size bytes)
+
+Producer modes:
+
+``raw``
+    The payload is sent as a text message.  For the baseline broadcast
+    server and for hubbub's relay endpoint ``/ws/{channel}``, where every
+    message a client sends is delivered to every client on that path.
+
+``centrifugo``
+    Centrifugo's JSON protocol: the producer sends ``{"id":1,"connect":{}}``
+    and then ``{"id":N,"publish":{"channel":...,"data":{"p":"<payload>"}}}``
+    with at most ``--window`` publications awaiting a reply.  Subscribers
+    default to sending connect + subscribe and wait for the reply to id 2.
+    As Centrifugo may batch several pushes into one frame (newline
+    separated), deliveries are counted by payload marker in this mode.
+
+Result: deliveries/s is the number of payload deliveries received by all
+subscribers divided by the time from the first publication to the last
+delivery received.  When not everything arrives before ``--timeout`` the
+run is reported as incomplete, with what was received.
+
+Example::
+
+    python bench/loadgen.py --port 8000 --path /ws/bench --subscribers 1000 \\
+        --messages 500 --size 100
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import collections
+import hashlib
+import json
+import math
+import multiprocessing
+import os
+import resource
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+
+WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+OP_CONTINUATION = 0x0
+OP_TEXT = 0x1
+OP_BINARY = 0x2
+OP_CLOSE = 0x8
+OP_PING = 0x9
+OP_PONG = 0xA
+
+#: Payload layout: MARKER, sequence number, "|", timestamp in ns, "|", padding.
+MARKER = b"HB|"
+SEQ_DIGITS = 10
+TS_DIGITS = 19
+SEQ_OFFSET = len(MARKER)
+TS_OFFSET = SEQ_OFFSET + SEQ_DIGITS + 1
+PAYLOAD_HEADER_LEN = TS_OFFSET + TS_DIGITS + 1  # 34 bytes
+
+MAX_HANDSHAKE_RESPONSE = 16 * 1024
+
+
+# ---------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------
+
+
+def raise_nofile_limit() -> None:
+    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):  # e.g. hard == RLIM_INFINITY
+            pass
+
+
+def log(message: str) -> None:
+    """Progress messages go to stderr so stdout can carry the result."""
+    print(f"[loadgen] {message}", file=sys.stderr, flush=True)
+
+
+def make_payload(seq: int, size: int) -> bytes:
+    """Build a payload of ``size`` bytes carrying ``seq`` and the current time."""
+    head = b"%s%0*d|%0*d|" % (MARKER, SEQ_DIGITS, seq, TS_DIGITS, time.time_ns())
+    return head + b"x" * (size - len(head))
+
+
+def parse_payload(data: bytes, start: int, end: int) -> tuple[int, int] | None:
+    """Find the first payload in ``data[start:end]``; return ``(seq, time_ns)``.
+
+    Returns None when no well-formed payload header is found.
+    """
+    i = data.find(MARKER, start, end)
+    if i < 0 or end - i < PAYLOAD_HEADER_LEN:
+        return None
+    if data[i + TS_OFFSET - 1] != 0x7C or data[i + PAYLOAD_HEADER_LEN - 1] != 0x7C:
+        return None  # the "|" separators are missing
+    try:
+        seq = int(data[i + SEQ_OFFSET : i + SEQ_OFFSET + SEQ_DIGITS])
+        ts = int(data[i + TS_OFFSET : i + TS_OFFSET + TS_DIGITS])
+    except ValueError:
+        return None
+    return seq, ts
+
+
+def mask(payload: bytes, key: bytes) -> bytes:
+    """XOR ``payload`` with the 4-byte masking ``key`` (RFC 6455, 5.3)."""
+    n = len(payload)
+    if n == 0:
+        return b""
+    repeated = (key * (n // 4 + 1))[:n]
+    return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
+
+
+def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
+    """Encode a single, final, masked client-to-server frame."""
+    n = len(payload)
+    b0 = 0x80 | opcode
+    if n < 126:
+        header = bytes((b0, 0x80 | n))
+    elif n < 1 << 16:
+        header = struct.pack("!BBH", b0, 0x80 | 126, n)
+    else:
+        header = struct.pack("!BBQ", b0, 0x80 | 127, n)
+    key = os.urandom(4)
+    return header + key + mask(payload, key)
+
+
+def percentile(sorted_values: list[int], pct: float) -> int | None:
+    """Nearest-rank percentile of an already sorted list (None if empty)."""
+    if not sorted_values:
+        return None
+    rank = max(1, math.ceil(pct / 100.0 * len(sorted_values)))
+    return sorted_values[min(rank, len(sorted_values)) - 1]
+
+
+class HandshakeError(Exception):
+    """The server did not accept the WebSocket connection or subscription."""
+
+
+# ---------------------------------------------------------------------------
+# Configuration
+# ---------------------------------------------------------------------------
+
+
+@dataclass
+class Config:
+    """Everything a run needs; picklable so it can be sent to workers."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    path: str = "/"
+    mode: str = "raw"  # "raw" or "centrifugo"
+    subscribers: int = 1000
+    procs: int = 1
+    messages: int = 500
+    size: int = 100
+    rate: float = 0.0  # messages/s; 0 means as fast as possible
+    window: int = 100  # centrifugo: publications awaiting a reply
+    channel: str = "bench"
+    sub_send: list[str] = field(default_factory=list)
+    sub_ready: str | None = None
+    count: str = "frames"  # "frames" or "marker"
+    sample_every: int = 100
+    timeout: float = 30.0
+    connect_timeout: float = 60.0
+    connect_concurrency: int = 100
+    settle: float = 0.5
+
+
+# ---------------------------------------------------------------------------
+# WebSocket client plumbing shared by subscribers and the producer
+# ---------------------------------------------------------------------------
+
+
+class WSClient(asyncio.Protocol):
+    """Minimal WebSocket client: handshake, control frames, flow control.
+
+    Subclasses implement :meth:`frames_received`, which gets every chunk of
+    bytes received after the opening handshake, and may override
+    :meth:`handshake_done`.  ``self.ready`` resolves when the client is
+    ready for the benchmark (after the handshake by default).
+    """
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = self.loop.create_future()
+        self.lost: asyncio.Future[None] = self.loop.create_future()
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self._close_sent = False
+        self._handshaking = True
+        self._handshake_buf = b""
+        self._accept = b""
+        self._writable: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        key = base64.b64encode(os.urandom(16))
+        self._accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        request = (
+            f"GET {self.cfg.path} HTTP/1.1\r\n"
+            f"Host: {self.cfg.host}:{self.cfg.port}\r\n"
+            "Upgrade: websocket\r\n"
+            "Connection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key.decode()}\r\n"
+            "Sec-WebSocket-Version: 13\r\n"
+            "\r\n"
+        )
+        transport.write(request.encode())  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        if self._handshaking:
+            data = self._handshake_received(data)
+            if not data:
+                return
+        self.frames_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.lost.set_result(None)
+        if not self.ready.done():
+            self.ready.set_exception(HandshakeError(f"connection lost: {exc!r}"))
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    def pause_writing(self) -> None:
+        if self._writable is None or self._writable.done():
+            self._writable = self.loop.create_future()
+
+    def resume_writing(self) -> None:
+        if self._writable is not None and not self._writable.done():
+            self._writable.set_result(None)
+
+    # -- handshake ----------------------------------------------------------
+
+    def _handshake_received(self, data: bytes) -> bytes:
+        """Consume the HTTP response; return the bytes that follow it."""
+        buf = self._handshake_buf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HANDSHAKE_RESPONSE:
+                self.fail("handshake response too large")
+            self._handshake_buf = buf
+            return b""
+        head, rest = buf[:end], buf[end + 4 :]
+        self._handshake_buf = b""
+        self._handshaking = False
+        lines = head.split(b"\r\n")
+        status = lines[0].split(None, 2)
+        if len(status) < 2 or status[1] != b"101":
+            self.fail(f"expected 101, got {lines[0].decode(errors='replace')!r}")
+            return b""
+        headers = {}
+        for line in lines[1:]:
+            name, _, value = line.partition(b":")
+            headers[name.strip().lower()] = value.strip()
+        if headers.get(b"sec-websocket-accept") != self._accept:
+            self.fail("bad Sec-WebSocket-Accept")
+            return b""
+        self.handshake_done()
+        return rest
+
+    def handshake_done(self) -> None:
+        """Called after a successful handshake; default: ready at once."""
+        self.set_ready()
+
+    def set_ready(self) -> None:
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def fail(self, reason: str) -> None:
+        """Abort the connection; makes ``ready`` fail if still pending."""
+        if not self.ready.done():
+            self.ready.set_exception(HandshakeError(reason))
+        if self.transport is not None:
+            self.transport.abort()
+
+    # -- sending ------------------------------------------------------------
+
+    def send(self, payload: bytes, opcode: int = OP_TEXT) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(client_frame(payload, opcode))
+
+    async def drain(self) -> None:
+        """Wait while the transport's write buffer is above its high mark."""
+        if self._writable is not None and not self._writable.done():
+            await self._writable
+
+    def send_close(self, code: int = 1000) -> None:
+        """Start (or answer) the closing handshake."""
+        if not self._close_sent:
+            self._close_sent = True
+            self.send(struct.pack("!H", code), OP_CLOSE)
+
+    def control_frame(self, opcode: int, payload: bytes) -> None:
+        """Handle a control frame: answer pings, echo close then disconnect."""
+        if opcode == OP_PING:
+            self.send(payload, OP_PONG)
+        elif opcode == OP_CLOSE:
+            self.send_close(int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000)
+            if self.transport is not None:
+                self.transport.close()
+
+    def frames_received(self, data: bytes) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+
+async def close_all(clients: list[WSClient], grace: float) -> None:
+    """Close connections cleanly: send a close frame, let the server close
+    the TCP connection (so that TIME_WAIT stays on the server side), and
+    abort whatever is still open after ``grace`` seconds."""
+    for client in clients:
+        client.send_close()
+    pending = [client.lost for client in clients if not client.lost.done()]
+    if pending:
+        await asyncio.wait(pending, timeout=grace)
+    for client in clients:
+        if not client.lost.done() and client.transport is not None:
+            client.transport.abort()
+
+
+def split_frames(data: bytes) -> tuple[list[tuple[int, int, bytes, int]], bytes]:
+    """Split server frames: returns ``[(fin, opcode, payload, end)], leftover``.
+
+    ``end`` is the offset in ``data`` just after the frame.
+    The general-purpose (slower) parser, used by the producer and by
+    subscribers before they are ready.
+    """
+    frames = []
+    pos, n = 0, len(data)
+    while n - pos >= 2:
+        b0, length = data[pos], data[pos + 1] & 0x7F
+        start = pos + 2
+        if length == 126:
+            if n - pos < 4:
+                break
+            length = int.from_bytes(data[pos + 2 : pos + 4], "big")
+            start = pos + 4
+        elif length == 127:
+            if n - pos < 10:
+                break
+            length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+            start = pos + 10
+        end = start + length
+        if end > n:
+            break
+        frames.append((b0 >> 7, b0 & 0x0F, data[start:end], end))
+        pos = end
+    return frames, data[pos:]
+
+
+# ---------------------------------------------------------------------------
+# Subscribers (worker processes)
+# ---------------------------------------------------------------------------
+
+
+class SubscriberStats:
+    """Counters shared by all subscribers of one worker process."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.sample_every = cfg.sample_every
+        self.countdown = cfg.sample_every
+        self.delivered = 0
+        self.first_ns = 0
+        self.last_ns = 0
+        self.latencies_ns: list[int] = []
+        self.bad_samples = 0
+        self.complete = 0  # subscribers that received everything expected
+        self.lost = 0  # subscribers disconnected before that
+        self.active: int | None = None  # set once all connections are open
+        self.done = asyncio.Event()
+
+    def check_done(self) -> None:
+        if self.active is not None and self.complete + self.lost >= self.active:
+            self.done.set()
+
+
+class Subscriber(WSClient):
+    """A subscriber that counts deliveries from frame headers only."""
+
+    def __init__(self, cfg: Config, stats: SubscriberStats) -> None:
+        super().__init__(cfg)
+        self.stats = stats
+        self.expected = cfg.messages
+        self.count_marker = cfg.count == "marker"
+        self.received = 0
+        self.is_complete = False
+        self.benchmarking = False  # counting starts once ready
+        self._ready_marker = cfg.sub_ready.encode() if cfg.sub_ready else None
+        self._rest = b""
+
+    def handshake_done(self) -> None:
+        for text in self.cfg.sub_send:
+            self.send(text.encode())
+        if self._ready_marker is None:
+            self.benchmarking = True
+            self.set_ready()
+
+    def _pre_ready(self, data: bytes) -> bytes:
+        """Look for the ready reply; return unparsed bytes after it."""
+        frames, rest = split_frames(data)
+        for _fin, opcode, payload, end in frames:
+            if opcode >= 0x8:
+                self.control_frame(opcode, payload)
+            elif self._ready_marker in payload:  # type: ignore[operator]
+                if b'"error"' in payload:
+                    self.fail(f"subscription refused: {payload[:200]!r}")
+                    return b""
+                self.benchmarking = True
+                self.set_ready()
+                return data[end:]  # deliveries may follow in the same chunk
+        self._rest = rest
+        return b""
+
+    def frames_received(self, data: bytes) -> None:
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        if not self.benchmarking:
+            data = self._pre_ready(data)
+            if not data:
+                return
+        # Hot path: walk frame headers, count deliveries, sample a few.
+        stats = self.stats
+        countdown = stats.countdown
+        count_marker = self.count_marker
+        got = 0
+        pos, n = 0, len(data)
+        while n - pos >= 2:
+            b0 = data[pos]
+            length = data[pos + 1] & 0x7F
+            if length < 126:
+                start = pos + 2
+            elif length == 126:
+                if n - pos < 4:
+                    break
+                length = (data[pos + 2] << 8) | data[pos + 3]
+                start = pos + 4
+            else:
+                if n - pos < 10:
+                    break
+                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
+                start = pos + 10
+            end = start + length
+            if end > n:
+                break
+            pos = end
+            if b0 & 0x0F <= OP_BINARY:  # data frame
+                k = data.count(MARKER, start, end) if count_marker else b0 >> 7
+                if k:
+                    got += k
+                    countdown -= k
+                    if countdown <= 0:
+                        countdown = stats.sample_every
+                        self._sample(data, start, end)
+            else:
+                self.control_frame(b0 & 0x0F, data[start:end])
+        if pos < n:
+            self._rest = data[pos:]
+        stats.countdown = countdown
+        if got:
+            now = time.time_ns()
+            if not stats.first_ns:
+                stats.first_ns = now
+            stats.last_ns = now
+            stats.delivered += got
+            self.received += got
+            if not self.is_complete and self.received >= self.expected:
+                self.is_complete = True
+                stats.complete += 1
+                stats.check_done()
+
+    def _sample(self, data: bytes, start: int, end: int) -> None:
+        now = time.time_ns()
+        parsed = parse_payload(data, start, end)
+        if parsed is None:
+            self.stats.bad_samples += 1
+        else:
+            self.stats.latencies_ns.append(now - parsed[1])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if self.benchmarking and not self.is_complete:
+            self.stats.lost += 1
+            self.stats.check_done()
+
+
+async def _open_subscribers(
+    cfg: Config, count: int, stats: SubscriberStats
+) -> tuple[list[Subscriber], collections.Counter[str]]:
+    """Open ``count`` subscribers, a bounded number at a time, with retries."""
+    loop = asyncio.get_running_loop()
+    gate = asyncio.Semaphore(cfg.connect_concurrency)
+    opened: list[Subscriber] = []
+    errors: collections.Counter[str] = collections.Counter()
+    per_attempt = min(10.0, cfg.connect_timeout)
+
+    async def open_one() -> None:
+        for attempt in range(3):
+            proto: Subscriber | None = None
+            async with gate:
+                try:
+                    _, proto = await asyncio.wait_for(
+                        loop.create_connection(lambda: Subscriber(cfg, stats), cfg.host, cfg.port),
+                        per_attempt,
+                    )
+                    await asyncio.wait_for(proto.ready, per_attempt)
+                    opened.append(proto)
+                    return
+                except (OSError, asyncio.TimeoutError, HandshakeError) as exc:
+                    errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
+                    if proto is not None and proto.transport is not None:
+                        proto.transport.abort()
+            await asyncio.sleep(0.2 * (attempt + 1))
+
+    tasks = [asyncio.ensure_future(open_one()) for _ in range(count)]
+    _, pending = await asyncio.wait(tasks, timeout=cfg.connect_timeout)
+    for task in pending:
+        task.cancel()
+    if pending:
+        errors["connect phase timed out"] += len(pending)
+        await asyncio.gather(*pending, return_exceptions=True)
+    return opened, errors
+
+
+async def _subscriber_worker(cfg: Config, count: int, pipe: Connection) -> None:
+    loop = asyncio.get_running_loop()
+    stats = SubscriberStats(cfg)
+    started = time.perf_counter()
+    subscribers, errors = await _open_subscribers(cfg, count, stats)
+    pipe.send(("ready", len(subscribers), dict(errors), time.perf_counter() - started))
+
+    message = await loop.run_in_executor(None, pipe.recv)
+    if message[0] == "go":
+        deadline_ns = message[1]
+        stats.active = len(subscribers)
+        stats.check_done()
+        remaining = max(0.0, (deadline_ns - time.time_ns()) / 1e9)
+        try:
+            await asyncio.wait_for(stats.done.wait(), remaining)
+        except asyncio.TimeoutError:
+            pass
+    result = {
+        "subscribers": len(subscribers),
+        "delivered": stats.delivered,
+        "complete": stats.complete,
+        "lost": stats.lost,
+        "first_ns": stats.first_ns,
+        "last_ns": stats.last_ns,
+        "latencies_ns": stats.latencies_ns,
+        "bad_samples": stats.bad_samples,
+    }
+    pipe.send(("result", result))
+    await close_all(subscribers, grace=3.0)
+
+
+def subscriber_worker(cfg: Config, count: int, pipe: Connection) -> None:
+    """Entry point of a subscriber worker process.
+
+    Protocol with the coordinator over ``pipe``: send ``("ready", opened,
+    errors, seconds)``; receive ``("go", deadline_ns)`` or ``("stop",)``;
+    send ``("result", dict)``.  Any failure is sent as ``("error", text)``.
+    """
+    raise_nofile_limit()
+    try:
+        asyncio.run(_subscriber_worker(cfg, count, pipe))
+    except BaseException as exc:  # report, never hang the coordinator
+        try:
+            pipe.send(("error", f"{type(exc).__name__}: {exc}"))
+        except OSError:
+            pass
+        raise
+
+
+# ---------------------------------------------------------------------------
+# Producer (coordinator process)
+# ---------------------------------------------------------------------------
+
+
+class Producer(WSClient):
+    """Publishes the benchmark messages over a single connection."""
+
+    def __init__(self, cfg: Config) -> None:
+        super().__init__(cfg)
+        self.centrifugo = cfg.mode == "centrifugo"
+        self._rest = b""
+        self._window = asyncio.Semaphore(cfg.window)
+        self.replies = 0
+        self.reply_errors = 0
+        self.all_replied = asyncio.Event()
+        self.last_reply_ns = 0
+
+    def handshake_done(self) -> None:
+        if self.centrifugo:
+            self.send(b'{"id":1,"connect":{}}')  # ready on the reply
+        else:
+            self.set_ready()
+
+    def frames_received(self, data: bytes) -> None:
+        frames, self._rest = split_frames(self._rest + data)
+        for _fin, opcode, payload, _end in frames:
+            if opcode >= 0x8:
+                self.control_frame(opcode, payload)
+            elif self.centrifugo:
+                for line in payload.split(b"\n"):
+                    if line.strip():
+                        self._centrifugo_reply(line)
+            # raw mode: the relay echoes our own messages back; drop them.
+
+    def _centrifugo_reply(self, line: bytes) -> None:
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            return
+        if not isinstance(reply, dict):
+            return
+        reply_id = reply.get("id")
+        if reply_id == 1:
+            if "error" in reply:
+                self.fail(f"connect refused: {line[:200]!r}")
+            else:
+                self.set_ready()
+        elif isinstance(reply_id, int) and reply_id > 1:
+            self.replies += 1
+            self.last_reply_ns = time.time_ns()
+            if "error" in reply:
+                self.reply_errors += 1
+            self._window.release()
+            if self.replies >= self.cfg.messages:
+                self.all_replied.set()
+
+    async def publish_all(self) -> tuple[int, int]:
+        """Publish every message; return (first, last) publish time in ns."""
+        cfg = self.cfg
+        channel = json.dumps(cfg.channel).encode()
+        interval = 1.0 / cfg.rate if cfg.rate > 0 else 0.0
+        start = self.loop.time()
+        first_ns = 0
+        for seq in range(cfg.messages):
+            if interval:
+                delay = start + seq * interval - self.loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            if self.centrifugo:
+                await self._window.acquire()
+                payload = make_payload(seq, cfg.size)
+                message = b'{"id":%d,"publish":{"channel":%s,"data":{"p":"%s"}}}' % (
+                    seq + 2,
+                    channel,
+                    payload,
+                )
+            else:
+                message = make_payload(seq, cfg.size)
+            if not first_ns:
+                first_ns = time.time_ns()
+            self.send(message)
+            await self.drain()
+            if self.closed:
+                raise HandshakeError("producer connection lost while publishing")
+        return first_ns, time.time_ns()
+
+
+# ---------------------------------------------------------------------------
+# Coordinator
+# ---------------------------------------------------------------------------
+
+
+def _recv(pipe: Connection, timeout: float) -> tuple:
+    """Receive one message from a worker, or ("error", ...) on timeout/EOF."""
+    try:
+        if pipe.poll(timeout):
+            return pipe.recv()
+        return ("error", f"no answer within {timeout:.0f}s")
+    except (EOFError, OSError) as exc:
+        return ("error", f"worker died: {exc!r}")
+
+
+async def _produce(cfg: Config, pipes: list[Connection]) -> dict:
+    """Connect the producer, start the workers' clocks, publish, collect."""
+    loop = asyncio.get_running_loop()
+    _, producer = await asyncio.wait_for(
+        loop.create_connection(lambda: Producer(cfg), cfg.host, cfg.port), 10
+    )
+    await asyncio.wait_for(producer.ready, 10)
+    await asyncio.sleep(cfg.settle)
+
+    deadline_ns = time.time_ns() + int(cfg.timeout * 1e9)
+    for pipe in pipes:
+        pipe.send(("go", deadline_ns))
+    publish_error = None
+    first_ns = last_ns = 0
+    try:
+        first_ns, last_ns = await asyncio.wait_for(producer.publish_all(), cfg.timeout)
+        if producer.centrifugo:
+            remaining = max(0.0, (deadline_ns - time.time_ns()) / 1e9)
+            await asyncio.wait_for(producer.all_replied.wait(), remaining)
+    except (asyncio.TimeoutError, HandshakeError) as exc:
+        publish_error = f"{type(exc).__name__}: {exc}"
+
+    wait = cfg.timeout + 30
+    replies = await asyncio.gather(*(loop.run_in_executor(None, _recv, p, wait) for p in pipes))
+    await close_all([producer], grace=1.0)
+    return {
+        "first_publish_ns": first_ns,
+        "last_publish_ns": last_ns,
+        "publish_error": publish_error,
+        "publish_replies": producer.replies if producer.centrifugo else None,
+        "publish_reply_errors": producer.reply_errors if producer.centrifugo else None,
+        "last_reply_ns": producer.last_reply_ns,
+        "worker_replies": replies,
+    }
+
+
+def run(cfg: Config) -> dict:
+    """Run one benchmark and return the result as a JSON-friendly dict."""
+    raise_nofile_limit()
+    ctx = multiprocessing.get_context("spawn")
+    shares = [cfg.subscribers // cfg.procs + (i < cfg.subscribers % cfg.procs) for i in range(cfg.procs)]
+    workers = []
+    for share in shares:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=subscriber_worker, args=(cfg, share, child), daemon=True)
+        proc.start()
+        child.close()
+        workers.append((proc, parent))
+    pipes = [pipe for _, pipe in workers]
+    errors: list[str] = []
+    try:
+        # 1. Subscribers connect (and subscribe).
+        ready = [_recv(pipe, cfg.connect_timeout + 30) for pipe in pipes]
+        opened = 0
+        connect_errors: collections.Counter[str] = collections.Counter()
+        connect_s = 0.0
+        for reply in ready:
+            if reply[0] == "ready":
+                opened += reply[1]
+                connect_errors.update(reply[2])
+                connect_s = max(connect_s, reply[3])
+            else:
+                errors.append(str(reply[1]))
+        log(f"{opened}/{cfg.subscribers} subscribers ready in {connect_s:.2f}s")
+        if opened == 0 or errors:
+            for pipe in pipes:
+                try:
+                    pipe.send(("stop",))
+                except OSError:
+                    pass
+            return _report(cfg, opened, connect_s, connect_errors, errors, None)
+        # 2. Publish, then 3. collect the workers' results.
+        produced = asyncio.run(_produce(cfg, pipes))
+        return _report(cfg, opened, connect_s, connect_errors, errors, produced)
+    finally:
+        for proc, pipe in workers:
+            proc.join(5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+            pipe.close()
+
+
+def _report(
+    cfg: Config,
+    opened: int,
+    connect_s: float,
+    connect_errors: collections.Counter[str],
+    errors: list[str],
+    produced: dict | None,
+) -> dict:
+    """Aggregate worker results into the final report."""
+    expected = opened * cfg.messages
+    report: dict = {
+        "host": cfg.host,
+        "port": cfg.port,
+        "path": cfg.path,
+        "mode": cfg.mode,
+        "count": cfg.count,
+        "subscribers_requested": cfg.subscribers,
+        "subscribers": opened,
+        "procs": cfg.procs,
+        "messages": cfg.messages,
+        "size": cfg.size,
+        "rate": cfg.rate,
+        "connect_s": round(connect_s, 3),
+        "connect_errors": dict(connect_errors),
+        "expected": expected,
+        "delivered": 0,
+        "complete": False,
+        "deliveries_per_s": 0.0,
+        "duration_s": None,
+        "publish_s": None,
+        "lost_connections": 0,
+        "bad_samples": 0,
+        "latency_ms": {},
+        "errors": errors,
+    }
+    if produced is None:
+        return report
+    if produced["publish_error"]:
+        errors.append(produced["publish_error"])
+    if produced["publish_replies"] is not None:
+        report["publish_replies"] = produced["publish_replies"]
+        report["publish_reply_errors"] = produced["publish_reply_errors"]
+    latencies: list[int] = []
+    last_ns = 0
+    for reply in produced["worker_replies"]:
+        if reply[0] != "result":
+            errors.append(str(reply[1]))
+            continue
+        result = reply[1]
+        report["delivered"] += result["delivered"]
+        report["lost_connections"] += result["lost"]
+        report["bad_samples"] += result["bad_samples"]
+        latencies.extend(result["latencies_ns"])
+        last_ns = max(last_ns, result["last_ns"])
+    first_ns = produced["first_publish_ns"]
+    if first_ns and produced["last_publish_ns"]:
+        report["publish_s"] = round((produced["last_publish_ns"] - first_ns) / 1e9, 4)
+    if first_ns and last_ns > first_ns:
+        duration = (last_ns - first_ns) / 1e9
+        report["duration_s"] = round(duration, 4)
+        report["deliveries_per_s"] = round(report["delivered"] / duration, 1)
+    report["complete"] = report["delivered"] >= expected and not errors
+    latencies.sort()
+    if latencies:
+        report["latency_ms"] = {
+            "samples": len(latencies),
+            "p50": percentile(latencies, 50) / 1e6,
+            "p99": percentile(latencies, 99) / 1e6,
+            "p99.9": percentile(latencies, 99.9) / 1e6,
+            "max": latencies[-1] / 1e6,
+        }
+    return report
+
+
+def format_report(report: dict) -> str:
+    """Human-readable summary of a report."""
+    lat = report["latency_ms"]
+    lines = [
+        f"target          {report['host']}:{report['port']}{report['path']} ({report['mode']})",
+        f"subscribers     {report['subscribers']}/{report['subscribers_requested']} "
+        f"in {report['procs']} process(es), connected in {report['connect_s']}s",
+        f"published       {report['messages']} x {report['size']} B"
+        + (f" in {report['publish_s']}s" if report["publish_s"] is not None else ""),
+        f"delivered       {report['delivered']}/{report['expected']}"
+        + ("" if report["complete"] else "  ** INCOMPLETE **"),
+        f"duration        {report['duration_s']} s (first publish -> last delivery)",
+        f"deliveries/s    {report['deliveries_per_s']:,.0f}",
+    ]
+    if lat:
+        lines.append(
+            f"latency ms      p50 {lat['p50']:.2f}  p99 {lat['p99']:.2f}  "
+            f"p99.9 {lat['p99.9']:.2f}  max {lat['max']:.2f}  ({lat['samples']} samples)"
+        )
+    for key in ("lost_connections", "bad_samples"):
+        if report[key]:
+            lines.append(f"{key:<16}{report[key]}")
+    if report["connect_errors"]:
+        lines.append(f"connect errors  {report['connect_errors']}")
+    for error in report["errors"]:
+        lines.append(f"error           {error}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
+    parser = argparse.ArgumentParser(
+        description="WebSocket fan-out load generator (subscribers in separate processes).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--path", default="/", help="WebSocket request path")
+    parser.add_argument("--mode", choices=["raw", "centrifugo"], default="raw")
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--procs", type=int, default=1, help="subscriber processes")
+    parser.add_argument("--messages", type=int, default=500, help="publications")
+    parser.add_argument("--size", type=int, default=100, help=f"payload bytes (>= {PAYLOAD_HEADER_LEN})")
+    parser.add_argument("--rate", type=float, default=0.0, help="publications/s (0: as fast as possible)")
+    parser.add_argument("--window", type=int, default=100, help="centrifugo: publications in flight")
+    parser.add_argument("--channel", default="bench", help="centrifugo channel")
+    parser.add_argument(
+        "--sub-send",
+        action="append",
+        default=None,
+        help="text message a subscriber sends after connecting (repeatable); "
+        "centrifugo default: connect then subscribe",
+    )
+    parser.add_argument(
+        "--sub-ready",
+        default=None,
+        help='substring of the reply that makes a subscriber ready (centrifugo default: \'"id":2\')',
+    )
+    parser.add_argument(
+        "--count",
+        choices=["frames", "marker"],
+        default=None,
+        help="count data messages, or payload markers (handles batched frames); "
+        "default: frames for raw, marker for centrifugo",
+    )
+    parser.add_argument("--sample-every", type=int, default=100, help="decode every Nth delivery")
+    parser.add_argument("--timeout", type=float, default=30.0, help="delivery phase limit, s")
+    parser.add_argument("--connect-timeout", type=float, default=60.0, help="connect phase limit, s")
+    parser.add_argument("--connect-concurrency", type=int, default=100)
+    parser.add_argument("--settle", type=float, default=0.5, help="pause between ready and publishing, s")
+    parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
+    args = parser.parse_args(argv)
+
+    if args.size < PAYLOAD_HEADER_LEN:
+        parser.error(f"--size must be at least {PAYLOAD_HEADER_LEN}")
+    if args.subscribers < 1 or args.procs < 1 or args.messages < 1:
+        parser.error("--subscribers, --procs and --messages must be positive")
+    if args.procs > args.subscribers:
+        parser.error("--procs cannot exceed --subscribers")
+    if args.sample_every < 1 or args.window < 1:
+        parser.error("--sample-every and --window must be positive")
+    sub_send = args.sub_send
+    sub_ready = args.sub_ready
+    if args.mode == "centrifugo":
+        if sub_send is None:
+            sub_send = [
+                '{"id":1,"connect":{}}',
+                json.dumps({"id": 2, "subscribe": {"channel": args.channel}}, separators=(",", ":")),
+            ]
+        if sub_ready is None:
+            sub_ready = '"id":2'
+    count = args.count or ("marker" if args.mode == "centrifugo" else "frames")
+    cfg = Config(
+        host=args.host,
+        port=args.port,
+        path=args.path,
+        mode=args.mode,
+        subscribers=args.subscribers,
+        procs=args.procs,
+        messages=args.messages,
+        size=args.size,
+        rate=args.rate,
+        window=args.window,
+        channel=args.channel,
+        sub_send=sub_send or [],
+        sub_ready=sub_ready,
+        count=count,
+        sample_every=args.sample_every,
+        timeout=args.timeout,
+        connect_timeout=args.connect_timeout,
+        connect_concurrency=args.connect_concurrency,
+        settle=args.settle,
+    )
+    return cfg, args.json
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg, as_json = parse_args(argv)
+    report = run(cfg)
+    if as_json:
+        print(json.dumps(report))
+    else:
+        print(format_report(report))
+    return 0 if report["complete"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

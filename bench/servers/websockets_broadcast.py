@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""Baseline broadcast server: the "seed design" built on ``websockets``.
+
+Every client is registered in a set; each message received from any client
+is sent to every registered client (including the sender) with
+:func:`websockets.asyncio.server.broadcast`.  The request path is ignored.
+Library defaults are kept (compression is only negotiated if the client
+offers it, which the load generator does not).
+
+Usage::
+
+    python bench/servers/websockets_broadcast.py --host 127.0.0.1 --port 8000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import resource
+
+from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+CLIENTS: set[ServerConnection] = set()
+
+
+async def handler(websocket: ServerConnection) -> None:
+    """Register the client and relay each of its messages to everyone."""
+    CLIENTS.add(websocket)
+    try:
+        async for message in websocket:
+            broadcast(CLIENTS, message)
+    finally:
+        CLIENTS.discard(websocket)
+
+
+async def main(host: str, port: int) -> None:
+    async with serve(handler, host, port) as server:
+        await server.serve_forever()
+
+
+def raise_nofile_limit() -> None:
+    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError):
+            pass
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    args = parser.parse_args()
+    raise_nofile_limit()
+    try:
+        asyncio.run(main(args.host, args.port))
+    except KeyboardInterrupt:
+        pass

@@ -1,0 +1,237 @@
+"""The broker contract, and the values that cross it.
+
+A broker moves publications between the nodes (processes) that serve a
+channel, keeps each channel's stream (history, offset, epoch) and its
+presence. A node uses exactly one broker; the hub is its only caller.
+
+Contract (every broker passes ``tests/test_broker_contract.py``):
+
+* **Delivery.** After ``await subscribe(channel)`` returns, every publication
+  that a later ``publish(channel, ...)`` accepts, on any node, is handed to
+  ``handler.on_publication(channel, pub)`` of this node exactly once, unless
+  the backend loses it in transit (Redis pub/sub delivers at most once): such
+  a loss is visible as a gap in ``pub.offset`` for channels with history, and
+  the broker then calls ``handler.on_stream_gap(channel)``.
+* **Ordering.** Publications of one channel reach every node in the order in
+  which their ``publish`` calls were accepted (their offsets increase by one).
+  Nothing is promised across channels.
+* **What publish returns.** ``publish`` returns only after the publication is
+  durable in the channel's stream (when the channel keeps history) and handed
+  to the backend for delivery. Its :class:`StreamPosition` carries the
+  publication's offset and the stream's epoch (``0``/``""`` without history).
+  If it raises, the publication was not accepted: nothing was stored, and the
+  caller must not acknowledge it.
+* **Streams.** A channel with ``history_size > 0`` and ``history_ttl > 0``
+  keeps its last ``history_size`` publications for ``history_ttl`` seconds
+  after the last publication. Its ``epoch`` changes whenever the stream is
+  lost or starts afresh, so a position from an old epoch is never taken as
+  current.
+* **Presence.** ``add_presence`` entries expire after ``presence_ttl``
+  seconds unless refreshed, so a node that dies leaves no ghosts past that.
+* **Failure.** When the backend is unreachable every method raises
+  :class:`~hubbub.errors.BrokerUnavailable`; the broker reconnects by itself
+  and then calls ``handler.on_broker_reconnect()`` so the hub can check its
+  subscribers' positions.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class ClientInfo:
+    """Who a connection is: the protocol's ``ClientInfo``.
+
+    Attributes:
+        client: connection id.
+        user: user id (``""`` for anonymous).
+        conn_info: JSON-encoded connection info (``None`` when absent).
+        chan_info: JSON-encoded channel info (``None`` when absent).
+    """
+
+    client: str
+    user: str = ""
+    conn_info: bytes | None = None
+    chan_info: bytes | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"user": self.user, "client": self.client}
+        if self.conn_info is not None:
+            out["conn_info"] = json.loads(self.conn_info)
+        if self.chan_info is not None:
+            out["chan_info"] = json.loads(self.chan_info)
+        return out
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ClientInfo:
+        def enc(v: Any) -> bytes | None:
+            return None if v is None else json.dumps(v, separators=(",", ":")).encode()
+
+        return cls(raw["client"], raw.get("user", ""), enc(raw.get("conn_info")), enc(raw.get("chan_info")))
+
+
+@dataclass(slots=True)
+class Publication:
+    """One message published to a channel.
+
+    Attributes:
+        data: the payload as JSON text (bytes). The protocol embeds it as the
+            ``data`` value (JSON mode has no base64).
+        offset: position in the channel's stream (0 when the channel has no
+            history).
+        info: the publisher, when a client published.
+        raw: the payload as a relay client sent it, when that differs from
+            ``data`` (text that is not JSON, or binary). Relay clients receive
+            ``raw`` when set, else ``data``.
+        binary: ``raw`` came in a binary WebSocket message.
+        exclude_client: id of a connection that must not receive it.
+        tags: string tags, as in the protocol's ``Publication.tags``.
+    """
+
+    data: bytes
+    offset: int = 0
+    info: ClientInfo | None = None
+    raw: bytes | None = None
+    binary: bool = False
+    exclude_client: str | None = None
+    tags: dict[str, str] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The protocol's ``Publication`` object (for replies, not the hot path)."""
+        out: dict[str, Any] = {"data": json.loads(self.data)}
+        if self.offset:
+            out["offset"] = self.offset
+        if self.info is not None:
+            out["info"] = self.info.to_json()
+        if self.tags:
+            out["tags"] = self.tags
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPosition:
+    """A position in a channel's stream: ``offset`` within ``epoch``."""
+
+    offset: int = 0
+    epoch: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryResult:
+    """Publications read from a stream, and the stream's current top."""
+
+    publications: list[Publication]
+    position: StreamPosition
+
+
+class BrokerEventHandler(Protocol):
+    """What a broker calls on its node (the hub implements it)."""
+
+    def on_publication(self, channel: str, pub: Publication) -> None: ...
+
+    def on_join(self, channel: str, info: ClientInfo) -> None: ...
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None: ...
+
+    def on_stream_gap(self, channel: str) -> None: ...
+
+    def on_broker_reconnect(self) -> None: ...
+
+
+class Broker(abc.ABC):
+    """A backend that fans publications out between nodes. See the module docstring."""
+
+    #: Human-readable name for logs and ``/health``.
+    name: str = "broker"
+
+    @abc.abstractmethod
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Connect and start delivering to ``handler``."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Stop delivering and release connections. Idempotent."""
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the backend is reachable now."""
+        return True
+
+    @abc.abstractmethod
+    async def subscribe(self, channel: str) -> None:
+        """Start delivering ``channel``'s publications to this node."""
+
+    @abc.abstractmethod
+    async def unsubscribe(self, channel: str) -> None:
+        """Stop delivering ``channel``'s publications to this node."""
+
+    @abc.abstractmethod
+    async def publish(
+        self,
+        channel: str,
+        pub: Publication,
+        *,
+        history_size: int = 0,
+        history_ttl: float = 0.0,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 300.0,
+    ) -> StreamPosition:
+        """Publish ``pub`` to every node subscribed to ``channel``.
+
+        With ``history_size``/``history_ttl`` the publication is appended to
+        the channel's stream first and gets the next offset (``pub.offset`` is
+        set). With ``idempotency_key``, a second publish with the same key
+        within ``idempotency_ttl`` seconds is not published again and returns
+        the first one's position.
+        """
+
+    @abc.abstractmethod
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        history_ttl: float = 0.0,
+    ) -> HistoryResult:
+        """Read ``channel``'s stream.
+
+        ``since``: only publications after that offset (in order, oldest first,
+        unless ``reverse``). ``limit``: at most that many (``0``: none, only the
+        position; ``None``: all). Without ``since`` and with ``reverse`` the
+        newest come first.
+        """
+
+    @abc.abstractmethod
+    async def remove_history(self, channel: str) -> None:
+        """Drop ``channel``'s publications (the position is kept)."""
+
+    @abc.abstractmethod
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        """Deliver a join event for ``channel`` to every subscribed node."""
+
+    @abc.abstractmethod
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        """Deliver a leave event for ``channel`` to every subscribed node."""
+
+    @abc.abstractmethod
+    async def add_presence(self, channel: str, info: ClientInfo, *, ttl: float) -> None:
+        """Add or refresh ``info`` in ``channel``'s presence, expiring after ``ttl`` s."""
+
+    @abc.abstractmethod
+    async def remove_presence(self, channel: str, client: str) -> None:
+        """Remove connection ``client`` from ``channel``'s presence."""
+
+    @abc.abstractmethod
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """The live presence of ``channel``: connection id → :class:`ClientInfo`."""
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """``(num_clients, num_users)`` of ``channel``'s presence."""
+        entries = await self.presence(channel)
+        return len(entries), len({info.user for info in entries.values()})

@@ -1,0 +1,230 @@
+"""The ``hubbub`` command: ``serve``, ``consume``, ``produce``.
+
+Exit codes: 0 success, 1 runtime error (server refused, connection lost),
+2 usage or configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import sys
+from typing import Any
+
+from . import __version__
+from .client import Client, backoff
+from .config import Config
+from .errors import ClientError, ConfigError, ReplyError
+
+log = logging.getLogger("hubbub")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hubbub",
+        description="hubbub: a real-time messaging hub. Clients connect over WebSocket, subscribe "
+        "to channels and receive what producers publish.",
+    )
+    parser.add_argument("--version", action="version", version=f"hubbub {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    serve = sub.add_parser(
+        "serve",
+        help="run the hub",
+        description="Run the hub on one port: the Centrifugo client protocol at /connection/websocket, "
+        "a plain relay at /ws/{channel}, and GET /health. Stops cleanly on SIGINT/SIGTERM.",
+    )
+    serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, default=None, help="port to bind (default 8000; 0 picks a free one)")
+    serve.add_argument("--config", metavar="FILE", help="TOML settings file (flags override it)")
+    serve.add_argument("--broker", default=None, help="'memory' (default) or redis://HOST:PORT/DB")
+    serve.add_argument("--ping-interval", type=float, default=None, metavar="SECONDS",
+                       help="seconds between server pings (default 25; 0 disables)")
+    serve.add_argument("--max-message-size", type=int, default=None, metavar="BYTES",
+                       help="largest incoming message (default 65536); larger ones close with 1009")
+    serve.add_argument("--max-pending-output", type=int, default=None, metavar="BYTES",
+                       help="output queued per connection before it is closed with 3008 (default 1 MiB)")
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+    consume = sub.add_parser(
+        "consume",
+        help="print every publication of a channel",
+        description="Subscribe to CHANNEL and print each publication's data as one line of compact JSON.",
+    )
+    consume.add_argument("url", metavar="URL", help="ws://host:port (/connection/websocket is added)")
+    consume.add_argument("channel", metavar="CHANNEL")
+    consume.add_argument("--count", type=int, default=None, metavar="N", help="exit 0 after N publications")
+    consume.add_argument("--recover", action="store_true",
+                         help="reconnect on loss (exponential backoff with jitter) and print what was missed")
+    consume.add_argument("--token", default="", help="connection token (JWT)")
+
+    produce = sub.add_parser(
+        "produce",
+        help="publish to a channel",
+        description="Publish each DATA to CHANNEL in order (text that is not JSON is sent as a JSON "
+        "string), or each line of stdin when no DATA is given. Waits for the server's reply to "
+        "every publish; exits non-zero with the server's error otherwise.",
+    )
+    produce.add_argument("url", metavar="URL", help="ws://host:port (/connection/websocket is added)")
+    produce.add_argument("channel", metavar="CHANNEL")
+    produce.add_argument("data", metavar="DATA", nargs="*")
+    produce.add_argument("--token", default="", help="connection token (JWT)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        if args.command == "consume":
+            return asyncio.run(_consume(args))
+        if args.command == "produce":
+            return asyncio.run(_produce(args))
+    except ConfigError as exc:
+        print(f"hubbub: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except ReplyError as exc:
+        print(f"hubbub: {exc}", file=sys.stderr)
+        return 1
+    except ClientError as exc:
+        print(f"hubbub: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 2
+
+
+# -- serve -----------------------------------------------------------------------
+
+
+def _config_from_args(args: argparse.Namespace) -> Config:
+    overrides: dict[str, Any] = {
+        "host": args.host,
+        "port": args.port,
+        "broker": args.broker,
+        "ping_interval": args.ping_interval,
+        "max_message_size": args.max_message_size,
+        "max_pending_output": args.max_pending_output,
+    }
+    if args.config:
+        return Config.from_toml(args.config, **overrides)
+    return Config.from_dict({k: v for k, v in overrides.items() if v is not None}, source="command line")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    config = _config_from_args(args)
+    from .server import Server
+
+    server = Server(config)
+
+    def ready(s: Server) -> None:
+        log.info("hubbub %s listening on %s (broker: %s)", __version__, s.url, s.hub.broker.name)
+        log.info("protocol: ws://%s/connection/websocket  relay: ws://%s/ws/{channel}",
+                 s.url.removeprefix("http://"), s.url.removeprefix("http://"))
+
+    try:
+        asyncio.run(server.serve(ready=ready))
+    except OSError as exc:
+        print(f"hubbub: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+# -- consume / produce ----------------------------------------------------------------
+
+
+def _print(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, separators=(",", ":"), ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+async def _consume(args: argparse.Namespace) -> int:
+    if args.count is not None and args.count < 1:
+        raise ClientError("--count must be at least 1")
+    seen = 0
+    offset, epoch = 0, ""
+    attempt = 0
+    while True:
+        client = Client(args.url, token=args.token)
+        try:
+            await client.connect()
+            params: dict[str, Any] = {}
+            if args.recover:
+                params["recoverable"] = True
+                if epoch:
+                    params.update(recover=True, offset=offset, epoch=epoch)
+            reply = await client.subscribe(args.channel, **params)
+            attempt = 0
+            if epoch and not reply.get("recovered", False):
+                print(f"hubbub: could not recover publications missed since offset {offset}; "
+                      "continuing with new ones", file=sys.stderr)
+            epoch = reply.get("epoch", "")
+            offset = reply.get("offset", 0)
+            for pub in reply.get("publications", []):
+                _print(pub.get("data"))
+                offset = pub.get("offset", offset)
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    return 0
+            async for push in client.publications():
+                if push.channel != args.channel:
+                    continue
+                _print(push.data)
+                if push.offset:
+                    offset = push.offset
+                seen += 1
+                if args.count is not None and seen >= args.count:
+                    return 0
+            message = f"connection closed: {client.close_code} {client.close_reason}".rstrip()
+        except ClientError as exc:
+            message = str(exc)
+            if not args.recover or isinstance(exc, ReplyError):
+                raise
+        finally:
+            await client.close()
+        if not args.recover:
+            raise ClientError(message)
+        delay = backoff(attempt)
+        attempt += 1
+        print(f"hubbub: {message}; reconnecting in {delay:.1f}s", file=sys.stderr)
+        await asyncio.sleep(delay)
+
+
+def _parse_data(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return text
+
+
+#: Publishes in flight at once (the server answers in order).
+PUBLISH_WINDOW = 100
+
+
+async def _produce(args: argparse.Namespace) -> int:
+    async with Client(args.url, token=args.token) as client:
+        pending: list[asyncio.Future[dict[str, Any]]] = []
+
+        async def wait_for(futures: list[asyncio.Future[dict[str, Any]]]) -> None:
+            for fut in futures:
+                await fut
+
+        if args.data:
+            items = iter(args.data)
+        else:
+            items = (line.rstrip("\n") for line in sys.stdin)
+        for item in items:
+            if not args.data and not item.strip():
+                continue
+            pending.append(client.send_command("publish", {"channel": args.channel, "data": _parse_data(item)}))
+            if len(pending) >= PUBLISH_WINDOW:
+                await wait_for(pending)
+                pending = []
+        await wait_for(pending)
+    return 0

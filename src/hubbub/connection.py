@@ -1,0 +1,540 @@
+"""One TCP connection: HTTP (h11) or WebSocket (websockets' sans-I/O core).
+
+The connection is an :class:`asyncio.Protocol`. It reads the first request
+with h11; a WebSocket upgrade is handed to :class:`websockets.server.ServerProtocol`,
+which does the handshake, framing, close handling and size limits. Decoded
+messages go to a session (protocol, relay or framework endpoint) through a
+bounded inbox; output comes back through the :class:`~hubbub.outbox.Outbox`
+methods.
+
+Write path (DESIGN.md):
+
+* ``deliver`` / ``send_text`` only append to a list and mark the connection
+  dirty; the server's :class:`Flusher` writes every dirty connection's list
+  with **one** ``transport.writelines`` call per event-loop iteration.
+* Pending output (this list plus the transport's buffer) is bounded by
+  ``max_pending_output``; past it the queue is dropped and the connection
+  closed with 3008 "slow". The close frame goes behind what the kernel and
+  the transport already hold, and the TCP connection is dropped after
+  ``close_timeout`` if the client does not read it.
+* Reading is paused while the inbox holds ``MAX_INBOX`` messages, so a
+  client that sends faster than it is served is slowed down, not buffered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import http
+import collections
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Protocol
+
+import h11
+from websockets.frames import Frame, Opcode
+from websockets.http11 import Request
+from websockets.protocol import State
+from websockets.server import ServerProtocol
+
+from .codes import DisconnectCode
+from .http import HTTPRequest, HTTPResponse
+
+if TYPE_CHECKING:
+    from .server import Server
+
+log = logging.getLogger("hubbub.connection")
+
+#: websockets logs every open and close at INFO; hubbub logs what matters itself.
+_WS_LOGGER = logging.getLogger("hubbub.websockets")
+_WS_LOGGER.setLevel(logging.WARNING)
+
+#: Messages waiting to be handled before reading from the socket pauses.
+MAX_INBOX = 64
+#: Longest close reason, in bytes (a close frame payload is at most 125 bytes).
+MAX_CLOSE_REASON = 123
+
+
+class FrameEncoder:
+    """Encodes unmasked server frames with ``websockets``' frame serializer.
+
+    One instance is shared by every connection without per-connection
+    compression, so a push is framed once for all of them.
+    """
+
+    __slots__ = ()
+
+    def text(self, payload: bytes) -> bytes:
+        return Frame(Opcode.TEXT, payload).serialize(mask=False)
+
+    def binary(self, payload: bytes) -> bytes:
+        return Frame(Opcode.BINARY, payload).serialize(mask=False)
+
+
+class WebSocketSession(Protocol):
+    """What a connection needs from the session behind a WebSocket endpoint."""
+
+    closed: bool
+
+    async def open(self) -> None: ...
+
+    async def handle_message(self, payload: bytes, binary: bool) -> None: ...
+
+    def ping(self) -> None: ...
+
+    def check_pong(self) -> None: ...
+
+    def on_closed(self) -> None: ...
+
+
+class Flusher:
+    """Writes every dirty connection's output once per event-loop iteration."""
+
+    __slots__ = ("_loop", "_dirty", "_scheduled")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._dirty: list[Connection] = []
+        self._scheduled = False
+
+    def add(self, conn: Connection) -> None:
+        self._dirty.append(conn)
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        self._scheduled = False
+        for conn in dirty:
+            conn.flush()
+
+
+class Connection(asyncio.Protocol):
+    """One accepted TCP connection. Implements :class:`~hubbub.outbox.Outbox`."""
+
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.config = server.config
+        self.transport: asyncio.Transport | None = None
+        self.peer: tuple[str, int] | None = None
+        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_handshake_size)
+        self._head: bytearray | None = bytearray()  # raw bytes of the first request, for the upgrade
+        self._http_request: h11.Request | None = None
+        self._http_body: list[bytes] = []
+        self._http_body_size = 0
+        self._http_task: asyncio.Task[None] | None = None
+        self.ws: ServerProtocol | None = None
+        self.session: WebSocketSession | None = None
+        self.request: HTTPRequest | None = None
+        #: Outbox: whether output is still accepted.
+        self.open = False
+        self._out: list[bytes] = []
+        self._out_size = 0
+        self._buffered = 0  # transport buffer size at the last flush
+        self._dirty = False
+        self._eof_pending = False
+        self._inbox: collections.deque[tuple[bytes, bool] | None] = collections.deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+        self._fragments: list[bytes] = []
+        self._fragments_binary = False
+        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._close_timer: asyncio.TimerHandle | None = None
+        self.deadline = time.monotonic() + self.config.handshake_timeout
+        self.lost = False
+
+    # -- asyncio.Protocol -------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("socket")
+        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # hubbub bounds output itself (max_pending_output); never ask to pause.
+        transport.set_write_buffer_limits(high=2**62)
+        self.server.connection_opened(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.ws is not None:
+            self.ws.receive_data(data)
+            self._process_ws_events()
+            return
+        if self._head is not None:
+            self._head += data
+        try:
+            self.http.receive_data(data)
+        except h11.RemoteProtocolError:
+            pass  # raised again by next_event
+        self._process_http_events()
+
+    def eof_received(self) -> bool | None:
+        if self.ws is not None:
+            self.ws.receive_eof()
+            self._process_ws_events()
+        else:
+            try:
+                self.http.receive_data(b"")
+            except h11.RemoteProtocolError:
+                pass
+            if self._http_task is None:
+                self._abort()
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.open = False
+        if self._close_timer is not None:
+            self._close_timer.cancel()
+        for task in (self._worker, self._http_task):
+            if task is not None:
+                task.cancel()
+        if self.session is not None:
+            try:
+                self.session.on_closed()
+            except Exception:
+                log.exception("error while closing a session")
+        self._out.clear()
+        self.server.connection_closed(self)
+
+    # -- plain HTTP -------------------------------------------------------------
+
+    def _process_http_events(self) -> None:
+        while self.ws is None and not self.lost:
+            try:
+                event = self.http.next_event()
+            except h11.RemoteProtocolError as exc:
+                self._http_error(exc.error_status_hint, str(exc))
+                return
+            if event is h11.NEED_DATA or event is h11.PAUSED:
+                return
+            if isinstance(event, h11.Request):
+                self._http_request = event
+                self._http_body, self._http_body_size = [], 0
+                if _is_upgrade(event):
+                    if self._head is None:
+                        self._http_error(400, "WebSocket upgrade only as the first request")
+                        return
+                    self._start_websocket(event)
+                    return
+                self._head = None
+            elif isinstance(event, h11.Data):
+                self._http_body_size += len(event.data)
+                if self._http_body_size > self.config.max_http_body:
+                    self._http_error(413, "request body too large")
+                    return
+                self._http_body.append(event.data)
+            elif isinstance(event, h11.EndOfMessage):
+                req = self._http_request
+                assert req is not None
+                self._http_task = asyncio.get_running_loop().create_task(
+                    self._serve_http(req, b"".join(self._http_body))
+                )
+                return  # the next request is read after the response
+            elif isinstance(event, h11.ConnectionClosed):
+                self._abort()
+                return
+
+    async def _serve_http(self, req: h11.Request, body: bytes) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
+        request = HTTPRequest.from_target(
+            req.method.decode(), req.target.decode("latin-1"), headers, body=body, client=self.peer
+        )
+        try:
+            response = await self.server.handle_http(request)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("error in HTTP handler for %s", request.path)
+            response = HTTPResponse.json({"error": "internal server error"}, 500)
+        self._http_task = None
+        if self.lost:
+            return
+        self._send_http(response)
+        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE and not self.server.closing:
+            self.http.start_next_cycle()
+            self.deadline = time.monotonic() + self.config.handshake_timeout
+            self._process_http_events()
+        else:
+            self._close_after_flush()
+
+    def _send_http(self, response: HTTPResponse, *, close: bool = False) -> None:
+        headers = [
+            ("content-type", response.content_type),
+            ("content-length", str(len(response.body))),
+            *response.headers,
+        ]
+        if close or self.server.closing:
+            headers.append(("connection", "close"))
+        try:
+            reason = _REASONS.get(response.status, "").encode()
+            data = self.http.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
+            data += self.http.send(h11.Data(data=response.body)) if response.body else b""
+            data += self.http.send(h11.EndOfMessage())
+        except h11.LocalProtocolError:
+            self._abort()
+            return
+        self._queue(data)
+
+    def _http_error(self, status: int, message: str) -> None:
+        if self.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+            self._send_http(HTTPResponse.json({"error": message}, status), close=True)
+        self._close_after_flush()
+
+    def _close_after_flush(self) -> None:
+        self._eof_pending = True
+        self._mark_dirty()
+        self._arm_close_timer()
+
+    # -- WebSocket handshake ------------------------------------------------------
+
+    def _start_websocket(self, req: h11.Request) -> None:
+        target = req.target.decode("latin-1")
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
+        request = HTTPRequest.from_target(req.method.decode(), target, headers, client=self.peer)
+        self.request = request
+        endpoint = self.server.match_websocket(request)
+        ws = ServerProtocol(
+            origins=self.server.origins,
+            max_size=self.config.max_message_size,
+            logger=_WS_LOGGER,
+        )
+        raw, self._head = bytes(self._head or b""), None
+        ws.receive_data(raw)
+        events = ws.events_received()
+        if not events or not isinstance(events[0], Request):
+            self._http_error(400, "invalid WebSocket handshake")
+            return
+        if endpoint is None:
+            response = ws.reject(404, "no WebSocket endpoint at this path\n")
+        else:
+            response = ws.accept(events[0])
+            if response.status_code == 101:
+                refusal = self.server.check_websocket(request, self)
+                if refusal is not None:
+                    status, text = refusal
+                    response = ws.reject(status, text + "\n")
+        ws.send_response(response)
+        self.ws = ws
+        self._pull_ws_writes()
+        if response.status_code != 101:
+            self._close_after_flush()
+            return
+        try:
+            self.session = endpoint(self, request)  # type: ignore[misc]
+        except Exception:
+            log.exception("error creating the session for %s", request.path)
+            self.open = True
+            self.close(DisconnectCode.INTERNAL_ERROR)
+            return
+        self.open = True
+        self.server.websocket_opened(self)
+        self._inbox.append(None)  # "open" comes first
+        self._start_worker()
+        if len(events) > 1:  # frames that came with the handshake
+            self._handle_frames(events[1:])
+        self._process_ws_events()
+
+    # -- WebSocket messages ---------------------------------------------------------
+
+    def _process_ws_events(self) -> None:
+        ws = self.ws
+        assert ws is not None
+        self._handle_frames(ws.events_received())
+        self._pull_ws_writes()
+        if ws.state is State.CLOSED or ws.close_expected():
+            self.open = False
+            self._arm_close_timer()
+
+    def _handle_frames(self, events: list[Any]) -> None:
+        for frame in events:
+            if not isinstance(frame, Frame):
+                continue
+            op = frame.opcode
+            if op is Opcode.TEXT or op is Opcode.BINARY:
+                self._fragments_binary = op is Opcode.BINARY
+                self._fragments = []
+                self._utf8.reset()
+            elif op is not Opcode.CONT:
+                if op is Opcode.PONG and self.session is not None:
+                    self._pong()
+                continue
+            data = frame.data
+            if not self._fragments_binary:
+                try:  # fail fast on invalid UTF-8, even inside a fragmented message
+                    self._utf8.decode(data, frame.fin)
+                except UnicodeDecodeError:
+                    self.ws.fail(1007, "invalid UTF-8")  # type: ignore[union-attr]
+                    return
+            if not frame.fin:
+                self._fragments.append(bytes(data))
+                continue
+            if self._fragments:
+                self._fragments.append(bytes(data))
+                payload = b"".join(self._fragments)
+                self._fragments = []
+            else:
+                payload = bytes(data)
+            self._pong()
+            self._receive(payload, self._fragments_binary)
+
+    def _pong(self) -> None:
+        session = self.session
+        if session is not None and hasattr(session, "pong_expected"):
+            session.pong_expected = False  # type: ignore[attr-defined]
+
+    def _receive(self, payload: bytes, binary: bool) -> None:
+        if self.session is None or self.session.closed:
+            return
+        self._inbox.append((payload, binary))
+        if len(self._inbox) >= MAX_INBOX and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._start_worker()
+
+    def _start_worker(self) -> None:
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._drain())
+
+    async def _drain(self) -> None:
+        """Handle queued messages in order. Runs only while there is work."""
+        session = self.session
+        assert session is not None
+        inbox = self._inbox
+        try:
+            while inbox:
+                item = inbox.popleft()
+                if self._paused and len(inbox) < MAX_INBOX // 2 and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                if item is None:
+                    await session.open()
+                else:
+                    await session.handle_message(item[0], item[1])
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("error in WebSocket handler for %s", self.request.path if self.request else "?")
+            self.close(DisconnectCode.INTERNAL_ERROR)
+        finally:
+            self._worker = None
+
+    # -- Outbox ---------------------------------------------------------------------
+
+    def deliver(self, frame: bytes) -> None:
+        """Queue pre-encoded frame bytes (hot path: no await, no syscall)."""
+        if not self.open:
+            return
+        self._out.append(frame)
+        self._out_size += len(frame)
+        if self._out_size + self._buffered > self.config.max_pending_output:
+            self._check_slow()
+        elif not self._dirty:
+            self._dirty = True
+            self.server.flusher.add(self)
+
+    def send_text(self, payload: bytes) -> None:
+        if self.open and self.ws is not None:
+            self.ws.send_text(payload)
+            self._pull_ws_writes()
+
+    def send_binary(self, payload: bytes) -> None:
+        if self.open and self.ws is not None:
+            self.ws.send_binary(payload)
+            self._pull_ws_writes()
+
+    def send_ping(self) -> None:
+        if self.open and self.ws is not None:
+            self.ws.send_ping(b"")
+            self._pull_ws_writes()
+
+    def close(self, code: int, reason: str = "") -> None:
+        """Start the closing handshake; drop the TCP connection after ``close_timeout``."""
+        if self.ws is None or self.lost:
+            return
+        self.open = False
+        if self.ws.state is State.OPEN:
+            data = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
+            self.ws.send_close(code, data)
+            self._pull_ws_writes()
+        self._arm_close_timer()
+
+    # -- output internals -------------------------------------------------------------
+
+    def _check_slow(self) -> None:
+        transport = self.transport
+        self._buffered = transport.get_write_buffer_size() if transport is not None else 0
+        if self._out_size + self._buffered <= self.config.max_pending_output:
+            if not self._dirty:
+                self._dirty = True
+                self.server.flusher.add(self)
+            return
+        log.warning("slow client %s: %d bytes pending; closing with 3008", self.peer,
+                    self._out_size + self._buffered)
+        self.server.slow_closed += 1
+        self._out.clear()
+        self._out_size = 0
+        if self.session is not None:
+            self.session.closed = True
+        self.close(DisconnectCode.SLOW, "slow")
+
+    def _pull_ws_writes(self) -> None:
+        assert self.ws is not None
+        for chunk in self.ws.data_to_send():
+            if chunk:
+                self._queue(chunk)
+            else:
+                self._eof_pending = True
+                self._mark_dirty()
+
+    def _queue(self, data: bytes) -> None:
+        """Queue protocol bytes (handshake, replies, control frames), unbounded
+        by the slow check: they are small and follow the client's own requests."""
+        self._out.append(data)
+        self._out_size += len(data)
+        self._mark_dirty()
+
+    def _mark_dirty(self) -> None:
+        if not self._dirty and not self.lost:
+            self._dirty = True
+            self.server.flusher.add(self)
+
+    def flush(self) -> None:
+        """Write everything queued in one transport call (called by :class:`Flusher`)."""
+        self._dirty = False
+        transport = self.transport
+        if self.lost or transport is None:
+            return
+        out = self._out
+        if out:
+            self._out = []
+            self._out_size = 0
+            if len(out) == 1:
+                transport.write(out[0])
+            else:
+                transport.writelines(out)
+            self._buffered = transport.get_write_buffer_size()
+        if self._eof_pending:
+            transport.close()  # after the buffer is written
+
+    def _arm_close_timer(self) -> None:
+        if self._close_timer is None and not self.lost:
+            loop = asyncio.get_running_loop()
+            self._close_timer = loop.call_later(self.config.close_timeout, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.lost:
+            self.transport.abort()
+
+
+_REASONS = {s.value: s.phrase for s in http.HTTPStatus}
+
+
+def _is_upgrade(req: h11.Request) -> bool:
+    for name, value in req.headers:
+        if name == b"upgrade" and value.lower() == b"websocket":
+            return True
+    return False

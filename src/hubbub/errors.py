@@ -1,0 +1,86 @@
+"""hubbub's exception tree.
+
+::
+
+    HubbubError
+    ├── ConfigError            invalid settings; raised before serving
+    ├── ProtocolError          a client command failed: becomes an error reply
+    │                          ``{"error": {"code", "message", "temporary"}}``
+    ├── Disconnect             the connection must close with ``code``/``reason``
+    ├── BrokerError            the broker backend failed (temporary: retry)
+    │   └── BrokerUnavailable  the backend is unreachable right now
+    └── ClientError            raised by hubbub's own clients (consume/produce)
+        └── ReplyError         the server answered a command with an error
+
+Everything hubbub raises on purpose derives from :class:`HubbubError`.
+"""
+
+from __future__ import annotations
+
+from .codes import DISCONNECT_REASONS, ERROR_MESSAGES, ErrorCode
+
+
+class HubbubError(Exception):
+    """Base class of every error hubbub raises on purpose."""
+
+
+class ConfigError(HubbubError):
+    """A setting is missing or invalid. The message names the setting."""
+
+
+class ProtocolError(HubbubError):
+    """A command failed with a protocol error code (see :class:`ErrorCode`).
+
+    Args:
+        code: one of :class:`~hubbub.codes.ErrorCode` (or an application
+            code, 400-1999 by Centrifugo's convention).
+        message: human-readable text; defaults to the code's standard text.
+        temporary: whether the client may retry the same command.
+    """
+
+    def __init__(self, code: int, message: str | None = None, *, temporary: bool = False) -> None:
+        self.code = int(code)
+        self.message = message if message is not None else ERROR_MESSAGES.get(code, "error")
+        self.temporary = temporary or code == ErrorCode.INTERNAL
+        super().__init__(f"{self.code}: {self.message}")
+
+
+class Disconnect(HubbubError):
+    """The connection must be closed with this WebSocket close code.
+
+    Args:
+        code: one of :class:`~hubbub.codes.DisconnectCode`, or 4000-4999.
+        reason: close reason (at most 123 bytes of UTF-8); defaults to the
+            code's standard reason.
+    """
+
+    def __init__(self, code: int, reason: str | None = None) -> None:
+        self.code = int(code)
+        self.reason = reason if reason is not None else DISCONNECT_REASONS.get(code, "")
+        super().__init__(f"{self.code} {self.reason}")
+
+
+class BrokerError(HubbubError):
+    """The broker backend failed; the operation was not done and may be retried."""
+
+
+class BrokerUnavailable(BrokerError):
+    """The broker backend cannot be reached right now."""
+
+
+class ClientError(HubbubError):
+    """An error in hubbub's own client (``hubbub consume`` / ``produce``)."""
+
+
+class ReplyError(ClientError):
+    """The server answered a command with an error reply.
+
+    Attributes:
+        code: the protocol error code.
+        message: the server's message.
+    """
+
+    def __init__(self, code: int, message: str) -> None:
+        self.code = code
+        self.message = message
+        super().__init__(f"server error {code}: {message}")

@@ -1,0 +1,58 @@
+"""Plain HTTP requests and responses (parsed and framed by h11).
+
+Handlers are ``async def handler(request: HTTPRequest) -> HTTPResponse``.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import parse_qsl
+
+
+@dataclass(slots=True)
+class HTTPRequest:
+    """An HTTP request.
+
+    Attributes:
+        method: upper-case method.
+        path: the path without the query string.
+        query: the query parameters (last value wins).
+        headers: header names lower-cased (last value wins).
+        body: the request body (bytes).
+        params: path parameters of the matched route.
+        client: the peer's ``(host, port)``.
+    """
+
+    method: str
+    path: str
+    query: dict[str, str] = field(default_factory=dict)
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    params: dict[str, str] = field(default_factory=dict)
+    client: tuple[str, int] | None = None
+
+    @classmethod
+    def from_target(cls, method: str, target: str, headers: dict[str, str], **kw: Any) -> HTTPRequest:
+        path, _, query = target.partition("?")
+        return cls(method, path, dict(parse_qsl(query, keep_blank_values=True)), headers, **kw)
+
+
+@dataclass(slots=True)
+class HTTPResponse:
+    """An HTTP response: status, extra headers, body."""
+
+    status: int = 200
+    body: bytes = b""
+    content_type: str = "text/plain; charset=utf-8"
+    headers: list[tuple[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def json(cls, value: Any, status: int = 200) -> HTTPResponse:
+        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        return cls(status, body, "application/json")
+
+    @classmethod
+    def text(cls, text: str, status: int = 200) -> HTTPResponse:
+        return cls(status, text.encode())

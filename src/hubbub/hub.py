@@ -1,0 +1,409 @@
+"""The hub: channels, their local subscribers, and fan-out.
+
+The hub sits between the sessions of one node (protocol clients, relay
+clients, framework endpoints) and the broker. It never touches sockets: a
+subscriber is a ``deliver(frame)`` callable and a :class:`Wire` that says how
+to encode a push for it.
+
+Fan-out follows DESIGN.md's write path: for each publication, each wire
+encodes the push **once** and the same bytes object is handed to every
+subscriber that speaks that wire; ``deliver`` only queues it (the connection
+writes its queue once per event-loop iteration). No task and no ``await`` per
+subscriber.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .brokers.base import Broker, ClientInfo, Publication, StreamPosition
+from .codes import DisconnectCode, ErrorCode
+from .config import Config, NamespaceOptions
+from .errors import BrokerError, ProtocolError
+
+log = logging.getLogger("hubbub.hub")
+
+#: A subscriber whose recovery buffer passes this many publications is told 3010.
+MAX_RECOVERY_BUFFER = 10_000
+
+
+class Wire(Hashable, Protocol):
+    """How pushes are encoded for one kind of subscriber (protocol, relay, ...).
+
+    Each method returns the bytes to hand to ``deliver`` (typically a whole
+    WebSocket frame), or ``None`` when this kind of subscriber does not get
+    that push.
+    """
+
+    def encode_publication(self, channel: str, pub: Publication) -> bytes | None: ...
+
+    def encode_join(self, channel: str, info: ClientInfo) -> bytes | None: ...
+
+    def encode_leave(self, channel: str, info: ClientInfo) -> bytes | None: ...
+
+
+@dataclass(eq=False, slots=True)
+class Subscriber:
+    """One local subscription: who, how to encode for it, where to queue.
+
+    Attributes:
+        client_id: connection id (used for exclude-sender and presence).
+        wire: the encoder for pushes to this subscriber.
+        deliver: queues encoded bytes for sending; must not block or await.
+        disconnect: closes the connection with a code (used on stream gaps).
+        recoverable: the subscriber tracks the stream position; if this node
+            misses publications it is disconnected with 3010 to recover.
+    """
+
+    client_id: str
+    wire: Wire
+    deliver: Callable[[bytes], None]
+    disconnect: Callable[[int], None]
+    recoverable: bool = False
+
+
+@dataclass(slots=True)
+class SubscribeResult:
+    """What :meth:`Hub.subscribe` found in the channel's stream.
+
+    Attributes:
+        position: the stream's top after the subscription started.
+        publications: missed publications to include in the subscribe reply
+            (recovery), oldest first.
+        recovered: whether ``publications`` are all that the client missed.
+        late: publications that arrived while the stream was read and that
+            the client must get as pushes right after the subscribe reply.
+    """
+
+    position: StreamPosition = StreamPosition()
+    publications: list[Publication] = field(default_factory=list)
+    recovered: bool = False
+    late: list[Publication] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Channel:
+    by_wire: dict[Wire, dict[str, Subscriber]] = field(default_factory=dict)
+    buffering: dict[str, list[Publication]] = field(default_factory=dict)
+    ready: asyncio.Future[None] | None = None
+    count: int = 0
+    last_offset: int = 0  # last offset this node saw (detects broker gaps)
+
+
+class Hub:
+    """Channels and local subscribers of one node.
+
+    Args:
+        config: the hub's settings (namespaces decide history and presence).
+        broker: the broker; the hub calls ``broker.start(self)``.
+    """
+
+    def __init__(self, config: Config, broker: Broker) -> None:
+        self.config = config
+        self.broker = broker
+        self._channels: dict[str, _Channel] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._presence: dict[str, dict[str, ClientInfo]] = {}  # local entries, refreshed by a shared timer
+        self._presence_timer: asyncio.TimerHandle | None = None
+        self.presence_ttl = 60.0
+
+    # -- life cycle ---------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start the broker and the shared presence refresh timer."""
+        await self.broker.start(self)
+        self._schedule_presence_refresh()
+
+    async def close(self) -> None:
+        """Finish background work and close the broker."""
+        if self._presence_timer is not None:
+            self._presence_timer.cancel()
+        if self._tasks:
+            await asyncio.wait(set(self._tasks), timeout=5.0)
+        for task in list(self._tasks):
+            task.cancel()
+        await self.broker.close()
+
+    def _spawn(self, coro: object, what: str) -> None:
+        """Run broker side work owned by the hub; failures are logged."""
+
+        async def run() -> None:
+            try:
+                await coro  # type: ignore[misc]
+            except BrokerError as exc:
+                log.warning("broker error during %s: %s", what, exc)
+            except Exception:
+                log.exception("error during %s", what)
+
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- namespaces ---------------------------------------------------------
+
+    def namespace(self, channel: str) -> NamespaceOptions:
+        """The options of ``channel``'s namespace.
+
+        Raises:
+            ProtocolError: 107 for an invalid channel name, 102 for an unknown namespace.
+        """
+        if not channel or len(channel.encode()) > self.config.channel_max_length or not channel.isprintable():
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "invalid channel name")
+        ns = self.config.namespace(channel)
+        if ns is None:
+            raise ProtocolError(ErrorCode.UNKNOWN_CHANNEL)
+        return ns
+
+    # -- publishing ---------------------------------------------------------
+
+    async def publish(
+        self,
+        channel: str,
+        pub: Publication,
+        *,
+        idempotency_key: str | None = None,
+    ) -> StreamPosition:
+        """Publish ``pub`` to ``channel`` on every node.
+
+        Returns the publication's stream position (offset 0 without history).
+
+        Raises:
+            ProtocolError: 107/102 for a bad channel; 100 (temporary) when the
+                broker failed, in which case the publication was not accepted.
+        """
+        ns = self.namespace(channel)
+        try:
+            return await self.broker.publish(
+                channel,
+                pub,
+                history_size=ns.history_size,
+                history_ttl=ns.history_ttl,
+                idempotency_key=idempotency_key,
+            )
+        except BrokerError as exc:
+            raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+
+    # -- broker events (BrokerEventHandler) -----------------------------------
+
+    def on_publication(self, channel: str, pub: Publication) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        if pub.offset:
+            if state.last_offset and pub.offset > state.last_offset + 1:
+                self._gap(channel, state)
+            state.last_offset = max(state.last_offset, pub.offset)
+        exclude = pub.exclude_client
+        for wire, subs in state.by_wire.items():
+            frame = wire.encode_publication(channel, pub)
+            if frame is None:
+                continue
+            if exclude is None:
+                for sub in subs.values():
+                    sub.deliver(frame)
+            else:
+                for client_id, sub in subs.items():
+                    if client_id != exclude:
+                        sub.deliver(frame)
+        if state.buffering:
+            for client_id, buffer in state.buffering.items():
+                buffer.append(pub)
+
+    def _fan_out_event(self, channel: str, encode: Callable[[Wire], bytes | None]) -> None:
+        state = self._channels.get(channel)
+        if state is None:
+            return
+        for wire, subs in state.by_wire.items():
+            frame = encode(wire)
+            if frame is not None:
+                for sub in subs.values():
+                    sub.deliver(frame)
+
+    def on_join(self, channel: str, info: ClientInfo) -> None:
+        self._fan_out_event(channel, lambda wire: wire.encode_join(channel, info))
+
+    def on_leave(self, channel: str, info: ClientInfo) -> None:
+        self._fan_out_event(channel, lambda wire: wire.encode_leave(channel, info))
+
+    def on_stream_gap(self, channel: str) -> None:
+        state = self._channels.get(channel)
+        if state is not None:
+            self._gap(channel, state)
+
+    def _gap(self, channel: str, state: _Channel) -> None:
+        """This node missed publications of ``channel``: its recoverable
+        subscribers must resubscribe to recover them (3010)."""
+        log.warning("missed publications in channel %r; recoverable subscribers reconnect", channel)
+        for subs in state.by_wire.values():
+            for sub in list(subs.values()):
+                if sub.recoverable:
+                    sub.disconnect(DisconnectCode.INSUFFICIENT_STATE)
+        state.last_offset = 0
+
+    def on_broker_reconnect(self) -> None:
+        """The broker came back: check every channel's stream position."""
+        for channel, state in list(self._channels.items()):
+            ns = self.config.namespace(channel)
+            if ns is not None and ns.history:
+                self._spawn(self._check_position(channel, state), f"position check of {channel!r}")
+
+    async def _check_position(self, channel: str, state: _Channel) -> None:
+        result = await self.broker.history(channel, limit=0)
+        if result.position.offset != state.last_offset:
+            self._gap(channel, state)
+
+    # -- subscriptions --------------------------------------------------------
+
+    async def subscribe(
+        self,
+        channel: str,
+        sub: Subscriber,
+        *,
+        ns: NamespaceOptions,
+        info: ClientInfo | None = None,
+        recover_since: StreamPosition | None = None,
+        positioned: bool = False,
+    ) -> SubscribeResult:
+        """Add ``sub`` to ``channel`` and, for a channel with history, read
+        the stream position and (with ``recover_since``) the missed publications.
+
+        Raises:
+            ProtocolError: 105 if ``sub.client_id`` is already subscribed; 100
+                (temporary) if the broker failed (nothing was added).
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            state = self._channels[channel] = _Channel()
+            state.ready = asyncio.get_running_loop().create_future()
+            try:
+                await self.broker.subscribe(channel)
+            except BaseException as exc:
+                state.ready.set_exception(ProtocolError(ErrorCode.INTERNAL, "broker error", temporary=True))
+                state.ready.exception()  # mark retrieved
+                if self._channels.get(channel) is state and state.count == 0:
+                    del self._channels[channel]
+                if isinstance(exc, BrokerError):
+                    raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+                raise
+            state.ready.set_result(None)
+        elif state.ready is not None and not state.ready.done():
+            await asyncio.shield(state.ready)
+        client_id = sub.client_id
+        if client_id in state.buffering or any(client_id in subs for subs in state.by_wire.values()):
+            raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
+        state.count += 1  # reserved: the channel stays while we read its stream
+        result = SubscribeResult()
+        try:
+            if ns.history and (recover_since is not None or positioned or sub.recoverable):
+                result = await self._read_stream(channel, state, client_id, recover_since)
+        except BaseException:
+            state.count -= 1
+            self._maybe_drop(channel, state)
+            raise
+        state.by_wire.setdefault(sub.wire, {})[client_id] = sub
+        if result.position.offset > state.last_offset:
+            state.last_offset = result.position.offset
+        if info is not None and ns.presence:
+            self._presence.setdefault(channel, {})[client_id] = info
+            self._spawn(self.broker.add_presence(channel, info, ttl=self.presence_ttl), "presence add")
+        if info is not None and ns.join_leave:
+            self._spawn(self.broker.publish_join(channel, info), "join")
+        return result
+
+    async def _read_stream(
+        self, channel: str, state: _Channel, client_id: str, since: StreamPosition | None
+    ) -> SubscribeResult:
+        buffer: list[Publication] = []
+        state.buffering[client_id] = buffer
+        try:
+            history = await self.broker.history(channel, since=since, limit=None if since else 0)
+        except BrokerError as exc:
+            raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+        finally:
+            state.buffering.pop(client_id, None)
+        top = history.position
+        result = SubscribeResult(position=top)
+        if since is not None:
+            pubs = history.publications
+            missed = top.offset - since.offset
+            result.recovered = (
+                since.epoch in ("", top.epoch)
+                and missed >= 0
+                and len(pubs) == missed
+                and (not pubs or pubs[0].offset == since.offset + 1)
+            )
+            if result.recovered:
+                result.publications = pubs
+        late = [p for p in buffer if p.offset > top.offset]
+        if len(late) > MAX_RECOVERY_BUFFER:
+            raise ProtocolError(ErrorCode.INTERNAL, "too many publications while subscribing", temporary=True)
+        result.late = late
+        if late:
+            result.position = StreamPosition(late[-1].offset, top.epoch)
+        return result
+
+    def unsubscribe(self, channel: str, client_id: str, *, info: ClientInfo | None = None) -> bool:
+        """Remove ``client_id`` from ``channel``. Returns whether it was subscribed.
+
+        Broker side effects (presence removal, leave push, the node's broker
+        unsubscribe when the last local subscriber left) run in the background.
+        """
+        state = self._channels.get(channel)
+        if state is None:
+            return False
+        for wire, subs in state.by_wire.items():
+            if subs.pop(client_id, None) is not None:
+                if not subs:
+                    del state.by_wire[wire]
+                break
+        else:
+            return False
+        state.count -= 1
+        local = self._presence.get(channel)
+        if local is not None and local.pop(client_id, None) is not None:
+            if not local:
+                del self._presence[channel]
+            self._spawn(self.broker.remove_presence(channel, client_id), "presence remove")
+        ns = self.config.namespace(channel)
+        if info is not None and ns is not None and ns.join_leave:
+            self._spawn(self.broker.publish_leave(channel, info), "leave")
+        self._maybe_drop(channel, state)
+        return True
+
+    def _maybe_drop(self, channel: str, state: _Channel) -> None:
+        if state.count == 0 and self._channels.get(channel) is state:
+            del self._channels[channel]
+            self._spawn(self.broker.unsubscribe(channel), f"broker unsubscribe of {channel!r}")
+
+    # -- introspection --------------------------------------------------------
+
+    def channels(self) -> dict[str, int]:
+        """Active channels on this node and their local subscriber counts."""
+        return {name: state.count for name, state in self._channels.items()}
+
+    def subscribers(self, channel: str) -> list[Subscriber]:
+        state = self._channels.get(channel)
+        if state is None:
+            return []
+        return [sub for subs in state.by_wire.values() for sub in subs.values()]
+
+    # -- presence refresh (one shared timer) ----------------------------------
+
+    def _schedule_presence_refresh(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._presence_timer = loop.call_later(self.presence_ttl / 3, self._refresh_presence)
+
+    def _refresh_presence(self) -> None:
+        if self._presence:
+            entries = [(ch, info) for ch, local in self._presence.items() for info in local.values()]
+
+            async def refresh() -> None:
+                for channel, info in entries:
+                    await self.broker.add_presence(channel, info, ttl=self.presence_ttl)
+
+            self._spawn(refresh(), "presence refresh")
+        self._schedule_presence_refresh()

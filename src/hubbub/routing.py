@@ -1,0 +1,73 @@
+"""Path patterns with parameters: ``/rooms/{room}`` matches ``/rooms/lobby``.
+
+A parameter matches one path segment (no ``/``), except a parameter written
+``{name:path}``, which matches the rest of the path. Values are
+percent-decoded.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Generic, TypeVar
+from urllib.parse import unquote
+
+T = TypeVar("T")
+
+_PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
+
+
+def compile_path(pattern: str) -> re.Pattern[str]:
+    """Compile a path pattern to a regular expression with named groups.
+
+    Raises:
+        ValueError: the pattern does not start with ``/`` or repeats a name.
+    """
+    if not pattern.startswith("/"):
+        raise ValueError(f"path must start with '/': {pattern!r}")
+    out, pos, names = [], 0, set()
+    for m in _PARAM.finditer(pattern):
+        out.append(re.escape(pattern[pos : m.start()]))
+        name = m.group(1)
+        if name in names:
+            raise ValueError(f"parameter {name!r} repeated in {pattern!r}")
+        names.add(name)
+        out.append(f"(?P<{name}>.+)" if m.group(2) else f"(?P<{name}>[^/]+)")
+        pos = m.end()
+    out.append(re.escape(pattern[pos:]))
+    return re.compile("^" + "".join(out) + "$")
+
+
+@dataclass(slots=True)
+class Route(Generic[T]):
+    pattern: str
+    target: T
+    regex: re.Pattern[str] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.regex = compile_path(self.pattern)
+
+
+class Router(Generic[T]):
+    """An ordered list of routes; the first match wins."""
+
+    def __init__(self) -> None:
+        self._routes: list[Route[T]] = []
+
+    def add(self, pattern: str, target: T) -> None:
+        """Add a route. Raises ``ValueError`` for a bad or duplicate pattern."""
+        if any(r.pattern == pattern for r in self._routes):
+            raise ValueError(f"a route for {pattern!r} exists already")
+        self._routes.append(Route(pattern, target))
+
+    def match(self, path: str) -> tuple[T, dict[str, str]] | None:
+        """The target and decoded parameters for ``path`` (without query), or ``None``."""
+        for route in self._routes:
+            m = route.regex.match(path)
+            if m is not None:
+                return route.target, {k: unquote(v) for k, v in m.groupdict().items()}
+        return None
+
+    def __iter__(self) -> Iterator[Route[T]]:
+        return iter(self._routes)

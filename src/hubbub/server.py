@@ -1,0 +1,271 @@
+"""The server: one asyncio listener on one port for WebSocket and HTTP.
+
+Routes:
+
+* ``/connection/websocket``: the Centrifugo client protocol (:mod:`hubbub.session`);
+* ``/ws/{channel}``: the relay (:mod:`hubbub.relay`), ``?echo=false`` to skip
+  one's own messages;
+* ``GET /health``: ``{"status": "ok", ...}`` (503 while the broker is down);
+* plus whatever HTTP and WebSocket routes are added with :meth:`Server.add_http`
+  and :meth:`Server.add_websocket`.
+
+Periodic work runs from shared timers: one ping timer for every WebSocket
+connection (and one pong check ``pong_timeout`` later), one housekeeping
+sweep for handshakes and protocol clients that never send ``connect``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from . import __version__
+from .brokers import create_broker
+from .codes import DisconnectCode
+from .config import Config
+from .connection import Connection, FrameEncoder, Flusher, WebSocketSession
+from .http import HTTPRequest, HTTPResponse
+from .hub import Hub
+from .relay import RelaySession, RelayWire
+from .routing import Router
+from .session import ClientSession, ProtocolWire, SessionHooks
+
+log = logging.getLogger("hubbub.server")
+
+HTTPHandler = Callable[[HTTPRequest], Awaitable[HTTPResponse]]
+#: Creates the session for an accepted WebSocket connection.
+EndpointFactory = Callable[[Connection, HTTPRequest], WebSocketSession]
+
+#: Seconds between housekeeping sweeps (handshake and connect deadlines).
+SWEEP_INTERVAL = 1.0
+
+
+class Server:
+    """A hub node serving one port.
+
+    Args:
+        config: settings (validated here).
+        hub: the hub; by default one with the broker named in ``config``.
+        hooks: protocol session hooks (authentication, RPC, ...).
+
+    Use ``await server.start()`` then ``await server.close()``, or
+    ``await server.serve()`` to run until SIGINT/SIGTERM.
+    """
+
+    def __init__(self, config: Config | None = None, *, hub: Hub | None = None,
+                 hooks: SessionHooks | None = None) -> None:
+        self.config = (config or Config()).validate()
+        self.hub = hub or Hub(self.config, create_broker(self.config.broker))
+        self.hooks = hooks or SessionHooks()
+        self.frames = FrameEncoder()
+        self.protocol_wire = ProtocolWire(self.frames)
+        self.relay_wire = RelayWire(self.frames)
+        self.origins: list[Any] | None = None
+        self.connections: set[Connection] = set()
+        self.websockets: set[Connection] = set()
+        self._pending: set[Connection] = set()
+        self.flusher: Flusher | None = None  # type: ignore[assignment]
+        self.closing = False
+        self.slow_closed = 0
+        self.started_at = time.time()
+        self.websocket_routes: Router[EndpointFactory] = Router()
+        self.http_routes: Router[HTTPHandler] = Router()
+        self._server: asyncio.base_events.Server | None = None
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._stopped: asyncio.Event | None = None
+        self.websocket_routes.add("/connection/websocket", self._protocol_endpoint)
+        self.websocket_routes.add("/ws/{channel:path}", self._relay_endpoint)
+        self.http_routes.add("/health", self._health)
+
+    # -- routes -----------------------------------------------------------------
+
+    def add_websocket(self, path: str, factory: EndpointFactory) -> None:
+        """Serve WebSocket connections on ``path`` (``/rooms/{room}`` patterns)."""
+        self.websocket_routes.add(path, factory)
+
+    def add_http(self, path: str, handler: HTTPHandler) -> None:
+        """Serve plain HTTP requests on ``path`` with ``handler``."""
+        self.http_routes.add(path, handler)
+
+    def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession:
+        return ClientSession(self.hub, conn, self.protocol_wire, hooks=self.hooks, headers=request.headers)
+
+    def _relay_endpoint(self, conn: Connection, request: HTTPRequest) -> RelaySession:
+        echo = request.query.get("echo", "true").lower() not in ("false", "0", "no")
+        return RelaySession(self.hub, conn, self.relay_wire, request.params["channel"], echo=echo)
+
+    def match_websocket(self, request: HTTPRequest) -> EndpointFactory | None:
+        found = self.websocket_routes.match(request.path)
+        if found is None:
+            return None
+        factory, request.params = found
+        return factory
+
+    def check_websocket(self, request: HTTPRequest, conn: Connection) -> tuple[int, str] | None:
+        """A refusal ``(status, text)`` for an upgrade, or ``None`` to accept."""
+        if self.closing:
+            return 503, "server is shutting down"
+        return None
+
+    async def handle_http(self, request: HTTPRequest) -> HTTPResponse:
+        found = self.http_routes.match(request.path)
+        if found is None:
+            return HTTPResponse.json({"error": "not found"}, 404)
+        handler, request.params = found
+        return await handler(request)
+
+    async def _health(self, request: HTTPRequest) -> HTTPResponse:
+        healthy = self.hub.broker.healthy
+        return HTTPResponse.json(
+            {
+                "status": "ok" if healthy else "unavailable",
+                "broker": {"name": self.hub.broker.name, "healthy": healthy},
+                "version": __version__,
+                "connections": len(self.websockets),
+            },
+            200 if healthy else 503,
+        )
+
+    # -- connection bookkeeping ----------------------------------------------------------
+
+    def connection_opened(self, conn: Connection) -> None:
+        self.connections.add(conn)
+        self._pending.add(conn)
+
+    def websocket_opened(self, conn: Connection) -> None:
+        self.websockets.add(conn)
+        if not isinstance(conn.session, ClientSession):
+            self._pending.discard(conn)
+        else:
+            conn.deadline = time.monotonic() + self.config.connect_timeout
+
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        self.websockets.discard(conn)
+        self._pending.discard(conn)
+        if self._stopped is not None and not self.connections:
+            self._stopped.set()
+
+    # -- shared timers -------------------------------------------------------------------
+
+    def _every(self, name: str, interval: float, callback: Callable[[], None]) -> None:
+        """Run ``callback`` every ``interval`` seconds from one shared timer."""
+        loop = asyncio.get_running_loop()
+
+        def tick() -> None:
+            try:
+                callback()
+            except Exception:
+                log.exception("error in periodic task %s", name)
+            if not self.closing:
+                self._timers[name] = loop.call_later(interval, tick)
+
+        self._timers[name] = loop.call_later(interval, tick)
+
+    def _ping_all(self) -> None:
+        for conn in self.websockets:
+            session = conn.session
+            if session is not None and conn.open:
+                session.ping()
+        loop = asyncio.get_running_loop()
+        self._timers["pong"] = loop.call_later(self.config.pong_timeout, self._check_pongs)
+
+    def _check_pongs(self) -> None:
+        for conn in list(self.websockets):
+            if conn.session is not None and conn.open:
+                conn.session.check_pong()
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        for conn in list(self._pending):
+            session = conn.session
+            if isinstance(session, ClientSession):
+                if session.connected or session.closed:
+                    self._pending.discard(conn)
+                elif now >= conn.deadline:
+                    self._pending.discard(conn)
+                    session.disconnect(DisconnectCode.STALE, "connect timeout")
+            elif conn.ws is None and conn._http_task is None and now >= conn.deadline:
+                self._pending.discard(conn)
+                conn._abort()
+
+    # -- life cycle ------------------------------------------------------------------------
+
+    @property
+    def port(self) -> int:
+        """The port actually bound (useful with ``port=0``)."""
+        assert self._server is not None, "server not started"
+        return self._server.sockets[0].getsockname()[1]
+
+    @property
+    def url(self) -> str:
+        host = self.config.host
+        if ":" in host:
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+    async def start(self, *, sock: socket.socket | None = None, reuse_port: bool = False) -> None:
+        """Start the hub and listen. Raises ``OSError`` if the port is taken."""
+        loop = asyncio.get_running_loop()
+        self.flusher = Flusher(loop)
+        await self.hub.start()
+        if sock is not None:
+            self._server = await loop.create_server(lambda: Connection(self), sock=sock, backlog=4096)
+        else:
+            self._server = await loop.create_server(
+                lambda: Connection(self), self.config.host, self.config.port,
+                backlog=4096, reuse_port=reuse_port or None,
+            )
+        if self.config.ping_interval > 0:
+            self._every("ping", self.config.ping_interval, self._ping_all)
+        self._every("sweep", SWEEP_INTERVAL, self._sweep)
+
+    async def close(self, *, code: int = DisconnectCode.SHUTDOWN, reason: str = "shutdown") -> None:
+        """Stop accepting, close every client with ``code`` (3001 "shutdown"),
+        wait up to ``close_timeout`` for them, then stop the hub."""
+        if self.closing:
+            return
+        self.closing = True
+        for timer in self._timers.values():
+            timer.cancel()
+        if self._server is not None:
+            self._server.close()
+        self._stopped = asyncio.Event()
+        for conn in list(self.connections):
+            if conn.ws is not None:
+                if conn.session is not None:
+                    conn.session.closed = True
+                conn.close(code, reason)
+            elif conn._http_task is None:
+                conn._abort()
+        if self.connections:
+            try:
+                await asyncio.wait_for(self._stopped.wait(), self.config.close_timeout + 1)
+            except asyncio.TimeoutError:
+                for conn in list(self.connections):
+                    conn._abort()
+        if self._server is not None:
+            await self._server.wait_closed()
+        await self.hub.close()
+
+    async def serve(self, *, ready: Callable[[Server], None] | None = None) -> None:
+        """Serve until SIGINT or SIGTERM, then shut down cleanly."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        try:
+            if ready is not None:
+                ready(self)
+            await stop.wait()
+            log.info("shutting down: closing %d connections with 3001", len(self.websockets))
+        finally:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.remove_signal_handler(sig)
+            await self.close()

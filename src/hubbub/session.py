@@ -1,0 +1,621 @@
+"""The Centrifugo client protocol (v2, JSON) as a sans-I/O session.
+
+One :class:`ClientSession` per connection on ``/connection/websocket``. It
+takes each incoming WebSocket message (:meth:`ClientSession.handle_message`),
+decodes the newline-separated commands in it, runs them against the hub, and
+queues the replies, newline-batched, on its :class:`~hubbub.outbox.Outbox`.
+
+Wire format (centrifugal/protocol ``client.proto``; centrifugal.dev
+``docs/transports/client_protocol.md``):
+
+* command: ``{"id": N, "<method>": {...}}``; ``send`` has no id and no reply;
+  an empty object ``{}`` is a pong.
+* reply: ``{"id": N, "<method>": {...}}`` or ``{"id": N, "error": {...}}``.
+* push (no id): ``{"push": {"channel": "c", "pub": {...}}}``, and ``join``,
+  ``leave``, ``unsubscribe``...
+* ping: the server sends ``{}``; a client told ``"pong": true`` in the connect
+  reply answers ``{}``.
+
+Rules enforced here: malformed JSON or an unknown command shape closes with
+3501; any command before ``connect`` closes with 3501; a second ``connect``
+closes with 3501; errors of single commands are error replies.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from . import __version__
+from .brokers.base import ClientInfo, Publication, StreamPosition
+from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
+from .errors import Disconnect, ProtocolError
+from .hub import Hub, Subscriber
+from .outbox import FrameEncoder, Outbox
+
+log = logging.getLogger("hubbub.session")
+
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def dumps(value: Any) -> bytes:
+    """Compact JSON bytes."""
+    return _dumps(value).encode()
+
+
+def encode_data(value: Any) -> bytes:
+    """Encode a JSON value given by a client as compact JSON bytes."""
+    return dumps(value)
+
+
+# -- pushes (encoded once per publication, shared by every subscriber) --------
+
+
+def _channel_json(channel: str) -> bytes:
+    return dumps(channel)
+
+
+def encode_pub_push(channel: str, pub: Publication) -> bytes:
+    """``{"push":{"channel":..,"pub":{"data":..,"offset":..,"info":..}}}`` as bytes."""
+    parts = [b'{"push":{"channel":', _channel_json(channel), b',"pub":{"data":', pub.data]
+    if pub.offset:
+        parts.append(b',"offset":%d' % pub.offset)
+    if pub.info is not None:
+        parts.append(b',"info":' + dumps(pub.info.to_json()))
+    if pub.tags:
+        parts.append(b',"tags":' + dumps(pub.tags))
+    parts.append(b"}}}")
+    return b"".join(parts)
+
+
+def encode_join_push(channel: str, info: ClientInfo) -> bytes:
+    return b'{"push":{"channel":%s,"join":{"info":%s}}}' % (_channel_json(channel), dumps(info.to_json()))
+
+
+def encode_leave_push(channel: str, info: ClientInfo) -> bytes:
+    return b'{"push":{"channel":%s,"leave":{"info":%s}}}' % (_channel_json(channel), dumps(info.to_json()))
+
+
+def encode_unsubscribe_push(channel: str, code: int, reason: str) -> bytes:
+    return dumps({"push": {"channel": channel, "unsubscribe": {"code": code, "reason": reason}}})
+
+
+class ProtocolWire:
+    """Encodes pushes for protocol clients: Centrifugo JSON in a text frame."""
+
+    __slots__ = ("frames",)
+
+    def __init__(self, frames: FrameEncoder) -> None:
+        self.frames = frames
+
+    def encode_publication(self, channel: str, pub: Publication) -> bytes:
+        return self.frames.text(encode_pub_push(channel, pub))
+
+    def encode_join(self, channel: str, info: ClientInfo) -> bytes:
+        return self.frames.text(encode_join_push(channel, info))
+
+    def encode_leave(self, channel: str, info: ClientInfo) -> bytes:
+        return self.frames.text(encode_leave_push(channel, info))
+
+
+#: Subscribe ``flag`` bit: answer 112 instead of ``recovered: false``.
+FLAG_REJECT_UNRECOVERED = 2
+
+#: The server's ping message (an empty reply).
+PING = b"{}"
+
+# -- hooks -----------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ConnectRequest:
+    """What a client sent in ``connect``, for the ``on_connect`` hook."""
+
+    client: str
+    token: str
+    data: Any
+    name: str
+    version: str
+    headers: dict[str, str]
+
+
+@dataclass(slots=True)
+class ConnectResult:
+    """What an ``on_connect`` hook decided: the user, and optional info/data."""
+
+    user: str = ""
+    info: Any = None
+    data: Any = None
+    channels: tuple[str, ...] = ()
+    expire_at: float | None = None
+
+
+class SessionHooks:
+    """Application hooks of the protocol endpoint. The defaults allow everything
+    (anonymous users). :class:`hubbub.App` and the auth layer replace them.
+
+    Every hook may raise :class:`~hubbub.errors.ProtocolError` (an error reply)
+    or :class:`~hubbub.errors.Disconnect` (the connection closes).
+    """
+
+    async def on_connect(self, request: ConnectRequest) -> ConnectResult:
+        return ConnectResult()
+
+    async def on_subscribe(self, session: ClientSession, channel: str, params: dict[str, Any]) -> Any:
+        """Return channel info (any JSON value) or ``None``."""
+        return None
+
+    async def on_publish(self, session: ClientSession, channel: str, data: Any) -> Any:
+        """Return the data to publish (possibly transformed)."""
+        return data
+
+    async def on_rpc(self, session: ClientSession, method: str, data: Any) -> Any:
+        raise ProtocolError(ErrorCode.METHOD_NOT_FOUND)
+
+    async def on_message(self, session: ClientSession, data: Any) -> None:
+        return None
+
+    async def on_refresh(self, session: ClientSession, token: str) -> ConnectResult:
+        raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+
+    async def on_disconnect(self, session: ClientSession) -> None:
+        return None
+
+
+_DEFAULT_HOOKS = SessionHooks()
+
+_METHODS = (
+    "connect",
+    "subscribe",
+    "unsubscribe",
+    "publish",
+    "presence",
+    "presence_stats",
+    "history",
+    "ping",
+    "send",
+    "rpc",
+    "refresh",
+    "sub_refresh",
+)
+
+
+class ClientSession:
+    """One protocol client's session. See the module docstring.
+
+    Args:
+        hub: the node's hub.
+        out: the connection's output.
+        wire: the encoder for this connection's pushes (shared by all protocol
+            connections without per-connection compression).
+        hooks: application hooks (:class:`SessionHooks`).
+        headers: the handshake's HTTP headers (lower-cased names).
+        client_id: connection id; a random UUID by default.
+    """
+
+    def __init__(
+        self,
+        hub: Hub,
+        out: Outbox,
+        wire: ProtocolWire,
+        *,
+        hooks: SessionHooks = _DEFAULT_HOOKS,
+        headers: dict[str, str] | None = None,
+        client_id: str | None = None,
+    ) -> None:
+        self.hub = hub
+        self.out = out
+        self.wire = wire
+        self.hooks = hooks
+        self.headers = headers or {}
+        self.client_id = client_id or str(uuid.uuid4())
+        self.connected = False
+        self.closed = False
+        self.user = ""
+        self.conn_info: bytes | None = None
+        self.info = ClientInfo(self.client_id)
+        self.expire_at: float | None = None
+        #: channel -> ClientInfo used for presence/join/leave in that channel
+        self.channels: dict[str, ClientInfo] = {}
+        self.pong_expected = False
+        self.created_at = time.monotonic()
+        self._replies: list[bytes] = []
+        self._subscriber_cache: dict[bool, Subscriber] = {}
+
+    # -- incoming -----------------------------------------------------------
+
+    async def open(self) -> None:
+        """Called once after the handshake; the client speaks first."""
+
+    async def handle_message(self, data: bytes | str, binary: bool = False) -> None:
+        """Handle one WebSocket message: one or more commands, one per line.
+
+        Never raises for bad input: errors become error replies or a close.
+        """
+        if self.closed:
+            return
+        try:
+            text = data.decode() if isinstance(data, (bytes, bytearray)) else data
+            for line in text.split("\n"):
+                if not line.strip():
+                    continue
+                try:
+                    command = json.loads(line)
+                except ValueError:
+                    raise Disconnect(DisconnectCode.BAD_REQUEST, "malformed JSON") from None
+                await self._handle_command(command)
+                if self.closed:
+                    return
+        except Disconnect as exc:
+            self.disconnect(exc.code, exc.reason)
+        except UnicodeDecodeError:
+            self.disconnect(DisconnectCode.BAD_REQUEST, "invalid UTF-8")
+        finally:
+            self._flush_replies()
+
+    async def _handle_command(self, command: Any) -> None:
+        if not isinstance(command, dict):
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "command must be an object")
+        cid = command.get("id", 0)
+        if not isinstance(cid, int) or isinstance(cid, bool) or cid < 0:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "invalid command id")
+        methods = [key for key in command if key != "id"]
+        if not methods:
+            if cid == 0:  # {} is a pong
+                self.pong_expected = False
+                return
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "command without method")
+        if len(methods) != 1 or methods[0] not in _METHODS:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "unknown command")
+        method = methods[0]
+        params = command[method]
+        if params is None:
+            params = {}
+        if not isinstance(params, dict):
+            raise Disconnect(DisconnectCode.BAD_REQUEST, f"{method} must be an object")
+        if method == "send":
+            if self.connected:
+                await self._guard(self.hooks.on_message(self, params.get("data")))
+            else:
+                raise Disconnect(DisconnectCode.BAD_REQUEST, "send before connect")
+            return
+        if cid == 0:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "command without id")
+        if method != "connect" and not self.connected:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "command before connect")
+        handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] = getattr(self, "_cmd_" + method)
+        try:
+            result = await handler(params)
+        except ProtocolError as exc:
+            error: dict[str, Any] = {"code": exc.code, "message": exc.message}
+            if exc.temporary:
+                error["temporary"] = True
+            self._reply(dumps({"id": cid, "error": error}))
+            return
+        except Disconnect:
+            raise
+        except Exception:
+            log.exception("error in %s command", method)
+            self._reply(dumps({"id": cid, "error": {"code": 100, "message": "internal server error",
+                                                    "temporary": True}}))
+            return
+        if self.closed:
+            return
+        self._reply(dumps({"id": cid, method: result}))
+        if method == "subscribe" and self._late:
+            self._flush_replies()
+            channel, late = self._late
+            self._late = None
+            for pub in late:
+                self.out.deliver(self.wire.encode_publication(channel, pub))
+
+    _late: tuple[str, list[Publication]] | None = None
+
+    async def _guard(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except (ProtocolError, Disconnect):
+            raise
+        except Exception:
+            log.exception("error in hook")
+            return None
+
+    def _reply(self, payload: bytes) -> None:
+        self._replies.append(payload)
+
+    def _flush_replies(self) -> None:
+        if self._replies:
+            if self.out.open:
+                self.out.send_text(b"\n".join(self._replies))
+            self._replies.clear()
+
+    # -- commands -------------------------------------------------------------
+
+    async def _cmd_connect(self, params: dict[str, Any]) -> dict[str, Any]:
+        if self.connected:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "already connected")
+        request = ConnectRequest(
+            client=self.client_id,
+            token=_str(params, "token"),
+            data=params.get("data"),
+            name=_str(params, "name"),
+            version=_str(params, "version"),
+            headers=self.headers,
+        )
+        result = await self.hooks.on_connect(request)
+        self.user = result.user
+        self.conn_info = None if result.info is None else encode_data(result.info)
+        self.info = ClientInfo(self.client_id, self.user, self.conn_info)
+        self.expire_at = result.expire_at
+        self.connected = True
+        reply: dict[str, Any] = {"client": self.client_id, "version": __version__}
+        interval = self.hub.config.ping_interval
+        if interval > 0:
+            reply["ping"] = max(1, round(interval))
+            reply["pong"] = True
+        if result.data is not None:
+            reply["data"] = result.data
+        if result.expire_at is not None:
+            reply["expires"] = True
+            reply["ttl"] = max(0, int(result.expire_at - time.time()))
+        subs: dict[str, Any] = {}
+        for channel in result.channels:
+            try:
+                subs[channel] = await self._subscribe(channel, {}, server_side=True)
+            except ProtocolError as exc:
+                log.warning("server-side subscription to %r failed: %s", channel, exc)
+        if subs:
+            reply["subs"] = subs
+        return reply
+
+    def _subscriber(self, recoverable: bool) -> Subscriber:
+        sub = self._subscriber_cache.get(recoverable)
+        if sub is None:
+            sub = self._subscriber_cache[recoverable] = Subscriber(
+                self.client_id, self.wire, self.out.deliver, self._disconnect_code, recoverable
+            )
+        return sub
+
+    def _disconnect_code(self, code: int) -> None:
+        self.disconnect(code)
+
+    async def _cmd_subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = _channel(params)
+        return await self._subscribe(channel, params)
+
+    async def _subscribe(self, channel: str, params: dict[str, Any], *, server_side: bool = False) -> dict[str, Any]:
+        hub = self.hub
+        ns = hub.namespace(channel)
+        if not ns.allow_subscribe_for_client and not server_side:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        if channel in self.channels:
+            raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
+        chan_info = await self.hooks.on_subscribe(self, channel, params)
+        info = self.info if chan_info is None else ClientInfo(
+            self.client_id, self.user, self.conn_info, encode_data(chan_info))
+        recover = bool(params.get("recover"))
+        positioned = bool(params.get("positioned"))
+        recoverable = ns.history and (ns.force_recovery or recover or bool(params.get("recoverable")))
+        since: StreamPosition | None = None
+        if recover and recoverable:
+            since = StreamPosition(_uint(params, "offset"), _str(params, "epoch"))
+        self.channels[channel] = info  # reserve: a second subscribe meanwhile gets 105
+        try:
+            result = await hub.subscribe(
+                channel,
+                self._subscriber(recoverable or positioned),
+                ns=ns,
+                info=info,
+                recover_since=since,
+                positioned=positioned,
+            )
+        except BaseException:
+            self.channels.pop(channel, None)
+            raise
+        if self.closed:
+            hub.unsubscribe(channel, self.client_id, info=info)
+            return {}
+        reply: dict[str, Any] = {}
+        if ns.history:
+            reply["epoch"] = result.position.epoch
+            reply["offset"] = result.position.offset
+            if recoverable:
+                reply["recoverable"] = True
+            if positioned or recoverable:
+                reply["positioned"] = True
+        if since is not None:
+            reply["was_recovering"] = True
+            reply["recovered"] = result.recovered
+            if result.recovered:
+                # As Centrifugo: the reply keeps the client's offset and the
+                # publications advance it (client.go, res.Offset = req.Offset).
+                reply["offset"] = since.offset
+                if result.publications:
+                    reply["publications"] = [p.to_json() for p in result.publications]
+            elif _int(params.get("flag")) & FLAG_REJECT_UNRECOVERED:
+                hub.unsubscribe(channel, self.client_id, info=info)
+                self.channels.pop(channel, None)
+                raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
+        if ns.join_leave:
+            reply["join_leave"] = True
+        if result.late:
+            self._late = (channel, result.late)
+        return reply
+
+    async def _cmd_unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = _channel(params)
+        info = self.channels.pop(channel, None)
+        if info is not None:
+            self.hub.unsubscribe(channel, self.client_id, info=info)
+        return {}
+
+    async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = _channel(params)
+        ns = self.hub.namespace(channel)
+        if not ns.allow_publish_for_client:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        if "data" not in params:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "publish without data")
+        data = await self.hooks.on_publish(self, channel, params["data"])
+        pub = Publication(
+            encode_data(data),
+            info=self.channels.get(channel, self.info),
+            exclude_client=self.client_id if ns.exclude_publisher else None,
+        )
+        position = await self.hub.publish(channel, pub)
+        if position.epoch:
+            return {"offset": position.offset, "epoch": position.epoch}
+        return {}
+
+    async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = _channel(params)
+        ns = self.hub.namespace(channel)
+        if not ns.history:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        if not ns.allow_history_for_client:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        limit = params.get("limit", 0)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "limit must be an integer")
+        since_raw = params.get("since")
+        since = None
+        if since_raw is not None:
+            if not isinstance(since_raw, dict):
+                raise ProtocolError(ErrorCode.BAD_REQUEST, "since must be an object")
+            since = StreamPosition(_uint(since_raw, "offset"), _str(since_raw, "epoch"))
+        reverse = bool(params.get("reverse", False))
+        try:
+            result = await self.hub.broker.history(
+                channel,
+                since=since,
+                limit=None if limit < 0 else limit,
+                reverse=reverse,
+                history_ttl=ns.history_ttl,
+            )
+        except Exception as exc:
+            raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+        if since is not None and since.epoch and since.epoch != result.position.epoch:
+            raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
+        return {
+            "publications": [p.to_json() for p in result.publications],
+            "epoch": result.position.epoch,
+            "offset": result.position.offset,
+        }
+
+    async def _presence_check(self, params: dict[str, Any]) -> str:
+        channel = _channel(params)
+        ns = self.hub.namespace(channel)
+        if not ns.presence:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        if not ns.allow_presence_for_client:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        return channel
+
+    async def _cmd_presence(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = await self._presence_check(params)
+        entries = await self._broker_call(self.hub.broker.presence(channel))
+        return {"presence": {client: info.to_json() for client, info in entries.items()}}
+
+    async def _cmd_presence_stats(self, params: dict[str, Any]) -> dict[str, Any]:
+        channel = await self._presence_check(params)
+        clients, users = await self._broker_call(self.hub.broker.presence_stats(channel))
+        return {"num_clients": clients, "num_users": users}
+
+    async def _broker_call(self, awaitable: Awaitable[Any]) -> Any:
+        try:
+            return await awaitable
+        except ProtocolError:
+            raise
+        except Exception as exc:
+            raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+
+    async def _cmd_ping(self, params: dict[str, Any]) -> dict[str, Any]:
+        return {}
+
+    async def _cmd_rpc(self, params: dict[str, Any]) -> dict[str, Any]:
+        method = _str(params, "method")
+        data = await self.hooks.on_rpc(self, method, params.get("data"))
+        return {} if data is None else {"data": data}
+
+    async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        token = _str(params, "token")
+        if not token:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "refresh without token")
+        result = await self.hooks.on_refresh(self, token)
+        self.expire_at = result.expire_at
+        reply: dict[str, Any] = {"client": self.client_id, "version": __version__}
+        if result.expire_at is not None:
+            reply["expires"] = True
+            reply["ttl"] = max(0, int(result.expire_at - time.time()))
+        return reply
+
+    async def _cmd_sub_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
+        raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+
+    # -- server-side ------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Send a ping (called by the server's shared ping timer).
+
+        Clients that have not connected yet are not pinged. Any message from
+        the client, a pong included, counts as the answer.
+        """
+        if self.closed or not self.connected:
+            return
+        self.pong_expected = True
+        self.out.send_text(PING)
+
+    def check_pong(self) -> None:
+        """Close with 3012 "no pong" if the last ping went unanswered (called
+        ``pong_timeout`` seconds after :meth:`ping`)."""
+        if self.pong_expected and not self.closed:
+            self.disconnect(DisconnectCode.NO_PONG)
+
+    def disconnect(self, code: int, reason: str | None = None) -> None:
+        """Close the connection with a disconnect code (see :mod:`hubbub.codes`)."""
+        if self.closed:
+            return
+        self._flush_replies()
+        self.closed = True
+        self.out.close(code, DISCONNECT_REASONS.get(code, "") if reason is None else reason)
+
+    def on_closed(self) -> None:
+        """The connection is gone: leave every channel (idempotent)."""
+        self.closed = True
+        for channel, info in self.channels.items():
+            self.hub.unsubscribe(channel, self.client_id, info=info)
+        self.channels.clear()
+
+
+def _str(params: dict[str, Any], key: str) -> str:
+    value = params.get(key, "")
+    if value is None:
+        return ""
+    if not isinstance(value, str):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{key} must be a string")
+    return value
+
+
+def _uint(params: dict[str, Any], key: str) -> int:
+    value = params.get(key, 0)
+    if value is None:
+        return 0
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, f"{key} must be a non-negative integer")
+    return value
+
+
+def _int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _channel(params: dict[str, Any]) -> str:
+    channel = params.get("channel")
+    if not isinstance(channel, str) or not channel:
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "channel required")
+    return channel
