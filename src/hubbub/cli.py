@@ -160,6 +160,7 @@ async def _consume(args: argparse.Namespace) -> int:
                 if epoch:
                     params.update(recover=True, offset=offset, epoch=epoch)
             reply = await client.subscribe(args.channel, **params)
+            print(f"hubbub: subscribed to {args.channel}", file=sys.stderr, flush=True)
             attempt = 0
             if epoch and not reply.get("recovered", False):
                 print(f"hubbub: could not recover publications missed since offset {offset}; "

@@ -163,7 +163,7 @@ class Client:
         except websockets.ConnectionClosed:
             pass
         finally:
-            rcvd = self._ws.close_rcvd
+            rcvd = self._ws.protocol.close_rcvd
             self.close_code = rcvd.code if rcvd is not None else 1006
             self.close_reason = rcvd.reason if rcvd is not None else "connection lost"
             for fut in self._waiting.values():

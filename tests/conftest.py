@@ -1,0 +1,206 @@
+"""Shared fixtures: real servers on 127.0.0.1 with port 0, real clients."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import websockets
+from websockets.asyncio.client import ClientConnection
+
+from hubbub.config import Config, NamespaceOptions
+from hubbub.server import Server
+
+ROOT = Path(__file__).resolve().parent.parent
+#: Upper bound for any single wait in a test (seconds).
+TIMEOUT = 10.0
+
+
+def make_config(**kw: Any) -> Config:
+    kw.setdefault("host", "127.0.0.1")
+    kw.setdefault("port", 0)
+    return Config(**kw)
+
+
+@pytest.fixture
+async def start_server() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
+    """Start in-process servers: ``server = await start_server(**config)``."""
+    servers: list[Server] = []
+
+    async def start(**kw: Any) -> Server:
+        server = Server(make_config(**kw))
+        await server.start()
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        await server.close()
+
+
+@pytest.fixture
+async def server(start_server: Callable[..., Awaitable[Server]]) -> Server:
+    return await start_server()
+
+
+def ws_url(server: Server, path: str = "/connection/websocket") -> str:
+    return f"ws://127.0.0.1:{server.port}{path}"
+
+
+class ProtoClient:
+    """A bare protocol client over `websockets`, for precise wire-level tests."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.next_id = 0
+        self.pushes: list[dict[str, Any]] = []
+        self.replies: dict[int, dict[str, Any]] = {}
+
+    async def send(self, *commands: dict[str, Any]) -> None:
+        await self.ws.send("\n".join(json.dumps(c) for c in commands))
+
+    async def recv(self) -> dict[str, Any]:
+        """Next message (reply or push), reading frames as needed."""
+        while not self._buffer:
+            frame = await asyncio.wait_for(self.ws.recv(), TIMEOUT)
+            assert isinstance(frame, str), "protocol frames must be text"
+            self._buffer.extend(json.loads(line) for line in frame.split("\n"))
+        return self._buffer.pop(0)
+
+    _buffer: list[dict[str, Any]]
+
+    async def call(self, method: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Send one command and return its reply (pushes met meanwhile are kept)."""
+        self.next_id += 1
+        cid = self.next_id
+        await self.send({"id": cid, method: params or {}})
+        while True:
+            msg = await self.recv()
+            if msg.get("id") == cid:
+                return msg
+            if "push" in msg:
+                self.pushes.append(msg["push"])
+
+    async def next_push(self) -> dict[str, Any]:
+        if self.pushes:
+            return self.pushes.pop(0)
+        while True:
+            msg = await self.recv()
+            if "push" in msg:
+                return msg["push"]
+
+    async def closed(self) -> tuple[int, str]:
+        """Wait for the server to close; return (code, reason)."""
+        try:
+            while True:
+                await asyncio.wait_for(self.ws.recv(), TIMEOUT)
+        except websockets.ConnectionClosed:
+            pass
+        assert self.ws.protocol.close_rcvd is not None, "closed without a close frame"
+        return self.ws.protocol.close_rcvd.code, self.ws.protocol.close_rcvd.reason
+
+
+async def proto_client(server: Server, *, connect: bool = True, **kw: Any) -> ProtoClient:
+    ws = await websockets.connect(ws_url(server), ping_interval=None, **kw)
+    client = ProtoClient(ws)
+    client._buffer = []
+    if connect:
+        reply = await client.call("connect", {})
+        assert "connect" in reply, reply
+        client.client_id = reply["connect"]["client"]  # type: ignore[attr-defined]
+    return client
+
+
+@pytest.fixture
+async def clients() -> AsyncIterator[list[Any]]:
+    """A list the test appends clients to; they are closed at the end."""
+    opened: list[Any] = []
+    yield opened
+    for c in opened:
+        ws = getattr(c, "ws", c)
+        try:
+            await asyncio.wait_for(ws.close(), 2)
+        except Exception:
+            pass
+
+
+class ServeProcess:
+    """`hubbub serve` in a subprocess, with its real port read from its log."""
+
+    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "hubbub", "serve", "--port", "0", *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**os.environ, **(env or {})},
+            cwd=ROOT,
+        )
+        self.lines: list[str] = []
+        self.port = 0
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            m = re.search(r"listening on http://[^ ]+:(\d+)", line)
+            if m:
+                self.port = int(m.group(1))
+                break
+        if not self.port:
+            raise RuntimeError("server did not start:\n" + "".join(self.lines))
+        # keep draining the pipe so a chatty server never blocks on its log
+        self._drain = threading.Thread(target=self._read_rest, daemon=True)
+        self._drain.start()
+
+    def _read_rest(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.port}"
+
+    def stop(self, timeout: float = TIMEOUT) -> int:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+
+    def output(self) -> str:
+        if self.proc.poll() is not None:
+            self._drain.join(TIMEOUT)
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def serve_process() -> Any:
+    procs: list[ServeProcess] = []
+
+    def start(*args: str, **kw: Any) -> ServeProcess:
+        p = ServeProcess(*args, **kw)
+        procs.append(p)
+        return p
+
+    yield start
+    for p in procs:
+        if p.proc.poll() is None:
+            p.proc.kill()
+            p.proc.wait()
+
+
+def history_ns(**kw: Any) -> NamespaceOptions:
+    kw.setdefault("history_size", 10)
+    kw.setdefault("history_ttl", 300.0)
+    return NamespaceOptions(**kw)

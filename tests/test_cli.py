@@ -1,0 +1,101 @@
+"""`hubbub serve`, `consume` and `produce` as real processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import websockets
+
+from .conftest import ROOT, TIMEOUT
+
+
+def hubbub(*args: str, input: str | None = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "hubbub", *args], input=input, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
+
+
+def test_help_lists_commands() -> None:
+    out = hubbub("--help")
+    assert out.returncode == 0
+    for command in ("serve", "consume", "produce"):
+        assert command in out.stdout
+    assert "--count" in hubbub("consume", "--help").stdout
+
+
+def test_consume_prints_what_produce_publishes(serve_process) -> None:
+    server = serve_process()
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "hubbub", "consume", server.url, "news", "--count", "4"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert consumer.stderr is not None
+        assert consumer.stderr.readline().strip() == "hubbub: subscribed to news"
+        out = hubbub("produce", server.url, "news", '{"a": 1}', "hello", "42", "[1, 2]")
+        assert out.returncode == 0, out.stderr
+        stdout, stderr = consumer.communicate(timeout=TIMEOUT)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+    assert consumer.returncode == 0, stderr
+    assert stdout.splitlines() == ['{"a":1}', '"hello"', "42", "[1,2]"]
+
+
+def test_produce_reads_stdin(serve_process) -> None:
+    server = serve_process()
+    out = hubbub("produce", server.url, "lines", input='{"x": 1}\nsecond line\n')
+    assert out.returncode == 0, out.stderr
+
+
+def test_produce_reports_server_errors(serve_process) -> None:
+    server = serve_process()
+    out = hubbub("produce", server.url, "unknown:ns", "1")
+    assert out.returncode == 1
+    assert "102" in out.stderr and "unknown channel" in out.stderr
+
+
+def test_consume_reports_unreachable_server() -> None:
+    out = hubbub("consume", "ws://127.0.0.1:9", "x", "--count", "1")
+    assert out.returncode == 1 and "cannot connect" in out.stderr
+
+
+def test_bad_url_is_a_clear_error() -> None:
+    out = hubbub("produce", "http://example", "x", "1")
+    assert out.returncode == 1 and "ws://host:port" in out.stderr
+
+
+def test_sigterm_closes_clients_3001_and_exits_0(serve_process) -> None:
+    server = serve_process()
+
+    async def run() -> tuple[int, str]:
+        async with websockets.connect(f"{server.url}/ws/room", ping_interval=None) as ws:
+            await ws.send("hi")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hi"
+            server.proc.terminate()
+            try:
+                await asyncio.wait_for(ws.recv(), TIMEOUT)
+            except websockets.ConnectionClosed:
+                pass
+            rcvd = ws.protocol.close_rcvd
+            assert rcvd is not None
+            return rcvd.code, rcvd.reason
+
+    assert asyncio.run(run()) == (3001, "shutdown")
+    assert server.proc.wait(TIMEOUT) == 0
+    assert "stopped" in server.output()
+
+
+def test_port_in_use_is_a_clear_error(serve_process) -> None:
+    server = serve_process()
+    out = hubbub("serve", "--port", str(server.port))
+    assert out.returncode == 1 and "cannot listen" in out.stderr
+
+
+def test_bad_config_value_is_a_clear_error(tmp_path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text("port = 8000\nnonsense = 1\n")
+    out = hubbub("serve", "--config", str(cfg))
+    assert out.returncode == 2 and "nonsense" in out.stderr
