@@ -298,7 +298,7 @@ class Hub:
         state.count += 1  # reserved: the channel stays while we read its stream
         result = SubscribeResult()
         try:
-            if ns.history and (recover_since is not None or positioned or sub.recoverable):
+            if ns.history:
                 result = await self._read_stream(channel, state, client_id, recover_since)
         except BaseException:
             state.count -= 1
