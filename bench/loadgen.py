@@ -189,7 +189,8 @@ class Config:
     window: int = 100  # centrifugo: publications awaiting a reply
     channel: str = "bench"
     sub_send: list[str] = field(default_factory=list)
-    sub_ready: str | None = None
+    sub_ready: str | None = None  # substring of the reply that means ready
+    sub_ready_id: int | None = None  # or: id of the JSON reply that means ready
     count: str = "frames"  # "frames" or "marker"
     sample_every: int = 100
     timeout: float = 30.0
@@ -426,9 +427,31 @@ class Subscriber(WSClient):
     def handshake_done(self) -> None:
         for text in self.cfg.sub_send:
             self.send(text.encode())
-        if self._ready_marker is None:
+        if self._ready_marker is None and self.cfg.sub_ready_id is None:
             self.benchmarking = True
             self.set_ready()
+
+    def _is_ready_reply(self, payload: bytes) -> bool:
+        """Whether a message before readiness is the awaited reply.
+
+        Raises HandshakeError if that reply reports an error.
+        """
+        if self._ready_marker is not None:
+            if self._ready_marker not in payload:
+                return False
+            if b'"error"' in payload:
+                raise HandshakeError(f"subscription refused: {payload[:200]!r}")
+            return True
+        for line in payload.split(b"\n"):  # JSON replies, maybe batched
+            try:
+                reply = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(reply, dict) and reply.get("id") == self.cfg.sub_ready_id:
+                if "error" in reply:
+                    raise HandshakeError(f"subscription refused: {line[:200]!r}")
+                return True
+        return False
 
     def _pre_ready(self, data: bytes) -> bytes:
         """Look for the ready reply; return unparsed bytes after it."""
@@ -436,10 +459,13 @@ class Subscriber(WSClient):
         for _fin, opcode, payload, end in frames:
             if opcode >= 0x8:
                 self.control_frame(opcode, payload)
-            elif self._ready_marker in payload:  # type: ignore[operator]
-                if b'"error"' in payload:
-                    self.fail(f"subscription refused: {payload[:200]!r}")
-                    return b""
+                continue
+            try:
+                ready = self._is_ready_reply(payload)
+            except HandshakeError as exc:
+                self.fail(str(exc))
+                return b""
+            if ready:
                 self.benchmarking = True
                 self.set_ready()
                 return data[end:]  # deliveries may follow in the same chunk
@@ -541,7 +567,9 @@ async def _open_subscribers(
                     await asyncio.wait_for(proto.ready, per_attempt)
                     opened.append(proto)
                     return
-                except (OSError, asyncio.TimeoutError, HandshakeError) as exc:
+                except asyncio.TimeoutError:
+                    errors[f"no handshake/ready reply within {per_attempt:.0f}s"] += 1
+                except (OSError, HandshakeError) as exc:
                     errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
                     if proto is not None and proto.transport is not None:
                         proto.transport.abort()
@@ -921,7 +949,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
     parser.add_argument(
         "--sub-ready",
         default=None,
-        help='substring of the reply that makes a subscriber ready (centrifugo default: \'"id":2\')',
+        help="substring of the reply that makes a subscriber ready "
+        "(centrifugo default: the JSON reply with id 2, see --sub-ready-id)",
+    )
+    parser.add_argument(
+        "--sub-ready-id",
+        type=int,
+        default=None,
+        help="id of the JSON reply (newline-separated replies allowed) that makes a subscriber ready",
     )
     parser.add_argument(
         "--count",
@@ -954,8 +989,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
                 '{"id":1,"connect":{}}',
                 json.dumps({"id": 2, "subscribe": {"channel": args.channel}}, separators=(",", ":")),
             ]
-        if sub_ready is None:
-            sub_ready = '"id":2'
+        if sub_ready is None and args.sub_ready_id is None:
+            args.sub_ready_id = 2
     count = args.count or ("marker" if args.mode == "centrifugo" else "frames")
     cfg = Config(
         host=args.host,
@@ -971,6 +1006,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         channel=args.channel,
         sub_send=sub_send or [],
         sub_ready=sub_ready,
+        sub_ready_id=args.sub_ready_id,
         count=count,
         sample_every=args.sample_every,
         timeout=args.timeout,

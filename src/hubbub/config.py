@@ -1,12 +1,20 @@
-"""Settings of a hub, and channel namespaces.
+"""Settings of a hub, channel namespaces, and where settings come from.
 
-A :class:`Config` holds every setting of ``hubbub serve``; it is built from
-keyword arguments, from a TOML file (:meth:`Config.from_toml`), or both.
+A :class:`Config` holds every setting of ``hubbub serve``. Sources, from
+lowest to highest precedence:
+
+1. the defaults below;
+2. a TOML file (``hubbub serve --config FILE``);
+3. environment variables ``HUBBUB_<SETTING>`` (upper-case name, e.g.
+   ``HUBBUB_API_KEY``, ``HUBBUB_PORT``; lists are comma-separated);
+4. command-line flags.
+
 Example file::
 
     host = "127.0.0.1"
     port = 8000
-    ping_interval = 25.0
+    api_key = "change-me"
+    token_hmac_secret = "change-me-too"
 
     [channels]            # options of the default namespace (no ``:`` in the name)
     history_size = 0
@@ -16,16 +24,22 @@ Example file::
     history_ttl = 300
     presence = true
     join_leave = true
+    force_recovery = true
 
 A channel ``chat:room1`` is channel ``room1`` of namespace ``chat``; a channel
 without ``:`` is in the default namespace. A channel in a namespace that is not
-configured is unknown (error 102).
+configured is unknown (error 102). ``hubbub check-config FILE`` validates a
+file and names every unknown or invalid key with its line.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
+import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +47,7 @@ from typing import Any
 from .errors import ConfigError
 
 NAMESPACE_SEPARATOR = ":"
+ENV_PREFIX = "HUBBUB_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +58,19 @@ class NamespaceOptions:
         history_size: publications kept per channel (0: no history, no stream).
         history_ttl: seconds a channel's history is kept after its last
             publication (0: no history).
-        force_recovery: every subscription is recoverable, whatever the
-            client asked.
+        force_recovery: every subscription is recoverable (the reply says
+            ``recoverable: true``), so clients resubscribe with their position.
+            Without it a client must ask with ``recoverable: true``.
         presence: keep presence (who is subscribed) for channels.
         join_leave: send ``join``/``leave`` pushes on subscribe/unsubscribe.
         allow_publish_for_client: clients may publish with the ``publish`` command.
         allow_subscribe_for_client: clients may subscribe.
         allow_history_for_client: clients may call ``history``.
         allow_presence_for_client: clients may call ``presence``/``presence_stats``.
+        allow_anonymous: anonymous clients (no token) may use the namespace;
+            ``None`` inherits the hub-wide ``allow_anonymous``.
+        require_subscription_token: subscribing needs a subscription token
+            whose ``channel`` claim is the channel (a private channel).
         exclude_publisher: a client's own publications skip its connection.
     """
 
@@ -63,42 +83,14 @@ class NamespaceOptions:
     allow_subscribe_for_client: bool = True
     allow_history_for_client: bool = True
     allow_presence_for_client: bool = True
+    allow_anonymous: bool | None = None
+    require_subscription_token: bool = False
     exclude_publisher: bool = False
 
     @property
     def history(self) -> bool:
         """Whether channels of this namespace keep a stream with history."""
         return self.history_size > 0 and self.history_ttl > 0
-
-
-def _positive(name: str, value: Any, *, allow_zero: bool = True, kind: type = float) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{name} must be a number, got {value!r}")
-    if kind is int and not isinstance(value, int):
-        raise ConfigError(f"{name} must be an integer, got {value!r}")
-    if value < 0 or (value == 0 and not allow_zero):
-        raise ConfigError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value!r}")
-    return kind(value)
-
-
-def _namespace_from_dict(where: str, raw: dict[str, Any]) -> NamespaceOptions:
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{where} must be a table")
-    known = {f.name: f for f in dataclasses.fields(NamespaceOptions)}
-    values: dict[str, Any] = {}
-    for key, value in raw.items():
-        f = known.get(key)
-        if f is None:
-            raise ConfigError(f"{where}: unknown option {key!r}")
-        if f.type == "bool":
-            if not isinstance(value, bool):
-                raise ConfigError(f"{where}.{key} must be true or false, got {value!r}")
-            values[key] = value
-        elif f.type == "int":
-            values[key] = _positive(f"{where}.{key}", value, kind=int)
-        else:
-            values[key] = _positive(f"{where}.{key}", value)
-    return NamespaceOptions(**values)
 
 
 @dataclass(slots=True)
@@ -108,6 +100,7 @@ class Config:
     Attributes:
         host, port: where ``hubbub serve`` listens.
         broker: ``"memory"`` (one process) or a ``redis://`` URL.
+        workers: processes sharing the port (needs the Redis broker).
         max_message_size: largest incoming WebSocket message (bytes); larger
             ones close the connection with 1009.
         max_pending_output: output a connection may have waiting to be sent
@@ -120,8 +113,33 @@ class Config:
         close_timeout: seconds to wait for the closing handshake before the
             TCP connection is dropped.
         max_handshake_size: largest HTTP request head (bytes); past it 431.
+        max_request_line: longest HTTP request line (bytes); past it 414.
         max_http_body: largest plain HTTP request body (bytes); past it 413.
         channel_max_length: longest channel name (bytes).
+        api_key: key for ``POST /api/...`` (header ``X-API-Key``).
+        api_insecure: serve the HTTP API without a key (trusted networks only).
+        token_hmac_secret: HS256/384/512 secret for connection and
+            subscription tokens (JWT).
+        token_rsa_public_key: RS256/384/512 public key (PEM text or a path).
+        token_ecdsa_public_key: ES256/384/512 public key (PEM text or a path).
+        token_jwks_url: URL of a JWKS to verify RS/ES tokens by ``kid``.
+        token_audience, token_issuer: required ``aud``/``iss`` claims, if set.
+        allow_anonymous: clients without a token are accepted as user ``""``.
+            ``None`` (not set): allowed only on a loopback address with no
+            token key configured; any other bind address refuses to start.
+        allowed_origins: ``Origin`` values allowed on WebSocket upgrades, or
+            ``["*"]``; same-origin requests and requests without ``Origin``
+            (non-browser clients) are always allowed. Others get 403.
+        client_channel_limit: channels one connection may subscribe to
+            (error 106; 3505 for server-side subscriptions).
+        client_command_rate: commands per second per connection (0, the default: no
+            limit); over it error 111, and after ``client_command_burst``
+            rejected commands in a row, disconnect 3013.
+        client_command_burst: commands a connection may send at once.
+        client_user_connection_limit: connections per user on this node
+            (0: no limit); over it 3504.
+        idempotency_ttl: seconds a publish ``idempotency_key`` is remembered.
+        presence_ttl: seconds a presence entry lives without refresh.
         channels: options of the default namespace.
         namespaces: options per namespace name.
     """
@@ -129,6 +147,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     broker: str = "memory"
+    workers: int = 1
     max_message_size: int = 65536
     max_pending_output: int = 1024 * 1024
     ping_interval: float = 25.0
@@ -137,10 +156,29 @@ class Config:
     connect_timeout: float = 10.0
     close_timeout: float = 5.0
     max_handshake_size: int = 16384
+    max_request_line: int = 8192
     max_http_body: int = 1024 * 1024
     channel_max_length: int = 255
+    api_key: str = ""
+    api_insecure: bool = False
+    token_hmac_secret: str = ""
+    token_rsa_public_key: str = ""
+    token_ecdsa_public_key: str = ""
+    token_jwks_url: str = ""
+    token_audience: str = ""
+    token_issuer: str = ""
+    allow_anonymous: bool | None = None
+    allowed_origins: list[str] = field(default_factory=list)
+    client_channel_limit: int = 128
+    client_command_rate: float = 0.0
+    client_command_burst: int = 100
+    client_user_connection_limit: int = 0
+    idempotency_ttl: float = 300.0
+    presence_ttl: float = 60.0
     channels: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
+
+    # -- derived ----------------------------------------------------------------
 
     def namespace(self, channel: str) -> NamespaceOptions | None:
         """The options for ``channel``, or ``None`` if its namespace is unknown."""
@@ -149,54 +187,266 @@ class Config:
             return self.channels
         return self.namespaces.get(name)
 
+    @property
+    def token_auth(self) -> bool:
+        """Whether any token key is configured."""
+        return bool(self.token_hmac_secret or self.token_rsa_public_key or self.token_ecdsa_public_key
+                    or self.token_jwks_url)
+
+    @property
+    def loopback(self) -> bool:
+        """Whether ``host`` is a loopback address."""
+        if self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False
+
+    @property
+    def anonymous(self) -> bool:
+        """Whether anonymous clients are accepted hub-wide (see ``allow_anonymous``)."""
+        if self.allow_anonymous is not None:
+            return self.allow_anonymous
+        return self.loopback and not self.token_auth
+
+    def anonymous_in(self, ns: NamespaceOptions) -> bool:
+        """Whether anonymous clients may use namespace ``ns``."""
+        return self.anonymous if ns.allow_anonymous is None else ns.allow_anonymous
+
+    @property
+    def security_mode(self) -> str:
+        """A one-line description for the startup log."""
+        parts = ["tokens required" if self.token_auth and not self.anonymous else
+                 "tokens accepted, anonymous allowed" if self.token_auth else "anonymous allowed"]
+        parts.append("API key set" if self.api_key else "API open (api_insecure)" if self.api_insecure
+                     else "API disabled (no api_key)")
+        return ", ".join(parts)
+
+    def check_exposure(self) -> None:
+        """Refuse an open hub on a non-loopback address.
+
+        Raises:
+            ConfigError: bound beyond loopback with no token key and no
+                explicit ``allow_anonymous``; the message says what to set.
+        """
+        if not self.loopback and not self.token_auth and self.allow_anonymous is None:
+            raise ConfigError(
+                f"refusing to serve on {self.host}: anonymous clients would be accepted from the network. "
+                "Set token_hmac_secret (or token_rsa_public_key / token_ecdsa_public_key / token_jwks_url) "
+                "to require connection tokens, or set allow_anonymous = true (HUBBUB_ALLOW_ANONYMOUS=true) "
+                "to accept anonymous clients on purpose."
+            )
+
+    # -- validation -----------------------------------------------------------------
+
     def validate(self) -> Config:
-        """Check every setting; raise :class:`ConfigError` naming the bad one."""
-        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
-            raise ConfigError(f"port must be 0-65535, got {self.port!r}")
-        for name in ("max_message_size", "max_pending_output", "max_handshake_size", "max_http_body",
-                     "channel_max_length"):
-            _positive(name, getattr(self, name), allow_zero=False, kind=int)
-        for name in ("ping_interval", "pong_timeout", "handshake_timeout", "connect_timeout",
-                     "close_timeout"):
-            _positive(name, getattr(self, name))
-        if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://", "unix://")):
-            raise ConfigError(f"broker must be 'memory' or a redis:// URL, got {self.broker!r}")
+        """Check every setting; raise :class:`ConfigError` naming each bad one."""
+        errors = [msg for _, msg in _check_fields(type(self), dataclasses.asdict(self), "")]
+        if not errors:
+            errors = self._cross_checks()
+        if errors:
+            raise ConfigError("; ".join(errors))
         return self
 
+    def _cross_checks(self) -> list[str]:
+        errors = []
+        if not 0 <= self.port < 65536:
+            errors.append(f"port must be 0-65535, got {self.port}")
+        if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://", "unix://")):
+            errors.append(f"broker must be 'memory' or a redis:// URL, got {self.broker!r}")
+        if self.workers < 1:
+            errors.append("workers must be at least 1")
+        return errors
+
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], *, source: str = "config") -> Config:
-        """Build a config from a parsed TOML document; unknown keys are errors."""
-        known = {f.name: f for f in dataclasses.fields(cls)}
-        values: dict[str, Any] = {}
-        for key, value in raw.items():
-            if key not in known:
-                raise ConfigError(f"{source}: unknown setting {key!r}")
-            if key == "channels":
-                values[key] = _namespace_from_dict("channels", value)
-            elif key == "namespaces":
-                if not isinstance(value, dict):
-                    raise ConfigError(f"{source}: namespaces must be a table of tables")
-                values[key] = {
-                    name: _namespace_from_dict(f"namespaces.{name}", options)
-                    for name, options in value.items()
-                }
-            else:
-                values[key] = value
-        try:
-            config = cls(**values)
-        except TypeError as exc:  # pragma: no cover - guarded by the key check
-            raise ConfigError(str(exc)) from None
-        return config.validate()
+    def from_dict(cls, raw: Mapping[str, Any], *, source: str = "config") -> Config:
+        """Build a config from a parsed TOML document.
+
+        Raises:
+            ConfigError: listing every unknown or invalid key.
+        """
+        problems = check_dict(raw)
+        if problems:
+            raise ConfigError(f"{source}: " + "; ".join(msg for _, msg in problems))
+        values = dict(raw)
+        if "channels" in values:
+            values["channels"] = NamespaceOptions(**values["channels"])
+        if "namespaces" in values:
+            values["namespaces"] = {k: NamespaceOptions(**v) for k, v in values["namespaces"].items()}
+        for f in dataclasses.fields(cls):
+            if f.name in values and f.type == "float" and isinstance(values[f.name], int):
+                values[f.name] = float(values[f.name])
+        config = cls(**values)
+        errors = config._cross_checks()
+        if errors:
+            raise ConfigError(f"{source}: " + "; ".join(errors))
+        return config
+
+    @classmethod
+    def load(cls, path: str | Path | None = None, *, env: Mapping[str, str] | None = None,
+             **flags: Any) -> Config:
+        """Settings from a TOML file, then ``HUBBUB_*`` variables, then ``flags``
+        (``None`` values are ignored).
+
+        Raises:
+            ConfigError: unreadable file, invalid TOML, unknown or invalid keys.
+        """
+        raw: dict[str, Any] = read_toml(path) if path else {}
+        raw.update(env_settings(os.environ if env is None else env))
+        raw.update({k: v for k, v in flags.items() if v is not None})
+        return cls.from_dict(raw, source=str(path) if path else "settings")
 
     @classmethod
     def from_toml(cls, path: str | Path, **overrides: Any) -> Config:
         """Read a TOML file; ``overrides`` (not ``None``) win over the file."""
-        try:
-            with open(path, "rb") as f:
-                raw = tomllib.load(f)
-        except OSError as exc:
-            raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+        raw = read_toml(path)
         raw.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(raw, source=str(path))
+
+
+# -- checking raw settings -----------------------------------------------------------
+
+
+def _type_ok(type_name: str, value: Any) -> bool:
+    if type_name == "bool":
+        return isinstance(value, bool)
+    if type_name == "bool | None":
+        return value is None or isinstance(value, bool)
+    if type_name == "int":
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if type_name == "float":
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
+    if type_name == "str":
+        return isinstance(value, str)
+    if type_name == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    return True
+
+
+_TYPE_WORDS = {
+    "bool": "true or false",
+    "bool | None": "true or false",
+    "int": "a non-negative integer",
+    "float": "a non-negative number",
+    "str": "a string",
+    "list[str]": "a list of strings",
+}
+
+
+def _check_fields(cls: type, raw: Mapping[str, Any], prefix: str) -> list[tuple[str, str]]:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    problems = []
+    for key, value in raw.items():
+        path = f"{prefix}{key}"
+        f = known.get(key)
+        if f is None:
+            problems.append((path, f"unknown setting {path!r}"))
+        elif f.type in _TYPE_WORDS and not _type_ok(str(f.type), value):
+            problems.append((path, f"{path} must be {_TYPE_WORDS[str(f.type)]}, got {value!r}"))
+    return problems
+
+
+def check_dict(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """Every problem in a raw settings mapping, as ``(dotted.key, message)``."""
+    problems = [p for p in _check_fields(Config, raw, "") if p[0] not in ("channels", "namespaces")]
+    channels = raw.get("channels")
+    if channels is not None:
+        if isinstance(channels, dict):
+            problems += _check_fields(NamespaceOptions, channels, "channels.")
+        else:
+            problems.append(("channels", "channels must be a table"))
+    namespaces = raw.get("namespaces")
+    if namespaces is not None:
+        if not isinstance(namespaces, dict):
+            problems.append(("namespaces", "namespaces must be a table of tables"))
+        else:
+            for name, options in namespaces.items():
+                if not isinstance(options, dict):
+                    problems.append((f"namespaces.{name}", f"namespaces.{name} must be a table"))
+                elif not name or NAMESPACE_SEPARATOR in name:
+                    problems.append((f"namespaces.{name}", f"invalid namespace name {name!r}"))
+                else:
+                    problems += _check_fields(NamespaceOptions, options, f"namespaces.{name}.")
+    return problems
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """Parse a TOML file. Raises :class:`ConfigError` if unreadable or invalid."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: invalid TOML: {exc}") from None
+
+
+def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
+    """Top-level settings from ``HUBBUB_*`` variables, converted to each setting's type.
+
+    Raises:
+        ConfigError: a variable names no setting, or its value has the wrong type.
+    """
+    fields = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("channels", "namespaces")}
+    out: dict[str, Any] = {}
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        key = name[len(ENV_PREFIX):].lower()
+        f = fields.get(key)
+        if f is None:
+            raise ConfigError(f"environment variable {name} names no setting")
+        kind = str(f.type)
+        try:
+            if kind in ("bool", "bool | None"):
+                if text.lower() not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+                    raise ValueError
+                out[key] = text.lower() in ("1", "true", "yes", "on")
+            elif kind == "int":
+                out[key] = int(text)
+            elif kind == "float":
+                out[key] = float(text)
+            elif kind == "list[str]":
+                out[key] = [part.strip() for part in text.split(",") if part.strip()]
+            else:
+                out[key] = text
+        except ValueError:
+            raise ConfigError(f"{name} must be {_TYPE_WORDS.get(kind, kind)}, got {text!r}") from None
+    return out
+
+
+def check_file(path: str | Path) -> list[str]:
+    """Validate a config file; every problem as ``"FILE:LINE: message"`` (empty when valid)."""
+    try:
+        raw = read_toml(path)
+    except ConfigError as exc:
+        return [str(exc)]
+    text = Path(path).read_text(encoding="utf-8", errors="replace")
+    out = [f"{path}:{_line_of(text, key)}: {msg}" for key, msg in check_dict(raw)]
+    if not out:
+        try:
+            Config.from_dict(raw, source=str(path))
+        except ConfigError as exc:
+            out.append(str(exc))
+    return out
+
+
+def _line_of(text: str, dotted: str) -> int:
+    """The line where ``dotted`` (``a.b.c``) is set, or 1 if it cannot be found."""
+    *tables, key = dotted.split(".")
+    table = ".".join(tables)
+    current = ""
+    header = re.compile(r"^\s*\[+\s*([^\]]+?)\s*\]+")
+    assign = re.compile(r"^\s*(\"[^\"]*\"|[A-Za-z0-9_-]+)\s*=")
+    for number, line in enumerate(text.splitlines(), 1):
+        m = header.match(line)
+        if m:
+            current = m.group(1).replace('"', "")
+            if current == dotted:
+                return number
+            continue
+        m = assign.match(line)
+        if m and current == table and m.group(1).strip('"') == key:
+            return number
+    return 1

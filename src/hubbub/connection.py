@@ -165,6 +165,11 @@ class Connection(asyncio.Protocol):
             return
         if self._head is not None:
             self._head += data
+            if (len(self._head) > self.config.max_request_line and self.http.their_state is h11.IDLE
+                    and b"\r\n" not in self._head[: self.config.max_request_line]):
+                self._head = None
+                self._http_error(414, "request line too long")
+                return
         try:
             self.http.receive_data(data)
         except h11.RemoteProtocolError:

@@ -18,7 +18,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .brokers.base import Broker, ClientInfo, Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
@@ -109,7 +109,9 @@ class Hub:
         self._tasks: set[asyncio.Task[None]] = set()
         self._presence: dict[str, dict[str, ClientInfo]] = {}  # local entries, refreshed by a shared timer
         self._presence_timer: asyncio.TimerHandle | None = None
-        self.presence_ttl = 60.0
+        self.presence_ttl = config.presence_ttl
+        #: connected protocol sessions by user id (for the server API)
+        self.sessions: dict[str, dict[str, Any]] = {}
 
     # -- life cycle ---------------------------------------------------------
 
@@ -378,6 +380,30 @@ class Hub:
         if state.count == 0 and self._channels.get(channel) is state:
             del self._channels[channel]
             self._spawn(self.broker.unsubscribe(channel), f"broker unsubscribe of {channel!r}")
+
+    # -- sessions by user (server API: subscribe, unsubscribe, disconnect, refresh) --
+
+    def add_session(self, session: Any) -> None:
+        """Register a connected session under its ``user`` and ``client_id``."""
+        self.sessions.setdefault(session.user, {})[session.client_id] = session
+
+    def remove_session(self, session: Any) -> None:
+        users = self.sessions.get(session.user)
+        if users is not None:
+            users.pop(session.client_id, None)
+            if not users:
+                del self.sessions[session.user]
+
+    def user_connections(self, user: str) -> int:
+        """How many connections ``user`` has on this node."""
+        return len(self.sessions.get(user, ()))
+
+    def user_sessions(self, user: str, client: str | None = None) -> list[Any]:
+        """The sessions of ``user`` on this node (only ``client``'s if given)."""
+        sessions = self.sessions.get(user, {})
+        if client:
+            return [sessions[client]] if client in sessions else []
+        return list(sessions.values())
 
     # -- introspection --------------------------------------------------------
 

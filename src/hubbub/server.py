@@ -25,6 +25,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import __version__
+from .api import ServerAPI
+from .auth import TokenVerifier
 from .brokers import create_broker
 from .codes import DisconnectCode
 from .config import Config
@@ -81,6 +83,9 @@ class Server:
         self.websocket_routes.add("/connection/websocket", self._protocol_endpoint)
         self.websocket_routes.add("/ws/{channel:path}", self._relay_endpoint)
         self.http_routes.add("/health", self._health)
+        self.verifier = TokenVerifier(self.config)
+        self.api = ServerAPI(self)
+        self.http_routes.add("/api/{method}", self.api.handle)
 
     # -- routes -----------------------------------------------------------------
 
@@ -93,7 +98,8 @@ class Server:
         self.http_routes.add(path, handler)
 
     def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession:
-        return ClientSession(self.hub, conn, self.protocol_wire, hooks=self.hooks, headers=request.headers)
+        return ClientSession(self.hub, conn, self.protocol_wire, hooks=self.hooks, headers=request.headers,
+                             verifier=self.verifier)
 
     def _relay_endpoint(self, conn: Connection, request: HTTPRequest) -> RelaySession:
         echo = request.query.get("echo", "true").lower() not in ("false", "0", "no")
@@ -110,7 +116,24 @@ class Server:
         """A refusal ``(status, text)`` for an upgrade, or ``None`` to accept."""
         if self.closing:
             return 503, "server is shutting down"
+        origin = request.headers.get("origin")
+        if origin is not None and not self.origin_allowed(origin, request.headers.get("host", "")):
+            log.warning("refused WebSocket upgrade from origin %r", origin)
+            return 403, "origin not allowed"
         return None
+
+    def origin_allowed(self, origin: str, host: str) -> bool:
+        """Same-origin, or listed in ``allowed_origins`` (``*`` allows any).
+
+        Browsers always send ``Origin`` on WebSocket upgrades; refusing foreign
+        ones stops cross-site WebSocket hijacking. Clients that send no
+        ``Origin`` (not browsers) are not affected.
+        """
+        allowed = self.config.allowed_origins
+        if "*" in allowed or origin in allowed:
+            return True
+        _, _, origin_host = origin.partition("://")
+        return bool(host) and origin_host.lower() == host.lower()
 
     async def handle_http(self, request: HTTPRequest) -> HTTPResponse:
         found = self.http_routes.match(request.path)
@@ -181,6 +204,11 @@ class Server:
                 conn.session.check_pong()
 
     def _sweep(self) -> None:
+        wall = time.time()
+        for conn in self.websockets:
+            session = conn.session
+            if getattr(session, "expire_at", None) is not None:
+                session.check_expiry(wall)  # type: ignore[union-attr]
         now = time.monotonic()
         for conn in list(self._pending):
             session = conn.session
@@ -211,6 +239,7 @@ class Server:
 
     async def start(self, *, sock: socket.socket | None = None, reuse_port: bool = False) -> None:
         """Start the hub and listen. Raises ``OSError`` if the port is taken."""
+        self.config.check_exposure()
         loop = asyncio.get_running_loop()
         self.flusher = Flusher(loop)
         await self.hub.start()

@@ -23,6 +23,7 @@ closes with 3501; errors of single commands are error replies.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -35,6 +36,7 @@ from . import __version__
 from .brokers.base import ClientInfo, Publication, StreamPosition
 from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
 from .errors import Disconnect, ProtocolError
+from .auth import InvalidToken, TokenExpired, TokenVerifier
 from .hub import Hub, Subscriber
 from .outbox import FrameEncoder, Outbox
 
@@ -113,8 +115,32 @@ PING = b"{}"
 
 
 @dataclass(slots=True)
+class ConnectResult:
+    """Who a connection is, as decided by its token or the ``on_connect`` hook.
+
+    Attributes:
+        user: user id (``""``: anonymous).
+        info: connection info (any JSON), shown in presence and publications.
+        data: sent to the client in the connect reply.
+        channels: server-side subscriptions made on connect.
+        expire_at: unix time (seconds) when the connection expires unless
+            refreshed (3005); ``None``: never.
+    """
+
+    user: str = ""
+    info: Any = None
+    data: Any = None
+    channels: tuple[str, ...] = ()
+    expire_at: float | None = None
+
+
+@dataclass(slots=True)
 class ConnectRequest:
-    """What a client sent in ``connect``, for the ``on_connect`` hook."""
+    """What a client sent in ``connect``, for the ``on_connect`` hook.
+
+    ``result`` is what the token (if any) established; the default hook
+    returns it unchanged.
+    """
 
     client: str
     token: str
@@ -122,17 +148,7 @@ class ConnectRequest:
     name: str
     version: str
     headers: dict[str, str]
-
-
-@dataclass(slots=True)
-class ConnectResult:
-    """What an ``on_connect`` hook decided: the user, and optional info/data."""
-
-    user: str = ""
-    info: Any = None
-    data: Any = None
-    channels: tuple[str, ...] = ()
-    expire_at: float | None = None
+    result: ConnectResult = dataclasses.field(default_factory=ConnectResult)
 
 
 class SessionHooks:
@@ -143,8 +159,12 @@ class SessionHooks:
     or :class:`~hubbub.errors.Disconnect` (the connection closes).
     """
 
+    #: Whether ``on_connect`` authenticates by itself, so a connect without a
+    #: token is passed to it even when anonymous clients are not allowed.
+    handles_auth = False
+
     async def on_connect(self, request: ConnectRequest) -> ConnectResult:
-        return ConnectResult()
+        return request.result
 
     async def on_subscribe(self, session: ClientSession, channel: str, params: dict[str, Any]) -> Any:
         """Return channel info (any JSON value) or ``None``."""
@@ -159,9 +179,6 @@ class SessionHooks:
 
     async def on_message(self, session: ClientSession, data: Any) -> None:
         return None
-
-    async def on_refresh(self, session: ClientSession, token: str) -> ConnectResult:
-        raise ProtocolError(ErrorCode.NOT_AVAILABLE)
 
     async def on_disconnect(self, session: ClientSession) -> None:
         return None
@@ -207,8 +224,11 @@ class ClientSession:
         hooks: SessionHooks = _DEFAULT_HOOKS,
         headers: dict[str, str] | None = None,
         client_id: str | None = None,
+        verifier: TokenVerifier | None = None,
     ) -> None:
         self.hub = hub
+        self.config = hub.config
+        self.verifier = verifier
         self.out = out
         self.wire = wire
         self.hooks = hooks
@@ -225,6 +245,9 @@ class ClientSession:
         self.pong_expected = False
         self.created_at = time.monotonic()
         self._replies: list[bytes] = []
+        self._tokens = float(self.config.client_command_burst)
+        self._tokens_at = time.monotonic()
+        self._rejected = 0
         self._subscriber_cache: dict[bool, Subscriber] = {}
 
     # -- incoming -----------------------------------------------------------
@@ -273,6 +296,11 @@ class ClientSession:
         if len(methods) != 1 or methods[0] not in _METHODS:
             raise Disconnect(DisconnectCode.BAD_REQUEST, "unknown command")
         method = methods[0]
+        if not self._allow_command():
+            if cid:
+                self._reply(dumps({"id": cid, "error": {"code": 111, "message": "too many requests",
+                                                        "temporary": True}}))
+            return
         params = command[method]
         if params is None:
             params = {}
@@ -316,6 +344,28 @@ class ClientSession:
 
     _late: tuple[str, list[Publication]] | None = None
 
+    def _allow_command(self) -> bool:
+        """Token bucket: ``client_command_rate`` per second, ``client_command_burst`` at once.
+
+        Raises:
+            Disconnect: 3013 after ``client_command_burst`` refusals in a row.
+        """
+        rate = self.config.client_command_rate
+        if rate <= 0:
+            return True
+        now = time.monotonic()
+        burst = self.config.client_command_burst
+        self._tokens = min(float(burst), self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            self._rejected = 0
+            return True
+        self._rejected += 1
+        if self._rejected >= max(burst, 1):
+            raise Disconnect(DisconnectCode.TOO_MANY_REQUESTS)
+        return False
+
     async def _guard(self, awaitable: Awaitable[Any]) -> Any:
         try:
             return await awaitable
@@ -339,20 +389,32 @@ class ClientSession:
     async def _cmd_connect(self, params: dict[str, Any]) -> dict[str, Any]:
         if self.connected:
             raise Disconnect(DisconnectCode.BAD_REQUEST, "already connected")
+        token = _str(params, "token")
         request = ConnectRequest(
             client=self.client_id,
-            token=_str(params, "token"),
+            token=token,
             data=params.get("data"),
             name=_str(params, "name"),
             version=_str(params, "version"),
             headers=self.headers,
         )
+        if token and self.verifier is not None and self.verifier.enabled:
+            claims = await self._verify(self.verifier.connection(token))
+            request.result = ConnectResult(claims.user, claims.info, None, claims.channels, claims.expire_at)
+        elif not self.config.anonymous and not self.hooks.handles_auth:
+            raise Disconnect(DisconnectCode.INVALID_TOKEN, "connection token required")
         result = await self.hooks.on_connect(request)
+        if result.expire_at is not None and result.expire_at <= time.time():
+            raise ProtocolError(ErrorCode.TOKEN_EXPIRED)
         self.user = result.user
         self.conn_info = None if result.info is None else encode_data(result.info)
         self.info = ClientInfo(self.client_id, self.user, self.conn_info)
         self.expire_at = result.expire_at
+        limit = self.config.client_user_connection_limit
+        if limit and self.user and self.hub.user_connections(self.user) >= limit:
+            raise Disconnect(DisconnectCode.CONNECTION_LIMIT)
         self.connected = True
+        self.hub.add_session(self)
         reply: dict[str, Any] = {"client": self.client_id, "version": __version__}
         interval = self.hub.config.ping_interval
         if interval > 0:
@@ -368,10 +430,32 @@ class ClientSession:
             try:
                 subs[channel] = await self._subscribe(channel, {}, server_side=True)
             except ProtocolError as exc:
-                log.warning("server-side subscription to %r failed: %s", channel, exc)
+                log.warning("server-side subscription to %r failed: %s", channel, exc.message)
         if subs:
             reply["subs"] = subs
         return reply
+
+    @staticmethod
+    async def _verify(awaitable: Awaitable[Any]) -> Any:
+        """Map token errors: expired -> error 109, invalid -> disconnect 3500."""
+        try:
+            return await awaitable
+        except TokenExpired:
+            raise ProtocolError(ErrorCode.TOKEN_EXPIRED) from None
+        except InvalidToken as exc:
+            raise Disconnect(DisconnectCode.INVALID_TOKEN, "invalid token") from exc
+
+    def namespace(self, channel: str) -> Any:
+        """The namespace of ``channel`` for this client.
+
+        Raises:
+            ProtocolError: 107/102 for a bad channel; 103 if the client is
+                anonymous and the namespace does not allow anonymous clients.
+        """
+        ns = self.hub.namespace(channel)
+        if not self.user and not self.config.anonymous_in(ns):
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        return ns
 
     def _subscriber(self, recoverable: bool) -> Subscriber:
         sub = self._subscriber_cache.get(recoverable)
@@ -390,12 +474,22 @@ class ClientSession:
 
     async def _subscribe(self, channel: str, params: dict[str, Any], *, server_side: bool = False) -> dict[str, Any]:
         hub = self.hub
-        ns = hub.namespace(channel)
-        if not ns.allow_subscribe_for_client and not server_side:
-            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        ns = hub.namespace(channel) if server_side else self.namespace(channel)
         if channel in self.channels:
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
-        chan_info = await self.hooks.on_subscribe(self, channel, params)
+        if len(self.channels) >= self.config.client_channel_limit:
+            if server_side:
+                raise Disconnect(DisconnectCode.CHANNEL_LIMIT)
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, "channel limit exceeded")
+        chan_info = None
+        if not server_side:
+            if not ns.allow_subscribe_for_client:
+                raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+            if ns.require_subscription_token:
+                chan_info = await self._subscription_token(channel, _str(params, "token"))
+            hooked = await self.hooks.on_subscribe(self, channel, params)
+            if hooked is not None:
+                chan_info = hooked
         info = self.info if chan_info is None else ClientInfo(
             self.client_id, self.user, self.conn_info, encode_data(chan_info))
         recover = bool(params.get("recover"))
@@ -447,6 +541,25 @@ class ClientSession:
             self._late = (channel, result.late)
         return reply
 
+    async def _subscription_token(self, channel: str, token: str) -> Any:
+        """Check the subscription token of a private channel; returns its ``info``.
+
+        Raises:
+            ProtocolError: 103 without a valid token for this channel and
+                user, 109 if it expired.
+        """
+        if not token or self.verifier is None or not self.verifier.enabled:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token required")
+        try:
+            claims = await self.verifier.subscription(token)
+        except TokenExpired:
+            raise ProtocolError(ErrorCode.TOKEN_EXPIRED) from None
+        except InvalidToken:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "invalid subscription token") from None
+        if claims.channel != channel or claims.user != self.user:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token is for another channel or user")
+        return claims.info
+
     async def _cmd_unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = _channel(params)
         info = self.channels.pop(channel, None)
@@ -456,7 +569,7 @@ class ClientSession:
 
     async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = _channel(params)
-        ns = self.hub.namespace(channel)
+        ns = self.namespace(channel)
         if not ns.allow_publish_for_client:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED)
         if "data" not in params:
@@ -474,7 +587,7 @@ class ClientSession:
 
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
         channel = _channel(params)
-        ns = self.hub.namespace(channel)
+        ns = self.namespace(channel)
         if not ns.history:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE)
         if not ns.allow_history_for_client:
@@ -509,7 +622,7 @@ class ClientSession:
 
     async def _presence_check(self, params: dict[str, Any]) -> str:
         channel = _channel(params)
-        ns = self.hub.namespace(channel)
+        ns = self.namespace(channel)
         if not ns.presence:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE)
         if not ns.allow_presence_for_client:
@@ -546,12 +659,16 @@ class ClientSession:
         token = _str(params, "token")
         if not token:
             raise ProtocolError(ErrorCode.BAD_REQUEST, "refresh without token")
-        result = await self.hooks.on_refresh(self, token)
-        self.expire_at = result.expire_at
+        if self.verifier is None or not self.verifier.enabled:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        claims = await self._verify(self.verifier.connection(token))
+        if claims.user != self.user:
+            raise Disconnect(DisconnectCode.INVALID_TOKEN, "token is for another user")
+        self.expire_at = claims.expire_at
         reply: dict[str, Any] = {"client": self.client_id, "version": __version__}
-        if result.expire_at is not None:
+        if claims.expire_at is not None:
             reply["expires"] = True
-            reply["ttl"] = max(0, int(result.expire_at - time.time()))
+            reply["ttl"] = max(0, int(claims.expire_at - time.time()))
         return reply
 
     async def _cmd_sub_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
@@ -584,9 +701,36 @@ class ClientSession:
         self.closed = True
         self.out.close(code, DISCONNECT_REASONS.get(code, "") if reason is None else reason)
 
+    def check_expiry(self, now: float) -> None:
+        """Close with 3005 if the connection's token expired (``now``: unix seconds)."""
+        if self.expire_at is not None and now >= self.expire_at and not self.closed:
+            self.disconnect(DisconnectCode.EXPIRED)
+
+    async def server_subscribe(self, channel: str) -> None:
+        """Subscribe from the server side (HTTP API) and tell the client with a
+        ``subscribe`` push.
+
+        Raises:
+            ProtocolError: as for a subscribe command.
+        """
+        reply = await self._subscribe(channel, {}, server_side=True)
+        self.out.send_text(dumps({"push": {"channel": channel, "subscribe": reply}}))
+
+    def server_unsubscribe(self, channel: str) -> bool:
+        """Unsubscribe from the server side and tell the client (code 2000)."""
+        info = self.channels.pop(channel, None)
+        if info is None:
+            return False
+        self.hub.unsubscribe(channel, self.client_id, info=info)
+        self.out.send_text(encode_unsubscribe_push(channel, 2000, "server unsubscribe"))
+        return True
+
     def on_closed(self) -> None:
         """The connection is gone: leave every channel (idempotent)."""
         self.closed = True
+        if self.connected:
+            self.hub.remove_session(self)
+            self.connected = False
         for channel, info in self.channels.items():
             self.hub.unsubscribe(channel, self.client_id, info=info)
         self.channels.clear()

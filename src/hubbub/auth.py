@@ -1,0 +1,169 @@
+"""Connection and subscription tokens (JWT), verified with PyJWT.
+
+Claims, as in Centrifugo (centrifugal.dev ``docs/server/authentication.md``
+and ``docs/server/channel_token_auth.md``):
+
+* connection token: ``sub`` (user id, required, may be ``""``), ``exp``
+  (unix seconds), ``info`` (connection info, any JSON), ``channels`` (list of
+  channels to subscribe the connection to on connect);
+* subscription token: ``sub`` (must be the connection's user), ``channel``
+  (must be the channel subscribed to), ``exp``, ``info`` (channel info).
+
+Keys: ``token_hmac_secret`` (HS256/384/512), ``token_rsa_public_key``
+(RS256/384/512), ``token_ecdsa_public_key`` (ES256/384/512), or
+``token_jwks_url`` (keys fetched by ``kid``, cached).
+
+Outcomes: a valid token gives :class:`Claims`; an expired one raises
+:class:`TokenExpired`; anything else raises :class:`InvalidToken`. The token
+itself never appears in an error message or a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from .config import Config
+from .errors import HubbubError
+
+log = logging.getLogger("hubbub.auth")
+
+HMAC_ALGORITHMS = ["HS256", "HS384", "HS512"]
+RSA_ALGORITHMS = ["RS256", "RS384", "RS512"]
+ECDSA_ALGORITHMS = ["ES256", "ES384", "ES512"]
+
+
+class TokenError(HubbubError):
+    """A token was refused."""
+
+
+class TokenExpired(TokenError):
+    """The token's ``exp`` has passed."""
+
+
+class InvalidToken(TokenError):
+    """The token is malformed, badly signed, or lacks a required claim."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claims:
+    """What a verified token says.
+
+    Attributes:
+        user: the ``sub`` claim.
+        expire_at: the ``exp`` claim (unix seconds), or ``None``.
+        info: the ``info`` claim (any JSON value), or ``None``.
+        channels: the ``channels`` claim (connection tokens).
+        channel: the ``channel`` claim (subscription tokens).
+    """
+
+    user: str
+    expire_at: float | None = None
+    info: Any = None
+    channels: tuple[str, ...] = ()
+    channel: str = ""
+
+
+def _read_key(value: str) -> str:
+    """A PEM key given inline or as a path to a file."""
+    if "-----BEGIN" in value:
+        return value
+    try:
+        return Path(value).read_text()
+    except OSError as exc:
+        raise InvalidToken(f"cannot read public key file {value}: {exc.strerror}") from None
+
+
+class TokenVerifier:
+    """Verifies tokens with the keys of a :class:`~hubbub.config.Config`.
+
+    Raises ``ConfigError``-free: keys are read when first needed, and a
+    missing key file makes every token invalid (logged once).
+    """
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self._keys: list[tuple[Any, list[str]]] = []
+        if config.token_hmac_secret:
+            self._keys.append((config.token_hmac_secret, HMAC_ALGORITHMS))
+        if config.token_rsa_public_key:
+            self._keys.append((_read_key(config.token_rsa_public_key), RSA_ALGORITHMS))
+        if config.token_ecdsa_public_key:
+            self._keys.append((_read_key(config.token_ecdsa_public_key), ECDSA_ALGORITHMS))
+        self._jwks = jwt.PyJWKClient(config.token_jwks_url, cache_keys=True) if config.token_jwks_url else None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self._keys or self._jwks)
+
+    async def _decode(self, token: str) -> dict[str, Any]:
+        if not self.enabled:
+            raise InvalidToken("token authentication is not configured")
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            raise InvalidToken("malformed token") from None
+        alg = header.get("alg", "")
+        options: dict[str, Any] = {"require": ["sub"], "verify_aud": bool(self.config.token_audience)}
+        kwargs: dict[str, Any] = {}
+        if self.config.token_audience:
+            kwargs["audience"] = self.config.token_audience
+        if self.config.token_issuer:
+            kwargs["issuer"] = self.config.token_issuer
+        candidates = [(key, algs) for key, algs in self._keys if alg in algs]
+        if self._jwks is not None and alg in RSA_ALGORITHMS + ECDSA_ALGORITHMS:
+            try:
+                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            except jwt.PyJWKClientError as exc:
+                log.warning("JWKS lookup failed: %s", exc)
+            else:
+                candidates.append((signing_key.key, [alg]))
+        if not candidates:
+            raise InvalidToken(f"no key for algorithm {alg!r}")
+        last: Exception | None = None
+        for key, algorithms in candidates:
+            try:
+                return jwt.decode(token, key, algorithms=algorithms, options=options, **kwargs)
+            except jwt.ExpiredSignatureError:
+                raise TokenExpired("token expired") from None
+            except jwt.PyJWTError as exc:
+                last = exc
+        raise InvalidToken(f"invalid token: {type(last).__name__}")
+
+    async def connection(self, token: str) -> Claims:
+        """Verify a connection token.
+
+        Raises:
+            TokenExpired: ``exp`` has passed.
+            InvalidToken: any other problem.
+        """
+        claims = await self._decode(token)
+        channels = claims.get("channels") or ()
+        if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
+            raise InvalidToken("channels claim must be a list of strings")
+        return Claims(_sub(claims), _exp(claims), claims.get("info"), tuple(channels))
+
+    async def subscription(self, token: str) -> Claims:
+        """Verify a subscription token (same errors as :meth:`connection`)."""
+        claims = await self._decode(token)
+        channel = claims.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise InvalidToken("subscription token without channel claim")
+        return Claims(_sub(claims), _exp(claims), claims.get("info"), channel=channel)
+
+
+def _sub(claims: dict[str, Any]) -> str:
+    sub = claims.get("sub", "")
+    if not isinstance(sub, str):
+        raise InvalidToken("sub claim must be a string")
+    return sub
+
+
+def _exp(claims: dict[str, Any]) -> float | None:
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, (int, float)) else None
