@@ -396,7 +396,6 @@ class SubscriberStats:
         self.sample_every = cfg.sample_every
         self.countdown = cfg.sample_every
         self.delivered = 0
-        self.first_ns = 0
         self.last_ns = 0
         self.latencies_ns: list[int] = []
         self.bad_samples = 0
@@ -519,10 +518,7 @@ class Subscriber(WSClient):
             self._rest = data[pos:]
         stats.countdown = countdown
         if got:
-            now = time.time_ns()
-            if not stats.first_ns:
-                stats.first_ns = now
-            stats.last_ns = now
+            stats.last_ns = time.time_ns()
             stats.delivered += got
             self.received += got
             if not self.is_complete and self.received >= self.expected:
@@ -567,11 +563,13 @@ async def _open_subscribers(
                     await asyncio.wait_for(proto.ready, per_attempt)
                     opened.append(proto)
                     return
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     errors[f"no handshake/ready reply within {per_attempt:.0f}s"] += 1
                 except (OSError, HandshakeError) as exc:
                     errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
-                    if proto is not None and proto.transport is not None:
+                if proto is not None:  # failed after connecting: discard it
+                    proto.ready.cancel()
+                    if proto.transport is not None:
                         proto.transport.abort()
             await asyncio.sleep(0.2 * (attempt + 1))
 
@@ -600,14 +598,13 @@ async def _subscriber_worker(cfg: Config, count: int, pipe: Connection) -> None:
         remaining = max(0.0, (deadline_ns - time.time_ns()) / 1e9)
         try:
             await asyncio.wait_for(stats.done.wait(), remaining)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     result = {
         "subscribers": len(subscribers),
         "delivered": stats.delivered,
         "complete": stats.complete,
         "lost": stats.lost,
-        "first_ns": stats.first_ns,
         "last_ns": stats.last_ns,
         "latencies_ns": stats.latencies_ns,
         "bad_samples": stats.bad_samples,
@@ -740,10 +737,15 @@ def _recv(pipe: Connection, timeout: float) -> tuple:
 async def _produce(cfg: Config, pipes: list[Connection]) -> dict:
     """Connect the producer, start the workers' clocks, publish, collect."""
     loop = asyncio.get_running_loop()
-    _, producer = await asyncio.wait_for(
-        loop.create_connection(lambda: Producer(cfg), cfg.host, cfg.port), 10
-    )
-    await asyncio.wait_for(producer.ready, 10)
+    try:
+        _, producer = await asyncio.wait_for(
+            loop.create_connection(lambda: Producer(cfg), cfg.host, cfg.port), 10
+        )
+        await asyncio.wait_for(producer.ready, 10)
+    except (TimeoutError, OSError, HandshakeError) as exc:
+        for pipe in pipes:
+            pipe.send(("stop",))
+        return {"producer_error": f"producer could not connect: {type(exc).__name__}: {exc}"}
     await asyncio.sleep(cfg.settle)
 
     deadline_ns = time.time_ns() + int(cfg.timeout * 1e9)
@@ -756,7 +758,7 @@ async def _produce(cfg: Config, pipes: list[Connection]) -> dict:
         if producer.centrifugo:
             remaining = max(0.0, (deadline_ns - time.time_ns()) / 1e9)
             await asyncio.wait_for(producer.all_replied.wait(), remaining)
-    except (asyncio.TimeoutError, HandshakeError) as exc:
+    except (TimeoutError, HandshakeError) as exc:
         publish_error = f"{type(exc).__name__}: {exc}"
 
     wait = cfg.timeout + 30
@@ -856,6 +858,9 @@ def _report(
         "errors": errors,
     }
     if produced is None:
+        return report
+    if "producer_error" in produced:
+        errors.append(produced["producer_error"])
         return report
     if produced["publish_error"]:
         errors.append(produced["publish_error"])

@@ -41,14 +41,13 @@ import os
 import resource
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
@@ -73,8 +72,12 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec(
             name="websockets",
             argv=lambda py, port: [
-                py, str(BENCH / "servers" / "websockets_broadcast.py"),
-                "--host", HOST, "--port", str(port),
+                py,
+                str(BENCH / "servers" / "websockets_broadcast.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
             ],
             path="/",
             mode="raw",
@@ -83,7 +86,12 @@ SERVERS: dict[str, ServerSpec] = {
         ServerSpec(
             name="trivial",
             argv=lambda py, port: [
-                py, str(BENCH / "servers" / "trivial.py"), "--host", HOST, "--port", str(port),
+                py,
+                str(BENCH / "servers" / "trivial.py"),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
             ],
             path="/",
             mode="raw",
@@ -232,16 +240,26 @@ class ServerProcess:
 def run_loadgen(spec: ServerSpec, port: int, workload: Workload) -> dict:
     """Run bench/loadgen.py against a listening server; return its report."""
     argv = [
-        sys.executable, str(BENCH / "loadgen.py"),
-        "--host", HOST,
-        "--port", str(port),
-        "--path", spec.path,
-        "--mode", spec.mode,
-        "--subscribers", str(workload.subscribers),
-        "--messages", str(workload.messages),
-        "--size", str(workload.size),
-        "--procs", str(workload.procs),
-        "--timeout", str(workload.timeout),
+        sys.executable,
+        str(BENCH / "loadgen.py"),
+        "--host",
+        HOST,
+        "--port",
+        str(port),
+        "--path",
+        spec.path,
+        "--mode",
+        spec.mode,
+        "--subscribers",
+        str(workload.subscribers),
+        "--messages",
+        str(workload.messages),
+        "--size",
+        str(workload.size),
+        "--procs",
+        str(workload.procs),
+        "--timeout",
+        str(workload.timeout),
         "--json",
     ]
     budget = workload.timeout + 60 + 60  # delivery + connect phase + slack
@@ -283,16 +301,29 @@ def summarise(name: str, outcomes: list[dict]) -> dict:
     return median
 
 
+def _ms(value: float | None) -> str:
+    return f"{value:.1f}" if value is not None else "-"
+
+
 def format_table(rows: list[dict], baseline_rate: float | None) -> str:
     """Render the per-server results as a plain-text table."""
     header = (
-        "server", "deliveries/s", f"vs {BASELINE}", "delivered", "p50 ms", "p99 ms",
-        "p99.9 ms", "RSS MB", "notes",
+        "server",
+        "deliveries/s",
+        f"vs {BASELINE}",
+        "delivered",
+        "p50 ms",
+        "p99 ms",
+        "p99.9 ms",
+        "RSS MB",
+        "notes",
     )
     table = [header]
     for row in rows:
         if "report" not in row:
-            table.append((row["server"], "-", "-", "-", "-", "-", "-", "-", row.get("skipped") or row.get("error", "")))
+            table.append(
+                (row["server"], "-", "-", "-", "-", "-", "-", "-", row.get("skipped") or row.get("error", ""))
+            )
             continue
         rep = row["report"]
         lat = rep["latency_ms"] or {}
@@ -311,17 +342,27 @@ def format_table(rows: list[dict], baseline_rate: float | None) -> str:
         if len(row.get("runs", [])) > 1:
             notes.append("runs: " + ", ".join(f"{r:,.0f}" for r in row["runs"]))
         ratio = f"{rate / baseline_rate:.2f}x" if baseline_rate else "-"
-        fmt = lambda v: f"{v:.1f}" if v is not None else "-"  # noqa: E731
         rss = row.get("peak_rss_mb")
-        table.append((
-            row["server"], f"{rate:,.0f}", ratio, f"{rep['delivered']}/{rep['expected']}",
-            fmt(lat.get("p50")), fmt(lat.get("p99")), fmt(lat.get("p99.9")),
-            f"{rss:.0f}" if rss else "-", "; ".join(notes),
-        ))
+        table.append(
+            (
+                row["server"],
+                f"{rate:,.0f}",
+                ratio,
+                f"{rep['delivered']}/{rep['expected']}",
+                _ms(lat.get("p50")),
+                _ms(lat.get("p99")),
+                _ms(lat.get("p99.9")),
+                f"{rss:.0f}" if rss else "-",
+                "; ".join(notes),
+            )
+        )
     widths = [max(len(str(r[i])) for r in table) for i in range(len(header))]
     lines = []
     for i, r in enumerate(table):
-        cells = [str(c).ljust(w) if j in (0, len(header) - 1) else str(c).rjust(w) for j, (c, w) in enumerate(zip(r, widths))]
+        cells = [
+            str(c).ljust(w) if j in (0, len(header) - 1) else str(c).rjust(w)
+            for j, (c, w) in enumerate(zip(r, widths, strict=True))
+        ]
         lines.append("  ".join(cells).rstrip())
         if i == 0:
             lines.append("  ".join("-" * w for w in widths))
@@ -333,9 +374,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark WebSocket fan-out servers (burst fan-out workload).",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("--servers", default=",".join(SERVERS), help="comma-separated subset of: " + ", ".join(SERVERS))
+    parser.add_argument(
+        "--servers", default=",".join(SERVERS), help="comma-separated subset of: " + ", ".join(SERVERS)
+    )
     parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--messages", type=int, default=None, help="publications (default 500, 200 with --quick)")
+    parser.add_argument(
+        "--messages", type=int, default=None, help="publications (default 500, 200 with --quick)"
+    )
     parser.add_argument("--size", type=int, default=100, help="payload bytes")
     parser.add_argument("--procs", type=int, default=1, help="subscriber processes of the load generator")
     parser.add_argument("--repeat", type=int, default=1, help="runs per server; the median is reported")

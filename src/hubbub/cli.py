@@ -10,12 +10,13 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import sys
 from typing import Any
 
 from . import __version__
 from .client import Client, backoff
-from .config import Config
+from .config import Config, check_file
 from .errors import ClientError, ConfigError, ReplyError
 
 log = logging.getLogger("hubbub")
@@ -47,7 +48,20 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest incoming message (default 65536); larger ones close with 1009")
     serve.add_argument("--max-pending-output", type=int, default=None, metavar="BYTES",
                        help="output queued per connection before it is closed with 3008 (default 1 MiB)")
+    serve.add_argument("--workers", type=int, default=None, metavar="N",
+                       help="processes sharing the port (SO_REUSEPORT); needs the Redis broker")
+    serve.add_argument("--allow-anonymous", action="store_true", default=None,
+                       help="accept clients without a token, even on a non-loopback address")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.epilog = ("Every setting can also come from the TOML file or from an environment variable "
+                    "HUBBUB_<SETTING> (e.g. HUBBUB_API_KEY). Precedence: flags > environment > file > defaults.")
+
+    check = sub.add_parser(
+        "check-config",
+        help="validate a settings file",
+        description="Validate a TOML settings file; print every unknown or invalid key with its line.",
+    )
+    check.add_argument("file", metavar="FILE")
 
     consume = sub.add_parser(
         "consume",
@@ -80,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "check-config":
+            return _check_config(args.file)
         if args.command == "consume":
             return asyncio.run(_consume(args))
         if args.command == "produce":
@@ -102,38 +118,113 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _config_from_args(args: argparse.Namespace) -> Config:
-    overrides: dict[str, Any] = {
-        "host": args.host,
-        "port": args.port,
-        "broker": args.broker,
-        "ping_interval": args.ping_interval,
-        "max_message_size": args.max_message_size,
-        "max_pending_output": args.max_pending_output,
-    }
-    if args.config:
-        return Config.from_toml(args.config, **overrides)
-    return Config.from_dict({k: v for k, v in overrides.items() if v is not None}, source="command line")
+    return Config.load(
+        args.config,
+        host=args.host,
+        port=args.port,
+        broker=args.broker,
+        workers=args.workers,
+        ping_interval=args.ping_interval,
+        max_message_size=args.max_message_size,
+        max_pending_output=args.max_pending_output,
+        allow_anonymous=args.allow_anonymous,
+    )
+
+
+def _check_config(path: str) -> int:
+    problems = check_file(path)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        return 2
+    print(f"{path}: ok")
+    return 0
 
 
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     config = _config_from_args(args)
+    config.check_exposure()
+    if config.workers > 1:
+        return _serve_workers(config, args)
     from .server import Server
 
     server = Server(config)
+    worker = os.environ.get(_WORKER_ENV)
 
     def ready(s: Server) -> None:
-        log.info("hubbub %s listening on %s (broker: %s)", __version__, s.url, s.hub.broker.name)
-        log.info("protocol: ws://%s/connection/websocket  relay: ws://%s/ws/{channel}",
-                 s.url.removeprefix("http://"), s.url.removeprefix("http://"))
+        where = s.url.removeprefix("http://")
+        if worker is None:
+            log.info("hubbub %s listening on %s (broker: %s)", __version__, s.url, s.hub.broker.name)
+        else:
+            log.info("worker %s (pid %d) listening on %s (broker: %s)", worker, os.getpid(), s.url,
+                     s.hub.broker.name)
+        log.info("security: %s", config.security_mode)
+        log.info("protocol: ws://%s/connection/websocket  relay: ws://%s/ws/{channel}  health: %s/health",
+                 where, where, s.url)
 
     try:
-        asyncio.run(server.serve(ready=ready))
+        asyncio.run(server.serve(ready=ready, reuse_port=worker is not None))
     except OSError as exc:
         print(f"hubbub: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
     log.info("stopped")
     return 0
+
+
+_WORKER_ENV = "HUBBUB_WORKER_INDEX"
+
+
+def _serve_workers(config: Config, args: argparse.Namespace) -> int:
+    """Run ``config.workers`` processes sharing one port with SO_REUSEPORT.
+
+    The parent reserves the port (so ``--port 0`` gives every worker the same
+    one), starts the workers, forwards SIGINT/SIGTERM to them, and exits 0 when
+    they all did.
+    """
+    if config.broker == "memory":
+        raise ConfigError(
+            "--workers needs a shared broker: with the memory broker each process would have its own "
+            "channels. Use --broker redis://HOST:PORT/DB (or broker = \"redis://...\" in the config file)."
+        )
+    import signal
+    import socket
+    import subprocess
+
+    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
+    reserve = socket.socket(family, socket.SOCK_STREAM)
+    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        reserve.bind((config.host, config.port))
+    except OSError as exc:
+        print(f"hubbub: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    port = reserve.getsockname()[1]
+    argv = [sys.executable, "-m", "hubbub", "serve", "--workers", "1", "--port", str(port),
+            "--host", config.host, "--broker", config.broker, "--log-level", args.log_level]
+    if args.config:
+        argv += ["--config", args.config]
+    for flag, value in (("--ping-interval", args.ping_interval), ("--max-message-size", args.max_message_size),
+                        ("--max-pending-output", args.max_pending_output)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if args.allow_anonymous:
+        argv.append("--allow-anonymous")
+    children = [subprocess.Popen(argv, env={**os.environ, _WORKER_ENV: str(i)}) for i in range(config.workers)]
+    log.info("hubbub %s listening on http://%s:%d (broker: %s, %d workers)", __version__, config.host, port,
+             config.broker, config.workers)
+
+    def forward(signum: int, frame: Any) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(signum)
+
+    signal.signal(signal.SIGINT, forward)
+    signal.signal(signal.SIGTERM, forward)
+    codes = [child.wait() for child in children]
+    reserve.close()
+    log.info("stopped (workers exited with %s)", codes)
+    return 0 if all(code == 0 for code in codes) else 1
 
 
 # -- consume / produce ----------------------------------------------------------------

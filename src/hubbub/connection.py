@@ -217,6 +217,10 @@ class Connection(asyncio.Protocol):
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
+                size = len(event.target) + sum(len(k) + len(v) + 4 for k, v in event.headers)
+                if size > self.config.max_handshake_size:
+                    self._http_error(431, "request header fields too large")
+                    return
                 self._http_request = event
                 self._http_body, self._http_body_size = [], 0
                 if _is_upgrade(event):

@@ -282,13 +282,13 @@ class Server:
             await self._server.wait_closed()
         await self.hub.close()
 
-    async def serve(self, *, ready: Callable[[Server], None] | None = None) -> None:
+    async def serve(self, *, ready: Callable[[Server], None] | None = None, reuse_port: bool = False) -> None:
         """Serve until SIGINT or SIGTERM, then shut down cleanly."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await self.start()
+        await self.start(reuse_port=reuse_port)
         try:
             if ready is not None:
                 ready(self)
