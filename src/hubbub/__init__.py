@@ -4,7 +4,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .app import App  # noqa: E402
 from .config import Config, NamespaceOptions  # noqa: E402
+from .endpoint import WebSocket  # noqa: E402
+from .session import ClientSession, ConnectRequest, ConnectResult  # noqa: E402
 from .errors import (  # noqa: E402
     BrokerError,
     BrokerUnavailable,
@@ -17,6 +20,11 @@ from .errors import (  # noqa: E402
 )
 
 __all__ = [
+    "App",
+    "ClientSession",
+    "ConnectRequest",
+    "ConnectResult",
+    "WebSocket",
     "BrokerError",
     "BrokerUnavailable",
     "ClientError",

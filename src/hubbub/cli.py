@@ -56,6 +56,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.epilog = ("Every setting can also come from the TOML file or from an environment variable "
                     "HUBBUB_<SETTING> (e.g. HUBBUB_API_KEY). Precedence: flags > environment > file > defaults.")
 
+    run = sub.add_parser(
+        "run",
+        help="serve a hubbub.App",
+        description="Import MODULE:APP (a hubbub.App) and serve it with the built-in endpoints alongside "
+        "its own, until SIGINT/SIGTERM.",
+    )
+    run.add_argument("target", metavar="MODULE:APP", help="e.g. examples.echo:app (APP defaults to 'app')")
+    run.add_argument("--host", default=None, help="override the app's host")
+    run.add_argument("--port", type=int, default=None, help="override the app's port (0 picks a free one)")
+    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
     check = sub.add_parser(
         "check-config",
         help="validate a settings file",
@@ -94,6 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command == "serve":
             return _serve(args)
+        if args.command == "run":
+            return _run(args)
         if args.command == "check-config":
             return _check_config(args.file)
         if args.command == "consume":
@@ -167,6 +180,20 @@ def _serve(args: argparse.Namespace) -> int:
         asyncio.run(server.serve(ready=ready, reuse_port=worker is not None))
     except OSError as exc:
         print(f"hubbub: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
+        return 1
+    log.info("stopped")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .app import load_app
+
+    app = load_app(args.target)
+    try:
+        app.serve(host=args.host, port=args.port)
+    except OSError as exc:
+        print(f"hubbub: cannot listen: {exc.strerror or exc}", file=sys.stderr)
         return 1
     log.info("stopped")
     return 0

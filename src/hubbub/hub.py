@@ -15,6 +15,7 @@ subscriber.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -26,6 +27,10 @@ from .config import Config, NamespaceOptions
 from .errors import BrokerError, ProtocolError
 
 log = logging.getLogger("hubbub.hub")
+
+
+def _json_bytes(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 #: A subscriber whose recovery buffer passes this many publications is told 3010.
 MAX_RECOVERY_BUFFER = 10_000
@@ -92,6 +97,7 @@ class _Channel:
     ready: asyncio.Future[None] | None = None
     count: int = 0
     last_offset: int = 0  # last offset this node saw (detects broker gaps)
+    epoch: str = ""  # the stream's epoch when last_offset was read ("" after a gap)
 
 
 class Hub:
@@ -165,11 +171,13 @@ class Hub:
     async def publish(
         self,
         channel: str,
-        pub: Publication,
+        pub: Publication | Any,
         *,
         idempotency_key: str | None = None,
     ) -> StreamPosition:
         """Publish ``pub`` to ``channel`` on every node.
+
+        ``pub`` is a :class:`Publication`, or any JSON value to publish as its data.
 
         Returns the publication's stream position (offset 0 without history).
 
@@ -178,6 +186,8 @@ class Hub:
                 broker failed, in which case the publication was not accepted.
         """
         ns = self.namespace(channel)
+        if not isinstance(pub, Publication):
+            pub = Publication(_json_bytes(pub))
         try:
             return await self.broker.publish(
                 channel,
@@ -245,6 +255,7 @@ class Hub:
                 if sub.recoverable:
                     sub.disconnect(DisconnectCode.INSUFFICIENT_STATE)
         state.last_offset = 0
+        state.epoch = ""
 
     def on_broker_reconnect(self) -> None:
         """The broker came back: check every channel's stream position."""
@@ -255,7 +266,9 @@ class Hub:
 
     async def _check_position(self, channel: str, state: _Channel) -> None:
         result = await self.broker.history(channel, limit=0)
-        if result.position.offset != state.last_offset:
+        top = result.position
+        # a stream that was lost and refilled to the same offset has a new epoch
+        if top.offset != state.last_offset or (state.epoch and top.epoch != state.epoch):
             self._gap(channel, state)
 
     # -- subscriptions --------------------------------------------------------
@@ -309,6 +322,8 @@ class Hub:
         state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         if result.position.offset > state.last_offset:
             state.last_offset = result.position.offset
+        if not state.epoch:
+            state.epoch = result.position.epoch
         if info is not None and ns.presence:
             self._presence.setdefault(channel, {})[client_id] = info
             self._spawn(self.broker.add_presence(channel, info, ttl=self.presence_ttl), "presence add")

@@ -1,0 +1,322 @@
+"""``hubbub.App``: declare WebSocket endpoints with decorators and hook into the hub.
+
+::
+
+    import hubbub
+
+    app = hubbub.App()
+
+    @app.websocket("/chat/{room}")
+    class Chat:
+        async def connect(self, ws):
+            await ws.subscribe(f"chat.{ws.params['room']}")
+
+        async def handle_message(self, ws, message):
+            await ws.publish(f"chat.{ws.params['room']}", {"text": message})
+
+        async def disconnect(self, ws):
+            ...
+
+    @app.rpc("time")
+    async def time_rpc(client, data):
+        return {"now": time.time()}
+
+Serve it with ``hubbub run module:app`` or ``app.serve()``. The built-in
+endpoints (``/connection/websocket``, ``/ws/{channel}``, ``/api/...``,
+``/health``) are served alongside the app's own.
+
+Hub hooks (for clients of the protocol endpoint), each ``async``:
+
+* ``@app.on_connect``: ``fn(request: ConnectRequest) -> ConnectResult | str | None``.
+  Return the user (a ``ConnectResult``, or just the user id), ``None`` to keep
+  what the token said, or raise ``Disconnect``/``ProtocolError`` to reject.
+  With this hook, connects without a token reach it even when anonymous
+  clients are not allowed.
+* ``@app.on_subscribe``: ``fn(client, channel, data) -> chan_info | None``; raise
+  ``ProtocolError(103)`` to refuse.
+* ``@app.on_publish``: ``fn(client, channel, data) -> data`` (possibly changed);
+  raise to refuse.
+* ``@app.rpc("method")``: ``fn(client, data) -> result``; unknown methods get 104.
+* ``@app.on_message``: ``fn(client, data)`` for the ``send`` command.
+
+``client`` is the :class:`~hubbub.session.ClientSession` (``client.user``,
+``client.client_id``, ``client.headers``). Errors map to protocol codes:
+``ProtocolError`` becomes an error reply with its code, ``Disconnect`` closes
+the connection, any other exception is logged and answered with error 100.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .codes import ErrorCode
+from .config import Config
+from .connection import Connection
+from .endpoint import EndpointSession, WebSocket
+from .errors import ConfigError, ProtocolError
+from .http import HTTPRequest
+from .hub import Hub
+from .server import Server
+from .session import ClientSession, ConnectRequest, ConnectResult, SessionHooks
+
+log = logging.getLogger("hubbub.app")
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+class AppHooks(SessionHooks):
+    """Session hooks that call the functions registered on an :class:`App`."""
+
+    def __init__(self) -> None:
+        self.connect: Callable[[ConnectRequest], Awaitable[Any]] | None = None
+        self.subscribe: Callable[..., Awaitable[Any]] | None = None
+        self.publish: Callable[..., Awaitable[Any]] | None = None
+        self.message: Callable[..., Awaitable[Any]] | None = None
+        self.rpcs: dict[str, Callable[..., Awaitable[Any]]] = {}
+
+    @property
+    def handles_auth(self) -> bool:  # type: ignore[override]
+        return self.connect is not None
+
+    async def on_connect(self, request: ConnectRequest) -> ConnectResult:
+        if self.connect is None:
+            return request.result
+        result = await self.connect(request)
+        if result is None:
+            return request.result
+        if isinstance(result, str):
+            return ConnectResult(user=result)
+        if not isinstance(result, ConnectResult):
+            raise TypeError("on_connect must return a ConnectResult, a user id or None")
+        return result
+
+    async def on_subscribe(self, session: ClientSession, channel: str, params: dict[str, Any]) -> Any:
+        if self.subscribe is None:
+            return None
+        return await self.subscribe(session, channel, params.get("data"))
+
+    async def on_publish(self, session: ClientSession, channel: str, data: Any) -> Any:
+        if self.publish is None:
+            return data
+        return await self.publish(session, channel, data)
+
+    async def on_rpc(self, session: ClientSession, method: str, data: Any) -> Any:
+        fn = self.rpcs.get(method)
+        if fn is None:
+            raise ProtocolError(ErrorCode.METHOD_NOT_FOUND)
+        return await fn(session, data)
+
+    async def on_message(self, session: ClientSession, data: Any) -> None:
+        if self.message is not None:
+            await self.message(session, data)
+
+
+def _require_async(fn: Callable[..., Any], what: str) -> None:
+    if not inspect.iscoroutinefunction(fn):
+        raise TypeError(f"{what} must be an async function, got {fn!r}")
+
+
+class App:
+    """An application: endpoints, hub hooks, and the hub.
+
+    Args:
+        config: a :class:`~hubbub.config.Config`, a dict of settings, or the
+            path of a TOML file (the same settings as ``hubbub serve``).
+        **settings: settings that override ``config``'s.
+
+    Raises:
+        ConfigError: invalid settings.
+    """
+
+    def __init__(self, config: Config | dict[str, Any] | str | Path | None = None, **settings: Any) -> None:
+        if isinstance(config, Config):
+            base = {f: getattr(config, f) for f in config.__slots__}  # type: ignore[attr-defined]
+            base.update(settings)
+            self.config = Config(**base).validate()
+        elif isinstance(config, (str, Path)):
+            self.config = Config.from_toml(config, **settings)
+        else:
+            self.config = Config.from_dict({**(config or {}), **settings}, source="App settings")
+        self.hooks = AppHooks()
+        #: path -> endpoint, in registration order (inspect it freely)
+        self.websockets: dict[str, Any] = {}
+        self._startup: list[Callable[[], Awaitable[Any]]] = []
+        self._shutdown: list[Callable[[], Awaitable[Any]]] = []
+        self._background: set[asyncio.Task[Any]] = set()
+        self.server = Server(self.config, hooks=self.hooks)
+
+    @property
+    def hub(self) -> Hub:
+        """The hub: ``await app.hub.publish(channel, data)`` works anywhere in the app."""
+        return self.server.hub
+
+    # -- endpoints ---------------------------------------------------------------------
+
+    def add_websocket(self, path: str, endpoint: Any) -> None:
+        """Serve ``endpoint`` (a class or an ``async def handler(ws)``) at ``path``.
+
+        Raises:
+            TypeError: ``endpoint`` is neither.
+            ValueError: ``path`` is malformed or taken.
+        """
+        if not inspect.isclass(endpoint) and not inspect.iscoroutinefunction(endpoint):
+            raise TypeError("an endpoint is a class or an async def handler(ws)")
+        if inspect.isclass(endpoint) and not any(
+            hasattr(endpoint, name) for name in ("connect", "handle_message", "disconnect", "produce")
+        ):
+            raise TypeError(f"{endpoint.__name__} has none of connect, handle_message, disconnect, produce")
+        self.server.add_websocket(path, self._factory(endpoint))
+        self.websockets[path] = endpoint
+
+    def websocket(self, path: str) -> Callable[[F], F]:
+        """Decorator form of :meth:`add_websocket`."""
+
+        def register(endpoint: F) -> F:
+            self.add_websocket(path, endpoint)
+            return endpoint
+
+        return register
+
+    def _factory(self, endpoint: Any) -> Callable[[Connection, HTTPRequest], EndpointSession]:
+        def create(conn: Connection, request: HTTPRequest) -> EndpointSession:
+            ws = WebSocket(self.hub, conn, self.server.relay_wire, request)
+            return EndpointSession(endpoint, ws, conn)
+
+        return create
+
+    # -- hub hooks ---------------------------------------------------------------------------
+
+    def on_connect(self, fn: F) -> F:
+        """Authenticate protocol clients (see the module docstring)."""
+        _require_async(fn, "on_connect")
+        self.hooks.connect = fn
+        return fn
+
+    def on_subscribe(self, fn: F) -> F:
+        """Authorize subscriptions, or attach channel info."""
+        _require_async(fn, "on_subscribe")
+        self.hooks.subscribe = fn
+        return fn
+
+    def on_publish(self, fn: F) -> F:
+        """Validate or transform client publications."""
+        _require_async(fn, "on_publish")
+        self.hooks.publish = fn
+        return fn
+
+    def on_message(self, fn: F) -> F:
+        """Receive the protocol's ``send`` command."""
+        _require_async(fn, "on_message")
+        self.hooks.message = fn
+        return fn
+
+    def rpc(self, method: str) -> Callable[[F], F]:
+        """Answer the protocol's ``rpc`` command for ``method``."""
+
+        def register(fn: F) -> F:
+            _require_async(fn, f"rpc {method!r}")
+            if method in self.hooks.rpcs:
+                raise ValueError(f"rpc {method!r} is registered already")
+            self.hooks.rpcs[method] = fn
+            return fn
+
+        return register
+
+    # -- life cycle ---------------------------------------------------------------------------
+
+    def on_startup(self, fn: F) -> F:
+        """Run ``fn()`` after the hub starts (e.g. to start a background publisher)."""
+        _require_async(fn, "on_startup")
+        self._startup.append(fn)
+        return fn
+
+    def on_shutdown(self, fn: F) -> F:
+        """Run ``fn()`` before the hub stops."""
+        _require_async(fn, "on_shutdown")
+        self._shutdown.append(fn)
+        return fn
+
+    def background(self, coro: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run ``coro`` as a task owned by the app: cancelled when the app stops."""
+        task = asyncio.ensure_future(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
+
+    async def start(self) -> None:
+        """Start serving (returns once listening); see :meth:`stop`."""
+        await self.server.start()
+        for fn in self._startup:
+            await fn()
+
+    async def stop(self) -> None:
+        """Stop background tasks, close clients with 3001, stop the hub."""
+        for fn in self._shutdown:
+            try:
+                await fn()
+            except Exception:
+                log.exception("error in shutdown hook")
+        for task in list(self._background):
+            task.cancel()
+        if self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+        await self.server.close()
+
+    async def serve_async(self) -> None:
+        """Serve until SIGINT/SIGTERM."""
+        import signal
+
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await self.start()
+        log.info("hubbub app listening on %s (broker: %s)", self.server.url, self.hub.broker.name)
+        log.info("security: %s", self.config.security_mode)
+        log.info("endpoints: %s", ", ".join(r.pattern for r in self.server.websocket_routes))
+        try:
+            await stop.wait()
+        finally:
+            await self.stop()
+
+    def serve(self, *, host: str | None = None, port: int | None = None) -> None:
+        """Serve until SIGINT/SIGTERM (blocking), like ``hubbub run``.
+
+        Raises:
+            ConfigError: the settings refuse to serve (see ``check_exposure``).
+        """
+        if host is not None:
+            self.config.host = host
+        if port is not None:
+            self.config.port = port
+        self.config.validate()
+        self.config.check_exposure()
+        asyncio.run(self.serve_async())
+
+
+def load_app(target: str) -> App:
+    """Import ``module:attribute`` and return the :class:`App` it names.
+
+    Raises:
+        ConfigError: the module or attribute is missing, or not an App.
+    """
+    import importlib
+    import sys
+
+    module_name, _, attr = target.partition(":")
+    attr = attr or "app"
+    if "" not in sys.path and "." not in sys.path:
+        sys.path.insert(0, "")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import {module_name!r}: {exc}") from None
+    app = getattr(module, attr, None)
+    if not isinstance(app, App):
+        raise ConfigError(f"{target!r} is not a hubbub.App (found {type(app).__name__})")
+    return app

@@ -1,0 +1,922 @@
+"""The Redis broker: many processes and machines share channels through Redis.
+
+Each process (node) holds **one** pub/sub connection for all its channels and
+a small pool of command connections (``redis.asyncio``). Streams (history,
+offset, epoch), idempotency keys and presence live in Redis, so every node
+sees the same ones.
+
+Data layout
+-----------
+
+``P`` is the key prefix (default ``"hubbub"``), ``C`` a channel name, ``N``
+the length of ``C`` in characters, ``K`` an idempotency key::
+
+    key / topic              type      content
+    -----------------------  --------  ----------------------------------------------------
+    P.ch.C                   pub/sub   topic: C's encoded publications, joins and leaves
+    P.meta.C                 hash      e: epoch, s: offset of the newest publication;
+                                       TTL meta_ttl, refreshed by every publish
+    P.history.C              list      encoded publications, oldest first, at most
+                                       history_size; TTL history_ttl from the last publish.
+                                       Invariant: it holds offsets s-len+1 .. s
+    P.idem.N.C.K             string    "offset:epoch" of the first publish with key K;
+                                       TTL idempotency_ttl
+    P.presence.data.C        hash      connection id -> encoded ClientInfo
+    P.presence.expire.C      zset      connection id -> expiry time (ms, Redis' clock)
+
+Wire format
+-----------
+
+A message on ``P.ch.C`` (and an entry of ``P.history.C``) is::
+
+    <type><offset>:<header>\\n<data>
+
+``type`` is ``p`` (publication), ``j`` (join) or ``l`` (leave); ``offset`` a
+decimal (``0`` without history); ``header`` compact JSON without newlines:
+``{"i": info, "r": base64 raw, "b": 1 if binary, "x": exclude_client, "g": tags}``
+(absent fields are left out; ``info`` is ``{"c": client, "u": user, "ci":
+conn_info, "hi": chan_info}`` with the JSON infos as strings); ``data`` is the
+publication's JSON bytes, verbatim (empty for join/leave). Joins and leaves go
+on the channel's topic so they keep their order with publications.
+
+The publish script
+------------------
+
+One ``EVALSHA`` per publication with history or an idempotency key, in this
+order, atomically:
+
+1. with an idempotency key: ``GET P.idem...``; if set, return the stored
+   position and stop (nothing stored, nothing published);
+2. ``HGET P.meta.C e``; if the meta key is missing (new stream, expired, or
+   Redis restarted/evicted it): take the fresh random epoch passed by the
+   caller, ``DEL P.history.C`` and ``HSET`` the epoch. A lost stream therefore
+   always gets a new epoch, so recovery answers ``recovered: false``, never a
+   wrong ``true``;
+3. ``HINCRBY P.meta.C s 1`` (the new offset), ``PEXPIRE`` meta (``meta_ttl``);
+4. ``RPUSH`` the encoded publication, ``LTRIM`` to ``history_size``,
+   ``PEXPIRE`` (``history_ttl``);
+5. ``PUBLISH P.ch.C`` the same bytes;
+6. with an idempotency key: ``SET P.idem... "offset:epoch" PX ttl``;
+7. return ``{offset, epoch, 1}``.
+
+A publication without history and without idempotency key is one plain
+``PUBLISH``. ``history`` is one script too (it creates the stream's epoch when
+missing, so a subscriber gets an epoch before the first publication), and so
+are the presence reads and writes (they use Redis' ``TIME``, so the nodes'
+clocks do not matter).
+
+Failures
+--------
+
+When Redis cannot be reached every method raises
+:class:`~hubbub.errors.BrokerUnavailable` (short socket timeouts; while the
+pub/sub connection is down, at once) and :attr:`RedisBroker.healthy` is
+``False``. A background task owned by the broker reconnects with exponential
+backoff and jitter (capped at ``reconnect_cap`` seconds), resubscribes every
+channel, then calls ``handler.on_broker_reconnect()`` so the hub compares its
+positions with the streams. Pub/sub delivers at most once: what was published
+while this node was not subscribed is visible to the hub as an offset gap or a
+changed position. ``publish`` returns only after the script stored and
+published the publication; a failed call may or may not have reached Redis,
+but it is never acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import collections
+import itertools
+import json
+import logging
+import math
+import random
+import secrets
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from ..errors import BrokerError, BrokerUnavailable, ConfigError
+from .base import Broker, BrokerEventHandler, ClientInfo, HistoryResult, Publication, StreamPosition
+
+try:
+    import redis.asyncio as aioredis
+    from redis import exceptions as redis_errors
+    from redis.asyncio.connection import AbstractConnection
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ConfigError("the redis broker needs the 'redis' package: pip install 'hubbub[redis]'") from exc
+
+log = logging.getLogger("hubbub.broker")
+
+#: Topics per SUBSCRIBE command when resubscribing after a reconnect.
+SUBSCRIBE_BATCH = 512
+#: Expired presence entries removed per presence call (bounds a script's work).
+PRESENCE_SWEEP = 1000
+
+_PUBLISH_LUA = """
+if KEYS[3] then
+  local seen = redis.call('GET', KEYS[3])
+  if seen then
+    local sep = string.find(seen, ':', 1, true)
+    return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 0}
+  end
+end
+local offset, epoch, msg = 0, '', nil
+local size = tonumber(ARGV[3])
+if size > 0 then
+  epoch = redis.call('HGET', KEYS[1], 'e')
+  if not epoch then
+    epoch = ARGV[6]
+    redis.call('DEL', KEYS[2])
+    redis.call('HSET', KEYS[1], 'e', epoch)
+  end
+  offset = redis.call('HINCRBY', KEYS[1], 's', 1)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  msg = 'p' .. offset .. ':' .. ARGV[2]
+  redis.call('RPUSH', KEYS[2], msg)
+  redis.call('LTRIM', KEYS[2], -size, -1)
+  redis.call('PEXPIRE', KEYS[2], ARGV[4])
+else
+  msg = 'p0:' .. ARGV[2]
+end
+redis.call('PUBLISH', ARGV[1], msg)
+if KEYS[3] then
+  redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[7])
+end
+return {offset, epoch, 1}
+"""
+
+_HISTORY_LUA = """
+local epoch = redis.call('HGET', KEYS[1], 'e')
+if not epoch then
+  epoch = ARGV[4]
+  redis.call('DEL', KEYS[2])
+  redis.call('HSET', KEYS[1], 'e', epoch, 's', 0)
+  redis.call('PEXPIRE', KEYS[1], ARGV[5])
+  return {0, epoch}
+end
+local top = tonumber(redis.call('HGET', KEYS[1], 's') or 0)
+local limit = tonumber(ARGV[2])
+if limit == 0 then return {top, epoch} end
+local len = redis.call('LLEN', KEYS[2])
+local lo, hi = 0, len - 1
+local since = tonumber(ARGV[1])
+if since >= 0 then
+  -- index 0 holds offset top - len + 1: skip the entries not after since
+  lo = math.max(since - (top - len), 0)
+end
+if limit > 0 and hi - lo + 1 > limit then
+  if ARGV[3] == '1' then lo = hi - limit + 1 else hi = lo + limit - 1 end
+end
+if lo > hi then return {top, epoch} end
+return {top, epoch, redis.call('LRANGE', KEYS[2], lo, hi)}
+"""
+
+# Shared by the presence scripts: Redis' clock in ms, and a bounded sweep of
+# expired entries (KEYS[1] data hash, KEYS[2] expiry zset).
+_PRESENCE_PRELUDE = f"""
+pcall(redis.replicate_commands)
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local gone = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', now, 'LIMIT', 0, {PRESENCE_SWEEP})
+if #gone > 0 then
+  redis.call('ZREM', KEYS[2], unpack(gone))
+  redis.call('HDEL', KEYS[1], unpack(gone))
+end
+local function live()
+  local ids = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. now, '+inf')
+  local out = {{}}
+  for i = 1, #ids, 500 do
+    local chunk = {{unpack(ids, i, math.min(i + 499, #ids))}}
+    local values = redis.call('HMGET', KEYS[1], unpack(chunk))
+    for j = 1, #chunk do
+      if values[j] then
+        out[#out + 1] = chunk[j]
+        out[#out + 1] = values[j]
+      end
+    end
+  end
+  return out
+end
+"""
+
+_PRESENCE_ADD_LUA = _PRESENCE_PRELUDE + """
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[3]), ARGV[1])
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+-- both keys live as long as their longest-lived entry
+local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+local keep = tonumber(last[2]) - now
+redis.call('PEXPIRE', KEYS[1], keep)
+redis.call('PEXPIRE', KEYS[2], keep)
+return 1
+"""
+
+_PRESENCE_GET_LUA = _PRESENCE_PRELUDE + """
+return live()
+"""
+
+_PRESENCE_STATS_LUA = _PRESENCE_PRELUDE + """
+local entries = live()
+local users, num_users = {}, 0
+for i = 2, #entries, 2 do
+  local user = cjson.decode(entries[i])['u'] or ''
+  if not users[user] then
+    users[user] = true
+    num_users = num_users + 1
+  end
+end
+return {#entries / 2, num_users}
+"""
+
+
+def new_epoch() -> str:
+    """A fresh random epoch (8 hex characters)."""
+    return secrets.token_hex(4)
+
+
+def _ms(seconds: float) -> int:
+    """Seconds as whole milliseconds for ``PEXPIRE``/``PX`` (at least 1)."""
+    return max(1, math.ceil(seconds * 1000))
+
+
+# -- wire encoding ----------------------------------------------------------------------
+
+
+def _text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
+
+
+def _bytes(text: str) -> bytes:
+    return text.encode("utf-8", "surrogateescape")
+
+
+def info_to_wire(info: ClientInfo) -> dict[str, str]:
+    """``info`` as the compact JSON object used on the wire and in presence."""
+    out = {"c": info.client}
+    if info.user:
+        out["u"] = info.user
+    if info.conn_info is not None:
+        out["ci"] = _text(info.conn_info)
+    if info.chan_info is not None:
+        out["hi"] = _text(info.chan_info)
+    return out
+
+
+def info_from_wire(raw: dict[str, str]) -> ClientInfo:
+    """The inverse of :func:`info_to_wire`."""
+    ci, hi = raw.get("ci"), raw.get("hi")
+    return ClientInfo(
+        raw["c"], raw.get("u", ""), None if ci is None else _bytes(ci), None if hi is None else _bytes(hi)
+    )
+
+
+def encode_body(pub: Publication) -> bytes:
+    """``<header>\\n<data>`` of ``pub``: the message without its type and offset."""
+    header: dict[str, Any] = {}
+    if pub.info is not None:
+        header["i"] = info_to_wire(pub.info)
+    if pub.raw is not None:
+        header["r"] = base64.b64encode(pub.raw).decode("ascii")
+    if pub.binary:
+        header["b"] = 1
+    if pub.exclude_client is not None:
+        header["x"] = pub.exclude_client
+    if pub.tags:
+        header["g"] = pub.tags
+    head = json.dumps(header, separators=(",", ":")).encode() if header else b"{}"
+    return head + b"\n" + pub.data
+
+
+def encode_event(kind: bytes, info: ClientInfo) -> bytes:
+    """A join (``kind`` ``b"j"``) or leave (``b"l"``) message."""
+    return kind + b"0:" + json.dumps({"i": info_to_wire(info)}, separators=(",", ":")).encode() + b"\n"
+
+
+def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
+    """Split a wire message into its type and its :class:`Publication` (type
+    ``b"p"``) or :class:`ClientInfo` (``b"j"``/``b"l"``).
+
+    Raises:
+        ValueError: ``msg`` is not in the wire format.
+    """
+    colon = msg.index(b":")
+    newline = msg.index(b"\n", colon)
+    kind = msg[:1]
+    head = msg[colon + 1 : newline]
+    header: dict[str, Any] = json.loads(head) if head != b"{}" else {}
+    if kind != b"p":
+        return kind, info_from_wire(header["i"])
+    raw = header.get("r")
+    info = header.get("i")
+    return kind, Publication(
+        data=msg[newline + 1 :],
+        offset=int(msg[1:colon]),
+        info=None if info is None else info_from_wire(info),
+        raw=None if raw is None else base64.b64decode(raw),
+        binary=bool(header.get("b")),
+        exclude_client=header.get("x"),
+        tags=header.get("g"),
+    )
+
+
+# -- the broker ----------------------------------------------------------------------------
+
+
+class RedisBroker(Broker):
+    """A broker backed by Redis (see the module docstring for the layout).
+
+    Args:
+        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...``
+            or ``unix://path``.
+        prefix: prefix of every key and pub/sub topic.
+        connect_timeout: seconds to open a connection.
+        timeout: seconds a command (or a subscribe confirmation) may take;
+            past it the call raises :class:`BrokerUnavailable`.
+        ping_interval: seconds of silence on the pub/sub connection after
+            which it is pinged; without an answer within as long again it is
+            considered lost and reopened.
+        meta_ttl: seconds a stream's position (offset and epoch) outlives its
+            last publication (never less than the publication's history_ttl).
+        max_connections: command connections at most (callers wait up to
+            ``timeout`` for a free one).
+        reconnect_cap: longest pause between reconnect attempts (seconds).
+
+    Raises:
+        ConfigError: ``url`` cannot be parsed or an option is invalid.
+    """
+
+    name = "redis"
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "hubbub",
+        connect_timeout: float = 2.0,
+        timeout: float = 2.0,
+        ping_interval: float = 2.0,
+        meta_ttl: float = 86400.0,
+        max_connections: int = 32,
+        reconnect_cap: float = 2.0,
+    ) -> None:
+        if not prefix:
+            raise ConfigError("redis broker: prefix must not be empty")
+        for option, value in (("connect_timeout", connect_timeout), ("timeout", timeout),
+                              ("ping_interval", ping_interval), ("meta_ttl", meta_ttl),
+                              ("reconnect_cap", reconnect_cap), ("max_connections", max_connections)):
+            if not value > 0:
+                raise ConfigError(f"redis broker: {option} must be > 0, got {value!r}")
+        try:
+            self._pool = aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout,
+                socket_connect_timeout=connect_timeout,
+                socket_timeout=timeout,
+                socket_keepalive=True,
+                retry=Retry(NoBackoff(), 0),  # never resend: a publish must not run twice
+                client_name="hubbub",
+            )
+        except ValueError as exc:
+            raise ConfigError(f"broker: invalid redis URL {url!r}: {exc}") from None
+        self._redis = aioredis.Redis.from_pool(self._pool)
+        kw = self._pool.connection_kwargs
+        self._where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        self._prefix = prefix
+        self._topic_prefix = f"{prefix}.ch.".encode()
+        self._connect_timeout = connect_timeout
+        self._timeout = timeout
+        self._ping_interval = ping_interval
+        self._meta_ttl = meta_ttl
+        self._reconnect_cap = reconnect_cap
+        self._publish_script = self._redis.register_script(_PUBLISH_LUA)
+        self._history_script = self._redis.register_script(_HISTORY_LUA)
+        self._presence_add_script = self._redis.register_script(_PRESENCE_ADD_LUA)
+        self._presence_get_script = self._redis.register_script(_PRESENCE_GET_LUA)
+        self._presence_stats_script = self._redis.register_script(_PRESENCE_STATS_LUA)
+
+        self._handler: BrokerEventHandler | None = None
+        self._healthy = False
+        self._closed = False
+        self._down_logged = False  # the "lost" line was logged; the "back" line is due
+        #: the live pub/sub connection (``None`` while down)
+        self._conn: AbstractConnection | None = None
+        #: channels this node wants, each with the token of the subscribe call that asked
+        self._wanted: dict[str, int] = {}
+        #: channels subscribed (or being subscribed) on ``_conn``
+        self._subscribed: set[str] = set()
+        #: confirmations awaited, per (b"subscribe"|b"unsubscribe", topic), oldest first;
+        #: at most one per channel outside a reconnect (commands are serialized)
+        self._pending: dict[tuple[bytes, bytes], collections.deque[asyncio.Future[bool]]] = {}
+        self._sub_lock = asyncio.Lock()
+        self._tokens = itertools.count(1)
+        self._task: asyncio.Task[None] | None = None  # owns the pub/sub connection
+        self._tasks: set[asyncio.Task[None]] = set()  # background clean-ups
+        self._started: asyncio.Event | None = None
+
+    # -- keys --------------------------------------------------------------------
+
+    def _topic(self, channel: str) -> bytes:
+        return self._topic_prefix + channel.encode()
+
+    def _meta_key(self, channel: str) -> str:
+        return f"{self._prefix}.meta.{channel}"
+
+    def _history_key(self, channel: str) -> str:
+        return f"{self._prefix}.history.{channel}"
+
+    def _idempotency_key(self, channel: str, key: str) -> str:
+        return f"{self._prefix}.idem.{len(channel)}.{channel}.{key}"
+
+    def _presence_keys(self, channel: str) -> list[str]:
+        return [f"{self._prefix}.presence.data.{channel}", f"{self._prefix}.presence.expire.{channel}"]
+
+    # -- life cycle ----------------------------------------------------------------
+
+    async def start(self, handler: BrokerEventHandler) -> None:
+        """Open the pub/sub connection and start delivering to ``handler``.
+
+        Waits for the first connection attempt (at most about
+        ``connect_timeout + 2 * timeout`` seconds). If Redis is unreachable
+        this does not raise: the broker starts unhealthy, logs it, and keeps
+        reconnecting in the background.
+
+        Raises:
+            RuntimeError: the broker was already started or closed.
+        """
+        if self._task is not None or self._closed:
+            raise RuntimeError("RedisBroker.start() may be called once")
+        self._handler = handler
+        self._started = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._maintain(), name="hubbub redis pub/sub")
+        try:
+            await asyncio.wait_for(self._started.wait(), self._connect_timeout + 2 * self._timeout)
+        except TimeoutError:
+            pass
+
+    async def close(self) -> None:
+        """Stop delivering, cancel the broker's tasks, close every connection. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        tasks = [t for t in (self._task, *self._tasks) if t is not None]
+        self._task = None
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # pragma: no cover - the tasks log their own failures
+                log.exception("redis broker task failed")
+        conn = self._conn
+        self._drop(conn)
+        if conn is not None:
+            await self._disconnect(conn)
+        self._handler = None
+        await self._redis.aclose()
+
+    @property
+    def healthy(self) -> bool:
+        """Whether the pub/sub connection to Redis is up (``/health``)."""
+        return self._healthy
+
+    # -- the pub/sub connection -------------------------------------------------------------
+
+    async def _maintain(self) -> None:
+        """Open the pub/sub connection, read it until it fails, reopen it, forever."""
+        attempt = 0
+        due = False  # a connection failed: on_broker_reconnect is due once one is up
+        assert self._started is not None
+        while True:
+            try:
+                conn = await self._open()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not self._down_logged:
+                    log.warning("redis broker unavailable at %s: %s; reconnecting in the background",
+                                self._where, _describe(exc))
+                    self._down_logged = True
+                else:
+                    log.debug("redis reconnect attempt %d failed: %s", attempt + 1, _describe(exc))
+                due = True
+                self._started.set()
+                await asyncio.sleep(self._backoff(attempt))
+                attempt += 1
+                continue
+            attempt = 0
+            self._healthy = True
+            self._started.set()
+            if self._down_logged:
+                log.info("redis broker is back at %s (%d channels resubscribed)", self._where, len(self._subscribed))
+                self._down_logged = False
+            else:
+                log.info("redis broker connected to %s", self._where)
+            if due and self._handler is not None:
+                try:
+                    self._handler.on_broker_reconnect()
+                except Exception:
+                    log.exception("on_broker_reconnect failed")
+            due = True
+            try:
+                reason = await self._read(conn)
+            finally:
+                self._drop(conn)
+                await self._disconnect(conn)
+            log.warning("redis broker lost at %s: %s; reconnecting", self._where, _describe(reason))
+            self._down_logged = True
+
+    def _backoff(self, attempt: int) -> float:
+        """Seconds before reconnect attempt ``attempt + 1``: exponential, with jitter, capped."""
+        return min(self._reconnect_cap, 0.05 * 2 ** min(attempt, 16)) * random.uniform(0.5, 1.0)
+
+    async def _open(self) -> AbstractConnection:
+        """Connect, load the scripts, subscribe every wanted channel; return the connection.
+
+        Raises:
+            redis.exceptions.RedisError, OSError: Redis is unreachable or failed.
+        """
+        conn = self._pool.make_connection()
+        try:
+            async with asyncio.timeout(self._connect_timeout + self._timeout):
+                await conn.connect()
+            await self._load_scripts()
+            async with self._sub_lock:
+                channels = list(self._wanted)
+                last: asyncio.Future[bool] | None = None
+                for i in range(0, len(channels), SUBSCRIBE_BATCH):
+                    topics = [self._topic(c) for c in channels[i : i + SUBSCRIBE_BATCH]]
+                    for topic in topics:
+                        last = self._expect(b"subscribe", topic)
+                    await conn.send_command("SUBSCRIBE", *topics, check_health=False)
+                # confirmations come in order: when the last one is in, all are
+                async with asyncio.timeout(self._timeout + len(channels) / 1000):
+                    while last is not None and not last.done():
+                        reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+                        self._dispatch(reply)
+                self._subscribed = set(channels)
+                self._conn = conn
+            return conn
+        except BaseException:
+            self._drop(None)
+            await self._disconnect(conn)
+            raise
+
+    async def _load_scripts(self) -> None:
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for script in (self._publish_script, self._history_script, self._presence_add_script,
+                           self._presence_get_script, self._presence_stats_script):
+                pipe.script_load(script.script)
+            await pipe.execute()
+
+    async def _read(self, conn: AbstractConnection) -> BaseException:
+        """Read and dispatch pub/sub messages until the connection fails; return why."""
+        ping_sent = False
+        try:
+            while True:
+                reply = await conn.read_response(timeout=self._ping_interval, disconnect_on_error=False)
+                if reply is None:  # silent for ping_interval seconds
+                    if ping_sent:
+                        return TimeoutError(f"no answer to PING within {self._ping_interval} s")
+                    await conn.send_command("PING", check_health=False)
+                    ping_sent = True
+                    continue
+                ping_sent = False
+                self._dispatch(reply)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            return exc
+
+    def _dispatch(self, reply: Any) -> None:
+        """Handle one pub/sub reply: a message, a (un)subscribe confirmation or a pong."""
+        if not isinstance(reply, list) or len(reply) < 3:
+            return  # pong
+        kind = reply[0]
+        if kind == b"message":
+            self._on_message(reply[1], reply[2])
+        elif kind in (b"subscribe", b"unsubscribe"):
+            waiters = self._pending.get((kind, reply[1]))
+            if waiters:
+                fut = waiters.popleft()
+                if not waiters:
+                    del self._pending[(kind, reply[1])]
+                if not fut.done():
+                    fut.set_result(True)
+
+    def _on_message(self, topic: bytes, msg: bytes) -> None:
+        handler = self._handler
+        if handler is None or not topic.startswith(self._topic_prefix):
+            return
+        channel = topic[len(self._topic_prefix) :].decode("utf-8", "replace")
+        try:
+            kind, value = decode_message(msg)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("ignored a malformed message on %r: %s", topic, exc)
+            return
+        try:
+            if kind == b"p":
+                handler.on_publication(channel, value)  # type: ignore[arg-type]
+            elif kind == b"j":
+                handler.on_join(channel, value)  # type: ignore[arg-type]
+            elif kind == b"l":
+                handler.on_leave(channel, value)  # type: ignore[arg-type]
+        except Exception:
+            log.exception("broker event handler failed for channel %r", channel)
+
+    def _expect(self, kind: bytes, topic: bytes) -> asyncio.Future[bool]:
+        """A future resolved ``True`` by the confirmation of a (un)subscribe, or
+        ``False`` if the connection is lost first."""
+        fut: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._pending.setdefault((kind, topic), collections.deque()).append(fut)
+        return fut
+
+    def _drop(self, conn: AbstractConnection | None) -> None:
+        """Forget the pub/sub connection's state (it failed or the broker closes)."""
+        if conn is not None and self._conn is conn:
+            self._conn = None
+        if self._conn is None:
+            self._healthy = False
+            self._subscribed.clear()
+            pending, self._pending = self._pending, {}
+            for waiters in pending.values():
+                for fut in waiters:
+                    if not fut.done():
+                        fut.set_result(False)
+
+    async def _disconnect(self, conn: AbstractConnection) -> None:
+        try:
+            await conn.disconnect(nowait=True)
+        except Exception:  # pragma: no cover - closing a broken socket
+            pass
+
+    # -- subscriptions -------------------------------------------------------------------------
+
+    def subscribe(self, channel: str) -> Coroutine[Any, Any, None]:
+        """Start delivering ``channel`` to this node.
+
+        The wish is recorded when this is *called* (not when the coroutine
+        runs), and SUBSCRIBE/UNSUBSCRIBE commands are sent one at a time, each
+        matching the latest wish: so an unsubscribe called (and scheduled)
+        before a subscribe always ends subscribed. The coroutine returns once
+        Redis confirmed the subscription.
+
+        Raises:
+            BrokerUnavailable: the pub/sub connection is down, or Redis did
+                not confirm within ``timeout`` seconds.
+        """
+        token = next(self._tokens)
+        self._wanted[channel] = token
+        return self._apply(channel, token)
+
+    def unsubscribe(self, channel: str) -> Coroutine[Any, Any, None]:
+        """Stop delivering ``channel`` to this node (the wish is recorded at
+        call time, see :meth:`subscribe`). Never raises for an outage: a
+        subscription dies with its connection and is not renewed."""
+        self._wanted.pop(channel, None)
+        return self._apply(channel, None)
+
+    async def _apply(self, channel: str, token: int | None) -> None:
+        """Bring ``channel``'s subscription in line with ``_wanted``. ``token``:
+        the subscribe call this runs for (``None`` for unsubscribe)."""
+        try:
+            async with self._sub_lock:
+                await self._apply_locked(channel, token)
+        except BaseException:
+            if token is not None and self._wanted.get(channel) == token:
+                # the caller was told it failed: forget the wish, undo what was sent
+                del self._wanted[channel]
+                if not self._closed:
+                    task = asyncio.get_running_loop().create_task(self._apply(channel, None))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
+            raise
+
+    async def _apply_locked(self, channel: str, token: int | None) -> None:
+        conn = self._conn
+        want = channel in self._wanted
+        if conn is None or not conn.is_connected:
+            if token is not None and want:
+                raise BrokerUnavailable(f"redis at {self._where} is unreachable")
+            return
+        if want == (channel in self._subscribed):
+            return
+        kind = b"subscribe" if want else b"unsubscribe"
+        fut = self._expect(kind, self._topic(channel))
+        error: BaseException | None = None
+        try:
+            async with asyncio.timeout(self._timeout):
+                await conn.send_command(kind.decode().upper(), self._topic(channel), check_health=False)
+                # sent: Redis will act on it unless the connection dies (which resets everything)
+                if want:
+                    self._subscribed.add(channel)
+                else:
+                    self._subscribed.discard(channel)
+                confirmed = await fut
+        except (OSError, redis_errors.RedisError) as exc:  # TimeoutError is an OSError
+            confirmed, error = False, exc
+        if not confirmed:
+            if self._conn is conn:  # make the reader fail: the maintainer reconnects
+                await self._disconnect(conn)
+            if want and token is not None:
+                why = _describe(error) if error is not None else "connection lost"
+                raise BrokerUnavailable(f"redis {kind.decode()} of {channel!r} failed: {why}")
+
+    # -- commands ------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        if not self._healthy:
+            raise BrokerUnavailable(f"redis at {self._where} is unreachable")
+
+    @contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Map redis-py's errors: unreachable -> BrokerUnavailable, others -> BrokerError."""
+        try:
+            yield
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"redis {what} failed: {_describe(exc)}") from exc
+        except redis_errors.RedisError as exc:
+            raise BrokerError(f"redis {what} failed: {_describe(exc)}") from exc
+
+    async def publish(
+        self,
+        channel: str,
+        pub: Publication,
+        *,
+        history_size: int = 0,
+        history_ttl: float = 0.0,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 300.0,
+    ) -> StreamPosition:
+        """Publish ``pub`` (see :meth:`Broker.publish`): one ``EVALSHA`` of the
+        publish script, or one ``PUBLISH`` without history and idempotency key.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable (nothing is acknowledged;
+                the publication may or may not have been stored).
+            BrokerError: Redis refused the script (e.g. out of memory).
+        """
+        self._check()
+        body = encode_body(pub)
+        with_history = history_size > 0 and history_ttl > 0
+        with self._errors("publish"):
+            if not with_history and idempotency_key is None:
+                await self._redis.publish(self._topic(channel), b"p0:" + body)
+                return StreamPosition()
+            keys = [self._meta_key(channel), self._history_key(channel)]
+            if idempotency_key is not None:
+                keys.append(self._idempotency_key(channel, idempotency_key))
+            offset, epoch, fresh = await self._publish_script(
+                keys=keys,
+                args=[
+                    self._topic(channel),
+                    body,
+                    history_size if with_history else 0,
+                    _ms(history_ttl),
+                    _ms(max(self._meta_ttl, history_ttl)),
+                    new_epoch(),
+                    _ms(idempotency_ttl),
+                ],
+            )
+        if fresh and with_history:
+            pub.offset = offset
+        return StreamPosition(offset, epoch.decode())
+
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int | None = None,
+        reverse: bool = False,
+        history_ttl: float = 0.0,
+    ) -> HistoryResult:
+        """Read ``channel``'s stream with one script call (see :meth:`Broker.history`).
+
+        Creates the stream's epoch when it has none. ``history_ttl`` is not
+        needed here (publish sets the TTLs).
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+            BrokerError: Redis failed otherwise.
+        """
+        self._check()
+        with self._errors("history"):
+            reply = await self._history_script(
+                keys=[self._meta_key(channel), self._history_key(channel)],
+                args=[
+                    -1 if since is None else since.offset,
+                    -1 if limit is None else max(limit, 0),
+                    1 if reverse else 0,
+                    new_epoch(),
+                    _ms(self._meta_ttl),
+                ],
+            )
+        position = StreamPosition(int(reply[0]), reply[1].decode())
+        pubs: list[Publication] = []
+        for entry in reply[2] if len(reply) > 2 else ():
+            try:
+                kind, pub = decode_message(entry)
+            except (ValueError, KeyError, TypeError) as exc:
+                log.warning("ignored a malformed history entry of %r: %s", channel, exc)
+                continue
+            if kind == b"p":
+                pubs.append(pub)  # type: ignore[arg-type]
+        if since is not None:
+            pubs = [p for p in pubs if p.offset > since.offset]
+        if reverse:
+            pubs.reverse()
+        return HistoryResult(pubs, position)
+
+    async def remove_history(self, channel: str) -> None:
+        """Delete ``channel``'s publications; its position stays.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+        """
+        self._check()
+        with self._errors("remove history"):
+            await self._redis.delete(self._history_key(channel))
+
+    async def publish_join(self, channel: str, info: ClientInfo) -> None:
+        """``PUBLISH`` a join on ``channel``'s topic.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+        """
+        self._check()
+        with self._errors("join"):
+            await self._redis.publish(self._topic(channel), encode_event(b"j", info))
+
+    async def publish_leave(self, channel: str, info: ClientInfo) -> None:
+        """``PUBLISH`` a leave on ``channel``'s topic.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+        """
+        self._check()
+        with self._errors("leave"):
+            await self._redis.publish(self._topic(channel), encode_event(b"l", info))
+
+    async def add_presence(self, channel: str, info: ClientInfo, *, ttl: float) -> None:
+        """Add or refresh ``info`` in ``channel``'s presence for ``ttl`` seconds
+        (Redis' clock); also drops up to 1000 expired entries.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+        """
+        self._check()
+        value = json.dumps(info_to_wire(info), separators=(",", ":"))
+        with self._errors("presence add"):
+            await self._presence_add_script(keys=self._presence_keys(channel), args=[info.client, value, _ms(ttl)])
+
+    async def remove_presence(self, channel: str, client: str) -> None:
+        """Remove connection ``client`` from ``channel``'s presence.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+        """
+        self._check()
+        data, expire = self._presence_keys(channel)
+        with self._errors("presence remove"):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.zrem(expire, client)
+                pipe.hdel(data, client)
+                await pipe.execute()
+
+    async def presence(self, channel: str) -> dict[str, ClientInfo]:
+        """The unexpired presence entries of ``channel`` (one script call).
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+        """
+        self._check()
+        with self._errors("presence"):
+            flat = await self._presence_get_script(keys=self._presence_keys(channel))
+        out: dict[str, ClientInfo] = {}
+        for i in range(0, len(flat) - 1, 2):
+            out[flat[i].decode()] = info_from_wire(json.loads(flat[i + 1]))
+        return out
+
+    async def presence_stats(self, channel: str) -> tuple[int, int]:
+        """``(num_clients, num_users)`` of ``channel``'s unexpired presence,
+        counted in Redis (one script call).
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable.
+        """
+        self._check()
+        with self._errors("presence stats"):
+            clients, users = await self._presence_stats_script(keys=self._presence_keys(channel))
+        return int(clients), int(users)
+
+
+def _describe(exc: BaseException | None) -> str:
+    if exc is None:
+        return "unknown error"
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
