@@ -7,7 +7,8 @@
 
 The virtual environment lives in .venv (override with HUBBUB_VENV). Installing is skipped when
 pyproject.toml has not changed since the last install. `test` also installs what the tests need
-outside Python when it can (redis-server from Debian's packages, as root); tests that need a
+outside Python when it can (redis-server, chromium, node and npm from Debian's packages, as root;
+centrifuge-js from npm); tests that need a
 missing tool are skipped, unless CI=true, where they fail.
 """
 
@@ -62,6 +63,14 @@ def ensure_debian_package(command: str, package: str) -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], check=True, env=env)
 
 
+def ensure_npm_packages(folder: Path) -> None:
+    """npm install the test's JavaScript packages (centrifuge-js) from the registry."""
+    if (folder / "node_modules" / "centrifuge").exists() or not shutil.which("npm"):
+        return
+    say(f"installing JavaScript test packages in {folder}")
+    subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=folder, check=True)
+
+
 def main() -> int:
     if len(sys.argv) < 2 or sys.argv[1] not in EXTRAS:
         print(__doc__)
@@ -72,6 +81,10 @@ def main() -> int:
         os.execv(str(BIN / "hubbub"), [str(BIN / "hubbub"), "serve", *args])
     if command == "test":
         ensure_debian_package("redis-server", "redis-server")
+        ensure_debian_package("chromium", "chromium")
+        ensure_debian_package("node", "nodejs")
+        ensure_debian_package("npm", "npm")
+        ensure_npm_packages(ROOT / "tests" / "js")
         return subprocess.call([str(PY), "-m", "pytest", *args], cwd=ROOT)
     return subprocess.call([str(PY), str(ROOT / "bench" / "run.py"), *args], cwd=ROOT)
 

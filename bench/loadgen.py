@@ -25,20 +25,53 @@ library on its hot path, so that it can outrun the servers it measures:
 
       HB|<seq: 10 digits>|<time_ns: 19 digits>|xxxxxxxx...   (size bytes)
 
-Producer modes:
+Modes (``--mode``), i.e. how subscribers subscribe and the producer publishes:
 
 ``raw``
     The payload is sent as a text message.  For the baseline broadcast
-    server and for hubbub's relay endpoint ``/ws/{channel}``, where every
-    message a client sends is delivered to every client on that path.
+    server, socketify and hubbub's relay endpoint ``/ws/{channel}``, where
+    every message a client sends is delivered to every client on that path.
+    A subscriber is ready once the opening handshake is done (the servers
+    subscribe it on connect), or after ``--sub-send`` / ``--sub-ready``.
 
 ``centrifugo``
     Centrifugo's JSON protocol: the producer sends ``{"id":1,"connect":{}}``
     and then ``{"id":N,"publish":{"channel":...,"data":{"p":"<payload>"}}}``
     with at most ``--window`` publications awaiting a reply.  Subscribers
-    default to sending connect + subscribe and wait for the reply to id 2.
-    As Centrifugo may batch several pushes into one frame (newline
-    separated), deliveries are counted by payload marker in this mode.
+    send connect and one subscribe command per channel, and are ready on the
+    reply to the last one.  As Centrifugo may batch several pushes into one
+    frame (newline separated), deliveries are counted by payload marker.
+
+``socketio``
+    Engine.IO v4 / Socket.IO v5 over a raw WebSocket
+    (``/socket.io/?EIO=4&transport=websocket``): the server's open packet
+    ``0{...}`` is answered with ``40`` (connect to ``/``); the connect
+    acknowledgement ``40{...}`` makes a subscriber ready (the bench server
+    joins every client to the room ``bench``); Engine.IO pings ``2`` are
+    answered with ``3``.  With ``--groups``, subscribers emit
+    ``42["sub",[rooms]]`` and wait for ``42["subok"]``.  The producer emits
+    ``42["pub","<payload>"]`` (or ``42["pub","<room>","<payload>"]``) and
+    deliveries arrive as ``42["msg","<payload>"]``; counted by marker.
+
+``pubsub``
+    A tiny text protocol spoken by the bench servers for the many-channels
+    workload: ``sub <channel> ...`` answered by ``subok``, and
+    ``pub <channel> <payload>``.
+
+Many channels (``--groups G``): subscriber ``i`` (numbered across all
+worker processes) subscribes to its personal channel ``u<i>`` and to the
+group channel ``g<i % G>``.  Publication ``k`` goes to a channel drawn with
+a seeded RNG (``--seed``): a random personal channel with probability
+``--personal-share``, otherwise a random group channel.  Each subscriber
+knows how many publications it must receive.
+
+Other runs: ``--idle`` opens the subscribers and holds them without
+publishing; with ``--rss-pid`` it reads that process's resident memory after
+``--warmup`` connections and again after all of them (memory per
+connection).  ``--reconnect`` (with ``--idle``) prints a line
+``{"event": "ready"}`` on stdout once every subscriber is ready, then waits
+until every subscriber has lost its connection and connected (and
+subscribed) again: the caller restarts the server in between.
 
 Result: deliveries/s is the number of payload deliveries received by all
 subscribers divided by the time from the first publication to the last
@@ -62,12 +95,15 @@ import json
 import math
 import multiprocessing
 import os
+import random
 import resource
 import struct
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
+from pathlib import Path
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -164,6 +200,44 @@ def percentile(sorted_values: list[int], pct: float) -> int | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def read_rss_kib(pid: int) -> int | None:
+    """Resident memory (VmRSS) of process ``pid`` in KiB, or None."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def subscriber_channels(cfg: Config, index: int) -> list[str]:
+    """Channels of subscriber ``index`` (numbered across all workers)."""
+    if cfg.groups > 0:
+        return [f"u{index}", f"g{index % cfg.groups}"]
+    return [cfg.channel]
+
+
+def publication_plan(cfg: Config) -> list[str]:
+    """The channel of each publication (many-channels mode), seeded."""
+    rng = random.Random(cfg.seed)
+    plan = []
+    for _ in range(cfg.messages):
+        if rng.random() < cfg.personal_share:
+            plan.append(f"u{rng.randrange(cfg.subscribers)}")
+        else:
+            plan.append(f"g{rng.randrange(cfg.groups)}")
+    return plan
+
+
+def expected_counts(cfg: Config) -> collections.Counter[str] | None:
+    """Publications per channel in many-channels mode (None otherwise)."""
+    if cfg.groups <= 0 or cfg.idle:
+        return None
+    return collections.Counter(publication_plan(cfg))
+
+
 class HandshakeError(Exception):
     """The server did not accept the WebSocket connection or subscription."""
 
@@ -180,7 +254,7 @@ class Config:
     host: str = "127.0.0.1"
     port: int = 8000
     path: str = "/"
-    mode: str = "raw"  # "raw" or "centrifugo"
+    mode: str = "raw"  # "raw", "centrifugo", "socketio" or "pubsub"
     subscribers: int = 1000
     procs: int = 1
     messages: int = 500
@@ -197,6 +271,16 @@ class Config:
     connect_timeout: float = 60.0
     connect_concurrency: int = 100
     settle: float = 0.5
+    groups: int = 0  # many channels: personal channel + one of `groups` groups
+    personal_share: float = 0.5
+    seed: int = 1
+    idle: bool = False
+    rss_pid: int | None = None
+    warmup: int = 0
+    hold: float = 1.0
+    reconnect: bool = False
+    reconnect_delay: float = 0.1
+    ready_file: str | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -403,38 +487,78 @@ class SubscriberStats:
         self.lost = 0  # subscribers disconnected before that
         self.active: int | None = None  # set once all connections are open
         self.done = asyncio.Event()
+        # --reconnect
+        self.first_lost_ns = 0
+        self.reconnected = 0
+        self.last_ready_ns = 0
+        self.reconnect_errors: collections.Counter[str] = collections.Counter()
+        self.on_lost: Callable[[Subscriber], None] | None = None
 
     def check_done(self) -> None:
-        if self.active is not None and self.complete + self.lost >= self.active:
+        if self.active is None:
+            return
+        if self.on_lost is not None:
+            if self.reconnected >= self.active:
+                self.done.set()
+        elif self.complete + self.lost >= self.active:
             self.done.set()
 
 
 class Subscriber(WSClient):
     """A subscriber that counts deliveries from frame headers only."""
 
-    def __init__(self, cfg: Config, stats: SubscriberStats) -> None:
+    def __init__(
+        self, cfg: Config, stats: SubscriberStats, index: int = 0, expected: int | None = None
+    ) -> None:
         super().__init__(cfg)
         self.stats = stats
-        self.expected = cfg.messages
+        self.index = index
+        self.channels = subscriber_channels(cfg, index)
+        self.expected = cfg.messages if expected is None else expected
         self.count_marker = cfg.count == "marker"
+        self.engineio = cfg.mode == "socketio"
         self.received = 0
         self.is_complete = False
         self.benchmarking = False  # counting starts once ready
         self._ready_marker = cfg.sub_ready.encode() if cfg.sub_ready else None
+        self._ready_id = cfg.sub_ready_id
         self._rest = b""
 
     def handshake_done(self) -> None:
-        for text in self.cfg.sub_send:
+        cfg = self.cfg
+        mode = cfg.mode
+        if mode == "centrifugo":
+            sends = ['{"id":1,"connect":{}}'] + [
+                json.dumps({"id": 2 + k, "subscribe": {"channel": ch}}, separators=(",", ":"))
+                for k, ch in enumerate(self.channels)
+            ]
+            if cfg.sub_send is not None:
+                sends = cfg.sub_send
+            if self._ready_marker is None and self._ready_id is None:
+                self._ready_id = 1 + len(self.channels)
+        elif mode == "pubsub":
+            sends = ["sub " + " ".join(self.channels)]
+            self._ready_marker = b"subok"
+        elif mode == "socketio":
+            return  # wait for the Engine.IO open packet
+        else:
+            sends = cfg.sub_send or []
+        for text in sends:
             self.send(text.encode())
-        if self._ready_marker is None and self.cfg.sub_ready_id is None:
-            self.benchmarking = True
-            self.set_ready()
+        if self._ready_marker is None and self._ready_id is None:
+            self._become_ready()
+
+    def _become_ready(self) -> None:
+        self.benchmarking = True
+        self.set_ready()
 
     def _is_ready_reply(self, payload: bytes) -> bool:
         """Whether a message before readiness is the awaited reply.
 
         Raises HandshakeError if that reply reports an error.
         """
+        if self.engineio:
+            return self._engineio_pre_ready(payload)
         if self._ready_marker is not None:
             if self._ready_marker not in payload:
                 return False
@@ -446,10 +570,26 @@ class Subscriber(WSClient):
                 reply = json.loads(line)
             except ValueError:
                 continue
-            if isinstance(reply, dict) and reply.get("id") == self.cfg.sub_ready_id:
-                if "error" in reply:
-                    raise HandshakeError(f"subscription refused: {line[:200]!r}")
+            if isinstance(reply, dict) and "error" in reply and isinstance(reply.get("id"), int):
+                raise HandshakeError(f"command refused: {line[:200]!r}")
+            if isinstance(reply, dict) and reply.get("id") == self._ready_id:
                 return True
+        return False
+
+    def _engineio_pre_ready(self, payload: bytes) -> bool:
+        """Engine.IO / Socket.IO opening: open -> connect -> (subscribe)."""
+        if payload[:2] == b"0{":  # Engine.IO open packet
+            self.send(b"40")
+        elif payload[:3] == b"40{":  # Socket.IO connect acknowledgement
+            if self.cfg.groups <= 0:
+                return True
+            self.send(b'42["sub",%s]' % json.dumps(self.channels).encode())
+        elif payload == b"2":  # Engine.IO ping
+            self.send(b"3")
+        elif payload[:9] == b'42["subok':
+            return True
+        elif payload[:2] == b"44":  # connect error
+            raise HandshakeError(f"connect refused: {payload[:200]!r}")
         return False
 
     def _pre_ready(self, data: bytes) -> bytes:
@@ -465,8 +605,7 @@ class Subscriber(WSClient):
                 self.fail(str(exc))
                 return b""
             if ready:
-                self.benchmarking = True
-                self.set_ready()
+                self._become_ready()
                 return data[end:]  # deliveries may follow in the same chunk
         self._rest = rest
         return b""
@@ -505,7 +644,12 @@ class Subscriber(WSClient):
                 break
             pos = end
             if b0 & 0x0F <= OP_BINARY:  # data frame
-                k = data.count(MARKER, start, end) if count_marker else b0 >> 7
+                if count_marker:
+                    k = data.count(MARKER, start, end)
+                    if not k and length == 1 and self.engineio and data[start] == 0x32:
+                        self.send(b"3")  # Engine.IO ping
+                else:
+                    k = b0 >> 7
                 if k:
                     got += k
                     countdown -= k
@@ -536,44 +680,65 @@ class Subscriber(WSClient):
 
     def connection_lost(self, exc: Exception | None) -> None:
         super().connection_lost(exc)
-        if self.benchmarking and not self.is_complete:
-            self.stats.lost += 1
-            self.stats.check_done()
+        stats = self.stats
+        if stats.on_lost is not None and self.benchmarking:
+            stats.on_lost(self)
+        elif self.benchmarking and not self.is_complete:
+            stats.lost += 1
+            stats.check_done()
+
+
+async def _connect_subscriber(
+    cfg: Config, stats: SubscriberStats, index: int, expected: int | None, timeout: float
+) -> Subscriber:
+    """Open one subscriber and wait until it is ready (raises on failure)."""
+    loop = asyncio.get_running_loop()
+    proto: Subscriber | None = None
+    try:
+        _, proto = await asyncio.wait_for(
+            loop.create_connection(lambda: Subscriber(cfg, stats, index, expected), cfg.host, cfg.port),
+            timeout,
+        )
+        await asyncio.wait_for(proto.ready, timeout)
+        return proto
+    except BaseException:
+        if proto is not None:  # failed after connecting: discard it
+            proto.ready.cancel()
+            if proto.transport is not None:
+                proto.transport.abort()
+        raise
 
 
 async def _open_subscribers(
-    cfg: Config, count: int, stats: SubscriberStats
+    cfg: Config,
+    count: int,
+    stats: SubscriberStats,
+    first_index: int = 0,
+    counts: collections.Counter[str] | None = None,
+    gate: asyncio.Semaphore | None = None,
 ) -> tuple[list[Subscriber], collections.Counter[str]]:
     """Open ``count`` subscribers, a bounded number at a time, with retries."""
-    loop = asyncio.get_running_loop()
-    gate = asyncio.Semaphore(cfg.connect_concurrency)
+    gate = gate or asyncio.Semaphore(cfg.connect_concurrency)
     opened: list[Subscriber] = []
     errors: collections.Counter[str] = collections.Counter()
     per_attempt = min(10.0, cfg.connect_timeout)
 
-    async def open_one() -> None:
+    async def open_one(index: int) -> None:
+        expected = None
+        if counts is not None:
+            expected = sum(counts.get(ch, 0) for ch in subscriber_channels(cfg, index))
         for attempt in range(3):
-            proto: Subscriber | None = None
             async with gate:
                 try:
-                    _, proto = await asyncio.wait_for(
-                        loop.create_connection(lambda: Subscriber(cfg, stats), cfg.host, cfg.port),
-                        per_attempt,
-                    )
-                    await asyncio.wait_for(proto.ready, per_attempt)
-                    opened.append(proto)
+                    opened.append(await _connect_subscriber(cfg, stats, index, expected, per_attempt))
                     return
                 except TimeoutError:
                     errors[f"no handshake/ready reply within {per_attempt:.0f}s"] += 1
                 except (OSError, HandshakeError) as exc:
                     errors[f"{type(exc).__name__}: {exc}"[:120]] += 1
-                if proto is not None:  # failed after connecting: discard it
-                    proto.ready.cancel()
-                    if proto.transport is not None:
-                        proto.transport.abort()
             await asyncio.sleep(0.2 * (attempt + 1))
 
-    tasks = [asyncio.ensure_future(open_one()) for _ in range(count)]
+    tasks = [asyncio.ensure_future(open_one(first_index + k)) for k in range(count)]
     _, pending = await asyncio.wait(tasks, timeout=cfg.connect_timeout)
     for task in pending:
         task.cancel()
@@ -583,23 +748,80 @@ async def _open_subscribers(
     return opened, errors
 
 
-async def _subscriber_worker(cfg: Config, count: int, pipe: Connection) -> None:
+def _arm_reconnect(
+    cfg: Config, stats: SubscriberStats, subscribers: list[Subscriber], gate: asyncio.Semaphore
+) -> set[asyncio.Task[None]]:
+    """--reconnect: a subscriber that loses its connection connects again.
+
+    Retries after ``reconnect_delay`` (jittered, doubling up to 0.5 s), at
+    most ``connect_concurrency`` attempts at a time, for ``timeout`` seconds.
+    """
+    tasks: set[asyncio.Task[None]] = set()
+    per_attempt = min(10.0, cfg.connect_timeout)
+
+    async def reconnect(old: Subscriber) -> None:
+        deadline = time.monotonic() + cfg.timeout
+        backoff = cfg.reconnect_delay
+        await asyncio.sleep(random.uniform(0, cfg.reconnect_delay))
+        while time.monotonic() < deadline:
+            async with gate:
+                try:
+                    new = await _connect_subscriber(cfg, stats, old.index, old.expected, per_attempt)
+                except TimeoutError:
+                    stats.reconnect_errors["timeout"] += 1
+                except (OSError, HandshakeError) as exc:
+                    stats.reconnect_errors[type(exc).__name__] += 1
+                else:
+                    subscribers.append(new)
+                    stats.reconnected += 1
+                    stats.last_ready_ns = time.time_ns()
+                    stats.check_done()
+                    return
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.5))
+            backoff = min(backoff * 2, 0.5)
+
+    def on_lost(sub: Subscriber) -> None:
+        if not stats.first_lost_ns:
+            stats.first_lost_ns = time.time_ns()
+        if sub in subscribers:
+            subscribers.remove(sub)
+        task = asyncio.ensure_future(reconnect(sub))
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    stats.on_lost = on_lost
+    return tasks
+
+
+async def _subscriber_worker(cfg: Config, count: int, first_index: int, pipe: Connection) -> None:
     loop = asyncio.get_running_loop()
     stats = SubscriberStats(cfg)
+    counts = expected_counts(cfg)
+    gate = asyncio.Semaphore(cfg.connect_concurrency)
     started = time.perf_counter()
-    subscribers, errors = await _open_subscribers(cfg, count, stats)
+    subscribers, errors = await _open_subscribers(cfg, count, stats, first_index, counts, gate)
     pipe.send(("ready", len(subscribers), dict(errors), time.perf_counter() - started))
+    reconnect_tasks: set[asyncio.Task[None]] = set()
+    if cfg.reconnect:
+        reconnect_tasks = _arm_reconnect(cfg, stats, subscribers, gate)
 
     message = await loop.run_in_executor(None, pipe.recv)
     if message[0] == "go":
         deadline_ns = message[1]
         stats.active = len(subscribers)
+        for sub in subscribers:  # nothing to receive: complete already
+            if not cfg.reconnect and sub.expected <= 0 and not sub.is_complete:
+                sub.is_complete = True
+                stats.complete += 1
         stats.check_done()
         remaining = max(0.0, (deadline_ns - time.time_ns()) / 1e9)
         try:
             await asyncio.wait_for(stats.done.wait(), remaining)
         except TimeoutError:
             pass
+    stats.on_lost = None if not cfg.reconnect else (lambda sub: None)
+    for task in list(reconnect_tasks):
+        task.cancel()
     result = {
         "subscribers": len(subscribers),
         "delivered": stats.delivered,
@@ -608,12 +830,16 @@ async def _subscriber_worker(cfg: Config, count: int, pipe: Connection) -> None:
         "last_ns": stats.last_ns,
         "latencies_ns": stats.latencies_ns,
         "bad_samples": stats.bad_samples,
+        "first_lost_ns": stats.first_lost_ns,
+        "reconnected": stats.reconnected,
+        "last_ready_ns": stats.last_ready_ns,
+        "reconnect_errors": dict(stats.reconnect_errors),
     }
     pipe.send(("result", result))
     await close_all(subscribers, grace=3.0)
 
 
-def subscriber_worker(cfg: Config, count: int, pipe: Connection) -> None:
+def subscriber_worker(cfg: Config, count: int, first_index: int, pipe: Connection) -> None:
     """Entry point of a subscriber worker process.
 
     Protocol with the coordinator over ``pipe``: send ``("ready", opened,
@@ -622,7 +848,7 @@ def subscriber_worker(cfg: Config, count: int, pipe: Connection) -> None:
     """
     raise_nofile_limit()
     try:
-        asyncio.run(_subscriber_worker(cfg, count, pipe))
+        asyncio.run(_subscriber_worker(cfg, count, first_index, pipe))
     except BaseException as exc:  # report, never hang the coordinator
         try:
             pipe.send(("error", f"{type(exc).__name__}: {exc}"))

@@ -13,6 +13,11 @@ one, the load generator is not the bottleneck.
 There is no backpressure, no pings, no limits: it is a measuring stick, not
 a server.  The request path is ignored.
 
+For the many-channels workload it also speaks the load generator's
+``pubsub`` text protocol: ``sub <channel> ...`` joins channels (answered with
+``subok``) and ``pub <channel> <payload>`` sends ``<payload>`` to that
+channel's members, coalesced per client per event-loop iteration.
+
 Usage::
 
     python bench/servers/trivial.py --host 127.0.0.1 --port 8000
@@ -59,7 +64,29 @@ class Hub:
 
     def __init__(self) -> None:
         self.clients: set[Connection] = set()
+        self.channels: dict[bytes, set[Connection]] = {}
         self._pending: list[bytes] = []
+        self._dirty: list[Connection] = []
+
+    def publish_to(self, channel: bytes, frame: bytes) -> None:
+        """Queue ``frame`` for the members of ``channel``; one write per client."""
+        members = self.channels.get(channel)
+        if not members:
+            return
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+        for client in members:
+            if not client.pending:
+                self._dirty.append(client)
+            client.pending.append(frame)
+
+    def _flush_dirty(self) -> None:
+        dirty, self._dirty = self._dirty, []
+        for client in dirty:
+            data = b"".join(client.pending)
+            client.pending.clear()
+            if not client.transport.is_closing():
+                client.transport.write(data)
 
     def publish(self, frame: bytes) -> None:
         """Queue an encoded frame; flush once the current iteration is done."""
@@ -85,12 +112,18 @@ class Connection(asyncio.Protocol):
         self._buf = b""
         self._fragments: list[bytes] = []
         self._fragment_opcode = OP_TEXT
+        self.pending: list[bytes] = []
+        self.joined: list[bytes] = []
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.hub.clients.discard(self)
+        for channel in self.joined:
+            members = self.hub.channels.get(channel)
+            if members is not None:
+                members.discard(self)
 
     def data_received(self, data: bytes) -> None:
         data = self._buf + data
@@ -172,7 +205,17 @@ class Connection(asyncio.Protocol):
             if self._fragments:
                 payload = b"".join(self._fragments) + payload
                 self._fragments.clear()
-            self.hub.publish(server_frame(self._fragment_opcode, payload))
+            head = payload[:4]
+            if head == b"sub ":
+                for channel in payload[4:].split():
+                    self.hub.channels.setdefault(channel, set()).add(self)
+                    self.joined.append(channel)
+                self.transport.write(server_frame(OP_TEXT, b"subok"))
+            elif head == b"pub ":
+                _, channel, data = payload.split(b" ", 2)
+                self.hub.publish_to(channel, server_frame(self._fragment_opcode, data))
+            else:
+                self.hub.publish(server_frame(self._fragment_opcode, payload))
         elif opcode == OP_PING:
             self.transport.write(server_frame(OP_PONG, payload))
         elif opcode == OP_CLOSE:

@@ -7,6 +7,14 @@ is sent to every registered client (including the sender) with
 Library defaults are kept (compression is only negotiated if the client
 offers it, which the load generator does not).
 
+For the many-channels workload the server also speaks the load generator's
+small ``pubsub`` text protocol (any other message is broadcast as above):
+
+``sub <channel> [<channel> ...]``
+    adds the client to each channel's set and answers ``subok``;
+``pub <channel> <payload>``
+    sends ``<payload>`` to the channel's set with ``broadcast()``.
+
 Usage::
 
     python bench/servers/websockets_broadcast.py --host 127.0.0.1 --port 8000
@@ -21,16 +29,36 @@ import resource
 from websockets.asyncio.server import ServerConnection, broadcast, serve
 
 CLIENTS: set[ServerConnection] = set()
+CHANNELS: dict[str, set[ServerConnection]] = {}
 
 
 async def handler(websocket: ServerConnection) -> None:
     """Register the client and relay each of its messages to everyone."""
     CLIENTS.add(websocket)
+    joined: list[str] = []
     try:
         async for message in websocket:
+            if isinstance(message, str) and message[:4] in ("sub ", "pub "):
+                if message[0] == "s":
+                    for channel in message[4:].split():
+                        CHANNELS.setdefault(channel, set()).add(websocket)
+                        joined.append(channel)
+                    await websocket.send("subok")
+                else:
+                    _, channel, payload = message.split(" ", 2)
+                    members = CHANNELS.get(channel)
+                    if members:
+                        broadcast(members, payload)
+                continue
             broadcast(CLIENTS, message)
     finally:
         CLIENTS.discard(websocket)
+        for channel in joined:
+            members = CHANNELS.get(channel)
+            if members is not None:
+                members.discard(websocket)
+                if not members:
+                    del CHANNELS[channel]
 
 
 async def main(host: str, port: int) -> None:

@@ -144,7 +144,7 @@ class ServerAPI:
 
     async def _publish(self, channel: str, pub: Publication, key: str | None) -> dict[str, Any]:
         try:
-            position = await self.hub.publish(channel, pub, idempotency_key=key)
+            position = await self.hub.publish(channel, pub, idempotency_key=key, source="api")
         except ProtocolError as exc:
             if exc.code == ErrorCode.INTERNAL and isinstance(exc.__cause__, BrokerError):
                 raise _Unavailable(exc.message) from exc

@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any
 
-from . import __version__
+from . import __version__, logs
 from .client import Client, backoff
 from .config import Config, check_file
 from .errors import ClientError, ConfigError, ReplyError
@@ -52,7 +52,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes sharing the port (SO_REUSEPORT); needs the Redis broker")
     serve.add_argument("--allow-anonymous", action="store_true", default=None,
                        help="accept clients without a token, even on a non-loopback address")
+    serve.add_argument("--no-page", dest="page", action="store_false", default=None,
+                       help="do not serve the live demo page at /")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    serve.add_argument("--log-format", default="text", choices=["text", "json"],
+                       help="text lines for people, or one JSON object per line for machines")
     serve.epilog = ("Every setting can also come from the TOML file or from an environment variable "
                     "HUBBUB_<SETTING> (e.g. HUBBUB_API_KEY). Precedence: flags > environment > file > defaults.")
 
@@ -66,6 +70,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--host", default=None, help="override the app's host")
     run.add_argument("--port", type=int, default=None, help="override the app's port (0 picks a free one)")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-format", default="text", choices=["text", "json"])
 
     check = sub.add_parser(
         "check-config",
@@ -141,6 +146,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         max_message_size=args.max_message_size,
         max_pending_output=args.max_pending_output,
         allow_anonymous=args.allow_anonymous,
+        page=args.page,
     )
 
 
@@ -155,7 +161,7 @@ def _check_config(path: str) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     config = _config_from_args(args)
     config.check_exposure()
     if config.workers > 1:
@@ -173,8 +179,10 @@ def _serve(args: argparse.Namespace) -> int:
             log.info("worker %s (pid %d) listening on %s (broker: %s)", worker, os.getpid(), s.url,
                      s.hub.broker.name)
         log.info("security: %s", config.security_mode)
-        log.info("protocol: ws://%s/connection/websocket  relay: ws://%s/ws/{channel}  health: %s/health",
-                 where, where, s.url)
+        log.info("protocol: ws://%s/connection/websocket  relay: ws://%s/ws/{channel}  health: %s/health  "
+                 "metrics: %s/metrics", where, where, s.url, s.url)
+        if config.page:
+            log.info("live page: %s/", s.url)
 
     try:
         asyncio.run(server.serve(ready=ready, reuse_port=worker is not None))
@@ -186,7 +194,7 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logs.setup(args.log_level, args.log_format)
     from .app import load_app
 
     app = load_app(args.target)
@@ -228,7 +236,10 @@ def _serve_workers(config: Config, args: argparse.Namespace) -> int:
         return 1
     port = reserve.getsockname()[1]
     argv = [sys.executable, "-m", "hubbub", "serve", "--workers", "1", "--port", str(port),
-            "--host", config.host, "--broker", config.broker, "--log-level", args.log_level]
+            "--host", config.host, "--broker", config.broker, "--log-level", args.log_level,
+            "--log-format", args.log_format]
+    if args.page is False:
+        argv.append("--no-page")
     if args.config:
         argv += ["--config", args.config]
     for flag, value in (("--ping-interval", args.ping_interval), ("--max-message-size", args.max_message_size),

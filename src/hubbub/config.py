@@ -140,6 +140,7 @@ class Config:
             (0: no limit); over it 3504.
         idempotency_ttl: seconds a publish ``idempotency_key`` is remembered.
         presence_ttl: seconds a presence entry lives without refresh.
+        page: serve the live demo page at ``/`` (``/static/hubbub.js`` is always served).
         channels: options of the default namespace.
         namespaces: options per namespace name.
     """
@@ -175,6 +176,7 @@ class Config:
     client_user_connection_limit: int = 0
     idempotency_ttl: float = 300.0
     presence_ttl: float = 60.0
+    page: bool = True
     channels: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 

@@ -117,6 +117,7 @@ class Connection(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.config = server.config
+        self.stats = server.stats
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_handshake_size)
@@ -142,6 +143,7 @@ class Connection(asyncio.Protocol):
         self._fragments_binary = False
         self._utf8 = codecs.getincrementaldecoder("utf-8")()
         self._close_timer: asyncio.TimerHandle | None = None
+        self._close_counted = False
         self.deadline = time.monotonic() + self.config.handshake_timeout
         self.lost = False
 
@@ -159,6 +161,7 @@ class Connection(asyncio.Protocol):
         self.server.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
+        self.stats.bytes_in += len(data)
         if self.ws is not None:
             self.ws.receive_data(data)
             self._process_ws_events()
@@ -354,6 +357,9 @@ class Connection(asyncio.Protocol):
         assert ws is not None
         self._handle_frames(ws.events_received())
         self._pull_ws_writes()
+        if ws.close_sent is not None and ws.close_rcvd is None and not self._close_counted:
+            self._close_counted = True  # the protocol layer failed the connection (1002, 1007, 1009)
+            self.stats.disconnects[ws.close_sent.code] += 1
         if ws.state is State.CLOSED or ws.close_expected():
             self.open = False
             self._arm_close_timer()
@@ -398,6 +404,7 @@ class Connection(asyncio.Protocol):
     def _receive(self, payload: bytes, binary: bool) -> None:
         if self.session is None or self.session.closed:
             return
+        self.stats.messages_in += 1
         self._inbox.append((payload, binary))
         if len(self._inbox) >= MAX_INBOX and not self._paused and self.transport is not None:
             self._paused = True
@@ -466,6 +473,8 @@ class Connection(asyncio.Protocol):
             return
         self.open = False
         if self.ws.state is State.OPEN:
+            self._close_counted = True
+            self.stats.disconnects[code] += 1
             data = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
             self.ws.send_close(code, data)
             self._pull_ws_writes()
@@ -483,7 +492,7 @@ class Connection(asyncio.Protocol):
             return
         log.warning("slow client %s: %d bytes pending; closing with 3008", self.peer,
                     self._out_size + self._buffered)
-        self.server.slow_closed += 1
+        self.stats.slow += 1
         self._out.clear()
         self._out_size = 0
         if self.session is not None:
@@ -519,6 +528,9 @@ class Connection(asyncio.Protocol):
             return
         out = self._out
         if out:
+            stats = self.stats
+            stats.messages_out += len(out)
+            stats.bytes_out += self._out_size
             self._out = []
             self._out_size = 0
             if len(out) == 1:

@@ -25,6 +25,7 @@ from .brokers.base import Broker, ClientInfo, Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .config import Config, NamespaceOptions
 from .errors import BrokerError, ProtocolError
+from .metrics import Stats
 
 log = logging.getLogger("hubbub.hub")
 
@@ -111,6 +112,7 @@ class Hub:
     def __init__(self, config: Config, broker: Broker) -> None:
         self.config = config
         self.broker = broker
+        self.stats = Stats()
         self._channels: dict[str, _Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._presence: dict[str, dict[str, ClientInfo]] = {}  # local entries, refreshed by a shared timer
@@ -174,8 +176,11 @@ class Hub:
         pub: Publication | Any,
         *,
         idempotency_key: str | None = None,
+        source: str = "app",
     ) -> StreamPosition:
         """Publish ``pub`` to ``channel`` on every node.
+
+        ``source`` (client, api, relay, app) labels the publication in metrics.
 
         ``pub`` is a :class:`Publication`, or any JSON value to publish as its data.
 
@@ -189,7 +194,7 @@ class Hub:
         if not isinstance(pub, Publication):
             pub = Publication(_json_bytes(pub))
         try:
-            return await self.broker.publish(
+            position = await self.broker.publish(
                 channel,
                 pub,
                 history_size=ns.history_size,
@@ -197,7 +202,10 @@ class Hub:
                 idempotency_key=idempotency_key,
             )
         except BrokerError as exc:
+            self.stats.broker_errors += 1
             raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+        self.stats.publications[source] += 1
+        return position
 
     # -- broker events (BrokerEventHandler) -----------------------------------
 
@@ -259,6 +267,7 @@ class Hub:
 
     def on_broker_reconnect(self) -> None:
         """The broker came back: check every channel's stream position."""
+        self.stats.broker_reconnects += 1
         for channel, state in list(self._channels.items()):
             ns = self.config.namespace(channel)
             if ns is not None and ns.history:

@@ -119,7 +119,7 @@ class RelaySession:
         if not self.echo:
             pub.exclude_client = self.client_id
         try:
-            await self.hub.publish(self.channel, pub)
+            await self.hub.publish(self.channel, pub, source="relay")
         except ProtocolError as exc:
             self.disconnect(1013 if exc.temporary else DisconnectCode.BAD_REQUEST, exc.message)
 

@@ -43,6 +43,16 @@ HTTPHandler = Callable[[HTTPRequest], Awaitable[HTTPResponse]]
 #: Creates the session for an accepted WebSocket connection.
 EndpointFactory = Callable[[Connection, HTTPRequest], WebSocketSession]
 
+def _static_file(name: str) -> bytes:
+    """A file shipped in ``hubbub/static`` (raises ``FileNotFoundError``)."""
+    from importlib.resources import files
+
+    resource = files("hubbub").joinpath("static", name)
+    if not resource.is_file():
+        raise FileNotFoundError(name)
+    return resource.read_bytes()
+
+
 #: Seconds between housekeeping sweeps (handshake and connect deadlines).
 SWEEP_INTERVAL = 1.0
 
@@ -73,7 +83,7 @@ class Server:
         self._pending: set[Connection] = set()
         self.flusher: Flusher | None = None  # type: ignore[assignment]
         self.closing = False
-        self.slow_closed = 0
+        self.stats = self.hub.stats
         self.started_at = time.time()
         self.websocket_routes: Router[EndpointFactory] = Router()
         self.http_routes: Router[HTTPHandler] = Router()
@@ -86,6 +96,10 @@ class Server:
         self.verifier = TokenVerifier(self.config)
         self.api = ServerAPI(self)
         self.http_routes.add("/api/{method}", self.api.handle)
+        self.http_routes.add("/metrics", self._metrics)
+        self.http_routes.add("/static/{name}", self._static)
+        if self.config.page:
+            self.http_routes.add("/", self._page)
 
     # -- routes -----------------------------------------------------------------
 
@@ -141,6 +155,32 @@ class Server:
             return HTTPResponse.json({"error": "not found"}, 404)
         handler, request.params = found
         return await handler(request)
+
+    @property
+    def slow_closed(self) -> int:
+        """Connections closed with 3008 "slow" so far."""
+        return self.stats.slow
+
+    async def _metrics(self, request: HTTPRequest) -> HTTPResponse:
+        from .metrics import render
+
+        return HTTPResponse(200, render(self), "text/plain; version=0.0.4; charset=utf-8")
+
+    async def _page(self, request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(200, _static_file("index.html"), "text/html; charset=utf-8")
+
+    async def _static(self, request: HTTPRequest) -> HTTPResponse:
+        name = request.params["name"]
+        types = {".js": "text/javascript; charset=utf-8", ".html": "text/html; charset=utf-8",
+                 ".css": "text/css; charset=utf-8"}
+        suffix = name[name.rfind("."):] if "." in name else ""
+        if suffix not in types or name.startswith("."):
+            return HTTPResponse.json({"error": "not found"}, 404)
+        try:
+            body = _static_file(name)
+        except FileNotFoundError:
+            return HTTPResponse.json({"error": "not found"}, 404)
+        return HTTPResponse(200, body, types[suffix], [("cache-control", "no-cache")])
 
     async def _health(self, request: HTTPRequest) -> HTTPResponse:
         healthy = self.hub.broker.healthy

@@ -317,6 +317,7 @@ class ClientSession:
         if method != "connect" and not self.connected:
             raise Disconnect(DisconnectCode.BAD_REQUEST, "command before connect")
         handler: Callable[[dict[str, Any]], Awaitable[dict[str, Any]]] = getattr(self, "_cmd_" + method)
+        started = time.perf_counter()
         try:
             result = await handler(params)
         except ProtocolError as exc:
@@ -332,6 +333,8 @@ class ClientSession:
             self._reply(dumps({"id": cid, "error": {"code": 100, "message": "internal server error",
                                                     "temporary": True}}))
             return
+        finally:
+            self.hub.stats.commands[method].observe(time.perf_counter() - started)
         if self.closed:
             return
         self._reply(dumps({"id": cid, method: result}))
@@ -580,7 +583,7 @@ class ClientSession:
             info=self.channels.get(channel, self.info),
             exclude_client=self.client_id if ns.exclude_publisher else None,
         )
-        position = await self.hub.publish(channel, pub)
+        position = await self.hub.publish(channel, pub, source="client")
         if position.epoch:
             return {"offset": position.offset, "epoch": position.epoch}
         return {}

@@ -378,6 +378,7 @@ class RedisBroker(Broker):
                 socket_keepalive=True,
                 retry=Retry(NoBackoff(), 0),  # never resend: a publish must not run twice
                 client_name="hubbub",
+                protocol=2,  # RESP2: pub/sub messages are plain replies, read by this broker
             )
         except ValueError as exc:
             raise ConfigError(f"broker: invalid redis URL {url!r}: {exc}") from None
@@ -582,6 +583,8 @@ class RedisBroker(Broker):
                 if reply is None:  # silent for ping_interval seconds
                     if ping_sent:
                         return TimeoutError(f"no answer to PING within {self._ping_interval} s")
+                    if not conn.is_connected:  # closed by _apply_locked; never let redis-py reopen it
+                        return ConnectionError("pub/sub connection closed")
                     await conn.send_command("PING", check_health=False)
                     ping_sent = True
                     continue
@@ -691,7 +694,9 @@ class RedisBroker(Broker):
                 # the caller was told it failed: forget the wish, undo what was sent
                 del self._wanted[channel]
                 if not self._closed:
-                    task = asyncio.get_running_loop().create_task(self._apply(channel, None))
+                    task = asyncio.get_running_loop().create_task(
+                        self._apply(channel, None), name=f"hubbub redis unsubscribe {channel!r}"
+                    )
                     self._tasks.add(task)
                     task.add_done_callback(self._tasks.discard)
             raise

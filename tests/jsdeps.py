@@ -1,0 +1,49 @@
+"""Test set-up for JavaScript: centrifuge-js from npm and Chromium.
+
+centrifuge-js is installed by the test set-up into tests/js/node_modules (never
+committed). Chromium is Debian's (`/usr/bin/chromium`), driven by Playwright
+with ``executable_path``. A missing tool skips its tests, unless CI=true, where
+it fails them.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+JS = Path(__file__).resolve().parent / "js"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def missing(what: str) -> None:
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{what} is required in CI")
+    pytest.skip(f"{what} not available")
+
+
+def node_modules() -> Path:
+    """tests/js/node_modules with centrifuge and ws, installed with npm if needed."""
+    if not shutil.which("node") or not shutil.which("npm"):
+        missing("node and npm")
+    if not (JS / "node_modules" / "centrifuge" / "dist" / "centrifuge.js").exists():
+        out = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=JS,
+                             capture_output=True, text=True, timeout=300)
+        if out.returncode != 0:
+            missing(f"npm install of centrifuge ({out.stderr.strip()[:200]})")
+    return JS / "node_modules"
+
+
+def chromium() -> str:
+    if not Path(CHROMIUM).exists():
+        missing("Debian's chromium")
+    try:
+        import playwright  # noqa: F401
+    except ImportError:
+        missing("playwright (pip)")
+    return CHROMIUM
