@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Generate docs/api.md, the API reference, from hubbub's docstrings.
+
+    .venv/bin/python tools/gen_api_docs.py          # writes docs/api.md
+    .venv/bin/python tools/gen_api_docs.py --check  # exits 1 if docs/api.md is stale
+
+Only the standard library: ``inspect`` walks the public names of each module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OUT = ROOT / "docs" / "api.md"
+
+#: module -> the public names to document, in order
+MODULES = {
+    "hubbub.app": ["App", "AppHooks", "load_app"],
+    "hubbub.endpoint": ["WebSocket", "EndpointSession"],
+    "hubbub.session": ["ClientSession", "SessionHooks", "ConnectRequest", "ConnectResult"],
+    "hubbub.config": ["Config", "NamespaceOptions", "check_file", "env_settings"],
+    "hubbub.hub": ["Hub", "Subscriber", "SubscribeResult", "Wire"],
+    "hubbub.brokers.base": ["Broker", "BrokerEventHandler", "Publication", "ClientInfo", "StreamPosition",
+                            "HistoryResult"],
+    "hubbub.brokers.memory": ["MemoryBroker"],
+    "hubbub.brokers.redis": ["RedisBroker"],
+    "hubbub.server": ["Server"],
+    "hubbub.api": ["ServerAPI"],
+    "hubbub.auth": ["TokenVerifier", "Claims", "TokenExpired", "InvalidToken"],
+    "hubbub.client": ["Client", "protocol_url"],
+    "hubbub.errors": ["HubbubError", "ConfigError", "ProtocolError", "Disconnect", "BrokerError",
+                      "BrokerUnavailable", "ClientError", "ReplyError"],
+    "hubbub.codes": ["ErrorCode", "DisconnectCode", "should_reconnect"],
+    "hubbub.metrics": [],
+}
+
+
+def _doc(obj: object) -> str:
+    return inspect.cleandoc(obj.__doc__) if obj.__doc__ else ""
+
+
+def _signature(obj: object) -> str:
+    try:
+        return str(inspect.signature(obj))  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return ""
+
+
+def render() -> str:
+    out = ["# API reference", "", "Generated from the docstrings by `tools/gen_api_docs.py`; do not edit.", ""]
+    for module_name, names in MODULES.items():
+        module = importlib.import_module(module_name)
+        out += [f"## `{module_name}`", "", _doc(module), ""]
+        for name in names:
+            obj = getattr(module, name)
+            if inspect.isclass(obj):
+                out += [f"### class `{name}{_signature(obj) if not issubclass(obj, BaseException) else ''}`", "",
+                        _doc(obj), ""]
+                for attr, member in obj.__dict__.items():
+                    if attr.startswith("_") or not (inspect.isfunction(member) or isinstance(member, property)):
+                        continue
+                    target = member.fget if isinstance(member, property) else member
+                    doc = _doc(target)
+                    if not doc:
+                        continue
+                    kind = "property" if isinstance(member, property) else "method"
+                    sig = "" if kind == "property" else _signature(member)
+                    out += [f"#### {kind} `{name}.{attr}{sig}`", "", doc, ""]
+            else:
+                out += [f"### `{name}{_signature(obj)}`", "", _doc(obj), ""]
+    return "\n".join(out).rstrip() + "\n"
+
+
+def main() -> int:
+    text = render()
+    if "--check" in sys.argv:
+        if not OUT.exists() or OUT.read_text() != text:
+            print("docs/api.md is stale: run tools/gen_api_docs.py", file=sys.stderr)
+            return 1
+        return 0
+    OUT.write_text(text)
+    print(f"wrote {OUT.relative_to(ROOT)} ({len(text.splitlines())} lines)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
