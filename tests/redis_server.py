@@ -78,15 +78,12 @@ class RedisServer:
         raise RuntimeError("redis-server did not start:\n" + self.log())
 
     def _spawn(self) -> bool:
-        log = open(self.directory / "redis.log", "ab")
-        try:
+        with open(self.directory / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(
                 [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                  "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no"],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
-        finally:
-            log.close()
         deadline = time.monotonic() + TIMEOUT
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

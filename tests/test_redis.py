@@ -95,10 +95,22 @@ def test_create_broker_and_bad_urls(redis_server: RedisServer) -> None:  # noqa:
         RedisBroker(redis_server.url, prefix="")
     with pytest.raises(ConfigError):
         RedisBroker(redis_server.url, timeout=0)
+    with pytest.raises(ConfigError):
+        RedisBroker(redis_server.url + "?prefix=")
+
+
+async def test_prefix_from_the_url(redis_server: RedisServer, redis_client: aioredis.Redis) -> None:  # noqa: F811
+    broker = create_broker(redis_server.url + "?prefix=tenant7")
+    await broker.start(Recorder())
+    try:
+        await broker.publish("c", Publication(b"1"), history_size=1, history_ttl=60)
+    finally:
+        await broker.close()
+    assert sorted(await redis_client.keys("*")) == [b"tenant7.history.c", b"tenant7.meta.c"]
 
 
 async def test_one_pubsub_connection_for_all_channels(nodes: Any, redis_client: aioredis.Redis) -> None:
-    broker, rec = await nodes()
+    broker, _ = await nodes()
     for i in range(50):
         await broker.subscribe(f"c{i}")
     pubsub_clients = (await redis_client.execute_command("CLIENT LIST TYPE pubsub")).decode().splitlines()

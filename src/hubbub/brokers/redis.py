@@ -92,12 +92,20 @@ import logging
 import math
 import random
 import secrets
+import urllib.parse
 from collections.abc import Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from ..errors import BrokerError, BrokerUnavailable, ConfigError
-from .base import Broker, BrokerEventHandler, ClientInfo, HistoryResult, Publication, StreamPosition
+from .base import (
+    Broker,
+    BrokerEventHandler,
+    ClientInfo,
+    HistoryResult,
+    Publication,
+    StreamPosition,
+)
 
 try:
     import redis.asyncio as aioredis
@@ -328,9 +336,12 @@ class RedisBroker(Broker):
     """A broker backed by Redis (see the module docstring for the layout).
 
     Args:
-        url: ``redis://[[user]:password@]host[:port][/db]``, ``rediss://...``
-            or ``unix://path``.
-        prefix: prefix of every key and pub/sub topic.
+        url: ``redis://[[user]:password@]host[:port][/db][?prefix=P]``,
+            ``rediss://...`` or ``unix://path``; redis-py's query options
+            (e.g. ``?ssl_cert_reqs=none``) pass through.
+        prefix: prefix of every key and pub/sub topic (default: the URL's
+            ``prefix`` query option, else ``"hubbub"``), so several hubs can
+            share one Redis database.
         connect_timeout: seconds to open a connection.
         timeout: seconds a command (or a subscribe confirmation) may take;
             past it the call raises :class:`BrokerUnavailable`.
@@ -339,8 +350,11 @@ class RedisBroker(Broker):
             considered lost and reopened.
         meta_ttl: seconds a stream's position (offset and epoch) outlives its
             last publication (never less than the publication's history_ttl).
-        max_connections: command connections at most (callers wait up to
-            ``timeout`` for a free one).
+        max_connections: command connections at most.
+        pool_timeout: seconds a command waits for a free connection when all
+            ``max_connections`` are busy (Redis is up but saturated, e.g. the
+            position checks of many channels after a reconnect); then it
+            raises :class:`BrokerUnavailable`.
         reconnect_cap: longest pause between reconnect attempts (seconds).
 
     Raises:
@@ -353,26 +367,30 @@ class RedisBroker(Broker):
         self,
         url: str,
         *,
-        prefix: str = "hubbub",
+        prefix: str | None = None,
         connect_timeout: float = 2.0,
         timeout: float = 2.0,
         ping_interval: float = 2.0,
         meta_ttl: float = 86400.0,
         max_connections: int = 32,
+        pool_timeout: float = 10.0,
         reconnect_cap: float = 2.0,
     ) -> None:
+        url, url_prefix = _split_prefix(url)
+        prefix = prefix if prefix is not None else url_prefix if url_prefix is not None else "hubbub"
         if not prefix:
             raise ConfigError("redis broker: prefix must not be empty")
         for option, value in (("connect_timeout", connect_timeout), ("timeout", timeout),
                               ("ping_interval", ping_interval), ("meta_ttl", meta_ttl),
-                              ("reconnect_cap", reconnect_cap), ("max_connections", max_connections)):
+                              ("reconnect_cap", reconnect_cap), ("max_connections", max_connections),
+                              ("pool_timeout", pool_timeout)):
             if not value > 0:
                 raise ConfigError(f"redis broker: {option} must be > 0, got {value!r}")
         try:
             self._pool = aioredis.BlockingConnectionPool.from_url(
                 url,
                 max_connections=max_connections,
-                timeout=timeout,
+                timeout=pool_timeout,
                 socket_connect_timeout=connect_timeout,
                 socket_timeout=timeout,
                 socket_keepalive=True,
@@ -381,7 +399,7 @@ class RedisBroker(Broker):
                 protocol=2,  # RESP2: pub/sub messages are plain replies, read by this broker
             )
         except ValueError as exc:
-            raise ConfigError(f"broker: invalid redis URL {url!r}: {exc}") from None
+            raise ConfigError(f"broker: invalid redis URL: {exc}") from None  # the URL may hold a password
         self._redis = aioredis.Redis.from_pool(self._pool)
         kw = self._pool.connection_kwargs
         self._where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
@@ -497,7 +515,7 @@ class RedisBroker(Broker):
                 conn = await self._open()
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 - any failure means "retry later"
                 if not self._down_logged:
                     log.warning("redis broker unavailable at %s: %s; reconnecting in the background",
                                 self._where, _describe(exc))
@@ -592,7 +610,7 @@ class RedisBroker(Broker):
                 self._dispatch(reply)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure ends this connection
             return exc
 
     def _dispatch(self, reply: Any) -> None:
@@ -654,8 +672,8 @@ class RedisBroker(Broker):
     async def _disconnect(self, conn: AbstractConnection) -> None:
         try:
             await conn.disconnect(nowait=True)
-        except Exception:  # pragma: no cover - closing a broken socket
-            pass
+        except Exception as exc:  # noqa: BLE001 # pragma: no cover - closing a broken socket
+            log.debug("closing the pub/sub connection: %s", _describe(exc))
 
     # -- subscriptions -------------------------------------------------------------------------
 
@@ -918,6 +936,17 @@ class RedisBroker(Broker):
         with self._errors("presence stats"):
             clients, users = await self._presence_stats_script(keys=self._presence_keys(channel))
         return int(clients), int(users)
+
+
+def _split_prefix(url: str) -> tuple[str, str | None]:
+    """Take hubbub's ``prefix`` option out of ``url``'s query (redis-py rejects it)."""
+    parts = urllib.parse.urlsplit(url)
+    query = urllib.parse.parse_qsl(parts.query, keep_blank_values=True)
+    prefixes = [v for k, v in query if k == "prefix"]
+    if not prefixes:
+        return url, None
+    rest = urllib.parse.urlencode([(k, v) for k, v in query if k != "prefix"])
+    return urllib.parse.urlunsplit(parts._replace(query=rest)), prefixes[-1]
 
 
 def _describe(exc: BaseException | None) -> str:
