@@ -266,8 +266,10 @@ class Hub:
         state.epoch = ""
 
     def on_broker_reconnect(self) -> None:
-        """The broker came back: check every channel's stream position."""
+        """The broker came back: restore this node's presence entries and check
+        every channel's stream position."""
         self.stats.broker_reconnects += 1
+        self._push_presence()
         for channel, state in list(self._channels.items()):
             ns = self.config.namespace(channel)
             if ns is not None and ns.history:
@@ -448,6 +450,12 @@ class Hub:
         self._presence_timer = loop.call_later(self.presence_ttl / 3, self._refresh_presence)
 
     def _refresh_presence(self) -> None:
+        self._push_presence()
+        self._schedule_presence_refresh()
+
+    def _push_presence(self) -> None:
+        """Write every local presence entry to the broker again (refresh, or
+        restore after the broker lost its data)."""
         if self._presence:
             entries = [(ch, info) for ch, local in self._presence.items() for info in local.values()]
 
@@ -456,4 +464,3 @@ class Hub:
                     await self.broker.add_presence(channel, info, ttl=self.presence_ttl)
 
             self._spawn(refresh(), "presence refresh")
-        self._schedule_presence_refresh()
