@@ -456,3 +456,26 @@ async def test_redis_outage_with_two_processes(
     for proc in (a, b):
         log = proc.output()
         assert "redis broker lost" in log and "redis broker is back" in log, log
+
+
+async def test_presence_is_restored_after_redis_restarts(redis_server: RedisServer, clients: list) -> None:  # noqa: F811
+    config = make_config(broker=redis_server.url, namespaces={"room": NamespaceOptions(presence=True)})
+    server = Server(config)
+    await server.start()
+    try:
+        c = await proto_client(server)
+        clients.append(c)
+        await c.call("subscribe", {"channel": "room:1"})
+        assert list(await server.hub.broker.presence("room:1")) == [c.client_id]
+        redis_server.stop()
+        redis_server.start()  # an empty Redis: the presence entry is gone until the node restores it
+        async with asyncio.timeout(TIMEOUT):
+            while True:
+                try:
+                    if list(await server.hub.broker.presence("room:1")) == [c.client_id]:
+                        break
+                except BrokerUnavailable:
+                    pass
+                await asyncio.sleep(0.05)
+    finally:
+        await server.close()
