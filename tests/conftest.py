@@ -134,11 +134,12 @@ async def clients() -> AsyncIterator[list[Any]]:
 
 
 class ServeProcess:
-    """`hubbub serve` in a subprocess, with its real port read from its log."""
+    """`hubbub serve` (or ``command``, e.g. ``run``) in a subprocess, with its real
+    port read from its log."""
 
-    def __init__(self, *args: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *args: str, env: dict[str, str] | None = None, command: str = "serve") -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "hubbub", "serve", "--port", "0", *args],
+            [sys.executable, "-m", "hubbub", command, "--port", "0", *args],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

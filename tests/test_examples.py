@@ -4,47 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import subprocess
 import sys
-import threading
 import urllib.request
 
 import pytest
 import websockets
 
-from .conftest import ROOT, TIMEOUT
-
-
-class RunProcess:
-    def __init__(self, target: str) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "hubbub", "run", target, "--port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT)
-        assert self.proc.stdout is not None
-        self.port = 0
-        lines = []
-        for line in self.proc.stdout:
-            lines.append(line)
-            m = re.search(r"listening on http://[^ ]+:(\d+)", line)
-            if m:
-                self.port = int(m.group(1))
-                break
-        if not self.port:
-            raise RuntimeError("".join(lines))
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
-        self.url = f"ws://127.0.0.1:{self.port}"
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        return self.proc.wait(TIMEOUT)
+from .conftest import ROOT, TIMEOUT, ServeProcess
 
 
 @pytest.fixture
 def run_example():
-    procs: list[RunProcess] = []
+    procs: list[ServeProcess] = []
 
-    def start(target: str) -> RunProcess:
-        p = RunProcess(target)
+    def start(target: str) -> ServeProcess:
+        p = ServeProcess(target, command="run")
         procs.append(p)
         return p
 
