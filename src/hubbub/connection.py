@@ -114,6 +114,14 @@ class Flusher:
 class Connection(asyncio.Protocol):
     """One accepted TCP connection. Implements :class:`~hubbub.outbox.Outbox`."""
 
+    # slots: an idle connection's memory is mostly this object (see docs/benchmarks.md)
+    __slots__ = (
+        "server", "config", "stats", "transport", "peer", "http", "_head", "_http_request", "_http_body",
+        "_http_body_size", "_http_task", "ws", "session", "request", "open", "_out", "_out_size", "_buffered",
+        "_dirty", "_eof_pending", "_inbox", "_worker", "_paused", "_fragments", "_fragments_binary", "_utf8",
+        "_close_timer", "_close_counted", "deadline", "lost",
+    )
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.config = server.config
@@ -136,12 +144,13 @@ class Connection(asyncio.Protocol):
         self._buffered = 0  # transport buffer size at the last flush
         self._dirty = False
         self._eof_pending = False
-        self._inbox: collections.deque[tuple[bytes, bool] | None] = collections.deque()
+        # created on first use: an idle connection keeps neither (memory per connection)
+        self._inbox: collections.deque[tuple[bytes, bool] | None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
         self._fragments: list[bytes] = []
         self._fragments_binary = False
-        self._utf8 = codecs.getincrementaldecoder("utf-8")()
+        self._utf8: codecs.IncrementalDecoder | None = None  # only for fragmented text
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_counted = False
         self.deadline = time.monotonic() + self.config.handshake_timeout
@@ -335,6 +344,13 @@ class Connection(asyncio.Protocol):
         if response.status_code != 101:
             self._close_after_flush()
             return
+        # The handshake is done and the request was handed to us as an event, but
+        # the protocol's parser generator would keep it alive in its frame for the
+        # life of the connection. A fresh parser in the OPEN state starts with frame
+        # parsing (ServerProtocol.parse skips the request when not CONNECTING) and
+        # reads on from the same buffered stream.
+        ws.parser = ws.parse()
+        next(ws.parser)
         try:
             self.session = endpoint(self, request)  # type: ignore[misc]
         except Exception:
@@ -343,8 +359,10 @@ class Connection(asyncio.Protocol):
             self.close(DisconnectCode.INTERNAL_ERROR)
             return
         self.open = True
+        self.http = None  # type: ignore[assignment]  # HTTP is over for this connection
+        self._http_request = None
         self.server.websocket_opened(self)
-        self._inbox.append(None)  # "open" comes first
+        self._inbox = collections.deque([None])  # "open" comes first
         self._start_worker()
         if len(events) > 1:  # frames that came with the handshake
             self._handle_frames(events[1:])
@@ -372,18 +390,14 @@ class Connection(asyncio.Protocol):
             if op is Opcode.TEXT or op is Opcode.BINARY:
                 self._fragments_binary = op is Opcode.BINARY
                 self._fragments = []
-                self._utf8.reset()
             elif op is not Opcode.CONT:
                 if op is Opcode.PONG and self.session is not None:
                     self._pong()
                 continue
             data = frame.data
-            if not self._fragments_binary:
-                try:  # fail fast on invalid UTF-8, even inside a fragmented message
-                    self._utf8.decode(data, frame.fin)
-                except UnicodeDecodeError:
-                    self.ws.fail(1007, "invalid UTF-8")  # type: ignore[union-attr]
-                    return
+            if not self._fragments_binary and not self._valid_utf8(data, op is Opcode.TEXT, frame.fin):
+                self.ws.fail(1007, "invalid UTF-8")  # type: ignore[union-attr]
+                return
             if not frame.fin:
                 self._fragments.append(bytes(data))
                 continue
@@ -396,6 +410,22 @@ class Connection(asyncio.Protocol):
             self._pong()
             self._receive(payload, self._fragments_binary)
 
+    def _valid_utf8(self, data: bytes, first: bool, fin: bool) -> bool:
+        """Check text as it arrives: a whole message at once, a fragmented one
+        incrementally (failing fast, inside the fragment that breaks it)."""
+        try:
+            if first and fin:
+                codecs.utf_8_decode(data, "strict", True)
+                return True
+            if first or self._utf8 is None:
+                self._utf8 = codecs.getincrementaldecoder("utf-8")()
+            self._utf8.decode(data, fin)
+            if fin:
+                self._utf8 = None
+            return True
+        except UnicodeDecodeError:
+            return False
+
     def _pong(self) -> None:
         session = self.session
         if session is not None and hasattr(session, "pong_expected"):
@@ -405,6 +435,8 @@ class Connection(asyncio.Protocol):
         if self.session is None or self.session.closed:
             return
         self.stats.messages_in += 1
+        if self._inbox is None:
+            self._inbox = collections.deque()
         self._inbox.append((payload, binary))
         if len(self._inbox) >= MAX_INBOX and not self._paused and self.transport is not None:
             self._paused = True
@@ -418,7 +450,7 @@ class Connection(asyncio.Protocol):
     async def _drain(self) -> None:
         """Handle queued messages in order. Runs only while there is work."""
         session = self.session
-        assert session is not None
+        assert session is not None and self._inbox is not None
         inbox = self._inbox
         try:
             while inbox:
@@ -437,6 +469,8 @@ class Connection(asyncio.Protocol):
             self.close(DisconnectCode.INTERNAL_ERROR)
         finally:
             self._worker = None
+            if not inbox:
+                self._inbox = None
 
     # -- Outbox ---------------------------------------------------------------------
 
