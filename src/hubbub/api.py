@@ -38,7 +38,7 @@ from .brokers.base import Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .errors import BrokerError, Disconnect, ProtocolError
 from .http import HTTPRequest, HTTPResponse
-from .session import encode_data
+from .session import encode_data, loads
 
 if TYPE_CHECKING:
     from .server import Server
@@ -103,8 +103,8 @@ class ServerAPI:
         if handler is None:
             return HTTPResponse.json({"error": f"unknown method {method!r}"}, 404)
         try:
-            body = json.loads(request.body or b"{}")
-        except ValueError as exc:
+            body = loads((request.body or b"{}").decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
             return HTTPResponse.json({"error": f"malformed JSON body: {exc}"}, 400)
         if not isinstance(body, dict):
             return HTTPResponse.json({"error": "body must be a JSON object"}, 400)

@@ -24,6 +24,7 @@ from .brokers.base import ClientInfo, Publication
 from .errors import Disconnect, ProtocolError
 from .hub import Hub, Subscriber
 from .outbox import FrameEncoder, Outbox
+from .session import loads
 from .codes import DisconnectCode
 
 
@@ -55,10 +56,11 @@ def relay_publication(payload: bytes, *, binary: bool) -> Publication:
         return Publication(
             json.dumps(base64.b64encode(payload).decode()).encode(), raw=payload, binary=True
         )
+    text = payload.decode()  # the connection checked UTF-8
     try:
-        json.loads(payload)
+        loads(text)
     except ValueError:
-        return Publication(json.dumps(payload.decode(), ensure_ascii=False).encode(), raw=payload)
+        return Publication(json.dumps(text, ensure_ascii=False).encode(), raw=payload)
     return Publication(payload)
 
 

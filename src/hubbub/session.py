@@ -42,7 +42,28 @@ from .outbox import FrameEncoder, Outbox
 
 log = logging.getLogger("hubbub.session")
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+#: Strict JSON parsing: NaN and Infinity (which Python accepts) are refused,
+#: since no client's JSON parser would read them back.
+_loads = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def loads(text: str) -> Any:
+    """Parse strict JSON text.
+
+    Raises:
+        ValueError: not JSON, NaN/Infinity, or nested too deeply.
+    """
+    try:
+        return _loads(text)
+    except RecursionError:
+        raise ValueError("JSON nested too deeply") from None
 
 
 def dumps(value: Any) -> bytes:
@@ -51,8 +72,16 @@ def dumps(value: Any) -> bytes:
 
 
 def encode_data(value: Any) -> bytes:
-    """Encode a JSON value given by a client as compact JSON bytes."""
-    return dumps(value)
+    """Encode a JSON value given by a client as compact JSON bytes.
+
+    Raises:
+        ProtocolError: 107 if it cannot be encoded as JSON (a lone surrogate,
+            nesting too deep).
+    """
+    try:
+        return _dumps(value).encode()
+    except (ValueError, UnicodeEncodeError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_REQUEST, "data is not valid JSON") from None
 
 
 # -- pushes (encoded once per publication, shared by every subscriber) --------
@@ -268,7 +297,7 @@ class ClientSession:
                 if not line.strip():
                     continue
                 try:
-                    command = json.loads(line)
+                    command = loads(line)
                 except ValueError:
                     raise Disconnect(DisconnectCode.BAD_REQUEST, "malformed JSON") from None
                 await self._handle_command(command)
@@ -343,7 +372,7 @@ class ClientSession:
             channel, late = self._late
             self._late = None
             for pub in late:
-                self.out.deliver(self.wire.encode_publication(channel, pub))
+                self._deliver(self.wire.encode_publication(channel, pub))
 
     _late: tuple[str, list[Publication]] | None = None
 
@@ -464,9 +493,16 @@ class ClientSession:
         sub = self._subscriber_cache.get(recoverable)
         if sub is None:
             sub = self._subscriber_cache[recoverable] = Subscriber(
-                self.client_id, self.wire, self.out.deliver, self._disconnect_code, recoverable
+                self.client_id, self.wire, self._deliver, self._disconnect_code, recoverable
             )
         return sub
+
+    def _deliver(self, frame: bytes) -> None:
+        """Queue a push; replies computed before it go first (a subscribe reply
+        must precede the channel's pushes)."""
+        if self._replies:
+            self._flush_replies()
+        self.out.deliver(frame)
 
     def _disconnect_code(self, code: int) -> None:
         self.disconnect(code)
