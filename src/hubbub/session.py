@@ -244,6 +244,12 @@ class ClientSession:
         client_id: connection id; a random UUID by default.
     """
 
+    __slots__ = (
+        "hub", "config", "verifier", "out", "wire", "hooks", "headers", "client_id", "connected", "closed",
+        "user", "conn_info", "info", "expire_at", "channels", "pong_expected", "created_at", "_replies",
+        "_tokens", "_tokens_at", "_rejected", "_subscriber_cache", "_late", "__weakref__",
+    )
+
     def __init__(
         self,
         hub: Hub,
@@ -278,6 +284,7 @@ class ClientSession:
         self._tokens_at = time.monotonic()
         self._rejected = 0
         self._subscriber_cache: dict[bool, Subscriber] = {}
+        self._late: tuple[str, list[Publication]] | None = None
 
     # -- incoming -----------------------------------------------------------
 
@@ -373,8 +380,6 @@ class ClientSession:
             self._late = None
             for pub in late:
                 self._deliver(self.wire.encode_publication(channel, pub))
-
-    _late: tuple[str, list[Publication]] | None = None
 
     def _allow_command(self) -> bool:
         """Token bucket: ``client_command_rate`` per second, ``client_command_burst`` at once.
