@@ -101,7 +101,7 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from pathlib import Path
 
@@ -200,6 +200,17 @@ def percentile(sorted_values: list[int], pct: float) -> int | None:
     return sorted_values[min(rank, len(sorted_values)) - 1]
 
 
+def read_cpu_s(pid: int) -> float | None:
+    """User + system CPU time of process ``pid`` (and its reaped children), s."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    ticks = os.sysconf("SC_CLK_TCK")
+    return sum(int(f) for f in fields[11:15]) / ticks  # utime stime cutime cstime
+
+
 def read_rss_kib(pid: int) -> int | None:
     """Resident memory (VmRSS) of process ``pid`` in KiB, or None."""
     try:
@@ -252,7 +263,8 @@ class Config:
     """Everything a run needs; picklable so it can be sent to workers."""
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = 8000  # the producer's (and every subscriber's, unless `ports`)
+    ports: tuple[int, ...] = ()  # subscriber i connects to ports[i % len(ports)]
     path: str = "/"
     mode: str = "raw"  # "raw", "centrifugo", "socketio" or "pubsub"
     subscribers: int = 1000
@@ -262,7 +274,7 @@ class Config:
     rate: float = 0.0  # messages/s; 0 means as fast as possible
     window: int = 100  # centrifugo: publications awaiting a reply
     channel: str = "bench"
-    sub_send: list[str] = field(default_factory=list)
+    sub_send: list[str] | None = None  # None: the mode's default
     sub_ready: str | None = None  # substring of the reply that means ready
     sub_ready_id: int | None = None  # or: id of the JSON reply that means ready
     count: str = "frames"  # "frames" or "marker"
@@ -276,11 +288,14 @@ class Config:
     seed: int = 1
     idle: bool = False
     rss_pid: int | None = None
+    cpu_pid: int | None = None
     warmup: int = 0
     hold: float = 1.0
     reconnect: bool = False
     reconnect_delay: float = 0.1
     ready_file: str | None = None
+    done_file: str | None = None
+    linger: float = 0.0
 
 
 # ---------------------------------------------------------------------------
@@ -696,7 +711,11 @@ async def _connect_subscriber(
     proto: Subscriber | None = None
     try:
         _, proto = await asyncio.wait_for(
-            loop.create_connection(lambda: Subscriber(cfg, stats, index, expected), cfg.host, cfg.port),
+            loop.create_connection(
+                lambda: Subscriber(cfg, stats, index, expected),
+                cfg.host,
+                cfg.ports[index % len(cfg.ports)] if cfg.ports else cfg.port,
+            ),
             timeout,
         )
         await asyncio.wait_for(proto.ready, timeout)
@@ -800,7 +819,16 @@ async def _subscriber_worker(cfg: Config, count: int, first_index: int, pipe: Co
     gate = asyncio.Semaphore(cfg.connect_concurrency)
     started = time.perf_counter()
     subscribers, errors = await _open_subscribers(cfg, count, stats, first_index, counts, gate)
-    pipe.send(("ready", len(subscribers), dict(errors), time.perf_counter() - started))
+    pipe.send(
+        (
+            "ready",
+            len(subscribers),
+            dict(errors),
+            time.perf_counter() - started,
+            sum(max(0, sub.expected) for sub in subscribers),
+        )
+    )
+    opened = len(subscribers)
     reconnect_tasks: set[asyncio.Task[None]] = set()
     if cfg.reconnect:
         reconnect_tasks = _arm_reconnect(cfg, stats, subscribers, gate)
@@ -808,7 +836,8 @@ async def _subscriber_worker(cfg: Config, count: int, first_index: int, pipe: Co
     message = await loop.run_in_executor(None, pipe.recv)
     if message[0] == "go":
         deadline_ns = message[1]
-        stats.active = len(subscribers)
+        # --reconnect: the list changes as connections drop and come back
+        stats.active = opened if cfg.reconnect else len(subscribers)
         for sub in subscribers:  # nothing to receive: complete already
             if not cfg.reconnect and sub.expected <= 0 and not sub.is_complete:
                 sub.is_complete = True
@@ -836,6 +865,8 @@ async def _subscriber_worker(cfg: Config, count: int, first_index: int, pipe: Co
         "reconnect_errors": dict(stats.reconnect_errors),
     }
     pipe.send(("result", result))
+    if cfg.linger:
+        await asyncio.sleep(cfg.linger)
     await close_all(subscribers, grace=3.0)
 
 
@@ -868,6 +899,7 @@ class Producer(WSClient):
     def __init__(self, cfg: Config) -> None:
         super().__init__(cfg)
         self.centrifugo = cfg.mode == "centrifugo"
+        self.engineio = cfg.mode == "socketio"
         self._rest = b""
         self._window = asyncio.Semaphore(cfg.window)
         self.replies = 0
@@ -878,7 +910,7 @@ class Producer(WSClient):
     def handshake_done(self) -> None:
         if self.centrifugo:
             self.send(b'{"id":1,"connect":{}}')  # ready on the reply
-        else:
+        elif not self.engineio:  # Engine.IO: ready on the connect acknowledgement
             self.set_ready()
 
     def frames_received(self, data: bytes) -> None:
@@ -890,7 +922,16 @@ class Producer(WSClient):
                 for line in payload.split(b"\n"):
                     if line.strip():
                         self._centrifugo_reply(line)
-            # raw mode: the relay echoes our own messages back; drop them.
+            elif self.engineio:
+                if payload == b"2":
+                    self.send(b"3")
+                elif payload[:2] == b"0{":
+                    self.send(b"40")
+                elif payload[:3] == b"40{":
+                    self.set_ready()
+                elif payload[:2] == b"44":
+                    self.fail(f"connect refused: {payload[:200]!r}")
+            # otherwise the server echoes our own messages back; drop them.
 
     def _centrifugo_reply(self, line: bytes) -> None:
         try:
@@ -917,7 +958,9 @@ class Producer(WSClient):
     async def publish_all(self) -> tuple[int, int]:
         """Publish every message; return (first, last) publish time in ns."""
         cfg = self.cfg
-        channel = json.dumps(cfg.channel).encode()
+        mode = cfg.mode
+        plan = publication_plan(cfg) if cfg.groups > 0 else None
+        single = cfg.channel.encode()
         interval = 1.0 / cfg.rate if cfg.rate > 0 else 0.0
         start = self.loop.time()
         first_ns = 0
@@ -926,14 +969,23 @@ class Producer(WSClient):
                 delay = start + seq * interval - self.loop.time()
                 if delay > 0:
                     await asyncio.sleep(delay)
+            channel = plan[seq].encode() if plan is not None else single
             if self.centrifugo:
                 await self._window.acquire()
                 payload = make_payload(seq, cfg.size)
                 message = b'{"id":%d,"publish":{"channel":%s,"data":{"p":"%s"}}}' % (
                     seq + 2,
-                    channel,
+                    json.dumps(channel.decode()).encode(),
                     payload,
                 )
+            elif mode == "socketio":
+                payload = make_payload(seq, cfg.size)
+                if plan is not None:
+                    message = b'42["pub","%s","%s"]' % (channel, payload)
+                else:
+                    message = b'42["pub","%s"]' % payload
+            elif mode == "pubsub":
+                message = b"pub %s %s" % (channel, make_payload(seq, cfg.size))
             else:
                 message = make_payload(seq, cfg.size)
             if not first_ns:
@@ -989,6 +1041,8 @@ async def _produce(cfg: Config, pipes: list[Connection]) -> dict:
 
     wait = cfg.timeout + 30
     replies = await asyncio.gather(*(loop.run_in_executor(None, _recv, p, wait) for p in pipes))
+    if cfg.done_file:
+        Path(cfg.done_file).write_text(str(time.time_ns()))
     await close_all([producer], grace=1.0)
     return {
         "first_publish_ns": first_ns,
@@ -1001,44 +1055,86 @@ async def _produce(cfg: Config, pipes: list[Connection]) -> dict:
     }
 
 
-def run(cfg: Config) -> dict:
-    """Run one benchmark and return the result as a JSON-friendly dict."""
-    raise_nofile_limit()
-    ctx = multiprocessing.get_context("spawn")
-    shares = [cfg.subscribers // cfg.procs + (i < cfg.subscribers % cfg.procs) for i in range(cfg.procs)]
+def _start_workers(cfg: Config, total: int, first_index: int, procs: int) -> list[tuple]:
+    """Start up to ``procs`` worker processes sharing ``total`` subscribers.
+
+    Workers are forked where the platform can (no event loop runs in the
+    coordinator at that point), which starts them in milliseconds.
+    """
+    methods = multiprocessing.get_all_start_methods()
+    ctx = multiprocessing.get_context("fork" if "fork" in methods else "spawn")
+    procs = max(1, min(procs, total))
+    shares = [total // procs + (i < total % procs) for i in range(procs)]
     workers = []
+    index = first_index
     for share in shares:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=subscriber_worker, args=(cfg, share, child), daemon=True)
+        proc = ctx.Process(target=subscriber_worker, args=(cfg, share, index, child), daemon=True)
         proc.start()
         child.close()
         workers.append((proc, parent))
-    pipes = [pipe for _, pipe in workers]
+        index += share
+    return workers
+
+
+def _collect_ready(cfg: Config, pipes: list[Connection], phase: dict, errors: list[str]) -> None:
+    """Wait for the workers' ``ready`` messages; add them up in ``phase``."""
+    for reply in [_recv(pipe, cfg.connect_timeout + 30) for pipe in pipes]:
+        if reply[0] == "ready":
+            phase["opened"] += reply[1]
+            phase["errors"].update(reply[2])
+            phase["seconds"] = max(phase["seconds"], reply[3])
+            phase["expected"] += reply[4]
+        else:
+            errors.append(str(reply[1]))
+
+
+def run(cfg: Config) -> dict:
+    """Run one benchmark and return the result as a JSON-friendly dict."""
+    raise_nofile_limit()
+    workers: list[tuple] = []
     errors: list[str] = []
+    extra: dict = {}
     try:
-        # 1. Subscribers connect (and subscribe).
-        ready = [_recv(pipe, cfg.connect_timeout + 30) for pipe in pipes]
-        opened = 0
-        connect_errors: collections.Counter[str] = collections.Counter()
-        connect_s = 0.0
-        for reply in ready:
-            if reply[0] == "ready":
-                opened += reply[1]
-                connect_errors.update(reply[2])
-                connect_s = max(connect_s, reply[3])
-            else:
-                errors.append(str(reply[1]))
+        # 1. Subscribers connect (and subscribe); --warmup ones first.
+        warm = min(cfg.warmup, cfg.subscribers - 1) if cfg.idle else 0
+        if warm > 0:
+            workers += _start_workers(cfg, warm, 0, 1)
+            warm_phase = {"opened": 0, "errors": collections.Counter(), "seconds": 0.0, "expected": 0}
+            _collect_ready(cfg, [w[1] for w in workers], warm_phase, errors)
+            extra["warmup"] = warm_phase["opened"]
+            time.sleep(0.2)
+        if cfg.rss_pid:
+            extra["rss_before_kib"] = read_rss_kib(cfg.rss_pid)
+        cpu_before = read_cpu_s(cfg.cpu_pid) if cfg.cpu_pid else None
+        main = _start_workers(cfg, cfg.subscribers - warm, warm, cfg.procs)
+        workers += main
+        phase = {"opened": 0, "errors": collections.Counter(), "seconds": 0.0, "expected": 0}
+        _collect_ready(cfg, [w[1] for w in main], phase, errors)
+        cpu_after = read_cpu_s(cfg.cpu_pid) if cfg.cpu_pid else None
+        if cpu_before is not None and cpu_after is not None and phase["opened"]:
+            extra["server_cpu_connect_s"] = round(cpu_after - cpu_before, 3)
+            extra["server_cpu_per_connect_us"] = round(1e6 * (cpu_after - cpu_before) / phase["opened"], 1)
+        opened = phase["opened"] + extra.get("warmup", 0)
+        connect_s = phase["seconds"]
+        if phase["opened"] and connect_s > 0:
+            extra["connects_per_s"] = round(phase["opened"] / connect_s, 1)
         log(f"{opened}/{cfg.subscribers} subscribers ready in {connect_s:.2f}s")
+        pipes = [pipe for _, pipe in workers]
         if opened == 0 or errors:
             for pipe in pipes:
                 try:
                     pipe.send(("stop",))
                 except OSError:
                     pass
-            return _report(cfg, opened, connect_s, connect_errors, errors, None)
+            return _report(cfg, opened, connect_s, phase, errors, None, extra)
+        if cfg.ready_file:
+            Path(cfg.ready_file).write_text(str(os.getpid()))
+        if cfg.idle:
+            return _report(cfg, opened, connect_s, phase, errors, _hold(cfg, pipes, opened, extra), extra)
         # 2. Publish, then 3. collect the workers' results.
         produced = asyncio.run(_produce(cfg, pipes))
-        return _report(cfg, opened, connect_s, connect_errors, errors, produced)
+        return _report(cfg, opened, connect_s, phase, errors, produced, extra)
     finally:
         for proc, pipe in workers:
             proc.join(5)
@@ -1048,30 +1144,60 @@ def run(cfg: Config) -> dict:
             pipe.close()
 
 
+def _hold(cfg: Config, pipes: list[Connection], opened: int, extra: dict) -> dict:
+    """--idle: hold the connections, measure memory, maybe await reconnects."""
+    time.sleep(cfg.hold)
+    if cfg.rss_pid:
+        extra["rss_after_kib"] = read_rss_kib(cfg.rss_pid)
+        before, after = extra.get("rss_before_kib"), extra["rss_after_kib"]
+        counted = opened - extra.get("warmup", 0)
+        if before is not None and after is not None and counted > 0:
+            extra["rss_per_connection_kib"] = round((after - before) / counted, 2)
+    deadline_ns = time.time_ns() + int(cfg.timeout * 1e9)
+    if cfg.reconnect:
+        print(json.dumps({"event": "ready", "subscribers": opened}), flush=True)
+        for pipe in pipes:
+            pipe.send(("go", deadline_ns))
+    else:
+        for pipe in pipes:
+            pipe.send(("stop",))
+    replies = [_recv(pipe, cfg.timeout + 30) for pipe in pipes]
+    return {
+        "first_publish_ns": 0,
+        "last_publish_ns": 0,
+        "publish_error": None,
+        "publish_replies": None,
+        "worker_replies": replies,
+    }
+
+
 def _report(
     cfg: Config,
     opened: int,
     connect_s: float,
-    connect_errors: collections.Counter[str],
+    phase: dict,
     errors: list[str],
     produced: dict | None,
+    extra: dict,
 ) -> dict:
     """Aggregate worker results into the final report."""
-    expected = opened * cfg.messages
+    expected = 0 if cfg.idle else phase["expected"]
     report: dict = {
         "host": cfg.host,
         "port": cfg.port,
+        "ports": list(cfg.ports),
         "path": cfg.path,
         "mode": cfg.mode,
         "count": cfg.count,
         "subscribers_requested": cfg.subscribers,
         "subscribers": opened,
         "procs": cfg.procs,
-        "messages": cfg.messages,
+        "messages": 0 if cfg.idle else cfg.messages,
         "size": cfg.size,
         "rate": cfg.rate,
+        "groups": cfg.groups,
         "connect_s": round(connect_s, 3),
-        "connect_errors": dict(connect_errors),
+        "connect_errors": dict(phase["errors"]),
         "expected": expected,
         "delivered": 0,
         "complete": False,
@@ -1083,6 +1209,7 @@ def _report(
         "latency_ms": {},
         "errors": errors,
     }
+    report.update(extra)
     if produced is None:
         return report
     if "producer_error" in produced:
@@ -1093,8 +1220,12 @@ def _report(
     if produced["publish_replies"] is not None:
         report["publish_replies"] = produced["publish_replies"]
         report["publish_reply_errors"] = produced["publish_reply_errors"]
+        if produced["publish_reply_errors"]:
+            errors.append(f"{produced['publish_reply_errors']} publish commands refused")
     latencies: list[int] = []
     last_ns = 0
+    first_lost_ns = last_ready_ns = reconnected = 0
+    reconnect_errors: collections.Counter[str] = collections.Counter()
     for reply in produced["worker_replies"]:
         if reply[0] != "result":
             errors.append(str(reply[1]))
@@ -1105,6 +1236,23 @@ def _report(
         report["bad_samples"] += result["bad_samples"]
         latencies.extend(result["latencies_ns"])
         last_ns = max(last_ns, result["last_ns"])
+        if result["first_lost_ns"]:
+            first_lost_ns = min(first_lost_ns or result["first_lost_ns"], result["first_lost_ns"])
+        last_ready_ns = max(last_ready_ns, result["last_ready_ns"])
+        reconnected += result["reconnected"]
+        reconnect_errors.update(result["reconnect_errors"])
+    if cfg.reconnect:
+        report["reconnected"] = reconnected
+        report["first_lost_ns"] = first_lost_ns
+        report["last_ready_ns"] = last_ready_ns
+        report["reconnect_attempt_errors"] = dict(reconnect_errors)
+        if first_lost_ns and last_ready_ns:
+            report["reconnect_s"] = round((last_ready_ns - first_lost_ns) / 1e9, 3)
+        report["complete"] = reconnected >= opened and not errors
+        return report
+    if cfg.idle:
+        report["complete"] = not errors
+        return report
     first_ns = produced["first_publish_ns"]
     if first_ns and produced["last_publish_ns"]:
         report["publish_s"] = round((produced["last_publish_ns"] - first_ns) / 1e9, 4)
@@ -1131,18 +1279,39 @@ def format_report(report: dict) -> str:
     lines = [
         f"target          {report['host']}:{report['port']}{report['path']} ({report['mode']})",
         f"subscribers     {report['subscribers']}/{report['subscribers_requested']} "
-        f"in {report['procs']} process(es), connected in {report['connect_s']}s",
-        f"published       {report['messages']} x {report['size']} B"
-        + (f" in {report['publish_s']}s" if report["publish_s"] is not None else ""),
-        f"delivered       {report['delivered']}/{report['expected']}"
-        + ("" if report["complete"] else "  ** INCOMPLETE **"),
-        f"duration        {report['duration_s']} s (first publish -> last delivery)",
-        f"deliveries/s    {report['deliveries_per_s']:,.0f}",
+        f"in {report['procs']} process(es), connected in {report['connect_s']}s"
+        + (f" ({report['connects_per_s']:,.0f}/s)" if report.get("connects_per_s") else ""),
     ]
+    if report["messages"]:
+        lines += [
+            f"published       {report['messages']} x {report['size']} B"
+            + (f" to {report['groups']} groups + personal channels" if report["groups"] else "")
+            + (f" in {report['publish_s']}s" if report["publish_s"] is not None else ""),
+            f"delivered       {report['delivered']}/{report['expected']}"
+            + ("" if report["complete"] else "  ** INCOMPLETE **"),
+            f"duration        {report['duration_s']} s (first publish -> last delivery)",
+            f"deliveries/s    {report['deliveries_per_s']:,.0f}",
+        ]
     if lat:
         lines.append(
             f"latency ms      p50 {lat['p50']:.2f}  p99 {lat['p99']:.2f}  "
             f"p99.9 {lat['p99.9']:.2f}  max {lat['max']:.2f}  ({lat['samples']} samples)"
+        )
+    if report.get("rss_after_kib") is not None:
+        lines.append(
+            f"server RSS      {report.get('rss_before_kib')} KiB after {report.get('warmup', 0)} warm-up "
+            f"connections, {report['rss_after_kib']} KiB after all: "
+            f"{report.get('rss_per_connection_kib')} KiB per connection"
+        )
+    if report.get("server_cpu_per_connect_us") is not None:
+        lines.append(
+            f"server CPU      {report['server_cpu_connect_s']} s while connecting: "
+            f"{report['server_cpu_per_connect_us']} us per connection"
+        )
+    if "reconnected" in report:
+        lines.append(
+            f"reconnected     {report['reconnected']}/{report['subscribers']} in {report.get('reconnect_s')} s "
+            f"(first loss -> last ready); failed attempts {report['reconnect_attempt_errors']}"
         )
     for key in ("lost_connections", "bad_samples"):
         if report[key]:
@@ -1160,28 +1329,42 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument(
+        "--port",
+        required=True,
+        help="server port; several comma-separated ports (one server each) spread the subscribers "
+        "over them round-robin, and the producer uses the first",
+    )
     parser.add_argument("--path", default="/", help="WebSocket request path")
-    parser.add_argument("--mode", choices=["raw", "centrifugo"], default="raw")
+    parser.add_argument("--mode", choices=["raw", "centrifugo", "socketio", "pubsub"], default="raw")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--procs", type=int, default=1, help="subscriber processes")
     parser.add_argument("--messages", type=int, default=500, help="publications")
     parser.add_argument("--size", type=int, default=100, help=f"payload bytes (>= {PAYLOAD_HEADER_LEN})")
     parser.add_argument("--rate", type=float, default=0.0, help="publications/s (0: as fast as possible)")
     parser.add_argument("--window", type=int, default=100, help="centrifugo: publications in flight")
-    parser.add_argument("--channel", default="bench", help="centrifugo channel")
+    parser.add_argument("--channel", default="bench", help="channel (centrifugo, pubsub)")
+    parser.add_argument(
+        "--groups",
+        type=int,
+        default=0,
+        help="many channels: each subscriber joins its own channel and one of GROUPS group channels",
+    )
+    parser.add_argument("--personal-share", type=float, default=0.5,
+                        help="many channels: share of publications to personal channels")
+    parser.add_argument("--seed", type=int, default=1, help="many channels: RNG seed of the channel plan")
     parser.add_argument(
         "--sub-send",
         action="append",
         default=None,
         help="text message a subscriber sends after connecting (repeatable); "
-        "centrifugo default: connect then subscribe",
+        "centrifugo default: connect, then one subscribe per channel",
     )
     parser.add_argument(
         "--sub-ready",
         default=None,
         help="substring of the reply that makes a subscriber ready "
-        "(centrifugo default: the JSON reply with id 2, see --sub-ready-id)",
+        "(centrifugo default: the JSON reply to the last subscribe, see --sub-ready-id)",
     )
     parser.add_argument(
         "--sub-ready-id",
@@ -1194,16 +1377,39 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         choices=["frames", "marker"],
         default=None,
         help="count data messages, or payload markers (handles batched frames); "
-        "default: frames for raw, marker for centrifugo",
+        "default: marker for centrifugo and socketio, frames otherwise",
     )
     parser.add_argument("--sample-every", type=int, default=100, help="decode every Nth delivery")
-    parser.add_argument("--timeout", type=float, default=30.0, help="delivery phase limit, s")
+    parser.add_argument("--timeout", type=float, default=30.0, help="delivery (or reconnect) phase limit, s")
     parser.add_argument("--connect-timeout", type=float, default=60.0, help="connect phase limit, s")
     parser.add_argument("--connect-concurrency", type=int, default=100)
     parser.add_argument("--settle", type=float, default=0.5, help="pause between ready and publishing, s")
+    parser.add_argument("--idle", action="store_true", help="connect and hold; publish nothing")
+    parser.add_argument("--rss-pid", type=int, default=None, help="--idle: report this process's RSS")
+    parser.add_argument("--cpu-pid", type=int, default=None,
+                        help="report this process's CPU time spent while the subscribers connect")
+    parser.add_argument("--warmup", type=int, default=0,
+                        help="--idle: connections opened before the first RSS reading")
+    parser.add_argument("--hold", type=float, default=1.0, help="--idle: seconds to hold before measuring")
+    parser.add_argument("--reconnect", action="store_true",
+                        help="--idle: print a ready event, then wait until every subscriber reconnected")
+    parser.add_argument("--reconnect-delay", type=float, default=0.1,
+                        help="--reconnect: first retry delay (jittered, doubles up to 0.5 s)")
+    parser.add_argument("--ready-file", default=None,
+                        help="write this file once every subscriber is ready (e.g. to start a profiler)")
+    parser.add_argument("--done-file", default=None,
+                        help="write this file once every subscriber has reported (e.g. to stop a profiler)")
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="seconds subscribers stay connected after reporting, before closing")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
     args = parser.parse_args(argv)
 
+    try:
+        ports = [int(p) for p in args.port.split(",") if p.strip()]
+    except ValueError:
+        parser.error("--port takes integers separated by commas")
+    if not ports:
+        parser.error("--port is empty")
     if args.size < PAYLOAD_HEADER_LEN:
         parser.error(f"--size must be at least {PAYLOAD_HEADER_LEN}")
     if args.subscribers < 1 or args.procs < 1 or args.messages < 1:
@@ -1212,20 +1418,15 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         parser.error("--procs cannot exceed --subscribers")
     if args.sample_every < 1 or args.window < 1:
         parser.error("--sample-every and --window must be positive")
-    sub_send = args.sub_send
-    sub_ready = args.sub_ready
-    if args.mode == "centrifugo":
-        if sub_send is None:
-            sub_send = [
-                '{"id":1,"connect":{}}',
-                json.dumps({"id": 2, "subscribe": {"channel": args.channel}}, separators=(",", ":")),
-            ]
-        if sub_ready is None and args.sub_ready_id is None:
-            args.sub_ready_id = 2
-    count = args.count or ("marker" if args.mode == "centrifugo" else "frames")
+    if args.reconnect and not args.idle:
+        parser.error("--reconnect needs --idle")
+    if args.groups and args.sub_send:
+        parser.error("--groups builds the subscribe messages itself; drop --sub-send")
+    count = args.count or ("marker" if args.mode in ("centrifugo", "socketio") else "frames")
     cfg = Config(
         host=args.host,
-        port=args.port,
+        port=ports[0],
+        ports=tuple(ports) if len(ports) > 1 else (),
         path=args.path,
         mode=args.mode,
         subscribers=args.subscribers,
@@ -1235,8 +1436,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         rate=args.rate,
         window=args.window,
         channel=args.channel,
-        sub_send=sub_send or [],
-        sub_ready=sub_ready,
+        sub_send=args.sub_send,
+        sub_ready=args.sub_ready,
         sub_ready_id=args.sub_ready_id,
         count=count,
         sample_every=args.sample_every,
@@ -1244,6 +1445,19 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         connect_timeout=args.connect_timeout,
         connect_concurrency=args.connect_concurrency,
         settle=args.settle,
+        groups=args.groups,
+        personal_share=args.personal_share,
+        seed=args.seed,
+        idle=args.idle,
+        rss_pid=args.rss_pid,
+        cpu_pid=args.cpu_pid,
+        warmup=args.warmup,
+        hold=args.hold,
+        reconnect=args.reconnect,
+        reconnect_delay=args.reconnect_delay,
+        ready_file=args.ready_file,
+        done_file=args.done_file,
+        linger=args.linger,
     )
     return cfg, args.json
 

@@ -1,34 +1,35 @@
 #!/usr/bin/env python3
-"""Run the hubbub benchmark workloads against several servers.
+"""Run the hubbub benchmarks.
 
-Each server runs alone, in its own process (and process group): it is
-started on a free port on 127.0.0.1, the runner waits until the port
-accepts TCP connections, runs ``bench/loadgen.py`` in separate processes
-against it, then kills the server.  Results are printed as a table, with
-deliveries/s relative to the ``websockets`` baseline of the same run.
+The whole suite (six workloads, every peer, docs/benchmarks.md written)::
 
-Workload 1, burst fan-out: ``--subscribers`` subscribers (1000 by default,
-try ``--subscribers 10000``) on one channel; one producer publishes
+    python bench/run.py --suite        # full: several minutes
+    python bench/run.py --quick        # small version of every workload, under a minute
+
+See ``suite.py`` for the workloads and ``peers.py`` for the servers.
+
+Without ``--suite`` / ``--quick`` it runs only workload 1, burst fan-out,
+against the servers of ``--servers``: each server runs alone, in its own
+process (and process group): it is started on a free port on 127.0.0.1, the
+runner waits until the port accepts TCP connections, runs ``bench/loadgen.py``
+in separate processes against it, then kills the server.  Results are printed
+as a table, with deliveries/s relative to the ``websockets`` baseline of the
+same run.  ``--subscribers`` subscribers (1000 by default, try
+``--subscribers 10000``) on one channel; one producer publishes
 ``--messages`` (500) messages of ``--size`` (100) bytes as fast as it can.
 
-Servers (``--servers``, comma separated, default all):
-
-``websockets``
-    ``bench/servers/websockets_broadcast.py``: the seed design, baseline.
-``trivial``
-    ``bench/servers/trivial.py``: the load generator's ceiling.
-``hubbub``
-    ``python -m hubbub serve`` on the relay endpoint ``/ws/bench``.  Skipped
-    with a message when ``python -c "import hubbub"`` fails.  The repository's
-    ``src`` directory is put on PYTHONPATH, so the working tree is measured
-    even when hubbub is not installed.
+Servers (``--servers``, comma separated): ``hubbub`` (relay endpoint
+``/ws/bench``), ``hubbub-protocol`` (``/connection/websocket``),
+``websockets`` (baseline), ``socketio``, ``socketify``, ``trivial`` (the load
+generator's ceiling).  A server whose modules do not import is skipped with
+a message.  The repository's ``src`` directory is put on PYTHONPATH, so the
+working tree is measured even when hubbub is not installed.
 
 ``--python`` selects the interpreter of every server process (default: the
 one running this script); the load generator always uses this one.
 
 Examples::
 
-    python bench/run.py --quick
     python bench/run.py --servers websockets,trivial
     python bench/run.py --subscribers 10000 --repeat 3 --json-out results.json
 """
@@ -38,73 +39,22 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-BENCH = Path(__file__).resolve().parent
-REPO = BENCH.parent
-HOST = "127.0.0.1"
-BASELINE = "websockets"
+from harness import (
+    ServerProcess,
+    loadgen_argv,
+    missing_module,
+    raise_nofile_limit,
+    run_loadgen,
+)
+from peers import BASELINE, PEERS, Peer
 
-
-@dataclass(frozen=True)
-class ServerSpec:
-    """How to start one server and how to talk to it."""
-
-    name: str
-    argv: Callable[[str, int], list[str]]  # (python, port) -> command line
-    path: str
-    mode: str
-    requires: str | None = None  # module that must be importable
-
-
-SERVERS: dict[str, ServerSpec] = {
-    spec.name: spec
-    for spec in (
-        ServerSpec(
-            name="websockets",
-            argv=lambda py, port: [
-                py,
-                str(BENCH / "servers" / "websockets_broadcast.py"),
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-            ],
-            path="/",
-            mode="raw",
-            requires="websockets",
-        ),
-        ServerSpec(
-            name="trivial",
-            argv=lambda py, port: [
-                py,
-                str(BENCH / "servers" / "trivial.py"),
-                "--host",
-                HOST,
-                "--port",
-                str(port),
-            ],
-            path="/",
-            mode="raw",
-        ),
-        ServerSpec(
-            name="hubbub",
-            argv=lambda py, port: [py, "-m", "hubbub", "serve", "--host", HOST, "--port", str(port)],
-            path="/ws/bench",
-            mode="raw",
-            requires="hubbub",
-        ),
-    )
-}
+DEFAULT_SERVERS = ("websockets", "trivial", "hubbub")
 
 
 @dataclass(frozen=True)
@@ -119,164 +69,25 @@ class Workload:
     timeout: float
 
 
-def raise_nofile_limit() -> None:
-    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit.
-
-    Servers and load generators inherit the raised limit (and raise their
-    own as well).
-    """
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
-
-def server_env() -> dict[str, str]:
-    """Environment for server processes: the repo's ``src`` on PYTHONPATH."""
-    env = dict(os.environ)
-    src = REPO / "src"
-    if src.is_dir():
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src), env.get("PYTHONPATH")]))
-    return env
-
-
-def free_port() -> int:
-    """A TCP port that is free on HOST right now."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
-
-
-def missing_requirement(spec: ServerSpec, python: str) -> str | None:
-    """Return why ``spec`` cannot run with ``python``, or None if it can."""
-    if spec.requires is None:
-        return None
-    proc = subprocess.run(
-        [python, "-c", f"import {spec.requires}"],
-        env=server_env(),
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    if proc.returncode == 0:
-        return None
-    last = (proc.stderr.strip().splitlines() or ["?"])[-1]
-    return f"`{python} -c 'import {spec.requires}'` failed: {last}"
-
-
-class ServerProcess:
-    """A server running in its own process group, with its output in a log."""
-
-    def __init__(self, spec: ServerSpec, python: str, log_dir: Path) -> None:
-        self.spec = spec
-        self.port = free_port()
-        self.log_path = log_dir / f"{spec.name}-{self.port}.log"
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            spec.argv(python, self.port),
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            cwd=REPO,
-            env=server_env(),
-            start_new_session=True,
-        )
-
-    def wait_listening(self, timeout: float = 20.0) -> None:
-        """Return once the port accepts TCP connections; raise otherwise."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"exited with code {self.proc.returncode}")
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return
-            except OSError:
-                time.sleep(0.1)
-        raise RuntimeError(f"not listening on {HOST}:{self.port} after {timeout:.0f}s")
-
-    def peak_rss_mb(self) -> float | None:
-        """Peak resident memory of the server's main process (VmHWM)."""
-        try:
-            with open(f"/proc/{self.proc.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return None
-
-    def stop(self) -> None:
-        """SIGTERM the server's process group, SIGKILL it if it lingers."""
-        for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
-            if self.proc.poll() is not None:
-                break
-            try:
-                os.killpg(self.proc.pid, sig)
-            except ProcessLookupError:
-                break
-            try:
-                self.proc.wait(grace)
-            except subprocess.TimeoutExpired:
-                continue
-        # Reap any straggler left in the group after the leader exited.
-        try:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-        except (ProcessLookupError, PermissionError):
-            pass
-        self._log.close()
-
-    def log_tail(self, lines: int = 15) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace").rstrip().splitlines()
-        except OSError:
-            return ""
-        return "\n".join("    | " + line for line in text[-lines:])
-
-
-def run_loadgen(spec: ServerSpec, port: int, workload: Workload) -> dict:
-    """Run bench/loadgen.py against a listening server; return its report."""
-    argv = [
-        sys.executable,
-        str(BENCH / "loadgen.py"),
-        "--host",
-        HOST,
-        "--port",
-        str(port),
-        "--path",
-        spec.path,
-        "--mode",
-        spec.mode,
-        "--subscribers",
-        str(workload.subscribers),
-        "--messages",
-        str(workload.messages),
-        "--size",
-        str(workload.size),
-        "--procs",
-        str(workload.procs),
-        "--timeout",
-        str(workload.timeout),
-        "--json",
-    ]
-    budget = workload.timeout + 60 + 60  # delivery + connect phase + slack
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, text=True, timeout=budget, cwd=REPO)
-    lines = proc.stdout.strip().splitlines()
-    if not lines:
-        raise RuntimeError(f"loadgen produced no report (exit code {proc.returncode})")
-    return json.loads(lines[-1])
-
-
-def run_one(spec: ServerSpec, python: str, workload: Workload, log_dir: Path) -> dict:
-    """Start ``spec``, measure it, stop it.  Never raises for server trouble."""
-    server = ServerProcess(spec, python, log_dir)
-    outcome: dict = {"server": spec.name, "log": str(server.log_path)}
+def run_one(peer: Peer, python: str, workload: Workload, log_dir: Path) -> dict:
+    """Start ``peer``, measure it, stop it.  Never raises for server trouble."""
+    server = ServerProcess(peer.name, peer.argv, python, log_dir, env=peer.env)
+    outcome: dict = {"server": peer.name, "log": str(server.log_path)}
     try:
         server.wait_listening()
-        outcome["report"] = run_loadgen(spec, server.port, workload)
+        argv = loadgen_argv(
+            server.port,
+            peer.fanout.path,
+            peer.fanout.mode,
+            [
+                "--subscribers", str(workload.subscribers),
+                "--messages", str(workload.messages),
+                "--size", str(workload.size),
+                "--procs", str(workload.procs),
+                "--timeout", str(workload.timeout),
+            ],
+        )
+        outcome["report"] = run_loadgen(argv, workload.timeout + 120)
         outcome["peak_rss_mb"] = server.peak_rss_mb()
         if server.proc.poll() is not None:
             outcome["error"] = f"server exited with code {server.proc.returncode} during the run"
@@ -286,7 +97,7 @@ def run_one(spec: ServerSpec, python: str, workload: Workload, log_dir: Path) ->
         server.stop()
     if "error" in outcome:
         tail = server.log_tail()
-        print(f"  {spec.name}: {outcome['error']}" + (f"\n{tail}" if tail else ""), file=sys.stderr)
+        print(f"  {peer.name}: {outcome['error']}" + (f"\n{tail}" if tail else ""), file=sys.stderr)
     return outcome
 
 
@@ -371,33 +182,42 @@ def format_table(rows: list[dict], baseline_rate: float | None) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Benchmark WebSocket fan-out servers (burst fan-out workload).",
+        description="Benchmark WebSocket fan-out servers: the whole suite (--suite, --quick) "
+        "or the burst fan-out workload alone.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    parser.add_argument("--suite", action="store_true",
+                        help="run every workload against every peer and write docs/benchmarks.md")
+    parser.add_argument("--quick", action="store_true",
+                        help="a small version of the whole suite, under a minute (writes no docs "
+                        "unless --docs is given)")
+    parser.add_argument("--workloads", default=None,
+                        help="suite: comma-separated subset of 1,2,3,4,5,6 (default all)")
+    parser.add_argument("--docs", type=Path, default=None,
+                        help="suite: write the report here (default docs/benchmarks.md with --suite)")
+    parser.add_argument("--no-profile", action="store_true", help="suite: skip the py-spy profile of hubbub")
     parser.add_argument(
-        "--servers", default=",".join(SERVERS), help="comma-separated subset of: " + ", ".join(SERVERS)
+        "--servers",
+        default=None,
+        help="comma-separated subset of: " + ", ".join(PEERS)
+        + f" (default: all for the suite, {','.join(DEFAULT_SERVERS)} otherwise)",
     )
     parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument(
-        "--messages", type=int, default=None, help="publications (default 500, 200 with --quick)"
-    )
+    parser.add_argument("--messages", type=int, default=500, help="publications")
     parser.add_argument("--size", type=int, default=100, help="payload bytes")
     parser.add_argument("--procs", type=int, default=1, help="subscriber processes of the load generator")
     parser.add_argument("--repeat", type=int, default=1, help="runs per server; the median is reported")
     parser.add_argument("--timeout", type=float, default=120.0, help="delivery phase limit per run, s")
-    parser.add_argument("--quick", action="store_true", help="small run, under a minute in total")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the server processes")
     parser.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
     args = parser.parse_args(argv)
-    args.servers = [name.strip() for name in args.servers.split(",") if name.strip()]
-    unknown = [name for name in args.servers if name not in SERVERS]
+    names = args.servers.split(",") if args.servers else (
+        list(PEERS) if (args.suite or args.quick) else list(DEFAULT_SERVERS)
+    )
+    args.servers = [name.strip() for name in names if name.strip()]
+    unknown = [name for name in args.servers if name not in PEERS]
     if unknown:
-        parser.error(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(SERVERS)}")
-    if args.messages is None:
-        args.messages = 200 if args.quick else 500
-    if args.quick:
-        args.repeat = 1
-        args.timeout = min(args.timeout, 20.0)
+        parser.error(f"unknown server(s) {', '.join(unknown)}; known: {', '.join(PEERS)}")
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
     return args
@@ -406,6 +226,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile_limit()
+    if args.suite or args.quick:
+        import suite
+
+        return suite.main(args, sys.argv if argv is None else ["bench/run.py", *argv])
+
     workload = Workload(
         name="burst fan-out",
         subscribers=args.subscribers,
@@ -422,30 +247,30 @@ def main(argv: list[str] | None = None) -> int:
         file=sys.stderr,
     )
 
-    specs = [SERVERS[name] for name in args.servers]
+    peers = [PEERS[name] for name in args.servers]
     skipped: dict[str, str] = {}
-    for spec in specs:
-        reason = missing_requirement(spec, args.python)
+    for peer in peers:
+        reason = missing_module(peer.requires, args.python)
         if reason:
-            skipped[spec.name] = f"skipped: {reason}"
-            print(f"  {spec.name}: {skipped[spec.name]}", file=sys.stderr)
-    runnable = [spec for spec in specs if spec.name not in skipped]
+            skipped[peer.name] = f"skipped: {reason}"
+            print(f"  {peer.name}: {skipped[peer.name]}", file=sys.stderr)
+    runnable = [peer for peer in peers if peer.name not in skipped]
 
-    outcomes: dict[str, list[dict]] = {spec.name: [] for spec in runnable}
+    outcomes: dict[str, list[dict]] = {peer.name: [] for peer in runnable}
     with tempfile.TemporaryDirectory(prefix="hubbub-bench-") as tmp:
         log_dir = Path(tmp)
         for round_no in range(args.repeat):  # interleave servers across rounds
-            for spec in runnable:
+            for peer in runnable:
                 label = f" (run {round_no + 1}/{args.repeat})" if args.repeat > 1 else ""
-                print(f"- {spec.name}{label}", file=sys.stderr, flush=True)
-                outcomes[spec.name].append(run_one(spec, args.python, workload, log_dir))
+                print(f"- {peer.name}{label}", file=sys.stderr, flush=True)
+                outcomes[peer.name].append(run_one(peer, args.python, workload, log_dir))
 
     rows = []
-    for spec in specs:
-        if spec.name in skipped:
-            rows.append({"server": spec.name, "skipped": skipped[spec.name]})
+    for peer in peers:
+        if peer.name in skipped:
+            rows.append({"server": peer.name, "skipped": skipped[peer.name]})
         else:
-            rows.append(summarise(spec.name, outcomes[spec.name]))
+            rows.append(summarise(peer.name, outcomes[peer.name]))
     baseline = next((r for r in rows if r["server"] == BASELINE and "report" in r), None)
     baseline_rate = baseline["report"]["deliveries_per_s"] if baseline else None
 

@@ -29,11 +29,11 @@ from socketify import App, AppListenOptions, CompressOptions, OpCode
 app = App()
 
 
-def ws_open(ws) -> None:  # noqa: ANN001
+def ws_open(ws) -> None:
     ws.subscribe("bench")
 
 
-def ws_message(ws, message, opcode) -> None:  # noqa: ANN001
+def ws_message(ws, message, opcode) -> None:
     if isinstance(message, str) and message[:4] in ("sub ", "pub "):
         if message[0] == "s":
             for topic in message[4:].split():
