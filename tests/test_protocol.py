@@ -170,7 +170,7 @@ async def test_unknown_namespace_is_error_102(server: Server, clients: list) -> 
 
 
 async def test_server_pings_and_a_silent_client_is_closed_3012(start_server, clients: list) -> None:
-    server = await start_server(ping_interval=0.2, pong_timeout=0.2)
+    server = await start_server(ping_interval=0.3, pong_timeout=0.2)
     good, silent = await proto_client(server), await proto_client(server)
     clients += [good, silent]
     # the good client answers pings; the silent one never does

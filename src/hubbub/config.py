@@ -259,6 +259,9 @@ class Config:
             errors.append(f"broker must be 'memory' or a redis:// URL, got {self.broker!r}")
         if self.workers < 1:
             errors.append("workers must be at least 1")
+        if self.ping_interval > 0 and self.pong_timeout >= self.ping_interval:
+            errors.append(f"pong_timeout ({self.pong_timeout}) must be shorter than ping_interval "
+                          f"({self.ping_interval}): a pong is checked before the next ping")
         return errors
 
     @classmethod

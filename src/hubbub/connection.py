@@ -119,7 +119,7 @@ class Connection(asyncio.Protocol):
         "server", "config", "stats", "transport", "peer", "http", "_head", "_http_request", "_http_body",
         "_http_body_size", "_http_task", "ws", "session", "request", "open", "_out", "_out_size", "_buffered",
         "_dirty", "_eof_pending", "_inbox", "_worker", "_paused", "_fragments", "_fragments_binary", "_utf8",
-        "_close_timer", "_close_counted", "deadline", "lost",
+        "_close_timer", "_close_counted", "deadline", "lost", "ping_slot",
     )
 
     def __init__(self, server: Server) -> None:
@@ -155,6 +155,7 @@ class Connection(asyncio.Protocol):
         self._close_counted = False
         self.deadline = time.monotonic() + self.config.handshake_timeout
         self.lost = False
+        self.ping_slot = 0  # which slice of the shared ping timer pings this connection
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -435,6 +436,8 @@ class Connection(asyncio.Protocol):
         if self.session is None or self.session.closed:
             return
         self.stats.messages_in += 1
+        if payload == b"{}" and not binary and getattr(self.session, "inline_pong", False):
+            return  # a protocol pong: _pong() has noted it; no task, no queueing
         if self._inbox is None:
             self._inbox = collections.deque()
         self._inbox.append((payload, binary))
@@ -497,9 +500,9 @@ class Connection(asyncio.Protocol):
             self._pull_ws_writes()
 
     def send_ping(self) -> None:
+        """Queue a WebSocket ping (one pre-encoded frame for every connection)."""
         if self.open and self.ws is not None:
-            self.ws.send_ping(b"")
-            self._pull_ws_writes()
+            self._queue(_PING_FRAME)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; drop the TCP connection after ``close_timeout``."""
@@ -584,6 +587,8 @@ class Connection(asyncio.Protocol):
         if self.transport is not None and not self.lost:
             self.transport.abort()
 
+
+_PING_FRAME = Frame(Opcode.PING, b"").serialize(mask=False)
 
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 

@@ -99,6 +99,9 @@ class _Channel:
     count: int = 0
     last_offset: int = 0  # last offset this node saw (detects broker gaps)
     epoch: str = ""  # the stream's epoch when last_offset was read ("" after a gap)
+    #: client -> offset it already has from the stream read at subscribe time while
+    #: this node's pub/sub delivery lagged behind; publications up to it are skipped
+    skip: dict[str, int] = field(default_factory=dict)
 
 
 class Hub:
@@ -218,16 +221,26 @@ class Hub:
                 self._gap(channel, state)
             state.last_offset = max(state.last_offset, pub.offset)
         exclude = pub.exclude_client
+        skipped: set[str] | None = None
+        if state.skip and pub.offset:
+            skipped = {client for client, upto in state.skip.items() if pub.offset <= upto}
+            for client, upto in list(state.skip.items()):
+                if pub.offset >= upto:  # pub/sub has caught up with what this client got
+                    del state.skip[client]
+            if exclude is not None:
+                skipped.add(exclude)
+        elif exclude is not None:
+            skipped = {exclude}
         for wire, subs in state.by_wire.items():
             frame = wire.encode_publication(channel, pub)
             if frame is None:
                 continue
-            if exclude is None:
+            if not skipped:
                 for sub in subs.values():
                     sub.deliver(frame)
             else:
                 for client_id, sub in subs.items():
-                    if client_id != exclude:
+                    if client_id not in skipped:
                         sub.deliver(frame)
         if state.buffering:
             for client_id, buffer in state.buffering.items():
@@ -332,6 +345,10 @@ class Hub:
             raise
         state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         if result.position.offset > state.last_offset:
+            # The stream is ahead of this node's pub/sub delivery (Redis: history is
+            # read on another connection). What the client got from the read must not
+            # reach it again when pub/sub catches up.
+            state.skip[client_id] = result.position.offset
             state.last_offset = result.position.offset
         if not state.epoch:
             state.epoch = result.position.epoch
@@ -390,6 +407,7 @@ class Hub:
                 break
         else:
             return False
+        state.skip.pop(client_id, None)
         state.count -= 1
         local = self._presence.get(channel)
         if local is not None and local.pop(client_id, None) is not None:

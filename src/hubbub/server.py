@@ -53,6 +53,10 @@ def _static_file(name: str) -> bytes:
     return resource.read_bytes()
 
 
+#: The connections are pinged in this many slices, one slice per
+#: ``ping_interval / PING_SLICES`` seconds.
+PING_SLICES = 10
+
 #: Seconds between housekeeping sweeps (handshake and connect deadlines).
 SWEEP_INTERVAL = 1.0
 
@@ -89,6 +93,8 @@ class Server:
         self.http_routes: Router[HTTPHandler] = Router()
         self._server: asyncio.base_events.Server | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._accepted = 0
+        self._ping_round = 0
         self._stopped: asyncio.Event | None = None
         self.websocket_routes.add("/connection/websocket", self._protocol_endpoint)
         self.websocket_routes.add("/ws/{channel:path}", self._relay_endpoint)
@@ -197,6 +203,8 @@ class Server:
     # -- connection bookkeeping ----------------------------------------------------------
 
     def connection_opened(self, conn: Connection) -> None:
+        conn.ping_slot = self._accepted % PING_SLICES
+        self._accepted += 1
         self.connections.add(conn)
         self._pending.add(conn)
 
@@ -230,16 +238,22 @@ class Server:
 
         self._timers[name] = loop.call_later(interval, tick)
 
-    def _ping_all(self) -> None:
-        for conn in self.websockets:
-            session = conn.session
-            if session is not None and conn.open:
-                session.ping()
-        loop = asyncio.get_running_loop()
-        self._timers["pong"] = loop.call_later(self.config.pong_timeout, self._check_pongs)
+    def _ping_slice(self) -> None:
+        """Ping one slice of the connections (each slice once per ``ping_interval``)
+        and check that slice's pongs ``pong_timeout`` later. Slicing keeps a ping
+        round from stalling the loop with thousands of connections at once."""
+        current = self._ping_round % PING_SLICES
+        self._ping_round += 1
+        batch = [conn for conn in self.websockets
+                 if conn.ping_slot == current and conn.open and conn.session is not None]
+        for conn in batch:
+            conn.session.ping()  # type: ignore[union-attr]
+        if batch:
+            loop = asyncio.get_running_loop()
+            self._timers[f"pong{current}"] = loop.call_later(self.config.pong_timeout, self._check_pongs, batch)
 
-    def _check_pongs(self) -> None:
-        for conn in list(self.websockets):
+    def _check_pongs(self, batch: list[Connection]) -> None:
+        for conn in batch:
             if conn.session is not None and conn.open:
                 conn.session.check_pong()
 
@@ -291,7 +305,7 @@ class Server:
                 backlog=4096, reuse_port=reuse_port or None,
             )
         if self.config.ping_interval > 0:
-            self._every("ping", self.config.ping_interval, self._ping_all)
+            self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
         self._every("sweep", SWEEP_INTERVAL, self._sweep)
 
     async def close(self, *, code: int = DisconnectCode.SHUTDOWN, reason: str = "shutdown") -> None:

@@ -119,10 +119,12 @@ def encode_unsubscribe_push(channel: str, code: int, reason: str) -> bytes:
 class ProtocolWire:
     """Encodes pushes for protocol clients: Centrifugo JSON in a text frame."""
 
-    __slots__ = ("frames",)
+    __slots__ = ("frames", "ping")
 
     def __init__(self, frames: FrameEncoder) -> None:
         self.frames = frames
+        #: the server's ping (an empty reply ``{}``), framed once for every connection
+        self.ping = frames.text(b"{}")
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes:
         return self.frames.text(encode_pub_push(channel, pub))
@@ -243,6 +245,9 @@ class ClientSession:
         headers: the handshake's HTTP headers (lower-cased names).
         client_id: connection id; a random UUID by default.
     """
+
+    #: the connection may drop a lone ``{}`` message (a pong) before it reaches the session
+    inline_pong = True
 
     __slots__ = (
         "hub", "config", "verifier", "out", "wire", "hooks", "headers", "client_id", "connected", "closed",
@@ -729,7 +734,7 @@ class ClientSession:
         if self.closed or not self.connected:
             return
         self.pong_expected = True
-        self.out.send_text(PING)
+        self.out.deliver(self.wire.ping)
 
     def check_pong(self) -> None:
         """Close with 3012 "no pong" if the last ping went unanswered (called
