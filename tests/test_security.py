@@ -281,9 +281,9 @@ def test_public_bind_with_token_secret_starts(serve_process) -> None:
 
 def test_settings_precedence_flags_env_file(tmp_path) -> None:
     path = tmp_path / "hub.toml"
-    path.write_text('port = 1111\napi_key = "from-file"\nping_interval = 5\n')
+    path.write_text('port = 1111\napi_key = "from-file"\nping_interval = 50\n')
     config = Config.load(path, env={"HUBBUB_PORT": "2222", "HUBBUB_API_KEY": "from-env"}, port=3333)
-    assert (config.port, config.api_key, config.ping_interval) == (3333, "from-env", 5.0)
+    assert (config.port, config.api_key, config.ping_interval) == (3333, "from-env", 50.0)
     with pytest.raises(ConfigError, match="HUBBUB_NOPE"):
         Config.load(None, env={"HUBBUB_NOPE": "1"})
     with pytest.raises(ConfigError, match="HUBBUB_PORT"):
