@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -45,9 +46,10 @@ def _doc(obj: object) -> str:
 
 def _signature(obj: object) -> str:
     try:
-        return str(inspect.signature(obj))  # type: ignore[arg-type]
+        text = str(inspect.signature(obj))  # type: ignore[arg-type]
     except (TypeError, ValueError):
         return ""
+    return re.sub(r"<([\w.]+) object at 0x[0-9a-f]+>", r"\1()", text)  # stable across runs
 
 
 def render() -> str:
