@@ -14,8 +14,8 @@ library on its hot path, so that it can outrun the servers it measures:
   unmasked, so counting needs no per-byte work.  Every ``--sample-every``-th
   delivery is decoded to check the payload marker and to compute the
   publish-to-receive latency.  WebSocket pings (opcode 0x9) are answered
-  with masked pongs; application-level pings (Centrifugo's ``{}``) are
-  ignored, which is fine for a run of a few seconds.
+  with masked pongs; application-level pings (Centrifugo's ``{}``, Engine.IO's
+  ``2``) are answered too.
 
 * The producer runs in the coordinating (main) process.  It connects once,
   then publishes ``--messages`` payloads of ``--size`` bytes, either as fast
@@ -41,6 +41,8 @@ Modes (``--mode``), i.e. how subscribers subscribe and the producer publishes:
     send connect and one subscribe command per channel, and are ready on the
     reply to the last one.  As Centrifugo may batch several pushes into one
     frame (newline separated), deliveries are counted by payload marker.
+    Server pings (``{}``) are answered with ``{}`` (hubbub closes a client
+    that does not answer with 3012).
 
 ``socketio``
     Engine.IO v4 / Socket.IO v5 over a raw WebSocket
@@ -532,6 +534,7 @@ class Subscriber(WSClient):
         self.expected = cfg.messages if expected is None else expected
         self.count_marker = cfg.count == "marker"
         self.engineio = cfg.mode == "socketio"
+        self.centrifugo = cfg.mode == "centrifugo"
         self.received = 0
         self.is_complete = False
         self.benchmarking = False  # counting starts once ready
@@ -581,6 +584,9 @@ class Subscriber(WSClient):
                 raise HandshakeError(f"subscription refused: {payload[:200]!r}")
             return True
         for line in payload.split(b"\n"):  # JSON replies, maybe batched
+            if line.strip() == b"{}":  # a ping
+                self.send(b"{}")
+                continue
             try:
                 reply = json.loads(line)
             except ValueError:
@@ -661,7 +667,10 @@ class Subscriber(WSClient):
             if b0 & 0x0F <= OP_BINARY:  # data frame
                 if count_marker:
                     k = data.count(MARKER, start, end)
-                    if not k and length == 1 and self.engineio and data[start] == 0x32:
+                    if self.centrifugo:
+                        if data.find(b"{}", start, end) >= 0:
+                            self._centrifugo_pings(data[start:end])
+                    elif not k and length == 1 and self.engineio and data[start] == 0x32:
                         self.send(b"3")  # Engine.IO ping
                 else:
                     k = b0 >> 7
@@ -684,6 +693,12 @@ class Subscriber(WSClient):
                 self.is_complete = True
                 stats.complete += 1
                 stats.check_done()
+
+    def _centrifugo_pings(self, payload: bytes) -> None:
+        """Answer the server's pings (``{}``, maybe batched with pushes) with ``{}``."""
+        for line in payload.split(b"\n"):
+            if line.strip() == b"{}":
+                self.send(b"{}")
 
     def _sample(self, data: bytes, start: int, end: int) -> None:
         now = time.time_ns()
@@ -920,7 +935,9 @@ class Producer(WSClient):
                 self.control_frame(opcode, payload)
             elif self.centrifugo:
                 for line in payload.split(b"\n"):
-                    if line.strip():
+                    if line.strip() == b"{}":  # a ping
+                        self.send(b"{}")
+                    elif line.strip():
                         self._centrifugo_reply(line)
             elif self.engineio:
                 if payload == b"2":

@@ -196,6 +196,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--docs", type=Path, default=None,
                         help="suite: write the report here (default docs/benchmarks.md with --suite)")
     parser.add_argument("--no-profile", action="store_true", help="suite: skip the py-spy profile of hubbub")
+    parser.add_argument("--render", type=Path, default=None, metavar="JSON",
+                        help="write the report (--docs, default docs/benchmarks.md) again from the --json-out "
+                        "file of an earlier suite run, without measuring")
     parser.add_argument(
         "--servers",
         default=None,
@@ -226,7 +229,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     raise_nofile_limit()
-    if args.suite or args.quick:
+    if args.suite or args.quick or args.render:
         import suite
 
         return suite.main(args, sys.argv if argv is None else ["bench/run.py", *argv])

@@ -1,0 +1,112 @@
+"""The servers the benchmarks compare, and how the load generator talks to each.
+
+Every peer is started as its own process (group) on 127.0.0.1 by
+:class:`harness.ServerProcess`.  ``fanout`` is how the load generator
+reaches the single channel ``bench`` (workloads 1, 2, 4, 5); ``channels`` is
+how it subscribes to its personal and group channels and publishes to them
+(workload 3).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from harness import BENCH, HOST
+
+SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where and how the load generator talks to a peer."""
+
+    path: str
+    mode: str  # loadgen --mode: raw, centrifugo, socketio, pubsub
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One server under test."""
+
+    name: str
+    argv: Callable[[str, int], list[str]]  # (python, port) -> command line
+    fanout: Target
+    channels: Target | None
+    what: str  # one line for the docs
+    requires: tuple[str, ...] = ()  # modules the server's interpreter must import
+    packages: tuple[str, ...] = ()  # distributions whose versions the docs list
+    env: dict[str, str] = field(default_factory=dict)
+
+
+def _script(name: str) -> Callable[[str, int], list[str]]:
+    return lambda py, port: [py, str(BENCH / "servers" / name), "--host", HOST, "--port", str(port)]
+
+
+def hubbub_argv(*extra: str) -> Callable[[str, int], list[str]]:
+    """``python -m hubbub serve`` on ``port`` with ``extra`` flags."""
+    return lambda py, port: [py, "-m", "hubbub", "serve", "--host", HOST, "--port", str(port), *extra]
+
+
+HUBBUB = Peer(
+    name="hubbub",
+    argv=hubbub_argv(),
+    fanout=Target("/ws/bench", "raw"),
+    channels=Target("/connection/websocket", "centrifugo"),
+    what="`hubbub serve` (memory broker): relay endpoint `/ws/bench` for one channel; "
+    "protocol endpoint `/connection/websocket` (connect + 2 subscribe commands) for many channels",
+    requires=("hubbub",),
+    packages=("hubbub", "websockets", "h11"),
+)
+HUBBUB_PROTOCOL = Peer(
+    name="hubbub-protocol",
+    argv=hubbub_argv(),
+    fanout=Target("/connection/websocket", "centrifugo"),
+    channels=Target("/connection/websocket", "centrifugo"),
+    what="the same server on the Centrifugo protocol endpoint: connect + subscribe commands, "
+    "publish commands (up to 1000 awaiting a reply in burst workloads), pushes as JSON",
+    requires=("hubbub",),
+    packages=("hubbub",),
+)
+WEBSOCKETS = Peer(
+    name="websockets",
+    argv=_script("websockets_broadcast.py"),
+    fanout=Target("/", "raw"),
+    channels=Target("/", "pubsub"),
+    what="baseline, the seed design: `websockets` server, `broadcast()` to a set of clients "
+    "(one set per channel for many channels)",
+    requires=("websockets",),
+    packages=("websockets",),
+)
+SOCKETIO = Peer(
+    name="socketio",
+    argv=_script("socketio_server.py"),
+    fanout=Target(SOCKETIO_PATH, "socketio"),
+    channels=Target(SOCKETIO_PATH, "socketio"),
+    what="python-socketio `AsyncServer` (ASGI) on uvicorn; clients join rooms, "
+    '`sio.emit("msg", data, room=...)`',
+    requires=("socketio", "uvicorn"),
+    packages=("python-socketio", "python-engineio", "uvicorn"),
+)
+SOCKETIFY = Peer(
+    name="socketify",
+    argv=_script("socketify_server.py"),
+    fanout=Target("/", "raw"),
+    channels=Target("/", "pubsub"),
+    what="socketify (uWebSockets, C++): `ws.subscribe(topic)` + `app.publish(topic, msg)`",
+    requires=("socketify",),
+    packages=("socketify",),
+)
+TRIVIAL = Peer(
+    name="trivial",
+    argv=_script("trivial.py"),
+    fanout=Target("/", "raw"),
+    channels=Target("/", "pubsub"),
+    what="the load generator's ceiling: hand-rolled asyncio server, frames joined into one "
+    "write per client per loop iteration; no limits, no pings",
+)
+
+PEERS: dict[str, Peer] = {
+    peer.name: peer for peer in (HUBBUB, HUBBUB_PROTOCOL, WEBSOCKETS, SOCKETIO, SOCKETIFY, TRIVIAL)
+}
+BASELINE = "websockets"
