@@ -479,3 +479,42 @@ async def test_presence_is_restored_after_redis_restarts(redis_server: RedisServ
                 await asyncio.sleep(0.05)
     finally:
         await server.close()
+
+
+async def test_workers_share_the_port_through_redis(redis_server: RedisServer, serve_process,  # noqa: F811
+                                                    clients: list) -> None:
+    server = serve_process("--workers", "2", "--broker", redis_server.url)
+    # both workers say they listen on the one port the parent reserved
+    async with asyncio.timeout(TIMEOUT):
+        while sum("(pid " in line and "listening" in line for line in server.lines) < 2:
+            await asyncio.sleep(0.05)
+    # connections are spread over the workers by the kernel; whichever worker a client
+    # lands on, a publication through any of them reaches every subscriber
+    subs = []
+    for _ in range(8):
+        ws = await websockets.connect(f"{server.url}/ws/shared", ping_interval=None)
+        clients.append(ws)
+        subs.append(ws)
+    producer = await websockets.connect(f"{server.url}/ws/shared?echo=false", ping_interval=None)
+    clients.append(producer)
+    for ws in subs:  # every subscriber is registered once its own probe comes back
+        await ws.send("probe")
+        while await asyncio.wait_for(ws.recv(), TIMEOUT) != "probe":
+            pass
+    await producer.send("to everyone")
+    for ws in subs:
+        while (message := await asyncio.wait_for(ws.recv(), TIMEOUT)) == "probe":
+            pass
+        assert message == "to everyone"
+    pids = {line.split("(pid ")[1].split(")")[0] for line in server.lines if "(pid " in line}
+    assert len(pids) == 2
+    assert server.stop() == 0
+
+
+def test_workers_need_a_shared_broker() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "hubbub", "serve", "--workers", "2", "--port", "0"],
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    assert out.returncode == 2 and "--broker redis://" in out.stderr

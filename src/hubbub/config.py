@@ -48,6 +48,9 @@ from .errors import ConfigError
 
 NAMESPACE_SEPARATOR = ":"
 ENV_PREFIX = "HUBBUB_"
+#: ``HUBBUB_*`` variables that are not settings: the worker index that ``--workers``
+#: gives each process, and dev.py's virtual environment.
+RESERVED_ENV = frozenset({"HUBBUB_WORKER_INDEX", "HUBBUB_VENV"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -396,7 +399,7 @@ def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
     fields = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("channels", "namespaces")}
     out: dict[str, Any] = {}
     for name, text in env.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:
             continue
         key = name[len(ENV_PREFIX):].lower()
         f = fields.get(key)
