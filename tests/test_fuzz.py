@@ -39,6 +39,7 @@ from hubbub.brokers.memory import MemoryBroker
 from hubbub.codes import DisconnectCode
 from hubbub.config import Config, NamespaceOptions
 from hubbub.connection import FrameEncoder
+from hubbub.outbox import FrameBatch
 from hubbub.hub import Hub
 from hubbub.relay import RelaySession, RelayWire
 from hubbub.routing import Router, compile_path
@@ -92,7 +93,7 @@ class FakeOutbox:
         if self.open:
             self.calls.append(("binary", payload))
 
-    def deliver(self, frame: bytes) -> None:
+    def deliver(self, frame: Any) -> None:
         if self.open:
             self.calls.append(("frame", frame))
 
@@ -107,8 +108,32 @@ class FakeOutbox:
         self.open = False
 
     def take(self) -> list[tuple[str, Any]]:
+        """The calls so far; a shared FrameBatch is written (closed) and expanded to
+        its frames here, as the connection's flush would."""
         calls, self.calls = self.calls, []
-        return calls
+        out: list[tuple[str, Any]] = []
+        for kind, value in calls:
+            if kind == "frame" and isinstance(value, FrameBatch):
+                frames = list(value.frames) if not value.closed else split_frames(value.join())
+                value.join()
+                out.extend(("frame", f) for f in frames)
+            else:
+                out.append((kind, value))
+        return out
+
+
+def split_frames(data: bytes) -> list[bytes]:
+    """Whole unmasked frames, one by one, from joined bytes."""
+    frames = []
+    while data:
+        n, pos = data[1] & 0x7F, 2
+        if n == 126:
+            n, pos = int.from_bytes(data[2:4], "big"), 4
+        elif n == 127:
+            n, pos = int.from_bytes(data[2:10], "big"), 10
+        frames.append(data[: pos + n])
+        data = data[pos + n :]
+    return frames
 
 
 def _reject_constant(name: str) -> Any:

@@ -40,6 +40,7 @@ from websockets.server import ServerProtocol
 
 from .codes import DisconnectCode
 from .http import HTTPRequest, HTTPResponse
+from .outbox import FrameBatch
 
 if TYPE_CHECKING:
     from .server import Server
@@ -119,7 +120,7 @@ class Connection(asyncio.Protocol):
         "server", "config", "stats", "transport", "peer", "http", "_head", "_http_request", "_http_body",
         "_http_body_size", "_http_task", "ws", "session", "request", "open", "_out", "_out_size", "_buffered",
         "_dirty", "_eof_pending", "_inbox", "_worker", "_paused", "_fragments", "_fragments_binary", "_utf8",
-        "_close_timer", "_close_counted", "deadline", "lost", "ping_slot",
+        "_close_timer", "_close_counted", "deadline", "lost", "ping_slot", "_batched",
     )
 
     def __init__(self, server: Server) -> None:
@@ -156,6 +157,7 @@ class Connection(asyncio.Protocol):
         self.deadline = time.monotonic() + self.config.handshake_timeout
         self.lost = False
         self.ping_slot = 0  # which slice of the shared ping timer pings this connection
+        self._batched = False  # _out holds a FrameBatch
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -477,12 +479,16 @@ class Connection(asyncio.Protocol):
 
     # -- Outbox ---------------------------------------------------------------------
 
-    def deliver(self, frame: bytes) -> None:
-        """Queue pre-encoded frame bytes (hot path: no await, no syscall)."""
+    def deliver(self, frame: bytes | FrameBatch) -> None:
+        """Queue pre-encoded frame bytes or a shared :class:`FrameBatch` (hot
+        path: no await, no syscall). A batch may still grow until it is written;
+        :meth:`flush` checks the limit again with its final size."""
         if not self.open:
             return
         self._out.append(frame)
         self._out_size += len(frame)
+        if type(frame) is not bytes:
+            self._batched = True
         if self._out_size + self._buffered > self.config.max_pending_output:
             self._check_slow()
         elif not self._dirty:
@@ -565,9 +571,22 @@ class Connection(asyncio.Protocol):
             return
         out = self._out
         if out:
+            size = self._out_size
+            if self._batched:  # join shared batches (once for all) and take their final size
+                self._batched = False
+                size = 0
+                for i, item in enumerate(out):
+                    if type(item) is not bytes:
+                        out[i] = item = item.join()  # type: ignore[union-attr]
+                    size += len(item)
+                if size + self._buffered > self.config.max_pending_output:
+                    self._out_size = size
+                    self._check_slow()
+                    if not self.open:
+                        return
             stats = self.stats
             stats.messages_out += len(out)
-            stats.bytes_out += self._out_size
+            stats.bytes_out += size
             self._out = []
             self._out_size = 0
             if len(out) == 1:

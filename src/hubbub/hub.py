@@ -6,10 +6,17 @@ subscriber is a ``deliver(frame)`` callable and a :class:`Wire` that says how
 to encode a push for it.
 
 Fan-out follows DESIGN.md's write path: for each publication, each wire
-encodes the push **once** and the same bytes object is handed to every
-subscriber that speaks that wire; ``deliver`` only queues it (the connection
-writes its queue once per event-loop iteration). No task and no ``await`` per
-subscriber.
+encodes the push **once**. The first publication of a channel in an event-loop
+iteration is queued to every subscriber of the wire as a shared
+:class:`~hubbub.outbox.FrameBatch`; later ones in the same iteration are
+appended to that batch, so a burst costs one queue operation per subscriber per
+iteration. ``deliver`` only queues (the connection writes its queue once per
+iteration). No task and no ``await`` per subscriber.
+
+A batch is closed (a new one starts) whenever the channel's membership
+changes, a publication must skip some subscribers (exclude-sender, recovery),
+or a join/leave goes out, so every subscriber sees the channel's pushes in
+order and nothing it was not subscribed for.
 """
 
 from __future__ import annotations
@@ -26,6 +33,7 @@ from .codes import DisconnectCode, ErrorCode
 from .config import Config, NamespaceOptions
 from .errors import BrokerError, ProtocolError
 from .metrics import Stats
+from .outbox import FrameBatch
 
 log = logging.getLogger("hubbub.hub")
 
@@ -67,7 +75,7 @@ class Subscriber:
 
     client_id: str
     wire: Wire
-    deliver: Callable[[bytes], None]
+    deliver: Callable[[bytes | FrameBatch], None]
     disconnect: Callable[[int], None]
     recoverable: bool = False
 
@@ -102,6 +110,8 @@ class _Channel:
     #: client -> offset it already has from the stream read at subscribe time while
     #: this node's pub/sub delivery lagged behind; publications up to it are skipped
     skip: dict[str, int] = field(default_factory=dict)
+    #: the open FrameBatch per wire: publications of this iteration are appended to it
+    batches: dict[Wire, FrameBatch] = field(default_factory=dict)
 
 
 class Hub:
@@ -231,17 +241,25 @@ class Hub:
                 skipped.add(exclude)
         elif exclude is not None:
             skipped = {exclude}
+        batches = state.batches
+        if skipped:  # delivered one by one, after what is already batched
+            batches.clear()
         for wire, subs in state.by_wire.items():
             frame = wire.encode_publication(channel, pub)
             if frame is None:
                 continue
-            if not skipped:
-                for sub in subs.values():
-                    sub.deliver(frame)
-            else:
+            if skipped:
                 for client_id, sub in subs.items():
                     if client_id not in skipped:
                         sub.deliver(frame)
+                continue
+            batch = batches.get(wire)
+            if batch is not None and not batch.closed:
+                batch.append(frame)  # every subscriber of this wire already has the batch queued
+                continue
+            batch = batches[wire] = FrameBatch(frame)
+            for sub in subs.values():
+                sub.deliver(batch)
         if state.buffering:
             for client_id, buffer in state.buffering.items():
                 buffer.append(pub)
@@ -250,6 +268,7 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return
+        state.batches.clear()  # after the publications already queued
         for wire, subs in state.by_wire.items():
             frame = encode(wire)
             if frame is not None:
@@ -344,6 +363,7 @@ class Hub:
             self._maybe_drop(channel, state)
             raise
         state.by_wire.setdefault(sub.wire, {})[client_id] = sub
+        state.batches.clear()  # the new subscriber is in none of them
         if result.position.offset > state.last_offset:
             # The stream is ahead of this node's pub/sub delivery (Redis: history is
             # read on another connection). What the client got from the read must not
@@ -408,6 +428,7 @@ class Hub:
         else:
             return False
         state.skip.pop(client_id, None)
+        state.batches.clear()  # later publications must not reach it through a queued batch
         state.count -= 1
         local = self._presence.get(channel)
         if local is not None and local.pop(client_id, None) is not None:

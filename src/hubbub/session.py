@@ -38,7 +38,7 @@ from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
 from .errors import Disconnect, ProtocolError
 from .auth import InvalidToken, TokenExpired, TokenVerifier
 from .hub import Hub, Subscriber
-from .outbox import FrameEncoder, Outbox
+from .outbox import FrameBatch, FrameEncoder, Outbox
 
 log = logging.getLogger("hubbub.session")
 
@@ -507,7 +507,7 @@ class ClientSession:
             )
         return sub
 
-    def _deliver(self, frame: bytes) -> None:
+    def _deliver(self, frame: bytes | FrameBatch) -> None:
         """Queue a push; replies computed before it go first (a subscribe reply
         must precede the channel's pushes)."""
         if self._replies:
