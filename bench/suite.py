@@ -1446,8 +1446,10 @@ def where_the_time_goes(suite: Suite) -> list[str]:
     lines += [
         "",
         (
-            f"In short: the per-subscriber Python loop of the fan-out (`Hub.on_publication` calling "
-            f"`Connection.deliver` once per subscriber per publication) took {fan_out:.0f} % of the CPU, and "
+            f"In short: the per-subscriber Python loop of the fan-out (`Hub.on_publication` queuing the "
+            f"channel's shared frame batch with `Connection.deliver`, once per subscriber per event-loop "
+            f"iteration, later publications of the iteration being appended to the batch) took "
+            f"{fan_out:.0f} % of the CPU, and "
             f"the `send` system calls {sends:.0f} % (one per subscriber per event-loop iteration, carrying "
             f"every frame queued during that iteration); everything else (reading and parsing the "
             f"producer's frames, the event loop) {max(0.0, 100 - fan_out - sends):.0f} %."

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import subprocess
 import sys
@@ -302,3 +303,32 @@ def test_check_config_names_keys_and_lines(tmp_path) -> None:
     out = subprocess.run([sys.executable, "-m", "hubbub", "check-config", str(path)], capture_output=True,
                          text=True, timeout=TIMEOUT, cwd=ROOT)
     assert out.returncode == 0 and "ok" in out.stdout
+
+
+async def test_es256_token_verified_through_a_jwks_url(start_server, clients: list) -> None:
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from jwt.algorithms import ECAlgorithm
+
+    from hubbub.http import HTTPRequest, HTTPResponse
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid="k1", alg="ES256", use="sig")
+    keys = await start_server()  # any HTTP server will do to publish the key set
+
+    async def jwks(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse.json({"keys": [jwk]})
+
+    keys.add_http("/.well-known/jwks.json", jwks)
+    server = await start_server(token_jwks_url=f"http://127.0.0.1:{keys.port}/.well-known/jwks.json")
+    good = jwt.encode({"sub": "erin", "exp": int(time.time()) + 60}, key, algorithm="ES256", headers={"kid": "k1"})
+    c = await proto_client(server, connect=False)
+    clients.append(c)
+    assert "connect" in await c.call("connect", {"token": good})
+    assert [s.user for s in server.hub.user_sessions("erin")] == ["erin"]
+    other = ec.generate_private_key(ec.SECP256R1())
+    forged = jwt.encode({"sub": "erin"}, other, algorithm="ES256", headers={"kid": "k1"})
+    bad = await proto_client(server, connect=False)
+    clients.append(bad)
+    await bad.send({"id": 1, "connect": {"token": forged}})
+    assert (await bad.closed())[0] == 3500
