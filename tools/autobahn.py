@@ -179,10 +179,23 @@ def find_python(explicit: str | None) -> tuple[str | None, list[str]]:
     return None, tried
 
 
+def find_python27() -> str | None:
+    """A Python 2.7 interpreter that really runs (a pyenv shim of an inactive version does not)."""
+    for candidate in (str(Path.home() / ".pyenv/versions/2.7.18/bin/python"), shutil.which("python2.7"),
+                      shutil.which("python2")):
+        if not candidate or not os.access(candidate, os.X_OK):
+            continue
+        probe = subprocess.run([candidate, "-c", "import sys; sys.exit(sys.version_info[:2] != (2, 7))"],
+                               capture_output=True)
+        if probe.returncode == 0:
+            return candidate
+    return None
+
+
 def setup(directory: Path) -> int:
     """Create a Python 2.7 virtualenv with the suite in ``directory``."""
-    py27 = shutil.which("python2.7") or str(Path.home() / ".pyenv/versions/2.7.18/bin/python")
-    if not os.access(py27, os.X_OK):
+    py27 = find_python27()
+    if py27 is None:
         print("autobahn: no Python 2.7 found (python2.7 on PATH or ~/.pyenv/versions/2.7.18)", file=sys.stderr)
         return 2
     steps = [
