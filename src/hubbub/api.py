@@ -143,12 +143,8 @@ class ServerAPI:
         return pub
 
     async def _publish(self, channel: str, pub: Publication, key: str | None) -> dict[str, Any]:
-        try:
-            position = await self.hub.publish(channel, pub, idempotency_key=key, source="api")
-        except ProtocolError as exc:
-            if exc.code == ErrorCode.INTERNAL and isinstance(exc.__cause__, BrokerError):
-                raise _Unavailable(exc.message) from exc
-            raise
+        position = await self._unavailable_on_broker_error(
+            self.hub.publish(channel, pub, idempotency_key=key, source="api"))
         return {"offset": position.offset, "epoch": position.epoch} if position.epoch else {}
 
     async def _api_publish(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -234,23 +230,16 @@ class ServerAPI:
 
     async def _api_history(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = _field(body, "channel", str)
-        ns = self._need(channel, "history")
+        self._need(channel, "history")
         limit = _field(body, "limit", int, required=False, default=0)
         since_raw = _field(body, "since", dict, required=False)
         since = None
         if since_raw is not None:
-            since = StreamPosition(int(since_raw.get("offset", 0)), str(since_raw.get("epoch", "")))
+            offset = _field(since_raw, "offset", int, required=False, default=0)
+            since = StreamPosition(offset, _field(since_raw, "epoch", str, required=False, default=""))
         reverse = _field(body, "reverse", bool, required=False, default=False)
-        result = await self._broker(self.hub.broker.history(
-            channel, since=since, limit=None if limit < 0 else limit, reverse=reverse,
-            history_ttl=ns.history_ttl))
-        if since is not None and since.epoch and since.epoch != result.position.epoch:
-            raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
-        return {
-            "publications": [p.to_json() for p in result.publications],
-            "offset": result.position.offset,
-            "epoch": result.position.epoch,
-        }
+        return await self._unavailable_on_broker_error(
+            self.hub.history(channel, since=since, limit=limit, reverse=reverse))
 
     async def _api_history_remove(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = _field(body, "channel", str)
@@ -303,6 +292,15 @@ class ServerAPI:
         if not getattr(ns, feature):
             raise ProtocolError(ErrorCode.NOT_AVAILABLE)
         return ns
+
+    async def _unavailable_on_broker_error(self, awaitable: Awaitable[Any]) -> Any:
+        """Await a hub call; a failure caused by the broker becomes HTTP 503."""
+        try:
+            return await awaitable
+        except ProtocolError as exc:
+            if exc.code == ErrorCode.INTERNAL and isinstance(exc.__cause__, BrokerError):
+                raise _Unavailable(exc.message) from exc
+            raise
 
     async def _broker(self, awaitable: Awaitable[Any]) -> Any:
         try:

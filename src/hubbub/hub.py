@@ -220,6 +220,43 @@ class Hub:
         self.stats.publications[source] += 1
         return position
 
+    async def history(
+        self,
+        channel: str,
+        *,
+        since: StreamPosition | None = None,
+        limit: int = 0,
+        reverse: bool = False,
+    ) -> dict[str, Any]:
+        """A channel's history as the protocol's ``HistoryResult``:
+        ``{"publications": [...], "epoch": ..., "offset": ...}``.
+
+        ``limit``: at most that many (0: only the position; negative: all).
+
+        Raises:
+            ProtocolError: 108 without history in the namespace; 112 when
+                ``since`` names another epoch; 100 (temporary, caused by a
+                ``BrokerError``) when the broker failed.
+        """
+        ns = self.namespace(channel)
+        if not ns.history:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        try:
+            result = await self.broker.history(
+                channel, since=since, limit=None if limit < 0 else limit, reverse=reverse,
+                history_ttl=ns.history_ttl,
+            )
+        except BrokerError as exc:
+            self.stats.broker_errors += 1
+            raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+        if since is not None and since.epoch and since.epoch != result.position.epoch:
+            raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
+        return {
+            "publications": [p.to_json() for p in result.publications],
+            "epoch": result.position.epoch,
+            "offset": result.position.offset,
+        }
+
     # -- broker events (BrokerEventHandler) -----------------------------------
 
     def on_publication(self, channel: str, pub: Publication) -> None:

@@ -650,24 +650,8 @@ class ClientSession:
             if not isinstance(since_raw, dict):
                 raise ProtocolError(ErrorCode.BAD_REQUEST, "since must be an object")
             since = StreamPosition(_uint(since_raw, "offset"), _str(since_raw, "epoch"))
-        reverse = bool(params.get("reverse", False))
-        try:
-            result = await self.hub.broker.history(
-                channel,
-                since=since,
-                limit=None if limit < 0 else limit,
-                reverse=reverse,
-                history_ttl=ns.history_ttl,
-            )
-        except Exception as exc:
-            raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
-        if since is not None and since.epoch and since.epoch != result.position.epoch:
-            raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
-        return {
-            "publications": [p.to_json() for p in result.publications],
-            "epoch": result.position.epoch,
-            "offset": result.position.offset,
-        }
+        return await self.hub.history(channel, since=since, limit=limit,
+                                      reverse=bool(params.get("reverse", False)))
 
     async def _presence_check(self, params: dict[str, Any]) -> str:
         channel = _channel(params)
