@@ -20,7 +20,7 @@ import hubbub
 from hubbub.http import HTTPRequest, HTTPResponse
 from hubbub.server import Server
 
-from .conftest import ROOT, TIMEOUT, history_ns
+from .conftest import ROOT, TIMEOUT
 from .jsdeps import CHROMIUM_ARGS, chromium, node_modules
 from .redis_server import redis_server  # noqa: F401
 
@@ -185,7 +185,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-async def test_page_reconnects_and_recovers_after_a_server_restart(browser: Any, redis_server, tmp_path: Path,
+async def test_page_reconnects_and_recovers_after_a_server_restart(browser: Any, redis_server, tmp_path: Path,  # noqa: F811
                                                                    serve_process) -> None:
     config = tmp_path / "hub.toml"
     config.write_text('[namespaces.chat]\nhistory_size = 100\nhistory_ttl = 600\nforce_recovery = true\n')

@@ -9,7 +9,7 @@ from typing import Any
 
 import websockets
 
-from hubbub.brokers.base import ClientInfo, Publication
+from hubbub.brokers.base import Publication
 from hubbub.config import Config, NamespaceOptions
 from hubbub.errors import ConfigError
 from hubbub.server import Server

@@ -6,7 +6,6 @@ import asyncio
 import json
 
 import pytest
-import websockets
 
 from hubbub.server import Server
 

@@ -26,7 +26,7 @@ import inspect
 import logging
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .brokers.base import Publication
 from .codes import DisconnectCode
@@ -35,9 +35,6 @@ from .http import HTTPRequest
 from .hub import Hub, Subscriber, Wire
 from .outbox import Outbox
 from .session import encode_data
-
-if TYPE_CHECKING:
-    pass
 
 log = logging.getLogger("hubbub.endpoint")
 
