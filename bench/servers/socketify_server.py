@@ -21,10 +21,9 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import resource
-
 from socketify import App, AppListenOptions, CompressOptions, OpCode
+
+from common import server_args  # bench/servers/common.py
 
 app = App()
 
@@ -46,22 +45,9 @@ def ws_message(ws, message, opcode) -> None:
     app.publish("bench", message, opcode)
 
 
-def raise_nofile_limit() -> None:
-    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    raise_nofile_limit()
+    args = server_args(__doc__)
     app.ws(
         "/*",
         {

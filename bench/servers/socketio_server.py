@@ -20,11 +20,10 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import resource
-
 import socketio
 import uvicorn
+
+from common import server_args  # bench/servers/common.py
 
 sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*")
 app = socketio.ASGIApp(sio)
@@ -51,20 +50,7 @@ async def pub(sid: str, *args: object) -> None:
     await sio.emit("msg", data, room=room)
 
 
-def raise_nofile_limit() -> None:
-    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    raise_nofile_limit()
+    args = server_args(__doc__)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)

@@ -25,12 +25,12 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
 import hashlib
-import resource
 import struct
+
+from common import server_args  # bench/servers/common.py
 
 WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
@@ -231,22 +231,9 @@ async def main(host: str, port: int) -> None:
         await server.serve_forever()
 
 
-def raise_nofile_limit() -> None:
-    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    raise_nofile_limit()
+    args = server_args(__doc__)
     try:
         asyncio.run(main(args.host, args.port))
     except KeyboardInterrupt:

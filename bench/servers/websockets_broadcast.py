@@ -22,11 +22,11 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import resource
 
 from websockets.asyncio.server import ServerConnection, broadcast, serve
+
+from common import server_args  # bench/servers/common.py
 
 CLIENTS: set[ServerConnection] = set()
 CHANNELS: dict[str, set[ServerConnection]] = {}
@@ -66,22 +66,9 @@ async def main(host: str, port: int) -> None:
         await server.serve_forever()
 
 
-def raise_nofile_limit() -> None:
-    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):
-            pass
-
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--port", type=int, default=8000)
-    args = parser.parse_args()
-    raise_nofile_limit()
+    args = server_args(__doc__)
     try:
         asyncio.run(main(args.host, args.port))
     except KeyboardInterrupt:
