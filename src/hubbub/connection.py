@@ -1,8 +1,10 @@
 """One TCP connection: HTTP (h11) or WebSocket (websockets' sans-I/O core).
 
-The connection is an :class:`asyncio.Protocol`. It reads the first request
-with h11; a WebSocket upgrade is handed to :class:`websockets.server.ServerProtocol`,
-which does the handshake, framing, close handling and size limits. Decoded
+The connection is an :class:`asyncio.Protocol`. It holds the first request
+until its head is complete. A WebSocket upgrade goes whole to
+:class:`websockets.server.ServerProtocol`, which parses and answers the
+handshake and then does framing, close handling and size limits; plain HTTP
+goes to h11. Decoded
 messages go to a session (protocol, relay or framework endpoint) through a
 bounded inbox; output comes back through the :class:`~hubbub.outbox.Outbox`
 methods.
@@ -80,6 +82,10 @@ class WebSocketSession(Protocol):
 
     async def open(self) -> None: ...
 
+    def open_nowait(self) -> bool:
+        """Open at once if nothing must be awaited; False: ``open`` must run."""
+        ...
+
     async def handle_message(self, payload: bytes, binary: bool) -> None: ...
 
     def ping(self) -> None: ...
@@ -120,7 +126,7 @@ class Connection(asyncio.Protocol):
         "server", "config", "stats", "transport", "peer", "http", "_head", "_http_request", "_http_body",
         "_http_body_size", "_http_task", "ws", "session", "request", "open", "_out", "_out_size", "_buffered",
         "_dirty", "_eof_pending", "_inbox", "_worker", "_paused", "_fragments", "_fragments_binary", "_utf8",
-        "_close_timer", "_close_counted", "deadline", "lost", "ping_slot", "_batched",
+        "_close_timer", "_close_counted", "deadline", "lost", "ping_slot", "_batched", "_scanned",
     )
 
     def __init__(self, server: Server) -> None:
@@ -130,7 +136,8 @@ class Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.peer: tuple[str, int] | None = None
         self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_handshake_size)
-        self._head: bytearray | None = bytearray()  # raw bytes of the first request, for the upgrade
+        self._head: bytearray | None = bytearray()  # raw bytes of the first request, until routed
+        self._scanned = 0  # how much of _head was searched for the end of the head
         self._http_request: h11.Request | None = None
         self._http_body: list[bytes] = []
         self._http_body_size = 0
@@ -180,13 +187,46 @@ class Connection(asyncio.Protocol):
             return
         if self._head is not None:
             self._head += data
-            if (len(self._head) > self.config.max_request_line and self.http.their_state is h11.IDLE
-                    and b"\r\n" not in self._head[: self.config.max_request_line]):
-                self._head = None
-                self._http_error(414, "request line too long")
-                return
+            self._first_request()
+            return
         try:
             self.http.receive_data(data)
+        except h11.RemoteProtocolError:
+            pass  # raised again by next_event
+        self._process_http_events()
+
+    def _first_request(self) -> None:
+        """Route the connection's first request once its head is complete.
+
+        A head that names ``websocket`` goes whole to websockets' handshake
+        (:meth:`_start_websocket`), so an upgrade is parsed once, by the library
+        that answers it. Anything else, and anything websockets cannot parse as
+        a handshake, goes to h11.
+        """
+        head = self._head
+        assert head is not None
+        limit = self.config.max_request_line
+        if len(head) > limit and b"\r\n" not in head[:limit]:
+            self._head = None
+            self._http_error(414, "request line too long")
+            return
+        end = head.find(b"\r\n\r\n", max(0, self._scanned - 3))
+        if end < 0:
+            self._scanned = len(head)
+            if len(head) > self.config.max_handshake_size:
+                self._head = None
+                self._http_error(431, "request header fields too large")
+            return
+        if end + 4 > self.config.max_handshake_size:
+            self._head = None
+            self._http_error(431, "request header fields too large")
+            return
+        raw = bytes(head)
+        if b"websocket" in raw[:end].lower() and self._start_websocket(raw, frames=len(raw) > end + 4):
+            return
+        self._head = None
+        try:
+            self.http.receive_data(raw)
         except h11.RemoteProtocolError:
             pass  # raised again by next_event
         self._process_http_events()
@@ -239,12 +279,9 @@ class Connection(asyncio.Protocol):
                 self._http_request = event
                 self._http_body, self._http_body_size = [], 0
                 if _is_upgrade(event):
-                    if self._head is None:
-                        self._http_error(400, "WebSocket upgrade only as the first request")
-                        return
-                    self._start_websocket(event)
+                    # websockets took every valid handshake that came first
+                    self._http_error(400, "invalid WebSocket handshake (it must be the connection's first request)")
                     return
-                self._head = None
             elif isinstance(event, h11.Data):
                 self._http_body_size += len(event.data)
                 if self._http_body_size > self.config.max_http_body:
@@ -315,27 +352,34 @@ class Connection(asyncio.Protocol):
 
     # -- WebSocket handshake ------------------------------------------------------
 
-    def _start_websocket(self, req: h11.Request) -> None:
-        target = req.target.decode("latin-1")
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
-        request = HTTPRequest.from_target(req.method.decode(), target, headers, client=self.peer)
-        self.request = request
-        endpoint = self.server.match_websocket(request)
+    def _start_websocket(self, raw: bytes, *, frames: bool) -> bool:
+        """Do the opening handshake of the first request ``raw`` (its complete
+        head, plus any bytes after it: ``frames``) with websockets' ``ServerProtocol``.
+
+        Returns False, having changed nothing, when websockets does not parse
+        ``raw`` as a WebSocket upgrade (h11 answers it as plain HTTP then).
+        """
         ws = ServerProtocol(
             origins=self.server.origins,
             max_size=self.config.max_message_size,
             logger=_WS_LOGGER,
         )
-        raw, self._head = bytes(self._head or b""), None
         ws.receive_data(raw)
         events = ws.events_received()
         if not events or not isinstance(events[0], Request):
-            self._http_error(400, "invalid WebSocket handshake")
-            return
+            return False
+        req: Request = events[0]
+        if not any("websocket" in value.lower() for value in req.headers.get_all("Upgrade")):
+            return False
+        self._head = None
+        headers = {name.lower(): value for name, value in req.headers.raw_items()}
+        request = HTTPRequest.from_target("GET", req.path, headers, client=self.peer)
+        self.request = request
+        endpoint = self.server.match_websocket(request)
         if endpoint is None:
             response = ws.reject(404, "no WebSocket endpoint at this path\n")
         else:
-            response = ws.accept(events[0])
+            response = ws.accept(req)
             if response.status_code == 101:
                 refusal = self.server.check_websocket(request, self)
                 if refusal is not None:
@@ -346,30 +390,34 @@ class Connection(asyncio.Protocol):
         self._pull_ws_writes()
         if response.status_code != 101:
             self._close_after_flush()
-            return
-        # The handshake is done and the request was handed to us as an event, but
-        # the protocol's parser generator would keep it alive in its frame for the
-        # life of the connection. A fresh parser in the OPEN state starts with frame
-        # parsing (ServerProtocol.parse skips the request when not CONNECTING) and
-        # reads on from the same buffered stream.
-        ws.parser = ws.parse()
-        next(ws.parser)
+            return True
+        if not frames:
+            # The handshake is done and the request was handed to us as an event,
+            # but the protocol's parser generator would keep it alive in its frame
+            # for the life of the connection. A fresh parser in the OPEN state starts
+            # with frame parsing (ServerProtocol.parse skips the request when not
+            # CONNECTING). Only when no frame bytes came with the request: the old
+            # parser may be inside a frame then.
+            ws.parser = ws.parse()
+            next(ws.parser)
         try:
             self.session = endpoint(self, request)  # type: ignore[misc]
         except Exception:
             log.exception("error creating the session for %s", request.path)
             self.open = True
             self.close(DisconnectCode.INTERNAL_ERROR)
-            return
+            return True
         self.open = True
         self.http = None  # type: ignore[assignment]  # HTTP is over for this connection
         self._http_request = None
         self.server.websocket_opened(self)
-        self._inbox = collections.deque([None])  # "open" comes first
-        self._start_worker()
+        if not self.session.open_nowait():  # most sessions open without waiting: no task
+            self._inbox = collections.deque([None])  # "open" comes first
+            self._start_worker()
         if len(events) > 1:  # frames that came with the handshake
             self._handle_frames(events[1:])
         self._process_ws_events()
+        return True
 
     # -- WebSocket messages ---------------------------------------------------------
 

@@ -177,7 +177,12 @@ class EndpointSession:
         self.ws.closed = value
 
     async def open(self) -> None:
+        self.open_nowait()
+
+    def open_nowait(self) -> bool:
+        """Start the endpoint's task (it runs the ``connect`` hook)."""
         self._task = asyncio.get_running_loop().create_task(self._run())
+        return True
 
     async def handle_message(self, payload: bytes, binary: bool) -> None:
         message: Message = payload if binary else payload.decode()

@@ -388,8 +388,7 @@ class Hub:
         elif state.ready is not None and not state.ready.done():
             await asyncio.shield(state.ready)
         client_id = sub.client_id
-        if client_id in state.buffering or any(client_id in subs for subs in state.by_wire.values()):
-            raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
+        self._check_not_subscribed(state, client_id)
         state.count += 1  # reserved: the channel stays while we read its stream
         result = SubscribeResult()
         try:
@@ -399,6 +398,40 @@ class Hub:
             state.count -= 1
             self._maybe_drop(channel, state)
             raise
+        self._add_subscriber(channel, state, sub, ns, info, result)
+        return result
+
+    def subscribe_nowait(
+        self, channel: str, sub: Subscriber, *, ns: NamespaceOptions, info: ClientInfo | None = None
+    ) -> SubscribeResult | None:
+        """:meth:`subscribe` without waiting, when nothing must be awaited: the
+        broker already has ``channel`` and ``ns`` keeps no history to read.
+
+        Returns None, having changed nothing, when :meth:`subscribe` must be
+        awaited instead. Connect storms take this path: no task per subscriber.
+
+        Raises:
+            ProtocolError: 105 if ``sub.client_id`` is already subscribed.
+        """
+        state = self._channels.get(channel)
+        if state is None or ns.history or (state.ready is not None and not state.ready.done()):
+            return None
+        self._check_not_subscribed(state, sub.client_id)
+        state.count += 1
+        result = SubscribeResult()
+        self._add_subscriber(channel, state, sub, ns, info, result)
+        return result
+
+    @staticmethod
+    def _check_not_subscribed(state: _Channel, client_id: str) -> None:
+        if client_id in state.buffering or any(client_id in subs for subs in state.by_wire.values()):
+            raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
+
+    def _add_subscriber(
+        self, channel: str, state: _Channel, sub: Subscriber, ns: NamespaceOptions,
+        info: ClientInfo | None, result: SubscribeResult,
+    ) -> None:
+        client_id = sub.client_id
         state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         state.batches.clear()  # the new subscriber is in none of them
         if result.position.offset > state.last_offset:
@@ -414,7 +447,6 @@ class Hub:
             self._spawn(self.broker.add_presence(channel, info, ttl=self.presence_ttl), "presence add")
         if info is not None and ns.join_leave:
             self._spawn(self.broker.publish_join(channel, info), "join")
-        return result
 
     async def _read_stream(
         self, channel: str, state: _Channel, client_id: str, since: StreamPosition | None

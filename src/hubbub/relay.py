@@ -21,6 +21,7 @@ import json
 import uuid
 
 from .brokers.base import ClientInfo, Publication
+from .config import NamespaceOptions
 from .errors import Disconnect, ProtocolError
 from .hub import Hub, Subscriber
 from .outbox import FrameEncoder, Outbox
@@ -92,16 +93,39 @@ class RelaySession:
     async def open(self) -> None:
         """Subscribe to the channel. Closes the connection if that fails."""
         try:
-            ns = self.hub.namespace(self.channel)
-            if not ns.allow_subscribe_for_client:
-                raise Disconnect(DisconnectCode.PERMISSION_DENIED)
+            ns = self._namespace()
             await self.hub.subscribe(self.channel, self._subscriber, ns=ns)
-        except ProtocolError as exc:
+        except (ProtocolError, Disconnect) as exc:
+            self._refused(exc)
+            return
+        self._subscribed()
+
+    def open_nowait(self) -> bool:
+        """:meth:`open` without waiting, if the hub can subscribe at once
+        (:meth:`Hub.subscribe_nowait`); False means :meth:`open` must run."""
+        try:
+            ns = self._namespace()
+            if self.hub.subscribe_nowait(self.channel, self._subscriber, ns=ns) is None:
+                return False
+        except (ProtocolError, Disconnect) as exc:
+            self._refused(exc)
+            return True
+        self._subscribed()
+        return True
+
+    def _namespace(self) -> NamespaceOptions:
+        ns = self.hub.namespace(self.channel)
+        if not ns.allow_subscribe_for_client:
+            raise Disconnect(DisconnectCode.PERMISSION_DENIED)
+        return ns
+
+    def _refused(self, exc: ProtocolError | Disconnect) -> None:
+        if isinstance(exc, ProtocolError):
             self.disconnect(1013 if exc.temporary else DisconnectCode.BAD_REQUEST, exc.message)
-            return
-        except Disconnect as exc:
+        else:
             self.disconnect(exc.code, exc.reason)
-            return
+
+    def _subscribed(self) -> None:
         if self.closed:
             self.hub.unsubscribe(self.channel, self.client_id)
         else:

@@ -296,6 +296,10 @@ class ClientSession:
     async def open(self) -> None:
         """Called once after the handshake; the client speaks first."""
 
+    def open_nowait(self) -> bool:
+        """Open without waiting: there is nothing to do until the client speaks."""
+        return True
+
     async def handle_message(self, data: bytes | str, binary: bool = False) -> None:
         """Handle one WebSocket message: one or more commands, one per line.
 

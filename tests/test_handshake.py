@@ -1,0 +1,160 @@
+"""The first request of a connection: routed to websockets' handshake or to h11.
+
+Raw sockets, so the tests control exactly how the bytes arrive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gc
+import os
+from typing import Any
+
+from hubbub.server import GC_THRESHOLDS, Server, tune_gc
+
+from .conftest import TIMEOUT, proto_client
+
+MASK = b"\x01\x02\x03\x04"
+
+
+def upgrade_request(path: str, *, method: str = "GET", extra: str = "") -> bytes:
+    key = base64.b64encode(os.urandom(16)).decode()
+    return (
+        f"{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n{extra}\r\n"
+    ).encode()
+
+
+def client_text_frame(text: str) -> bytes:
+    """One masked, final text frame (payload under 126 bytes)."""
+    payload = text.encode()
+    assert len(payload) < 126
+    masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+    return bytes((0x81, 0x80 | len(payload))) + MASK + masked
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+
+
+async def read_text_frame(reader: asyncio.StreamReader) -> str:
+    """One unmasked server text frame (payload under 126 bytes)."""
+    b0, n = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    assert b0 == 0x81 and n < 126, (b0, n)
+    return (await asyncio.wait_for(reader.readexactly(n), TIMEOUT)).decode()
+
+
+async def raw_relay(server: Server, channel: str, first: bytes = b"") -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A relay client on a raw socket; ``first`` goes in the same write as the request."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(upgrade_request(f"/ws/{channel}") + first)
+    assert (await read_head(reader)).startswith(b"HTTP/1.1 101")
+    return reader, writer
+
+
+async def subscribed(server: Server, channel: str, n: int) -> None:
+    async with asyncio.timeout(TIMEOUT):
+        while server.hub.channels().get(channel, 0) < n:
+            await asyncio.sleep(0.01)
+
+
+async def test_frames_in_the_same_write_as_the_request_are_handled(server: Server) -> None:
+    reader, writer = await raw_relay(server, "same-write", client_text_frame('"first"'))
+    try:
+        assert await read_text_frame(reader) == '"first"'  # echoed back by the relay
+    finally:
+        writer.close()
+
+
+async def test_a_frame_split_right_after_the_request_is_not_lost(server: Server) -> None:
+    frame = client_text_frame('"split"')
+    reader, writer = await raw_relay(server, "split", frame[:2])  # the frame header came with the request
+    try:
+        await subscribed(server, "split", 1)
+        writer.write(frame[2:])
+        assert await read_text_frame(reader) == '"split"'
+    finally:
+        writer.close()
+
+
+async def test_a_request_sent_one_byte_at_a_time_is_upgraded(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        for i, byte in enumerate(upgrade_request("/ws/slow")):
+            writer.write(bytes((byte,)))
+            if i % 16 == 0:
+                await writer.drain()
+                await asyncio.sleep(0)
+        assert (await read_head(reader)).startswith(b"HTTP/1.1 101")
+        await subscribed(server, "slow", 1)
+    finally:
+        writer.close()
+
+
+async def test_plain_http_that_mentions_websocket_is_served_by_h11(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Note: websocket\r\n\r\n")
+        assert (await read_head(reader)).startswith(b"HTTP/1.1 200")
+    finally:
+        writer.close()
+
+
+async def test_an_upgrade_websockets_cannot_take_gets_400_and_others_go_on(server: Server, clients: list) -> None:
+    bystander = await proto_client(server)
+    clients.append(bystander)
+    for request, statuses in (
+        # not a GET: websockets >= 17 answers 405 itself; older ones leave it to h11, which answers 400
+        (upgrade_request("/ws/x", method="POST"), (b"HTTP/1.1 405", b"HTTP/1.1 400")),
+        # no Sec-WebSocket-Key: websockets refuses it
+        (upgrade_request("/ws/x").replace(b"Sec-WebSocket-Key", b"X-Key"), (b"HTTP/1.1 400",)),
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        try:
+            writer.write(request)
+            assert (await read_head(reader)).startswith(statuses)
+            assert await asyncio.wait_for(reader.read(), TIMEOUT) is not None  # then the server closes
+        finally:
+            writer.close()
+    assert (await bystander.call("ping"))["ping"] == {}
+
+
+async def test_relay_subscribers_of_a_live_channel_cost_no_task(server: Server) -> None:
+    """DESIGN.md rule 2: no task per connection. A connect storm into a channel
+    the broker already has subscribes each client without waiting."""
+    first = await raw_relay(server, "storm")
+    await subscribed(server, "storm", 1)
+    loop = asyncio.get_running_loop()
+    hubbub_tasks: list[str] = []
+
+    def counting_factory(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        if "hubbub" in coro.cr_code.co_filename:
+            hubbub_tasks.append(coro.__qualname__)
+        return asyncio.Task(coro, loop=loop, **kw)
+
+    loop.set_task_factory(counting_factory)
+    try:
+        more = [await raw_relay(server, "storm") for _ in range(20)]
+        await subscribed(server, "storm", 21)
+    finally:
+        loop.set_task_factory(None)
+    try:
+        assert hubbub_tasks == []
+        first[1].write(client_text_frame('"to all"'))
+        for reader, _ in more:
+            assert await read_text_frame(reader) == '"to all"'
+    finally:
+        for _, writer in [first, *more]:
+            writer.close()
+
+
+def test_tune_gc_freezes_startup_objects_and_raises_thresholds() -> None:
+    saved = gc.get_threshold()
+    try:
+        tune_gc()
+        assert gc.get_threshold() == GC_THRESHOLDS
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*saved)
