@@ -9,6 +9,7 @@ import asyncio
 import base64
 import gc
 import os
+import socket
 from typing import Any
 
 from hubbub.server import GC_THRESHOLDS, Server, tune_gc
@@ -158,3 +159,15 @@ def test_tune_gc_freezes_startup_objects_and_raises_thresholds() -> None:
     finally:
         gc.unfreeze()
         gc.set_threshold(*saved)
+
+
+async def test_websocket_connections_have_tcp_nodelay(server: Server) -> None:
+    """Small pushes go out at once (asyncio's transports set TCP_NODELAY; hubbub relies on it)."""
+    reader, writer = await raw_relay(server, "nodelay")
+    try:
+        await subscribed(server, "nodelay", 1)
+        (conn,) = server.websockets
+        sock = conn.transport.get_extra_info("socket")
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    finally:
+        writer.close()

@@ -35,6 +35,7 @@ file and names every unknown or invalid key with its line.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import ipaddress
 import os
 import re
@@ -201,12 +202,7 @@ class Config:
     @property
     def loopback(self) -> bool:
         """Whether ``host`` is a loopback address."""
-        if self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False
+        return _is_loopback(self.host)
 
     @property
     def anonymous(self) -> bool:
@@ -458,3 +454,14 @@ def _line_of(text: str, dotted: str) -> int:
         if m and current == table and m.group(1).strip('"') == key:
             return number
     return 1
+
+
+@functools.lru_cache(maxsize=16)
+def _is_loopback(host: str) -> bool:
+    """Whether ``host`` is a loopback address (cached: sessions ask at every connect)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -30,7 +30,6 @@ import codecs
 import http
 import collections
 import logging
-import socket
 import time
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -172,9 +171,7 @@ class Connection(asyncio.Protocol):
         assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
-        sock = transport.get_extra_info("socket")
-        if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        # TCP_NODELAY: asyncio's socket transports set it themselves.
         # hubbub bounds output itself (max_pending_output); never ask to pause.
         transport.set_write_buffer_limits(high=2**62)
         self.server.connection_opened(self)
