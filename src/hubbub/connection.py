@@ -168,12 +168,11 @@ class Connection(asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
         self.transport = transport
         self.peer = transport.get_extra_info("peername")
         # TCP_NODELAY: asyncio's socket transports set it themselves.
         # hubbub bounds output itself (max_pending_output); never ask to pause.
-        transport.set_write_buffer_limits(high=2**62)
+        transport.set_write_buffer_limits(high=2**31 - 1)  # uvloop takes a C int
         self.server.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
