@@ -76,7 +76,6 @@ import json
 import multiprocessing
 import os
 import random
-import resource
 import select
 import socket
 import struct
@@ -84,10 +83,19 @@ import sys
 import time
 from multiprocessing.connection import Connection, wait
 
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-OP_CONTINUATION, OP_TEXT, OP_BINARY = 0x0, 0x1, 0x2
-OP_CLOSE, OP_PING, OP_PONG = 0x8, 0x9, 0xA
-MASK_KEY = b"\x5a\x17\xc3\x8e"  # client frames are masked with one fixed key
+from loadgen import (  # bench/loadgen.py: the same wire helpers
+    OP_CLOSE,
+    OP_CONTINUATION,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    WS_GUID,
+    client_frame,
+    raise_nofile_limit,
+    read_cpu_s,
+    split_frames,
+)
+
 MAX_RESPONSE = 16 * 1024  # handshake response
 MAX_MESSAGE = 1 << 20  # one server message, pre-ready or while holding
 RECV_SIZE = 16 * 1024
@@ -106,29 +114,9 @@ IDLE, QUEUED, CONNECTING, HANDSHAKE, SUBSCRIBING, READY, CLOSING = range(7)
 # ---------------------------------------------------------------------------
 
 
-def raise_nofile_limit() -> None:
-    """Raise this process's RLIMIT_NOFILE soft limit to its hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError):  # e.g. hard == RLIM_INFINITY
-            pass
-
-
 def log(message: str) -> None:
     """Progress messages go to stderr so stdout can carry the result."""
     print(f"[connectgen] {message}", file=sys.stderr, flush=True)
-
-
-def read_cpu_s(pid: int) -> float | None:
-    """User + system CPU time of process ``pid`` (and its reaped children), s."""
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")  # utime stime cutime cstime
 
 
 def own_cpu_s() -> float:
@@ -140,21 +128,6 @@ def own_cpu_s() -> float:
 def own_sys_s() -> float:
     """System (kernel) CPU time of this process alone."""
     return os.times().system
-
-
-def client_frame(payload: bytes, opcode: int = OP_TEXT) -> bytes:
-    """A final, masked client frame (fixed masking key)."""
-    n = len(payload)
-    b0 = 0x80 | opcode
-    if n < 126:
-        header = bytes((b0, 0x80 | n))
-    elif n < 1 << 16:
-        header = struct.pack("!BBH", b0, 0x80 | 126, n)
-    else:
-        header = struct.pack("!BBQ", b0, 0x80 | 127, n)
-    key = (MASK_KEY * (n // 4 + 1))[:n]
-    masked = (int.from_bytes(payload, "big") ^ int.from_bytes(key, "big")).to_bytes(n, "big") if n else b""
-    return header + MASK_KEY + masked
 
 
 def error_kind(err: int | OSError) -> str:
@@ -440,13 +413,19 @@ class Worker:
         else:
             self.ep.modify(c.fd, EPOLLIN)
 
-    def _on_handshake(self, c: Client) -> None:
+    def _recv(self, c: Client) -> bytes | None:
+        """One ``recv``; None when there is nothing to read yet or the attempt failed."""
         try:
-            data = c.sock.recv(RECV_SIZE)
+            return c.sock.recv(RECV_SIZE)
         except BlockingIOError:
-            return
+            return None
         except OSError as exc:
             self._fail(c, error_kind(exc))
+            return None
+
+    def _on_handshake(self, c: Client) -> None:
+        data = self._recv(c)
+        if data is None:
             return
         if not data:
             self._fail(c, "closed during handshake")
@@ -581,12 +560,8 @@ class Worker:
             self.ep.modify(c.fd, EPOLLIN)
 
     def _on_frames(self, c: Client) -> None:
-        try:
-            data = c.sock.recv(RECV_SIZE)
-        except BlockingIOError:
-            return
-        except OSError as exc:
-            self._fail(c, error_kind(exc))
+        data = self._recv(c)
+        if data is None:
             return
         if not data:
             if c.state == CLOSING:
@@ -598,33 +573,12 @@ class Worker:
             self._frames(c, data)
 
     def _frames(self, c: Client, data: bytes) -> None:
-        """Parse server frames (unmasked), several per chunk or split across chunks."""
-        if c.buf:
-            data = c.buf + data
-            c.buf = b""
-        pos, n = 0, len(data)
-        while n - pos >= 2:
-            b0, length = data[pos], data[pos + 1] & 0x7F
-            start = pos + 2
-            if length == 126:
-                if n - pos < 4:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 4], "big")
-                start = pos + 4
-            elif length == 127:
-                if n - pos < 10:
-                    break
-                length = int.from_bytes(data[pos + 2 : pos + 10], "big")
-                start = pos + 10
-            if length > MAX_MESSAGE:
-                self._fail(c, "server frame too large")
-                return
-            end = start + length
-            if end > n:
-                break
-            pos = end
-            opcode = b0 & 0x0F
-            payload = data[start:end]
+        """Handle server frames (unmasked), several per chunk or split across chunks."""
+        frames, c.buf = split_frames(c.buf + data if c.buf else data)
+        if len(c.buf) > MAX_MESSAGE + 10:  # an incomplete frame larger than any message accepted
+            self._fail(c, "server frame too large")
+            return
+        for fin, opcode, payload, _ in frames:
             if opcode >= 0x8:
                 if opcode == OP_PING:
                     self._send(c, client_frame(payload, OP_PONG))
@@ -636,20 +590,18 @@ class Worker:
             else:
                 if opcode != OP_CONTINUATION:
                     c.frag_op = opcode
-                if not b0 & 0x80 or c.frag:  # fragmented message
+                if not fin or c.frag:  # fragmented message
                     c.frag.append(payload)
                     if sum(map(len, c.frag)) > MAX_MESSAGE:
                         self._fail(c, "server message too large")
                         return
-                    if not b0 & 0x80:
+                    if not fin:
                         continue
                     payload = b"".join(c.frag)
                     c.frag.clear()
                 self._message(c, payload)
             if c.sock is None:  # the message failed the attempt
                 return
-        if pos < n:
-            c.buf = data[pos:]
 
     def _message(self, c: Client, payload: bytes) -> None:
         """A complete data message: the subscribe exchange, or app-level pings."""

@@ -207,13 +207,10 @@ class Connection(asyncio.Protocol):
             self._http_error(414, "request line too long")
             return
         end = head.find(b"\r\n\r\n", max(0, self._scanned - 3))
-        if end < 0:
+        if end < 0 and len(head) <= self.config.max_handshake_size:
             self._scanned = len(head)
-            if len(head) > self.config.max_handshake_size:
-                self._head = None
-                self._http_error(431, "request header fields too large")
-            return
-        if end + 4 > self.config.max_handshake_size:
+            return  # wait for the rest of the head
+        if end < 0 or end + 4 > self.config.max_handshake_size:
             self._head = None
             self._http_error(431, "request header fields too large")
             return
