@@ -743,7 +743,9 @@ async def test_no_duplicate_when_pubsub_lags_the_stream() -> None:
     from hubbub.config import Config, NamespaceOptions
     from hubbub.connection import FrameEncoder
     from hubbub.hub import Hub
-    from hubbub.session import ClientSession, ProtocolWire
+    from hubbub.codec import JSON as JSON_CODEC, ProtocolWire
+    from hubbub.core import ClientContext
+    from hubbub.session import ClientSession
 
     from .test_fuzz import FakeOutbox, check_protocol_output
 
@@ -772,15 +774,15 @@ async def test_no_duplicate_when_pubsub_lags_the_stream() -> None:
     broker = LaggingBroker()
     hub = Hub(config, broker)
     await hub.start()
-    wire = ProtocolWire(FrameEncoder())
+    wire = ProtocolWire(JSON_CODEC, FrameEncoder())
     try:
         first, second = FakeOutbox(), FakeOutbox()
-        old = ClientSession(hub, first, wire)
+        old = ClientSession(ClientContext(hub), first, wire)
         await old.handle_message(b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"chat:x"}}', False)
         epoch = next(m for m in check_protocol_output(first.take()) if m.get("id") == 2)["subscribe"]["epoch"]
         await hub.publish("chat:x", {"n": 1})
         await hub.publish("chat:x", {"n": 2})  # both stored; pub/sub has not delivered them yet
-        new = ClientSession(hub, second, wire)
+        new = ClientSession(ClientContext(hub), second, wire)
         await new.handle_message(b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"chat:x",'
                                  b'"recover":true,"offset":0,"epoch":"%s"}}' % epoch.encode(), False)
         reply = next(m for m in check_protocol_output(second.take()) if m.get("id") == 2)["subscribe"]

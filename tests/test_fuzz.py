@@ -43,7 +43,9 @@ from hubbub.outbox import FrameBatch
 from hubbub.hub import Hub
 from hubbub.relay import RelaySession, RelayWire
 from hubbub.routing import Router, compile_path
-from hubbub.session import ClientSession, ProtocolWire
+from hubbub.codec import JSON as JSON_CODEC, ProtocolWire
+from hubbub.core import ClientContext
+from hubbub.session import ClientSession
 
 EXAMPLES = int(os.environ.get("HUBBUB_FUZZ_EXAMPLES", "0")) or None
 SECRET = "fuzz-secret-" + "k" * 64  # long enough for HS512 (no PyJWT key-length warning)
@@ -375,7 +377,7 @@ async def drive_protocol(messages: list[bytes], pre_connect: bool) -> None:
         from hubbub.auth import TokenVerifier
 
         out = FakeOutbox()
-        session = ClientSession(hub, out, ProtocolWire(FrameEncoder()), verifier=TokenVerifier(config),
+        session = ClientSession(ClientContext(hub, verifier=TokenVerifier(config)), out, ProtocolWire(JSON_CODEC, FrameEncoder()),
                                 headers={"user-agent": "fuzz"})
         await session.open()
         sent = ([CONNECT] if pre_connect else []) + messages
@@ -476,7 +478,7 @@ async def drive_relay(channel: str, echo: bool, messages: list[tuple[bytes, bool
     frames = FrameEncoder()
     try:
         out = FakeOutbox()
-        relay = RelaySession(hub, out, RelayWire(frames), channel, echo=echo)
+        relay = RelaySession(ClientContext(hub), out, RelayWire(frames), channel, echo=echo)
         await relay.open()
         if relay.closed:
             assert out.closes and not relay.subscribed
@@ -485,7 +487,7 @@ async def drive_relay(channel: str, echo: bool, messages: list[tuple[bytes, bool
             return
         assert hub.channels() == {channel: 1}
         watch = FakeOutbox()  # a protocol subscriber of the same channel
-        observer = ClientSession(hub, watch, ProtocolWire(frames))
+        observer = ClientSession(ClientContext(hub), watch, ProtocolWire(JSON_CODEC, frames))
         await observer.handle_message(b'{"id":1,"connect":{}}\n' + json.dumps(
             {"id": 2, "subscribe": {"channel": channel}}).encode(), False)
         watched = observer.channels == {channel: observer.info}
@@ -595,7 +597,7 @@ async def test_publish_with_nan_data_never_reaches_subscribers_as_invalid_json(c
     hub = await _hub()
     try:
         out = FakeOutbox()
-        session = ClientSession(hub, out, ProtocolWire(FrameEncoder()))
+        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, FrameEncoder()))
         await session.handle_message(b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"news"}}', False)
         await session.handle_message(b'{"id":3,"publish":{"channel":"news","data":%s}}' % constant.encode(), False)
         messages = check_protocol_output(out.take())
@@ -615,9 +617,9 @@ async def test_relay_text_reaches_protocol_subscribers_as_valid_json(text: str) 
     frames = FrameEncoder()
     try:
         out = FakeOutbox()
-        observer = ClientSession(hub, out, ProtocolWire(frames))
+        observer = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, frames))
         await observer.handle_message(b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"news"}}', False)
-        relay = RelaySession(hub, FakeOutbox(), RelayWire(frames), "news")
+        relay = RelaySession(ClientContext(hub), FakeOutbox(), RelayWire(frames), "news")
         await relay.open()
         await relay.handle_message(text.encode(), False)
         pushes = [m for m in check_protocol_output(out.take()) if "push" in m]
@@ -636,11 +638,11 @@ async def test_deeply_nested_json_does_not_raise(kind: str) -> None:
         out = FakeOutbox()
         payload = b"[" * 60000
         if kind == "protocol":
-            session = ClientSession(hub, out, ProtocolWire(FrameEncoder()))
+            session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, FrameEncoder()))
             await session.handle_message(payload, False)
             assert out.closes == [(DisconnectCode.BAD_REQUEST, "malformed JSON")]
         else:
-            relay = RelaySession(hub, out, RelayWire(FrameEncoder()), "news")
+            relay = RelaySession(ClientContext(hub), out, RelayWire(FrameEncoder()), "news")
             await relay.open()
             await relay.handle_message(payload, False)  # plain text: published as a JSON string
             assert not relay.closed
@@ -654,7 +656,7 @@ async def test_lone_surrogate_in_data_is_a_bad_request() -> None:
     hub = await _hub()
     try:
         out = FakeOutbox()
-        session = ClientSession(hub, out, ProtocolWire(FrameEncoder()))
+        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, FrameEncoder()))
         await session.handle_message(b'{"id":1,"connect":{}}', False)
         await session.handle_message(b'{"id":2,"publish":{"channel":"news","data":"\\ud800"}}', False)
         (reply,) = [m for m in check_protocol_output(out.take()) if m.get("id") == 2]
@@ -669,7 +671,7 @@ async def test_subscribe_reply_precedes_pushes_of_the_same_batch() -> None:
     hub = await _hub()
     try:
         out = FakeOutbox()
-        session = ClientSession(hub, out, ProtocolWire(FrameEncoder()))
+        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, FrameEncoder()))
         await session.handle_message(
             b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"news"}}\n'
             b'{"id":3,"publish":{"channel":"news","data":1}}', False)

@@ -194,11 +194,23 @@ async def test_foreign_origin_gets_403(start_server, clients: list) -> None:
     with pytest.raises(websockets.InvalidStatus) as info:
         await websockets.connect(ws_url(server), origin="https://evil.example")
     assert info.value.response.status_code == 403
-    # same origin, a listed origin, and no origin at all are fine
-    same = await websockets.connect(ws_url(server), origin=f"http://127.0.0.1:{server.port}")
+    # a listed origin, and no origin at all (not a browser) are fine
     listed = await websockets.connect(ws_url(server), origin="https://app.example")
     none = await websockets.connect(ws_url(server))
-    clients += [same, listed, none]
+    clients += [listed, none]
+    # with a list configured, only the list counts: Host is the client's to choose
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(ws_url(server), origin=f"http://127.0.0.1:{server.port}")
+    assert info.value.response.status_code == 403
+
+
+async def test_same_origin_allowed_without_a_list(start_server, clients: list) -> None:
+    server = await start_server()
+    same = await websockets.connect(ws_url(server), origin=f"http://127.0.0.1:{server.port}")
+    clients.append(same)
+    with pytest.raises(websockets.InvalidStatus) as info:
+        await websockets.connect(ws_url(server), origin="https://evil.example")
+    assert info.value.response.status_code == 403
 
 
 # -- limits -----------------------------------------------------------------------------------------

@@ -1,39 +1,68 @@
-"""hubbub: a real-time messaging hub and WebSocket framework for Python."""
+"""hubbub: a real-time messaging hub and WebSocket framework for Python.
+
+The public names below are loaded on first use (PEP 562), so importing a
+core module (``hubbub.hub``, ``hubbub.session``, ``hubbub.core``, ...) does
+not load the network layer, ``websockets`` or ``h11``.
+"""
 
 from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
 __version__ = "0.1.0"
 
-from .app import App  # noqa: E402
-from .config import Config, NamespaceOptions  # noqa: E402
-from .endpoint import WebSocket  # noqa: E402
-from .session import ClientSession, ConnectRequest, ConnectResult  # noqa: E402
-from .errors import (  # noqa: E402
-    BrokerError,
-    BrokerUnavailable,
-    ClientError,
-    ConfigError,
-    Disconnect,
-    HubbubError,
-    ProtocolError,
-    ReplyError,
-)
+#: public name -> module that defines it
+_EXPORTS = {
+    "App": "app",
+    "Config": "config",
+    "NamespaceOptions": "config",
+    "WebSocket": "endpoint",
+    "ClientCore": "core",
+    "ClientContext": "core",
+    "ConnectRequest": "core",
+    "ConnectResult": "core",
+    "SessionHooks": "core",
+    "ClientSession": "session",
+    "Hub": "hub",
+    "Server": "server",
+    "StreamPosition": "brokers.base",
+    "Publication": "brokers.base",
+    "BadRequest": "errors",
+    "BrokerError": "errors",
+    "BrokerUnavailable": "errors",
+    "ClientError": "errors",
+    "ConfigError": "errors",
+    "Disconnect": "errors",
+    "HubbubError": "errors",
+    "ProtocolError": "errors",
+    "ReplyError": "errors",
+}
 
-__all__ = [
-    "App",
-    "ClientSession",
-    "ConnectRequest",
-    "ConnectResult",
-    "WebSocket",
-    "BrokerError",
-    "BrokerUnavailable",
-    "ClientError",
-    "Config",
-    "ConfigError",
-    "Disconnect",
-    "HubbubError",
-    "NamespaceOptions",
-    "ProtocolError",
-    "ReplyError",
-    "__version__",
-]
+__all__ = [*_EXPORTS, "__version__"]
+
+if TYPE_CHECKING:  # noqa: F401 (names for type checkers; loaded lazily at run time)
+    from .app import App
+    from .brokers.base import Publication, StreamPosition
+    from .config import Config, NamespaceOptions
+    from .core import ClientContext, ClientCore, ConnectRequest, ConnectResult, SessionHooks
+    from .endpoint import WebSocket
+    from .errors import (  # noqa: F401
+                         BadRequest, BrokerError, BrokerUnavailable, ClientError, ConfigError, Disconnect,
+                         HubbubError, ProtocolError, ReplyError)
+    from .hub import Hub
+    from .server import Server
+    from .session import ClientSession
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'hubbub' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

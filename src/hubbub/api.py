@@ -19,14 +19,21 @@ Beyond Centrifugo, ``publish`` and ``broadcast`` take ``exclude_client``
 
 The user-targeted methods (subscribe, unsubscribe, disconnect, refresh) act
 on the connections of this node.
+
+Parameters are read with :class:`hubbub.validation.Params`, so every invalid
+input is the client's fault: HTTP 400 (:class:`~hubbub.errors.BadRequest`),
+or, inside ``batch`` and per channel of ``broadcast``, an error reply with
+code 107 while the other commands go on. HTTP 500 is only the last resort for
+a bug (logged with its traceback).
 """
 
 from __future__ import annotations
 
 import base64
 import fnmatch
+import functools
 import hmac
-import json
+import logging
 import os
 import time
 import uuid
@@ -36,45 +43,52 @@ from typing import TYPE_CHECKING, Any
 from . import __version__
 from .brokers.base import Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
-from .errors import BrokerError, Disconnect, ProtocolError
+from .errors import BadRequest, BrokerError, Disconnect, ProtocolError
 from .http import HTTPRequest, HTTPResponse
-from .session import encode_data, loads
+from .strictjson import dumps, encode_data, loads
+from .validation import Params
 
 if TYPE_CHECKING:
-    from .server import Server
+    from .config import Config, NamespaceOptions
+    from .hub import Hub
 
+log = logging.getLogger("hubbub.api")
 
-class _BadRequest(Exception):
-    pass
+#: ``history.limit`` is an int32 in Centrifugo's API; ``since.offset`` a uint64.
+_INT32 = (-(2**31), 2**31 - 1)
+_UINT64_MAX = 2**64 - 1
+
+Handler = Callable[[Params], Awaitable[dict[str, Any]]]
 
 
 class _Unavailable(Exception):
-    pass
+    """The broker failed: HTTP 503 (an error reply with code 100 inside batch/broadcast)."""
 
 
-def _field(body: dict[str, Any], name: str, kind: type | tuple[type, ...], *, required: bool = True,
-           default: Any = None) -> Any:
-    value = body.get(name, default)
-    if value is None:
-        if required:
-            raise _BadRequest(f"{name} is required")
-        return default
-    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-        names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise _BadRequest(f"{name} must be {names}")
-    return value
+def _error(exc: ProtocolError) -> dict[str, Any]:
+    return {"error": {"code": exc.code, "message": exc.message}}
+
+
+def _unavailable(exc: _Unavailable) -> dict[str, Any]:
+    return {"error": {"code": int(ErrorCode.INTERNAL), "message": str(exc), "temporary": True}}
 
 
 class ServerAPI:
-    """Handles ``POST /api/{method}`` for a :class:`~hubbub.server.Server`."""
+    """Handles ``POST /api/{method}`` for one node.
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.hub = server.hub
-        self.config = server.config
+    Args:
+        hub: the node's hub (channels, sessions by user, broker).
+        config: the node's settings (API key, channel name length).
+        started_at: when the node started (unix seconds), for ``info.uptime``.
+    """
+
+    def __init__(self, hub: Hub, config: Config, *, started_at: float) -> None:
+        self.hub = hub
+        self.config = config
+        self.started_at = started_at
         self.node_id = str(uuid.uuid4())
         self.node_name = f"{os.uname().nodename}_{os.getpid()}"
-        self._methods: dict[str, Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]] = {
+        self._methods: dict[str, Handler] = {
             name[len("_api_"):]: getattr(self, name) for name in dir(self) if name.startswith("_api_")
         }
 
@@ -93,6 +107,13 @@ class ServerAPI:
 
     async def handle(self, request: HTTPRequest) -> HTTPResponse:
         """The HTTP handler (see the module docstring for status codes)."""
+        try:
+            return await self._handle(request)
+        except Exception:
+            log.exception("unexpected error in the server API (%s)", request.path)
+            return HTTPResponse(500, b'{"error":"internal server error"}', "application/json")
+
+    async def _handle(self, request: HTTPRequest) -> HTTPResponse:
         if request.method != "POST":
             return HTTPResponse.json({"error": "use POST"}, 405)
         if not self._authorized(request):
@@ -103,80 +124,90 @@ class ServerAPI:
         if handler is None:
             return HTTPResponse.json({"error": f"unknown method {method!r}"}, 404)
         try:
-            body = loads((request.body or b"{}").decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
+            body = loads(request.body or b"{}")
+        except ValueError as exc:
             return HTTPResponse.json({"error": f"malformed JSON body: {exc}"}, 400)
-        if not isinstance(body, dict):
+        try:
+            params = Params(body)
+        except BadRequest:
             return HTTPResponse.json({"error": "body must be a JSON object"}, 400)
         try:
-            result = await handler(body)
-            if method == "batch":  # Centrifugo answers a batch with {"replies": [...]} at the top
-                return HTTPResponse.json(result)
-            return HTTPResponse.json({"result": result})
-        except _BadRequest as exc:
-            return HTTPResponse.json({"error": str(exc)}, 400)
+            result = await handler(params)
+        except BadRequest as exc:
+            return HTTPResponse.json({"error": exc.message}, 400)
         except _Unavailable as exc:
             return HTTPResponse.json({"error": {"code": 100, "message": str(exc), "temporary": True}}, 503)
         except ProtocolError as exc:
-            return HTTPResponse.json({"error": {"code": exc.code, "message": exc.message}})
+            return HTTPResponse.json(_error(exc))
+        if method == "batch":  # Centrifugo answers a batch with {"replies": [...]} at the top
+            return HTTPResponse.json(result)
+        return HTTPResponse.json({"result": result})
 
     # -- publishing -----------------------------------------------------------------
 
-    def _publication(self, body: dict[str, Any]) -> Publication:
-        b64 = _field(body, "b64data", str, required=False)
-        if b64 is not None:
+    def _channel(self, params: Params) -> str:
+        return params.channel("channel", max_length=self.config.channel_max_length)
+
+    @staticmethod
+    def _publication(params: Params) -> Callable[[], Publication]:
+        """Read ``data`` or ``b64data``, ``tags`` and ``exclude_client``; returns a
+        factory of fresh publications (the broker sets each one's offset)."""
+        raw: bytes | None = None
+        if params.raw.get("b64data") is not None:
+            b64 = params.str("b64data")
             try:
                 raw = base64.b64decode(b64, validate=True)
-            except ValueError:
-                raise _BadRequest("b64data is not valid base64") from None
-            pub = Publication(json.dumps(b64).encode(), raw=raw, binary=True)
-        elif "data" not in body:
-            raise _BadRequest("data is required")
+            except ValueError:  # binascii.Error, or not ASCII
+                raise BadRequest("b64data is not valid base64") from None
+            data = dumps(b64)
+        elif "data" not in params:
+            raise BadRequest("data is required")
         else:
-            pub = Publication(encode_data(body["data"]))
-        tags = _field(body, "tags", dict, required=False)
-        if tags is not None:
-            if not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
-                raise _BadRequest("tags must map strings to strings")
-            pub.tags = tags
-        pub.exclude_client = _field(body, "exclude_client", str, required=False)
-        return pub
+            data = encode_data(params.raw["data"])
+        return functools.partial(
+            Publication, data, raw=raw, binary=raw is not None,
+            tags=params.string_map("tags") or None,
+            exclude_client=params.str("exclude_client") or None,
+        )
 
     async def _publish(self, channel: str, pub: Publication, key: str | None) -> dict[str, Any]:
         position = await self._unavailable_on_broker_error(
             self.hub.publish(channel, pub, idempotency_key=key, source="api"))
         return {"offset": position.offset, "epoch": position.epoch} if position.epoch else {}
 
-    async def _api_publish(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = _field(body, "channel", str)
-        key = _field(body, "idempotency_key", str, required=False)
-        return await self._publish(channel, self._publication(body), key)
+    async def _api_publish(self, params: Params) -> dict[str, Any]:
+        channel = self._channel(params)
+        publication = self._publication(params)
+        key = params.str("idempotency_key") or None
+        return await self._publish(channel, publication(), key)
 
-    async def _api_broadcast(self, body: dict[str, Any]) -> dict[str, Any]:
-        channels = _field(body, "channels", list)
-        if not all(isinstance(c, str) for c in channels):
-            raise _BadRequest("channels must be a list of strings")
-        key = _field(body, "idempotency_key", str, required=False)
+    async def _api_broadcast(self, params: Params) -> dict[str, Any]:
+        channels = params.strings("channels", required=True)
+        publication = self._publication(params)
+        key = params.str("idempotency_key") or None
         responses = []
-        for channel in channels:
+        for channel in channels:  # each name is checked by Hub.publish: a bad one is that channel's error
             try:
-                responses.append({"result": await self._publish(channel, self._publication(body), key)})
+                responses.append({"result": await self._publish(channel, publication(), key)})
             except ProtocolError as exc:
-                responses.append({"error": {"code": exc.code, "message": exc.message}})
+                responses.append(_error(exc))
             except _Unavailable as exc:
-                responses.append({"error": {"code": 100, "message": str(exc)}})
+                responses.append(_unavailable(exc))
         return {"responses": responses}
 
     # -- user connections -------------------------------------------------------------
 
-    def _sessions(self, body: dict[str, Any]) -> list[Any]:
-        user = _field(body, "user", str, default="")
-        return self.hub.user_sessions(user, _field(body, "client", str, required=False))
+    def _sessions(self, params: Params) -> list[Any]:
+        """The sessions of ``user`` (``""``: anonymous) on this node, only ``client``'s if given."""
+        user = params.str("user")
+        client = params.str("client") or None
+        return self.hub.user_sessions(user, client)
 
-    async def _api_subscribe(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = _field(body, "channel", str)
+    async def _api_subscribe(self, params: Params) -> dict[str, Any]:
+        channel = self._channel(params)
+        sessions = self._sessions(params)
         self.hub.namespace(channel)
-        for session in self._sessions(body):
+        for session in sessions:
             try:
                 await session.server_subscribe(channel)
             except ProtocolError as exc:
@@ -186,76 +217,77 @@ class ServerAPI:
                 session.disconnect(exc.code, exc.reason)
         return {}
 
-    async def _api_unsubscribe(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = _field(body, "channel", str)
-        for session in self._sessions(body):
+    async def _api_unsubscribe(self, params: Params) -> dict[str, Any]:
+        channel = self._channel(params)
+        for session in self._sessions(params):
             session.server_unsubscribe(channel)
         return {}
 
-    async def _api_disconnect(self, body: dict[str, Any]) -> dict[str, Any]:
-        spec = _field(body, "disconnect", dict, required=False) or {}
-        code = spec.get("code") or DisconnectCode.FORCE_DISCONNECT
-        if not isinstance(code, int) or not (3000 <= code < 5000):
-            raise _BadRequest("disconnect.code must be 3000-4999")
-        reason = spec.get("reason") or "force disconnect"
-        keep = set(_field(body, "whitelist", list, required=False) or ())
-        for session in self._sessions(body):
+    async def _api_disconnect(self, params: Params) -> dict[str, Any]:
+        code: int = DisconnectCode.FORCE_DISCONNECT
+        reason = ""
+        spec = params.object("disconnect")
+        if spec is not None:
+            code = spec.int("code", default=code, minimum=3000, maximum=4999)
+            reason = spec.str("reason")
+        keep = set(params.strings("whitelist"))
+        for session in self._sessions(params):
             if session.client_id not in keep:
-                session.disconnect(code, str(reason))
+                session.disconnect(code, reason or "force disconnect")
         return {}
 
-    async def _api_refresh(self, body: dict[str, Any]) -> dict[str, Any]:
-        expired = _field(body, "expired", bool, required=False, default=False)
-        expire_at = _field(body, "expire_at", (int, float), required=False)
-        for session in self._sessions(body):
+    async def _api_refresh(self, params: Params) -> dict[str, Any]:
+        expired = params.bool("expired")
+        expire_at = params.number("expire_at")
+        for session in self._sessions(params):
             if expired:
                 session.disconnect(DisconnectCode.EXPIRED)
             elif expire_at is not None:
-                session.expire_at = float(expire_at)
+                session.expire_at = expire_at
         return {}
 
     # -- channels -------------------------------------------------------------------------
 
-    async def _api_presence(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = _field(body, "channel", str)
+    async def _api_presence(self, params: Params) -> dict[str, Any]:
+        channel = self._channel(params)
         self._need(channel, "presence")
         entries = await self._broker(self.hub.broker.presence(channel))
         return {"presence": {client: info.to_json() for client, info in entries.items()}}
 
-    async def _api_presence_stats(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = _field(body, "channel", str)
+    async def _api_presence_stats(self, params: Params) -> dict[str, Any]:
+        channel = self._channel(params)
         self._need(channel, "presence")
         clients, users = await self._broker(self.hub.broker.presence_stats(channel))
         return {"num_clients": clients, "num_users": users}
 
-    async def _api_history(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = _field(body, "channel", str)
-        self._need(channel, "history")
-        limit = _field(body, "limit", int, required=False, default=0)
-        since_raw = _field(body, "since", dict, required=False)
+    async def _api_history(self, params: Params) -> dict[str, Any]:
+        channel = self._channel(params)
+        limit = params.int("limit", minimum=_INT32[0], maximum=_INT32[1])
         since = None
-        if since_raw is not None:
-            offset = _field(since_raw, "offset", int, required=False, default=0)
-            since = StreamPosition(offset, _field(since_raw, "epoch", str, required=False, default=""))
-        reverse = _field(body, "reverse", bool, required=False, default=False)
+        since_params = params.object("since")
+        if since_params is not None:
+            since = StreamPosition(since_params.int("offset", minimum=0, maximum=_UINT64_MAX),
+                                   since_params.str("epoch"))
+        reverse = params.bool("reverse")
+        self._need(channel, "history")
         return await self._unavailable_on_broker_error(
             self.hub.history(channel, since=since, limit=limit, reverse=reverse))
 
-    async def _api_history_remove(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = _field(body, "channel", str)
+    async def _api_history_remove(self, params: Params) -> dict[str, Any]:
+        channel = self._channel(params)
         self._need(channel, "history")
         await self._broker(self.hub.broker.remove_history(channel))
         return {}
 
-    async def _api_channels(self, body: dict[str, Any]) -> dict[str, Any]:
-        pattern = _field(body, "pattern", str, required=False, default="")
+    async def _api_channels(self, params: Params) -> dict[str, Any]:
+        pattern = params.str("pattern")
         return {"channels": {
             name: {"num_clients": count}
             for name, count in self.hub.channels().items()
             if not pattern or fnmatch.fnmatchcase(name, pattern)
         }}
 
-    async def _api_info(self, body: dict[str, Any]) -> dict[str, Any]:
+    async def _api_info(self, params: Params) -> dict[str, Any]:
         channels = self.hub.channels()
         return {"nodes": [{
             "uid": self.node_id,
@@ -265,29 +297,33 @@ class ServerAPI:
             "num_users": len([u for u in self.hub.sessions if u]),
             "num_channels": len(channels),
             "num_subs": sum(channels.values()),
-            "uptime": int(time.time() - self.server.started_at),
+            "uptime": int(time.time() - self.started_at),
         }]}
 
-    async def _api_batch(self, body: dict[str, Any]) -> dict[str, Any]:
-        commands = _field(body, "commands", list)
-        replies = []
-        for command in commands:
-            if not isinstance(command, dict) or len(command) != 1:
-                raise _BadRequest("each batch command is {method: params}")
-            (method, params), = command.items()
+    async def _api_batch(self, params: Params) -> dict[str, Any]:
+        # the shape of every command is checked before any runs: a malformed batch does nothing
+        commands = []
+        for command in params.objects("commands", required=True):
+            if len(command.raw) != 1:
+                raise BadRequest("each batch command is {method: params}")
+            commands.append(next(iter(command.raw.items())))
+        replies: list[dict[str, Any]] = []
+        for i, (method, raw) in enumerate(commands):
             handler = self._methods.get(method)
-            if handler is None or method == "batch" or not isinstance(params, dict):
-                replies.append({"error": {"code": ErrorCode.METHOD_NOT_FOUND, "message": "method not found"}})
+            if handler is None or method == "batch":
+                replies.append({"error": {"code": int(ErrorCode.METHOD_NOT_FOUND), "message": "method not found"}})
                 continue
             try:
-                replies.append({method: await handler(params)})
-            except ProtocolError as exc:
-                replies.append({"error": {"code": exc.code, "message": exc.message}})
+                replies.append({method: await handler(Params(raw, f"commands[{i}].{method}."))})
+            except ProtocolError as exc:  # BadRequest included: code 107 for this command only
+                replies.append(_error(exc))
+            except _Unavailable as exc:
+                replies.append(_unavailable(exc))
         return {"replies": replies}
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _need(self, channel: str, feature: str) -> Any:
+    def _need(self, channel: str, feature: str) -> NamespaceOptions:
         ns = self.hub.namespace(channel)
         if not getattr(ns, feature):
             raise ProtocolError(ErrorCode.NOT_AVAILABLE)

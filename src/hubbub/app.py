@@ -39,8 +39,9 @@ Hub hooks (for clients of the protocol endpoint), each ``async``:
 * ``@app.rpc("method")``: ``fn(client, data) -> result``; unknown methods get 104.
 * ``@app.on_message``: ``fn(client, data)`` for the ``send`` command.
 
-``client`` is the :class:`~hubbub.session.ClientSession` (``client.user``,
-``client.client_id``, ``client.headers``). Errors map to protocol codes:
+``client`` is the :class:`~hubbub.core.ClientCore` of the connection, whatever
+its way in (``client.user``, ``client.client_id``, ``client.headers``,
+``client.transport``): the hooks run for protocol and relay clients alike. Errors map to protocol codes:
 ``ProtocolError`` becomes an error reply with its code, ``Disconnect`` closes
 the connection, any other exception is logged and answered with error 100.
 """
@@ -56,13 +57,10 @@ from typing import Any, TypeVar
 
 from .codes import ErrorCode
 from .config import Config
-from .connection import Connection
-from .endpoint import EndpointSession, WebSocket
+from .core import ClientCore, ConnectRequest, ConnectResult, SessionHooks
 from .errors import ConfigError, ProtocolError
-from .http import HTTPRequest
 from .hub import Hub
 from .server import Server
-from .session import ClientSession, ConnectRequest, ConnectResult, SessionHooks
 
 log = logging.getLogger("hubbub.app")
 
@@ -83,6 +81,10 @@ class AppHooks(SessionHooks):
     def handles_auth(self) -> bool:  # type: ignore[override]
         return self.connect is not None
 
+    @property
+    def active(self) -> bool:  # type: ignore[override]
+        return self.connect is not None or self.subscribe is not None or self.publish is not None
+
     async def on_connect(self, request: ConnectRequest) -> ConnectResult:
         if self.connect is None:
             return request.result
@@ -95,23 +97,23 @@ class AppHooks(SessionHooks):
             raise TypeError("on_connect must return a ConnectResult, a user id or None")
         return result
 
-    async def on_subscribe(self, session: ClientSession, channel: str, params: dict[str, Any]) -> Any:
+    async def on_subscribe(self, session: ClientCore, channel: str, params: dict[str, Any]) -> Any:
         if self.subscribe is None:
             return None
         return await self.subscribe(session, channel, params.get("data"))
 
-    async def on_publish(self, session: ClientSession, channel: str, data: Any) -> Any:
+    async def on_publish(self, session: ClientCore, channel: str, data: Any) -> Any:
         if self.publish is None:
             return data
         return await self.publish(session, channel, data)
 
-    async def on_rpc(self, session: ClientSession, method: str, data: Any) -> Any:
+    async def on_rpc(self, session: ClientCore, method: str, data: Any) -> Any:
         fn = self.rpcs.get(method)
         if fn is None:
             raise ProtocolError(ErrorCode.METHOD_NOT_FOUND)
         return await fn(session, data)
 
-    async def on_message(self, session: ClientSession, data: Any) -> None:
+    async def on_message(self, session: ClientCore, data: Any) -> None:
         if self.message is not None:
             await self.message(session, data)
 
@@ -170,7 +172,7 @@ class App:
             hasattr(endpoint, name) for name in ("connect", "handle_message", "disconnect", "produce")
         ):
             raise TypeError(f"{endpoint.__name__} has none of connect, handle_message, disconnect, produce")
-        self.server.add_websocket(path, self._factory(endpoint))
+        self.server.add_websocket(path, self.server.endpoint_session(endpoint))
         self.websockets[path] = endpoint
 
     def websocket(self, path: str) -> Callable[[F], F]:
@@ -181,13 +183,6 @@ class App:
             return endpoint
 
         return register
-
-    def _factory(self, endpoint: Any) -> Callable[[Connection, HTTPRequest], EndpointSession]:
-        def create(conn: Connection, request: HTTPRequest) -> EndpointSession:
-            ws = WebSocket(self.hub, conn, self.server.relay_wire, request)
-            return EndpointSession(endpoint, ws, conn)
-
-        return create
 
     # -- hub hooks ---------------------------------------------------------------------------
 

@@ -101,7 +101,21 @@ class TokenVerifier:
     def enabled(self) -> bool:
         return bool(self._keys or self._jwks)
 
-    async def _decode(self, token: str) -> dict[str, Any]:
+    @property
+    def needs_lookup(self) -> bool:
+        """Whether verifying may fetch keys (JWKS), so only the async methods work."""
+        return self._jwks is not None
+
+    def _options(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        options: dict[str, Any] = {"require": ["sub"], "verify_aud": bool(self.config.token_audience)}
+        kwargs: dict[str, Any] = {}
+        if self.config.token_audience:
+            kwargs["audience"] = self.config.token_audience
+        if self.config.token_issuer:
+            kwargs["issuer"] = self.config.token_issuer
+        return options, kwargs
+
+    def _algorithm(self, token: str) -> str:
         if not self.enabled:
             raise InvalidToken("token authentication is not configured")
         try:
@@ -109,22 +123,12 @@ class TokenVerifier:
         except jwt.PyJWTError:
             raise InvalidToken("malformed token") from None
         alg = header.get("alg", "")
-        options: dict[str, Any] = {"require": ["sub"], "verify_aud": bool(self.config.token_audience)}
-        kwargs: dict[str, Any] = {}
-        if self.config.token_audience:
-            kwargs["audience"] = self.config.token_audience
-        if self.config.token_issuer:
-            kwargs["issuer"] = self.config.token_issuer
-        candidates = [(key, algs) for key, algs in self._keys if alg in algs]
-        if self._jwks is not None and alg in RSA_ALGORITHMS + ECDSA_ALGORITHMS:
-            try:
-                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-            except jwt.PyJWKClientError as exc:
-                log.warning("JWKS lookup failed: %s", exc)
-            else:
-                candidates.append((signing_key.key, [alg]))
+        return alg if isinstance(alg, str) else ""
+
+    def _verify(self, token: str, candidates: list[tuple[Any, list[str]]], alg: str) -> dict[str, Any]:
         if not candidates:
             raise InvalidToken(f"no key for algorithm {alg!r}")
+        options, kwargs = self._options()
         last: Exception | None = None
         for key, algorithms in candidates:
             try:
@@ -135,14 +139,46 @@ class TokenVerifier:
                 last = exc
         raise InvalidToken(f"invalid token: {type(last).__name__}")
 
+    def _decode_nowait(self, token: str) -> dict[str, Any]:
+        alg = self._algorithm(token)
+        return self._verify(token, [(key, algs) for key, algs in self._keys if alg in algs], alg)
+
+    async def _decode(self, token: str) -> dict[str, Any]:
+        alg = self._algorithm(token)
+        candidates = [(key, algs) for key, algs in self._keys if alg in algs]
+        if self._jwks is not None and alg in RSA_ALGORITHMS + ECDSA_ALGORITHMS:
+            try:
+                signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+            except jwt.PyJWKClientError as exc:
+                log.warning("JWKS lookup failed: %s", exc)
+            else:
+                candidates.append((signing_key.key, [alg]))
+        return self._verify(token, candidates, alg)
+
     async def connection(self, token: str) -> Claims:
         """Verify a connection token.
 
         Raises:
             TokenExpired: ``exp`` has passed.
-            InvalidToken: any other problem.
+            InvalidToken: any other problem, including a subscription token
+                (one with a ``channel`` claim) offered as a connection token.
         """
-        claims = await self._decode(token)
+        return self._connection_claims(await self._decode(token))
+
+    def connection_nowait(self, token: str) -> Claims:
+        """:meth:`connection` without waiting; only when not :attr:`needs_lookup`
+        (a JWKS key may not be cached). Same errors."""
+        return self._connection_claims(self._decode_nowait(token))
+
+    def subscription_nowait(self, token: str) -> Claims:
+        """:meth:`subscription` without waiting; only when not :attr:`needs_lookup`."""
+        return self._subscription_claims(self._decode_nowait(token))
+
+    @staticmethod
+    def _connection_claims(claims: dict[str, Any]) -> Claims:
+        if "channel" in claims:
+            # Centrifugo tells the two apart the same way: a subscription token names its channel.
+            raise InvalidToken("a subscription token is not a connection token")
         channels = claims.get("channels") or ()
         if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
             raise InvalidToken("channels claim must be a list of strings")
@@ -150,7 +186,10 @@ class TokenVerifier:
 
     async def subscription(self, token: str) -> Claims:
         """Verify a subscription token (same errors as :meth:`connection`)."""
-        claims = await self._decode(token)
+        return self._subscription_claims(await self._decode(token))
+
+    @staticmethod
+    def _subscription_claims(claims: dict[str, Any]) -> Claims:
         channel = claims.get("channel")
         if not isinstance(channel, str) or not channel:
             raise InvalidToken("subscription token without channel claim")

@@ -4,34 +4,28 @@ The connection is an :class:`asyncio.Protocol`. It holds the first request
 until its head is complete. A WebSocket upgrade goes whole to
 :class:`websockets.server.ServerProtocol`, which parses and answers the
 handshake and then does framing, close handling and size limits; plain HTTP
-goes to h11. Decoded
-messages go to a session (protocol, relay or framework endpoint) through a
-bounded inbox; output comes back through the :class:`~hubbub.outbox.Outbox`
-methods.
+goes to h11. Before ``101``, the session decides whether the client may
+connect at all (its ``handshake_nowait`` / ``handshake``: tokens and
+permissions of the client core), so a refusal is an HTTP status. Decoded
+messages go to the session through a bounded inbox; output goes through the
+connection's :class:`~hubbub.writer.Writer`, the one bounded queue of
+everything sent (see :mod:`hubbub.writer` for the write path).
 
-Write path (DESIGN.md):
+Reading is paused while the inbox holds :data:`MAX_INBOX` messages, so a
+client that sends faster than it is served is slowed down, not buffered.
 
-* ``deliver`` / ``send_text`` only append to a list and mark the connection
-  dirty; the server's :class:`Flusher` writes every dirty connection's list
-  with **one** ``transport.writelines`` call per event-loop iteration.
-* Pending output (this list plus the transport's buffer) is bounded by
-  ``max_pending_output``; past it the queue is dropped and the connection
-  closed with 3008 "slow". The close frame goes behind what the kernel and
-  the transport already hold, and the TCP connection is dropped after
-  ``close_timeout`` if the client does not read it.
-* Reading is paused while the inbox holds ``MAX_INBOX`` messages, so a
-  client that sends faster than it is served is slowed down, not buffered.
+The connection knows its server only through the :class:`Host` interface.
 """
 
 from __future__ import annotations
 
 import asyncio
 import codecs
-import http
 import collections
+import http
 import logging
 import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import h11
 from websockets.frames import Frame, Opcode
@@ -40,11 +34,10 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 
 from .codes import DisconnectCode
+from .config import Config
 from .http import HTTPRequest, HTTPResponse
-from .outbox import FrameBatch
-
-if TYPE_CHECKING:
-    from .server import Server
+from .stats import Stats
+from .writer import Flusher, Writer
 
 log = logging.getLogger("hubbub.connection")
 
@@ -74,10 +67,22 @@ class FrameEncoder:
         return Frame(Opcode.BINARY, payload).serialize(mask=False)
 
 
+#: What :meth:`WebSocketSession.handshake_nowait` returns when ``handshake`` must be awaited.
+PENDING = (0, "pending")
+
+
 class WebSocketSession(Protocol):
-    """What a connection needs from the session behind a WebSocket endpoint."""
+    """What a connection needs from the session behind a WebSocket endpoint
+    (a :class:`~hubbub.core.ClientCore` subclass)."""
 
     closed: bool
+
+    def handshake_nowait(self) -> tuple[int, str] | None:
+        """``None`` to accept the upgrade, ``(status, reason)`` to refuse it,
+        :data:`PENDING` when :meth:`handshake` must be awaited."""
+        ...
+
+    async def handshake(self) -> tuple[int, str] | None: ...
 
     async def open(self) -> None: ...
 
@@ -87,54 +92,54 @@ class WebSocketSession(Protocol):
 
     async def handle_message(self, payload: bytes, binary: bool) -> None: ...
 
-    def ping(self) -> None: ...
+    def pong(self) -> None: ...
 
-    def check_pong(self) -> None: ...
+    def disconnect(self, code: int, reason: str | None = None) -> None: ...
 
     def on_closed(self) -> None: ...
 
 
-class Flusher:
-    """Writes every dirty connection's output once per event-loop iteration."""
+class Host(Protocol):
+    """What a connection needs from the server that accepted it."""
 
-    __slots__ = ("_loop", "_dirty", "_scheduled")
+    config: Config
+    stats: Stats
+    flusher: Flusher
+    origins: Any
+    closing: bool
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._dirty: list[Connection] = []
-        self._scheduled = False
+    def connection_opened(self, conn: Connection) -> None: ...
 
-    def add(self, conn: Connection) -> None:
-        self._dirty.append(conn)
-        if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self.flush)
+    def connection_closed(self, conn: Connection) -> None: ...
 
-    def flush(self) -> None:
-        dirty, self._dirty = self._dirty, []
-        self._scheduled = False
-        for conn in dirty:
-            conn.flush()
+    def websocket_opened(self, conn: Connection) -> None: ...
+
+    def websocket_session(self, conn: Connection, request: HTTPRequest) -> WebSocketSession | tuple[int, str]:
+        """The session for an upgrade, or a refusal ``(status, reason)``."""
+        ...
+
+    async def handle_http(self, request: HTTPRequest) -> HTTPResponse: ...
 
 
-class Connection(asyncio.Protocol):
-    """One accepted TCP connection. Implements :class:`~hubbub.outbox.Outbox`."""
+class Connection(Writer, asyncio.Protocol):
+    """One accepted TCP connection. Implements :class:`~hubbub.outbox.Outbox`
+    (its queue is the :class:`~hubbub.writer.Writer` it extends)."""
 
     # slots: an idle connection's memory is mostly this object (see docs/benchmarks.md)
     __slots__ = (
-        "server", "config", "stats", "transport", "peer", "http", "_head", "_http_request", "_http_body",
-        "_http_body_size", "_http_task", "ws", "session", "request", "open", "_out", "_out_size", "_buffered",
-        "_dirty", "_eof_pending", "_inbox", "_worker", "_paused", "_fragments", "_fragments_binary", "_utf8",
-        "_close_timer", "_close_counted", "deadline", "lost", "ping_slot", "_batched", "_scanned",
+        "host", "config", "stats", "peer", "http", "_head", "_scanned", "_http_request", "_http_body",
+        "_http_body_size", "_http_task", "ws", "session", "request", "_inbox", "_worker", "_paused", "_fragments",
+        "_fragments_binary", "_utf8", "_close_timer", "_close_counted", "deadline", "ping_slot",
     )
 
-    def __init__(self, server: Server) -> None:
-        self.server = server
-        self.config = server.config
-        self.stats = server.stats
-        self.transport: asyncio.Transport | None = None
+    def __init__(self, host: Host) -> None:
+        config = host.config
+        super().__init__(host.flusher, config.max_pending_output, host.stats)
+        self.host = host
+        self.config = config
+        self.stats = host.stats
         self.peer: tuple[str, int] | None = None
-        self.http = h11.Connection(h11.SERVER, max_incomplete_event_size=self.config.max_handshake_size)
+        self.http: h11.Connection | None = h11.Connection(h11.SERVER, max_incomplete_event_size=config.max_handshake_size)
         self._head: bytearray | None = bytearray()  # raw bytes of the first request, until routed
         self._scanned = 0  # how much of _head was searched for the end of the head
         self._http_request: h11.Request | None = None
@@ -144,13 +149,6 @@ class Connection(asyncio.Protocol):
         self.ws: ServerProtocol | None = None
         self.session: WebSocketSession | None = None
         self.request: HTTPRequest | None = None
-        #: Outbox: whether output is still accepted.
-        self.open = False
-        self._out: list[bytes] = []
-        self._out_size = 0
-        self._buffered = 0  # transport buffer size at the last flush
-        self._dirty = False
-        self._eof_pending = False
         # created on first use: an idle connection keeps neither (memory per connection)
         self._inbox: collections.deque[tuple[bytes, bool] | None] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -160,24 +158,25 @@ class Connection(asyncio.Protocol):
         self._utf8: codecs.IncrementalDecoder | None = None  # only for fragmented text
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_counted = False
-        self.deadline = time.monotonic() + self.config.handshake_timeout
-        self.lost = False
+        self.deadline = time.monotonic() + config.handshake_timeout
         self.ping_slot = 0  # which slice of the shared ping timer pings this connection
-        self._batched = False  # _out holds a FrameBatch
 
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport
+        self.transport = transport  # type: ignore[assignment]
         self.peer = transport.get_extra_info("peername")
         # TCP_NODELAY: asyncio's socket transports set it themselves.
         # hubbub bounds output itself (max_pending_output); never ask to pause.
-        transport.set_write_buffer_limits(high=2**31 - 1)  # uvloop takes a C int
-        self.server.connection_opened(self)
+        transport.set_write_buffer_limits(high=2**31 - 1)  # type: ignore[attr-defined]  # uvloop takes a C int
+        self.host.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
         self.stats.bytes_in += len(data)
         if self.ws is not None:
+            if self._head is not None:  # the handshake is being decided: hold the frames
+                self._head += data
+                return
             self.ws.receive_data(data)
             self._process_ws_events()
             return
@@ -186,7 +185,7 @@ class Connection(asyncio.Protocol):
             self._first_request()
             return
         try:
-            self.http.receive_data(data)
+            self.http.receive_data(data)  # type: ignore[union-attr]
         except h11.RemoteProtocolError:
             pass  # raised again by next_event
         self._process_http_events()
@@ -194,7 +193,7 @@ class Connection(asyncio.Protocol):
     def _first_request(self) -> None:
         """Route the connection's first request once its head is complete.
 
-        A head that names ``websocket`` goes whole to websockets' handshake
+        A head that names ``websocket`` goes to websockets' handshake
         (:meth:`_start_websocket`), so an upgrade is parsed once, by the library
         that answers it. Anything else, and anything websockets cannot parse as
         a handshake, goes to h11.
@@ -215,26 +214,28 @@ class Connection(asyncio.Protocol):
             self._http_error(431, "request header fields too large")
             return
         raw = bytes(head)
-        if b"websocket" in raw[:end].lower() and self._start_websocket(raw, frames=len(raw) > end + 4):
+        if b"websocket" in raw[:end].lower() and self._start_websocket(raw[:end + 4], raw[end + 4:]):
             return
         self._head = None
         try:
-            self.http.receive_data(raw)
+            self.http.receive_data(raw)  # type: ignore[union-attr]
         except h11.RemoteProtocolError:
             pass  # raised again by next_event
         self._process_http_events()
 
     def eof_received(self) -> bool | None:
-        if self.ws is not None:
+        if self.ws is not None and self._head is None:
             self.ws.receive_eof()
             self._process_ws_events()
-        else:
+        elif self.http is not None:
             try:
                 self.http.receive_data(b"")
             except h11.RemoteProtocolError:
                 pass
             if self._http_task is None:
                 self._abort()
+        else:
+            self._abort()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -242,21 +243,41 @@ class Connection(asyncio.Protocol):
         self.open = False
         if self._close_timer is not None:
             self._close_timer.cancel()
+            self._close_timer = None
         for task in (self._worker, self._http_task):
             if task is not None:
                 task.cancel()
-        if self.session is not None:
+        # A cancelled task keeps its CancelledError, whose traceback holds the
+        # handler's frame and so this connection (_drain clears _worker itself).
+        self._http_task = None
+        session = self.session
+        if session is not None:
             try:
-                self.session.on_closed()
+                session.on_closed()
             except Exception:
                 log.exception("error while closing a session")
         self._out.clear()
-        self.server.connection_closed(self)
+        self.host.connection_closed(self)
+        # Drop what refers back to this connection, so it is freed by reference
+        # counting alone, without waiting for the cyclic garbage collector
+        # (tune_gc makes full collections rare): the session holds this
+        # connection as its outbox.
+        self.session = None
+        ws = self.ws
+        if ws is not None:
+            # websockets' protocol keeps its parser generator, whose suspended
+            # frame holds the protocol (parser -> frame -> self), and the error
+            # that failed the connection (EOF without a close frame, 1002, 1007,
+            # 1009), whose traceback holds that frame too: end both.
+            ws.parser.close()
+            ws.parser_exc = None
+        _release_transport(self.transport)
+        self._inbox = None
 
     # -- plain HTTP -------------------------------------------------------------
 
     def _process_http_events(self) -> None:
-        while self.ws is None and not self.lost:
+        while self.ws is None and not self.lost and self.http is not None:
             try:
                 event = self.http.next_event()
             except h11.RemoteProtocolError as exc:
@@ -298,17 +319,17 @@ class Connection(asyncio.Protocol):
             req.method.decode(), req.target.decode("latin-1"), headers, body=body, client=self.peer
         )
         try:
-            response = await self.server.handle_http(request)
+            response = await self.host.handle_http(request)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("error in HTTP handler for %s", request.path)
             response = HTTPResponse.json({"error": "internal server error"}, 500)
         self._http_task = None
-        if self.lost:
+        if self.lost or self.http is None:
             return
         self._send_http(response)
-        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE and not self.server.closing:
+        if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE and not self.host.closing:
             self.http.start_next_cycle()
             self.deadline = time.monotonic() + self.config.handshake_timeout
             self._process_http_events()
@@ -321,8 +342,9 @@ class Connection(asyncio.Protocol):
             ("content-length", str(len(response.body))),
             *response.headers,
         ]
-        if close or self.server.closing:
+        if close or self.host.closing:
             headers.append(("connection", "close"))
+        assert self.http is not None
         try:
             reason = _REASONS.get(response.status, "").encode()
             data = self.http.send(h11.Response(status_code=response.status, headers=headers, reason=reason))
@@ -331,86 +353,118 @@ class Connection(asyncio.Protocol):
         except h11.LocalProtocolError:
             self._abort()
             return
-        self._queue(data)
+        self.write_control(data)
 
     def _http_error(self, status: int, message: str) -> None:
-        if self.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
+        if self.http is not None and self.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
             self._send_http(HTTPResponse.json({"error": message}, status), close=True)
         self._close_after_flush()
 
     def _close_after_flush(self) -> None:
-        self._eof_pending = True
-        self._mark_dirty()
+        self.finish()
         self._arm_close_timer()
 
     # -- WebSocket handshake ------------------------------------------------------
 
-    def _start_websocket(self, raw: bytes, *, frames: bool) -> bool:
-        """Do the opening handshake of the first request ``raw`` (its complete
-        head, plus any bytes after it: ``frames``) with websockets' ``ServerProtocol``.
+    def _start_websocket(self, head: bytes, rest: bytes) -> bool:
+        """Do the opening handshake of the first request: ``head`` (its
+        complete head) and ``rest`` (bytes after it: frames), with websockets'
+        ``ServerProtocol``.
+
+        Only the head is parsed now; frames are fed once the handshake is
+        answered, so the protocol is OPEN when it reads them and a bad frame
+        gets its close code (1009, 1002, ...) as after any handshake.
 
         Returns False, having changed nothing, when websockets does not parse
-        ``raw`` as a WebSocket upgrade (h11 answers it as plain HTTP then).
+        ``head`` as a WebSocket upgrade (h11 answers it as plain HTTP then).
         """
         ws = ServerProtocol(
-            origins=self.server.origins,
+            origins=self.host.origins,
             max_size=self.config.max_message_size,
             logger=_WS_LOGGER,
         )
-        ws.receive_data(raw)
+        ws.receive_data(head)
         events = ws.events_received()
         if not events or not isinstance(events[0], Request):
             return False
         req: Request = events[0]
         if not any("websocket" in value.lower() for value in req.headers.get_all("Upgrade")):
             return False
-        self._head = None
         headers = {name.lower(): value for name, value in req.headers.raw_items()}
         request = HTTPRequest.from_target("GET", req.path, headers, client=self.peer)
         self.request = request
-        endpoint = self.server.match_websocket(request)
-        if endpoint is None:
-            response = ws.reject(404, "no WebSocket endpoint at this path\n")
-        else:
-            response = ws.accept(req)
-            if response.status_code == 101:
-                refusal = self.server.check_websocket(request, self)
-                if refusal is not None:
-                    status, text = refusal
-                    response = ws.reject(status, text + "\n")
-        ws.send_response(response)
         self.ws = ws
-        self._pull_ws_writes()
+        self._head = bytearray(rest)  # held until the handshake is decided
+        found = self.host.websocket_session(self, request)
+        if isinstance(found, tuple):
+            self._answer_handshake(req, found)
+            return True
+        response = ws.accept(req)
         if response.status_code != 101:
+            ws.send_response(response)
+            self._pull_ws_writes(control=True)
             self._close_after_flush()
             return True
-        if not frames:
-            # The handshake is done and the request was handed to us as an event,
-            # but the protocol's parser generator would keep it alive in its frame
-            # for the life of the connection. A fresh parser in the OPEN state starts
-            # with frame parsing (ServerProtocol.parse skips the request when not
-            # CONNECTING). Only when no frame bytes came with the request: the old
-            # parser may be inside a frame then.
-            ws.parser = ws.parse()
-            next(ws.parser)
+        self.session = found
         try:
-            self.session = endpoint(self, request)  # type: ignore[misc]
+            decision = found.handshake_nowait()
         except Exception:
-            log.exception("error creating the session for %s", request.path)
-            self.open = True
-            self.close(DisconnectCode.INTERNAL_ERROR)
+            log.exception("error deciding the handshake for %s", request.path)
+            decision = (500, "internal error")
+        if decision is PENDING:
+            self._http_task = asyncio.get_running_loop().create_task(self._decide_handshake(req))
             return True
+        self._answer_handshake(req, decision)
+        return True
+
+    async def _decide_handshake(self, req: Request) -> None:
+        session = self.session
+        assert session is not None
+        try:
+            decision = await session.handshake()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("error deciding the handshake for %s", req.path)
+            decision = (500, "internal error")
+        self._http_task = None
+        if not self.lost:
+            self._answer_handshake(req, decision)
+
+    def _answer_handshake(self, req: Request, refusal: tuple[int, str] | None) -> None:
+        ws = self.ws
+        assert ws is not None
+        if refusal is not None:
+            if self.session is not None:
+                self.session.closed = True
+                self.session.on_closed()
+                self.session = None
+            status, text = refusal
+            ws.send_response(ws.reject(status, text + "\n"))
+            self._pull_ws_writes(control=True)
+            self._head = None
+            self._close_after_flush()
+            return
+        ws.send_response(ws.accept(req))
+        self._pull_ws_writes(control=True)
+        # A fresh parser in the OPEN state starts with frame parsing
+        # (ServerProtocol.parse skips the request when not CONNECTING); the old
+        # one would keep the request alive in its frame for the connection's life.
+        ws.parser = ws.parse()
+        next(ws.parser)
         self.open = True
-        self.http = None  # type: ignore[assignment]  # HTTP is over for this connection
+        self.http = None  # HTTP is over for this connection
         self._http_request = None
-        self.server.websocket_opened(self)
-        if not self.session.open_nowait():  # most sessions open without waiting: no task
+        self.host.websocket_opened(self)
+        session = self.session
+        assert session is not None
+        if not session.open_nowait():  # most sessions open without waiting: no task
             self._inbox = collections.deque([None])  # "open" comes first
             self._start_worker()
-        if len(events) > 1:  # frames that came with the handshake
-            self._handle_frames(events[1:])
+        rest, self._head = self._head, None
+        if rest:
+            ws.receive_data(bytes(rest))
         self._process_ws_events()
-        return True
 
     # -- WebSocket messages ---------------------------------------------------------
 
@@ -418,7 +472,9 @@ class Connection(asyncio.Protocol):
         ws = self.ws
         assert ws is not None
         self._handle_frames(ws.events_received())
-        self._pull_ws_writes()
+        if self.ws is None:
+            return
+        self._pull_ws_writes(control=True)
         if ws.close_sent is not None and ws.close_rcvd is None and not self._close_counted:
             self._close_counted = True  # the protocol layer failed the connection (1002, 1007, 1009)
             self.stats.disconnects[ws.close_sent.code] += 1
@@ -436,7 +492,7 @@ class Connection(asyncio.Protocol):
                 self._fragments = []
             elif op is not Opcode.CONT:
                 if op is Opcode.PONG and self.session is not None:
-                    self._pong()
+                    self.session.pong()
                 continue
             data = frame.data
             if not self._fragments_binary and not self._valid_utf8(data, op is Opcode.TEXT, frame.fin):
@@ -451,7 +507,6 @@ class Connection(asyncio.Protocol):
                 self._fragments = []
             else:
                 payload = bytes(data)
-            self._pong()
             self._receive(payload, self._fragments_binary)
 
     def _valid_utf8(self, data: bytes, first: bool, fin: bool) -> bool:
@@ -470,17 +525,14 @@ class Connection(asyncio.Protocol):
         except UnicodeDecodeError:
             return False
 
-    def _pong(self) -> None:
-        session = self.session
-        if session is not None and hasattr(session, "pong_expected"):
-            session.pong_expected = False  # type: ignore[attr-defined]
-
     def _receive(self, payload: bytes, binary: bool) -> None:
-        if self.session is None or self.session.closed:
+        session = self.session
+        if session is None or session.closed:
             return
         self.stats.messages_in += 1
-        if payload == b"{}" and not binary and getattr(self.session, "inline_pong", False):
-            return  # a protocol pong: _pong() has noted it; no task, no queueing
+        if payload == b"{}" and not binary and getattr(session, "inline_pong", False):
+            session.pong()  # a protocol pong: no task, no queueing
+            return
         if self._inbox is None:
             self._inbox = collections.deque()
         self._inbox.append((payload, binary))
@@ -496,8 +548,8 @@ class Connection(asyncio.Protocol):
     async def _drain(self) -> None:
         """Handle queued messages in order. Runs only while there is work."""
         session = self.session
-        assert session is not None and self._inbox is not None
         inbox = self._inbox
+        assert session is not None and inbox is not None
         try:
             while inbox:
                 item = inbox.popleft()
@@ -515,41 +567,27 @@ class Connection(asyncio.Protocol):
             self.close(DisconnectCode.INTERNAL_ERROR)
         finally:
             self._worker = None
-            if not inbox:
+            if not inbox and self._inbox is inbox:
                 self._inbox = None
 
     # -- Outbox ---------------------------------------------------------------------
 
-    def deliver(self, frame: bytes | FrameBatch) -> None:
-        """Queue pre-encoded frame bytes or a shared :class:`FrameBatch` (hot
-        path: no await, no syscall). A batch may still grow until it is written;
-        :meth:`flush` checks the limit again with its final size."""
-        if not self.open:
-            return
-        self._out.append(frame)
-        self._out_size += len(frame)
-        if type(frame) is not bytes:
-            self._batched = True
-        if self._out_size + self._buffered > self.config.max_pending_output:
-            self._check_slow()
-        elif not self._dirty:
-            self._dirty = True
-            self.server.flusher.add(self)
-
     def send_text(self, payload: bytes) -> None:
+        """Queue one text message (a reply, an endpoint's message): bounded."""
         if self.open and self.ws is not None:
             self.ws.send_text(payload)
             self._pull_ws_writes()
 
     def send_binary(self, payload: bytes) -> None:
+        """Queue one binary message: bounded."""
         if self.open and self.ws is not None:
             self.ws.send_binary(payload)
             self._pull_ws_writes()
 
     def send_ping(self) -> None:
-        """Queue a WebSocket ping (one pre-encoded frame for every connection)."""
+        """Queue a WebSocket ping (one pre-encoded frame for every connection): bounded."""
         if self.open and self.ws is not None:
-            self._queue(_PING_FRAME)
+            self.write(_PING_FRAME)
 
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; drop the TCP connection after ``close_timeout``."""
@@ -561,91 +599,65 @@ class Connection(asyncio.Protocol):
             self.stats.disconnects[code] += 1
             data = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
             self.ws.send_close(code, data)
-            self._pull_ws_writes()
+            self._pull_ws_writes(control=True)
         self._arm_close_timer()
 
     # -- output internals -------------------------------------------------------------
 
-    def _check_slow(self) -> None:
-        transport = self.transport
-        self._buffered = transport.get_write_buffer_size() if transport is not None else 0
-        if self._out_size + self._buffered <= self.config.max_pending_output:
-            if not self._dirty:
-                self._dirty = True
-                self.server.flusher.add(self)
-            return
-        log.warning("slow client %s: %d bytes pending; closing with 3008", self.peer,
-                    self._out_size + self._buffered)
-        self.stats.slow += 1
-        self._out.clear()
-        self._out_size = 0
-        if self.session is not None:
-            self.session.closed = True
-        self.close(DisconnectCode.SLOW, "slow")
+    def _on_slow(self, pending: int) -> None:
+        log.warning("slow client %s: %d bytes pending; closing with 3008", self.peer, pending)
+        session = self.session
+        if session is not None:
+            session.disconnect(DisconnectCode.SLOW, "slow")  # output is closed: only the close frame goes
+        else:
+            self.close(DisconnectCode.SLOW, "slow")
 
-    def _pull_ws_writes(self) -> None:
-        assert self.ws is not None
-        for chunk in self.ws.data_to_send():
-            if chunk:
-                self._queue(chunk)
+    def _pull_ws_writes(self, *, control: bool = False) -> None:
+        """Move what websockets' protocol wrote into the queue (bounded unless
+        ``control``: handshake, close frames, protocol-level answers)."""
+        ws = self.ws
+        assert ws is not None
+        for chunk in ws.data_to_send():
+            if not chunk:
+                self.finish()
+            elif control or not self.open:
+                self.write_control(chunk)
             else:
-                self._eof_pending = True
-                self._mark_dirty()
-
-    def _queue(self, data: bytes) -> None:
-        """Queue protocol bytes (handshake, replies, control frames), unbounded
-        by the slow check: they are small and follow the client's own requests."""
-        self._out.append(data)
-        self._out_size += len(data)
-        self._mark_dirty()
-
-    def _mark_dirty(self) -> None:
-        if not self._dirty and not self.lost:
-            self._dirty = True
-            self.server.flusher.add(self)
-
-    def flush(self) -> None:
-        """Write everything queued in one transport call (called by :class:`Flusher`)."""
-        self._dirty = False
-        transport = self.transport
-        if self.lost or transport is None:
-            return
-        out = self._out
-        if out:
-            size = self._out_size
-            if self._batched:  # join shared batches (once for all) and take their final size
-                self._batched = False
-                size = 0
-                for i, item in enumerate(out):
-                    if type(item) is not bytes:
-                        out[i] = item = item.join()  # type: ignore[union-attr]
-                    size += len(item)
-                if size + self._buffered > self.config.max_pending_output:
-                    self._out_size = size
-                    self._check_slow()
-                    if not self.open:
-                        return
-            stats = self.stats
-            stats.messages_out += len(out)
-            stats.bytes_out += size
-            self._out = []
-            self._out_size = 0
-            if len(out) == 1:
-                transport.write(out[0])
-            else:
-                transport.writelines(out)
-            self._buffered = transport.get_write_buffer_size()
-        if self._eof_pending:
-            transport.close()  # after the buffer is written
+                self.write(chunk)
 
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and not self.lost:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(self.config.close_timeout, self._abort)
 
-    def _abort(self) -> None:
+    @property
+    def idle(self) -> bool:
+        """Whether the connection is plain HTTP with no request being served."""
+        return self.ws is None and self._http_task is None
+
+    def abort(self) -> None:
+        """Drop the TCP connection at once."""
         if self.transport is not None and not self.lost:
             self.transport.abort()
+
+    _abort = abort
+
+
+def _release_transport(transport: asyncio.BaseTransport | None) -> None:
+    """Break the reference cycle of a closed asyncio socket transport.
+
+    CPython's selector transport keeps bound methods of itself
+    (``_read_ready_cb``; ``_write_ready`` from 3.12) and drops them only in
+    ``close()`` from 3.12 on, never on ``abort()`` or a reset by the peer
+    (CPython gh-100348, gh-106503). Called from ``connection_lost``: the
+    transport has left the event loop and never reads or writes again.
+    uvloop's transports have no ``__dict__`` and no such cycle.
+    """
+    state = getattr(transport, "__dict__", None)
+    if state is not None:
+        for name in ("_read_ready_cb", "_write_ready"):
+            if name in state:
+                state[name] = None
 
 
 _PING_FRAME = Frame(Opcode.PING, b"").serialize(mask=False)

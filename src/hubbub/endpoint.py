@@ -17,6 +17,16 @@ returns, or ``produce`` ends, the connection is closed with 1000. An exception
 in a handler is logged with its traceback and closes that connection with
 1011; :class:`~hubbub.errors.Disconnect` closes with its code. No task
 outlives its connection.
+
+The :class:`WebSocket` is a client of the hub like any other
+(:class:`~hubbub.core.ClientCore`): the channels it subscribes to count
+against ``client_channel_limit``, names are validated the same way, and a
+connection token given at the handshake (``?token=`` or ``Authorization:
+Bearer``) is verified before ``101`` (an invalid one gets HTTP 401) and sets
+:attr:`WebSocket.user`. Without a token the user is ``""``: an endpoint
+decides itself, in ``connect``, whom it serves. Its ``subscribe`` and
+``publish`` are the application's own calls, so namespace permissions meant
+for clients (``allow_subscribe_for_client``, ...) do not apply to them.
 """
 
 from __future__ import annotations
@@ -24,17 +34,19 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from .brokers.base import Publication
-from .codes import DisconnectCode
+from .auth import TokenError
+from .codes import DisconnectCode, ErrorCode
+from .core import ClientContext, ClientCore
 from .errors import Disconnect, ProtocolError
 from .http import HTTPRequest
-from .hub import Hub, Subscriber, Wire
+from .hub import Wire
 from .outbox import Outbox
-from .session import encode_data
+from .relay import PENDING, Refusal, handshake_token
+from .strictjson import encode_data
 
 log = logging.getLogger("hubbub.endpoint")
 
@@ -44,27 +56,31 @@ MAX_QUEUED_MESSAGES = 64
 Message = str | bytes
 
 
-class WebSocket:
-    """The connection object handed to endpoint handlers.
+class WebSocket(ClientCore):
+    """The connection object handed to endpoint handlers, and the session that
+    runs the endpoint for it.
 
     Attributes:
         request: the handshake request (``path``, ``params`` of the route,
             ``query``, ``headers`` with lower-case names).
         client_id: a unique id of this connection.
+        user: the user of a verified connection token (``""`` without one).
         state: a dict for the handler's own per-connection data.
     """
 
-    def __init__(self, hub: Hub, out: Outbox, wire: Wire, request: HTTPRequest) -> None:
-        self.hub = hub
+    transport = "endpoint"
+
+    __slots__ = ("request", "state", "_endpoint", "_messages", "_task", "_token")
+
+    def __init__(self, context: ClientContext, out: Outbox, wire: Wire, request: HTTPRequest,
+                 endpoint: Any = None) -> None:
+        super().__init__(context, out, wire, headers=request.headers)
         self.request = request
-        self.client_id = str(uuid.uuid4())
         self.state: dict[str, Any] = {}
-        self._out = out
-        self._wire = wire
+        self._endpoint = endpoint
         self._messages: asyncio.Queue[Message | None] = asyncio.Queue(MAX_QUEUED_MESSAGES)
-        self._channels: set[str] = set()
-        self._subscriber = Subscriber(self.client_id, wire, out.deliver, self._disconnect_code)
-        self.closed = False
+        self._task: asyncio.Task[None] | None = None
+        self._token = handshake_token(request.headers, request.query)
 
     @property
     def params(self) -> dict[str, str]:
@@ -78,16 +94,15 @@ class WebSocket:
             TypeError: for any other type.
         """
         if isinstance(message, str):
-            self._out.send_text(message.encode())
+            self.out.send_text(message.encode())
         elif isinstance(message, (bytes, bytearray, memoryview)):
-            self._out.send_binary(bytes(message))
+            self.out.send_binary(bytes(message))
         else:
             raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Close the connection with ``code`` (1000, 3000-4999) and ``reason``."""
-        self.closed = True
-        self._out.close(code, reason)
+        self.disconnect(code, reason)
 
     async def recv(self) -> Message:
         """The next message (``str`` or ``bytes``).
@@ -116,65 +131,60 @@ class WebSocket:
         as one message (its JSON data as text; relay messages as sent).
 
         Raises:
-            ProtocolError: 107/102 for a bad channel, 105 if subscribed already.
+            ProtocolError: 107/102 for a bad channel, 105 if subscribed
+                already, 106 over ``client_channel_limit``.
         """
-        ns = self.hub.namespace(channel)
-        if channel in self._channels:
-            from .codes import ErrorCode
-
-            raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
-        self._channels.add(channel)
         try:
-            await self.hub.subscribe(channel, self._subscriber, ns=ns)
-        except BaseException:
-            self._channels.discard(channel)
-            raise
-        if self.closed:
-            self._unsubscribe_all()
+            ns, _ = await self.authorize_subscribe(channel, server_side=True)
+        except Disconnect:
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, "channel limit exceeded") from None
+        await self.join(channel, ns)
 
     async def unsubscribe(self, channel: str) -> None:
         """Stop receiving ``channel``'s publications."""
-        if channel in self._channels:
-            self._channels.discard(channel)
-            self.hub.unsubscribe(channel, self.client_id)
+        self.leave(channel)
 
-    async def publish(self, channel: str, data: Any) -> int:
+    async def publish(self, channel: str, data: Any) -> int:  # type: ignore[override]
         """Publish ``data`` (any JSON value) to ``channel``; returns its offset
         (0 without history).
 
         Raises:
-            ProtocolError: 107/102 for a bad channel, 100 if the broker failed.
+            ProtocolError: 107/102 for a bad channel or data, 100 if the broker failed.
         """
         position = await self.hub.publish(channel, Publication(encode_data(data)))
         return position.offset
 
-    def _disconnect_code(self, code: int) -> None:
-        self.closed = True
-        self._out.close(code, "")
+    def disconnect(self, code: int, reason: str | None = None) -> None:
+        """Close with ``code`` (what the hub uses: 3008, 3010, ...)."""
+        if not self.closed:
+            self.closed = True
+        self.out.close(code, reason or "")
 
-    def _unsubscribe_all(self) -> None:
-        for channel in self._channels:
-            self.hub.unsubscribe(channel, self.client_id)
-        self._channels.clear()
+    # -- the session side (called by the connection) -----------------------------------
 
+    def handshake_nowait(self) -> Refusal | None:
+        """Verify a connection token if one was given (401 if invalid)."""
+        if not self._token:
+            return None
+        verifier = self.context.verifier
+        if not verifier.enabled:
+            return None
+        if verifier.needs_lookup:
+            return PENDING
+        try:
+            claims = verifier.connection_nowait(self._token)
+        except TokenError:
+            return 401, "invalid token"
+        self.user = claims.user
+        return None
 
-class EndpointSession:
-    """Runs one endpoint for one connection (see the module docstring)."""
-
-    def __init__(self, endpoint: Any, ws: WebSocket, out: Outbox) -> None:
-        self.endpoint = endpoint
-        self.ws = ws
-        self.out = out
-        self.pong_expected = False
-        self._task: asyncio.Task[None] | None = None
-
-    @property
-    def closed(self) -> bool:
-        return self.ws.closed
-
-    @closed.setter
-    def closed(self, value: bool) -> None:
-        self.ws.closed = value
+    async def handshake(self) -> Refusal | None:
+        try:
+            claims = await self.context.verifier.connection(self._token)
+        except TokenError:
+            return 401, "invalid token"
+        self.user = claims.user
+        return None
 
     async def open(self) -> None:
         self.open_nowait()
@@ -182,79 +192,77 @@ class EndpointSession:
     def open_nowait(self) -> bool:
         """Start the endpoint's task (it runs the ``connect`` hook)."""
         self._task = asyncio.get_running_loop().create_task(self._run())
+        self._task.add_done_callback(self._task_done)
         return True
 
-    async def handle_message(self, payload: bytes, binary: bool) -> None:
-        message: Message = payload if binary else payload.decode()
-        await self.ws._messages.put(message)  # waits when full: the inbox then pauses reading
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._task = None
 
-    def ping(self) -> None:
-        if not self.closed:
-            self.pong_expected = True
-            self.out.send_ping()
+    async def handle_message(self, payload: bytes, binary: bool) -> None:  # type: ignore[override]
+        message: Message = payload if binary else payload.decode()
+        self.pong_expected = False
+        await self._messages.put(message)  # waits when full: the inbox then pauses reading
 
     def check_pong(self) -> None:
         if self.pong_expected and not self.closed:
-            self.ws._disconnect_code(1011)
+            self.disconnect(1011, "keepalive ping timeout")
 
     def on_closed(self) -> None:
-        self.ws.closed = True
-        self.ws._unsubscribe_all()
+        super().on_closed()
         try:
-            self.ws._messages.put_nowait(None)
+            self._messages.put_nowait(None)
         except asyncio.QueueFull:
             pass
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
     async def _run(self) -> None:
-        ws = self.ws
-        endpoint = self.endpoint
+        endpoint = self._endpoint
         instance = None
         connected = False
         try:
             if inspect.iscoroutinefunction(endpoint):
-                await endpoint(ws)
+                await endpoint(self)
             else:
                 instance = endpoint()
                 connect = getattr(instance, "connect", None)
                 if connect is not None:
-                    await connect(ws)
+                    await connect(self)
                 connected = True
                 await self._serve_instance(instance)
-            if not ws.closed:
-                await ws.close(1000)
+            if not self.closed:
+                await self.close(1000)
         except asyncio.CancelledError:
             pass
         except Disconnect as exc:
-            await ws.close(exc.code, exc.reason)
+            await self.close(exc.code, exc.reason)
         except Exception:
-            log.exception("error in WebSocket endpoint %s", ws.request.path)
-            await ws.close(DisconnectCode.INTERNAL_ERROR, "internal error")
+            log.exception("error in WebSocket endpoint %s", self.request.path)
+            await self.close(DisconnectCode.INTERNAL_ERROR, "internal error")
         finally:
-            ws._unsubscribe_all()
+            for channel in list(self.channels):
+                self.leave(channel)
             if instance is not None and connected:
                 disconnect = getattr(instance, "disconnect", None)
                 if disconnect is not None:
                     try:
-                        await disconnect(ws)
+                        await disconnect(self)
                     except Exception:
-                        log.exception("error in disconnect() of endpoint %s", ws.request.path)
+                        log.exception("error in disconnect() of endpoint %s", self.request.path)
 
     async def _serve_instance(self, instance: Any) -> None:
-        ws = self.ws
         handle: Callable[[WebSocket, Message], Awaitable[None]] | None = getattr(instance, "handle_message", None)
         produce = getattr(instance, "produce", None)
 
         async def consume() -> None:
-            async for message in ws:
+            async for message in self:
                 if handle is not None:
-                    await handle(ws, message)
+                    await handle(self, message)
 
         if produce is None:
             await consume()
             return
-        tasks = [asyncio.ensure_future(consume()), asyncio.ensure_future(produce(ws))]
+        tasks = [asyncio.ensure_future(consume()), asyncio.ensure_future(produce(self))]
         try:
             done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -263,3 +271,7 @@ class EndpointSession:
             await asyncio.gather(*tasks, return_exceptions=True)
         for task in done:
             task.result()  # re-raise a handler's exception
+
+
+#: The session behind a framework endpoint is its :class:`WebSocket`.
+EndpointSession = WebSocket

@@ -5,7 +5,9 @@
     HubbubError
     ├── ConfigError            invalid settings; raised before serving
     ├── ProtocolError          a client command failed: becomes an error reply
-    │                          ``{"error": {"code", "message", "temporary"}}``
+    │   │                      ``{"error": {"code", "message", "temporary"}}``
+    │   └── BadRequest         an invalid name or parameter: code 107, and HTTP
+    │                          400 in the server API (hubbub.validation)
     ├── Disconnect             the connection must close with ``code``/``reason``
     ├── BrokerError            the broker backend failed (temporary: retry)
     │   └── BrokerUnavailable  the backend is unreachable right now
@@ -43,6 +45,17 @@ class ProtocolError(HubbubError):
         self.message = message if message is not None else ERROR_MESSAGES.get(code, "error")
         self.temporary = temporary or code == ErrorCode.INTERNAL
         super().__init__(f"{self.code}: {self.message}")
+
+
+class BadRequest(ProtocolError):
+    """An invalid channel name or parameter (code 107 "bad request").
+
+    Raised by :mod:`hubbub.validation`; the protocol answers it with error
+    107, the server API with HTTP 400. ``message`` names the parameter.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.BAD_REQUEST, message)
 
 
 class Disconnect(HubbubError):

@@ -5,10 +5,11 @@ Handlers are ``async def handler(request: HTTPRequest) -> HTTPResponse``.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
+
+from .strictjson import dumps
 
 
 @dataclass(slots=True)
@@ -50,7 +51,7 @@ class HTTPResponse:
 
     @classmethod
     def json(cls, value: Any, status: int = 200) -> HTTPResponse:
-        body = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        body = dumps(value)
         return cls(status, body, "application/json")
 
     @classmethod

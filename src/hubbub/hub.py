@@ -22,7 +22,6 @@ order and nothing it was not subscribed for.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
@@ -32,14 +31,12 @@ from .brokers.base import Broker, ClientInfo, Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .config import Config, NamespaceOptions
 from .errors import BrokerError, ProtocolError
-from .metrics import Stats
 from .outbox import FrameBatch
+from .stats import Stats
+from .strictjson import encode_data
+from .validation import channel_name
 
 log = logging.getLogger("hubbub.hub")
-
-
-def _json_bytes(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
 
 #: A subscriber whose recovery buffer passes this many publications is told 3010.
 MAX_RECOVERY_BUFFER = 10_000
@@ -168,15 +165,14 @@ class Hub:
 
     # -- namespaces ---------------------------------------------------------
 
-    def namespace(self, channel: str) -> NamespaceOptions:
-        """The options of ``channel``'s namespace.
+    def namespace(self, channel: Any) -> NamespaceOptions:
+        """The options of ``channel``'s namespace (validating the name).
 
         Raises:
-            ProtocolError: 107 for an invalid channel name, 102 for an unknown namespace.
+            BadRequest: 107 for an invalid channel name (:func:`hubbub.validation.channel_name`).
+            ProtocolError: 102 for an unknown namespace.
         """
-        if not channel or len(channel.encode()) > self.config.channel_max_length or not channel.isprintable():
-            raise ProtocolError(ErrorCode.BAD_REQUEST, "invalid channel name")
-        ns = self.config.namespace(channel)
+        ns = self.config.namespace(channel_name(channel, self.config.channel_max_length))
         if ns is None:
             raise ProtocolError(ErrorCode.UNKNOWN_CHANNEL)
         return ns
@@ -193,19 +189,25 @@ class Hub:
     ) -> StreamPosition:
         """Publish ``pub`` to ``channel`` on every node.
 
-        ``source`` (client, api, relay, app) labels the publication in metrics.
-
-        ``pub`` is a :class:`Publication`, or any JSON value to publish as its data.
+        Args:
+            channel: the channel name (validated).
+            pub: a :class:`Publication`, or any JSON value to publish as its data.
+            idempotency_key: a publish with the same key within
+                ``idempotency_ttl`` seconds returns the first one's position
+                and publishes nothing.
+            source: client, api, relay or app; labels the publication in metrics.
 
         Returns the publication's stream position (offset 0 without history).
 
         Raises:
-            ProtocolError: 107/102 for a bad channel; 100 (temporary) when the
+            BadRequest: 107 for an invalid channel name, or data that is not
+                strict JSON (NaN, Infinity, a lone surrogate).
+            ProtocolError: 102 unknown namespace; 100 (temporary) when the
                 broker failed, in which case the publication was not accepted.
         """
         ns = self.namespace(channel)
         if not isinstance(pub, Publication):
-            pub = Publication(_json_bytes(pub))
+            pub = Publication(encode_data(pub))
         try:
             position = await self.broker.publish(
                 channel,
@@ -213,6 +215,7 @@ class Hub:
                 history_size=ns.history_size,
                 history_ttl=ns.history_ttl,
                 idempotency_key=idempotency_key,
+                idempotency_ttl=self.config.idempotency_ttl,
             )
         except BrokerError as exc:
             self.stats.broker_errors += 1

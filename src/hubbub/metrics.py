@@ -26,61 +26,38 @@ slow_disconnects_total                  connections closed with 3008
 
 from __future__ import annotations
 
-import bisect
-import collections
 import os
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from .server import Server
-
-#: Upper bounds of the command latency buckets (seconds).
-BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+from .hub import Hub
+from .stats import BUCKETS, Stats
 
 
-class Histogram:
-    """A fixed-bucket latency histogram (seconds)."""
+class Node(Protocol):
+    """What the exposition reads from a serving node."""
 
-    __slots__ = ("counts", "total", "count")
+    stats: Stats
+    hub: Hub
 
-    def __init__(self) -> None:
-        self.counts = [0] * (len(BUCKETS) + 1)
-        self.total = 0.0
-        self.count = 0
+    def session_kinds(self) -> dict[str, int]:
+        """Open WebSocket connections by kind (protocol, relay, endpoint)."""
+        ...
 
-    def observe(self, seconds: float) -> None:
-        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
-        self.total += seconds
-        self.count += 1
-
-
-class Stats:
-    """Plain counters, updated on the hot path without locks."""
-
-    def __init__(self) -> None:
-        self.messages_in = 0
-        self.bytes_in = 0
-        self.messages_out = 0
-        self.bytes_out = 0
-        self.publications: collections.Counter[str] = collections.Counter()
-        self.disconnects: collections.Counter[int] = collections.Counter()
-        self.commands: dict[str, Histogram] = collections.defaultdict(Histogram)
-        self.broker_errors = 0
-        self.broker_reconnects = 0
-        self.slow = 0
-
+    def pending_output(self) -> int:
+        """Bytes queued for clients (user space and transports)."""
+        ...
 
 class _Collector:
-    def __init__(self, server: Server, worker: str) -> None:
-        self.server = server
+    def __init__(self, node: Node, worker: str) -> None:
+        self.node = node
         self.worker = worker
 
     def collect(self) -> Iterator[Any]:
         from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 
-        server, stats, w = self.server, self.server.stats, self.worker
-        hub = server.hub
+        node, stats, w = self.node, self.node.stats, self.worker
+        hub = node.hub
 
         def gauge(name: str, doc: str, value: float, **labels: str) -> Any:
             g = GaugeMetricFamily(f"hubbub_{name}", doc, labels=["worker", *labels])
@@ -92,10 +69,10 @@ class _Collector:
             c.add_metric([w], value)
             return c
 
-        kinds = collections.Counter(type(c.session).__name__ for c in server.websockets)
+        kinds = node.session_kinds()
         conns = GaugeMetricFamily("hubbub_connections", "Open WebSocket connections", labels=["worker", "kind"])
-        for cls, kind in (("ClientSession", "protocol"), ("RelaySession", "relay"), ("EndpointSession", "endpoint")):
-            conns.add_metric([w, kind], kinds.get(cls, 0))
+        for kind in ("protocol", "relay", "endpoint"):
+            conns.add_metric([w, kind], kinds.get(kind, 0))
         yield conns
         channels = hub.channels()
         yield gauge("subscriptions", "Local subscriptions", sum(channels.values()))
@@ -124,19 +101,14 @@ class _Collector:
         yield counter("broker_errors", "Failed broker operations", stats.broker_errors)
         yield counter("broker_reconnects", "Times the broker came back", stats.broker_reconnects)
         yield gauge("broker_up", "1 while the broker is reachable", 1 if hub.broker.healthy else 0)
-        pending = 0
-        for conn in server.connections:
-            pending += conn._out_size
-            if conn.transport is not None and not conn.lost:
-                pending += conn.transport.get_write_buffer_size()
-        yield gauge("pending_output_bytes", "Output queued for clients", pending)
+        yield gauge("pending_output_bytes", "Output queued for clients", node.pending_output())
         yield counter("slow_disconnects", "Connections closed with 3008 slow", stats.slow)
 
 
-def render(server: Server) -> bytes:
-    """The Prometheus text exposition of ``server``'s metrics."""
+def render(node: Node) -> bytes:
+    """The Prometheus text exposition of ``node``'s metrics."""
     from prometheus_client import CollectorRegistry, generate_latest
 
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(_Collector(server, os.environ.get("HUBBUB_WORKER_INDEX", "0")))
+    registry.register(_Collector(node, os.environ.get("HUBBUB_WORKER_INDEX", "0")))
     return generate_latest(registry)

@@ -12,21 +12,84 @@ one WebSocket message:
 Protocol subscribers of the same channel see relay text as its JSON value when
 it is valid JSON and as a JSON string otherwise; binary messages reach them as
 a JSON string holding the bytes in base64.
+
+A relay client is a client like any other (:class:`~hubbub.core.ClientCore`):
+the same rules decide what it may do, at the handshake, before ``101``:
+
+* **connection token**: ``?token=JWT`` or ``Authorization: Bearer JWT``.
+  Required when anonymous clients are not allowed (hub-wide, or in the
+  channel's namespace).
+* **subscription token**: ``?sub_token=JWT`` for a namespace with
+  ``require_subscription_token``.
+* **permissions**: ``allow_subscribe_for_client`` to connect,
+  ``allow_publish_for_client`` to send (else 3507 on the first message);
+  ``client_command_rate`` limits the messages it sends (3013).
+
+Refusals are HTTP statuses (:data:`REFUSAL_STATUS`): 401 for a missing,
+invalid or expired connection token, 403 for a permission refused, 404 for an
+unknown namespace, 400 for an invalid channel name.
 """
 
 from __future__ import annotations
 
 import base64
-import json
-import uuid
+from collections.abc import Mapping
+from typing import Any
 
 from .brokers.base import ClientInfo, Publication
+from .codes import DisconnectCode, ErrorCode
 from .config import NamespaceOptions
+from .core import ClientContext, ClientCore
 from .errors import Disconnect, ProtocolError
-from .hub import Hub, Subscriber
 from .outbox import FrameEncoder, Outbox
-from .session import loads
-from .codes import DisconnectCode
+from .strictjson import dumps, loads
+
+#: A handshake refusal: (HTTP status, reason text).
+Refusal = tuple[int, str]
+
+#: What :meth:`RelaySession.handshake_nowait` returns when :meth:`~RelaySession.handshake` must be awaited.
+PENDING: Refusal = (0, "pending")
+
+#: HTTP status of a refused handshake, by protocol error or disconnect code.
+REFUSAL_STATUS: dict[int, int] = {
+    DisconnectCode.INVALID_TOKEN: 401,
+    ErrorCode.TOKEN_EXPIRED: 401,
+    ErrorCode.UNAUTHORIZED: 401,
+    ErrorCode.PERMISSION_DENIED: 403,
+    DisconnectCode.PERMISSION_DENIED: 403,
+    ErrorCode.UNKNOWN_CHANNEL: 404,
+    ErrorCode.BAD_REQUEST: 400,
+    DisconnectCode.BAD_REQUEST: 400,
+    DisconnectCode.CONNECTION_LIMIT: 429,
+    ErrorCode.LIMIT_EXCEEDED: 429,
+    ErrorCode.INTERNAL: 503,
+}
+
+
+#: Close code for a refusal, when the handshake is already answered.
+_CLOSE_FOR_STATUS: dict[int, int] = {
+    401: DisconnectCode.INVALID_TOKEN,
+    403: DisconnectCode.PERMISSION_DENIED,
+    400: DisconnectCode.BAD_REQUEST,
+    404: DisconnectCode.BAD_REQUEST,
+    429: DisconnectCode.CONNECTION_LIMIT,
+    503: 1013,
+}
+
+
+def refusal(exc: ProtocolError | Disconnect) -> Refusal:
+    """The HTTP refusal for an error raised by the client core."""
+    if isinstance(exc, ProtocolError):
+        return REFUSAL_STATUS.get(exc.code, 403), exc.message
+    return REFUSAL_STATUS.get(exc.code, 403), exc.reason
+
+
+def handshake_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str:
+    """The connection token of a handshake: ``Authorization: Bearer`` or ``?token=``."""
+    auth = headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip()
+    return query.get("token", "")
 
 
 class RelayWire:
@@ -54,70 +117,104 @@ class RelayWire:
 def relay_publication(payload: bytes, *, binary: bool) -> Publication:
     """The publication for one relay message (see the module docstring)."""
     if binary:
-        return Publication(
-            json.dumps(base64.b64encode(payload).decode()).encode(), raw=payload, binary=True
-        )
-    text = payload.decode()  # the connection checked UTF-8
+        return Publication(dumps(base64.b64encode(payload).decode()), raw=payload, binary=True)
     try:
-        loads(text)
+        loads(payload)
     except ValueError:
-        return Publication(json.dumps(text, ensure_ascii=False).encode(), raw=payload)
+        # the connection checked UTF-8; text that is not JSON travels as a JSON string
+        return Publication(dumps(payload.decode("utf-8", "replace")), raw=payload)
     return Publication(payload)
 
 
-class RelaySession:
+class RelaySession(ClientCore):
     """One relay client on ``/ws/{channel}``.
 
     Args:
-        hub: the node's hub.
+        context: the node's shared :class:`~hubbub.core.ClientContext`.
         out: the connection's output.
         wire: the relay wire (shared by every relay connection).
         channel: the channel of the path.
         echo: whether the client receives its own messages.
+        headers: the handshake's headers (lower-case names).
+        query: the handshake's query parameters (``token``, ``sub_token``).
     """
 
-    def __init__(self, hub: Hub, out: Outbox, wire: RelayWire, channel: str, *, echo: bool = True) -> None:
-        self.hub = hub
-        self.out = out
+    transport = "relay"
+
+    __slots__ = ("channel", "echo", "subscribed", "_token", "_sub_token", "_ns", "_chan_info")
+
+    def __init__(self, context: ClientContext, out: Outbox, wire: RelayWire, channel: str, *, echo: bool = True,
+                 headers: dict[str, str] | None = None, query: Mapping[str, str] | None = None) -> None:
+        super().__init__(context, out, wire, headers=headers)
+        query = query or {}
         self.channel = channel
         self.echo = echo
-        self.client_id = str(uuid.uuid4())
-        self.closed = False
         self.subscribed = False
-        self.pong_expected = False
-        self._subscriber = Subscriber(self.client_id, wire, out.deliver, self._disconnect_code)
+        self._token = handshake_token(self.headers, query)
+        self._sub_token = query.get("sub_token", "")
+        self._ns: NamespaceOptions | None = None
+        self._chan_info: Any = None
 
-    def _disconnect_code(self, code: int) -> None:
-        self.disconnect(code)
+    # -- handshake: authenticate and authorize before 101 ----------------------------
+
+    def handshake_nowait(self) -> Refusal | None:
+        """Decide the handshake at once: ``None`` accepts, a :data:`Refusal`
+        refuses, :data:`PENDING` means :meth:`handshake` must be awaited."""
+        try:
+            if not self.connected and self.authenticate_nowait(self._token) is None:
+                return PENDING
+            authorized = self.authorize_subscribe_nowait(self.channel, self._sub_token)
+        except (ProtocolError, Disconnect) as exc:
+            return refusal(exc)
+        if authorized is None:
+            return PENDING
+        self._ns, self._chan_info = authorized
+        return None
+
+    async def handshake(self) -> Refusal | None:
+        """Decide the handshake, awaiting hooks and key lookups."""
+        try:
+            if not self.connected:
+                await self.authenticate(self._token)
+            self._ns, self._chan_info = await self.authorize_subscribe(self.channel, self._sub_token)
+        except (ProtocolError, Disconnect) as exc:
+            return refusal(exc)
+        return None
+
+    # -- open: subscribe ----------------------------------------------------------------
 
     async def open(self) -> None:
-        """Subscribe to the channel. Closes the connection if that fails."""
+        """Subscribe to the channel. Closes the connection if that fails.
+
+        Without a handshake first (a session driven directly, not by a
+        connection) the handshake runs here, and a refusal is a close code:
+        3500 for 401, 3507 for 403, 3501 for 400/404, 1013 for 503."""
+        if self._ns is None:
+            refused = await self.handshake()
+            if refused is not None:
+                status, reason = refused
+                self.disconnect(_CLOSE_FOR_STATUS.get(status, DisconnectCode.PERMISSION_DENIED), reason)
+                return
+        assert self._ns is not None
         try:
-            ns = self._namespace()
-            await self.hub.subscribe(self.channel, self._subscriber, ns=ns)
+            await self.join(self.channel, self._ns, self._chan_info)
         except (ProtocolError, Disconnect) as exc:
             self._refused(exc)
             return
         self._subscribed()
 
     def open_nowait(self) -> bool:
-        """:meth:`open` without waiting, if the hub can subscribe at once
-        (:meth:`Hub.subscribe_nowait`); False means :meth:`open` must run."""
+        """:meth:`open` without waiting, if the hub can subscribe at once;
+        False means :meth:`open` must run."""
+        assert self._ns is not None, "handshake first"
         try:
-            ns = self._namespace()
-            if self.hub.subscribe_nowait(self.channel, self._subscriber, ns=ns) is None:
+            if self.subscribe_nowait(self.channel, self._ns, self._chan_info) is None:
                 return False
         except (ProtocolError, Disconnect) as exc:
             self._refused(exc)
             return True
         self._subscribed()
         return True
-
-    def _namespace(self) -> NamespaceOptions:
-        ns = self.hub.namespace(self.channel)
-        if not ns.allow_subscribe_for_client:
-            raise Disconnect(DisconnectCode.PERMISSION_DENIED)
-        return ns
 
     def _refused(self, exc: ProtocolError | Disconnect) -> None:
         if isinstance(exc, ProtocolError):
@@ -127,46 +224,49 @@ class RelaySession:
 
     def _subscribed(self) -> None:
         if self.closed:
-            self.hub.unsubscribe(self.channel, self.client_id)
+            self.leave(self.channel)
         else:
             self.subscribed = True
 
+    # -- messages -----------------------------------------------------------------------
+
     async def handle_message(self, payload: bytes, binary: bool) -> None:
-        """Publish one message to the channel. A failed publish closes the
-        connection with 1011 (the client cannot tell which message was lost
-        otherwise)."""
+        """Publish one message to the channel. A refused or failed publish
+        closes the connection (the client cannot tell which message was lost
+        otherwise): 3507 not allowed, 3013 over the command rate, 1013 broker
+        failure (try again), 3501 invalid data."""
         if self.closed:
             return
-        ns = self.hub.config.namespace(self.channel)
-        if ns is not None and not ns.allow_publish_for_client:
-            self.disconnect(DisconnectCode.PERMISSION_DENIED)
-            return
-        pub = relay_publication(payload, binary=binary)
-        if not self.echo:
-            pub.exclude_client = self.client_id
+        self.pong_expected = False
         try:
-            await self.hub.publish(self.channel, pub, source="relay")
+            if not self.allow_command():
+                raise Disconnect(DisconnectCode.TOO_MANY_REQUESTS)
+            pub = relay_publication(payload, binary=binary)
+            if not self.echo:
+                pub.exclude_client = self.client_id
+            await self.publish(self.channel, publication=pub, source="relay")
+        except Disconnect as exc:
+            self.disconnect(exc.code, exc.reason)
         except ProtocolError as exc:
-            self.disconnect(1013 if exc.temporary else DisconnectCode.BAD_REQUEST, exc.message)
-
-    def ping(self) -> None:
-        """Send a WebSocket ping (called by the server's shared ping timer)."""
-        if not self.closed:
-            self.pong_expected = True
-            self.out.send_ping()
+            if exc.code == ErrorCode.PERMISSION_DENIED:
+                self.disconnect(DisconnectCode.PERMISSION_DENIED, exc.message)
+            else:
+                self.disconnect(1013 if exc.temporary else DisconnectCode.BAD_REQUEST, exc.message)
 
     def check_pong(self) -> None:
         """Close with 1011 if the last ping went unanswered."""
         if self.pong_expected and not self.closed:
             self.disconnect(1011, "keepalive ping timeout")
 
-    def disconnect(self, code: int, reason: str = "") -> None:
+    def disconnect(self, code: int, reason: str | None = None) -> None:
         if not self.closed:
             self.closed = True
-            self.out.close(code, reason)
+            self.out.close(code, reason or "")
+
+    async def server_subscribe(self, channel: str) -> None:
+        """A relay connection holds exactly its path's channel: refused (108)."""
+        raise ProtocolError(ErrorCode.NOT_AVAILABLE, "relay connections hold one channel")
 
     def on_closed(self) -> None:
-        self.closed = True
-        if self.subscribed:
-            self.subscribed = False
-            self.hub.unsubscribe(self.channel, self.client_id)
+        self.subscribed = False
+        super().on_closed()

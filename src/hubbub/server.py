@@ -29,14 +29,20 @@ from . import __version__
 from .api import ServerAPI
 from .auth import TokenVerifier
 from .brokers import create_broker
+from .codec import JSON, ProtocolWire
 from .codes import DisconnectCode
 from .config import Config
-from .connection import Connection, FrameEncoder, Flusher, WebSocketSession
+from .connection import Connection, FrameEncoder, WebSocketSession
+from .core import ClientContext, ClientCore, SessionHooks
+from .endpoint import WebSocket
 from .http import HTTPRequest, HTTPResponse
 from .hub import Hub
+from .listener import Listener
+from .metrics import render
 from .relay import RelaySession, RelayWire
 from .routing import Router
-from .session import ClientSession, ProtocolWire, SessionHooks
+from .session import ClientSession
+from .writer import Flusher
 
 log = logging.getLogger("hubbub.server")
 
@@ -98,10 +104,12 @@ class Server:
                  hooks: SessionHooks | None = None) -> None:
         self.config = (config or Config()).validate()
         self.hub = hub or Hub(self.config, create_broker(self.config.broker))
-        self.hooks = hooks or SessionHooks()
         self.frames = FrameEncoder()
-        self.protocol_wire = ProtocolWire(self.frames)
+        self.protocol_wire = ProtocolWire(JSON, self.frames)
         self.relay_wire = RelayWire(self.frames)
+        self.verifier = TokenVerifier(self.config)
+        #: what every client session of this node shares (hub, rules, hooks)
+        self.context = ClientContext(self.hub, verifier=self.verifier, hooks=hooks or SessionHooks())
         self.origins: list[Any] | None = None
         self.connections: set[Connection] = set()
         self.websockets: set[Connection] = set()
@@ -112,7 +120,7 @@ class Server:
         self.started_at = time.time()
         self.websocket_routes: Router[EndpointFactory] = Router()
         self.http_routes: Router[HTTPHandler] = Router()
-        self._server: asyncio.base_events.Server | None = None
+        self._server: Listener | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._accepted = 0
         self._ping_round = 0
@@ -120,13 +128,21 @@ class Server:
         self.websocket_routes.add("/connection/websocket", self._protocol_endpoint)
         self.websocket_routes.add("/ws/{channel:path}", self._relay_endpoint)
         self.http_routes.add("/health", self._health)
-        self.verifier = TokenVerifier(self.config)
-        self.api = ServerAPI(self)
+        self.api = ServerAPI(self.hub, self.config, started_at=self.started_at)
         self.http_routes.add("/api/{method}", self.api.handle)
         self.http_routes.add("/metrics", self._metrics)
         self.http_routes.add("/static/{name}", self._static)
         if self.config.page:
             self.http_routes.add("/", self._page)
+
+    @property
+    def hooks(self) -> SessionHooks:
+        """The application hooks every client session calls (settable)."""
+        return self.context.hooks
+
+    @hooks.setter
+    def hooks(self, hooks: SessionHooks) -> None:
+        self.context.hooks = hooks
 
     # -- routes -----------------------------------------------------------------
 
@@ -139,40 +155,53 @@ class Server:
         self.http_routes.add(path, handler)
 
     def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession:
-        return ClientSession(self.hub, conn, self.protocol_wire, hooks=self.hooks, headers=request.headers,
-                             verifier=self.verifier)
+        return ClientSession(self.context, conn, self.protocol_wire, headers=request.headers)
 
     def _relay_endpoint(self, conn: Connection, request: HTTPRequest) -> RelaySession:
         echo = request.query.get("echo", "true").lower() not in ("false", "0", "no")
-        return RelaySession(self.hub, conn, self.relay_wire, request.params["channel"], echo=echo)
+        return RelaySession(self.context, conn, self.relay_wire, request.params["channel"], echo=echo,
+                            headers=request.headers, query=request.query)
 
-    def match_websocket(self, request: HTTPRequest) -> EndpointFactory | None:
-        found = self.websocket_routes.match(request.path)
-        if found is None:
-            return None
-        factory, request.params = found
-        return factory
+    def endpoint_session(self, endpoint: Any) -> EndpointFactory:
+        """The session factory of a framework endpoint (a class or ``async def handler(ws)``)."""
 
-    def check_websocket(self, request: HTTPRequest, conn: Connection) -> tuple[int, str] | None:
-        """A refusal ``(status, text)`` for an upgrade, or ``None`` to accept."""
+        def create(conn: Connection, request: HTTPRequest) -> WebSocket:
+            return WebSocket(self.context, conn, self.relay_wire, request, endpoint)
+
+        return create
+
+    def websocket_session(self, conn: Connection, request: HTTPRequest) -> WebSocketSession | tuple[int, str]:
+        """The session for an upgrade on ``request.path``, or a refusal
+        ``(status, text)``: 404 no endpoint, 403 origin not allowed, 503
+        shutting down. The session then decides about the client itself
+        (tokens, permissions) before ``101``."""
         if self.closing:
             return 503, "server is shutting down"
+        found = self.websocket_routes.match(request.path)
+        if found is None:
+            return 404, "no WebSocket endpoint at this path"
+        factory, request.params = found
         origin = request.headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, request.headers.get("host", "")):
             log.warning("refused WebSocket upgrade from origin %r", origin)
             return 403, "origin not allowed"
-        return None
+        return factory(conn, request)
 
     def origin_allowed(self, origin: str, host: str) -> bool:
-        """Same-origin, or listed in ``allowed_origins`` (``*`` allows any).
+        """Whether a browser's ``Origin`` may open a WebSocket.
+
+        With ``allowed_origins`` set, only its entries (``*`` allows any):
+        the ``Host`` header is the client's to choose, so a same-origin check
+        would let any page in that names its own host. With the list empty,
+        same-origin requests only (``Origin``'s host equals ``Host``).
 
         Browsers always send ``Origin`` on WebSocket upgrades; refusing foreign
         ones stops cross-site WebSocket hijacking. Clients that send no
         ``Origin`` (not browsers) are not affected.
         """
         allowed = self.config.allowed_origins
-        if "*" in allowed or origin in allowed:
-            return True
+        if allowed:
+            return "*" in allowed or origin in allowed
         _, _, origin_host = origin.partition("://")
         return bool(host) and origin_host.lower() == host.lower()
 
@@ -188,9 +217,24 @@ class Server:
         """Connections closed with 3008 "slow" so far."""
         return self.stats.slow
 
-    async def _metrics(self, request: HTTPRequest) -> HTTPResponse:
-        from .metrics import render
+    def session_kinds(self) -> dict[str, int]:
+        """Open WebSocket connections by kind: protocol, relay, endpoint."""
+        kinds = {"protocol": 0, "relay": 0, "endpoint": 0}
+        for conn in self.websockets:
+            session = conn.session
+            if isinstance(session, ClientSession):
+                kinds["protocol"] += 1
+            elif isinstance(session, RelaySession):
+                kinds["relay"] += 1
+            elif session is not None:
+                kinds["endpoint"] += 1
+        return kinds
 
+    def pending_output(self) -> int:
+        """Bytes queued for clients, in user space and in the transports."""
+        return sum(conn.pending for conn in self.connections)
+
+    async def _metrics(self, request: HTTPRequest) -> HTTPResponse:
         return HTTPResponse(200, render(self), "text/plain; version=0.0.4; charset=utf-8")
 
     async def _page(self, request: HTTPRequest) -> HTTPResponse:
@@ -237,6 +281,8 @@ class Server:
             conn.deadline = time.monotonic() + self.config.connect_timeout
 
     def connection_closed(self, conn: Connection) -> None:
+        if self._server is not None:
+            self._server.resume()  # a descriptor is free: accept again if the limit had paused it
         self.connections.discard(conn)
         self.websockets.discard(conn)
         self._pending.discard(conn)
@@ -265,25 +311,25 @@ class Server:
         round from stalling the loop with thousands of connections at once."""
         current = self._ping_round % PING_SLICES
         self._ping_round += 1
-        batch = [conn for conn in self.websockets
+        batch = [conn.session for conn in self.websockets
                  if conn.ping_slot == current and conn.open and conn.session is not None]
-        for conn in batch:
-            conn.session.ping()  # type: ignore[union-attr]
+        for session in batch:
+            session.ping()  # type: ignore[union-attr]
         if batch:
             loop = asyncio.get_running_loop()
             self._timers[f"pong{current}"] = loop.call_later(self.config.pong_timeout, self._check_pongs, batch)
 
-    def _check_pongs(self, batch: list[Connection]) -> None:
-        for conn in batch:
-            if conn.session is not None and conn.open:
-                conn.session.check_pong()
+    def _check_pongs(self, batch: list[ClientCore]) -> None:
+        for session in batch:
+            if not session.closed:
+                session.check_pong()
 
     def _sweep(self) -> None:
         wall = time.time()
         for conn in self.websockets:
             session = conn.session
-            if getattr(session, "expire_at", None) is not None:
-                session.check_expiry(wall)  # type: ignore[union-attr]
+            if isinstance(session, ClientCore) and session.expire_at is not None:
+                session.check_expiry(wall)
         now = time.monotonic()
         for conn in list(self._pending):
             session = conn.session
@@ -293,9 +339,9 @@ class Server:
                 elif now >= conn.deadline:
                     self._pending.discard(conn)
                     session.disconnect(DisconnectCode.STALE, "connect timeout")
-            elif conn.ws is None and conn._http_task is None and now >= conn.deadline:
+            elif conn.idle and now >= conn.deadline:
                 self._pending.discard(conn)
-                conn._abort()
+                conn.abort()
 
     # -- life cycle ------------------------------------------------------------------------
 
@@ -319,11 +365,11 @@ class Server:
         self.flusher = Flusher(loop)
         await self.hub.start()
         if sock is not None:
-            self._server = await loop.create_server(lambda: Connection(self), sock=sock, backlog=4096)
+            self._server = await Listener.start(loop, lambda: Connection(self), sock=sock, backlog=4096)
         else:
-            self._server = await loop.create_server(
-                lambda: Connection(self), self.config.host, self.config.port,
-                backlog=4096, reuse_port=reuse_port or None,
+            self._server = await Listener.start(
+                loop, lambda: Connection(self), host=self.config.host, port=self.config.port,
+                backlog=4096, reuse_port=reuse_port,
             )
         if self.config.ping_interval > 0:
             self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
@@ -341,18 +387,18 @@ class Server:
             self._server.close()
         self._stopped = asyncio.Event()
         for conn in list(self.connections):
-            if conn.ws is not None:
-                if conn.session is not None:
-                    conn.session.closed = True
+            if conn.session is not None:
+                conn.session.disconnect(code, reason)
+            elif conn.ws is not None:
                 conn.close(code, reason)
-            elif conn._http_task is None:
-                conn._abort()
+            elif conn.idle:
+                conn.abort()
         if self.connections:
             try:
                 await asyncio.wait_for(self._stopped.wait(), self.config.close_timeout + 1)
             except asyncio.TimeoutError:
                 for conn in list(self.connections):
-                    conn._abort()
+                    conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
         await self.hub.close()

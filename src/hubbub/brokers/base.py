@@ -37,9 +37,10 @@ Contract (every broker passes ``tests/test_broker_contract.py``):
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from ..strictjson import dumps, loads
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,15 +62,15 @@ class ClientInfo:
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"user": self.user, "client": self.client}
         if self.conn_info is not None:
-            out["conn_info"] = json.loads(self.conn_info)
+            out["conn_info"] = loads(self.conn_info)
         if self.chan_info is not None:
-            out["chan_info"] = json.loads(self.chan_info)
+            out["chan_info"] = loads(self.chan_info)
         return out
 
     @classmethod
     def from_json(cls, raw: dict[str, Any]) -> ClientInfo:
         def enc(v: Any) -> bytes | None:
-            return None if v is None else json.dumps(v, separators=(",", ":")).encode()
+            return None if v is None else dumps(v)
 
         return cls(raw["client"], raw.get("user", ""), enc(raw.get("conn_info")), enc(raw.get("chan_info")))
 
@@ -100,9 +101,13 @@ class Publication:
     exclude_client: str | None = None
     tags: dict[str, str] | None = None
 
+    def value(self) -> Any:
+        """``data`` decoded (a JSON value; relay text that is not JSON is a string)."""
+        return loads(self.data)
+
     def to_json(self) -> dict[str, Any]:
         """The protocol's ``Publication`` object (for replies, not the hot path)."""
-        out: dict[str, Any] = {"data": json.loads(self.data)}
+        out: dict[str, Any] = {"data": loads(self.data)}
         if self.offset:
             out["offset"] = self.offset
         if self.info is not None:

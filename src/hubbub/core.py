@@ -1,0 +1,633 @@
+"""The client core: every rule about a client, in one place.
+
+Every way a client comes in (the Centrifugo protocol over any transport or
+codec, the relay at ``/ws/{channel}``, framework endpoints) is a subclass of
+:class:`ClientCore`. The subclasses do I/O and wire formats only; what a
+client may do is decided here, once:
+
+* **Authentication** (:meth:`ClientCore.authenticate`): a connection token
+  (JWT, :mod:`hubbub.auth`), the ``on_connect`` hook, anonymous access
+  (``allow_anonymous``), the per-user connection limit (3504).
+* **Channel permissions** (:meth:`ClientCore.authorize_subscribe` and the
+  checks of publish, history and presence): valid name (107), known namespace
+  (102), anonymous clients only where the namespace allows them (103),
+  ``allow_*_for_client`` (103), subscription tokens for
+  ``require_subscription_token`` namespaces (103, 109), the ``on_subscribe``
+  and ``on_publish`` hooks.
+* **Limits**: ``client_channel_limit`` (106, or 3505 for server-side
+  subscriptions; 0 means no limit) and ``client_command_rate`` (111, then
+  3013 for a sustained flood, :class:`CommandRate`).
+* **Validation**: names and parameters through :mod:`hubbub.validation`,
+  data through :mod:`hubbub.strictjson`.
+
+Refusals are :class:`~hubbub.errors.ProtocolError` (an error reply, or an
+HTTP status at a handshake) or :class:`~hubbub.errors.Disconnect` (a close
+code). Codes: centrifugal.dev ``docs/server/codes.md``.
+
+The core holds no sockets: output goes to an :class:`~hubbub.outbox.Outbox`,
+time comes from the :class:`ClientContext`'s clocks (injectable in tests).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .auth import InvalidToken, TokenExpired, TokenVerifier
+from .brokers.base import ClientInfo, Publication, StreamPosition
+from .codes import DisconnectCode, ErrorCode
+from .config import Config, NamespaceOptions
+from .errors import BrokerError, Disconnect, ProtocolError
+from .hub import Hub, SubscribeResult, Subscriber, Wire
+from .outbox import FrameBatch, Outbox
+from .strictjson import encode_data
+
+log = logging.getLogger("hubbub.core")
+
+# -- hooks ------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class ConnectResult:
+    """Who a connection is, as decided by its token or the ``on_connect`` hook.
+
+    Attributes:
+        user: user id (``""``: anonymous).
+        info: connection info (any JSON), shown in presence and publications.
+        data: sent to the client in the connect reply.
+        channels: server-side subscriptions made on connect.
+        expire_at: unix time (seconds) when the connection expires unless
+            refreshed (3005); ``None``: never.
+    """
+
+    user: str = ""
+    info: Any = None
+    data: Any = None
+    channels: tuple[str, ...] = ()
+    expire_at: float | None = None
+
+
+@dataclass(slots=True)
+class ConnectRequest:
+    """What a client sent to connect, for the ``on_connect`` hook.
+
+    ``result`` is what the token (if any) established; the default hook
+    returns it unchanged. ``transport`` names the way in (``"websocket"``,
+    ``"relay"``, ``"endpoint"``).
+    """
+
+    client: str
+    token: str
+    data: Any
+    name: str
+    version: str
+    headers: dict[str, str]
+    result: ConnectResult = dataclasses.field(default_factory=ConnectResult)
+    transport: str = "websocket"
+
+
+class SessionHooks:
+    """Application hooks, called for every client whatever its way in. The
+    defaults allow everything. :class:`hubbub.App` replaces them.
+
+    Every hook may raise :class:`~hubbub.errors.ProtocolError` (an error reply,
+    or a refused handshake) or :class:`~hubbub.errors.Disconnect` (the
+    connection closes).
+    """
+
+    #: Whether ``on_connect`` authenticates by itself, so a connect without a
+    #: token is passed to it even when anonymous clients are not allowed.
+    handles_auth = False
+    @property
+    def active(self) -> bool:
+        """Whether ``on_connect``, ``on_subscribe`` or ``on_publish`` is
+        overridden (False: the core skips the calls, and a relay handshake is
+        decided without waiting)."""
+        cls = type(self)
+        return (cls.on_connect is not SessionHooks.on_connect or cls.on_subscribe is not SessionHooks.on_subscribe
+                or cls.on_publish is not SessionHooks.on_publish)
+
+    async def on_connect(self, request: ConnectRequest) -> ConnectResult:
+        return request.result
+
+    async def on_subscribe(self, client: ClientCore, channel: str, params: dict[str, Any]) -> Any:
+        """Return channel info (any JSON value) or ``None``."""
+        return None
+
+    async def on_publish(self, client: ClientCore, channel: str, data: Any) -> Any:
+        """Return the data to publish (possibly transformed)."""
+        return data
+
+    async def on_rpc(self, client: ClientCore, method: str, data: Any) -> Any:
+        raise ProtocolError(ErrorCode.METHOD_NOT_FOUND)
+
+    async def on_message(self, client: ClientCore, data: Any) -> None:
+        return None
+
+    async def on_disconnect(self, client: ClientCore) -> None:
+        return None
+
+
+class ClientContext:
+    """What every client of one node shares: settings, hub, token verifier,
+    hooks and clocks.
+
+    Args:
+        hub: the node's hub (its ``config`` is used).
+        verifier: the token verifier; by default one for ``hub.config``.
+        hooks: application hooks.
+        clock: monotonic seconds (rate limits); injectable in tests.
+        wall: unix seconds (token expiry); injectable in tests.
+    """
+
+    __slots__ = ("hub", "config", "verifier", "hooks", "clock", "wall")
+
+    def __init__(self, hub: Hub, *, verifier: TokenVerifier | None = None, hooks: SessionHooks | None = None,
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+        self.hub = hub
+        self.config: Config = hub.config
+        self.verifier = verifier or TokenVerifier(hub.config)
+        self.hooks = hooks or SessionHooks()
+        self.clock = clock
+        self.wall = wall
+
+
+class CommandRate:
+    """``client_command_rate`` per connection: a token bucket for commands and
+    a second bucket for refusals.
+
+    A command is allowed while the first bucket (``burst`` tokens, refilled at
+    ``rate`` per second) has a token; otherwise it gets error 111. Refusals
+    fill the second bucket, which drains at ``rate`` per second: once it holds
+    more than ``burst``, the client is flooding and :meth:`allow` raises
+    ``Disconnect(3013)``. An occasional refusal drains away, but a sustained
+    flood ends within ``2 * burst`` refused commands, however the allowed
+    ones interleave with them.
+    """
+
+    __slots__ = ("rate", "burst", "_tokens", "_refused", "_at")
+
+    def __init__(self, rate: float, burst: int, now: float) -> None:
+        self.rate = rate
+        self.burst = max(burst, 1)
+        self._tokens = float(self.burst)
+        self._refused = 0.0
+        self._at = now
+
+    def allow(self, now: float) -> bool:
+        """Whether one more command may run at ``now`` (monotonic seconds).
+
+        Raises:
+            Disconnect: 3013 when refusals pile up faster than they drain.
+        """
+        elapsed = max(0.0, now - self._at)
+        self._at = now
+        refill = elapsed * self.rate
+        self._tokens = min(float(self.burst), self._tokens + refill)
+        if self._refused:
+            self._refused = max(0.0, self._refused - refill)
+        if self._tokens >= 1.0:
+            self._tokens -= 1.0
+            return True
+        self._refused += 1.0
+        if self._refused > self.burst:
+            raise Disconnect(DisconnectCode.TOO_MANY_REQUESTS)
+        return False
+
+
+def _map_token_errors(exc: Exception) -> ProtocolError | Disconnect:
+    """Token errors as the protocol answers them: expired is error 109 (the
+    client refreshes), anything else closes with 3500."""
+    if isinstance(exc, TokenExpired):
+        return ProtocolError(ErrorCode.TOKEN_EXPIRED)
+    return Disconnect(DisconnectCode.INVALID_TOKEN, "invalid token")
+
+
+class ClientCore:
+    """One client, whatever its transport: identity, subscriptions, rules.
+
+    Subclasses implement :meth:`disconnect` (close with a code) and may
+    override :meth:`_push_subscribed` / :meth:`_push_unsubscribed` (tell the
+    client about server-side subscription changes) and :meth:`_deliver`.
+
+    Args:
+        context: the node's shared :class:`ClientContext`.
+        out: the connection's output.
+        wire: the encoder of pushes for this client (shared by every client of
+            the same codec and transport).
+        headers: the handshake's HTTP headers (lower-case names).
+        client_id: connection id; a random UUID by default.
+    """
+
+    __slots__ = (
+        "context", "hub", "config", "out", "wire", "headers", "client_id", "user", "conn_info", "info",
+        "expire_at", "channels", "connected", "closed", "pong_expected", "_rate", "__weakref__",
+    )
+
+    #: the transport's name in hooks and metrics
+    transport = "websocket"
+
+    def __init__(self, context: ClientContext, out: Outbox, wire: Wire, *, headers: dict[str, str] | None = None,
+                 client_id: str | None = None) -> None:
+        self.context = context
+        self.hub = context.hub
+        self.config = context.config
+        self.out = out
+        self.wire = wire
+        self.headers = headers or {}
+        self.client_id = client_id or str(uuid.uuid4())
+        self.user = ""
+        self.conn_info: bytes | None = None
+        self.info = ClientInfo(self.client_id)
+        self.expire_at: float | None = None
+        #: channel -> ClientInfo used for presence/join/leave in that channel
+        self.channels: dict[str, ClientInfo] = {}
+        self.connected = False
+        self.closed = False
+        self.pong_expected = False
+        rate = self.config.client_command_rate
+        self._rate = CommandRate(rate, self.config.client_command_burst, context.clock()) if rate > 0 else None
+
+    # -- output (subclasses) ---------------------------------------------------------
+
+    def disconnect(self, code: int, reason: str | None = None) -> None:
+        """Close the connection with a close code (see :mod:`hubbub.codes`)."""
+        raise NotImplementedError
+
+    def _deliver(self, frame: bytes | FrameBatch) -> None:
+        """Queue an encoded push (called by the hub's fan-out)."""
+        self.out.deliver(frame)
+
+    def _disconnect_code(self, code: int) -> None:
+        self.disconnect(code)
+
+    def _push_subscribed(self, channel: str, result: SubscribeResult, ns: NamespaceOptions) -> None:
+        """Tell the client about a server-side subscription (default: nothing)."""
+
+    def _push_unsubscribed(self, channel: str, code: int, reason: str) -> None:
+        """Tell the client about a server-side unsubscription (default: nothing)."""
+
+    # -- authentication ------------------------------------------------------------------
+
+    def authenticate_nowait(self, token: str) -> ConnectResult | None:
+        """:meth:`authenticate` without waiting, when no hook and no key lookup
+        must be awaited; ``None`` (nothing changed) when it must be awaited.
+
+        Raises:
+            Disconnect: 3500 invalid or missing token, 3504 connection limit.
+            ProtocolError: 109 token expired.
+        """
+        context = self.context
+        if context.hooks.active or (token and context.verifier.needs_lookup):
+            return None
+        result = ConnectResult()
+        if token and context.verifier.enabled:
+            try:
+                claims = context.verifier.connection_nowait(token)
+            except (TokenExpired, InvalidToken) as exc:
+                raise _map_token_errors(exc) from None
+            result = ConnectResult(claims.user, claims.info, None, claims.channels, claims.expire_at)
+        elif not self.config.anonymous:
+            raise Disconnect(DisconnectCode.INVALID_TOKEN, "connection token required")
+        self._connected(result)
+        return result
+
+    async def authenticate(self, token: str, *, data: Any = None, name: str = "", version: str = "") -> ConnectResult:
+        """Establish who the client is: verify ``token`` (a connection JWT),
+        run the ``on_connect`` hook, apply the connection limit.
+
+        Raises:
+            Disconnect: 3500 invalid token, or none while anonymous clients are
+                not allowed; 3504 over ``client_user_connection_limit``.
+            ProtocolError: 109 token expired; what the hook raises.
+        """
+        if self.connected:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "already connected")
+        context = self.context
+        request = ConnectRequest(self.client_id, token, data, name, version, self.headers, transport=self.transport)
+        if token and context.verifier.enabled:
+            try:
+                claims = await context.verifier.connection(token)
+            except (TokenExpired, InvalidToken) as exc:
+                raise _map_token_errors(exc) from None
+            request.result = ConnectResult(claims.user, claims.info, None, claims.channels, claims.expire_at)
+        elif not self.config.anonymous and not context.hooks.handles_auth:
+            raise Disconnect(DisconnectCode.INVALID_TOKEN, "connection token required")
+        result = await context.hooks.on_connect(request)
+        if result.expire_at is not None and result.expire_at <= context.wall():
+            raise ProtocolError(ErrorCode.TOKEN_EXPIRED)
+        if self.closed:
+            raise Disconnect(DisconnectCode.NORMAL)
+        self._connected(result)
+        return result
+
+    def _connected(self, result: ConnectResult) -> None:
+        self.user = result.user
+        self.conn_info = None if result.info is None else encode_data(result.info)
+        self.info = ClientInfo(self.client_id, self.user, self.conn_info)
+        self.expire_at = result.expire_at
+        limit = self.config.client_user_connection_limit
+        if limit and self.user and self.hub.user_connections(self.user) >= limit:
+            raise Disconnect(DisconnectCode.CONNECTION_LIMIT)
+        self.connected = True
+        self.hub.add_session(self)
+
+    async def refresh(self, token: str) -> None:
+        """Take a new connection token for the same user (extends ``expire_at``).
+
+        Raises:
+            ProtocolError: 107 without token, 108 without token keys, 109 expired.
+            Disconnect: 3500 invalid token or another user's.
+        """
+        if not token:
+            raise ProtocolError(ErrorCode.BAD_REQUEST, "refresh without token")
+        verifier = self.context.verifier
+        if not verifier.enabled:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        try:
+            claims = await verifier.connection(token)
+        except (TokenExpired, InvalidToken) as exc:
+            raise _map_token_errors(exc) from None
+        if claims.user != self.user:
+            raise Disconnect(DisconnectCode.INVALID_TOKEN, "token is for another user")
+        self.expire_at = claims.expire_at
+
+    def check_expiry(self, now: float) -> None:
+        """Close with 3005 if the connection's token expired (``now``: unix seconds)."""
+        if self.expire_at is not None and now >= self.expire_at and not self.closed:
+            self.disconnect(DisconnectCode.EXPIRED)
+
+    # -- rate --------------------------------------------------------------------------------
+
+    def allow_command(self) -> bool:
+        """Whether one more command may run now (``client_command_rate``).
+
+        Raises:
+            Disconnect: 3013 for a sustained flood (:class:`CommandRate`).
+        """
+        rate = self._rate
+        return True if rate is None else rate.allow(self.context.clock())
+
+    # -- channel permissions -------------------------------------------------------------
+
+    def namespace(self, channel: Any) -> NamespaceOptions:
+        """The namespace of ``channel`` for this client.
+
+        Raises:
+            BadRequest: 107 for an invalid channel name.
+            ProtocolError: 102 unknown namespace; 103 if the client is
+                anonymous and the namespace does not allow anonymous clients.
+        """
+        ns = self.hub.namespace(channel)
+        if not self.user and not self.config.anonymous_in(ns):
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        return ns
+
+    def _check_subscribe(self, channel: Any, server_side: bool) -> NamespaceOptions:
+        ns = self.hub.namespace(channel) if server_side else self.namespace(channel)
+        if channel in self.channels:
+            raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
+        limit = self.config.client_channel_limit
+        if limit and len(self.channels) >= limit:
+            if server_side:
+                raise Disconnect(DisconnectCode.CHANNEL_LIMIT)
+            raise ProtocolError(ErrorCode.LIMIT_EXCEEDED, "channel limit exceeded")
+        if not server_side and not ns.allow_subscribe_for_client:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        return ns
+
+    def _check_subscription_claims(self, channel: str, claims: Any) -> Any:
+        if claims.channel != channel or claims.user != self.user:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token is for another channel or user")
+        return claims.info
+
+    def authorize_subscribe_nowait(self, channel: Any, token: str = "") -> tuple[NamespaceOptions, Any] | None:
+        """:meth:`authorize_subscribe` without waiting; ``None`` when a hook or a
+        key lookup must be awaited. Same errors."""
+        context = self.context
+        if context.hooks.active or (token and context.verifier.needs_lookup):
+            return None
+        ns = self._check_subscribe(channel, False)
+        chan_info = None
+        if ns.require_subscription_token:
+            if not token or not context.verifier.enabled:
+                raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token required")
+            try:
+                claims = context.verifier.subscription_nowait(token)
+            except TokenExpired:
+                raise ProtocolError(ErrorCode.TOKEN_EXPIRED) from None
+            except InvalidToken:
+                raise ProtocolError(ErrorCode.PERMISSION_DENIED, "invalid subscription token") from None
+            chan_info = self._check_subscription_claims(channel, claims)
+        return ns, chan_info
+
+    async def authorize_subscribe(self, channel: Any, token: str = "", params: dict[str, Any] | None = None, *,
+                                  server_side: bool = False) -> tuple[NamespaceOptions, Any]:
+        """Decide whether this client may subscribe to ``channel``; returns
+        its namespace and the channel info (from the subscription token or the
+        ``on_subscribe`` hook, ``None`` without).
+
+        ``server_side`` subscriptions (the connection token's ``channels``, the
+        server API, framework code) skip client permissions but not validation
+        or limits.
+
+        Raises:
+            BadRequest: 107 invalid name.
+            ProtocolError: 102, 103 (permission, subscription token), 105
+                already subscribed, 106 channel limit, 109 token expired.
+            Disconnect: 3505 channel limit of a server-side subscription.
+        """
+        ns = self._check_subscribe(channel, server_side)
+        if server_side:
+            return ns, None
+        chan_info = None
+        if ns.require_subscription_token:
+            verifier = self.context.verifier
+            if not token or not verifier.enabled:
+                raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token required")
+            try:
+                claims = await verifier.subscription(token)
+            except TokenExpired:
+                raise ProtocolError(ErrorCode.TOKEN_EXPIRED) from None
+            except InvalidToken:
+                raise ProtocolError(ErrorCode.PERMISSION_DENIED, "invalid subscription token") from None
+            chan_info = self._check_subscription_claims(channel, claims)
+        hooks = self.context.hooks
+        if hooks.active:
+            hooked = await hooks.on_subscribe(self, channel, params or {})
+            if hooked is not None:
+                chan_info = hooked
+            if channel in self.channels:  # subscribed meanwhile
+                raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
+        return ns, chan_info
+
+    # -- subscriptions -------------------------------------------------------------------
+
+    def _channel_info(self, chan_info: Any) -> ClientInfo:
+        if chan_info is None:
+            return self.info
+        return ClientInfo(self.client_id, self.user, self.conn_info, encode_data(chan_info))
+
+    def _subscriber(self, recoverable: bool) -> Subscriber:
+        # a new Subscriber per subscription, held by the hub only: no reference cycle
+        return Subscriber(self.client_id, self.wire, self._deliver, self._disconnect_code, recoverable)
+
+    def subscribe_nowait(self, channel: str, ns: NamespaceOptions, chan_info: Any = None) -> SubscribeResult | None:
+        """Join ``channel`` at once when the hub can (no history to read, the
+        node already subscribed); ``None``, having changed nothing, otherwise.
+        The caller has authorized the subscription."""
+        info = self._channel_info(chan_info)
+        result = self.hub.subscribe_nowait(channel, self._subscriber(False), ns=ns, info=info)
+        if result is not None:
+            self.channels[channel] = info
+        return result
+
+    async def join(self, channel: str, ns: NamespaceOptions, chan_info: Any = None, *,
+                   recover_since: StreamPosition | None = None, recoverable: bool = False,
+                   positioned: bool = False) -> SubscribeResult:
+        """Join ``channel`` (authorized by :meth:`authorize_subscribe`) in the hub.
+
+        Raises:
+            ProtocolError: 105 already subscribed; 100 (temporary) broker failure.
+        """
+        info = self._channel_info(chan_info)
+        self.channels[channel] = info  # reserve: a second subscribe meanwhile gets 105
+        try:
+            result = await self.hub.subscribe(
+                channel, self._subscriber(recoverable or positioned), ns=ns, info=info,
+                recover_since=recover_since, positioned=positioned,
+            )
+        except BaseException:
+            self.channels.pop(channel, None)
+            raise
+        if self.closed:
+            self.leave(channel)
+        return result
+
+    def leave(self, channel: str) -> bool:
+        """Leave ``channel``; returns whether the client was subscribed."""
+        info = self.channels.pop(channel, None)
+        if info is None:
+            return False
+        self.hub.unsubscribe(channel, self.client_id, info=info)
+        return True
+
+    async def server_subscribe(self, channel: str) -> None:
+        """Subscribe from the server side (server API) and tell the client.
+
+        Raises:
+            ProtocolError: as :meth:`authorize_subscribe` (105 included).
+            Disconnect: 3505 channel limit.
+        """
+        ns, _ = await self.authorize_subscribe(channel, server_side=True)
+        result = await self.join(channel, ns)
+        if not self.closed:
+            self._push_subscribed(channel, result, ns)
+
+    def server_unsubscribe(self, channel: str) -> bool:
+        """Unsubscribe from the server side and tell the client (code 2000)."""
+        if not self.leave(channel):
+            return False
+        self._push_unsubscribed(channel, 2000, "server unsubscribe")
+        return True
+
+    # -- publishing, history, presence ---------------------------------------------------
+
+    async def publish(self, channel: Any, data: Any = None, *, publication: Publication | None = None,
+                      source: str = "client") -> StreamPosition:
+        """Publish as this client: ``data`` (any JSON value), or a prepared
+        ``publication`` (the relay's raw messages).
+
+        Raises:
+            BadRequest: 107 invalid name or data.
+            ProtocolError: 102, 103 (not allowed), 100 (temporary) broker failure.
+        """
+        ns = self.namespace(channel)
+        if not ns.allow_publish_for_client:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        hooks = self.context.hooks
+        if hooks.active:
+            original = data if publication is None else publication.value()
+            hooked = await hooks.on_publish(self, channel, original)
+            if hooked is not original:
+                publication = None
+                data = hooked
+        if publication is None:
+            publication = Publication(encode_data(data))
+        publication.info = self.channels.get(channel, self.info)
+        if ns.exclude_publisher:
+            publication.exclude_client = self.client_id
+        return await self.hub.publish(channel, publication, source=source)
+
+    async def history(self, channel: Any, *, since: StreamPosition | None = None, limit: int = 0,
+                      reverse: bool = False) -> dict[str, Any]:
+        """The channel's history for this client (``HistoryResult`` shape).
+
+        Raises:
+            ProtocolError: 102, 103, 107, 108 no history, 112 wrong epoch, 100 broker failure.
+        """
+        ns = self.namespace(channel)
+        if not ns.history:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        if not ns.allow_history_for_client:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        return await self.hub.history(channel, since=since, limit=limit, reverse=reverse)
+
+    def _presence_check(self, channel: Any) -> str:
+        ns = self.namespace(channel)
+        if not ns.presence:
+            raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        if not ns.allow_presence_for_client:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        return channel
+
+    async def presence(self, channel: Any) -> dict[str, Any]:
+        """``{"presence": {client: ClientInfo}}`` (errors as :meth:`history`, 108 without presence)."""
+        channel = self._presence_check(channel)
+        entries = await _broker_call(self.hub.broker.presence(channel))
+        return {"presence": {client: info.to_json() for client, info in entries.items()}}
+
+    async def presence_stats(self, channel: Any) -> dict[str, Any]:
+        """``{"num_clients": N, "num_users": M}`` (errors as :meth:`presence`)."""
+        channel = self._presence_check(channel)
+        clients, users = await _broker_call(self.hub.broker.presence_stats(channel))
+        return {"num_clients": clients, "num_users": users}
+
+    # -- keepalive and the end -------------------------------------------------------------
+
+    def ping(self) -> None:
+        """Send a WebSocket ping (called by the server's shared ping timer)."""
+        if not self.closed:
+            self.pong_expected = True
+            self.out.send_ping()
+
+    def pong(self) -> None:
+        """The client answered (any message counts)."""
+        self.pong_expected = False
+
+    def check_pong(self) -> None:
+        """Close if the last ping went unanswered (``pong_timeout`` after :meth:`ping`)."""
+        if self.pong_expected and not self.closed:
+            self.disconnect(DisconnectCode.NO_PONG)
+
+    def on_closed(self) -> None:
+        """The connection is gone: leave every channel (idempotent)."""
+        self.closed = True
+        if self.connected:
+            self.hub.remove_session(self)
+            self.connected = False
+        channels, self.channels = self.channels, {}
+        for channel, info in channels.items():
+            self.hub.unsubscribe(channel, self.client_id, info=info)
+
+
+async def _broker_call(awaitable: Awaitable[Any]) -> Any:
+    try:
+        return await awaitable
+    except BrokerError as exc:
+        raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc

@@ -1,0 +1,46 @@
+"""A node's counters: plain integers, updated on the hot path without locks.
+
+The hub, the sessions and the connections add to one :class:`Stats`;
+:mod:`hubbub.metrics` reads it at scrape time. Nothing here allocates per
+delivery.
+"""
+
+from __future__ import annotations
+
+import bisect
+import collections
+
+#: Upper bounds of the command latency buckets (seconds).
+BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Histogram:
+    """A fixed-bucket latency histogram (seconds)."""
+
+    __slots__ = ("counts", "total", "count")
+
+    def __init__(self) -> None:
+        self.counts = [0] * (len(BUCKETS) + 1)
+        self.total = 0.0
+        self.count = 0
+
+    def observe(self, seconds: float) -> None:
+        self.counts[bisect.bisect_left(BUCKETS, seconds)] += 1
+        self.total += seconds
+        self.count += 1
+
+
+class Stats:
+    """Plain counters, updated on the hot path without locks."""
+
+    def __init__(self) -> None:
+        self.messages_in = 0
+        self.bytes_in = 0
+        self.messages_out = 0
+        self.bytes_out = 0
+        self.publications: collections.Counter[str] = collections.Counter()
+        self.disconnects: collections.Counter[int] = collections.Counter()
+        self.commands: dict[str, Histogram] = collections.defaultdict(Histogram)
+        self.broker_errors = 0
+        self.broker_reconnects = 0
+        self.slow = 0

@@ -1,0 +1,117 @@
+"""Strict JSON: the one place where hubbub encodes and decodes JSON.
+
+Rules (RFC 8259, and what every client's parser accepts):
+
+* **No NaN or Infinity.** Python's ``json`` writes ``NaN`` and reads it back;
+  no browser or SDK can parse it. :func:`dumps` raises on them and
+  :func:`loads` refuses them.
+* **Nesting is bounded.** :func:`loads` refuses documents that nest arrays
+  and objects deeper than :data:`MAX_DEPTH`; :func:`dumps` refuses values
+  nested beyond the interpreter's recursion limit.
+* **Output is valid UTF-8.** A lone surrogate (``"\\ud800"``) is valid JSON
+  text but cannot be encoded as UTF-8, so :func:`dumps` refuses values that
+  hold one. :func:`loads` accepts it (it is grammatical JSON); the validators
+  of :mod:`hubbub.validation` refuse it where it matters (channel names).
+* Output is compact (``separators=(",", ":")``) UTF-8, not ASCII-escaped.
+
+Errors: :func:`loads` and :func:`dumps` raise :class:`ValueError` (with a
+reason); :func:`encode_data` raises :class:`~hubbub.errors.BadRequest`
+(code 107), for values that come from clients or applications.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .errors import BadRequest
+
+#: Deepest nesting of arrays and objects accepted, in either direction.
+MAX_DEPTH = 64
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+_decode = json.JSONDecoder(parse_constant=_reject_constant).decode
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests arrays and objects deeper than ``limit``
+    (an explicit stack: no recursion, whatever the input)."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        if isinstance(item, dict):
+            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+    return False
+
+
+def loads(data: str | bytes | bytearray) -> Any:
+    """Parse one strict JSON document.
+
+    Args:
+        data: JSON text, or its UTF-8 bytes.
+
+    Raises:
+        ValueError: not UTF-8, not JSON, NaN or Infinity, nested deeper than
+            :data:`MAX_DEPTH`.
+    """
+    if isinstance(data, (bytes, bytearray)):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError("not UTF-8") from None
+    else:
+        text = data
+    try:
+        value = _decode(text)
+    except RecursionError:
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH}") from None
+    # cannot be deeper than its number of openers: the walk runs only for big documents
+    if text.count("[") + text.count("{") > MAX_DEPTH and _depth_exceeds(value, MAX_DEPTH):
+        raise ValueError(f"JSON nested deeper than {MAX_DEPTH}")
+    return value
+
+
+def dumps(value: Any) -> bytes:
+    """Encode ``value`` as compact UTF-8 JSON bytes.
+
+    Raises:
+        ValueError: NaN or Infinity, a lone surrogate, nesting beyond the
+            recursion limit, or a value of a type JSON cannot hold
+            (``TypeError`` is turned into ``ValueError``).
+    """
+    try:
+        text = _encode(value)
+    except RecursionError:
+        raise ValueError("value nested too deeply for JSON") from None
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("string holds a lone surrogate") from None
+
+
+def encode_data(value: Any) -> bytes:
+    """Encode a JSON value that a client or an application gave as data.
+
+    Raises:
+        BadRequest: 107 "bad request" when :func:`dumps` refuses it.
+    """
+    try:
+        return dumps(value)
+    except ValueError as exc:
+        raise BadRequest(f"data is not valid JSON: {exc}") from None
+
+
+def dumps_str(value: Any) -> str:
+    """:func:`dumps` as text (same errors)."""
+    return dumps(value).decode("utf-8")
