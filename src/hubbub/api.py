@@ -40,7 +40,7 @@ import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from ._version import __version__
 from .brokers.base import Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .errors import BadRequest, BrokerError, Disconnect, ProtocolError

@@ -14,7 +14,8 @@ import os
 import sys
 from typing import Any
 
-from . import __version__, logs
+from . import logs
+from ._version import __version__
 from .client import Client, backoff
 from .config import Config, check_file
 from .errors import ClientError, ConfigError, ReplyError

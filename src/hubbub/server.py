@@ -25,7 +25,7 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .api import ServerAPI
 from .auth import TokenVerifier
 from .brokers import create_broker

@@ -33,7 +33,7 @@ import logging
 import time
 from typing import Any
 
-from . import __version__
+from ._version import __version__
 from .brokers.base import Publication, StreamPosition
 from .codec import Codec, ProtocolWire
 from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
