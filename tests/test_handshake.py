@@ -122,7 +122,7 @@ async def test_an_upgrade_websockets_cannot_take_gets_400_and_others_go_on(serve
 
 
 async def test_relay_subscribers_of_a_live_channel_cost_no_task(server: Server) -> None:
-    """DESIGN.md rule 2: no task per connection. A connect storm into a channel
+    """docs/design.md, write-path rule 2: no task per connection. A connect storm into a channel
     the broker already has subscribes each client without waiting."""
     first = await raw_relay(server, "storm")
     await subscribed(server, "storm", 1)

@@ -132,10 +132,12 @@ class Config:
             ``None`` (not set): allowed only on a loopback address with no
             token key configured; any other bind address refuses to start.
         allowed_origins: ``Origin`` values allowed on WebSocket upgrades, or
-            ``["*"]``; same-origin requests and requests without ``Origin``
-            (non-browser clients) are always allowed. Others get 403.
+            ``["*"]``. When set, only these are allowed (``Host`` is the
+            client's to choose, so no same-origin shortcut); when empty, only
+            same-origin requests. Requests without ``Origin`` (non-browser
+            clients) are always allowed. Others get 403.
         client_channel_limit: channels one connection may subscribe to
-            (error 106; 3505 for server-side subscriptions).
+            (error 106; 3505 for server-side subscriptions); 0: no limit.
         client_command_rate: commands per second per connection (0, the default: no
             limit); over it error 111, and after ``client_command_burst``
             rejected commands in a row, disconnect 3013.

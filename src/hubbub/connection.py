@@ -233,9 +233,9 @@ class Connection(Writer, asyncio.Protocol):
             except h11.RemoteProtocolError:
                 pass
             if self._http_task is None:
-                self._abort()
+                self.abort()
         else:
-            self._abort()
+            self.abort()
         return None
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -310,7 +310,7 @@ class Connection(Writer, asyncio.Protocol):
                 )
                 return  # the next request is read after the response
             elif isinstance(event, h11.ConnectionClosed):
-                self._abort()
+                self.abort()
                 return
 
     async def _serve_http(self, req: h11.Request, body: bytes) -> None:
@@ -351,7 +351,7 @@ class Connection(Writer, asyncio.Protocol):
             data += self.http.send(h11.Data(data=response.body)) if response.body else b""
             data += self.http.send(h11.EndOfMessage())
         except h11.LocalProtocolError:
-            self._abort()
+            self.abort()
             return
         self.write_control(data)
 
@@ -628,7 +628,7 @@ class Connection(Writer, asyncio.Protocol):
     def _arm_close_timer(self) -> None:
         if self._close_timer is None and not self.lost:
             loop = asyncio.get_running_loop()
-            self._close_timer = loop.call_later(self.config.close_timeout, self._abort)
+            self._close_timer = loop.call_later(self.config.close_timeout, self.abort)
 
     @property
     def idle(self) -> bool:
@@ -639,8 +639,6 @@ class Connection(Writer, asyncio.Protocol):
         """Drop the TCP connection at once."""
         if self.transport is not None and not self.lost:
             self.transport.abort()
-
-    _abort = abort
 
 
 def _release_transport(transport: asyncio.BaseTransport | None) -> None:

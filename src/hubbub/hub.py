@@ -5,7 +5,7 @@ clients, framework endpoints) and the broker. It never touches sockets: a
 subscriber is a ``deliver(frame)`` callable and a :class:`Wire` that says how
 to encode a push for it.
 
-Fan-out follows DESIGN.md's write path: for each publication, each wire
+Fan-out follows the write path of docs/design.md: for each publication, each wire
 encodes the push **once**. The first publication of a channel in an event-loop
 iteration is queued to every subscriber of the wire as a shared
 :class:`~hubbub.outbox.FrameBatch`; later ones in the same iteration are

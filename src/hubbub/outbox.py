@@ -43,7 +43,7 @@ class FrameBatch:
     The hub queues the batch once to every subscriber when a channel's first
     publication of the iteration arrives, and appends the later ones to it: a
     burst of publications costs one queue operation per subscriber per
-    iteration, not one per publication (DESIGN.md, rules 1 and 2). When the
+    iteration, not one per publication (docs/design.md, write-path rules 1 and 2). When the
     first connection writes it, :meth:`join` makes the bytes once and closes
     the batch; the hub starts a new one for later publications.
     """
