@@ -187,11 +187,15 @@ class CommandRate:
         """
         elapsed = max(0.0, now - self._at)
         self._at = now
-        refill = elapsed * self.rate
-        self._tokens = min(float(self.burst), self._tokens + refill)
-        if self._refused:
-            self._refused = max(0.0, self._refused - refill)
-        if self._tokens >= 1.0:
+        tokens = self._tokens + elapsed * self.rate
+        if tokens > self.burst:
+            # only time spent under the rate (refill that overflows a full
+            # bucket) forgives earlier refusals
+            if self._refused:
+                self._refused = max(0.0, self._refused - (tokens - self.burst))
+            tokens = float(self.burst)
+        self._tokens = tokens
+        if self._tokens >= 1.0 - 1e-9:
             self._tokens -= 1.0
             return True
         self._refused += 1.0
@@ -292,6 +296,8 @@ class ClientCore:
             except (TokenExpired, InvalidToken) as exc:
                 raise _map_token_errors(exc) from None
             result = ConnectResult(claims.user, claims.info, None, claims.channels, claims.expire_at)
+            if result.expire_at is not None and result.expire_at <= context.wall():
+                raise ProtocolError(ErrorCode.TOKEN_EXPIRED)
         elif not self.config.anonymous:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "connection token required")
         self._connected(result)

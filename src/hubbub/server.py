@@ -325,7 +325,7 @@ class Server:
                 session.check_pong()
 
     def _sweep(self) -> None:
-        wall = time.time()
+        wall = self.context.wall()
         for conn in self.websockets:
             session = conn.session
             if isinstance(session, ClientCore) and session.expire_at is not None:

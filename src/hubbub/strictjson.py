@@ -104,12 +104,17 @@ def encode_data(value: Any) -> bytes:
     """Encode a JSON value that a client or an application gave as data.
 
     Raises:
-        BadRequest: 107 "bad request" when :func:`dumps` refuses it.
+        BadRequest: 107 "bad request" when :func:`dumps` refuses it, or it
+            nests deeper than :data:`MAX_DEPTH` (so it can be read back).
     """
     try:
-        return dumps(value)
+        data = dumps(value)
     except ValueError as exc:
         raise BadRequest(f"data is not valid JSON: {exc}") from None
+    # what is stored must read back: the depth limit of loads applies here too
+    if data.count(b"[") + data.count(b"{") > MAX_DEPTH and _depth_exceeds(value, MAX_DEPTH):
+        raise BadRequest(f"data is not valid JSON: nested deeper than {MAX_DEPTH}")
+    return data
 
 
 def dumps_str(value: Any) -> str:

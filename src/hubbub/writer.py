@@ -116,11 +116,12 @@ class Writer:
         written; :meth:`flush` checks the bound again with its final size."""
         if not self.open:
             return
+        before = self._out_size + self._buffered
         self._out.append(frame)
         self._out_size += len(frame)
         if type(frame) is not bytes:
             self._batched = True
-        if self._out_size + self._buffered > self._limit:
+        if before + len(frame) > self._limit and before:  # one message alone may pass the bound
             self._check_slow()
         elif not self._dirty:
             self._dirty = True
