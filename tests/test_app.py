@@ -13,6 +13,7 @@ import pytest
 import websockets
 
 import hubbub
+from hubbub.errors import ConfigError
 from hubbub import App, ConnectResult, Disconnect, ProtocolError
 
 from .conftest import TIMEOUT, proto_client
@@ -313,5 +314,5 @@ def test_registry_rejects_bad_endpoints() -> None:
     with pytest.raises(ValueError):
         app.add_websocket("no-slash", type("E", (), {"connect": None}))
     app.add_websocket("/ok", type("E", (), {"connect": None}))
-    with pytest.raises(ValueError):
+    with pytest.raises(ConfigError, match="collides"):
         app.add_websocket("/ok", type("E", (), {"connect": None}))

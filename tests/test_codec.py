@@ -19,6 +19,8 @@ from hubbub.hub import Hub, Subscriber
 class CountingFrames:
     """A FrameEncoder that tags and counts what it frames."""
 
+    joinable = True
+
     def __init__(self) -> None:
         self.text_calls: list[bytes] = []
         self.binary_calls: list[bytes] = []

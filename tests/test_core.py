@@ -77,6 +77,8 @@ class FakeOutbox:
 class FakeWire:
     """Encodes a push as ``channel|data`` (and no join/leave pushes)."""
 
+    joinable = True
+
     def __init__(self) -> None:
         self.publications = 0
 

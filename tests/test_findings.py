@@ -810,9 +810,12 @@ def _per_connection_object(o: Any) -> bool:
     """A hubbub Connection, ClientSession or RelaySession (in whatever hubbub module),
     or the websockets ServerProtocol of a connection."""
     kind = type(o)
-    if kind.__module__.startswith("hubbub"):
+    module = kind.__dict__.get("__module__")  # some types define __module__ as a descriptor
+    if not isinstance(module, str):
+        return False
+    if module.startswith("hubbub"):
         return kind.__name__ in ("Connection", "ClientSession", "RelaySession")
-    return kind.__module__ == "websockets.server" and kind.__name__ == "ServerProtocol"
+    return module == "websockets.server" and kind.__name__ == "ServerProtocol"
 
 
 def _per_connection_objects() -> list[Any]:

@@ -49,15 +49,18 @@ the connection, any other exception is logged and answered with error 100.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .asgi import ASGIAdapter, HostedApp
 from .codes import ErrorCode
 from .config import Config
 from .core import ClientCore, ConnectRequest, ConnectResult, SessionHooks
+from .endpoint import WebSocket
 from .errors import ConfigError, ProtocolError
 from .hub import Hub
 from .server import Server
@@ -126,16 +129,26 @@ def _require_async(fn: Callable[..., Any], what: str) -> None:
 class App:
     """An application: endpoints, hub hooks, and the hub.
 
+    An ``App`` is also an ASGI application (:meth:`__call__`): mount it in
+    FastAPI or Starlette (``fastapi_app.mount("/rt", app)``), route to it
+    from Django's ASGI application, or run it under uvicorn, hypercorn or
+    granian. Every endpoint works there as on hubbub's own server.
+
     Args:
         config: a :class:`~hubbub.config.Config`, a dict of settings, or the
             path of a TOML file (the same settings as ``hubbub serve``).
+        http: an ASGI or WSGI application (FastAPI, Starlette, Flask,
+            Django) that answers every HTTP request no hubbub route takes, on
+            hubbub's own server (``hubbub run``); its lifespan runs with the app.
         **settings: settings that override ``config``'s.
 
     Raises:
         ConfigError: invalid settings.
+        TypeError: ``http`` is not an application.
     """
 
-    def __init__(self, config: Config | dict[str, Any] | str | Path | None = None, **settings: Any) -> None:
+    def __init__(self, config: Config | dict[str, Any] | str | Path | None = None, *, http: Any = None,
+                 **settings: Any) -> None:
         if isinstance(config, Config):
             base = {f: getattr(config, f) for f in config.__slots__}  # type: ignore[attr-defined]
             base.update(settings)
@@ -151,6 +164,11 @@ class App:
         self._shutdown: list[Callable[[], Awaitable[Any]]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.server = Server(self.config, hooks=self.hooks)
+        self._hosted: HostedApp | None = None
+        if http is not None:
+            self._hosted = HostedApp(http)
+            self.server.fallback = self._hosted
+        self._asgi: ASGIAdapter | None = None
 
     @property
     def hub(self) -> Hub:
@@ -164,7 +182,9 @@ class App:
 
         Raises:
             TypeError: ``endpoint`` is neither.
-            ValueError: ``path`` is malformed or taken.
+            ValueError: ``path`` is malformed.
+            ConfigError: ``path`` collides with another endpoint or a built-in
+                one (the message names both, and the setting that moves it).
         """
         if not inspect.isclass(endpoint) and not inspect.iscoroutinefunction(endpoint):
             raise TypeError("an endpoint is a class or an async def handler(ws)")
@@ -172,8 +192,17 @@ class App:
             hasattr(endpoint, name) for name in ("connect", "handle_message", "disconnect", "produce")
         ):
             raise TypeError(f"{endpoint.__name__} has none of connect, handle_message, disconnect, produce")
-        self.server.add_websocket(path, self.server.endpoint_session(endpoint))
+        name = getattr(endpoint, "__qualname__", repr(endpoint))
+        self.server.add_websocket(path, self._session_factory(endpoint), f"endpoint {name}")
         self.websockets[path] = endpoint
+
+    def _session_factory(self, endpoint: Any) -> Callable[..., WebSocket]:
+        server = self.server
+
+        def create(conn: Any, request: Any) -> WebSocket:
+            return WebSocket(server.context, conn, server.wires(conn)[1], request, endpoint)
+
+        return create
 
     def websocket(self, path: str) -> Callable[[F], F]:
         """Decorator form of :meth:`add_websocket`."""
@@ -181,6 +210,23 @@ class App:
         def register(endpoint: F) -> F:
             self.add_websocket(path, endpoint)
             return endpoint
+
+        return register
+
+    def route(self, path: str) -> Callable[[F], F]:
+        """Serve plain HTTP requests on ``path`` with an
+        ``async def handler(request: HTTPRequest) -> HTTPResponse`` (from
+        :mod:`hubbub.http`), on hubbub's own server and under ASGI alike.
+
+        Raises:
+            TypeError: the handler is not an async function.
+            ConfigError: ``path`` collides with another route.
+        """
+
+        def register(handler: F) -> F:
+            _require_async(handler, f"route {path}")
+            self.server.add_http(path, handler, f"route {path} ({getattr(handler, '__qualname__', '?')})")
+            return handler
 
         return register
 
@@ -244,13 +290,22 @@ class App:
         return task
 
     async def start(self) -> None:
-        """Start serving (returns once listening); see :meth:`stop`."""
+        """Start serving (returns once listening); see :meth:`stop`.
+
+        Raises:
+            OSError: the port is taken.
+            RuntimeError: the hosted application failed to start.
+        """
         await self.server.start()
+        await self._started()
+
+    async def _started(self) -> None:
+        if self._hosted is not None:
+            await self._hosted.startup()
         for fn in self._startup:
             await fn()
 
-    async def stop(self) -> None:
-        """Stop background tasks, close clients with 3001, stop the hub."""
+    async def _stopping(self) -> None:
         for fn in self._shutdown:
             try:
                 await fn()
@@ -260,7 +315,42 @@ class App:
             task.cancel()
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        if self._hosted is not None:
+            await self._hosted.shutdown()
+
+    async def stop(self) -> None:
+        """Stop background tasks, close clients with 3001, stop the hub."""
+        await self._stopping()
         await self.server.close()
+
+    # -- ASGI ---------------------------------------------------------------------------
+
+    @property
+    def asgi(self) -> ASGIAdapter:
+        """The ASGI adapter of this app (``await app(scope, receive, send)`` uses it)."""
+        if self._asgi is None:
+            self._asgi = ASGIAdapter(self.server, startup=self._started, shutdown=self._stopping)
+        return self._asgi
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        """The ASGI 3 application: HTTP, WebSocket and lifespan scopes.
+
+        The hub starts with the lifespan, or at the first request when the
+        host does not forward lifespan events (Starlette's ``Mount``); with
+        FastAPI, ``FastAPI(lifespan=app.lifespan)`` ties both together.
+        """
+        await self.asgi(scope, receive, send)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(self, host_app: Any = None) -> AsyncIterator[None]:
+        """Start the hub for the life of a host application:
+        ``FastAPI(lifespan=hubbub_app.lifespan)``, so route handlers can
+        ``await hubbub_app.hub.publish(...)`` from the first request on."""
+        await self.asgi.startup()
+        try:
+            yield
+        finally:
+            await self.asgi.shutdown()
 
     async def serve_async(self) -> None:
         """Serve until SIGINT/SIGTERM."""

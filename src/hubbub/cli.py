@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import logging
 import os
 import sys
+import threading
+from collections.abc import AsyncIterator
 from typing import Any
 
 from . import logs
 from ._version import __version__
-from .client import Client, backoff
+from .client import Client, Endpoint, EndpointError, RelayClient, backoff, display_url, endpoint
 from .config import Config, check_file
 from .errors import ClientError, ConfigError, ReplyError
 
@@ -82,27 +85,86 @@ def _parser() -> argparse.ArgumentParser:
 
     consume = sub.add_parser(
         "consume",
-        help="print every publication of a channel",
-        description="Subscribe to CHANNEL and print each publication's data as one line of compact JSON.",
+        help="print what arrives on a channel",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Print what arrives on a channel, one message per line on stdout. The URL picks the mode:
+
+protocol  URL is ws://HOST:PORT (or .../connection/websocket). Subscribes to CHANNEL
+          with the Centrifugo client protocol and prints each publication's data as
+          one line of compact JSON. --recover reconnects and prints what was missed.
+
+relay     URL is ws://HOST:PORT/ws/CHANNEL. Connects to the plain relay and prints
+          each message as it arrives: text as it is (a message holding newlines
+          spans several lines), binary as one line of base64, with a note on stderr
+          ("hubbub: binary message, N bytes, printed as base64"). CHANNEL is taken
+          from the path: it may be omitted, and if given it must be the same.
+          The relay keeps no history: --recover is refused.
+
+Any other path is refused (exit 2). Once subscribed, "hubbub: subscribed to CHANNEL"
+is printed on stderr.""",
+        epilog="""\
+examples:
+  hubbub consume ws://127.0.0.1:8000 news             protocol: data as JSON lines
+  hubbub consume ws://127.0.0.1:8000 news --recover   ... and survive reconnects
+  hubbub consume ws://127.0.0.1:8000/ws/news          relay: raw messages
+  hubbub consume ws://127.0.0.1:8000/ws/news --count 1 --token "$JWT"
+
+exit codes: 0 after --count N messages, 1 refused or connection lost (the message
+names the HTTP status or close code), 2 usage error, 130 interrupted.""",
     )
-    consume.add_argument("url", metavar="URL", help="ws://host:port (/connection/websocket is added)")
-    consume.add_argument("channel", metavar="CHANNEL")
-    consume.add_argument("--count", type=int, default=None, metavar="N", help="exit 0 after N publications")
+    consume.add_argument("url", metavar="URL",
+                         help="ws://HOST:PORT (protocol) or ws://HOST:PORT/ws/CHANNEL (relay)")
+    consume.add_argument("channel", metavar="CHANNEL", nargs="?", default=None,
+                         help="channel to subscribe to (relay: optional, must match the path)")
+    consume.add_argument("--count", type=int, default=None, metavar="N", help="exit 0 after N messages")
     consume.add_argument("--recover", action="store_true",
-                         help="reconnect on loss (exponential backoff with jitter) and print what was missed")
-    consume.add_argument("--token", default="", help="connection token (JWT)")
+                         help="protocol only: reconnect on loss (exponential backoff with jitter) and print "
+                         "what was missed")
+    consume.add_argument("--token", default="", metavar="JWT",
+                         help="connection token: the connect command's token (protocol), "
+                         "Authorization: Bearer (relay)")
 
     produce = sub.add_parser(
         "produce",
-        help="publish to a channel",
-        description="Publish each DATA to CHANNEL in order (text that is not JSON is sent as a JSON "
-        "string), or each line of stdin when no DATA is given. Waits for the server's reply to "
-        "every publish; exits non-zero with the server's error otherwise.",
+        help="send data to a channel",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Send each DATA to a channel in order, or each non-blank line of stdin when no DATA is
+given. The URL picks the mode:
+
+protocol  URL is ws://HOST:PORT (or .../connection/websocket). Publishes each DATA to
+          CHANNEL (text that is not JSON is sent as a JSON string) and waits for the
+          server's reply to every publish: exit 0 means every one was published,
+          exit 1 names the server's error.
+
+relay     URL is ws://HOST:PORT/ws/CHANNEL. Sends each DATA as one text message, as
+          it is (relay consumers get it unchanged; protocol subscribers get it as its
+          JSON value, or as a JSON string if it is not JSON), with ?echo=false, then
+          closes. CHANNEL must be the path's channel (it is checked, not used). The
+          relay does not acknowledge messages: exit 0 means the server accepted the
+          connection and answered the close with 1000 after everything was sent,
+          without closing first (it closes first, exit 1, when it refuses
+          a message: 3507 not allowed, 3013 too many, 1009 too large). It does not
+          prove that every message was published.
+
+Any other path is refused (exit 2).""",
+        epilog="""\
+examples:
+  hubbub produce ws://127.0.0.1:8000 news '{"headline": "hi"}' "plain text" 42
+  hubbub produce ws://127.0.0.1:8000/ws/news news hello "second message"
+  tail -f app.log | hubbub produce ws://127.0.0.1:8000/ws/logs logs --token "$JWT"
+
+exit codes: 0 sent (see above), 1 refused or connection lost (the message names the
+HTTP status, e.g. 401 with a hint, or the close code), 2 usage error.""",
     )
-    produce.add_argument("url", metavar="URL", help="ws://host:port (/connection/websocket is added)")
-    produce.add_argument("channel", metavar="CHANNEL")
+    produce.add_argument("url", metavar="URL",
+                         help="ws://HOST:PORT (protocol) or ws://HOST:PORT/ws/CHANNEL (relay)")
+    produce.add_argument("channel", metavar="CHANNEL", help="channel to publish to (relay: must match the path)")
     produce.add_argument("data", metavar="DATA", nargs="*")
-    produce.add_argument("--token", default="", help="connection token (JWT)")
+    produce.add_argument("--token", default="", metavar="JWT",
+                         help="connection token: the connect command's token (protocol), "
+                         "Authorization: Bearer (relay)")
     return parser
 
 
@@ -274,9 +336,72 @@ def _print(data: Any) -> None:
     sys.stdout.flush()
 
 
+class _Usage(Exception):
+    """A consume/produce usage error: printed, exit 2."""
+
+
+def _endpoint(args: argparse.Namespace) -> Endpoint:
+    """The endpoint of ``args.url``, checked against ``args.channel``.
+
+    Raises:
+        _Usage: no hubbub endpoint, no channel, or a CHANNEL that is not the relay path's.
+        ClientError: not a ``ws://`` URL (exit 1, as before).
+    """
+    try:
+        found = endpoint(args.url)
+    except EndpointError as exc:
+        raise _Usage(str(exc)) from None
+    if found.kind == "relay":
+        if args.channel is not None and args.channel != found.channel:
+            raise _Usage(f"CHANNEL {args.channel!r} is not the relay URL's channel {found.channel!r}: "
+                         f"with a relay URL the channel is the path's (ws://HOST:PORT/ws/CHANNEL)")
+    elif not args.channel:
+        raise _Usage(f"CHANNEL is required with a protocol URL: hubbub {args.command} {display_url(args.url)} "
+                     "CHANNEL ...")
+    return found
+
+
+def _usage(args: argparse.Namespace, exc: _Usage) -> int:
+    print(f"hubbub {args.command}: {exc}", file=sys.stderr)
+    return 2
+
+
 async def _consume(args: argparse.Namespace) -> int:
     if args.count is not None and args.count < 1:
         raise ClientError("--count must be at least 1")
+    try:
+        found = _endpoint(args)
+        if found.kind == "relay" and args.recover:
+            raise _Usage("--recover needs the protocol (ws://HOST:PORT): the relay keeps no history")
+    except _Usage as exc:
+        return _usage(args, exc)
+    if found.kind == "relay":
+        return await _consume_relay(args, found)
+    return await _consume_protocol(args, found.channel or args.channel)
+
+
+async def _consume_relay(args: argparse.Namespace, found: Endpoint) -> int:
+    client = RelayClient(found.url, token=args.token)
+    await client.connect()
+    seen = 0
+    try:
+        print(f"hubbub: subscribed to {found.channel}", file=sys.stderr, flush=True)
+        async for message in client.messages():
+            if isinstance(message, bytes):
+                print(f"hubbub: binary message, {len(message)} bytes, printed as base64", file=sys.stderr,
+                      flush=True)
+                message = base64.b64encode(message).decode()
+            sys.stdout.write(message + "\n")
+            sys.stdout.flush()
+            seen += 1
+            if args.count is not None and seen >= args.count:
+                return 0
+    finally:
+        await client.close()
+    raise ClientError(f"connection closed: {client.close_code} {client.close_reason}".rstrip())
+
+
+async def _consume_protocol(args: argparse.Namespace, channel: str) -> int:
     seen = 0
     offset, epoch = 0, ""
     attempt = 0
@@ -289,8 +414,8 @@ async def _consume(args: argparse.Namespace) -> int:
                 params["recoverable"] = True
                 if epoch:
                     params.update(recover=True, offset=offset, epoch=epoch)
-            reply = await client.subscribe(args.channel, **params)
-            print(f"hubbub: subscribed to {args.channel}", file=sys.stderr, flush=True)
+            reply = await client.subscribe(channel, **params)
+            print(f"hubbub: subscribed to {channel}", file=sys.stderr, flush=True)
             attempt = 0
             if epoch and not reply.get("recovered", False):
                 print(f"hubbub: could not recover publications missed since offset {offset}; "
@@ -304,7 +429,7 @@ async def _consume(args: argparse.Namespace) -> int:
                 if args.count is not None and seen >= args.count:
                     return 0
             async for push in client.publications():
-                if push.channel != args.channel:
+                if push.channel != channel:
                     continue
                 _print(push.data)
                 if push.offset:
@@ -338,7 +463,96 @@ def _parse_data(text: str) -> Any:
 PUBLISH_WINDOW = 100
 
 
+async def _items(args: argparse.Namespace) -> AsyncIterator[str]:
+    """Each DATA, or each non-blank line of stdin."""
+    if args.data:
+        for item in args.data:
+            yield item
+        return
+    async for lines in _stdin_lines():
+        for line in lines:
+            if line.strip():
+                yield line
+
+
+async def _stdin_lines() -> AsyncIterator[list[str]]:
+    """Lines of stdin (without their newline), in batches as they come.
+
+    A daemon thread reads, so the event loop keeps answering the server's
+    pings while stdin is idle (``tail -f log | hubbub produce ...``), and an
+    interrupt never waits for a blocked read."""
+    loop = asyncio.get_running_loop()
+    queue: asyncio.Queue[list[str] | None] = asyncio.Queue(4)
+    encoding = sys.stdin.encoding or "utf-8"
+
+    def hand(batch: list[str] | None) -> None:
+        try:
+            asyncio.run_coroutine_threadsafe(queue.put(batch), loop).result()
+        except RuntimeError:  # the loop is gone (interrupted)
+            pass
+
+    def decode(raw: bytes) -> str:
+        return raw.decode(encoding, "replace").removesuffix("\r")
+
+    def read() -> None:
+        rest = b""
+        try:
+            stream = sys.stdin.buffer
+            while chunk := stream.read1(65536):
+                *lines, rest = (rest + chunk).split(b"\n")
+                if lines:
+                    hand([decode(line) for line in lines])
+            if rest:
+                hand([decode(rest)])
+        finally:
+            hand(None)
+
+    threading.Thread(target=read, name="hubbub-stdin", daemon=True).start()
+    while (batch := await queue.get()) is not None:
+        yield batch
+
+
 async def _produce(args: argparse.Namespace) -> int:
+    try:
+        found = _endpoint(args)
+    except _Usage as exc:
+        return _usage(args, exc)
+    if found.kind == "relay":
+        return await _produce_relay(args, found)
+    return await _produce_protocol(args)
+
+
+async def _produce_relay(args: argparse.Namespace, found: Endpoint) -> int:
+    """Send each item as one text message, then close; see ``hubbub produce --help``."""
+    client = RelayClient(found.url, token=args.token, echo=False)
+    await client.connect()
+    sent = 0
+
+    async def discard() -> None:
+        # what others publish meanwhile also arrives here: read it, or the
+        # server would close this connection as a slow reader (3008)
+        async for _ in client.messages():
+            pass
+
+    reader = asyncio.get_running_loop().create_task(discard())
+    try:
+        async for item in _items(args):
+            try:
+                await client.send(item)
+            except ClientError as exc:
+                raise ClientError(f"{exc} (after sending {sent} messages)") from None
+            sent += 1
+    finally:
+        await client.close()
+        await reader
+    if not client.closed_cleanly:
+        closed = f"{client.close_code} {client.close_reason}".rstrip()
+        raise ClientError(f"connection closed: {closed} (after sending {sent} messages; the server may not "
+                          "have published them all)")
+    return 0
+
+
+async def _produce_protocol(args: argparse.Namespace) -> int:
     async with Client(args.url, token=args.token) as client:
         pending: list[asyncio.Future[dict[str, Any]]] = []
 
@@ -346,13 +560,7 @@ async def _produce(args: argparse.Namespace) -> int:
             for fut in futures:
                 await fut
 
-        if args.data:
-            items = iter(args.data)
-        else:
-            items = (line.rstrip("\n") for line in sys.stdin)
-        for item in items:
-            if not args.data and not item.strip():
-                continue
+        async for item in _items(args):
             pending.append(client.send_command("publish", {"channel": args.channel, "data": _parse_data(item)}))
             if len(pending) >= PUBLISH_WINDOW:
                 await wait_for(pending)

@@ -1,9 +1,21 @@
-"""A small client of the Centrifugo protocol, used by ``hubbub consume`` and
-``hubbub produce`` (and handy in scripts and tests).
+"""hubbub's own clients, used by ``hubbub consume`` and ``hubbub produce`` (and
+handy in scripts and tests).
 
-It speaks JSON protocol v2 over ``websockets``' asyncio client: commands are
-sent with increasing ids and matched to replies; server pings (``{}``) are
-answered; publications are queued (bounded) for :meth:`Client.publications`.
+A hub serves two WebSocket endpoints, and :func:`endpoint` tells them apart
+by the URL's path:
+
+* **protocol**, ``ws://host:port`` or ``ws://host:port/connection/websocket``:
+  :class:`Client` speaks JSON protocol v2 over ``websockets``' asyncio client:
+  commands are sent with increasing ids and matched to replies; server pings
+  (``{}``) are answered; publications are queued (bounded) for
+  :meth:`Client.publications`.
+* **relay**, ``ws://host:port/ws/{channel}``: :class:`RelayClient` sends and
+  receives raw messages; each message sent is one publication, each
+  publication arrives as one message. There are no acknowledgements.
+
+Both accept the same paths under a mount prefix (``/rt/connection/websocket``,
+``/rt/ws/{channel}``). A refused handshake raises :class:`ClientError` naming
+the HTTP status, with a hint.
 """
 
 from __future__ import annotations
@@ -14,7 +26,7 @@ import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, unquote, urlencode, urlsplit, urlunsplit
 
 import websockets
 from websockets.asyncio.client import ClientConnection
@@ -26,18 +38,118 @@ from .errors import ClientError, ReplyError
 MAX_QUEUED = 10_000
 
 
-def protocol_url(url: str) -> str:
-    """Add ``/connection/websocket`` to a ``ws://host:port`` URL without a path.
+#: The protocol endpoint's path (added to a URL without a path).
+PROTOCOL_PATH = "/connection/websocket"
+#: The relay endpoint's path, before the channel.
+RELAY_PREFIX = "/ws/"
+#: What to write instead of a URL that names no hubbub endpoint.
+ENDPOINT_HINT = "use ws://HOST:PORT (protocol) or ws://HOST:PORT/ws/CHANNEL (relay)"
+
+
+class EndpointError(ClientError):
+    """A ``ws://`` URL whose path is no hubbub endpoint (a usage error)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """What a URL names: ``kind`` is ``"protocol"`` or ``"relay"``; ``url`` is
+    the URL to open; ``channel`` is the relay's channel (percent-decoded)."""
+
+    kind: str
+    url: str
+    channel: str = ""
+
+
+def display_url(url: str) -> str:
+    """``url`` without its query and fragment (which may hold a token), for messages."""
+    return urlunsplit(urlsplit(url)._replace(query="", fragment=""))
+
+
+def _ws_parts(url: str) -> Any:
+    parts = urlsplit(url)
+    if parts.scheme not in ("ws", "wss") or not parts.netloc:
+        raise ClientError(f"URL must look like ws://host:port, got {display_url(url)!r}")
+    return parts
+
+
+def _relay_channel(path: str) -> str | None:
+    """The channel of a relay path (``[PREFIX]/ws/CHANNEL``), else ``None``."""
+    at = path.find(RELAY_PREFIX)
+    return None if at < 0 else unquote(path[at + len(RELAY_PREFIX):])
+
+
+def endpoint(url: str) -> Endpoint:
+    """Which hub endpoint ``url`` names.
+
+    * no path (or ``/``), or a path ending in ``/connection/websocket``: the
+      protocol (``/connection/websocket`` is added when there is no path);
+    * ``/ws/CHANNEL``: the relay, for ``CHANNEL``;
+
+    each also under a mount prefix (``/rt/ws/CHANNEL``).
 
     Raises:
         ClientError: not a ``ws://`` or ``wss://`` URL.
+        EndpointError: any other path, or ``/ws/`` without a channel.
     """
-    parts = urlsplit(url)
-    if parts.scheme not in ("ws", "wss") or not parts.netloc:
-        raise ClientError(f"URL must look like ws://host:port, got {url!r}")
+    parts = _ws_parts(url)
+    path = parts.path
+    if path in ("", "/"):
+        return Endpoint("protocol", urlunsplit(parts._replace(path=PROTOCOL_PATH)))
+    if path.endswith(PROTOCOL_PATH):
+        return Endpoint("protocol", url)
+    channel = _relay_channel(path)
+    if channel == "":
+        raise EndpointError(f"{display_url(url)} names no channel after /ws/; {ENDPOINT_HINT}")
+    if channel is not None:
+        return Endpoint("relay", url, channel)
+    raise EndpointError(f"{display_url(url)}: {path} is not a hubbub endpoint; {ENDPOINT_HINT}")
+
+
+def protocol_url(url: str) -> str:
+    """Add ``/connection/websocket`` to a ``ws://host:port`` URL without a path.
+
+    Other paths are kept (a protocol endpoint served elsewhere), except a relay
+    path (``/ws/CHANNEL``), which does not speak the protocol.
+
+    Raises:
+        ClientError: not a ``ws://`` or ``wss://`` URL, or a relay URL.
+    """
+    parts = _ws_parts(url)
     if parts.path in ("", "/"):
-        parts = parts._replace(path="/connection/websocket")
-    return urlunsplit(parts)
+        return urlunsplit(parts._replace(path=PROTOCOL_PATH))
+    if _relay_channel(parts.path):
+        raise ClientError(f"{display_url(url)} is the relay, which does not speak the protocol: use "
+                          f"ws://HOST:PORT for the protocol, or RelayClient for the relay")
+    return url
+
+
+#: A hint for a refused handshake, by HTTP status.
+_REFUSAL_HINTS: dict[int, str] = {
+    400: "invalid channel name",
+    401: "a connection token is required, or the one given is invalid or expired: pass --token JWT",
+    403: "not allowed: this user may not use this channel (a private namespace also needs "
+         "?sub_token=JWT), or the Origin is refused",
+    404: "no such endpoint or namespace: check the URL's path and the channel's namespace",
+    429: "connection limit reached: try again later",
+    503: "the server is shutting down or unavailable: try again",
+}
+
+
+def _connect_error(url: str, exc: BaseException) -> ClientError:
+    """A one-line :class:`ClientError` for a failed opening handshake."""
+    if isinstance(exc, websockets.InvalidStatus):
+        status = exc.response.status_code
+        body = exc.response.body.decode("utf-8", "replace").strip() if exc.response.body else ""
+        body = " ".join(body.split())[:200]
+        text = f"{display_url(url)} refused the connection: HTTP {status}"
+        if body:
+            text += f" ({body})"
+        hint = _REFUSAL_HINTS.get(status)
+        return ClientError(f"{text}; {hint}" if hint else text)
+    return ClientError(f"cannot connect to {display_url(url)}: {exc}")
+
+
+_CONNECT_ERRORS = (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI)
 
 
 @dataclass(slots=True)
@@ -88,8 +200,8 @@ class Client:
         try:
             self._ws = await websockets.connect(self.url, open_timeout=self.open_timeout, max_size=None,
                                                 ping_interval=None)
-        except (OSError, asyncio.TimeoutError, websockets.InvalidHandshake, websockets.InvalidURI) as exc:
-            raise ClientError(f"cannot connect to {self.url}: {exc}") from None
+        except _CONNECT_ERRORS as exc:
+            raise _connect_error(self.url, exc) from None
         self._reader = asyncio.get_running_loop().create_task(self._read())
         params: dict[str, Any] = {"name": "hubbub-cli"}
         if self.token:
@@ -195,6 +307,122 @@ class Client:
         pub = push.get("pub")
         if pub is not None:
             await self._pushes.put(Push(push.get("channel", ""), pub.get("data"), pub.get("offset", 0)))
+
+
+class RelayClient:
+    """A connection to a hub's relay at ``/ws/{channel}``: raw messages in and out.
+
+    Every message sent is published to the channel as it is (text or binary);
+    every publication of the channel arrives as one message (a relay client's
+    as it was sent, a protocol client's as its JSON data, in text). The relay
+    does not acknowledge messages: a refused or failed one closes the
+    connection (3507 not allowed, 3013 too many, 1013 try again), which
+    :attr:`closed_cleanly` and :meth:`send` report.
+
+    Args:
+        url: ``ws://host:port/ws/CHANNEL`` (``?sub_token=JWT`` is passed on).
+        token: connection token (JWT), sent as ``Authorization: Bearer``.
+        echo: whether to receive one's own messages (``?echo=false`` otherwise).
+        open_timeout: seconds to wait for the handshake.
+        close_timeout: seconds to wait for the server's answer to a close.
+    """
+
+    def __init__(self, url: str, *, token: str = "", echo: bool = True, open_timeout: float = 10.0,
+                 close_timeout: float = 10.0) -> None:
+        found = endpoint(url)
+        if found.kind != "relay":
+            raise EndpointError(f"{display_url(url)} is not a relay URL: use ws://HOST:PORT/ws/CHANNEL")
+        self.channel = found.channel
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        if not echo and not any(name == "echo" for name, _ in query):
+            query.append(("echo", "false"))
+        self.url = urlunsplit(parts._replace(query=urlencode(query)))
+        self.token = token
+        self.open_timeout = open_timeout
+        self.close_timeout = close_timeout
+        self._ws: ClientConnection | None = None
+
+    async def __aenter__(self) -> RelayClient:
+        await self.connect()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def connect(self) -> None:
+        """Open the WebSocket.
+
+        Raises:
+            ClientError: the server cannot be reached or refused the handshake
+                (the message names the HTTP status: 401 token, 403 permission,
+                404 namespace).
+        """
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else None
+        try:
+            self._ws = await websockets.connect(self.url, additional_headers=headers, open_timeout=self.open_timeout,
+                                                close_timeout=self.close_timeout, max_size=None,
+                                                ping_interval=None)
+        except _CONNECT_ERRORS as exc:
+            raise _connect_error(self.url, exc) from None
+
+    def _conn(self) -> ClientConnection:
+        if self._ws is None:
+            raise ClientError("not connected")
+        return self._ws
+
+    async def send(self, message: str | bytes) -> None:
+        """Send one message (text for ``str``, binary for ``bytes``).
+
+        Raises:
+            ClientError: the connection is closed (the message names the code).
+        """
+        try:
+            await self._conn().send(message)
+        except websockets.ConnectionClosed as exc:
+            rcvd = exc.rcvd
+            if rcvd is None:
+                raise ClientError("connection lost") from None
+            raise ClientError(f"connection closed: {rcvd.code} {rcvd.reason}".rstrip()) from None
+
+    async def messages(self) -> AsyncIterator[str | bytes]:
+        """Messages as they arrive; ends when the connection closes."""
+        try:
+            async for message in self._conn():
+                yield message
+        except websockets.ConnectionClosed:
+            pass
+
+    async def close(self) -> None:
+        """Close with 1000 and wait for the server's answer (or ``close_timeout``)."""
+        if self._ws is not None:
+            await self._ws.close()
+
+    @property
+    def close_code(self) -> int | None:
+        """The code the server closed with (1006 for a lost connection); ``None`` while open."""
+        ws = self._ws
+        if ws is None or ws.state in (websockets.State.CONNECTING, websockets.State.OPEN):
+            return None
+        rcvd = ws.protocol.close_rcvd
+        return rcvd.code if rcvd is not None else 1006
+
+    @property
+    def close_reason(self) -> str:
+        rcvd = self._ws.protocol.close_rcvd if self._ws is not None else None
+        if rcvd is not None:
+            return rcvd.reason
+        return "connection lost" if self.close_code == 1006 else ""
+
+    @property
+    def closed_cleanly(self) -> bool:
+        """Whether this client closed first, with 1000, and the server answered in kind."""
+        ws = self._ws
+        if ws is None or ws.state is not websockets.State.CLOSED:
+            return False
+        proto = ws.protocol
+        return (proto.close_sent is not None and proto.close_sent.code == 1000 and proto.close_rcvd is not None
+                and proto.close_rcvd.code == 1000 and proto.close_rcvd_then_sent is False)
 
 
 def backoff(attempt: int, *, base: float = 0.5, cap: float = 20.0) -> float:

@@ -137,10 +137,11 @@ class ProtocolWire:
         frames: the transport's framing (a WebSocket frame encoder).
     """
 
-    __slots__ = ("codec", "_frame", "ping")
+    __slots__ = ("codec", "joinable", "_frame", "ping")
 
     def __init__(self, codec: Codec, frames: FrameEncoder) -> None:
         self.codec = codec
+        self.joinable = frames.joinable
         self._frame = frames.binary if codec.binary else frames.text
         #: the server's ping (an empty reply), framed once for every connection
         self.ping = self._frame(codec.ping)

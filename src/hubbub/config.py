@@ -147,6 +147,13 @@ class Config:
         idempotency_ttl: seconds a publish ``idempotency_key`` is remembered.
         presence_ttl: seconds a presence entry lives without refresh.
         page: serve the live demo page at ``/`` (``/static/hubbub.js`` is always served).
+        protocol_path: where the Centrifugo protocol endpoint is served
+            (``""``: not at all).
+        relay_path: where the relay is served; must hold ``{channel}`` or
+            ``{channel:path}`` (``""``: not at all).
+        api_path: prefix of the server API, ``{api_path}/{method}`` (``""``: off).
+        health_path, metrics_path: where ``/health`` and ``/metrics`` are
+            served (``""``: not at all).
         channels: options of the default namespace.
         namespaces: options per namespace name.
     """
@@ -183,6 +190,11 @@ class Config:
     idempotency_ttl: float = 300.0
     presence_ttl: float = 60.0
     page: bool = True
+    protocol_path: str = "/connection/websocket"
+    relay_path: str = "/ws/{channel:path}"
+    api_path: str = "/api"
+    health_path: str = "/health"
+    metrics_path: str = "/metrics"
     channels: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
@@ -260,6 +272,12 @@ class Config:
             errors.append(f"broker must be 'memory' or a redis:// URL, got {self.broker!r}")
         if self.workers < 1:
             errors.append("workers must be at least 1")
+        for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path"):
+            value = getattr(self, name)
+            if value and (not value.startswith("/") or (value != "/" and value.endswith("/") and name == "api_path")):
+                errors.append(f"{name} must start with '/' (or be empty to turn it off), got {value!r}")
+        if self.relay_path and "{channel" not in self.relay_path:
+            errors.append(f"relay_path must hold {{channel}} or {{channel:path}}, got {self.relay_path!r}")
         if self.ping_interval > 0 and self.pong_timeout >= self.ping_interval:
             errors.append(f"pong_timeout ({self.pong_timeout}) must be shorter than ping_interval "
                           f"({self.ping_interval}): a pong is checked before the next ping")

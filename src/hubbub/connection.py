@@ -60,6 +60,9 @@ class FrameEncoder:
 
     __slots__ = ()
 
+    #: frames of one connection may be written back to back (FrameBatch)
+    joinable = True
+
     def text(self, payload: bytes) -> bytes:
         return Frame(Opcode.TEXT, payload).serialize(mask=False)
 
@@ -124,6 +127,9 @@ class Host(Protocol):
 class Connection(Writer, asyncio.Protocol):
     """One accepted TCP connection. Implements :class:`~hubbub.outbox.Outbox`
     (its queue is the :class:`~hubbub.writer.Writer` it extends)."""
+
+    #: how pushes are framed for this kind of connection (shared by all)
+    frames = FrameEncoder()
 
     # slots: an idle connection's memory is mostly this object (see docs/benchmarks.md)
     __slots__ = (

@@ -24,6 +24,7 @@ class HTTPRequest:
         body: the request body (bytes).
         params: path parameters of the matched route.
         client: the peer's ``(host, port)``.
+        raw_query: the query string as received (without ``?``).
     """
 
     method: str
@@ -33,11 +34,12 @@ class HTTPRequest:
     body: bytes = b""
     params: dict[str, str] = field(default_factory=dict)
     client: tuple[str, int] | None = None
+    raw_query: str = ""
 
     @classmethod
     def from_target(cls, method: str, target: str, headers: dict[str, str], **kw: Any) -> HTTPRequest:
         path, _, query = target.partition("?")
-        return cls(method, path, dict(parse_qsl(query, keep_blank_values=True)), headers, **kw)
+        return cls(method, path, dict(parse_qsl(query, keep_blank_values=True)), headers, raw_query=query, **kw)
 
 
 @dataclass(slots=True)

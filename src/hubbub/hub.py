@@ -48,7 +48,14 @@ class Wire(Hashable, Protocol):
     Each method returns the bytes to hand to ``deliver`` (typically a whole
     WebSocket frame), or ``None`` when this kind of subscriber does not get
     that push.
+
+    ``joinable``: whether encoded pushes may be joined into one bytes object
+    (a :class:`~hubbub.outbox.FrameBatch`): true for WebSocket frames on a
+    socket of ours, false for messages handed one by one to another server
+    (ASGI).
     """
+
+    joinable: bool
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes | None: ...
 
@@ -292,6 +299,10 @@ class Hub:
                 for client_id, sub in subs.items():
                     if client_id not in skipped:
                         sub.deliver(frame)
+                continue
+            if not wire.joinable:  # messages that must stay apart (ASGI): no shared batch
+                for sub in subs.values():
+                    sub.deliver(frame)
                 continue
             batch = batches.get(wire)
             if batch is not None and not batch.closed:

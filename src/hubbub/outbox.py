@@ -77,7 +77,12 @@ class FrameBatch:
 
 
 class FrameEncoder(Protocol):
-    """Encodes one whole WebSocket message as frame bytes, once, for many connections."""
+    """Encodes one whole WebSocket message as frame bytes, once, for many connections.
+
+    ``joinable``: whether frames may be concatenated (see :class:`FrameBatch`).
+    """
+
+    joinable: bool
 
     def text(self, payload: bytes) -> bytes: ...
 

@@ -95,10 +95,11 @@ def handshake_token(headers: Mapping[str, str], query: Mapping[str, str]) -> str
 class RelayWire:
     """Encodes publications for relay clients: the payload alone, one frame."""
 
-    __slots__ = ("frames",)
+    __slots__ = ("frames", "joinable")
 
     def __init__(self, frames: FrameEncoder) -> None:
         self.frames = frames
+        self.joinable = frames.joinable
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes:
         if pub.raw is None:

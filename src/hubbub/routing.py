@@ -10,10 +10,24 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 from urllib.parse import unquote
 
 T = TypeVar("T")
+
+
+class RouteCollision(ValueError):
+    """Two routes would match the same paths.
+
+    Attributes:
+        route: the route being added.
+        other: the route already there.
+    """
+
+    def __init__(self, route: Route[Any], other: Route[Any]) -> None:
+        self.route = route
+        self.other = other
+        super().__init__(f"{route.name} ({route.pattern}) collides with {other.name} ({other.pattern})")
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
 
@@ -39,14 +53,26 @@ def compile_path(pattern: str) -> re.Pattern[str]:
     return re.compile("^" + "".join(out) + "$")
 
 
+def sample_path(pattern: str) -> str:
+    """A concrete path that ``pattern`` matches (parameters filled in)."""
+    return _PARAM.sub(lambda m: "x/y" if m.group(2) else "x", pattern)
+
+
 @dataclass(slots=True)
 class Route(Generic[T]):
+    """A path pattern, its target, and what it is (``name``, for errors)."""
+
     pattern: str
     target: T
+    name: str = ""
     regex: re.Pattern[str] = field(init=False)
 
     def __post_init__(self) -> None:
         self.regex = compile_path(self.pattern)
+
+    def overlaps(self, other: Route[T]) -> bool:
+        """Whether some path could match both (one's sample matches the other)."""
+        return bool(self.regex.match(sample_path(other.pattern)) or other.regex.match(sample_path(self.pattern)))
 
 
 class Router(Generic[T]):
@@ -55,11 +81,23 @@ class Router(Generic[T]):
     def __init__(self) -> None:
         self._routes: list[Route[T]] = []
 
-    def add(self, pattern: str, target: T) -> None:
-        """Add a route. Raises ``ValueError`` for a bad or duplicate pattern."""
-        if any(r.pattern == pattern for r in self._routes):
-            raise ValueError(f"a route for {pattern!r} exists already")
-        self._routes.append(Route(pattern, target))
+    def add(self, pattern: str, target: T, name: str = "") -> None:
+        """Add a route.
+
+        Raises:
+            ValueError: a bad pattern.
+            RouteCollision: a route that some path would match as well as
+                this one (the message names both).
+        """
+        route = Route(pattern, target, name or pattern)
+        for other in self._routes:
+            if other.pattern == pattern or other.overlaps(route):
+                raise RouteCollision(route, other)
+        self._routes.append(route)
+
+    def remove(self, pattern: str) -> None:
+        """Remove the route of ``pattern`` (no error if there is none)."""
+        self._routes = [r for r in self._routes if r.pattern != pattern]
 
     def match(self, path: str) -> tuple[T, dict[str, str]] | None:
         """The target and decoded parameters for ``path`` (without query), or ``None``."""

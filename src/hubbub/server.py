@@ -34,13 +34,13 @@ from .codes import DisconnectCode
 from .config import Config
 from .connection import Connection, FrameEncoder, WebSocketSession
 from .core import ClientContext, ClientCore, SessionHooks
-from .endpoint import WebSocket
 from .http import HTTPRequest, HTTPResponse
 from .hub import Hub
 from .listener import Listener
 from .metrics import render
 from .relay import RelaySession, RelayWire
-from .routing import Router
+from .errors import ConfigError
+from .routing import RouteCollision, Router
 from .session import ClientSession
 from .writer import Flusher
 
@@ -49,6 +49,24 @@ log = logging.getLogger("hubbub.server")
 HTTPHandler = Callable[[HTTPRequest], Awaitable[HTTPResponse]]
 #: Creates the session for an accepted WebSocket connection.
 EndpointFactory = Callable[[Connection, HTTPRequest], WebSocketSession]
+
+#: the setting that moves each built-in route
+_BUILTIN_SETTING = {
+    "the protocol endpoint": "protocol_path", "the relay": "relay_path", "health": "health_path",
+    "the server API": "api_path", "metrics": "metrics_path", "the demo page": "page",
+}
+
+
+def _collision_message(exc: RouteCollision) -> str:
+    message = str(exc)
+    for route in (exc.other, exc.route):
+        setting = _BUILTIN_SETTING.get(route.name)
+        if setting == "page":
+            message += "; turn the demo page off with page = false"
+        elif setting is not None:
+            message += f"; move {route.name} with {setting} = \"/...\" or turn it off with {setting} = \"\""
+    return message
+
 
 def _static_file(name: str) -> bytes:
     """A file shipped in ``hubbub/static`` (raises ``FileNotFoundError``)."""
@@ -107,6 +125,9 @@ class Server:
         self.frames = FrameEncoder()
         self.protocol_wire = ProtocolWire(JSON, self.frames)
         self.relay_wire = RelayWire(self.frames)
+        # wires of other framings (ASGI), made once each: a push is encoded once per wire
+        self._wires: dict[type, tuple[ProtocolWire, RelayWire]] = {
+            type(self.frames): (self.protocol_wire, self.relay_wire)}
         self.verifier = TokenVerifier(self.config)
         #: what every client session of this node shares (hub, rules, hooks)
         self.context = ClientContext(self.hub, verifier=self.verifier, hooks=hooks or SessionHooks())
@@ -120,20 +141,28 @@ class Server:
         self.started_at = time.time()
         self.websocket_routes: Router[EndpointFactory] = Router()
         self.http_routes: Router[HTTPHandler] = Router()
+        #: answers HTTP requests that no route takes (a hosted ASGI/WSGI app)
+        self.fallback: HTTPHandler | None = None
         self._server: Listener | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
         self._accepted = 0
         self._ping_round = 0
         self._stopped: asyncio.Event | None = None
-        self.websocket_routes.add("/connection/websocket", self._protocol_endpoint)
-        self.websocket_routes.add("/ws/{channel:path}", self._relay_endpoint)
-        self.http_routes.add("/health", self._health)
-        self.api = ServerAPI(self.hub, self.config, started_at=self.started_at)
-        self.http_routes.add("/api/{method}", self.api.handle)
-        self.http_routes.add("/metrics", self._metrics)
-        self.http_routes.add("/static/{name}", self._static)
-        if self.config.page:
-            self.http_routes.add("/", self._page)
+        config = self.config
+        self.api = ServerAPI(self.hub, config, started_at=self.started_at)
+        if config.protocol_path:
+            self.websocket_routes.add(config.protocol_path, self._protocol_endpoint, "the protocol endpoint")
+        if config.relay_path:
+            self.websocket_routes.add(config.relay_path, self._relay_endpoint, "the relay")
+        if config.health_path:
+            self.http_routes.add(config.health_path, self._health, "health")
+        if config.api_path:
+            self.http_routes.add(config.api_path.rstrip("/") + "/{method}", self.api.handle, "the server API")
+        if config.metrics_path:
+            self.http_routes.add(config.metrics_path, self._metrics, "metrics")
+        self.http_routes.add("/static/{name}", self._static, "hubbub's static files")
+        if config.page:
+            self.http_routes.add("/", self._page, "the demo page")
 
     @property
     def hooks(self) -> SessionHooks:
@@ -146,29 +175,47 @@ class Server:
 
     # -- routes -----------------------------------------------------------------
 
-    def add_websocket(self, path: str, factory: EndpointFactory) -> None:
-        """Serve WebSocket connections on ``path`` (``/rooms/{room}`` patterns)."""
-        self.websocket_routes.add(path, factory)
+    def add_websocket(self, path: str, factory: EndpointFactory, name: str = "") -> None:
+        """Serve WebSocket connections on ``path`` (``/rooms/{room}`` patterns).
 
-    def add_http(self, path: str, handler: HTTPHandler) -> None:
-        """Serve plain HTTP requests on ``path`` with ``handler``."""
-        self.http_routes.add(path, handler)
+        Raises:
+            ValueError: a malformed pattern.
+            ConfigError: ``path`` collides with another endpoint; the message
+                names both and how to move a built-in one.
+        """
+        try:
+            self.websocket_routes.add(path, factory, name or f"endpoint {path}")
+        except RouteCollision as exc:
+            raise ConfigError(_collision_message(exc)) from None
+
+    def add_http(self, path: str, handler: HTTPHandler, name: str = "") -> None:
+        """Serve plain HTTP requests on ``path`` with ``handler``
+        (``async def handler(request: HTTPRequest) -> HTTPResponse``).
+
+        Raises:
+            ValueError: a malformed pattern.
+            ConfigError: ``path`` collides with another route (named in the message).
+        """
+        try:
+            self.http_routes.add(path, handler, name or f"route {path}")
+        except RouteCollision as exc:
+            raise ConfigError(_collision_message(exc)) from None
+
+    def wires(self, conn: Any) -> tuple[ProtocolWire, RelayWire]:
+        """The protocol and relay wires for ``conn``'s framing (its ``frames``)."""
+        frames = conn.frames
+        found = self._wires.get(type(frames))
+        if found is None:
+            found = self._wires[type(frames)] = (ProtocolWire(JSON, frames), RelayWire(frames))
+        return found
 
     def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession:
-        return ClientSession(self.context, conn, self.protocol_wire, headers=request.headers)
+        return ClientSession(self.context, conn, self.wires(conn)[0], headers=request.headers)
 
     def _relay_endpoint(self, conn: Connection, request: HTTPRequest) -> RelaySession:
         echo = request.query.get("echo", "true").lower() not in ("false", "0", "no")
-        return RelaySession(self.context, conn, self.relay_wire, request.params["channel"], echo=echo,
+        return RelaySession(self.context, conn, self.wires(conn)[1], request.params["channel"], echo=echo,
                             headers=request.headers, query=request.query)
-
-    def endpoint_session(self, endpoint: Any) -> EndpointFactory:
-        """The session factory of a framework endpoint (a class or ``async def handler(ws)``)."""
-
-        def create(conn: Connection, request: HTTPRequest) -> WebSocket:
-            return WebSocket(self.context, conn, self.relay_wire, request, endpoint)
-
-        return create
 
     def websocket_session(self, conn: Connection, request: HTTPRequest) -> WebSocketSession | tuple[int, str]:
         """The session for an upgrade on ``request.path``, or a refusal
@@ -179,7 +226,8 @@ class Server:
             return 503, "server is shutting down"
         found = self.websocket_routes.match(request.path)
         if found is None:
-            return 404, "no WebSocket endpoint at this path"
+            endpoints = ", ".join(route.pattern for route in self.websocket_routes) or "none"
+            return 404, f"no WebSocket endpoint at {request.path}; endpoints: {endpoints}"
         factory, request.params = found
         origin = request.headers.get("origin")
         if origin is not None and not self.origin_allowed(origin, request.headers.get("host", "")):
@@ -206,8 +254,12 @@ class Server:
         return bool(host) and origin_host.lower() == host.lower()
 
     async def handle_http(self, request: HTTPRequest) -> HTTPResponse:
+        """Answer a plain HTTP request: hubbub's routes first, then the hosted
+        application (:attr:`fallback`), else 404."""
         found = self.http_routes.match(request.path)
         if found is None:
+            if self.fallback is not None:
+                return await self.fallback(request)
             return HTTPResponse.json({"error": "not found"}, 404)
         handler, request.params = found
         return await handler(request)
@@ -358,12 +410,34 @@ class Server:
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
 
-    async def start(self, *, sock: socket.socket | None = None, reuse_port: bool = False) -> None:
-        """Start the hub and listen. Raises ``OSError`` if the port is taken."""
-        self.config.check_exposure()
+    @property
+    def started(self) -> bool:
+        """Whether the node runs (hub, timers), listening or not."""
+        return self.flusher is not None
+
+    async def start(self, *, sock: socket.socket | None = None, reuse_port: bool = False,
+                    listen: bool = True) -> None:
+        """Start the hub and, with ``listen`` (the default), listen on the
+        configured host and port (or ``sock``).
+
+        ``listen=False`` starts the node without a socket of its own, for
+        another server's connections (the ASGI adapter, :mod:`hubbub.asgi`).
+
+        Raises:
+            OSError: the port is taken.
+            ConfigError: the settings refuse to serve (``check_exposure``).
+        """
         loop = asyncio.get_running_loop()
-        self.flusher = Flusher(loop)
-        await self.hub.start()
+        if listen:
+            self.config.check_exposure()
+        if self.flusher is None:
+            self.flusher = Flusher(loop)
+            await self.hub.start()
+            if self.config.ping_interval > 0:
+                self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
+            self._every("sweep", SWEEP_INTERVAL, self._sweep)
+        if not listen:
+            return
         if sock is not None:
             self._server = await Listener.start(loop, lambda: Connection(self), sock=sock, backlog=4096)
         else:
@@ -371,9 +445,6 @@ class Server:
                 loop, lambda: Connection(self), host=self.config.host, port=self.config.port,
                 backlog=4096, reuse_port=reuse_port,
             )
-        if self.config.ping_interval > 0:
-            self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
-        self._every("sweep", SWEEP_INTERVAL, self._sweep)
 
     async def close(self, *, code: int = DisconnectCode.SHUTDOWN, reason: str = "shutdown") -> None:
         """Stop accepting, close every client with ``code`` (3001 "shutdown"),
@@ -389,10 +460,10 @@ class Server:
         for conn in list(self.connections):
             if conn.session is not None:
                 conn.session.disconnect(code, reason)
-            elif conn.ws is not None:
-                conn.close(code, reason)
             elif conn.idle:
                 conn.abort()
+            else:
+                conn.close(code, reason)
         if self.connections:
             try:
                 await asyncio.wait_for(self._stopped.wait(), self.config.close_timeout + 1)
