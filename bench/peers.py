@@ -68,6 +68,16 @@ HUBBUB_PROTOCOL = Peer(
     requires=("hubbub",),
     packages=("hubbub",),
 )
+HUBBUB_ASGI = Peer(
+    name="hubbub-asgi",
+    argv=_script("hubbub_asgi.py"),
+    fanout=Target("/rt/ws/bench", "raw"),
+    channels=Target("/rt/connection/websocket", "centrifugo"),
+    what="the same hub as an ASGI app: `hubbub.App` mounted at `/rt` in FastAPI, served by uvicorn "
+    "(uvicorn frames; hubbub's writer hands each message to ASGI `send`)",
+    requires=("hubbub", "uvicorn", "fastapi"),
+    packages=("hubbub", "uvicorn", "fastapi"),
+)
 WEBSOCKETS = Peer(
     name="websockets",
     argv=_script("websockets_broadcast.py"),
@@ -107,6 +117,6 @@ TRIVIAL = Peer(
 )
 
 PEERS: dict[str, Peer] = {
-    peer.name: peer for peer in (HUBBUB, HUBBUB_PROTOCOL, WEBSOCKETS, SOCKETIO, SOCKETIFY, TRIVIAL)
+    peer.name: peer for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_ASGI, WEBSOCKETS, SOCKETIO, SOCKETIFY, TRIVIAL)
 }
 BASELINE = "websockets"

@@ -14,8 +14,6 @@ import jwt
 import pytest
 import websockets
 
-from hubbub.client import Endpoint, EndpointError, endpoint
-
 from .conftest import ROOT, TIMEOUT, proto_client, ws_url
 
 SECRET = "cli-relay-secret-of-at-least-32-bytes"
@@ -49,6 +47,8 @@ def hubbub(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_endpoint_tells_protocol_from_relay() -> None:
+    from hubbub.client import Endpoint, EndpointError, endpoint
+
     assert endpoint("ws://h:1") == Endpoint("protocol", "ws://h:1/connection/websocket")
     assert endpoint("ws://h:1/") == Endpoint("protocol", "ws://h:1/connection/websocket")
     assert endpoint("wss://h/connection/websocket") == Endpoint("protocol", "wss://h/connection/websocket")
@@ -126,7 +126,7 @@ async def test_a_path_that_is_no_endpoint_is_refused_before_connecting() -> None
     for args in (("produce", "ws://127.0.0.1:9/foo", "news", "hi"),
                  ("consume", "ws://127.0.0.1:9/foo", "news"),
                  ("consume", "ws://127.0.0.1:9/ws/", "news")):
-        code, out, err = await cli(*args)
+        code, _, err = await cli(*args)
         assert code == 2, (args, err)
         assert HINT in err and "cannot connect" not in err
         assert len(err.strip().splitlines()) == 1, err
@@ -156,3 +156,18 @@ async def test_a_refused_relay_handshake_names_the_status(start_server, clients)
     code, _, err = await cli("produce", ws_url(server, ""), "news", "protocol", "--token", hs256("writer"))
     assert code == 0, err
     assert await asyncio.wait_for(relay.recv(), TIMEOUT) == '"protocol"'
+
+
+async def test_endpoints_at_other_paths_need_protocol_or_relay(start_server, clients) -> None:
+    server = await start_server(relay_path="/rooms/{channel}", protocol_path="/hub")
+    relay_url, protocol_url = ws_url(server, "/rooms/lobby"), ws_url(server, "/hub")
+    code, _, err = await cli("produce", relay_url, "lobby", "hi")
+    assert code == 2 and "--relay" in err, err
+    relay = await websockets.connect(relay_url, ping_interval=None)
+    clients.append(relay)
+    code, _, err = await cli("produce", relay_url, "lobby", "raw", "--relay")
+    assert code == 0, err
+    assert await asyncio.wait_for(relay.recv(), TIMEOUT) == "raw"
+    code, _, err = await cli("produce", protocol_url, "lobby", "published", "--protocol")
+    assert code == 0, err
+    assert await asyncio.wait_for(relay.recv(), TIMEOUT) == '"published"'

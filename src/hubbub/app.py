@@ -381,6 +381,10 @@ class App:
             self.config.port = port
         self.config.validate()
         self.config.check_exposure()
+        if not logging.getLogger().handlers:  # log as `hubbub serve` does, unless the program set up logging
+            from .logs import setup
+
+            setup("info", "text")
         asyncio.run(self.serve_async())
 
 

@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import logs
 from ._version import __version__
@@ -101,8 +102,9 @@ relay     URL is ws://HOST:PORT/ws/CHANNEL. Connects to the plain relay and prin
           from the path: it may be omitted, and if given it must be the same.
           The relay keeps no history: --recover is refused.
 
-Any other path is refused (exit 2). Once subscribed, "hubbub: subscribed to CHANNEL"
-is printed on stderr.""",
+Any other path is refused (exit 2), unless --protocol or --relay says which it is
+(a server configured with another protocol_path or relay_path). Once subscribed,
+"hubbub: subscribed to CHANNEL" is printed on stderr.""",
         epilog="""\
 examples:
   hubbub consume ws://127.0.0.1:8000 news             protocol: data as JSON lines
@@ -124,6 +126,7 @@ names the HTTP status or close code), 2 usage error, 130 interrupted.""",
     consume.add_argument("--token", default="", metavar="JWT",
                          help="connection token: the connect command's token (protocol), "
                          "Authorization: Bearer (relay)")
+    _mode_flags(consume)
 
     produce = sub.add_parser(
         "produce",
@@ -148,7 +151,8 @@ relay     URL is ws://HOST:PORT/ws/CHANNEL. Sends each DATA as one text message,
           a message: 3507 not allowed, 3013 too many, 1009 too large). It does not
           prove that every message was published.
 
-Any other path is refused (exit 2).""",
+Any other path is refused (exit 2), unless --protocol or --relay says which it is
+(a server configured with another protocol_path or relay_path).""",
         epilog="""\
 examples:
   hubbub produce ws://127.0.0.1:8000 news '{"headline": "hi"}' "plain text" 42
@@ -165,7 +169,17 @@ HTTP status, e.g. 401 with a hint, or the close code), 2 usage error.""",
     produce.add_argument("--token", default="", metavar="JWT",
                          help="connection token: the connect command's token (protocol), "
                          "Authorization: Bearer (relay)")
+    _mode_flags(produce)
     return parser
+
+
+def _mode_flags(command: argparse.ArgumentParser) -> None:
+    mode = command.add_mutually_exclusive_group()
+    mode.add_argument("--protocol", dest="mode", action="store_const", const="protocol",
+                      help="URL's path is the protocol endpoint (a server with another protocol_path)")
+    mode.add_argument("--relay", dest="mode", action="store_const", const="relay",
+                      help="URL's path is the relay (a server with another relay_path); CHANNEL names the channel "
+                      "when the path has no /ws/CHANNEL")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -348,10 +362,12 @@ def _endpoint(args: argparse.Namespace) -> Endpoint:
         ClientError: not a ``ws://`` URL (exit 1, as before).
     """
     try:
-        found = endpoint(args.url)
+        found = endpoint(args.url, args.mode)
     except EndpointError as exc:
         raise _Usage(str(exc)) from None
     if found.kind == "relay":
+        if not found.channel:  # a relay at another path: CHANNEL, if given, names it
+            return Endpoint("relay", found.url, args.channel or urlsplit(found.url).path)
         if args.channel is not None and args.channel != found.channel:
             raise _Usage(f"CHANNEL {args.channel!r} is not the relay URL's channel {found.channel!r}: "
                          f"with a relay URL the channel is the path's (ws://HOST:PORT/ws/CHANNEL)")
@@ -481,6 +497,8 @@ async def _stdin_lines() -> AsyncIterator[list[str]]:
     A daemon thread reads, so the event loop keeps answering the server's
     pings while stdin is idle (``tail -f log | hubbub produce ...``), and an
     interrupt never waits for a blocked read."""
+    if sys.stdin is None:
+        return
     loop = asyncio.get_running_loop()
     queue: asyncio.Queue[list[str] | None] = asyncio.Queue(4)
     encoding = sys.stdin.encoding or "utf-8"
@@ -496,9 +514,11 @@ async def _stdin_lines() -> AsyncIterator[list[str]]:
 
     def read() -> None:
         rest = b""
+        fd = sys.stdin.fileno()
         try:
-            stream = sys.stdin.buffer
-            while chunk := stream.read1(65536):
+            # os.read, not sys.stdin.buffer: a daemon thread blocked inside the
+            # buffered reader holds its lock, which aborts interpreter shutdown
+            while chunk := os.read(fd, 65536):
                 *lines, rest = (rest + chunk).split(b"\n")
                 if lines:
                     hand([decode(line) for line in lines])

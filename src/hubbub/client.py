@@ -78,14 +78,17 @@ def _relay_channel(path: str) -> str | None:
     return None if at < 0 else unquote(path[at + len(RELAY_PREFIX):])
 
 
-def endpoint(url: str) -> Endpoint:
+def endpoint(url: str, kind: str | None = None) -> Endpoint:
     """Which hub endpoint ``url`` names.
 
     * no path (or ``/``), or a path ending in ``/connection/websocket``: the
       protocol (``/connection/websocket`` is added when there is no path);
     * ``/ws/CHANNEL``: the relay, for ``CHANNEL``;
 
-    each also under a mount prefix (``/rt/ws/CHANNEL``).
+    each also under a mount prefix (``/rt/ws/CHANNEL``). ``kind``
+    (``"protocol"`` or ``"relay"``) says which instead, for a server that
+    serves it at another path (``protocol_path``, ``relay_path``); a relay's
+    channel is then known only if the path has ``/ws/CHANNEL``.
 
     Raises:
         ClientError: not a ``ws://`` or ``wss://`` URL.
@@ -93,16 +96,21 @@ def endpoint(url: str) -> Endpoint:
     """
     parts = _ws_parts(url)
     path = parts.path
-    if path in ("", "/"):
-        return Endpoint("protocol", urlunsplit(parts._replace(path=PROTOCOL_PATH)))
-    if path.endswith(PROTOCOL_PATH):
+    if kind == "protocol" or (kind is None and (path in ("", "/") or path.endswith(PROTOCOL_PATH))):
+        if path in ("", "/"):
+            url = urlunsplit(parts._replace(path=PROTOCOL_PATH))
         return Endpoint("protocol", url)
     channel = _relay_channel(path)
+    if kind == "relay":
+        if path in ("", "/"):
+            raise EndpointError(f"{display_url(url)} has no path: the relay is at ws://HOST:PORT/ws/CHANNEL")
+        return Endpoint("relay", url, channel or "")
     if channel == "":
         raise EndpointError(f"{display_url(url)} names no channel after /ws/; {ENDPOINT_HINT}")
     if channel is not None:
         return Endpoint("relay", url, channel)
-    raise EndpointError(f"{display_url(url)}: {path} is not a hubbub endpoint; {ENDPOINT_HINT}")
+    raise EndpointError(f"{display_url(url)}: {path} is not a hubbub endpoint; {ENDPOINT_HINT}, "
+                        "or say which with --protocol or --relay (an endpoint at another path)")
 
 
 def protocol_url(url: str) -> str:
@@ -320,7 +328,8 @@ class RelayClient:
     :attr:`closed_cleanly` and :meth:`send` report.
 
     Args:
-        url: ``ws://host:port/ws/CHANNEL`` (``?sub_token=JWT`` is passed on).
+        url: ``ws://host:port/ws/CHANNEL``, or the relay at another path
+            (``?sub_token=JWT`` is passed on).
         token: connection token (JWT), sent as ``Authorization: Bearer``.
         echo: whether to receive one's own messages (``?echo=false`` otherwise).
         open_timeout: seconds to wait for the handshake.
@@ -329,10 +338,7 @@ class RelayClient:
 
     def __init__(self, url: str, *, token: str = "", echo: bool = True, open_timeout: float = 10.0,
                  close_timeout: float = 10.0) -> None:
-        found = endpoint(url)
-        if found.kind != "relay":
-            raise EndpointError(f"{display_url(url)} is not a relay URL: use ws://HOST:PORT/ws/CHANNEL")
-        self.channel = found.channel
+        self.channel = endpoint(url, "relay").channel
         parts = urlsplit(url)
         query = parse_qsl(parts.query, keep_blank_values=True)
         if not echo and not any(name == "echo" for name, _ in query):
