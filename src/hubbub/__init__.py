@@ -18,6 +18,7 @@ _EXPORTS = {
     "Config": "config",
     "NamespaceOptions": "config",
     "WebSocket": "endpoint",
+    "broadcast": "endpoint",
     "ClientCore": "core",
     "ClientContext": "core",
     "ConnectRequest": "core",
@@ -46,7 +47,7 @@ if TYPE_CHECKING:  # noqa: F401 (names for type checkers; loaded lazily at run t
     from .brokers.base import Publication, StreamPosition
     from .config import Config, NamespaceOptions
     from .core import ClientContext, ClientCore, ConnectRequest, ConnectResult, SessionHooks
-    from .endpoint import WebSocket
+    from .endpoint import WebSocket, broadcast
     from .errors import (  # noqa: F401
                          BadRequest, BrokerError, BrokerUnavailable, ClientError, ConfigError, Disconnect,
                          HubbubError, ProtocolError, ReplyError)

@@ -60,7 +60,7 @@ from .asgi import ASGIAdapter, HostedApp
 from .codes import ErrorCode
 from .config import Config
 from .core import ClientCore, ConnectRequest, ConnectResult, SessionHooks
-from .endpoint import WebSocket
+from .endpoint import Connections, Registry, WebSocket
 from .errors import ConfigError, ProtocolError
 from .hub import Hub
 from .server import Server
@@ -164,6 +164,8 @@ class App:
         self._shutdown: list[Callable[[], Awaitable[Any]]] = []
         self._background: set[asyncio.Task[Any]] = set()
         self.server = Server(self.config, hooks=self.hooks)
+        #: open connections of each framework endpoint (see :meth:`connections`)
+        self.registry = Registry()
         self._hosted: HostedApp | None = None
         if http is not None:
             self._hosted = HostedApp(http)
@@ -193,16 +195,22 @@ class App:
         ):
             raise TypeError(f"{endpoint.__name__} has none of connect, handle_message, disconnect, produce")
         name = getattr(endpoint, "__qualname__", repr(endpoint))
-        self.server.add_websocket(path, self._session_factory(endpoint), f"endpoint {name}")
+        self.server.add_websocket(path, self._session_factory(endpoint, path), f"endpoint {name}")
         self.websockets[path] = endpoint
 
-    def _session_factory(self, endpoint: Any) -> Callable[..., WebSocket]:
-        server = self.server
+    def _session_factory(self, endpoint: Any, path: str) -> Callable[..., WebSocket]:
+        server, registry = self.server, self.registry
 
         def create(conn: Any, request: Any) -> WebSocket:
-            return WebSocket(server.context, conn, server.wires(conn)[1], request, endpoint)
+            return WebSocket(server.context, conn, server.wires(conn)[1], request, endpoint, registry=registry,
+                             route=path)
 
         return create
+
+    def connections(self, path: str) -> Connections:
+        """The open connections of the endpoint at ``path`` (its pattern, as
+        registered): a read-only live set, for ``hubbub.broadcast(app.connections("/chat"), "hi")``."""
+        return self.registry.connections(path)
 
     def websocket(self, path: str) -> Callable[[F], F]:
         """Decorator form of :meth:`add_websocket`."""

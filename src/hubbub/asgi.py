@@ -153,7 +153,7 @@ class ASGIConnection(Writer):
     frames = ASGIFrames()
 
     __slots__ = ("host", "config", "stats", "session", "request", "ping_slot", "deadline", "ws", "_closed_sent",
-                 "_gone")
+                 "_gone", "_closing")
 
     def __init__(self, server: Server, request: HTTPRequest) -> None:
         assert server.flusher is not None
@@ -167,7 +167,8 @@ class ASGIConnection(Writer):
         self.deadline = 0.0
         self.ws = None  # no websockets protocol object: the ASGI server frames
         self._closed_sent = False
-        self._gone = asyncio.Event()
+        self._gone = asyncio.Event()  # the sender stopped (close sent, or the client is gone)
+        self._closing = asyncio.Event()  # we closed: stop reading, wait for the sender
 
     @property
     def idle(self) -> bool:
@@ -195,6 +196,7 @@ class ASGIConnection(Writer):
             return
         self.open = False
         self._closed_sent = True
+        self._closing.set()
         self.stats.disconnects[code] += 1
         self.write_control(b"\x08" + code.to_bytes(2, "big") + reason.encode()[:123])
         self.finish()
@@ -356,13 +358,14 @@ class ASGIAdapter:
         inline_pong = getattr(session, "inline_pong", False)
         receiving = asyncio.ensure_future(receive())
         gone = asyncio.ensure_future(conn._gone.wait())
+        closing = asyncio.ensure_future(conn._closing.wait())
         try:
             if not session.open_nowait():
                 await session.open()
             while not session.closed:
-                done, _ = await asyncio.wait((receiving, gone), return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait((receiving, gone, closing), return_when=asyncio.FIRST_COMPLETED)
                 if receiving not in done:
-                    break  # the sender stopped: closed by us, or the client is gone
+                    break  # closed by us, or the sender stopped (the client is gone)
                 message = receiving.result()
                 if message["type"] != "websocket.receive":
                     break  # websocket.disconnect
@@ -387,7 +390,7 @@ class ASGIAdapter:
             log.exception("error in WebSocket handler for %s", request.path)
             conn.close(DisconnectCode.INTERNAL_ERROR)
         finally:
-            for task in (receiving, gone):
+            for task in (receiving, gone, closing):
                 task.cancel()
             conn.lost = True
             conn.open = False

@@ -18,6 +18,24 @@ in a handler is logged with its traceback and closes that connection with
 1011; :class:`~hubbub.errors.Disconnect` closes with its code. No task
 outlives its connection.
 
+Handlers written for the ``websockets`` library (its "patterns" guide) work
+unchanged: once the connection is closed (by either side), :meth:`WebSocket.send`
+and :meth:`WebSocket.recv` raise ``websockets.exceptions.ConnectionClosedOK``
+(codes 1000, 1001, 1005) or ``ConnectionClosedError`` (any other code, 1006
+when the connection dropped without a close frame), ``async for message in
+ws`` ends on a normal close and raises ``ConnectionClosedError`` otherwise,
+and :meth:`WebSocket.wait_closed` returns. The exceptions are hubbub's
+subclasses :class:`ConnectionClosedOK` and :class:`ConnectionClosedError` of
+this module, which are also ``ConnectionError``. A handler that ends with one
+of them because its connection closed ends normally: no traceback, the close
+code stays. Tasks a handler starts itself (``asyncio.create_task``) are its
+own: they are not cancelled with the endpoint's task, but a loop in them that
+sends or receives ends with the connection.
+
+:class:`Registry` keeps the open connections of each endpoint (a read-only
+set per path pattern) and :func:`broadcast` sends one message to many
+connections, framing it once.
+
 The :class:`WebSocket` is a client of the hub like any other
 (:class:`~hubbub.core.ClientCore`): the channels it subscribes to count
 against ``client_channel_limit``, names are validated the same way, and a
@@ -34,11 +52,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
+from collections.abc import Set as AbstractSet
+from typing import TYPE_CHECKING, Any
 
-from .brokers.base import Publication
 from .auth import TokenError
+from .brokers.base import Publication
 from .codes import DisconnectCode, ErrorCode
 from .core import ClientContext, ClientCore
 from .errors import Disconnect, ProtocolError
@@ -55,10 +74,200 @@ MAX_QUEUED_MESSAGES = 64
 
 Message = str | bytes
 
+#: Close codes of a normal closure (``websockets.frames.OK_CLOSE_CODES``).
+OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
+#: The close code when the connection dropped without a close frame.
+ABNORMAL_CLOSURE = 1006
+
+_Close = tuple[int, str]  # (code, reason) of a close frame
+
+# -- exceptions -----------------------------------------------------------------------------
+# websockets' exception classes, made on first use: importing this module does
+# not load websockets (the sans-I/O layering, tests/test_core.py).
+
+if TYPE_CHECKING:
+    import websockets.exceptions
+
+    class ConnectionClosedOK(websockets.exceptions.ConnectionClosedOK, ConnectionError):
+        """The endpoint's connection is closed, normally (1000, 1001, 1005)."""
+
+    class ConnectionClosedError(websockets.exceptions.ConnectionClosedError, ConnectionError):
+        """The endpoint's connection is closed with an error code, or dropped (1006)."""
+
+
+def _closed_classes() -> tuple[type[ConnectionClosedOK], type[ConnectionClosedError]]:
+    """hubbub's :class:`ConnectionClosedOK` and :class:`ConnectionClosedError`,
+    made (once) on first use."""
+    found = globals().get("_CLOSED_CLASSES")
+    if found is not None:
+        return found  # type: ignore[no-any-return]
+    import websockets.exceptions
+
+    class ConnectionClosedOK(websockets.exceptions.ConnectionClosedOK, ConnectionError):  # type: ignore[no-redef]
+        """The endpoint's connection is closed normally (close code 1000,
+        1001 or 1005): ``websockets.exceptions.ConnectionClosedOK``, and a
+        ``ConnectionError``. ``rcvd`` and ``sent`` are the close frames
+        received and sent (``websockets.frames.Close``, or ``None``)."""
+
+    class ConnectionClosedError(websockets.exceptions.ConnectionClosedError, ConnectionError):  # type: ignore[no-redef]
+        """The endpoint's connection is closed with another close code, or
+        dropped without a close frame (1006):
+        ``websockets.exceptions.ConnectionClosedError``, and a
+        ``ConnectionError``."""
+
+    for cls in (ConnectionClosedOK, ConnectionClosedError):
+        cls.__module__ = __name__
+        cls.__qualname__ = cls.__name__
+    classes = (ConnectionClosedOK, ConnectionClosedError)
+    globals().update(_CLOSED_CLASSES=classes, ConnectionClosedOK=ConnectionClosedOK,
+                     ConnectionClosedError=ConnectionClosedError)
+    return classes
+
+
+def __getattr__(name: str) -> Any:
+    """``ConnectionClosedOK`` and ``ConnectionClosedError`` (PEP 562: made on first use)."""
+    if name in ("ConnectionClosedOK", "ConnectionClosedError"):
+        ok, error = _closed_classes()
+        return ok if name == "ConnectionClosedOK" else error
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _closed_error(rcvd: _Close | None, sent: _Close | None, rcvd_then_sent: bool | None) -> Exception:
+    """The exception for a closed connection: OK when every close frame known
+    has a normal code, Error otherwise (and when there was none: 1006)."""
+    from websockets.frames import Close
+
+    ok, error = _closed_classes()
+    codes = [frame[0] for frame in (rcvd, sent) if frame is not None]
+    cls = ok if codes and all(code in OK_CLOSE_CODES for code in codes) else error
+    if rcvd is None or sent is None:
+        rcvd_then_sent = None
+    elif rcvd_then_sent is None:
+        rcvd_then_sent = False
+    return cls(None if rcvd is None else Close(*rcvd), None if sent is None else Close(*sent), rcvd_then_sent)
+
+
+# -- connections of an endpoint ---------------------------------------------------------------
+
+
+class Connections(AbstractSet["WebSocket"]):
+    """The open connections of one endpoint: a read-only, live, set-like view
+    (``len``, ``in``, iteration, and the comparisons and operators of
+    :class:`collections.abc.Set`, which return plain sets).
+
+    A connection is in it from the start of its endpoint task (after the
+    handshake) until it closes (as soon as either side closes it).
+    Iteration goes over a snapshot, in the order the connections opened: the
+    view may change while a loop awaits.
+    """
+
+    __slots__ = ("_members",)
+
+    def __init__(self) -> None:
+        self._members: dict[WebSocket, None] = {}
+
+    def __contains__(self, ws: object) -> bool:
+        return ws in self._members
+
+    def __iter__(self) -> Iterator[WebSocket]:
+        return iter(list(self._members))
+
+    def __len__(self) -> int:
+        return len(self._members)
+
+    def __repr__(self) -> str:
+        return f"<Connections: {len(self._members)} open>"
+
+    @classmethod
+    def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:  # type: ignore[override]
+        return set(it)
+
+    def _add(self, ws: WebSocket) -> None:
+        self._members[ws] = None
+
+    def _discard(self, ws: WebSocket) -> None:
+        self._members.pop(ws, None)
+
+
+class Registry:
+    """The open connections of an application's endpoints, by path pattern.
+
+    ``registry.connections("/rooms/{room}")`` is the live :class:`Connections`
+    view of the endpoint at that pattern (every room). A :class:`WebSocket`
+    made with ``registry=`` and ``route=`` (its endpoint's pattern) joins it.
+    """
+
+    __slots__ = ("_groups",)
+
+    def __init__(self) -> None:
+        self._groups: dict[str, Connections] = {}
+
+    def connections(self, pattern: str) -> Connections:
+        """The live view of the open connections of the endpoint at ``pattern``
+        (empty, and filled later, for a pattern that has none yet)."""
+        group = self._groups.get(pattern)
+        if group is None:
+            group = self._groups[pattern] = Connections()
+        return group
+
+    def __iter__(self) -> Iterator[WebSocket]:
+        """Every open connection, of every endpoint."""
+        for group in list(self._groups.values()):
+            yield from group
+
+    def __len__(self) -> int:
+        return sum(len(group) for group in self._groups.values())
+
+
+def broadcast(connections: Iterable[WebSocket], message: str | bytes) -> None:
+    """Send ``message`` to every open connection of ``connections``, like
+    ``websockets.broadcast``: ``str`` as one text message, ``bytes`` (or
+    ``bytearray``, ``memoryview``) as one binary message.
+
+    ``connections`` is any iterable of :class:`WebSocket`: the live view
+    ``app.connections(path)``, or a set of the application's own (the
+    "registration" pattern). Connections that are closed or closing are
+    skipped silently.
+
+    The message is framed once per kind of connection (hubbub's own server,
+    ASGI) and the same bytes are queued to each connection, without awaiting
+    and without a task per connection: it is written at the end of the
+    event-loop iteration. Like any push it counts against
+    ``max_pending_output``: a client that does not read fast enough is not
+    waited for; once its pending output passes the bound, its queue is
+    dropped and the connection closed with 3008 ("slow"), and it leaves the
+    endpoint's connections (its handler sees ``ConnectionClosedError``).
+
+    Raises:
+        TypeError: ``message`` is neither ``str`` nor bytes-like.
+    """
+    if isinstance(message, str):
+        payload, binary = message.encode(), False
+    elif isinstance(message, (bytes, bytearray, memoryview)):
+        payload, binary = bytes(message), True
+    else:
+        raise TypeError(f"broadcast() takes str or bytes, not {type(message).__name__}")
+    frames: dict[type, bytes] = {}  # encoder type -> frame
+    for ws in connections:
+        out = ws.out
+        if ws.closed or not out.open:
+            continue
+        encoder = ws.wire.frames  # type: ignore[attr-defined]
+        kind = type(encoder)
+        frame = frames.get(kind)
+        if frame is None:
+            frame = frames[kind] = encoder.binary(payload) if binary else encoder.text(payload)
+        out.deliver(frame)
+
 
 class WebSocket(ClientCore):
     """The connection object handed to endpoint handlers, and the session that
     runs the endpoint for it.
+
+    The connection API follows ``websockets``' ``ServerConnection`` where it
+    makes sense (``send``, ``recv``, ``async for``, ``close``, ``wait_closed``,
+    ``close_code``, ``close_reason``, ``remote_address``), so handlers written
+    for ``websockets`` run unchanged (see the module docstring).
 
     Attributes:
         request: the handshake request (``path``, ``params`` of the route,
@@ -66,14 +275,26 @@ class WebSocket(ClientCore):
         client_id: a unique id of this connection.
         user: the user of a verified connection token (``""`` without one).
         state: a dict for the handler's own per-connection data.
+        closed: whether the connection is closed, or closing: set as soon as
+            the server closes it (:meth:`close`, a hub disconnect such as 3008
+            "slow") or the connection is gone.
+
+    Args:
+        context, out, wire, request: from the server (see ``App``).
+        endpoint: the endpoint class or ``async def handler(ws)``.
+        registry: a :class:`Registry` the connection joins while open, under
+            ``route``.
+        route: the endpoint's path pattern (``/rooms/{room}``); by default
+            the request's path.
     """
 
     transport = "endpoint"
 
-    __slots__ = ("request", "state", "_endpoint", "_messages", "_task", "_token")
+    __slots__ = ("request", "state", "_endpoint", "_messages", "_task", "_token", "_group", "_sent", "_final",
+                 "_gone")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: Wire, request: HTTPRequest,
-                 endpoint: Any = None) -> None:
+                 endpoint: Any = None, *, registry: Registry | None = None, route: str | None = None) -> None:
         super().__init__(context, out, wire, headers=request.headers)
         self.request = request
         self.state: dict[str, Any] = {}
@@ -81,50 +302,157 @@ class WebSocket(ClientCore):
         self._messages: asyncio.Queue[Message | None] = asyncio.Queue(MAX_QUEUED_MESSAGES)
         self._task: asyncio.Task[None] | None = None
         self._token = handshake_token(request.headers, request.query)
+        self._group = None if registry is None else registry.connections(request.path if route is None else route)
+        self._sent: _Close | None = None  # the close frame the server asked for (without a protocol object)
+        self._final: tuple[_Close | None, _Close | None, bool | None] | None = None  # close frames, once gone
+        self._gone: asyncio.Event | bool = False  # True once gone; an Event while wait_closed() waits
 
     @property
     def params(self) -> dict[str, str]:
         """Path parameters, e.g. ``{"room": "lobby"}`` for ``/rooms/{room}``."""
         return self.request.params
 
+    @property
+    def path(self) -> str:
+        """The request's path (without the query string)."""
+        return self.request.path
+
+    @property
+    def request_headers(self) -> dict[str, str]:
+        """The handshake's HTTP headers (lower-case names)."""
+        return self.request.headers
+
+    @property
+    def remote_address(self) -> tuple[str, int] | None:
+        """The client's ``(host, port)``, as seen by the server (``None`` if unknown)."""
+        return self.request.client
+
+    @property
+    def close_code(self) -> int | None:
+        """The close code: ``None`` while the connection is open; the
+        client's code if the client closed first, the server's if the server
+        did (``close()``, 3008 "slow", ...); 1006 if the connection dropped
+        without a close frame."""
+        return None if not self._ending() else self._close_frame()[0]
+
+    @property
+    def close_reason(self) -> str | None:
+        """The close reason that goes with :attr:`close_code` (``None`` while open)."""
+        return None if not self._ending() else self._close_frame()[1]
+
     async def send(self, message: str | bytes) -> None:
         """Send one message: ``str`` as text, ``bytes`` as binary.
 
+        Once the server closed the connection (:meth:`close`, a hub
+        disconnect), ``send`` raises at once; while a closing handshake started
+        by the client is in progress it waits for its end, then raises.
+
         Raises:
+            ConnectionClosedOK: the connection is closed normally.
+            ConnectionClosedError: the connection is closed with an error code,
+                or dropped. Both are ``ConnectionError`` too.
             TypeError: for any other type.
         """
         if isinstance(message, str):
+            if self._ending():
+                await self._send_failed()
             self.out.send_text(message.encode())
         elif isinstance(message, (bytes, bytearray, memoryview)):
+            if self._ending():
+                await self._send_failed()
             self.out.send_binary(bytes(message))
         else:
             raise TypeError(f"send() takes str or bytes, not {type(message).__name__}")
 
+    async def _send_failed(self) -> None:
+        if not self.closed:
+            # the client started the closing handshake: like websockets, wait
+            # for its end (the endpoint's task is cancelled then), then raise
+            await self.wait_closed()
+        raise self._closed_error()
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Close the connection with ``code`` (1000, 3000-4999) and ``reason``."""
+        """Close the connection with ``code`` (1000, 3000-4999) and ``reason``.
+        Returns at once; :meth:`wait_closed` waits for the end of the connection."""
         self.disconnect(code, reason)
 
     async def recv(self) -> Message:
-        """The next message (``str`` or ``bytes``).
+        """The next message (``str`` or ``bytes``). Messages received before the
+        close are still returned.
 
         Raises:
-            ConnectionError: the connection is closed.
+            ConnectionClosedOK: the connection is closed (or closing) normally.
+            ConnectionClosedError: the connection is closed with an error code,
+                or dropped. Both are ``ConnectionError`` too.
         """
-        message = await self._messages.get()
+        messages = self._messages
+        if messages.empty() and self._ending():
+            raise self._closed_error()
+        message = await messages.get()
         if message is None:
-            self._messages.put_nowait(None)  # stays closed for later calls
-            raise ConnectionError("connection closed")
+            if messages.empty():
+                messages.put_nowait(None)  # wakes another waiting recv(), if any
+            raise self._closed_error()
         return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
+        """``async for message in ws``: ends when the connection closes
+        normally, raises :class:`ConnectionClosedError` otherwise."""
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Message]:
+        ok, _ = _closed_classes()
         while True:
             try:
-                yield await self.recv()
-            except ConnectionError:
+                message = await self.recv()
+            except ok:
                 return
+            yield message
+
+    async def wait_closed(self) -> None:
+        """Return once the connection is closed (the TCP connection is gone:
+        after the closing handshake, or ``close_timeout``).
+
+        When the client goes away the endpoint's task is cancelled: code that
+        must run after ``await ws.wait_closed()`` in a handler belongs in a
+        ``finally`` block (as in the websockets guide's registration pattern).
+        """
+        gone = self._gone
+        if gone is True:
+            return
+        if gone is False:
+            gone = self._gone = asyncio.Event()
+        await gone.wait()
+
+    # -- close state -----------------------------------------------------------------------
+
+    def _ending(self) -> bool:
+        """Whether the connection is closed or closing (either side)."""
+        return self.closed or not self.out.open
+
+    def _close_frames(self) -> tuple[_Close | None, _Close | None, bool | None]:
+        """The close frames received and sent so far, and their order."""
+        if self._final is not None:
+            return self._final
+        protocol = getattr(self.out, "ws", None)  # hubbub.connection: websockets' ServerProtocol
+        if protocol is None:
+            return None, self._sent, None
+        rcvd, sent = getattr(protocol, "close_rcvd", None), getattr(protocol, "close_sent", None)
+        return (None if rcvd is None else (rcvd.code, rcvd.reason),
+                None if sent is None else (sent.code, sent.reason),
+                getattr(protocol, "close_rcvd_then_sent", None))
+
+    def _close_frame(self) -> _Close:
+        """The close frame that closed the connection (the first one), or 1006."""
+        rcvd, sent, rcvd_then_sent = self._close_frames()
+        if rcvd is not None and (sent is None or rcvd_then_sent):
+            return rcvd
+        if sent is not None:
+            return sent
+        return ABNORMAL_CLOSURE, ""
+
+    def _closed_error(self) -> Exception:
+        return _closed_error(*self._close_frames())
 
     async def subscribe(self, channel: str) -> None:
         """Receive ``channel``'s publications on this connection: each arrives
@@ -158,7 +486,21 @@ class WebSocket(ClientCore):
         """Close with ``code`` (what the hub uses: 3008, 3010, ...)."""
         if not self.closed:
             self.closed = True
+            if self._sent is None:
+                self._sent = (code, reason or "")
+            self._leave_registry()
+            self._wake_readers()
         self.out.close(code, reason or "")
+
+    def _leave_registry(self) -> None:
+        if self._group is not None:
+            self._group._discard(self)
+
+    def _wake_readers(self) -> None:
+        try:
+            self._messages.put_nowait(None)
+        except asyncio.QueueFull:
+            pass  # nobody waits on a full queue; recv() checks the state first
 
     # -- the session side (called by the connection) -----------------------------------
 
@@ -190,7 +532,10 @@ class WebSocket(ClientCore):
         self.open_nowait()
 
     def open_nowait(self) -> bool:
-        """Start the endpoint's task (it runs the ``connect`` hook)."""
+        """Start the endpoint's task (it runs the ``connect`` hook); the
+        connection joins its endpoint's :class:`Connections`."""
+        if self._group is not None and not self.closed:
+            self._group._add(self)
         self._task = asyncio.get_running_loop().create_task(self._run())
         self._task.add_done_callback(self._task_done)
         return True
@@ -208,11 +553,14 @@ class WebSocket(ClientCore):
             self.disconnect(1011, "keepalive ping timeout")
 
     def on_closed(self) -> None:
+        if self._final is None:
+            self._final = self._close_frames()
         super().on_closed()
-        try:
-            self._messages.put_nowait(None)
-        except asyncio.QueueFull:
-            pass
+        self._leave_registry()
+        self._wake_readers()
+        gone, self._gone = self._gone, True
+        if gone is not True and gone is not False:
+            gone.set()
         if self._task is not None and not self._task.done():
             self._task.cancel()
 
@@ -236,9 +584,12 @@ class WebSocket(ClientCore):
             pass
         except Disconnect as exc:
             await self.close(exc.code, exc.reason)
-        except Exception:
-            log.exception("error in WebSocket endpoint %s", self.request.path)
-            await self.close(DisconnectCode.INTERNAL_ERROR, "internal error")
+        except Exception as exc:
+            if isinstance(exc, _closed_classes()) and self._ending():
+                pass  # the connection closed under the handler: a normal end
+            else:
+                log.exception("error in WebSocket endpoint %s", self.request.path)
+                await self.close(DisconnectCode.INTERNAL_ERROR, "internal error")
         finally:
             for channel in list(self.channels):
                 self.leave(channel)
