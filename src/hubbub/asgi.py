@@ -37,6 +37,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from .codes import DisconnectCode
+from .config import is_loopback
 from .connection import PENDING, WebSocketSession
 from .http import HTTPRequest, HTTPResponse
 from .server import Server
@@ -243,6 +244,24 @@ class ASGIAdapter:
         self._shutdown = shutdown
         self._lock: asyncio.Lock | None = None
         self._started = False
+        self._exposure_checked = False
+
+    def _check_exposure(self, scope: Scope) -> None:
+        """The rule of ``hubbub serve`` (``Config.check_exposure``), for the
+        address the ASGI server listens on: with no token key and
+        ``allow_anonymous`` not set, anonymous clients are accepted only on a
+        loopback address. On any other, they are refused from now on (and
+        the log says what to set), since refusing to start is not ours to do."""
+        server = scope.get("server")
+        if not server:
+            return
+        self._exposure_checked = True
+        config = self.server.config
+        if config.allow_anonymous is None and not is_loopback(str(server[0])):
+            config.allow_anonymous = False
+            log.warning("served on %s, not a loopback address: anonymous clients are refused; set a token "
+                        "key (token_hmac_secret, ...) for clients, or allow_anonymous = true to accept "
+                        "anonymous clients on purpose", server[0])
 
     async def startup(self) -> None:
         """Start the node without a socket of its own (idempotent)."""
@@ -273,6 +292,8 @@ class ASGIAdapter:
             await self._lifespan(receive, send)
             return
         await self.startup()
+        if not self._exposure_checked:
+            self._check_exposure(scope)
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":

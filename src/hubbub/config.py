@@ -216,7 +216,7 @@ class Config:
     @property
     def loopback(self) -> bool:
         """Whether ``host`` is a loopback address."""
-        return _is_loopback(self.host)
+        return is_loopback(self.host)
 
     @property
     def anonymous(self) -> bool:
@@ -477,7 +477,7 @@ def _line_of(text: str, dotted: str) -> int:
 
 
 @functools.lru_cache(maxsize=16)
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """Whether ``host`` is a loopback address (cached: sessions ask at every connect)."""
     if host == "localhost":
         return True
