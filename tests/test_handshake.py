@@ -12,6 +12,7 @@ import os
 import socket
 from typing import Any
 
+from hubbub.config import NamespaceOptions
 from hubbub.server import GC_THRESHOLDS, Server, tune_gc
 
 from .conftest import TIMEOUT, proto_client
@@ -173,3 +174,41 @@ async def test_websocket_connections_have_tcp_nodelay(server: Server) -> None:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     finally:
         writer.close()
+
+
+def client_close_frame(code: int = 1000) -> bytes:
+    payload = code.to_bytes(2, "big")
+    masked = bytes(b ^ MASK[i % 4] for i, b in enumerate(payload))
+    return bytes((0x88, 0x80 | len(payload))) + MASK + masked
+
+
+async def read_frame(reader: asyncio.StreamReader) -> tuple[int, bytes]:
+    b0, n = await asyncio.wait_for(reader.readexactly(2), TIMEOUT)
+    assert n < 126
+    return b0 & 0x0F, await asyncio.wait_for(reader.readexactly(n), TIMEOUT)
+
+
+async def test_a_close_after_messages_is_answered_after_them(start_server) -> None:
+    """Messages sent just before the client's close are handled first: a
+    refusal's close code reaches the client instead of a plain 1000 echo."""
+    server = await start_server(namespaces={"ro": NamespaceOptions(allow_publish_for_client=False)})
+    reader, writer = await raw_relay(server, "ro:x")
+    await subscribed(server, "ro:x", 1)
+    writer.write(client_text_frame("nope") + client_close_frame(1000))
+    opcode, payload = await read_frame(reader)
+    assert opcode == 8 and int.from_bytes(payload[:2], "big") == 3507, (opcode, payload)
+    writer.close()
+
+
+async def test_replies_to_commands_before_a_close_are_sent(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(upgrade_request("/connection/websocket"))
+    assert (await read_head(reader)).startswith(b"HTTP/1.1 101")
+    writer.write(client_text_frame('{"id":1,"connect":{}}'))
+    assert '"id":1' in (await read_frame(reader))[1].decode()
+    writer.write(client_text_frame('{"id":2,"ping":{}}') + client_close_frame(1000))
+    opcode, payload = await read_frame(reader)
+    assert opcode == 1 and payload == b'{"id":2,"ping":{}}', (opcode, payload)
+    opcode, payload = await read_frame(reader)
+    assert opcode == 8 and int.from_bytes(payload[:2], "big") == 1000
+    writer.close()

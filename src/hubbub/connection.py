@@ -28,7 +28,7 @@ import time
 from typing import Any, Protocol
 
 import h11
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
@@ -135,7 +135,7 @@ class Connection(Writer, asyncio.Protocol):
     __slots__ = (
         "host", "config", "stats", "peer", "http", "_head", "_scanned", "_http_request", "_http_body",
         "_http_body_size", "_http_task", "ws", "session", "request", "_inbox", "_worker", "_paused", "_fragments",
-        "_fragments_binary", "_utf8", "_close_timer", "_close_counted", "deadline", "ping_slot",
+        "_fragments_binary", "_utf8", "_close_timer", "_close_counted", "deadline", "ping_slot", "_held",
     )
 
     def __init__(self, host: Host) -> None:
@@ -166,6 +166,8 @@ class Connection(Writer, asyncio.Protocol):
         self._close_counted = False
         self.deadline = time.monotonic() + config.handshake_timeout
         self.ping_slot = 0  # which slice of the shared ping timer pings this connection
+        #: the answer to a client's close, held while its earlier messages are handled
+        self._held: list[bytes] | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -480,6 +482,14 @@ class Connection(Writer, asyncio.Protocol):
         self._handle_frames(ws.events_received())
         if self.ws is None:
             return
+        if ws.close_rcvd is not None and self._inbox and self._held is None and self.open:
+            # The client closed after messages that still wait in the inbox: handle
+            # them first (their replies, or a refusal's close code, must reach the
+            # client), and answer the close after them (RFC 6455 7.1.2 allows it).
+            self._held = ws.data_to_send()
+            return
+        if self._held is not None:
+            return
         self._pull_ws_writes(control=True)
         if ws.close_sent is not None and ws.close_rcvd is None and not self._close_counted:
             self._close_counted = True  # the protocol layer failed the connection (1002, 1007, 1009)
@@ -575,20 +585,39 @@ class Connection(Writer, asyncio.Protocol):
             self._worker = None
             if not inbox and self._inbox is inbox:
                 self._inbox = None
+            if self._held is not None and not inbox:
+                self._release_close()
+
+    def _release_close(self, replacement: bytes | None = None) -> None:
+        """Send the held answer to the client's close (or ``replacement``, our
+        own close frame) now that the messages before it are handled."""
+        held, self._held = self._held or [], None
+        self.open = False
+        for chunk in held:
+            if not chunk:
+                self.finish()
+            elif replacement is not None and chunk[0] & 0x0F == Opcode.CLOSE.value:
+                self.write_control(replacement)
+                replacement = None
+            else:
+                self.write_control(chunk)
+        if self.ws is not None:
+            self._process_ws_events()
+        self._arm_close_timer()
 
     # -- Outbox ---------------------------------------------------------------------
 
     def send_text(self, payload: bytes) -> None:
-        """Queue one text message (a reply, an endpoint's message): bounded."""
+        """Queue one text message (a reply, an endpoint's message): bounded.
+        Framed here (no extensions are negotiated), so it also works while a
+        client's close waits for the messages before it."""
         if self.open and self.ws is not None:
-            self.ws.send_text(payload)
-            self._pull_ws_writes()
+            self.write(self.frames.text(payload))
 
     def send_binary(self, payload: bytes) -> None:
         """Queue one binary message: bounded."""
         if self.open and self.ws is not None:
-            self.ws.send_binary(payload)
-            self._pull_ws_writes()
+            self.write(self.frames.binary(payload))
 
     def send_ping(self) -> None:
         """Queue a WebSocket ping (one pre-encoded frame for every connection): bounded."""
@@ -598,6 +627,12 @@ class Connection(Writer, asyncio.Protocol):
     def close(self, code: int, reason: str = "") -> None:
         """Start the closing handshake; drop the TCP connection after ``close_timeout``."""
         if self.ws is None or self.lost:
+            return
+        if self._held is not None:  # the client closed; answer with our code instead
+            self._close_counted = True
+            self.stats.disconnects[code] += 1
+            data = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
+            self._release_close(Frame(Opcode.CLOSE, Close(code, data).serialize()).serialize(mask=False))
             return
         self.open = False
         if self.ws.state is State.OPEN:

@@ -57,7 +57,7 @@ from collections.abc import Set as AbstractSet
 from typing import TYPE_CHECKING, Any
 
 from .auth import TokenError
-from .brokers.base import Publication
+from .brokers.base import Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .core import ClientContext, ClientCore
 from .errors import Disconnect, ProtocolError
@@ -472,15 +472,17 @@ class WebSocket(ClientCore):
         """Stop receiving ``channel``'s publications."""
         self.leave(channel)
 
-    async def publish(self, channel: str, data: Any) -> int:  # type: ignore[override]
-        """Publish ``data`` (any JSON value) to ``channel``; returns its offset
-        (0 without history).
+    async def publish(self, channel: str, data: Any) -> StreamPosition:  # type: ignore[override]
+        """Publish ``data`` (any JSON value) to ``channel``, as the application
+        (like :meth:`Hub.publish <hubbub.hub.Hub.publish>`, which returns the
+        same): the publication's stream position (``offset`` 0 and ``epoch``
+        ``""`` without history).
 
         Raises:
-            ProtocolError: 107/102 for a bad channel or data, 100 if the broker failed.
+            BadRequest: 107 for an invalid channel name or data.
+            ProtocolError: 102 unknown namespace, 100 if the broker failed.
         """
-        position = await self.hub.publish(channel, Publication(encode_data(data)))
-        return position.offset
+        return await self.hub.publish(channel, Publication(encode_data(data)), source="app")
 
     def disconnect(self, code: int, reason: str | None = None) -> None:
         """Close with ``code`` (what the hub uses: 3008, 3010, ...)."""
