@@ -293,7 +293,7 @@ class ServerAPI:
             "uid": self.node_id,
             "name": self.node_name,
             "version": __version__,
-            "num_clients": sum(len(s) for s in self.hub.sessions.values()),
+            "num_clients": self.hub.clients,
             "num_users": len([u for u in self.hub.sessions if u]),
             "num_channels": len(channels),
             "num_subs": sum(channels.values()),

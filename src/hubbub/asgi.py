@@ -259,6 +259,7 @@ class ASGIAdapter:
         config = self.server.config
         if config.allow_anonymous is None and not is_loopback(str(server[0])):
             config.allow_anonymous = False
+            self.server.context.refresh()
             log.warning("served on %s, not a loopback address: anonymous clients are refused; set a token "
                         "key (token_hmac_secret, ...) for clients, or allow_anonymous = true to accept "
                         "anonymous clients on purpose", server[0])

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import h11
 from websockets.frames import Close, Frame, Opcode
-from websockets.http11 import Request
+from websockets.http11 import Request, Response
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
@@ -405,7 +405,7 @@ class Connection(Writer, asyncio.Protocol):
         self._head = bytearray(rest)  # held until the handshake is decided
         found = self.host.websocket_session(self, request)
         if isinstance(found, tuple):
-            self._answer_handshake(req, found)
+            self._answer_handshake(None, found)
             return True
         response = ws.accept(req)
         if response.status_code != 101:
@@ -420,12 +420,12 @@ class Connection(Writer, asyncio.Protocol):
             log.exception("error deciding the handshake for %s", request.path)
             decision = (500, "internal error")
         if decision is PENDING:
-            self._http_task = asyncio.get_running_loop().create_task(self._decide_handshake(req))
+            self._http_task = asyncio.get_running_loop().create_task(self._decide_handshake(response))
             return True
-        self._answer_handshake(req, decision)
+        self._answer_handshake(response, decision)
         return True
 
-    async def _decide_handshake(self, req: Request) -> None:
+    async def _decide_handshake(self, response: Response) -> None:
         session = self.session
         assert session is not None
         try:
@@ -433,13 +433,15 @@ class Connection(Writer, asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("error deciding the handshake for %s", req.path)
+            log.exception("error deciding the handshake for %s", self.request.path if self.request else "?")
             decision = (500, "internal error")
         self._http_task = None
         if not self.lost:
-            self._answer_handshake(req, decision)
+            self._answer_handshake(response, decision)
 
-    def _answer_handshake(self, req: Request, refusal: tuple[int, str] | None) -> None:
+    def _answer_handshake(self, response: Response | None, refusal: tuple[int, str] | None) -> None:
+        """Send ``response`` (the 101 that websockets made) or, with a
+        ``refusal``, an HTTP error instead."""
         ws = self.ws
         assert ws is not None
         if refusal is not None:
@@ -453,7 +455,8 @@ class Connection(Writer, asyncio.Protocol):
             self._head = None
             self._close_after_flush()
             return
-        ws.send_response(ws.accept(req))
+        assert response is not None
+        ws.send_response(response)
         self._pull_ws_writes(control=True)
         # A fresh parser in the OPEN state starts with frame parsing
         # (ServerProtocol.parse skips the request when not CONNECTING); the old

@@ -145,7 +145,7 @@ class ClientContext:
         wall: unix seconds (token expiry); injectable in tests.
     """
 
-    __slots__ = ("hub", "config", "verifier", "hooks", "clock", "wall")
+    __slots__ = ("hub", "config", "verifier", "hooks", "anonymous", "clock", "wall")
 
     def __init__(self, hub: Hub, *, verifier: TokenVerifier | None = None, hooks: SessionHooks | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -155,6 +155,23 @@ class ClientContext:
         self.hooks = hooks or SessionHooks()
         self.clock = clock
         self.wall = wall
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Read again what is cached from the settings (``anonymous``): call it
+        after changing ``allow_anonymous``, the bind address or token keys."""
+        #: ``config.anonymous``, read at every connect
+        self.anonymous = self.config.anonymous
+
+    def anonymous_in(self, ns: NamespaceOptions) -> bool:
+        """Whether anonymous clients may use namespace ``ns``."""
+        return self.anonymous if ns.allow_anonymous is None else ns.allow_anonymous
+
+    @property
+    def hooks_active(self) -> bool:
+        """Whether the hooks do anything (read live: an App registers hooks after
+        its server exists)."""
+        return self.hooks.active
 
 
 class CommandRate:
@@ -229,12 +246,15 @@ class ClientCore:
     """
 
     __slots__ = (
-        "context", "hub", "config", "out", "wire", "headers", "client_id", "user", "conn_info", "info",
+        "context", "hub", "config", "out", "wire", "headers", "client_id", "user", "conn_info", "_info",
         "expire_at", "channels", "connected", "closed", "pong_expected", "_rate", "__weakref__",
     )
 
     #: the transport's name in hooks and metrics
     transport = "websocket"
+    #: whether an anonymous client is registered for the server API's
+    #: user-targeted methods (user ``""``), as protocol clients are
+    register_anonymous = True
 
     def __init__(self, context: ClientContext, out: Outbox, wire: Wire, *, headers: dict[str, str] | None = None,
                  client_id: str | None = None) -> None:
@@ -247,15 +267,24 @@ class ClientCore:
         self.client_id = client_id or str(uuid.uuid4())
         self.user = ""
         self.conn_info: bytes | None = None
-        self.info = ClientInfo(self.client_id)
+        self._info: ClientInfo | None = None  # made when first needed (memory per connection)
         self.expire_at: float | None = None
         #: channel -> ClientInfo used for presence/join/leave in that channel
-        self.channels: dict[str, ClientInfo] = {}
+        #: (None where the namespace shows nobody: :meth:`info` stands for it)
+        self.channels: dict[str, ClientInfo | None] = {}
         self.connected = False
         self.closed = False
         self.pong_expected = False
         rate = self.config.client_command_rate
         self._rate = CommandRate(rate, self.config.client_command_burst, context.clock()) if rate > 0 else None
+
+    @property
+    def info(self) -> ClientInfo:
+        """Who this client is, as presence, join/leave and publications show it."""
+        info = self._info
+        if info is None:
+            info = self._info = ClientInfo(self.client_id, self.user, self.conn_info)
+        return info
 
     # -- output (subclasses) ---------------------------------------------------------
 
@@ -287,7 +316,7 @@ class ClientCore:
             ProtocolError: 109 token expired.
         """
         context = self.context
-        if context.hooks.active or (token and context.verifier.needs_lookup):
+        if context.hooks_active or (token and context.verifier.needs_lookup):
             return None
         result = ConnectResult()
         if token and context.verifier.enabled:
@@ -298,7 +327,7 @@ class ClientCore:
             result = ConnectResult(claims.user, claims.info, None, claims.channels, claims.expire_at)
             if result.expire_at is not None and result.expire_at <= context.wall():
                 raise ProtocolError(ErrorCode.TOKEN_EXPIRED)
-        elif not self.config.anonymous:
+        elif not context.anonymous:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "connection token required")
         self._connected(result)
         return result
@@ -322,7 +351,7 @@ class ClientCore:
             except (TokenExpired, InvalidToken) as exc:
                 raise _map_token_errors(exc) from None
             request.result = ConnectResult(claims.user, claims.info, None, claims.channels, claims.expire_at)
-        elif not self.config.anonymous and not context.hooks.handles_auth:
+        elif not context.anonymous and not context.hooks.handles_auth:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "connection token required")
         result = await context.hooks.on_connect(request)
         if result.expire_at is not None and result.expire_at <= context.wall():
@@ -333,15 +362,16 @@ class ClientCore:
         return result
 
     def _connected(self, result: ConnectResult) -> None:
-        self.user = result.user
-        self.conn_info = None if result.info is None else encode_data(result.info)
-        self.info = ClientInfo(self.client_id, self.user, self.conn_info)
+        user = self.user = result.user
+        if user or result.info is not None:
+            self.conn_info = None if result.info is None else encode_data(result.info)
+            self._info = None  # made again with the user
         self.expire_at = result.expire_at
         limit = self.config.client_user_connection_limit
-        if limit and self.user and self.hub.user_connections(self.user) >= limit:
+        if limit and user and self.hub.user_connections(user) >= limit:
             raise Disconnect(DisconnectCode.CONNECTION_LIMIT)
         self.connected = True
-        self.hub.add_session(self)
+        self.hub.add_session(self, register=bool(user) or self.register_anonymous)
 
     async def refresh(self, token: str) -> None:
         """Take a new connection token for the same user (extends ``expire_at``).
@@ -390,7 +420,7 @@ class ClientCore:
                 anonymous and the namespace does not allow anonymous clients.
         """
         ns = self.hub.namespace(channel)
-        if not self.user and not self.config.anonymous_in(ns):
+        if not self.user and not self.context.anonymous_in(ns):
             raise ProtocolError(ErrorCode.PERMISSION_DENIED)
         return ns
 
@@ -416,7 +446,7 @@ class ClientCore:
         """:meth:`authorize_subscribe` without waiting; ``None`` when a hook or a
         key lookup must be awaited. Same errors."""
         context = self.context
-        if context.hooks.active or (token and context.verifier.needs_lookup):
+        if context.hooks_active or (token and context.verifier.needs_lookup):
             return None
         ns = self._check_subscribe(channel, False)
         chan_info = None
@@ -464,7 +494,7 @@ class ClientCore:
                 raise ProtocolError(ErrorCode.PERMISSION_DENIED, "invalid subscription token") from None
             chan_info = self._check_subscription_claims(channel, claims)
         hooks = self.context.hooks
-        if hooks.active:
+        if self.context.hooks_active:
             hooked = await hooks.on_subscribe(self, channel, params or {})
             if hooked is not None:
                 chan_info = hooked
@@ -474,9 +504,11 @@ class ClientCore:
 
     # -- subscriptions -------------------------------------------------------------------
 
-    def _channel_info(self, chan_info: Any) -> ClientInfo:
+    def _channel_info(self, chan_info: Any, ns: NamespaceOptions) -> ClientInfo | None:
+        """The ClientInfo of a subscription, or ``None`` where nothing shows it
+        (no channel info, presence or join/leave: memory per connection)."""
         if chan_info is None:
-            return self.info
+            return self.info if ns.presence or ns.join_leave else None
         return ClientInfo(self.client_id, self.user, self.conn_info, encode_data(chan_info))
 
     def _subscriber(self, recoverable: bool) -> Subscriber:
@@ -487,7 +519,7 @@ class ClientCore:
         """Join ``channel`` at once when the hub can (no history to read, the
         node already subscribed); ``None``, having changed nothing, otherwise.
         The caller has authorized the subscription."""
-        info = self._channel_info(chan_info)
+        info = self._channel_info(chan_info, ns)
         result = self.hub.subscribe_nowait(channel, self._subscriber(False), ns=ns, info=info)
         if result is not None:
             self.channels[channel] = info
@@ -501,7 +533,7 @@ class ClientCore:
         Raises:
             ProtocolError: 105 already subscribed; 100 (temporary) broker failure.
         """
-        info = self._channel_info(chan_info)
+        info = self._channel_info(chan_info, ns)
         self.channels[channel] = info  # reserve: a second subscribe meanwhile gets 105
         try:
             result = await self.hub.subscribe(
@@ -517,9 +549,9 @@ class ClientCore:
 
     def leave(self, channel: str) -> bool:
         """Leave ``channel``; returns whether the client was subscribed."""
-        info = self.channels.pop(channel, None)
-        if info is None:
+        if channel not in self.channels:
             return False
+        info = self.channels.pop(channel)
         self.hub.unsubscribe(channel, self.client_id, info=info)
         return True
 
@@ -556,8 +588,8 @@ class ClientCore:
         ns = self.namespace(channel)
         if not ns.allow_publish_for_client:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED)
-        hooks = self.context.hooks
-        if hooks.active:
+        if self.context.hooks_active:
+            hooks = self.context.hooks
             original = data if publication is None else publication.value()
             hooked = await hooks.on_publish(self, channel, original)
             if hooked is not original:
@@ -565,7 +597,7 @@ class ClientCore:
                 data = hooked
         if publication is None:
             publication = Publication(encode_data(data))
-        publication.info = self.channels.get(channel, self.info)
+        publication.info = self.channels.get(channel) or self.info
         if ns.exclude_publisher:
             publication.exclude_client = self.client_id
         return await self.hub.publish(channel, publication, source=source)

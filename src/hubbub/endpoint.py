@@ -289,6 +289,7 @@ class WebSocket(ClientCore):
     """
 
     transport = "endpoint"
+    register_anonymous = False
 
     __slots__ = ("request", "state", "_endpoint", "_messages", "_task", "_token", "_group", "_sent", "_final",
                  "_gone")

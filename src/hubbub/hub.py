@@ -135,8 +135,10 @@ class Hub:
         self._presence: dict[str, dict[str, ClientInfo]] = {}  # local entries, refreshed by a shared timer
         self._presence_timer: asyncio.TimerHandle | None = None
         self.presence_ttl = config.presence_ttl
-        #: connected protocol sessions by user id (for the server API)
+        #: connected client sessions by user id (for the server API)
         self.sessions: dict[str, dict[str, Any]] = {}
+        #: connected clients of this node, whatever their way in
+        self.clients = 0
 
     # -- life cycle ---------------------------------------------------------
 
@@ -531,11 +533,16 @@ class Hub:
 
     # -- sessions by user (server API: subscribe, unsubscribe, disconnect, refresh) --
 
-    def add_session(self, session: Any) -> None:
-        """Register a connected session under its ``user`` and ``client_id``."""
-        self.sessions.setdefault(session.user, {})[session.client_id] = session
+    def add_session(self, session: Any, *, register: bool = True) -> None:
+        """Count a connected client and, with ``register``, file it under its
+        ``user`` and ``client_id`` for the server API's user-targeted methods."""
+        self.clients += 1
+        if register:
+            self.sessions.setdefault(session.user, {})[session.client_id] = session
 
     def remove_session(self, session: Any) -> None:
+        """Forget a client counted by :meth:`add_session`."""
+        self.clients -= 1
         users = self.sessions.get(session.user)
         if users is not None:
             users.pop(session.client_id, None)

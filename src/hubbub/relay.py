@@ -141,8 +141,10 @@ class RelaySession(ClientCore):
     """
 
     transport = "relay"
+    #: anonymous relay clients are not filed under user "" (memory per connection)
+    register_anonymous = False
 
-    __slots__ = ("channel", "echo", "subscribed", "_token", "_sub_token", "_ns", "_chan_info")
+    __slots__ = ("channel", "echo", "subscribed", "_tokens", "_auth")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: RelayWire, channel: str, *, echo: bool = True,
                  headers: dict[str, str] | None = None, query: Mapping[str, str] | None = None) -> None:
@@ -151,35 +153,38 @@ class RelaySession(ClientCore):
         self.channel = channel
         self.echo = echo
         self.subscribed = False
-        self._token = handshake_token(self.headers, query)
-        self._sub_token = query.get("sub_token", "")
-        self._ns: NamespaceOptions | None = None
-        self._chan_info: Any = None
+        #: (connection token, subscription token), until the handshake is decided
+        self._tokens: tuple[str, str] | None = (handshake_token(self.headers, query), query.get("sub_token", ""))
+        #: (namespace, channel info) once authorized
+        self._auth: tuple[NamespaceOptions, Any] | None = None
 
     # -- handshake: authenticate and authorize before 101 ----------------------------
 
     def handshake_nowait(self) -> Refusal | None:
         """Decide the handshake at once: ``None`` accepts, a :data:`Refusal`
         refuses, :data:`PENDING` means :meth:`handshake` must be awaited."""
+        token, sub_token = self._tokens or ("", "")
         try:
-            if not self.connected and self.authenticate_nowait(self._token) is None:
+            if not self.connected and self.authenticate_nowait(token) is None:
                 return PENDING
-            authorized = self.authorize_subscribe_nowait(self.channel, self._sub_token)
+            authorized = self.authorize_subscribe_nowait(self.channel, sub_token)
         except (ProtocolError, Disconnect) as exc:
             return refusal(exc)
         if authorized is None:
             return PENDING
-        self._ns, self._chan_info = authorized
+        self._auth, self._tokens = authorized, None
         return None
 
     async def handshake(self) -> Refusal | None:
         """Decide the handshake, awaiting hooks and key lookups."""
+        token, sub_token = self._tokens or ("", "")
         try:
             if not self.connected:
-                await self.authenticate(self._token)
-            self._ns, self._chan_info = await self.authorize_subscribe(self.channel, self._sub_token)
+                await self.authenticate(token)
+            self._auth = await self.authorize_subscribe(self.channel, sub_token)
         except (ProtocolError, Disconnect) as exc:
             return refusal(exc)
+        self._tokens = None
         return None
 
     # -- open: subscribe ----------------------------------------------------------------
@@ -190,15 +195,15 @@ class RelaySession(ClientCore):
         Without a handshake first (a session driven directly, not by a
         connection) the handshake runs here, and a refusal is a close code:
         3500 for 401, 3507 for 403, 3501 for 400/404, 1013 for 503."""
-        if self._ns is None:
+        if self._auth is None:
             refused = await self.handshake()
             if refused is not None:
                 status, reason = refused
                 self.disconnect(_CLOSE_FOR_STATUS.get(status, DisconnectCode.PERMISSION_DENIED), reason)
                 return
-        assert self._ns is not None
+        assert self._auth is not None
         try:
-            await self.join(self.channel, self._ns, self._chan_info)
+            await self.join(self.channel, *self._auth)
         except (ProtocolError, Disconnect) as exc:
             self._refused(exc)
             return
@@ -207,9 +212,9 @@ class RelaySession(ClientCore):
     def open_nowait(self) -> bool:
         """:meth:`open` without waiting, if the hub can subscribe at once;
         False means :meth:`open` must run."""
-        assert self._ns is not None, "handshake first"
+        assert self._auth is not None, "handshake first"
         try:
-            if self.subscribe_nowait(self.channel, self._ns, self._chan_info) is None:
+            if self.subscribe_nowait(self.channel, *self._auth) is None:
                 return False
         except (ProtocolError, Disconnect) as exc:
             self._refused(exc)
