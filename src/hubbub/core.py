@@ -512,8 +512,11 @@ class ClientCore:
         return ClientInfo(self.client_id, self.user, self.conn_info, encode_data(chan_info))
 
     def _subscriber(self, recoverable: bool) -> Subscriber:
-        # a new Subscriber per subscription, held by the hub only: no reference cycle
-        return Subscriber(self.client_id, self.wire, self._deliver, self._disconnect_code, recoverable)
+        # a new Subscriber per subscription, held by the hub only: no reference cycle;
+        # the outbox's own deliver when the session adds nothing to it (one call less
+        # per delivery on the fan-out path)
+        deliver = self._deliver if type(self)._deliver is not ClientCore._deliver else self.out.deliver
+        return Subscriber(self.client_id, self.wire, deliver, self._disconnect_code, recoverable)
 
     def subscribe_nowait(self, channel: str, ns: NamespaceOptions, chan_info: Any = None) -> SubscribeResult | None:
         """Join ``channel`` at once when the hub can (no history to read, the
