@@ -1276,7 +1276,7 @@ def plot(suite: Suite, path: Path) -> str | None:
     w = suite.results["workloads"]
     names = [p.name for p in suite.peers]
     colors = {
-        "hubbub": "#1f77b4", "hubbub-protocol": "#6baed6", "websockets": "#ff7f0e",
+        "hubbub": "#1f77b4", "hubbub-protocol": "#6baed6", "hubbub-asgi": "#9467bd", "websockets": "#ff7f0e",
         "socketio": "#2ca02c", "socketify": "#d62728", "trivial": "#9a9a9a",
     }
 
