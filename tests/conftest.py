@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -182,6 +183,17 @@ class ServeProcess:
     def output(self) -> str:
         if self.proc.poll() is not None:
             self._drain.join(TIMEOUT)
+        return "".join(self.lines)
+
+    def wait_for_output(self, text: str, timeout: float = TIMEOUT) -> str:
+        """The output once it holds ``text`` (the log is read by a thread; lines
+        after 'listening on' may still be on their way). Raises AssertionError
+        after ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        while text not in "".join(self.lines):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise AssertionError(f"{text!r} not in the output:\n" + self.output())
+            time.sleep(0.01)  # a bounded wait for another thread's pipe reads, not a timing guess
         return "".join(self.lines)
 
 

@@ -589,7 +589,7 @@ async def test_django_inside_hubbub(tmp_path: Path, procs: Any) -> None:
 async def test_publish_from_flask_and_django_views(tmp_path: Path, procs: Any, serve_process: Any) -> None:
     key = "views-key-" + "z" * 24
     hub = serve_process(env={"HUBBUB_API_KEY": key})
-    assert "API key set" in hub.output()
+    assert "API key set" in hub.wait_for_output("API key set")
     api = f"http://127.0.0.1:{hub.port}/api"
     directory = django_project("howto/publish-from-views.md", tmp_path, "shop", "shop.urls")
     env = {"HUBBUB_API_KEY": key, "HUBBUB_API_URL": api}
@@ -625,7 +625,7 @@ async def test_publish_from_flask_and_django_views(tmp_path: Path, procs: Any, s
 
 async def test_hub_without_api_key_says_the_api_is_off(serve_process: Any) -> None:
     hub = serve_process()
-    assert "API disabled (no api_key)" in hub.output()
+    assert "API disabled (no api_key)" in hub.wait_for_output("API disabled")
 
 
 # -- docs/howto/install.md -------------------------------------------------------------------------

@@ -271,7 +271,7 @@ class ClientCore:
         self.expire_at: float | None = None
         #: channel -> ClientInfo used for presence/join/leave in that channel
         #: (None where the namespace shows nobody: :meth:`info` stands for it)
-        self.channels: dict[str, ClientInfo | None] = {}
+        self.channels: dict[str, ClientInfo | None] = _NO_CHANNELS  # a dict of its own once subscribed
         self.connected = False
         self.closed = False
         self.pong_expected = False
@@ -525,7 +525,7 @@ class ClientCore:
         info = self._channel_info(chan_info, ns)
         result = self.hub.subscribe_nowait(channel, self._subscriber(False), ns=ns, info=info)
         if result is not None:
-            self.channels[channel] = info
+            self._remember(channel, info)
         return result
 
     async def join(self, channel: str, ns: NamespaceOptions, chan_info: Any = None, *,
@@ -537,14 +537,14 @@ class ClientCore:
             ProtocolError: 105 already subscribed; 100 (temporary) broker failure.
         """
         info = self._channel_info(chan_info, ns)
-        self.channels[channel] = info  # reserve: a second subscribe meanwhile gets 105
+        self._remember(channel, info)  # reserve: a second subscribe meanwhile gets 105
         try:
             result = await self.hub.subscribe(
                 channel, self._subscriber(recoverable or positioned), ns=ns, info=info,
                 recover_since=recover_since, positioned=positioned,
             )
         except BaseException:
-            self.channels.pop(channel, None)
+            self._forget(channel)
             raise
         if self.closed:
             self.leave(channel)
@@ -554,9 +554,20 @@ class ClientCore:
         """Leave ``channel``; returns whether the client was subscribed."""
         if channel not in self.channels:
             return False
-        info = self.channels.pop(channel)
+        info = self._forget(channel)
         self.hub.unsubscribe(channel, self.client_id, info=info)
         return True
+
+    def _remember(self, channel: str, info: ClientInfo | None) -> None:
+        """Note a subscription (``info``: what the hub was given for it)."""
+        channels = self.channels
+        if channels is _NO_CHANNELS:
+            channels = self.channels = {}
+        channels[channel] = info
+
+    def _forget(self, channel: str) -> ClientInfo | None:
+        """Drop a subscription noted by :meth:`_remember`; its info."""
+        return self.channels.pop(channel, None) if self.channels is not _NO_CHANNELS else None
 
     async def server_subscribe(self, channel: str) -> None:
         """Subscribe from the server side (server API) and tell the client.
@@ -662,9 +673,13 @@ class ClientCore:
         if self.connected:
             self.hub.remove_session(self)
             self.connected = False
-        channels, self.channels = self.channels, {}
+        channels, self.channels = self.channels, _NO_CHANNELS
         for channel, info in channels.items():
             self.hub.unsubscribe(channel, self.client_id, info=info)
+
+
+#: The channels of a client that holds none: shared, never written (memory per connection).
+_NO_CHANNELS: dict[str, ClientInfo | None] = {}
 
 
 async def _broker_call(awaitable: Awaitable[Any]) -> Any:

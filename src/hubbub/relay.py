@@ -231,8 +231,6 @@ class RelaySession(ClientCore):
     def _subscribed(self) -> None:
         if self.closed:
             self.leave(self.channel)
-        else:
-            self.subscribed = True
 
     # -- messages -----------------------------------------------------------------------
 
@@ -273,6 +271,25 @@ class RelaySession(ClientCore):
         """A relay connection holds exactly its path's channel: refused (108)."""
         raise ProtocolError(ErrorCode.NOT_AVAILABLE, "relay connections hold one channel")
 
-    def on_closed(self) -> None:
+    # The one channel of a relay client is its path's: a flag, not a dict (memory per connection).
+
+    def _remember(self, channel: str, info: ClientInfo | None) -> None:
+        self.subscribed = True
+
+    def _forget(self, channel: str) -> ClientInfo | None:
         self.subscribed = False
+        return self._info_of_channel()
+
+    def _info_of_channel(self) -> ClientInfo | None:
+        return self._channel_info(self._auth[1], self._auth[0]) if self._auth is not None else None
+
+    def leave(self, channel: str) -> bool:
+        if channel != self.channel or not self.subscribed:
+            return False
+        info = self._forget(channel)
+        self.hub.unsubscribe(channel, self.client_id, info=info)
+        return True
+
+    def on_closed(self) -> None:
+        self.leave(self.channel)
         super().on_closed()
