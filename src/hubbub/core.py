@@ -318,7 +318,7 @@ class ClientCore:
         context = self.context
         if context.hooks_active or (token and context.verifier.needs_lookup):
             return None
-        result = ConnectResult()
+        result = _ANONYMOUS
         if token and context.verifier.enabled:
             try:
                 claims = context.verifier.connection_nowait(token)
@@ -677,6 +677,9 @@ class ClientCore:
         for channel, info in channels.items():
             self.hub.unsubscribe(channel, self.client_id, info=info)
 
+
+#: The result of a connect without token or hook (read only).
+_ANONYMOUS = ConnectResult()
 
 #: The channels of a client that holds none: shared, never written (memory per connection).
 _NO_CHANNELS: dict[str, ClientInfo | None] = {}

@@ -44,6 +44,8 @@ from .errors import Disconnect, ProtocolError
 from .outbox import FrameEncoder, Outbox
 from .strictjson import dumps, loads
 
+_NO_TOKENS = ("", "")
+
 #: A handshake refusal: (HTTP status, reason text).
 Refusal = tuple[int, str]
 
@@ -154,7 +156,9 @@ class RelaySession(ClientCore):
         self.echo = echo
         self.subscribed = False
         #: (connection token, subscription token), until the handshake is decided
-        self._tokens: tuple[str, str] | None = (handshake_token(self.headers, query), query.get("sub_token", ""))
+        self._tokens: tuple[str, str] | None = (
+            (handshake_token(self.headers, query), query.get("sub_token", ""))
+            if query or "authorization" in self.headers else _NO_TOKENS)
         #: (namespace, channel info) once authorized
         self._auth: tuple[NamespaceOptions, Any] | None = None
 
