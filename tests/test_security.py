@@ -17,7 +17,7 @@ from hubbub.config import Config, NamespaceOptions
 from hubbub.errors import ConfigError
 from hubbub.server import Server
 
-from .conftest import ROOT, TIMEOUT, proto_client, ws_url
+from .conftest import ROOT, TIMEOUT, make_config, proto_client, ws_url
 
 SECRET = "a-test-secret-of-at-least-32-bytes!!"
 
@@ -343,3 +343,19 @@ async def test_es256_token_verified_through_a_jwks_url(start_server, clients: li
     clients.append(bad)
     await bad.send({"id": 1, "connect": {"token": forged}})
     assert (await bad.closed())[0] == 3500
+
+
+async def test_settings_changed_before_start_are_read_at_start(clients: list) -> None:
+    """App.serve(host=...) and `hubbub run --host` change the host after the server
+    exists: anonymous access is decided by the address actually served."""
+    from hubbub.server import Server
+
+    server = Server(make_config(host="0.0.0.0"))  # a public address: anonymous clients refused
+    server.config.host = "127.0.0.1"  # as App.serve(host="127.0.0.1") does
+    await server.start()
+    try:
+        c = await proto_client(server, connect=False)
+        clients.append(c)
+        assert "connect" in await c.call("connect", {})
+    finally:
+        await server.close()

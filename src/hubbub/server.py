@@ -428,6 +428,7 @@ class Server:
             ConfigError: the settings refuse to serve (``check_exposure``).
         """
         loop = asyncio.get_running_loop()
+        self.context.refresh()  # the settings may have changed since (App.serve(host=...))
         if listen:
             self.config.check_exposure()
         if self.flusher is None:
