@@ -30,11 +30,12 @@ time comes from the :class:`ClientContext`'s clocks (injectable in tests).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -437,6 +438,21 @@ class ClientCore:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED)
         return ns
 
+    @contextlib.contextmanager
+    def _subscription_token(self, token: str) -> Iterator[TokenVerifier]:
+        """Verify a subscription token inside the block (with the verifier it
+        yields); token errors become the protocol's: 103 missing or invalid,
+        109 expired."""
+        verifier = self.context.verifier
+        if not token or not verifier.enabled:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token required")
+        try:
+            yield verifier
+        except TokenExpired:
+            raise ProtocolError(ErrorCode.TOKEN_EXPIRED) from None
+        except InvalidToken:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "invalid subscription token") from None
+
     def _check_subscription_claims(self, channel: str, claims: Any) -> Any:
         if claims.channel != channel or claims.user != self.user:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token is for another channel or user")
@@ -451,14 +467,8 @@ class ClientCore:
         ns = self._check_subscribe(channel, False)
         chan_info = None
         if ns.require_subscription_token:
-            if not token or not context.verifier.enabled:
-                raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token required")
-            try:
-                claims = context.verifier.subscription_nowait(token)
-            except TokenExpired:
-                raise ProtocolError(ErrorCode.TOKEN_EXPIRED) from None
-            except InvalidToken:
-                raise ProtocolError(ErrorCode.PERMISSION_DENIED, "invalid subscription token") from None
+            with self._subscription_token(token) as verifier:
+                claims = verifier.subscription_nowait(token)
             chan_info = self._check_subscription_claims(channel, claims)
         return ns, chan_info
 
@@ -483,15 +493,8 @@ class ClientCore:
             return ns, None
         chan_info = None
         if ns.require_subscription_token:
-            verifier = self.context.verifier
-            if not token or not verifier.enabled:
-                raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token required")
-            try:
+            with self._subscription_token(token) as verifier:
                 claims = await verifier.subscription(token)
-            except TokenExpired:
-                raise ProtocolError(ErrorCode.TOKEN_EXPIRED) from None
-            except InvalidToken:
-                raise ProtocolError(ErrorCode.PERMISSION_DENIED, "invalid subscription token") from None
             chan_info = self._check_subscription_claims(channel, claims)
         hooks = self.context.hooks
         if self.context.hooks_active:
