@@ -211,7 +211,7 @@ class Server:
             found = self._wires[type(frames)] = (ProtocolWire(JSON, frames), RelayWire(frames))
         return found
 
-    def protocol_wire(self, conn: Any, codec: Codec) -> ProtocolWire:
+    def codec_wire(self, conn: Any, codec: Codec) -> ProtocolWire:
         """The protocol wire of ``codec`` for ``conn``'s framing (its ``frames``),
         one per framing and codec: a push is encoded once per codec."""
         if codec is JSON:
@@ -227,7 +227,7 @@ class Server:
             codec, subprotocol = negotiate(request.query, request.headers)
         except BadRequest as exc:
             return 400, exc.message
-        return ClientSession(self.context, conn, self.protocol_wire(conn, codec), headers=request.headers,
+        return ClientSession(self.context, conn, self.codec_wire(conn, codec), headers=request.headers,
                              subprotocol=subprotocol)
 
     def _relay_endpoint(self, conn: Connection, request: HTTPRequest) -> RelaySession:
