@@ -509,3 +509,42 @@ async def test_centrifuge_js_protobuf_under_node(app: hubbub.App) -> None:
     assert result["history"] == [{"n": 1}, {"n": "api"}]
     assert result["rpc"] == {"echo": {"q": 1}}
     assert result["refreshed"] >= 2
+
+
+# -- under an ASGI server (uvicorn) ------------------------------------------------------------------------
+
+
+async def test_protobuf_through_asgi_under_uvicorn() -> None:
+    from centrifuge import Client, PublicationContext, SubscriptionEventHandler
+
+    from .test_asgi import uvicorn_serving
+
+    app = chat_app()
+    received: asyncio.Queue = asyncio.Queue()
+
+    class Handler(SubscriptionEventHandler):
+        async def on_publication(self, ctx: PublicationContext) -> None:
+            received.put_nowait(ctx.pub.data)
+
+    async with uvicorn_serving(app) as port:
+        url = f"ws://127.0.0.1:{port}/connection/websocket"
+        # the subprotocol is answered in uvicorn's 101 (the ASGI accept names it)
+        async with websockets.connect(url, subprotocols=["centrifuge-protobuf"]) as ws:
+            assert ws.response.headers["Sec-WebSocket-Protocol"] == "centrifuge-protobuf"
+        # an unknown one is refused before accept
+        with pytest.raises(websockets.InvalidStatus) as exc:
+            await websockets.connect(url, subprotocols=["mqtt"])
+        assert exc.value.response.status_code in (400, 403)  # 403 where the server lacks the HTTP-response extension
+        client = Client(url, use_protobuf=True)
+        sub = client.new_subscription("chat:asgi", Handler())
+        try:
+            await client.connect()
+            await sub.subscribe()
+            await asyncio.wait_for(sub.ready(), TIMEOUT)
+            await sub.publish(b"\x00binary\xff")
+            await app.hub.publish("chat:asgi", {"from": "server"})
+            assert await asyncio.wait_for(received.get(), TIMEOUT) == b"\x00binary\xff"
+            assert json.loads(await asyncio.wait_for(received.get(), TIMEOUT)) == {"from": "server"}
+            assert json.loads((await client.rpc("echo", b"[1]")).data) == {"echo": [1]}
+        finally:
+            await client.disconnect()
