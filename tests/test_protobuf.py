@@ -548,3 +548,33 @@ async def test_protobuf_through_asgi_under_uvicorn() -> None:
             assert json.loads((await client.rpc("echo", b"[1]")).data) == {"echo": [1]}
         finally:
             await client.disconnect()
+
+
+async def test_centrifuge_python_protobuf_answers_pings_and_gets_server_side_subscriptions(start_server) -> None:
+    from centrifuge import Client, ClientEventHandler, ServerSubscribedContext
+
+    from hubbub.server import PING_SLICES
+
+    server = await start_server(ping_interval=0.5, pong_timeout=0.3, api_key=API_KEY)
+    subscribed: asyncio.Queue = asyncio.Queue()
+
+    class Events(ClientEventHandler):
+        async def on_subscribed(self, ctx: ServerSubscribedContext) -> None:
+            subscribed.put_nowait(ctx.channel)
+
+    client = Client(ws_url(server), events=Events(), use_protobuf=True)
+    try:
+        await client.connect()
+        await asyncio.wait_for(client.ready(), TIMEOUT)
+        conn = next(iter(server.websockets))
+        # three full ping rounds: each ping (an empty Reply) must be answered, else 3012
+        start = server._ping_round
+        async with asyncio.timeout(TIMEOUT):
+            while server._ping_round < start + 3 * PING_SLICES + 1:
+                await asyncio.sleep(0.05)
+        assert conn in server.websockets and not conn.session.closed
+        # a server-side subscription (server API) reaches the SDK as a subscribe push
+        await api_call(server, "subscribe", {"user": "", "channel": "news", "client": client.client_id})
+        assert await asyncio.wait_for(subscribed.get(), TIMEOUT) == "news"
+    finally:
+        await client.disconnect()
