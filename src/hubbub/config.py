@@ -144,6 +144,11 @@ class Config:
         client_command_burst: commands a connection may send at once.
         client_user_connection_limit: connections per user on this node
             (0: no limit); over it 3504.
+        client_expired_sub_close_delay: seconds a subscription outlives its
+            subscription token's ``exp`` without a ``sub_refresh`` before it is
+            ended (unsubscribe push 2501; a relay client is closed with 3006).
+            Centrifugo's default is 25; hubbub's is 1, enough for an SDK that
+            refreshes when the ``ttl`` it was told (rounded down) runs out.
         idempotency_ttl: seconds a publish ``idempotency_key`` is remembered.
         presence_ttl: seconds a presence entry lives without refresh.
         page: serve the live demo page at ``/`` (``/static/hubbub.js`` is always served).
@@ -187,6 +192,7 @@ class Config:
     client_command_rate: float = 0.0
     client_command_burst: int = 100
     client_user_connection_limit: int = 0
+    client_expired_sub_close_delay: float = 1.0
     idempotency_ttl: float = 300.0
     presence_ttl: float = 60.0
     page: bool = True

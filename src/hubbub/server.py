@@ -398,7 +398,7 @@ class Server:
         wall = self.context.wall()
         for conn in self.websockets:
             session = conn.session
-            if isinstance(session, ClientCore) and session.expire_at is not None:
+            if isinstance(session, ClientCore) and session.expires:
                 session.check_expiry(wall)
         now = time.monotonic()
         for conn in list(self._pending):

@@ -261,9 +261,7 @@ class ClientSession(ClientCore):
             reply["pong"] = True
         if result.data is not None:
             reply["data"] = result.data
-        if result.expire_at is not None:
-            reply["expires"] = True
-            reply["ttl"] = max(0, int(result.expire_at - self.context.wall()))
+        reply.update(self._expiry(result.expire_at))
         subs: dict[str, Any] = {}
         for channel in result.channels:
             try:
@@ -292,6 +290,7 @@ class ClientSession(ClientCore):
         if self.closed:
             return {}
         reply = _subscribe_reply(ns, result, recoverable, positioned)
+        reply.update(self._expiry(self.subscription_expires(channel)))
         if since is not None:
             reply["was_recovering"] = True
             reply["recovered"] = result.recovered
@@ -354,13 +353,20 @@ class ClientSession(ClientCore):
     async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
         await self.refresh(Params(params, "refresh.").str("token"))
         reply: dict[str, Any] = {"client": self.client_id, "version": __version__}
-        if self.expire_at is not None:
-            reply["expires"] = True
-            reply["ttl"] = max(0, int(self.expire_at - self.context.wall()))
+        reply.update(self._expiry(self.expire_at))
         return reply
 
     async def _cmd_sub_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
-        raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        expire_at = await self.refresh_subscription(params.get("channel"), Params(params, "sub_refresh.").str("token"))
+        return self._expiry(expire_at)
+
+    def _expiry(self, expire_at: float | None) -> dict[str, Any]:
+        """``expires`` and ``ttl`` (whole seconds left, rounded down) of a
+        token's ``exp``, as connect, refresh, subscribe and sub_refresh
+        replies carry them (``client.proto``)."""
+        if expire_at is None:
+            return {}
+        return {"expires": True, "ttl": max(0, int(expire_at - self.context.wall()))}
 
     # -- server-side ------------------------------------------------------------------
 
