@@ -41,7 +41,8 @@ def chat_app(**settings: Any) -> hubbub.App:
     app = hubbub.App(port=0, api_key=API_KEY, token_hmac_secret=SECRET, allow_anonymous=True, namespaces={
         "chat": {"history_size": 100, "history_ttl": 600, "force_recovery": True,
                  "presence": True, "join_leave": True},
-    }, **settings)
+        "private": {"require_subscription_token": True},
+    }, client_expired_sub_close_delay=0, **settings)
 
     @app.rpc("echo")
     async def echo(client: Any, data: Any) -> Any:
@@ -263,7 +264,7 @@ async def test_errors_are_error_replies(app: hubbub.App) -> None:
         reply = await c.call("publish", channel="chat:e")  # no data
         assert reply.error.code == 107
         reply = await c.call("sub_refresh", channel="chat:e", token="x")
-        assert reply.HasField("error")  # 108 until sub_refresh lands, then a token error
+        assert reply.error.code == 103  # not subscribed
     finally:
         await c.close()
 
@@ -480,9 +481,6 @@ async def test_centrifuge_python_protobuf_full_cycle(app: hubbub.App) -> None:
         assert [json.loads(p.data) for p in missed] == [{"missed": 1}, {"missed": 2}]
         assert [p.offset for p in missed] == [4, 5]
         assert pubs.empty()
-        # TODO(sub_refresh): subscription-token refresh over Protobuf once the coordinator's
-        # sub_refresh lands on main (it answers 108 on this branch): centrifuge-python's
-        # new_subscription(get_token=...) with a short-lived subscription token.
     finally:
         await client.disconnect()
         await json_client.ws.close()
@@ -497,7 +495,8 @@ async def test_centrifuge_js_protobuf_under_node(app: hubbub.App) -> None:
     proc = await asyncio.create_subprocess_exec(
         "node", str(modules.parent / "interop.cjs"), f"ws://127.0.0.1:{port}/connection/websocket",
         "chat:nodepb", "protobuf", f"http://127.0.0.1:{port}/api", API_KEY, token("bob", ttl=2),
-        token("bob"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        token("bob"), "private:nodepb", token("bob", ttl=2, channel="private:nodepb"),
+        token("bob", channel="private:nodepb"), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 4 * TIMEOUT)
     assert proc.returncode == 0, err.decode()
     result = json.loads(out.decode().strip().splitlines()[-1])
@@ -509,6 +508,8 @@ async def test_centrifuge_js_protobuf_under_node(app: hubbub.App) -> None:
     assert result["history"] == [{"n": 1}, {"n": "api"}]
     assert result["rpc"] == {"echo": {"q": 1}}
     assert result["refreshed"] >= 2
+    assert result["subRefreshed"] == 2 and result["privateData"] == {"private": True}
+    assert result["privateSubscribed"] == 1  # refreshed in place (sub_refresh), not resubscribed
 
 
 # -- under an ASGI server (uvicorn) ------------------------------------------------------------------------
@@ -576,5 +577,53 @@ async def test_centrifuge_python_protobuf_answers_pings_and_gets_server_side_sub
         # a server-side subscription (server API) reaches the SDK as a subscribe push
         await api_call(server, "subscribe", {"user": "", "channel": "news", "client": client.client_id})
         assert await asyncio.wait_for(subscribed.get(), TIMEOUT) == "news"
+    finally:
+        await client.disconnect()
+
+
+async def test_centrifuge_python_protobuf_refreshes_its_subscription_token(start_server) -> None:
+    """A private subscription whose token expires soon: the SDK asks get_token again and
+    sends sub_refresh over Protobuf; the subscription outlives its first token."""
+    from centrifuge import Client, PublicationContext, SubscribedContext, SubscriptionEventHandler
+
+    from hubbub.config import NamespaceOptions
+
+    server = await start_server(token_hmac_secret=SECRET, client_expired_sub_close_delay=0, namespaces={
+        "private": NamespaceOptions(require_subscription_token=True, allow_publish_for_client=True)})
+    pubs: asyncio.Queue = asyncio.Queue()
+    subscribed: asyncio.Queue = asyncio.Queue()
+    asked: list[str] = []
+
+    class SubEvents(SubscriptionEventHandler):
+        async def on_publication(self, ctx: PublicationContext) -> None:
+            pubs.put_nowait(ctx.pub.data)
+
+        async def on_subscribed(self, ctx: SubscribedContext) -> None:
+            subscribed.put_nowait(ctx)
+
+    async def get_sub_token(channel: str) -> str:
+        asked.append(channel)
+        return token("carol", ttl=2 if len(asked) == 1 else 3600, channel=channel)
+
+    client = Client(ws_url(server), token=token("carol"), use_protobuf=True)
+    sub = client.new_subscription("private:p", SubEvents(), get_token=get_sub_token)
+    try:
+        await client.connect()
+        await sub.subscribe()
+        await asyncio.wait_for(subscribed.get(), TIMEOUT)
+        session = next(iter(server.hub.user_sessions("carol")))
+        first_expiry = session.sub_expire_at["private:p"]
+        async with asyncio.timeout(TIMEOUT):  # the SDK refreshes before the 2 s token runs out
+            while len(asked) < 2 or session.sub_expire_at.get("private:p", 0) <= first_expiry:
+                await asyncio.sleep(0.02)
+        assert session.sub_expire_at["private:p"] > time.time() + 3000
+        # past the first token's exp, still subscribed: publications arrive
+        async with asyncio.timeout(TIMEOUT):
+            while time.time() < first_expiry + 1.1:
+                await asyncio.sleep(0.05)
+        await server.hub.publish("private:p", {"still": "subscribed"})
+        assert json.loads(await asyncio.wait_for(pubs.get(), TIMEOUT)) == {"still": "subscribed"}
+        assert "private:p" in session.channels
+        assert subscribed.empty() and len(asked) == 2  # refreshed in place (sub_refresh), not resubscribed
     finally:
         await client.disconnect()

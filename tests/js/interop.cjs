@@ -1,13 +1,16 @@
 // centrifuge-js (npm `centrifuge`) against hubbub, under Node.
 // Usage: node interop.cjs ws://127.0.0.1:PORT/connection/websocket CHANNEL
-//        node interop.cjs URL CHANNEL protobuf API_URL API_KEY SHORT_TOKEN LONG_TOKEN
+//        node interop.cjs URL CHANNEL protobuf API_URL API_KEY SHORT_TOKEN LONG_TOKEN \
+//             PRIVATE_CHANNEL SHORT_SUB_TOKEN LONG_SUB_TOKEN
 // Prints one JSON summary line; exits non-zero on failure. The server must have an rpc
 // method "kick" that closes the caller with a reconnect code (3011).
 // In protobuf mode the Protobuf build (`centrifuge/build/protobuf`) is used: payloads are
 // bytes (JSON text encoded here); the server must also have an rpc "echo" answering
 // {"echo": data}, a server API at API_URL, and accept the tokens (SHORT_TOKEN expires soon,
-// so the client refreshes it with getToken, which then returns LONG_TOKEN).
-const [url, channel, mode, apiUrl, apiKey, shortToken, longToken] = process.argv.slice(2);
+// so the client refreshes it with getToken, which then returns LONG_TOKEN; the subscription
+// tokens of PRIVATE_CHANNEL likewise, refreshed with sub_refresh).
+const [url, channel, mode, apiUrl, apiKey, shortToken, longToken, privateChannel, shortSubToken, longSubToken] =
+  process.argv.slice(2);
 const protobuf = mode === "protobuf";
 const { Centrifuge } = require(protobuf ? "centrifuge/build/protobuf" : "centrifuge");
 const WebSocket = require("ws");
@@ -24,11 +27,11 @@ async function until(predicate, what, timeout = 10000) {
   }
 }
 
-async function apiPublish(data) {
+async function apiPublish(data, to = channel) {
   const response = await fetch(`${apiUrl}/publish`, {
     method: "POST",
     headers: { "X-API-Key": apiKey, "Content-Type": "application/json" },
-    body: JSON.stringify({ channel, data }),
+    body: JSON.stringify({ channel: to, data }),
   });
   if (response.status !== 200) throw new Error(`API publish: ${response.status}`);
 }
@@ -36,6 +39,9 @@ async function apiPublish(data) {
 (async () => {
   const opts = { websocket: WebSocket, minReconnectDelay: 100, maxReconnectDelay: 300 };
   let refreshed = 0;
+  let subRefreshed = 0;
+  let privateData = null;
+  let privateSubscribed = 0; // 1: refreshed in place, never resubscribed
   const aOpts = { ...opts };
   if (protobuf) {
     aOpts.getToken = async () => {
@@ -69,7 +75,24 @@ async function apiPublish(data) {
     rpc = decode((await a.rpc("echo", encode({ q: 1 }))).data);
     // the short token expires: the client refreshes it with getToken
     await until(() => refreshed >= 2, "the token refresh");
-    await wait(50);
+    // a private subscription's short token: refreshed with sub_refresh, then still subscribed
+    const privateGot = [];
+    const ps = a.newSubscription(privateChannel, {
+      getToken: async () => {
+        subRefreshed += 1;
+        return subRefreshed === 1 ? shortSubToken : longSubToken;
+      },
+    });
+    ps.on("publication", (ctx) => privateGot.push(decode(ctx.data)));
+    ps.on("subscribed", () => { privateSubscribed += 1; });
+    ps.subscribe();
+    await ps.ready(5000);
+    await until(() => subRefreshed >= 2, "the subscription token refresh");
+    await wait(2500); // past the first subscription token's exp (and the server's sweep)
+    await apiPublish({ private: true }, privateChannel);
+    await until(() => privateGot.length === 1, "the private publication after the refresh");
+    privateData = privateGot[0];
+    ps.unsubscribe();
   }
 
   const presence = await sub.presence();
@@ -93,6 +116,9 @@ async function apiPublish(data) {
     joins: joins.length,
     rpc,
     refreshed,
+    subRefreshed,
+    privateData,
+    privateSubscribed,
   }));
   a.disconnect();
   b.disconnect();
