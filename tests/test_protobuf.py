@@ -27,6 +27,7 @@ from hubbub.server import Server
 
 from .conftest import TIMEOUT, proto_client, ws_url
 from .jsdeps import node_modules
+from .redis_server import RedisServer, redis_server  # noqa: F401
 
 SECRET = "protobuf-test-secret-" + "s" * 48
 API_KEY = "protobuf-api-key"
@@ -627,3 +628,33 @@ async def test_centrifuge_python_protobuf_refreshes_its_subscription_token(start
         assert subscribed.empty() and len(asked) == 2  # refreshed in place (sub_refresh), not resubscribed
     finally:
         await client.disconnect()
+
+
+async def test_mixed_formats_across_two_nodes_through_redis(start_server, redis_server: RedisServer,  # noqa: F811
+                                                            clients: list) -> None:
+    """A Protobuf client's binary and JSON publications on node A reach JSON and Protobuf
+    subscribers on node B in their own forms, and history (in Redis) keeps both."""
+    from hubbub.config import NamespaceOptions
+
+    ns = {"chat": NamespaceOptions(history_size=10, history_ttl=60)}
+    a = await start_server(broker=redis_server.url, namespaces=ns)
+    b = await start_server(broker=redis_server.url, namespaces=ns)
+    pub = await RawClient.open(a)
+    sub = await RawClient.open(b)
+    j = await proto_client(b)
+    clients.append(j)
+    try:
+        await pub.call("connect")
+        await sub.call("connect")
+        await sub.call("subscribe", channel="chat:redis")
+        await j.call("subscribe", {"channel": "chat:redis"})
+        await pub.call("publish", channel="chat:redis", data=b"\x00\xffraw")
+        await pub.call("publish", channel="chat:redis", data=b'{"ok":true}')
+        assert [(await sub.push()).pub.data for _ in range(2)] == [b"\x00\xffraw", b'{"ok":true}']
+        assert [(await json_pub(j))["data"] for _ in range(2)] == [base64.b64encode(b"\x00\xffraw").decode(),
+                                                                   {"ok": True}]
+        history = await sub.call("history", channel="chat:redis", limit=-1)
+        assert [p.data for p in history.history.publications] == [b"\x00\xffraw", b'{"ok":true}']
+    finally:
+        await pub.close()
+        await sub.close()
