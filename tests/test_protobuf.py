@@ -270,6 +270,48 @@ async def test_errors_are_error_replies(app: hubbub.App) -> None:
         await c.close()
 
 
+async def test_send_unsubscribe_refresh_and_connect_data() -> None:
+    """The commands the other tests do not reach: send (to the on_message hook),
+    unsubscribe, refresh, and connect data both ways."""
+    app = chat_app()
+    messages: asyncio.Queue = asyncio.Queue()
+    seen: list[Any] = []
+
+    @app.on_message
+    async def on_message(client: Any, data: Any) -> None:
+        messages.put_nowait(data)
+
+    @app.on_connect
+    async def on_connect(request: Any) -> Any:
+        seen.append(request.data)
+        return hubbub.ConnectResult(user=request.result.user, data={"hello": request.data},
+                                    expire_at=request.result.expire_at)
+
+    await app.start()
+    c = await RawClient.open(app.server)
+    try:
+        reply = await c.call("connect", token=token("dan", ttl=60), data=b'{"v": 2}')
+        assert seen == [{"v": 2}]  # the hook gets the JSON value
+        assert json.loads(reply.connect.data) == {"hello": {"v": 2}}
+        assert reply.connect.expires and 50 <= reply.connect.ttl <= 60
+        command = _pb().Command()
+        command.send.data = b'"fire and forget"'
+        await c.send(command)  # no id, no reply
+        assert await asyncio.wait_for(messages.get(), TIMEOUT) == "fire and forget"
+        command = _pb().Command()
+        command.send.data = b"\x01\x02"
+        await c.send(command)
+        assert await asyncio.wait_for(messages.get(), TIMEOUT) == b"\x01\x02"  # not JSON: bytes
+        assert not (await c.call("subscribe", channel="chat:u")).HasField("error")
+        assert (await c.call("unsubscribe", channel="chat:u")).HasField("unsubscribe")
+        assert "chat:u" not in next(iter(app.hub.user_sessions("dan"))).channels
+        refreshed = await c.call("refresh", token=token("dan", ttl=3600))
+        assert refreshed.refresh.expires and refreshed.refresh.ttl > 3000 and refreshed.refresh.client
+    finally:
+        await c.close()
+        await app.stop()
+
+
 async def test_command_before_connect_is_3501(app: hubbub.App) -> None:
     c = await RawClient.open(app.server)
     await c.send(_ping_command())
