@@ -44,6 +44,16 @@ Modes (``--mode``), i.e. how subscribers subscribe and the producer publishes:
     Server pings (``{}``) are answered with ``{}`` (hubbub closes a client
     that does not answer with 3012).
 
+    With ``--sub-format protobuf`` the subscribers speak the Protobuf
+    protocol instead: they ask for the ``centrifuge-protobuf`` subprotocol,
+    send connect and subscribe as varint-length-delimited ``Command``
+    messages in one binary frame (encoded here by hand, a few bytes), are
+    ready on the ``Reply`` to the last one, and answer the server's ping (an
+    empty ``Reply``, the binary frame ``00``) with an empty ``Command``. The
+    producer still publishes JSON, so a JSON run and a Protobuf run publish
+    the same bytes and the Protobuf subscribers find the payload marker in
+    ``pub.data`` (hubbub sends a JSON publication's bytes as they are).
+
 ``socketio``
     Engine.IO v4 / Socket.IO v5 over a raw WebSocket
     (``/socket.io/?EIO=4&transport=websocket``): the server's open packet
@@ -171,6 +181,66 @@ def parse_payload(data: bytes, start: int, end: int) -> tuple[int, int] | None:
     return seq, ts
 
 
+def pb_varint(n: int) -> bytes:
+    """``n`` as a Protobuf varint."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pb_string(field: int, value: bytes) -> bytes:
+    """A length-delimited field (string, bytes or message)."""
+    return pb_varint(field << 3 | 2) + pb_varint(len(value)) + value
+
+
+def pb_command(command_id: int, method_field: int, request: bytes) -> bytes:
+    """A length-prefixed ``Command``: ``id`` (field 1) and one request message."""
+    body = b"\x08" + pb_varint(command_id) + pb_string(method_field, request)
+    return pb_varint(len(body)) + body
+
+
+def pb_replies(payload: bytes) -> list[tuple[int, bool, int]]:
+    """``(id, has_error, size)`` of each length-prefixed ``Reply`` in ``payload``
+    (only the top-level fields are walked)."""
+    out = []
+    pos, n = 0, len(payload)
+
+    def varint(at: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while True:
+            byte = payload[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value, at
+
+    while pos < n:
+        size, pos = varint(pos)
+        end = pos + size
+        reply_id, has_error = 0, False
+        while pos < end:
+            key, pos = varint(pos)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = varint(pos)
+                if field == 1:
+                    reply_id = value
+            elif wire == 2:
+                length, pos = varint(pos)
+                pos += length
+                if field == 2:
+                    has_error = True
+            else:
+                break  # not in a Reply's top level
+        out.append((reply_id, has_error, size))
+        pos = end
+    return out
+
+
 def mask(payload: bytes, key: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte masking ``key`` (RFC 6455, 5.3)."""
     n = len(payload)
@@ -269,6 +339,7 @@ class Config:
     ports: tuple[int, ...] = ()  # subscriber i connects to ports[i % len(ports)]
     path: str = "/"
     mode: str = "raw"  # "raw", "centrifugo", "socketio" or "pubsub"
+    sub_format: str = "json"  # centrifugo subscribers: "json" or "protobuf"
     subscribers: int = 1000
     procs: int = 1
     messages: int = 500
@@ -314,6 +385,9 @@ class WSClient(asyncio.Protocol):
     ready for the benchmark (after the handshake by default).
     """
 
+    #: a WebSocket subprotocol to ask for in the handshake
+    subprotocol: str | None = None
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
@@ -340,7 +414,8 @@ class WSClient(asyncio.Protocol):
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
-            "\r\n"
+            + (f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n" if self.subprotocol else "")
+            + "\r\n"
         )
         transport.write(request.encode())  # type: ignore[attr-defined]
 
@@ -535,6 +610,9 @@ class Subscriber(WSClient):
         self.count_marker = cfg.count == "marker"
         self.engineio = cfg.mode == "socketio"
         self.centrifugo = cfg.mode == "centrifugo"
+        self.protobuf = self.centrifugo and cfg.sub_format == "protobuf"
+        if self.protobuf:
+            self.subprotocol = "centrifuge-protobuf"
         self.received = 0
         self.is_complete = False
         self.benchmarking = False  # counting starts once ready
@@ -545,6 +623,13 @@ class Subscriber(WSClient):
     def handshake_done(self) -> None:
         cfg = self.cfg
         mode = cfg.mode
+        if mode == "centrifugo" and self.protobuf:
+            commands = [pb_command(1, 4, b"")] + [
+                pb_command(2 + k, 5, pb_string(1, ch.encode())) for k, ch in enumerate(self.channels)]
+            self.send(b"".join(commands), OP_BINARY)
+            if self._ready_marker is None and self._ready_id is None:
+                self._ready_id = 1 + len(self.channels)
+            return
         if mode == "centrifugo":
             sends = ['{"id":1,"connect":{}}'] + [
                 json.dumps({"id": 2 + k, "subscribe": {"channel": ch}}, separators=(",", ":"))
@@ -577,6 +662,8 @@ class Subscriber(WSClient):
         """
         if self.engineio:
             return self._engineio_pre_ready(payload)
+        if self.protobuf:
+            return self._protobuf_pre_ready(payload)
         if self._ready_marker is not None:
             if self._ready_marker not in payload:
                 return False
@@ -596,6 +683,18 @@ class Subscriber(WSClient):
             if isinstance(reply, dict) and reply.get("id") == self._ready_id:
                 return True
         return False
+
+    def _protobuf_pre_ready(self, payload: bytes) -> bool:
+        """Protobuf replies before readiness: answer pings, find the ready id."""
+        ready = False
+        for reply_id, has_error, size in pb_replies(payload):
+            if size == 0:  # the server's ping
+                self.send(b"\x00", OP_BINARY)
+            elif has_error and reply_id:
+                raise HandshakeError(f"command {reply_id} refused: {payload[:200]!r}")
+            elif reply_id == self._ready_id:
+                ready = True
+        return ready
 
     def _engineio_pre_ready(self, payload: bytes) -> bool:
         """Engine.IO / Socket.IO opening: open -> connect -> (subscribe)."""
@@ -667,7 +766,10 @@ class Subscriber(WSClient):
             if b0 & 0x0F <= OP_BINARY:  # data frame
                 if count_marker:
                     k = data.count(MARKER, start, end)
-                    if self.centrifugo:
+                    if self.protobuf:
+                        if not k and length == 1 and data[start] == 0:  # ping: an empty Reply
+                            self.send(b"\x00", OP_BINARY)
+                    elif self.centrifugo:
                         if data.find(b"{}", start, end) >= 0:
                             self._centrifugo_pings(data[start:end])
                     elif not k and length == 1 and self.engineio and data[start] == 0x32:
@@ -1354,6 +1456,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
     )
     parser.add_argument("--path", default="/", help="WebSocket request path")
     parser.add_argument("--mode", choices=["raw", "centrifugo", "socketio", "pubsub"], default="raw")
+    parser.add_argument("--sub-format", choices=["json", "protobuf"], default="json",
+                        help="centrifugo: the subscribers' protocol format (the producer speaks JSON)")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--procs", type=int, default=1, help="subscriber processes")
     parser.add_argument("--messages", type=int, default=500, help="publications")
@@ -1446,6 +1550,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         ports=tuple(ports) if len(ports) > 1 else (),
         path=args.path,
         mode=args.mode,
+        sub_format=args.sub_format,
         subscribers=args.subscribers,
         procs=args.procs,
         messages=args.messages,

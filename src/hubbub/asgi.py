@@ -371,7 +371,9 @@ class ASGIAdapter:
             session.on_closed()
             await _refuse(scope, send, *decision)
             return
-        await send({"type": "websocket.accept"})
+        subprotocol = getattr(session, "subprotocol", None)  # chosen by the session (hubbub.codec.negotiate)
+        await send({"type": "websocket.accept", "subprotocol": subprotocol} if subprotocol
+                   else {"type": "websocket.accept"})
         conn.attach(send)
         server.connection_opened(conn)  # type: ignore[arg-type]
         server.websocket_opened(conn)  # type: ignore[arg-type]

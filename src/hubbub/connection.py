@@ -413,6 +413,9 @@ class Connection(Writer, asyncio.Protocol):
             self._pull_ws_writes(control=True)
             self._close_after_flush()
             return True
+        subprotocol = getattr(found, "subprotocol", None)
+        if subprotocol:  # chosen by the session (hubbub.codec.negotiate)
+            response.headers["Sec-WebSocket-Protocol"] = subprotocol
         self.session = found
         try:
             decision = found.handshake_nowait()

@@ -696,8 +696,9 @@ class ClientCore:
         return await self.hub.publish(channel, publication, source=source)
 
     async def history(self, channel: Any, *, since: StreamPosition | None = None, limit: int = 0,
-                      reverse: bool = False) -> dict[str, Any]:
-        """The channel's history for this client (``HistoryResult`` shape).
+                      reverse: bool = False, as_objects: bool = False) -> dict[str, Any]:
+        """The channel's history for this client (``HistoryResult`` shape;
+        ``as_objects``: publications as :class:`Publication` objects, see :meth:`Hub.history`).
 
         Raises:
             ProtocolError: 102, 103, 107, 108 no history, 112 wrong epoch, 100 broker failure.
@@ -707,7 +708,7 @@ class ClientCore:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE)
         if not ns.allow_history_for_client:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED)
-        return await self.hub.history(channel, since=since, limit=limit, reverse=reverse)
+        return await self.hub.history(channel, since=since, limit=limit, reverse=reverse, as_objects=as_objects)
 
     def _presence_check(self, channel: Any) -> str:
         ns = self.namespace(channel)

@@ -239,11 +239,15 @@ class Hub:
         since: StreamPosition | None = None,
         limit: int = 0,
         reverse: bool = False,
+        as_objects: bool = False,
     ) -> dict[str, Any]:
         """A channel's history as the protocol's ``HistoryResult``:
         ``{"publications": [...], "epoch": ..., "offset": ...}``.
 
         ``limit``: at most that many (0: only the position; negative: all).
+        ``as_objects``: the publications as :class:`Publication` objects
+        (for a codec that encodes them itself, keeping binary data) instead of
+        their ``to_json()`` dicts.
 
         Raises:
             ProtocolError: 108 without history in the namespace; 112 when
@@ -264,7 +268,7 @@ class Hub:
         if since is not None and since.epoch and since.epoch != result.position.epoch:
             raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
         return {
-            "publications": [p.to_json() for p in result.publications],
+            "publications": result.publications if as_objects else [p.to_json() for p in result.publications],
             "epoch": result.position.epoch,
             "offset": result.position.offset,
         }

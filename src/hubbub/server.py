@@ -29,7 +29,7 @@ from ._version import __version__
 from .api import ServerAPI
 from .auth import TokenVerifier
 from .brokers import create_broker
-from .codec import JSON, ProtocolWire
+from .codec import JSON, Codec, ProtocolWire, negotiate
 from .codes import DisconnectCode
 from .config import Config
 from .connection import Connection, FrameEncoder, WebSocketSession
@@ -39,7 +39,7 @@ from .hub import Hub
 from .listener import Listener
 from .metrics import render
 from .relay import RelaySession, RelayWire
-from .errors import ConfigError
+from .errors import BadRequest, ConfigError
 from .routing import RouteCollision, Router
 from .session import ClientSession
 from .writer import Flusher
@@ -128,6 +128,8 @@ class Server:
         # wires of other framings (ASGI), made once each: a push is encoded once per wire
         self._wires: dict[type, tuple[ProtocolWire, RelayWire]] = {
             type(self.frames): (self.protocol_wire, self.relay_wire)}
+        # protocol wires of the other codecs (Protobuf), per framing and codec
+        self._codec_wires: dict[tuple[type, str], ProtocolWire] = {}
         self.verifier = TokenVerifier(self.config)
         #: what every client session of this node shares (hub, rules, hooks)
         self.context = ClientContext(self.hub, verifier=self.verifier, hooks=hooks or SessionHooks())
@@ -209,8 +211,24 @@ class Server:
             found = self._wires[type(frames)] = (ProtocolWire(JSON, frames), RelayWire(frames))
         return found
 
-    def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession:
-        return ClientSession(self.context, conn, self.wires(conn)[0], headers=request.headers)
+    def codec_wire(self, conn: Any, codec: Codec) -> ProtocolWire:
+        """The protocol wire of ``codec`` for ``conn``'s framing (its ``frames``),
+        one per framing and codec: a push is encoded once per codec."""
+        if codec is JSON:
+            return self.wires(conn)[0]
+        key = (type(conn.frames), codec.name)
+        wire = self._codec_wires.get(key)
+        if wire is None:
+            wire = self._codec_wires[key] = ProtocolWire(codec, conn.frames)
+        return wire
+
+    def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession | tuple[int, str]:
+        try:
+            codec, subprotocol = negotiate(request.query, request.headers)
+        except BadRequest as exc:
+            return 400, exc.message
+        return ClientSession(self.context, conn, self.codec_wire(conn, codec), headers=request.headers,
+                             subprotocol=subprotocol)
 
     def _relay_endpoint(self, conn: Connection, request: HTTPRequest) -> RelaySession:
         echo = request.query.get("echo", "true").lower() not in ("false", "0", "no")
