@@ -384,8 +384,11 @@ class Connection(Writer, asyncio.Protocol):
         http = self.http
         assert http is not None and self.chunked is None
         chunked = http.their_http_version != b"1.0"
+        # the connection closes when the stream ends: say so, or a client could pick
+        # it from its pool for its next request while the close is on its way
+        headers = [*headers, ("connection", "close")]
         if chunked:
-            headers = [*headers, ("transfer-encoding", "chunked")]
+            headers.append(("transfer-encoding", "chunked"))
         try:
             head = http.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
         except h11.LocalProtocolError:
