@@ -38,8 +38,6 @@ def emulation_app(**settings: Any) -> hubbub.App:
 @pytest.mark.parametrize("mode", ["http_stream", "sse", "fallback"])
 async def test_centrifuge_js_over_http_transports(mode: str) -> None:
     modules = node_modules()
-    if not (modules / "eventsource").exists():
-        pytest.skip("npm package eventsource not installed (tests/js/package.json)")
     app = emulation_app(**({"protocol_path": ""} if mode == "fallback" else {}))
     await app.start()
     try:
