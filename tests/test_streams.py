@@ -333,3 +333,42 @@ async def test_stream_endpoints_can_be_turned_off(start_server, session) -> None
         assert r.status == 404
     async with session.post(http(server, "/custom/stream"), data='{"id":1,"connect":{}}') as r:
         assert "connect" in await next_line(r)
+
+
+# -- under an ASGI server (hubbub mounted in FastAPI, served by uvicorn) ---------------------------
+
+
+async def test_streams_under_asgi_in_fastapi(session) -> None:
+    pytest.importorskip("uvicorn")
+    fastapi = pytest.importorskip("fastapi")
+    from .test_asgi import uvicorn_serving
+
+    import hubbub
+
+    hub = hubbub.App(api_key="k", namespaces={"chat": {"history_size": 10, "history_ttl": 300}})
+    api = fastapi.FastAPI()
+    api.mount("/rt", hub)
+    async with uvicorn_serving(api) as port:
+        base = f"http://127.0.0.1:{port}/rt"
+        async with session.post(f"{base}/api/publish", json={"channel": "chat:asgi", "data": 0},
+                                headers={"X-API-Key": "k"}) as r:
+            epoch = (await r.json())["result"]["epoch"]
+        async with session.get(f"{base}/sse/chat:asgi", headers={"Last-Event-ID": f"{epoch}:0"}) as channel, \
+                session.post(f"{base}/connection/uni_http_stream", json={"subs": {"chat:asgi": {}}}) as uni, \
+                session.get(f"{base}/connection/uni_sse") as uni_sse:
+            assert channel.status == uni.status == uni_sse.status == 200
+            events = SSEReader(channel)
+            assert await events.next() == {"id": f"{epoch}:1", "data": "0"}  # recovered
+            assert "connect" in await next_line(uni)
+            assert "connect" in await SSEReader(uni_sse).data()
+            await hub.server.hub.publish("chat:asgi", {"n": 1})
+            assert await events.next() == {"id": f"{epoch}:2", "data": '{"n":1}'}
+            assert await next_line(uni) == {"channel": "chat:asgi", "pub": {"data": {"n": 1}, "offset": 2}}
+        await until_streams_closed(hub.server)
+
+
+async def until_streams_closed(server: Server) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while server.websockets:
+        assert time.monotonic() < deadline, "the streams of gone clients were never released"
+        await asyncio.sleep(0.01)
