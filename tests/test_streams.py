@@ -155,6 +155,37 @@ async def test_uni_transports_refuse_bad_tokens_and_unknown_namespaces_with_stat
         assert r.status == 405
 
 
+async def test_uni_connect_obeys_the_channel_limit_and_skips_channels_it_may_not_join(start_server, session) -> None:
+    server = await start_server(client_channel_limit=2, namespaces={"closed": history_ns(allow_subscribe_for_client=False)})
+    url = http(server, "/connection/uni_http_stream")
+    async with session.post(url, json={"subs": {"a": {}, "b": {}, "c": {}}}) as r:
+        assert r.status == 429 and "limit" in (await r.json())["error"]
+    async with session.post(url, json={"subs": {"a": {}, "closed:x": {}}}) as r:
+        assert r.status == 200
+        assert list((await next_line(r))["connect"]["subs"]) == ["a"]
+    assert server.hub.clients == 1  # the refused one left nothing behind
+
+
+async def test_emulated_sessions_are_pinged_and_closed_3012_without_a_pong(start_server, session) -> None:
+    server = await start_server(ping_interval=1.0, pong_timeout=0.5)
+    url = http(server, "/connection/http_stream")
+    async with session.post(url, data='{"id":1,"connect":{}}', headers=JSON_TYPE) as quiet, \
+            session.post(url, data='{"id":1,"connect":{}}', headers=JSON_TYPE) as polite:
+        ids = {}
+        for name, r in (("quiet", quiet), ("polite", polite)):
+            connect = (await next_line(r))["connect"]
+            ids[name] = {"session": connect["session"], "node": connect["node"]}
+        for _ in range(3):  # three pings, each answered with {} through /emulation
+            assert await next_line(polite) == {}
+            async with session.post(http(server, "/emulation"), json={**ids["polite"], "data": "{}"}) as e:
+                assert e.status == 204
+        assert await next_line(quiet) == {}
+        assert (await next_line(quiet))["push"]["disconnect"]["code"] == 3012
+        assert await asyncio.wait_for(quiet.content.read(), TIMEOUT) == b""
+        async with session.post(http(server, "/emulation"), json={**ids["quiet"], "data": "{}"}) as e:
+            assert e.status == 404  # its session is gone
+
+
 async def test_uni_websocket_first_message_connects_then_pushes_and_pings(start_server) -> None:
     server = await start_server(api_key="k", ping_interval=1.0, pong_timeout=0.5, namespaces={"chat": history_ns()})
     async with websockets.connect(f"ws://127.0.0.1:{server.port}/connection/uni_websocket") as ws:

@@ -24,7 +24,8 @@ subscriptions are the token's ``channels`` claim (server-side, no client
 permission needed) plus the channels of ``subs`` that the client could
 subscribe to itself (a channel it may not subscribe to is skipped, an
 unknown namespace or invalid name refuses the connect); ``subs`` also gives
-the recovery position of each.
+the recovery position of each. ``client_channel_limit`` counts them all: past
+it the connect is refused (106; HTTP 429 on the HTTP transports).
 """
 
 from __future__ import annotations
@@ -178,15 +179,21 @@ class UniSession(ClientSession):
         self._connect_data = result
         server_side = set(result.channels)
         for channel in [*result.channels, *(c for c in wanted if c not in server_side)]:
-            if any(channel == planned[0] for planned in self._plan):
+            if channel in self.channels:
                 continue
             try:
                 ns, chan_info = await self.authorize_subscribe(channel, server_side=channel in server_side)
             except ProtocolError as exc:
-                if exc.code in (ErrorCode.UNKNOWN_CHANNEL, ErrorCode.BAD_REQUEST):
+                if channel in server_side:  # as the protocol's connect: the token's channel is left out
+                    log.warning("server-side subscription to %r failed: %s", channel, exc.message)
+                elif exc.code in (ErrorCode.UNKNOWN_CHANNEL, ErrorCode.BAD_REQUEST):
                     raise BadRequest(f"subs: {channel!r}: {exc.message}") from None
-                log.info("uni connect: subscription to %r skipped: %s", channel, exc.message)
+                elif exc.code == ErrorCode.LIMIT_EXCEEDED:
+                    raise
+                else:
+                    log.info("uni connect: subscription to %r skipped: %s", channel, exc.message)
                 continue
+            self._remember(channel, None)  # reserved: the channel limit and duplicates count it
             since = None
             sub = wanted.get(channel)
             if sub is not None and sub.bool("recover") and ns.history:
