@@ -395,6 +395,14 @@ async def test_streams_under_asgi_in_fastapi(session) -> None:
             await hub.server.hub.publish("chat:asgi", {"n": 1})
             assert await events.next() == {"id": f"{epoch}:2", "data": '{"n":1}'}
             assert await next_line(uni) == {"channel": "chat:asgi", "pub": {"data": {"n": 1}, "offset": 2}}
+        async with session.post(f"{base}/connection/http_stream", data='{"id":1,"connect":{}}',
+                                headers=JSON_TYPE) as emulated:
+            connect = (await next_line(emulated))["connect"]
+            command = {"session": connect["session"], "node": connect["node"],
+                       "data": '{"id":2,"subscribe":{"channel":"chat:asgi"}}'}
+            async with session.post(f"{base}/emulation", json=command) as e:
+                assert e.status == 204
+            assert (await next_line(emulated))["id"] == 2
         await until_streams_closed(hub.server)
 
 

@@ -7,7 +7,8 @@ protocol: the event's ``data`` is the publication's JSON ``data``.
 Event ids and resuming (namespaces with history): each publication's event
 id is ``<epoch>:<offset>`` (the channel stream's epoch and the publication's
 offset). A reconnecting ``EventSource`` sends the last id it saw in the
-``Last-Event-ID`` header (``curl`` users send the header themselves); the
+``Last-Event-ID`` header (``curl`` users send the header themselves, or the
+``?last_event_id=`` parameter, as some EventSource polyfills do); the
 stream then starts with the publications missed since that position, read
 from history, without a gap or a duplicate. When they are gone (history
 expired or trimmed, or another epoch: the stream was lost, e.g. a Redis
