@@ -20,28 +20,29 @@ closing the connection.
 
 Endpoints (paths are settings; ``""`` turns one off):
 
-==============================  ==================================================
-``POST /connection/http_stream``  centrifuge-js ``http_stream``: the body holds the
-                                  first commands; replies and pushes stream back,
-                                  newline-delimited (JSON) or varint-delimited
-                                  (``Content-Type: application/octet-stream``, with
-                                  the Protobuf codec)
-``GET /connection/sse``           centrifuge-js ``sse``: ``?cf_connect=`` holds the
-                                  first commands (or a POST body); SSE events
-``POST /emulation``               later commands of both: ``{"session", "node",
-                                  "data"}``; 204, or 404 for an unknown session/node
-``/connection/uni_websocket``     one-way WebSocket: first message the connect object
-``GET|POST /connection/uni_sse``  one-way SSE: ``?cf_connect=`` or a POST body
-``POST /connection/uni_http_stream``  one-way, newline-delimited JSON
-``GET /sse/{channel}``            a channel as plain SSE (:mod:`hubbub.eventstream`)
-==============================  ==================================================
+* ``POST /connection/http_stream``: centrifuge-js ``http_stream``; the body
+  holds the first commands; replies and pushes stream back newline-delimited
+  (JSON) or varint-delimited (``Content-Type: application/octet-stream``,
+  with the Protobuf codec);
+* ``GET /connection/sse?cf_connect=...`` (or a POST body): centrifuge-js
+  ``sse``; one SSE event per message;
+* ``POST /emulation``: later commands of both, ``{"session", "node",
+  "data"}``; 204, or 404 for an unknown session or node;
+* ``/connection/uni_websocket``: one-way WebSocket, the first message is the
+  connect object;
+* ``GET /connection/uni_sse?cf_connect=...`` (none: ``{}``) or ``POST``:
+  one-way SSE;
+* ``POST /connection/uni_http_stream``: one-way, newline-delimited JSON;
+* ``GET /sse/{channel}``: a channel as plain SSE (:mod:`hubbub.eventstream`).
 
 Bad input is refused before anything streams, with a JSON ``{"error": ...}``:
-400 (malformed commands or connect object, missing ``cf_connect``), 405
-(wrong method), 406 (``Accept`` without ``text/event-stream``), 413 (a body
-or ``data`` over ``max_message_size``), 415 (a format this node has no codec
-for), 401/403/404 (authentication and permissions of one-way clients and
-channel streams, as the relay's).
+400 (a malformed connect object or ``/emulation`` body, no ``cf_connect`` or
+no body), 405 (wrong method), 406 (``Accept`` without ``text/event-stream``),
+413 (a body or ``data`` over ``max_message_size``), 415 (a format this node
+has no codec for), 401/403/404/429 (authentication, permissions and limits of
+one-way clients and channel streams, as the relay's). The emulated
+transports are the protocol's own: once the stream is open, a malformed
+command is a ``disconnect`` push (3501), as a close code on a WebSocket.
 
 Cross-node ``/emulation``: :meth:`Emulation.deliver_local` is the one
 function that finds a session of this node by id and hands it the commands.
