@@ -411,3 +411,41 @@ async def until_streams_closed(server: Server) -> None:
     while server.websockets:
         assert time.monotonic() < deadline, "the streams of gone clients were never released"
         await asyncio.sleep(0.01)
+
+
+# -- cross-node /emulation: the seam, over a stand-in for the cluster's control channel -----------------
+
+
+class FakeCluster:
+    """Two nodes' control channels in one process: ``send`` runs the other node's handler."""
+
+    def __init__(self, uid: str, peers: dict[str, FakeCluster]) -> None:
+        self.uid = uid
+        self.peers = peers
+        self.handlers: dict[str, Any] = {}
+        peers[uid] = self
+
+    def register(self, kind: str, handler: Any) -> None:
+        self.handlers[kind] = handler
+
+    async def send(self, node: str, kind: str, payload: Any = None) -> Any:
+        if node not in self.peers:
+            raise TimeoutError(f"node {node} did not answer")
+        return await self.peers[node].handlers[kind](json.loads(json.dumps(payload)), self.uid)
+
+
+async def test_emulation_reaches_the_session_on_another_node(start_server, session) -> None:
+    a, b = await start_server(), await start_server()
+    peers: dict[str, FakeCluster] = {}
+    a.streams.emulation.use_cluster(FakeCluster("node-a", peers))
+    b.streams.emulation.use_cluster(FakeCluster("node-b", peers))
+    async with session.post(http(a, "/connection/http_stream"), data='{"id":1,"connect":{}}', headers=JSON_TYPE) as r:
+        connect = (await next_line(r))["connect"]
+        assert connect["node"] == "node-a"
+        command = {"session": connect["session"], "node": "node-a", "data": '{"id":2,"rpc":{"method":"x"}}'}
+        async with session.post(http(b, "/emulation"), json=command) as e:  # reaches node b
+            assert e.status == 204
+        assert (await next_line(r)) == {"id": 2, "error": {"code": 104, "message": "method not found"}}
+        for node, sid in (("node-a", "gone"), ("node-c", connect["session"])):
+            async with session.post(http(b, "/emulation"), json={**command, "node": node, "session": sid}) as e:
+                assert e.status == 404

@@ -46,14 +46,19 @@ command is a ``disconnect`` push (3501), as a close code on a WebSocket.
 
 Cross-node ``/emulation``: :meth:`Emulation.deliver_local` is the one
 function that finds a session of this node by id and hands it the commands.
-A request that names another node goes to :attr:`Emulation.forward` (set by
-the cluster's control channel), whose other end calls ``deliver_local``.
+A request that names another node goes to :attr:`Emulation.forward`;
+:meth:`Emulation.use_cluster` sets it from the control channel between nodes
+(``server.cluster``, when the server has one): an ``emulation`` request to
+the session's node, whose handler calls ``deliver_local``. So any node takes
+any ``/emulation`` request, and no sticky sessions are needed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
@@ -69,6 +74,9 @@ from .strictjson import loads
 from .uni import UNI_JSON, EmulatedSession, UniSession, disconnect_push
 
 log = logging.getLogger("hubbub.streams")
+
+#: the control channel's request kind that carries ``/emulation`` to another node
+EMULATION_KIND = "emulation"
 
 # -- framings ----------------------------------------------------------------------------
 
@@ -286,6 +294,35 @@ class Emulation:
     def __len__(self) -> int:
         return len(self._sessions)
 
+    def use_cluster(self, cluster: Any) -> None:
+        """Route ``/emulation`` requests between nodes through ``cluster``, the
+        control channel (``cluster.uid``, ``await cluster.send(node, kind,
+        payload)``, ``cluster.register(kind, handler)``): this node's id
+        becomes the cluster's uid; a request naming another node is sent there
+        as an ``emulation`` request, whose handler calls :meth:`deliver_local`."""
+        self.node = cluster.uid
+
+        async def forward(node: str, session: str, data: bytes) -> bool:
+            try:
+                reply = await cluster.send(node, EMULATION_KIND, {"session": session,
+                                                                  "data": base64.b64encode(data).decode()})
+            except Exception as exc:  # the node is gone or unknown: as a session that is gone
+                log.info("emulation request for node %s not delivered: %s", node, exc)
+                return False
+            return reply is True
+
+        async def handle(payload: Any, sender: str) -> bool:
+            if not isinstance(payload, dict) or not isinstance(payload.get("session"), str):
+                return False
+            try:
+                data = base64.b64decode(str(payload.get("data", "")), validate=True)
+            except ValueError:
+                return False
+            return await self.deliver_local(payload["session"], data)
+
+        cluster.register(EMULATION_KIND, handle)
+        self.forward = forward
+
     async def deliver_local(self, session_id: str, data: bytes) -> bool:
         """Hand ``data`` (the session codec's encoded commands) to session
         ``session_id`` of this node; returns once they are handled (their
@@ -365,7 +402,10 @@ class Streams:
     def __init__(self, server: Any) -> None:
         self.server = server
         self.config = server.config
-        self.emulation = Emulation(server.api.node_id)
+        cluster = getattr(server, "cluster", None)  # the control channel between nodes, where there is one
+        self.emulation = Emulation(getattr(server.api, "node_id", None) or str(uuid.uuid4()))
+        if cluster is not None:
+            self.emulation.use_cluster(cluster)
         self.channel_wires = ChannelWires()
         self._wires: dict[tuple[int, int], ProtocolWire] = {}
 
