@@ -147,7 +147,7 @@ class UniSession(ClientSession):
         Raises:
             BadRequest: not JSON, or not an object.
         """
-        if not raw or (isinstance(raw, bytes) and raw.isspace()) or (isinstance(raw, str) and raw.isspace()):
+        if not raw.strip():
             return {}
         try:
             value = loads(raw)
@@ -165,7 +165,8 @@ class UniSession(ClientSession):
         Raises:
             BadRequest: malformed fields, an unknown namespace or invalid
                 channel name in ``subs``.
-            ProtocolError: 109 token expired; what hooks raise.
+            ProtocolError: 109 token expired; 106 past ``client_channel_limit``;
+                what hooks raise.
             Disconnect: 3500 invalid token, 3504 connection limit.
         """
         p = Params(params, "connect.")
