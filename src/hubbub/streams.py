@@ -378,6 +378,15 @@ def parse_emulation_request(request: HTTPRequest) -> tuple[str, str, bytes]:
 # -- the endpoints ------------------------------------------------------------------------------
 
 
+async def _guarded(session: Any, work: Awaitable[None]) -> None:
+    """Run a stream's first work; a bug ends the stream (3004), not just the request."""
+    try:
+        await work
+    except Exception:
+        log.exception("error starting a stream")
+        session.disconnect(DisconnectCode.SERVER_ERROR)
+
+
 def _error(message: str, status: int) -> HTTPResponse:
     return HTTPResponse.json({"error": message}, status)
 
@@ -558,7 +567,7 @@ class Streams:
             return STREAMED
         if isinstance(frames, SSEFrames):
             stream.write(frames.raw(b"\r\n"))
-        await session.start()
+        await _guarded(session, session.start())
         return STREAMED
 
     async def uni_http_stream(self, request: HTTPRequest) -> HTTPResponse:
@@ -624,5 +633,5 @@ class Streams:
         if not stream.open:
             return STREAMED
         stream.write(frames.raw(b"retry: %d\n\n" % SSE_RETRY_MS))
-        await session.open()
+        await _guarded(session, session.open())
         return STREAMED
