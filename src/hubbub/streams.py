@@ -562,6 +562,10 @@ class Streams:
             session.on_closed()
             status, reason = (400, exc.message) if isinstance(exc, BadRequest) else refusal(exc)
             return _error(reason or "refused", status)
+        except BaseException:  # a hook's bug (500), or the client left: nothing stays behind
+            session.closed = True
+            session.on_closed()
+            raise
         stream.begin_stream(session, headers)
         if not stream.open:
             return STREAMED
@@ -622,9 +626,14 @@ class Streams:
         out = StreamOut(stream, frames, farewell_event=b"disconnect")
         session = ChannelStreamSession(self.server.context, out, self.channel_wires.get(channel, frames), channel,
                                        headers=request.headers, query=request.query, since=since)
-        decision = session.handshake_nowait()
-        if decision is PENDING:
-            decision = await session.handshake()
+        try:
+            decision = session.handshake_nowait()
+            if decision is PENDING:
+                decision = await session.handshake()
+        except BaseException:  # a hook's bug (500), or the client left: nothing stays behind
+            session.closed = True
+            session.on_closed()
+            raise
         if decision is not None:
             session.closed = True
             session.on_closed()
