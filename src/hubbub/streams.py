@@ -468,7 +468,9 @@ class Streams:
         session.on_gone = self.emulation.remove
         self.emulation.add(session)
         stream.begin_stream(session, headers)
-        if session.closed or not stream.open:
+        if session.closed or not stream.open:  # the head could not be sent: the client is gone
+            session.closed = True
+            session.on_closed()
             return STREAMED
         if isinstance(frames, SSEFrames):
             stream.write(frames.raw(b"\r\n"))
@@ -567,7 +569,9 @@ class Streams:
             session.on_closed()
             raise
         stream.begin_stream(session, headers)
-        if not stream.open:
+        if not stream.open:  # the head could not be sent: the client is gone
+            session.closed = True
+            session.on_closed()
             return STREAMED
         if isinstance(frames, SSEFrames):
             stream.write(frames.raw(b"\r\n"))
@@ -639,7 +643,9 @@ class Streams:
             session.on_closed()
             return _error(decision[1], decision[0])
         stream.begin_stream(session, _SSE_HEADERS)
-        if not stream.open:
+        if not stream.open:  # the head could not be sent: the client is gone
+            session.closed = True
+            session.on_closed()
             return STREAMED
         stream.write(frames.raw(b"retry: %d\n\n" % SSE_RETRY_MS))
         await _guarded(session, session.open())
