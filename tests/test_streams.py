@@ -21,6 +21,7 @@ import websockets
 from hubbub.server import Server
 
 from .conftest import TIMEOUT, history_ns
+from .redis_server import redis_server  # noqa: F401
 
 JSON_TYPE = {"Content-Type": "application/json"}
 SECRET = "streams-test-secret-of-at-least-32-bytes"
@@ -449,3 +450,22 @@ async def test_emulation_reaches_the_session_on_another_node(start_server, sessi
         for node, sid in (("node-a", "gone"), ("node-c", connect["session"])):
             async with session.post(http(b, "/emulation"), json={**command, "node": node, "session": sid}) as e:
                 assert e.status == 404
+
+
+async def test_emulation_across_two_nodes_on_redis(start_server, session, redis_server) -> None:  # noqa: F811
+    pytest.importorskip("hubbub.cluster")  # the control channel between nodes (another branch until merged)
+    a = await start_server(broker=redis_server.url)
+    b = await start_server(broker=redis_server.url)
+    assert a.streams.emulation.node == a.cluster.uid  # type: ignore[attr-defined]
+    async with session.post(http(a, "/connection/http_stream"), data='{"id":1,"connect":{}}', headers=JSON_TYPE) as r:
+        connect = (await next_line(r))["connect"]
+        command = {"session": connect["session"], "node": connect["node"],
+                   "data": '{"id":2,"subscribe":{"channel":"across"}}\n{"id":3,"publish":{"channel":"across","data":7}}'}
+        async with session.post(http(b, "/emulation"), json=command) as e:  # the other node
+            assert e.status == 204, await e.text()
+        got = [await next_line(r) for _ in range(3)]
+        assert got[0] == {"id": 2, "subscribe": {}}
+        assert {"id": 3, "publish": {}} in got[1:]
+        assert any(m.get("push", {}).get("pub", {}).get("data") == 7 for m in got[1:])
+        async with session.post(http(b, "/emulation"), json={**command, "session": "gone"}) as e:
+            assert e.status == 404
