@@ -346,6 +346,26 @@ class Emulation:
         return True
 
 
+def _protobuf_emulation_request(body: bytes) -> tuple[str, str, bytes]:
+    """A Protobuf ``EmulationRequest`` (``node = 1``, ``session = 2``, ``data =
+    3``, as centrifugal/protocol ``client.proto``), where this node's schema
+    has the message (``hubbub.proto.client_pb2``, the Protobuf codec's).
+
+    Raises:
+        BadRequest: no such schema here, or a body that does not parse.
+    """
+    try:
+        from .proto.client_pb2 import EmulationRequest  # type: ignore[import-not-found]
+    except ImportError:
+        raise BadRequest("Protobuf emulation requests are not supported by this node") from None
+    message = EmulationRequest()
+    try:
+        message.ParseFromString(body)
+    except Exception:  # google.protobuf.message.DecodeError
+        raise BadRequest("malformed Protobuf emulation request") from None
+    return message.node, message.session, bytes(message.data)
+
+
 def parse_emulation_request(request: HTTPRequest) -> tuple[str, str, bytes]:
     """``(node, session, data)`` of a ``POST /emulation`` body (JSON:
     ``{"session": str, "node": str, "data": str}``, where ``data`` holds the
@@ -355,10 +375,7 @@ def parse_emulation_request(request: HTTPRequest) -> tuple[str, str, bytes]:
         BadRequest: anything else.
     """
     if request.headers.get("content-type", "").startswith("application/octet-stream"):
-        decode = getattr(codecs, "decode_emulation_request", None)  # the Protobuf codec's, once it has one
-        if decode is None:
-            raise BadRequest("Protobuf emulation requests are not supported by this node")
-        return decode(request.body)  # type: ignore[no-any-return]
+        return _protobuf_emulation_request(request.body)
     try:
         body = loads(request.body or b"")
     except ValueError as exc:
@@ -526,7 +543,7 @@ class Streams:
         try:
             node, session, data = parse_emulation_request(request)
         except BadRequest as exc:
-            return _error(exc.message, 415 if "Protobuf" in exc.message else 400)
+            return _error(exc.message, 415 if "not supported" in exc.message else 400)
         too_large = self._body_limit(data)
         if too_large is not None:
             return too_large
