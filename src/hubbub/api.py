@@ -143,6 +143,54 @@ class ServerAPI:
             return HTTPResponse.json(result)
         return HTTPResponse.json({"result": result})
 
+    async def handle_commands(self, request: HTTPRequest) -> HTTPResponse:
+        """``POST /api`` (the legacy form that cent.js ``pipeline()`` sends):
+        newline-delimited commands ``{"method": "publish", "params": {...}}``,
+        answered with one newline-delimited reply per command, in order:
+        ``{"result": {...}}`` or ``{"error": {"code": C, "message": "..."}}``.
+        The key rules and methods are those of ``/api/{method}``; a body that
+        is not such commands gets HTTP 400 and runs none of them."""
+        try:
+            return await self._handle_commands(request)
+        except Exception:
+            log.exception("unexpected error in the server API (%s)", request.path)
+            return HTTPResponse(500, b'{"error":"internal server error"}', "application/json")
+
+    async def _handle_commands(self, request: HTTPRequest) -> HTTPResponse:
+        if request.method != "POST":
+            return HTTPResponse.json({"error": "use POST"}, 405)
+        if not self._authorized(request):
+            reason = "unauthorized" if self.config.api_key else "the HTTP API needs api_key to be set"
+            return HTTPResponse.json({"error": reason}, 401)
+        commands: list[tuple[str, Any]] = []
+        for number, line in enumerate(request.body.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                command = loads(line)
+            except ValueError as exc:
+                return HTTPResponse.json({"error": f"line {number}: malformed JSON: {exc}"}, 400)
+            if not isinstance(command, dict) or not isinstance(command.get("method"), str):
+                return HTTPResponse.json({"error": f"line {number}: a command is {{\"method\": ..., \"params\": {{...}}}}"}, 400)
+            commands.append((command["method"], command.get("params") or {}))
+        if not commands:
+            return HTTPResponse.json({"error": "no commands in the body"}, 400)
+        replies: list[bytes] = []
+        for method, raw in commands:
+            handler = self._methods.get(method)
+            reply: dict[str, Any]
+            if handler is None:
+                reply = {"error": {"code": int(ErrorCode.METHOD_NOT_FOUND), "message": "method not found"}}
+            else:
+                try:
+                    reply = {"result": await handler(Params(raw, f"{method}."))}
+                except ProtocolError as exc:  # BadRequest included: code 107 for this command only
+                    reply = _error(exc)
+                except _Unavailable as exc:
+                    reply = _unavailable(exc)
+            replies.append(dumps(reply))
+        return HTTPResponse(200, b"\n".join(replies), "application/json")
+
     # -- publishing -----------------------------------------------------------------
 
     def _channel(self, params: Params) -> str:

@@ -42,6 +42,7 @@ from .relay import RelaySession, RelayWire
 from .errors import BadRequest, ConfigError
 from .routing import RouteCollision, Router
 from .session import ClientSession
+from .streams import Streams
 from .writer import Flusher
 
 log = logging.getLogger("hubbub.server")
@@ -54,6 +55,11 @@ EndpointFactory = Callable[[Connection, HTTPRequest], WebSocketSession]
 _BUILTIN_SETTING = {
     "the protocol endpoint": "protocol_path", "the relay": "relay_path", "health": "health_path",
     "the server API": "api_path", "metrics": "metrics_path", "the demo page": "page",
+    "the server API (newline-delimited commands)": "api_path",
+    "the http_stream transport": "http_stream_path", "the sse transport": "sse_path",
+    "the emulation endpoint": "emulation_path", "the uni_sse transport": "uni_sse_path",
+    "the uni_http_stream transport": "uni_http_stream_path", "channel event streams": "channel_sse_path",
+    "the uni_websocket transport": "uni_websocket_path",
 }
 
 
@@ -160,9 +166,14 @@ class Server:
             self.http_routes.add(config.health_path, self._health, "health")
         if config.api_path:
             self.http_routes.add(config.api_path.rstrip("/") + "/{method}", self.api.handle, "the server API")
+            self.http_routes.add(config.api_path.rstrip("/") or "/", self.api.handle_commands,
+                                 "the server API (newline-delimited commands)")
         if config.metrics_path:
             self.http_routes.add(config.metrics_path, self._metrics, "metrics")
         self.http_routes.add("/static/{name}", self._static, "hubbub's static files")
+        #: SSE, HTTP streaming, one-way transports and channel event streams (hubbub.streams)
+        self.streams = Streams(self)
+        self.streams.install()
         if config.page:
             self.http_routes.add("/", self._page, "the demo page")
 
@@ -342,6 +353,11 @@ class Server:
         self._accepted += 1
         self.connections.add(conn)
         self._pending.add(conn)
+
+    def stream_opened(self, conn: Connection) -> None:
+        """``conn`` answers with a stream (hubbub.streams): pinged and swept like a WebSocket."""
+        self.websockets.add(conn)
+        self._pending.discard(conn)
 
     def websocket_opened(self, conn: Connection) -> None:
         self.websockets.add(conn)
