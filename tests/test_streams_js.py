@@ -35,7 +35,7 @@ def emulation_app(**settings: Any) -> hubbub.App:
     return app
 
 
-@pytest.mark.parametrize("mode", ["http_stream", "sse", "fallback"])
+@pytest.mark.parametrize("mode", ["http_stream", "sse", "fallback", "protobuf"])
 async def test_centrifuge_js_over_http_transports(mode: str) -> None:
     modules = node_modules()
     app = emulation_app(**({"protocol_path": ""} if mode == "fallback" else {}))
@@ -50,7 +50,7 @@ async def test_centrifuge_js_over_http_transports(mode: str) -> None:
         streams = app.server.streams.emulation
     finally:
         await app.stop()
-    assert result["transport"] == ("http_stream" if mode == "fallback" else mode)
+    assert result["transport"] == ("http_stream" if mode in ("fallback", "protobuf") else mode)
     assert [p["data"]["n"] for p in result["got"]] == [1, 2, 3, 4, 5]
     assert [p["offset"] for p in result["got"]] == [1, 2, 3, 4, 5]
     assert result["subscribed"] == [{"recovered": False, "wasRecovering": False},

@@ -70,6 +70,7 @@ from .eventstream import ChannelStreamSession, ChannelWires, parse_event_id
 from .http import STREAMED, HTTPRequest, HTTPResponse
 from .outbox import FrameBatch
 from .relay import PENDING, refusal
+from .proto.client_pb2 import EmulationRequest
 from .strictjson import loads
 from .uni import UNI_JSON, EmulatedSession, UniSession, disconnect_push
 
@@ -348,16 +349,11 @@ class Emulation:
 
 def _protobuf_emulation_request(body: bytes) -> tuple[str, str, bytes]:
     """A Protobuf ``EmulationRequest`` (``node = 1``, ``session = 2``, ``data =
-    3``, as centrifugal/protocol ``client.proto``), where this node's schema
-    has the message (``hubbub.proto.client_pb2``, the Protobuf codec's).
+    3``, as centrifugal/protocol ``client.proto``).
 
     Raises:
-        BadRequest: no such schema here, or a body that does not parse.
+        BadRequest: a body that does not parse.
     """
-    try:
-        from .proto.client_pb2 import EmulationRequest  # type: ignore[import-not-found]
-    except ImportError:
-        raise BadRequest("Protobuf emulation requests are not supported by this node") from None
     message = EmulationRequest()
     try:
         message.ParseFromString(body)

@@ -1,15 +1,20 @@
 // centrifuge-js (npm `centrifuge`) over its HTTP transports against hubbub, under Node.
 // Usage: node emulation.cjs BASE_URL MODE CHANNEL TOKEN_SECRET API_KEY
 //   MODE: http_stream | sse (that transport alone) | fallback (websocket first, then
-//   http_stream, then sse; the server has its websocket endpoint turned off).
+//   http_stream, then sse; the server has its websocket endpoint turned off) | protobuf
+//   (http_stream alone with the Protobuf build, `centrifuge/build/protobuf`: payloads are
+//   bytes, JSON-encoded here).
 // Prints one JSON summary line; exits non-zero on failure. The server must have the rpc
 // methods "kick" (closes the caller with 3011) and "echo" (returns its data).
 const crypto = require("crypto");
-const { Centrifuge } = require("centrifuge");
+const [base, mode, channel, secret, apiKey] = process.argv.slice(2);
+const protobuf = mode === "protobuf";
+const { Centrifuge } = require(protobuf ? "centrifuge/build/protobuf" : "centrifuge");
+const enc = (value) => (protobuf ? new TextEncoder().encode(JSON.stringify(value)) : value);
+const dec = (data) => (protobuf ? JSON.parse(new TextDecoder().decode(data)) : data);
 const { EventSource } = require("eventsource");
 const WebSocket = require("ws");
 
-const [base, mode, channel, secret, apiKey] = process.argv.slice(2);
 const wait = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
 
 async function until(predicate, what, timeout = 15000) {
@@ -30,6 +35,7 @@ const http = (transport) => ({ transport, endpoint: `${base}/connection/${transp
 const endpoints = {
   http_stream: [http("http_stream")],
   sse: [http("sse")],
+  protobuf: [http("http_stream")],
   fallback: [{ transport: "websocket", endpoint: base.replace(/^http/, "ws") + "/connection/websocket" },
              http("http_stream"), http("sse")],
 }[mode];
@@ -51,7 +57,7 @@ const endpoints = {
   a.on("connecting", (ctx) => { if (ctx.code !== 0) codes.push(ctx.code); });
   a.on("disconnected", (ctx) => codes.push(ctx.code));
   const sub = a.newSubscription(channel);
-  sub.on("publication", (ctx) => got.push({ offset: ctx.offset, data: ctx.data }));
+  sub.on("publication", (ctx) => got.push({ offset: ctx.offset, data: dec(ctx.data) }));
   sub.on("subscribed", (ctx) => subscribed.push({ recovered: ctx.recovered, wasRecovering: ctx.wasRecovering }));
   sub.subscribe();
   a.connect();
@@ -59,7 +65,7 @@ const endpoints = {
   await sub.ready(10000);
   await b.ready(10000);
 
-  await b.publish(channel, { n: 1 });  // from a client
+  await b.publish(channel, enc({ n: 1 }));  // from a client
   const api = await fetch(`${base}/api/publish`, {
     method: "POST", headers: { "X-API-Key": apiKey, "Content-Type": "application/json" },
     body: JSON.stringify({ channel, data: { n: 2 } }),
@@ -70,14 +76,14 @@ const endpoints = {
   const presence = await sub.presence();
   const stats = await sub.presenceStats();
   const history = await sub.history({ limit: 10 });
-  const echo = await a.rpc("echo", { hello: "rpc" });
+  const echo = await a.rpc("echo", enc({ hello: "rpc" }));
 
   // the token expires 3 s after each connect/refresh: wait past two lifetimes
   await until(() => tokenCalls >= 3, "two token refreshes", 20000);
 
-  a.rpc("kick", {}).catch(() => {});
+  a.rpc("kick", enc({})).catch(() => {});
   await until(() => codes.includes(3011), "the kick");
-  for (const n of [3, 4, 5]) await b.publish(channel, { n });
+  for (const n of [3, 4, 5]) await b.publish(channel, enc({ n }));
   await until(() => got.length === 5, "the recovered publications");
   await until(() => subscribed.length === 2, "the resubscription");
 
@@ -89,8 +95,8 @@ const endpoints = {
     tokenCalls,
     presenceClients: Object.keys(presence.clients).length,
     numClients: stats.numClients,
-    history: history.publications.map((p) => p.data),
-    echo: echo.data,
+    history: history.publications.map((p) => dec(p.data)),
+    echo: dec(echo.data),
   }));
   a.disconnect();
   b.disconnect();
