@@ -478,3 +478,27 @@ async def test_subscribe_unsubscribe_and_refresh_through_b_act_on_a(
                                       "unsubscribe": {"code": 2000, "reason": "server unsubscribe"}}
     await asyncio.to_thread(cent(b).refresh, RefreshRequest(user="bob", expired=True))
     assert (await user.closed())[0] == 3005
+
+
+async def test_control_channels_are_subscribed_once_the_broker_is_back(caplog: pytest.LogCaptureFixture) -> None:
+    bus = Bus()
+    broker = BusBroker(bus)
+    hub = Hub(Config(), broker)
+    await hub.start()
+    cluster = Cluster(hub, started_at=0.0, interval=3600.0)
+    broker.down = True
+    try:
+        await cluster.start()  # does not raise: the node serves alone and retries
+        assert broker.topics == set()
+        cluster.tick()
+        await until(lambda: not cluster._tasks, "the retry ran")
+        assert broker.topics == set()
+        broker.down = False
+        cluster.tick()
+        await until(lambda: broker.topics == {CONTROL_CHANNEL, cluster.own_channel}, "subscribed")
+    finally:
+        await cluster.close()
+        await hub.close()
+    warnings = [r.msg for r in caplog.records if r.name == "hubbub.cluster" and r.levelname == "WARNING"]
+    assert sorted(m.split(",")[0] for m in warnings) == ["cluster control channels not subscribed",
+                                                        "cluster heartbeat failed: %s"], warnings  # once each

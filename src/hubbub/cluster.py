@@ -237,6 +237,7 @@ class Cluster:
         self._subscribed = False
         self._heartbeat_due = False
         self._publish_failing = False
+        self._subscribe_failing = False
         self._closed = False
         self.register("user", self._on_user_command, ordered=True)
         self.register("channels", self._on_channels)
@@ -293,8 +294,13 @@ class Cluster:
             await self.hub.broker.subscribe(CONTROL_CHANNEL)
             await self.hub.broker.subscribe(self.own_channel)
         except BrokerError as exc:
-            log.warning("cluster control channel not subscribed (retrying): %s", exc)
+            if not self._subscribe_failing:
+                log.warning("cluster control channels not subscribed, retrying at each heartbeat: %s", exc)
+            self._subscribe_failing = True
             return
+        if self._subscribe_failing:
+            log.info("cluster control channels subscribed")
+        self._subscribe_failing = False
         self._subscribed = True
 
     def tick(self) -> None:
