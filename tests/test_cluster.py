@@ -502,3 +502,18 @@ async def test_control_channels_are_subscribed_once_the_broker_is_back(caplog: p
     warnings = [r.msg for r in caplog.records if r.name == "hubbub.cluster" and r.levelname == "WARNING"]
     assert sorted(m.split(",")[0] for m in warnings) == ["cluster control channels not subscribed",
                                                         "cluster heartbeat failed: %s"], warnings  # once each
+
+
+async def test_workers_are_nodes_of_one_cluster(serve_process: Any, redis_server: RedisServer,  # noqa: F811
+                                                tmp_path: Path) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text(CLUSTER_TOML)
+    server = serve_process("--workers", "2", "--broker", redis_server.url, "--config", str(config))
+    await until(lambda: sum("(pid " in line and "listening" in line for line in server.lines) == 2,
+                "both workers listen")
+    # whichever worker answers the API, its info lists both
+    await until(lambda: _len_is(node_names(server), 2), "info lists both workers")
+    names = await node_names(server)
+    pids = {line.split("(pid ")[1].split(")")[0] for line in server.lines if "(pid " in line}
+    assert {name.rsplit("_", 1)[1] for name in names} == pids
+    assert server.stop() == 0
