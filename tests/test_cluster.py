@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -517,3 +518,61 @@ async def test_workers_are_nodes_of_one_cluster(serve_process: Any, redis_server
     pids = {line.split("(pid ")[1].split(")")[0] for line in server.lines if "(pid " in line}
     assert {name.rsplit("_", 1)[1] for name in names} == pids
     assert server.stop() == 0
+
+
+FORWARD_APP = '''
+import os
+
+import hubbub
+from hubbub.http import HTTPResponse
+
+app = hubbub.App(broker=os.environ["CLUSTER_BROKER"], api_key="{key}", node_info_interval=0.2,
+                 node_timeout=1.0)
+cluster = app.server.cluster
+
+
+async def whoami(payload, sender):
+    return {{"node": cluster.uid, "asked_by": sender, "payload": payload}}
+
+
+@app.on_startup
+async def setup():
+    cluster.register("whoami", whoami)
+
+
+@app.route("/forward/{{node}}")
+async def forward(request):
+    """What an HTTP-emulation request does: run a request on the node that holds the session."""
+    try:
+        reply = await cluster.send(request.params["node"], "whoami", {{"via": cluster.uid}})
+    except hubbub.cluster.ClusterError as exc:
+        return HTTPResponse.json({{"error": str(exc)}}, 504)
+    return HTTPResponse.json(reply)
+'''.format(key=KEY)
+
+
+async def test_a_request_is_forwarded_to_the_node_that_holds_it(serve_process: Any, redis_server: RedisServer,  # noqa: F811
+                                                                 tmp_path: Path) -> None:
+    import os
+
+    (tmp_path / "forward_app.py").write_text(FORWARD_APP)
+    env = {"PYTHONPATH": os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")])),
+           "CLUSTER_BROKER": redis_server.url}
+    a, b = (serve_process("forward_app:app", command="run", env=env) for _ in range(2))
+    await until(lambda: _len_is(node_names(b), 2), "b knows a")
+    nodes = {n["name"].rsplit("_", 1)[1]: n["uid"] for n in (await api(b, "info", {}))["result"]["nodes"]}
+    uid_a, uid_b = nodes[str(a.proc.pid)], nodes[str(b.proc.pid)]
+
+    def get(proc: ServeProcess, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{proc.port}{path}", timeout=TIMEOUT) as resp:
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    status, reply = await asyncio.to_thread(get, b, f"/forward/{uid_a}")
+    assert status == 200 and reply == {"node": uid_a, "asked_by": uid_b, "payload": {"via": uid_b}}
+    status, reply = await asyncio.to_thread(get, b, f"/forward/{uid_b}")  # to itself
+    assert status == 200 and reply["node"] == uid_b
+    status, reply = await asyncio.to_thread(get, b, "/forward/no-such-node")
+    assert status == 504 and "did not answer" in reply["error"]
