@@ -281,13 +281,7 @@ class Cluster:
             await asyncio.wait(tasks, timeout=1.0)
         for channel in (CONTROL_CHANNEL, self.own_channel):
             self.hub.internal.pop(channel, None)
-        if self._subscribed:
-            self._subscribed = False
-            for channel in (CONTROL_CHANNEL, self.own_channel):
-                try:
-                    await self.hub.broker.unsubscribe(channel)
-                except BrokerError:
-                    pass
+        self._subscribed = False  # the subscriptions end with the broker, closed next by the hub
 
     async def _subscribe(self) -> None:
         try:
