@@ -154,6 +154,14 @@ class Config:
             refreshes when the ``ttl`` it was told (rounded down) runs out.
         idempotency_ttl: seconds a publish ``idempotency_key`` is remembered.
         presence_ttl: seconds a presence entry lives without refresh.
+        node_info_interval: seconds between a node's heartbeats on the cluster
+            control channel (its snapshot for ``info``; :mod:`hubbub.cluster`).
+        node_timeout: seconds without a heartbeat after which a node drops
+            out of the cluster (``info``, surveys); more than
+            ``node_info_interval``.
+        node_request_timeout: seconds a node waits for the other nodes'
+            answers (the ``channels`` survey, requests forwarded to a node);
+            a node that does not answer in time is left out.
         page: serve the live demo page at ``/`` (``/static/hubbub.js`` is always served).
         protocol_path: where the Centrifugo protocol endpoint is served
             (``""``: not at all).
@@ -205,6 +213,9 @@ class Config:
     client_expired_sub_close_delay: float = 1.0
     idempotency_ttl: float = 300.0
     presence_ttl: float = 60.0
+    node_info_interval: float = 1.0
+    node_timeout: float = 3.0
+    node_request_timeout: float = 2.0
     page: bool = True
     protocol_path: str = "/connection/websocket"
     relay_path: str = "/ws/{channel:path}"
@@ -306,6 +317,11 @@ class Config:
         if self.ping_interval > 0 and self.pong_timeout >= self.ping_interval:
             errors.append(f"pong_timeout ({self.pong_timeout}) must be shorter than ping_interval "
                           f"({self.ping_interval}): a pong is checked before the next ping")
+        if not self.node_info_interval > 0 or not self.node_request_timeout > 0:
+            errors.append("node_info_interval and node_request_timeout must be > 0")
+        if self.node_timeout <= self.node_info_interval:
+            errors.append(f"node_timeout ({self.node_timeout}) must be longer than node_info_interval "
+                          f"({self.node_info_interval}): a live node must get a heartbeat in before it")
         return errors
 
     @classmethod

@@ -29,6 +29,7 @@ from ._version import __version__
 from .api import ServerAPI
 from .auth import TokenVerifier
 from .brokers import create_broker
+from .cluster import Cluster
 from .codec import JSON, Codec, ProtocolWire, negotiate
 from .codes import DisconnectCode
 from .config import Config
@@ -157,7 +158,10 @@ class Server:
         self._ping_round = 0
         self._stopped: asyncio.Event | None = None
         config = self.config
-        self.api = ServerAPI(self.hub, config, started_at=self.started_at)
+        #: this node in the cluster of nodes sharing the broker (control channel, node info)
+        self.cluster = Cluster(self.hub, started_at=self.started_at, interval=config.node_info_interval,
+                               timeout=config.node_timeout, request_timeout=config.node_request_timeout)
+        self.api = ServerAPI(self.hub, config, cluster=self.cluster)
         if config.protocol_path:
             self.websocket_routes.add(config.protocol_path, self._protocol_endpoint, "the protocol endpoint")
         if config.relay_path:
@@ -468,6 +472,7 @@ class Server:
         if self.flusher is None:
             self.flusher = Flusher(loop)
             await self.hub.start()
+            await self.cluster.start()
             if self.config.ping_interval > 0:
                 self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
             self._every("sweep", SWEEP_INTERVAL, self._sweep)
@@ -507,6 +512,7 @@ class Server:
                     conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        await self.cluster.close()
         await self.hub.close()
 
     async def serve(self, *, ready: Callable[[Server], None] | None = None, reuse_port: bool = False) -> None:
