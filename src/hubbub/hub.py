@@ -130,6 +130,7 @@ class Hub:
         self.config = config
         self.broker = broker
         self.stats = Stats()
+        broker.stats = self.stats  # the broker counts its round trips here
         self._channels: dict[str, _Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._presence: dict[str, dict[str, ClientInfo]] = {}  # local entries, refreshed by a shared timer
@@ -276,9 +277,16 @@ class Hub:
         if state is None:
             return
         if pub.offset:
-            if state.last_offset and pub.offset > state.last_offset + 1:
+            if pub.epoch and state.epoch and pub.epoch != state.epoch:
+                # a new stream (Redis lost its data): its offsets say nothing about the
+                # old one's; recoverable subscribers are told before anything of it
+                self._gap(channel, state)
+                state.skip.clear()
+            elif state.last_offset and pub.offset > state.last_offset + 1:
                 self._gap(channel, state)
             state.last_offset = max(state.last_offset, pub.offset)
+            if not state.epoch:
+                state.epoch = pub.epoch
         exclude = pub.exclude_client
         skipped: set[str] | None = None
         if state.skip and pub.offset:
@@ -349,6 +357,7 @@ class Hub:
                     sub.disconnect(DisconnectCode.INSUFFICIENT_STATE)
         state.last_offset = 0
         state.epoch = ""
+        state.batches.clear()  # what follows must not reach them through a batch they hold
 
     def on_broker_reconnect(self) -> None:
         """The broker came back: restore this node's presence entries and check

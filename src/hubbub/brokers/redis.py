@@ -122,6 +122,19 @@ log = logging.getLogger("hubbub.broker")
 SUBSCRIBE_BATCH = 512
 #: Expired presence entries removed per presence call (bounds a script's work).
 PRESENCE_SWEEP = 1000
+#: Commands per publish pipeline at most (a longer queue goes in several).
+MAX_PIPELINE = 1024
+
+
+class _Queued:
+    """A publish-path command waiting for the next pipeline."""
+
+    __slots__ = ("args", "future", "retried")
+
+    def __init__(self, args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        self.args = args
+        self.future = future
+        self.retried = False
 
 _PUBLISH_LUA = """
 if KEYS[3] then
@@ -142,7 +155,7 @@ if size > 0 then
   end
   offset = redis.call('HINCRBY', KEYS[1], 's', 1)
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  msg = 'p' .. offset .. ':' .. ARGV[2]
+  msg = 'p' .. offset .. '@' .. epoch .. ':' .. ARGV[2]
   redis.call('RPUSH', KEYS[2], msg)
   redis.call('LTRIM', KEYS[2], -size, -1)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
@@ -312,6 +325,12 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
     colon = msg.index(b":")
     newline = msg.index(b"\n", colon)
     kind = msg[:1]
+    position = msg[1:colon]
+    at = position.find(b"@")
+    epoch = ""
+    if at >= 0:
+        epoch = position[at + 1 :].decode("ascii")
+        position = position[:at]
     head = msg[colon + 1 : newline]
     header: dict[str, Any] = json.loads(head) if head != b"{}" else {}
     if kind != b"p":
@@ -320,12 +339,13 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
     info = header.get("i")
     return kind, Publication(
         data=msg[newline + 1 :],
-        offset=int(msg[1:colon]),
+        offset=int(position),
         info=None if info is None else info_from_wire(info),
         raw=None if raw is None else base64.b64decode(raw),
         binary=bool(header.get("b")),
         exclude_client=header.get("x"),
         tags=header.get("g"),
+        epoch=epoch,
     )
 
 
@@ -434,6 +454,11 @@ class RedisBroker(Broker):
         self._task: asyncio.Task[None] | None = None  # owns the pub/sub connection
         self._tasks: set[asyncio.Task[None]] = set()  # background clean-ups
         self._started: asyncio.Event | None = None
+        #: publish-path commands (publications, joins, leaves) for the next pipeline, in order
+        self._outbox: list[_Queued] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None  # sends the outbox, one pipeline at a time
+        self._reload_scripts = False  # Redis answered NOSCRIPT: load them in front of the next pipeline
 
     # -- keys --------------------------------------------------------------------
 
@@ -480,8 +505,8 @@ class RedisBroker(Broker):
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._task, *self._tasks) if t is not None]
-        self._task = None
+        tasks = [t for t in (self._task, self._writer, *self._tasks) if t is not None]
+        self._task = self._writer = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -491,6 +516,10 @@ class RedisBroker(Broker):
                 pass
             except Exception:  # pragma: no cover - the tasks log their own failures
                 log.exception("redis broker task failed")
+        outbox, self._outbox = self._outbox, []
+        for queued in outbox:
+            if not queued.future.done():
+                queued.future.set_exception(BrokerUnavailable("the redis broker is closed"))
         conn = self._conn
         self._drop(conn)
         if conn is not None:
@@ -587,8 +616,7 @@ class RedisBroker(Broker):
 
     async def _load_scripts(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for script in (self._publish_script, self._history_script, self._presence_add_script,
-                           self._presence_get_script, self._presence_stats_script):
+            for script in self._scripts():
                 pipe.script_load(script.script)
             await pipe.execute()
 
@@ -749,6 +777,84 @@ class RedisBroker(Broker):
                 why = _describe(error) if error is not None else "connection lost"
                 raise BrokerUnavailable(f"redis {kind.decode()} of {channel!r} failed: {why}")
 
+    # -- the publish pipeline ----------------------------------------------------------------
+
+    def _send(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one publish-path command for the next pipeline; the future
+        resolves with its reply once Redis answered (or with the error).
+
+        Everything queued during one event-loop iteration goes to Redis as one
+        pipeline, sent by one writer task after the previous pipeline's
+        replies were read: so commands reach Redis in the order they were
+        queued (per-channel order), and a reply means the command ran.
+        """
+        if self._closed:
+            raise BrokerUnavailable("the redis broker is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._outbox.append(_Queued(args, future))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="hubbub redis publish")
+        self._wake.set()
+        return future
+
+    async def _write_loop(self) -> None:
+        """Send the outbox as pipelines, one at a time, forever."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = self._outbox[:MAX_PIPELINE]
+                del self._outbox[:MAX_PIPELINE]
+                try:
+                    await self._run_pipeline(batch)
+                except asyncio.CancelledError:
+                    for queued in batch:
+                        if not queued.future.done():
+                            queued.future.set_exception(BrokerUnavailable("the redis broker is closed"))
+                    raise
+
+    async def _run_pipeline(self, batch: list[_Queued]) -> None:
+        """One round trip: send ``batch`` as a pipeline (no transaction, no
+        retry: a command must never run twice) and resolve its futures."""
+        scripts = self._scripts() if self._reload_scripts else ()
+        try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for script in scripts:
+                    pipe.execute_command("SCRIPT", "LOAD", script.script)
+                for queued in batch:
+                    pipe.execute_command(*queued.args)
+                replies = await pipe.execute(raise_on_error=False)
+        except (OSError, redis_errors.RedisError) as exc:  # unreachable: nothing is acknowledged
+            for queued in batch:
+                if not queued.future.done():
+                    queued.future.set_exception(exc)
+            return
+        stats = self.stats
+        stats.broker_round_trips += 1
+        stats.broker_publish_round_trips += 1
+        stats.broker_publications += len(batch)
+        if scripts:
+            self._reload_scripts = False
+        retry: list[_Queued] = []
+        for queued, reply in zip(batch, replies[len(scripts):]):
+            if isinstance(reply, redis_errors.NoScriptError) and not queued.retried:
+                # the script never ran (Redis restarted, or SCRIPT FLUSH): safe to send again
+                queued.retried = True
+                retry.append(queued)
+            elif queued.future.done():
+                pass  # the caller gave up (cancelled); the command ran all the same
+            elif isinstance(reply, Exception):
+                queued.future.set_exception(reply)
+            else:
+                queued.future.set_result(reply)
+        if retry:
+            self._reload_scripts = True
+            self._outbox[:0] = retry
+
+    def _scripts(self) -> tuple[Any, ...]:
+        return (self._publish_script, self._history_script, self._presence_add_script,
+                self._presence_get_script, self._presence_stats_script)
+
     # -- commands ------------------------------------------------------------------------------
 
     def _check(self) -> None:
@@ -758,6 +864,18 @@ class RedisBroker(Broker):
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         """Map redis-py's errors: unreachable -> BrokerUnavailable, others -> BrokerError."""
+        self.stats.broker_round_trips += 1
+        try:
+            yield
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"redis {what} failed: {_describe(exc)}") from exc
+        except redis_errors.RedisError as exc:
+            raise BrokerError(f"redis {what} failed: {_describe(exc)}") from exc
+
+    @contextmanager
+    def _pipelined(self, what: str) -> Iterator[None]:
+        """Like :meth:`_errors`, for commands of the publish pipeline (which
+        counts its own round trips)."""
         try:
             yield
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
@@ -776,7 +894,9 @@ class RedisBroker(Broker):
         idempotency_ttl: float = 300.0,
     ) -> StreamPosition:
         """Publish ``pub`` (see :meth:`Broker.publish`): one ``EVALSHA`` of the
-        publish script, or one ``PUBLISH`` without history and idempotency key.
+        publish script, or one ``PUBLISH`` without history and idempotency key,
+        sent in the pipeline of this loop iteration (see :meth:`_send`); returns
+        once its reply was read.
 
         Raises:
             BrokerUnavailable: Redis is unreachable (nothing is acknowledged;
@@ -786,28 +906,28 @@ class RedisBroker(Broker):
         self._check()
         body = encode_body(pub)
         with_history = history_size > 0 and history_ttl > 0
-        with self._errors("publish"):
+        with self._pipelined("publish"):
             if not with_history and idempotency_key is None:
-                await self._redis.publish(self._topic(channel), b"p0:" + body)
+                await self._send("PUBLISH", self._topic(channel), b"p0:" + body)
                 return StreamPosition()
             keys = [self._meta_key(channel), self._history_key(channel)]
             if idempotency_key is not None:
                 keys.append(self._idempotency_key(channel, idempotency_key))
-            offset, epoch, fresh = await self._publish_script(
-                keys=keys,
-                args=[
-                    self._topic(channel),
-                    body,
-                    history_size if with_history else 0,
-                    _ms(history_ttl),
-                    _ms(max(self._meta_ttl, history_ttl)),
-                    new_epoch(),
-                    _ms(idempotency_ttl),
-                ],
+            offset, epoch, fresh = await self._send(
+                "EVALSHA", self._publish_script.sha, len(keys), *keys,
+                self._topic(channel),
+                body,
+                history_size if with_history else 0,
+                _ms(history_ttl),
+                _ms(max(self._meta_ttl, history_ttl)),
+                new_epoch(),
+                _ms(idempotency_ttl),
             )
+        epoch = epoch.decode()
         if fresh and with_history:
             pub.offset = offset
-        return StreamPosition(offset, epoch.decode())
+            pub.epoch = epoch
+        return StreamPosition(offset, epoch)
 
     async def history(
         self,
@@ -872,8 +992,8 @@ class RedisBroker(Broker):
             BrokerUnavailable: Redis is unreachable.
         """
         self._check()
-        with self._errors("join"):
-            await self._redis.publish(self._topic(channel), encode_event(b"j", info))
+        with self._pipelined("join"):
+            await self._send("PUBLISH", self._topic(channel), encode_event(b"j", info))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         """``PUBLISH`` a leave on ``channel``'s topic.
@@ -882,8 +1002,8 @@ class RedisBroker(Broker):
             BrokerUnavailable: Redis is unreachable.
         """
         self._check()
-        with self._errors("leave"):
-            await self._redis.publish(self._topic(channel), encode_event(b"l", info))
+        with self._pipelined("leave"):
+            await self._send("PUBLISH", self._topic(channel), encode_event(b"l", info))
 
     async def add_presence(self, channel: str, info: ClientInfo, *, ttl: float) -> None:
         """Add or refresh ``info`` in ``channel``'s presence for ``ttl`` seconds
