@@ -113,10 +113,19 @@ try:
     from redis.asyncio.connection import AbstractConnection
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.utils import HIREDIS_AVAILABLE
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ConfigError("the redis broker needs the 'redis' package: pip install 'hubbub[redis]'") from exc
 
 log = logging.getLogger("hubbub.broker")
+
+if HIREDIS_AVAILABLE:  # replies are parsed in C (``pip install 'redis[hiredis]'``)
+    from redis._parsers import _AsyncHiredisParser
+
+    _PARSER: dict[str, Any] = {"parser_class": _AsyncHiredisParser}
+else:  # pragma: no cover - depends on the environment
+    _PARSER = {}
+    log.warning("hiredis is not installed: the redis broker parses replies in Python (slower)")
 
 #: Topics per SUBSCRIBE command when resubscribing after a reconnect.
 SUBSCRIBE_BATCH = 512
@@ -417,6 +426,7 @@ class RedisBroker(Broker):
                 retry=Retry(NoBackoff(), 0),  # never resend: a publish must not run twice
                 client_name="hubbub",
                 protocol=2,  # RESP2: pub/sub messages are plain replies, read by this broker
+                **_PARSER,
             )
         except ValueError as exc:
             raise ConfigError(f"broker: invalid redis URL: {exc}") from None  # the URL may hold a password
