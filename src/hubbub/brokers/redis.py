@@ -274,6 +274,18 @@ def _ms(seconds: float) -> int:
 # -- wire encoding ----------------------------------------------------------------------
 
 
+def pack_command(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP (arguments: bytes, str or int)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is str:
+            arg = arg.encode()
+        elif type(arg) is int:
+            arg = b"%d" % arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -827,13 +839,10 @@ class RedisBroker(Broker):
         """One round trip: send ``batch`` as a pipeline (no transaction, no
         retry: a command must never run twice) and resolve its futures."""
         scripts = self._scripts() if self._reload_scripts else ()
+        commands = [("SCRIPT", "LOAD", script.script) for script in scripts]
+        commands += [queued.args for queued in batch]
         try:
-            async with self._redis.pipeline(transaction=False) as pipe:
-                for script in scripts:
-                    pipe.execute_command("SCRIPT", "LOAD", script.script)
-                for queued in batch:
-                    pipe.execute_command(*queued.args)
-                replies = await pipe.execute(raise_on_error=False)
+            replies = await self._round_trip(self._pool, commands)
         except (OSError, redis_errors.RedisError) as exc:  # unreachable: nothing is acknowledged
             for queued in batch:
                 if not queued.future.done():
@@ -860,6 +869,37 @@ class RedisBroker(Broker):
         if retry:
             self._reload_scripts = True
             self._outbox[:0] = retry
+
+    async def _round_trip(self, pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` on one connection of ``pool`` in one write and read
+        their replies (an error reply is returned as its exception), all within
+        ``timeout`` seconds.
+
+        Raises:
+            redis.exceptions.ConnectionError, TimeoutError, OSError: the
+                connection failed; it is closed (replies not read are lost,
+                and the commands may or may not have run).
+        """
+        conn = await pool.get_connection()
+        try:
+            replies: list[Any] = []
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await conn.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except redis_errors.ResponseError as exc:
+                            replies.append(exc)
+            except TimeoutError as exc:
+                await conn.disconnect(nowait=True)
+                raise redis_errors.TimeoutError(f"no answer within {self._timeout} s") from exc
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+            return replies
+        finally:
+            await pool.release(conn)
 
     def _scripts(self) -> tuple[Any, ...]:
         return (self._publish_script, self._history_script, self._presence_add_script,
