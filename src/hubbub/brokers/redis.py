@@ -85,6 +85,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import collections
 import itertools
 import json
@@ -93,7 +94,7 @@ import math
 import random
 import secrets
 import urllib.parse
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -146,8 +147,8 @@ class _Queued:
         self.retried = False
 
 _PUBLISH_LUA = """
-if KEYS[3] then
-  local seen = redis.call('GET', KEYS[3])
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
   if seen then
     local sep = string.find(seen, ':', 1, true)
     return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 0}
@@ -171,9 +172,9 @@ if size > 0 then
 else
   msg = 'p0:' .. ARGV[2]
 end
-redis.call('PUBLISH', ARGV[1], msg)
-if KEYS[3] then
-  redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[7])
+redis.call(ARGV[1], KEYS[3], msg)
+if KEYS[4] then
+  redis.call('SET', KEYS[4], offset .. ':' .. epoch, 'PX', ARGV[7])
 end
 return {offset, epoch, 1}
 """
@@ -272,6 +273,24 @@ def _ms(seconds: float) -> int:
 
 
 # -- wire encoding ----------------------------------------------------------------------
+
+
+def hash_tagged(channel: str) -> str:
+    """``channel`` as it appears in key and topic names on Redis Cluster: with
+    a hash tag, so that all of a channel's keys and its sharded pub/sub topic
+    live in one slot: ``{C}``, or ``{H}C`` (``H`` a digest of ``C``) when ``C``
+    holds a ``}`` (which would end the tag early)."""
+    if "}" not in channel:
+        return "{" + channel + "}"
+    return "{" + hashlib.blake2b(channel.encode(), digest_size=8).hexdigest() + "}" + channel
+
+
+def untag(name: str) -> str:
+    """The inverse of :func:`hash_tagged`."""
+    close = name.find("}")
+    if not name.startswith("{") or close < 0:
+        return name
+    return name[1:-1] if close == len(name) - 1 else name[close + 1 :]
 
 
 def pack_command(args: tuple[Any, ...]) -> bytes:
@@ -397,6 +416,10 @@ class RedisBroker(Broker):
             position checks of many channels after a reconnect); then it
             raises :class:`BrokerUnavailable`.
         reconnect_cap: longest pause between reconnect attempts (seconds).
+        sharded_pubsub: this is one master of a Redis Cluster (used by
+            :class:`~hubbub.brokers.sharded.RedisClusterBroker`): names carry
+            a hash tag (see :func:`hash_tagged`) and pub/sub is sharded
+            (``SSUBSCRIBE``/``SPUBLISH``, Redis 7).
 
     Raises:
         ConfigError: ``url`` cannot be parsed or an option is invalid.
@@ -416,6 +439,7 @@ class RedisBroker(Broker):
         max_connections: int = 32,
         pool_timeout: float = 10.0,
         reconnect_cap: float = 2.0,
+        sharded_pubsub: bool = False,
     ) -> None:
         url, url_prefix = _split_prefix(url)
         prefix = prefix if prefix is not None else url_prefix if url_prefix is not None else "hubbub"
@@ -458,6 +482,21 @@ class RedisBroker(Broker):
         self._presence_get_script = self._redis.register_script(_PRESENCE_GET_LUA)
         self._presence_stats_script = self._redis.register_script(_PRESENCE_STATS_LUA)
 
+        #: Redis Cluster node: hash-tagged names, sharded pub/sub (SSUBSCRIBE, SPUBLISH)
+        self._tagged = sharded_pubsub
+        if sharded_pubsub:
+            self._commands = {b"subscribe": "SSUBSCRIBE", b"unsubscribe": "SUNSUBSCRIBE"}
+            self._confirm_kinds = {b"ssubscribe": b"subscribe", b"sunsubscribe": b"unsubscribe"}
+            self._message_kind = b"smessage"
+            self._publish_command = "SPUBLISH"
+        else:
+            self._commands = {b"subscribe": "SUBSCRIBE", b"unsubscribe": "UNSUBSCRIBE"}
+            self._confirm_kinds = {b"subscribe": b"subscribe", b"unsubscribe": b"unsubscribe"}
+            self._message_kind = b"message"
+            self._publish_command = "PUBLISH"
+        #: called with a channel whose sharded subscription Redis Cluster dropped
+        self.on_lost_subscription: Callable[[str], None] | None = None
+
         self._handler: BrokerEventHandler | None = None
         self._healthy = False
         self._closed = False
@@ -485,19 +524,25 @@ class RedisBroker(Broker):
     # -- keys --------------------------------------------------------------------
 
     def _topic(self, channel: str) -> bytes:
-        return self._topic_prefix + channel.encode()
+        return self._topic_prefix + (hash_tagged(channel) if self._tagged else channel).encode()
+
+    def _channel(self, topic: bytes) -> str:
+        """The channel of a topic name (the inverse of :meth:`_topic`)."""
+        name = topic[len(self._topic_prefix) :].decode("utf-8", "replace")
+        return untag(name) if self._tagged else name
 
     def _meta_key(self, channel: str) -> str:
-        return f"{self._prefix}.meta.{channel}"
+        return f"{self._prefix}.meta.{hash_tagged(channel) if self._tagged else channel}"
 
     def _history_key(self, channel: str) -> str:
-        return f"{self._prefix}.history.{channel}"
+        return f"{self._prefix}.history.{hash_tagged(channel) if self._tagged else channel}"
 
     def _idempotency_key(self, channel: str, key: str) -> str:
-        return f"{self._prefix}.idem.{len(channel)}.{channel}.{key}"
+        return f"{self._prefix}.idem.{len(channel)}.{hash_tagged(channel) if self._tagged else channel}.{key}"
 
     def _presence_keys(self, channel: str) -> list[str]:
-        return [f"{self._prefix}.presence.data.{channel}", f"{self._prefix}.presence.expire.{channel}"]
+        name = hash_tagged(channel) if self._tagged else channel
+        return [f"{self._prefix}.presence.data.{name}", f"{self._prefix}.presence.expire.{name}"]
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -618,11 +663,12 @@ class RedisBroker(Broker):
             async with self._sub_lock:
                 channels = list(self._wanted)
                 last: asyncio.Future[bool] | None = None
-                for i in range(0, len(channels), SUBSCRIBE_BATCH):
-                    topics = [self._topic(c) for c in channels[i : i + SUBSCRIBE_BATCH]]
+                step = 1 if self._tagged else SUBSCRIBE_BATCH  # SSUBSCRIBE: one slot per command
+                for i in range(0, len(channels), step):
+                    topics = [self._topic(c) for c in channels[i : i + step]]
                     for topic in topics:
                         last = self._expect(b"subscribe", topic)
-                    await conn.send_command("SUBSCRIBE", *topics, check_health=False)
+                    await conn.send_command(self._commands[b"subscribe"], *topics, check_health=False)
                 # confirmations come in order: when the last one is in, all are
                 async with asyncio.timeout(self._timeout + len(channels) / 1000):
                     while last is not None and not last.done():
@@ -668,9 +714,10 @@ class RedisBroker(Broker):
         if not isinstance(reply, list) or len(reply) < 3:
             return  # pong
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._message_kind:
             self._on_message(reply[1], reply[2])
-        elif kind in (b"subscribe", b"unsubscribe"):
+        elif kind in self._confirm_kinds:
+            kind = self._confirm_kinds[kind]
             waiters = self._pending.get((kind, reply[1]))
             if waiters:
                 fut = waiters.popleft()
@@ -678,12 +725,16 @@ class RedisBroker(Broker):
                     del self._pending[(kind, reply[1])]
                 if not fut.done():
                     fut.set_result(True)
+            elif kind == b"unsubscribe" and self._tagged:
+                # Redis Cluster dropped a sharded subscription by itself (its slot moved
+                # to another node): whatever comes next for it comes elsewhere
+                self._lost_subscription(self._channel(reply[1]))
 
     def _on_message(self, topic: bytes, msg: bytes) -> None:
         handler = self._handler
         if handler is None or not topic.startswith(self._topic_prefix):
             return
-        channel = topic[len(self._topic_prefix) :].decode("utf-8", "replace")
+        channel = self._channel(topic)
         try:
             kind, value = decode_message(msg)
         except (ValueError, KeyError, TypeError) as exc:
@@ -698,6 +749,13 @@ class RedisBroker(Broker):
                 handler.on_leave(channel, value)  # type: ignore[arg-type]
         except Exception:
             log.exception("broker event handler failed for channel %r", channel)
+
+    def _lost_subscription(self, channel: str) -> None:
+        self._subscribed.discard(channel)
+        if self._wanted.pop(channel, None) is not None:
+            log.info("redis cluster moved channel %r away from %s", channel, self._where)
+            if self.on_lost_subscription is not None:
+                self.on_lost_subscription(channel)
 
     def _expect(self, kind: bytes, topic: bytes) -> asyncio.Future[bool]:
         """A future resolved ``True`` by the confirmation of a (un)subscribe, or
@@ -783,7 +841,7 @@ class RedisBroker(Broker):
         error: BaseException | None = None
         try:
             async with asyncio.timeout(self._timeout):
-                await conn.send_command(kind.decode().upper(), self._topic(channel), check_health=False)
+                await conn.send_command(self._commands[kind], self._topic(channel), check_health=False)
                 # sent: Redis will act on it unless the connection dies (which resets everything)
                 if want:
                     self._subscribed.add(channel)
@@ -958,14 +1016,14 @@ class RedisBroker(Broker):
         with_history = history_size > 0 and history_ttl > 0
         with self._pipelined("publish"):
             if not with_history and idempotency_key is None:
-                await self._send("PUBLISH", self._topic(channel), b"p0:" + body)
+                await self._send(self._publish_command, self._topic(channel), b"p0:" + body)
                 return StreamPosition()
-            keys = [self._meta_key(channel), self._history_key(channel)]
+            keys = [self._meta_key(channel), self._history_key(channel), self._topic(channel)]
             if idempotency_key is not None:
                 keys.append(self._idempotency_key(channel, idempotency_key))
             offset, epoch, fresh = await self._send(
                 "EVALSHA", self._publish_script.sha, len(keys), *keys,
-                self._topic(channel),
+                self._publish_command,
                 body,
                 history_size if with_history else 0,
                 _ms(history_ttl),
@@ -1043,7 +1101,7 @@ class RedisBroker(Broker):
         """
         self._check()
         with self._pipelined("join"):
-            await self._send("PUBLISH", self._topic(channel), encode_event(b"j", info))
+            await self._send(self._publish_command, self._topic(channel), encode_event(b"j", info))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         """``PUBLISH`` a leave on ``channel``'s topic.
@@ -1053,7 +1111,7 @@ class RedisBroker(Broker):
         """
         self._check()
         with self._pipelined("leave"):
-            await self._send("PUBLISH", self._topic(channel), encode_event(b"l", info))
+            await self._send(self._publish_command, self._topic(channel), encode_event(b"l", info))
 
     async def add_presence(self, channel: str, info: ClientInfo, *, ttl: float) -> None:
         """Add or refresh ``info`` in ``channel``'s presence for ``ttl`` seconds
