@@ -8,6 +8,11 @@ Use the fixture in a test module with::
 port (with an empty data set: nothing is persisted), for outage tests. When
 ``redis-server`` is not installed the tests that use the fixture are skipped,
 unless the environment says ``CI=true``: then they fail.
+
+``redis_cluster`` (module scope) is a local Redis Cluster of three masters
+without replicas (``redis-server --cluster-enabled yes`` three times, then
+``redis-cli --cluster create``); ``redis_shards`` three independent servers;
+``redis_sentinel`` one master watched by one ``redis-server --sentinel``.
 """
 
 from __future__ import annotations
@@ -37,10 +42,23 @@ def find_redis_server() -> str | None:
     return None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _free_port(bus: bool = False) -> int:
+    """A free port; with ``bus``, one whose cluster bus port (+10000) is free too."""
+    for _ in range(100):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if not bus:
+            return port
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port pair")
 
 
 class RedisServer:
@@ -51,9 +69,13 @@ class RedisServer:
         directory: its working directory (its log goes to ``redis.log`` there).
     """
 
-    def __init__(self, binary: str, directory: Path) -> None:
+    def __init__(self, binary: str, directory: Path, extra: tuple[str, ...] = (),
+                 config_file: Path | None = None, bus: bool = False) -> None:
         self.binary = binary
         self.directory = directory
+        self.extra = extra  # more options
+        self.config_file = config_file  # a configuration file (sentinel: rewritten by the server)
+        self.bus = bus  # cluster node: port + 10000 must be free too
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -72,7 +94,7 @@ class RedisServer:
         fixed = bool(self.port)
         for _ in range(1 if fixed else 5):  # a fresh port may be taken meanwhile: try another
             if not fixed:
-                self.port = _free_port()
+                self.port = _free_port(bus=self.bus)
             if self._spawn():
                 return
         raise RuntimeError("redis-server did not start:\n" + self.log())
@@ -80,8 +102,9 @@ class RedisServer:
     def _spawn(self) -> bool:
         with open(self.directory / "redis.log", "ab") as log:
             self.proc = subprocess.Popen(
-                [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--dir", str(self.directory), "--daemonize", "no"],
+                [self.binary, *([str(self.config_file)] if self.config_file else []), "--port", str(self.port),
+                 "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                 "--daemonize", "no", *self.extra],
                 stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         deadline = time.monotonic() + TIMEOUT
@@ -133,15 +156,111 @@ class RedisServer:
         return path.read_text(errors="replace") if path.exists() else ""
 
 
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    """A running :class:`RedisServer`, stopped after the test."""
+def _binary() -> str:
+    """``redis-server``'s path; skips the test (fails it under ``CI=true``) without it."""
     binary = find_redis_server()
     if binary is None:
         message = "redis-server is not installed (apt-get install redis-server)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(message)
         pytest.skip(message)
+    return binary
+
+
+def _redis_cli(binary: str) -> str:
+    found = shutil.which("redis-cli") or str(Path(binary).parent / "redis-cli")
+    if not os.access(found, os.X_OK):
+        message = "redis-cli is not installed (apt-get install redis-tools)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(message)
+        pytest.skip(message)
+    return found
+
+
+class RedisCluster:
+    """A local Redis Cluster: ``size`` masters, no replicas, slots split evenly.
+
+    ``stop()``/``start()`` stop and restart every node (same ports, no data,
+    the cluster configuration kept), ``nodes[i]`` is one node.
+    """
+
+    def __init__(self, binary: str, directory: Path, size: int = 3) -> None:
+        self.binary = binary
+        self.nodes = []
+        for i in range(size):
+            node_dir = directory / f"node{i}"
+            node_dir.mkdir()
+            self.nodes.append(RedisServer(binary, node_dir, (
+                "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
+                "--cluster-node-timeout", "2000",
+            ), bus=True))
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{n.port}" for n in self.nodes)
+
+    def create(self) -> None:
+        for node in self.nodes:
+            node.start()
+        cli = _redis_cli(self.binary)
+        out = subprocess.run(
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "0",
+             "--cluster-yes"],
+            capture_output=True, timeout=TIMEOUT * 3, stdin=subprocess.DEVNULL,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout!r} {out.stderr!r}")
+        self.wait_ok()
+
+    def wait_ok(self) -> None:
+        """Wait until every node says ``cluster_state:ok``."""
+        deadline = time.monotonic() + TIMEOUT * 3
+        while time.monotonic() < deadline:
+            try:
+                if all(b"cluster_state:ok" in n.command("CLUSTER", "INFO") for n in self.nodes):
+                    return
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("the cluster did not reach cluster_state:ok")
+
+    def start(self) -> None:
+        for node in self.nodes:
+            if not node.running:
+                node.proc = None
+                node.start()
+        self.wait_ok()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            node.flushall()
+
+    @property
+    def running(self) -> bool:
+        return all(n.running for n in self.nodes)
+
+
+@pytest.fixture(scope="module")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisCluster]:
+    """A running 3-master :class:`RedisCluster` shared by a test module."""
+    binary = _binary()
+    _redis_cli(binary)
+    cluster = RedisCluster(binary, tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """A running :class:`RedisServer`, stopped after the test."""
+    binary = _binary()
     directory = tmp_path / "redis"
     directory.mkdir()
     server = RedisServer(binary, directory)
@@ -150,3 +269,46 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+class RedisGroup:
+    """Several independent :class:`RedisServer` (shards), stopped and started together."""
+
+    def __init__(self, servers: list[RedisServer]) -> None:
+        self.nodes = servers
+
+    @property
+    def url(self) -> str:
+        return ",".join(n.url for n in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            if not node.running:
+                node.proc = None
+                node.start()
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    def flushall(self) -> None:
+        for node in self.nodes:
+            node.flushall()
+
+
+@pytest.fixture
+def redis_shards(tmp_path: Path) -> Iterator[RedisGroup]:
+    """Three independent running servers, stopped after the test."""
+    binary = _binary()
+    servers = []
+    for i in range(3):
+        directory = tmp_path / f"shard{i}"
+        directory.mkdir()
+        servers.append(RedisServer(binary, directory))
+    group = RedisGroup(servers)
+    try:
+        for server in servers:
+            server.start()
+        yield group
+    finally:
+        group.stop()

@@ -469,6 +469,12 @@ class RedisBroker(Broker):
         self._redis = aioredis.Redis.from_pool(self._pool)
         kw = self._pool.connection_kwargs
         self._where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        #: the server's address: ``host:port/db`` (or a socket path)
+        self.address = self._where
+        #: the prefix of every key and topic
+        self.prefix = prefix
+        self.host: str = kw.get("host", "localhost")
+        self.port: int = int(kw.get("port", 6379))
         self._prefix = prefix
         self._topic_prefix = f"{prefix}.ch.".encode()
         self._connect_timeout = connect_timeout
