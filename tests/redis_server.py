@@ -312,3 +312,100 @@ def redis_shards(tmp_path: Path) -> Iterator[RedisGroup]:
         yield group
     finally:
         group.stop()
+
+
+class RedisSentinel:
+    """A master, a replica and one sentinel watching them (quorum 1, a master
+    is down after 1 s). ``stop()``/``start()`` stop and start the master only
+    (without the replica the sentinel does not fail over: for outage tests);
+    ``fail_over()`` kills the master and waits until the sentinel promoted
+    the replica."""
+
+    MASTER = "hubbub"
+
+    def __init__(self, binary: str, directory: Path) -> None:
+        self.binary = binary
+        self.directory = directory
+        dirs = [directory / name for name in ("master", "replica", "sentinel")]
+        for d in dirs:
+            d.mkdir(parents=True)
+        self.master = RedisServer(binary, dirs[0])
+        self.replica: RedisServer | None = None
+        self._dirs = dirs
+        self.sentinel: RedisServer | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.sentinel is not None
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/{self.MASTER}/0"
+
+    def create(self, replica: bool = False) -> None:
+        self.master.start()
+        if replica:
+            self.replica = RedisServer(self.binary, self._dirs[1], ("--replicaof", "127.0.0.1", str(self.master.port)))
+            self.replica.start()
+        conf = self._dirs[2] / "sentinel.conf"
+        conf.write_text(
+            f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 1\n"
+            f"sentinel down-after-milliseconds {self.MASTER} 1000\n"
+            f"sentinel failover-timeout {self.MASTER} 3000\n"
+        )
+        self.sentinel = RedisServer(self.binary, self._dirs[2], ("--sentinel",), config_file=conf)
+        self.sentinel.start()
+
+    def master_port(self) -> int:
+        assert self.sentinel is not None
+        reply = self.sentinel.command("SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.MASTER)
+        return int(reply.split(b"\r\n")[4])
+
+    def fail_over(self) -> None:
+        """Kill the master; wait until the sentinel names the replica."""
+        assert self.replica is not None
+        old = self.master.port
+        self.master.stop()
+        deadline = time.monotonic() + TIMEOUT * 2
+        while time.monotonic() < deadline:
+            try:
+                if self.master_port() == self.replica.port and b"role:master" in self.replica.command("INFO", "replication"):
+                    return
+            except (OSError, ValueError, IndexError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError(f"the sentinel did not fail over from {old}")
+
+    def start(self) -> None:
+        self.master.proc = None
+        self.master.start()
+
+    def stop(self) -> None:
+        self.master.stop()
+
+    def flushall(self) -> None:
+        self.master.flushall()
+
+    def close(self) -> None:
+        for server in (self.sentinel, self.replica, self.master):
+            if server is not None:
+                server.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[RedisSentinel]:
+    """A master watched by a sentinel (no replica), stopped after the test."""
+    setup = RedisSentinel(_binary(), tmp_path / "sentinel")
+    try:
+        setup.create()
+        yield setup
+    finally:
+        setup.close()
+
+
+@pytest.fixture
+def redis_sentinel_replicated(tmp_path: Path) -> Iterator[RedisSentinel]:
+    """A master, its replica and a sentinel, stopped after the test."""
+    setup = RedisSentinel(_binary(), tmp_path / "sentinel")
+    try:
+        setup.create(replica=True)
+        yield setup
+    finally:
+        setup.close()

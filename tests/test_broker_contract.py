@@ -22,7 +22,7 @@ from hubbub.brokers.base import Broker, ClientInfo, Publication, StreamPosition
 from hubbub.errors import BrokerUnavailable
 
 from .conftest import TIMEOUT
-from .redis_server import redis_cluster, redis_server, redis_shards  # noqa: F401
+from .redis_server import redis_cluster, redis_sentinel, redis_server, redis_shards  # noqa: F401
 
 HISTORY = {"history_size": 10, "history_ttl": 300.0}
 
@@ -102,7 +102,7 @@ class Backend:
 _prefixes = itertools.count()
 
 
-@pytest.fixture(params=["memory", "redis", "redis-shards", "redis-cluster"])
+@pytest.fixture(params=["memory", "redis", "redis-shards", "redis-cluster", "redis-sentinel"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     handler = Recorder()
     if request.param == "memory":
@@ -113,7 +113,7 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         from hubbub.brokers.sharded import create_redis_broker
 
         fixture = {"redis": "redis_server", "redis-shards": "redis_shards",
-                   "redis-cluster": "redis_cluster"}[request.param]
+                   "redis-cluster": "redis_cluster", "redis-sentinel": "redis_sentinel"}[request.param]
         server = request.getfixturevalue(fixture)
         broker = create_redis_broker(server.url, prefix=f"contract{next(_prefixes)}", timeout=1.0)
         b = Backend(request.param, broker, handler, server=server)

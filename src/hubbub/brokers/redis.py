@@ -398,7 +398,11 @@ class RedisBroker(Broker):
     Args:
         url: ``redis://[[user]:password@]host[:port][/db][?prefix=P]``,
             ``rediss://...`` or ``unix://path``; redis-py's query options
-            (e.g. ``?ssl_cert_reqs=none``) pass through.
+            (e.g. ``?ssl_cert_reqs=none``) pass through. Or, for a master
+            found through Redis Sentinel,
+            ``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/DB][?prefix=P&sentinel_password=S]``
+            (at most ``max_connections`` command connections, then
+            commands fail instead of waiting).
         prefix: prefix of every key and pub/sub topic (default: the URL's
             ``prefix`` query option, else ``"hubbub"``), so several hubs can
             share one Redis database.
@@ -451,24 +455,32 @@ class RedisBroker(Broker):
                               ("pool_timeout", pool_timeout)):
             if not value > 0:
                 raise ConfigError(f"redis broker: {option} must be > 0, got {value!r}")
+        options: dict[str, Any] = dict(
+            max_connections=max_connections,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),  # never resend: a publish must not run twice
+            client_name="hubbub",
+            protocol=2,  # RESP2: pub/sub messages are plain replies, read by this broker
+            **_PARSER,
+        )
+        sentinel = None
         try:
-            self._pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=pool_timeout,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=timeout,
-                socket_keepalive=True,
-                retry=Retry(NoBackoff(), 0),  # never resend: a publish must not run twice
-                client_name="hubbub",
-                protocol=2,  # RESP2: pub/sub messages are plain replies, read by this broker
-                **_PARSER,
-            )
+            if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+                sentinel = _sentinel_pool(url, options)
+                self._pool = sentinel[0]
+            else:
+                self._pool = aioredis.BlockingConnectionPool.from_url(url, timeout=pool_timeout, **options)
         except ValueError as exc:
             raise ConfigError(f"broker: invalid redis URL: {exc}") from None  # the URL may hold a password
         self._redis = aioredis.Redis.from_pool(self._pool)
         kw = self._pool.connection_kwargs
-        self._where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        if sentinel is not None:
+            self._where = sentinel[1]
+            kw = {"host": sentinel[2][0], "port": sentinel[2][1]}
+        else:
+            self._where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
         #: the server's address: ``host:port/db`` (or a socket path)
         self.address = self._where
         #: the prefix of every key and topic
@@ -1170,6 +1182,45 @@ class RedisBroker(Broker):
         with self._errors("presence stats"):
             clients, users = await self._presence_stats_script(keys=self._presence_keys(channel))
         return int(clients), int(users)
+
+
+def _sentinel_pool(url: str, options: dict[str, Any]) -> tuple[Any, str, tuple[str, int]]:
+    """A connection pool to the master that Redis Sentinel names, for
+    ``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/DB][?sentinel_password=S]``
+    (the password is the master's; ``sentinel_password`` the sentinels').
+
+    Returns the pool, a description for logs, and the first sentinel's address.
+
+    Raises:
+        ValueError: the URL is invalid.
+    """
+    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    seeds: list[tuple[str, int]] = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        seeds.append((name or host, int(port) if name else 26379))
+    path = [p for p in parts.path.split("/") if p]
+    if not seeds or not 1 <= len(path) <= 2:
+        raise ValueError("expected redis+sentinel://host:port[,host:port...]/MASTER[/DB]")
+    master = urllib.parse.unquote(path[0])
+    db = int(path[1]) if len(path) > 1 else 0
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    username, _, password = userinfo.partition(":")
+    sentinel_kwargs = {"socket_timeout": options["socket_timeout"],
+                       "socket_connect_timeout": options["socket_connect_timeout"]}
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"]
+    ssl = parts.scheme.startswith("rediss")
+    manager = Sentinel(seeds, sentinel_kwargs=sentinel_kwargs)
+    pool = SentinelConnectionPool(
+        master, manager, db=db, ssl=ssl, username=urllib.parse.unquote(username) or None,
+        password=urllib.parse.unquote(password) or None, **options,
+    )
+    where = f"sentinel master {master!r} ({','.join(f'{h}:{p}' for h, p in seeds)})/{db}"
+    return pool, where, seeds[0]
 
 
 def _split_prefix(url: str) -> tuple[str, str | None]:
