@@ -344,6 +344,11 @@ class RedisSentinel:
         if replica:
             self.replica = RedisServer(self.binary, self._dirs[1], ("--replicaof", "127.0.0.1", str(self.master.port)))
             self.replica.start()
+            deadline = time.monotonic() + TIMEOUT
+            while b"master_link_status:up" not in self.replica.command("INFO", "replication"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the replica did not sync")
+                time.sleep(0.02)
         conf = self._dirs[2] / "sentinel.conf"
         conf.write_text(
             f"sentinel monitor {self.MASTER} 127.0.0.1 {self.master.port} 1\n"
