@@ -29,10 +29,13 @@ Wire format
 
 A message on ``P.ch.C`` (and an entry of ``P.history.C``) is::
 
-    <type><offset>:<header>\\n<data>
+    <type><offset>[@<epoch>]:<header>\\n<data>
 
 ``type`` is ``p`` (publication), ``j`` (join) or ``l`` (leave); ``offset`` a
-decimal (``0`` without history); ``header`` compact JSON without newlines:
+decimal (``0`` without history); ``epoch`` the stream's epoch, present
+whenever ``offset`` is (so a node never takes a new stream's offsets for the
+old one's: after Redis lost its data, offsets start again from 1);
+``header`` compact JSON without newlines:
 ``{"i": info, "r": base64 raw, "b": 1 if binary, "x": exclude_client, "g": tags}``
 (absent fields are left out; ``info`` is ``{"c": client, "u": user, "ci":
 conn_info, "hi": chan_info}`` with the JSON infos as strings); ``data`` is the
@@ -42,8 +45,8 @@ on the channel's topic so they keep their order with publications.
 The publish script
 ------------------
 
-One ``EVALSHA`` per publication with history or an idempotency key, in this
-order, atomically:
+One ``EVALSHA`` per publication with history or an idempotency key
+(``KEYS``: meta, history, topic[, idempotency key]), in this order, atomically:
 
 1. with an idempotency key: ``GET P.idem...``; if set, return the stored
    position and stop (nothing stored, nothing published);
@@ -55,12 +58,39 @@ order, atomically:
 3. ``HINCRBY P.meta.C s 1`` (the new offset), ``PEXPIRE`` meta (``meta_ttl``);
 4. ``RPUSH`` the encoded publication, ``LTRIM`` to ``history_size``,
    ``PEXPIRE`` (``history_ttl``);
-5. ``PUBLISH P.ch.C`` the same bytes;
+5. ``PUBLISH P.ch.C`` the same bytes (``SPUBLISH`` on Redis Cluster);
 6. with an idempotency key: ``SET P.idem... "offset:epoch" PX ttl``;
 7. return ``{offset, epoch, 1}``.
 
 A publication without history and without idempotency key is one plain
-``PUBLISH``. ``history`` is one script too (it creates the stream's epoch when
+``PUBLISH``.
+
+The publish pipeline
+--------------------
+
+Publications, joins and leaves are not sent one by one: each call queues its
+command and awaits a future. One writer task sends everything queued during
+an event-loop iteration as one pipeline (one write, up to
+:data:`MAX_PIPELINE` commands) on one command connection, reads the replies,
+and resolves the futures; the next pipeline leaves only after that. So
+commands reach Redis in the order they were queued (per-channel order holds
+across nodes as before), a publish returns only after its reply was read
+(acknowledged means stored), and under load one round trip carries many
+publications (``Stats.broker_publish_round_trips`` /
+``Stats.broker_publications``: ``/metrics``). A command that got ``NOSCRIPT``
+never ran: it is sent once more, behind ``SCRIPT LOAD``. On the other side,
+pub/sub replies already read are dispatched without yielding to the event
+loop, so a burst reaches the hub in one iteration and each subscriber gets one
+write for it. Replies are parsed by ``hiredis``.
+
+Redis Cluster
+-------------
+
+With ``sharded_pubsub`` (one part of
+:class:`~hubbub.brokers.sharded.RedisClusterBroker`) ``C`` is written with a
+hash tag, ``{C}`` (see :func:`hash_tagged`), in every key and topic name, so a
+channel's keys and its topic share one slot, and pub/sub is sharded
+(``SSUBSCRIBE``/``SPUBLISH``). ``history`` is one script too (it creates the stream's epoch when
 missing, so a subscriber gets an epoch before the first publication), and so
 are the presence reads and writes (they use Redis' ``TIME``, so the nodes'
 clocks do not matter).
