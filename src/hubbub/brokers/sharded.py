@@ -240,6 +240,8 @@ class RedisClusterBroker(_Parts):
         self._refresher: asyncio.Task[None] | None = None
         self._stale = asyncio.Event()
         self._closed = False
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._covered = False  # every slot has a known master
 
     def _url(self, host: str, port: int) -> str:
         auth = f"{self._userinfo}@" if self._userinfo else ""
@@ -309,6 +311,7 @@ class RedisClusterBroker(_Parts):
         moved = list(old)
         self._orphans.clear()
         self._slots = slots
+        self._covered = all(part is not None for part in slots)
         self._routes.clear()
         for channel in moved:
             previous = old[channel]
@@ -323,13 +326,17 @@ class RedisClusterBroker(_Parts):
             self._handler.on_broker_reconnect()  # the moved channels may have missed publications
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run ``coro`` in a task owned by this broker (cancelled by :meth:`close`)."""
+
         async def run() -> None:
             try:
                 await coro
             except Exception as exc:  # noqa: BLE001 - best effort
                 log.debug("redis cluster background call failed: %s", exc)
 
-        asyncio.get_running_loop().create_task(run())
+        task = asyncio.get_running_loop().create_task(run())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _lost(self, channel: str) -> None:
         """A master dropped ``channel``'s subscription (its slot moved)."""
@@ -370,17 +377,20 @@ class RedisClusterBroker(_Parts):
         if self._closed:
             return
         self._closed = True
-        if self._refresher is not None:
-            self._refresher.cancel()
+        tasks = [t for t in (self._refresher, *self._tasks) if t is not None]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
             try:
-                await self._refresher
+                await task
             except asyncio.CancelledError:
                 pass
         await super().close()
 
     @property
     def healthy(self) -> bool:
-        return super().healthy and all(slot is not None for slot in (self._slots[0], self._slots[-1]))
+        """Whether every slot has a known master and every master is reachable."""
+        return self._covered and super().healthy
 
     def subscribe(self, channel: str) -> Coroutine[Any, Any, None]:
         self._wanted.add(channel)
