@@ -184,12 +184,13 @@ class RedisCluster:
     the cluster configuration kept), ``nodes[i]`` is one node.
     """
 
-    def __init__(self, binary: str, directory: Path, size: int = 3) -> None:
+    def __init__(self, binary: str, directory: Path, size: int = 3, replicas: int = 0) -> None:
         self.binary = binary
+        self.replicas = replicas
         self.nodes = []
-        for i in range(size):
+        for i in range(size * (1 + replicas)):
             node_dir = directory / f"node{i}"
-            node_dir.mkdir()
+            node_dir.mkdir(parents=True)
             self.nodes.append(RedisServer(binary, node_dir, (
                 "--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf",
                 "--cluster-node-timeout", "2000",
@@ -204,20 +205,29 @@ class RedisCluster:
             node.start()
         cli = _redis_cli(self.binary)
         out = subprocess.run(
-            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas", "0",
-             "--cluster-yes"],
+            [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas",
+             str(self.replicas), "--cluster-yes"],
             capture_output=True, timeout=TIMEOUT * 3, stdin=subprocess.DEVNULL,
         )
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout!r} {out.stderr!r}")
         self.wait_ok()
+        deadline = time.monotonic() + TIMEOUT * 2
+        for node in self.nodes:  # replicas: synced with their master
+            while True:
+                info = node.command("INFO", "replication")
+                if b"role:master" in info or b"master_link_status:up" in info:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError("a cluster replica did not sync")
+                time.sleep(0.05)
 
     def wait_ok(self) -> None:
         """Wait until every node says ``cluster_state:ok``."""
         deadline = time.monotonic() + TIMEOUT * 3
         while time.monotonic() < deadline:
             try:
-                if all(b"cluster_state:ok" in n.command("CLUSTER", "INFO") for n in self.nodes):
+                if all(b"cluster_state:ok" in n.command("CLUSTER", "INFO") for n in self.nodes if n.running):
                     return
             except OSError:
                 pass
@@ -250,6 +260,19 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
     binary = _binary()
     _redis_cli(binary)
     cluster = RedisCluster(binary, tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.create()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def redis_cluster_replicated(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A running cluster of 3 masters with a replica each, stopped after the test."""
+    binary = _binary()
+    _redis_cli(binary)
+    cluster = RedisCluster(binary, tmp_path / "redis-cluster", replicas=1)
     try:
         cluster.create()
         yield cluster

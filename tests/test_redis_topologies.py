@@ -31,6 +31,7 @@ from .redis_server import (  # noqa: F401
     RedisGroup,
     RedisSentinel,
     redis_cluster,
+    redis_cluster_replicated,
     redis_sentinel_replicated,
     redis_shards,
 )
@@ -267,3 +268,35 @@ async def test_sentinel_failover_keeps_acknowledged_publications(
         await broker.close()
     with pytest.raises(BrokerUnavailable):
         await broker.publish("f", Publication(b"7"))
+
+
+async def test_cluster_failover_to_a_replica(redis_cluster_replicated: RedisCluster, servers: Any,  # noqa: F811
+                                             clients: list) -> None:
+    """A master with a replica dies; the cluster promotes the replica; the
+    broker reads the new slot map, moves its subscription there, and the
+    replicated stream goes on: the subscriber is never closed and gets the
+    next offsets."""
+    cluster = redis_cluster_replicated
+    server = await servers(cluster.url)
+    broker = server.hub.broker
+    assert isinstance(broker, RedisClusterBroker)
+    channel = "chat:failover"
+    address = broker.slot_owner(channel)
+    master = next(n for n in cluster.nodes if f"127.0.0.1:{n.port}/0" == address)
+    sub, producer = await proto_client(server), await proto_client(server)
+    clients += [sub, producer]
+    await sub.call("subscribe", {"channel": channel})
+    for i in (1, 2):
+        assert (await producer.call("publish", {"channel": channel, "data": i}))["publish"]["offset"] == i
+    assert master.command("WAIT", "1", "500") == b":1\r\n"  # the replica has both
+    master.stop()
+    await until(lambda: broker.slot_owner(channel) != address and broker.healthy, "the broker follows the failover")
+    reply: dict[str, Any] = {}
+    async with asyncio.timeout(TIMEOUT * 2):
+        while "publish" not in reply:  # refused (temporary) until the cluster is whole again
+            reply = await producer.call("publish", {"channel": channel, "data": 3})
+            if "error" in reply:
+                assert reply["error"]["temporary"] is True
+                await asyncio.sleep(0.05)
+    assert reply["publish"]["offset"] == 3
+    assert [(p["offset"], p["data"]) for p in await pubs(sub, 3)] == [(1, 1), (2, 2), (3, 3)]

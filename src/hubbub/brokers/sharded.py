@@ -322,6 +322,11 @@ class RedisClusterBroker(_Parts):
             except BrokerError as exc:
                 log.warning("redis cluster: resubscribing %r failed: %s", channel, exc)
                 self._stale.set()
+        owners = {id(part) for part in slots if part is not None}
+        for address, part in list(self._parts.items()):
+            if id(part) not in owners:  # no longer a master (failed over, removed): let it go
+                del self._parts[address]
+                self._spawn(part.close())
         if moved and self._handler is not None:
             self._handler.on_broker_reconnect()  # the moved channels may have missed publications
 
