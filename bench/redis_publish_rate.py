@@ -24,8 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from hubbub.brokers.base import ClientInfo, Publication  # noqa: E402
-from hubbub.brokers.redis import RedisBroker  # noqa: E402
+from hubbub.brokers.base import ClientInfo, Publication
+from hubbub.brokers.redis import RedisBroker
 
 
 class Ignore:

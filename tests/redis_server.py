@@ -207,7 +207,7 @@ class RedisCluster:
         out = subprocess.run(
             [cli, "--cluster", "create", *(f"127.0.0.1:{n.port}" for n in self.nodes), "--cluster-replicas",
              str(self.replicas), "--cluster-yes"],
-            capture_output=True, timeout=TIMEOUT * 3, stdin=subprocess.DEVNULL,
+            check=False, capture_output=True, timeout=TIMEOUT * 3, stdin=subprocess.DEVNULL,
         )
         if out.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {out.stdout!r} {out.stderr!r}")

@@ -36,7 +36,14 @@ from typing import Any
 
 from ..errors import BrokerError, BrokerUnavailable, ConfigError
 from ..stats import Stats
-from .base import Broker, BrokerEventHandler, ClientInfo, HistoryResult, Publication, StreamPosition
+from .base import (
+    Broker,
+    BrokerEventHandler,
+    ClientInfo,
+    HistoryResult,
+    Publication,
+    StreamPosition,
+)
 from .redis import RedisBroker, _split_prefix, hash_tagged
 
 try:
