@@ -166,6 +166,17 @@ PRESENCE_SWEEP = 1000
 MAX_PIPELINE = 1024
 
 
+class _Watch:
+    """The watchdog state of one pub/sub connection."""
+
+    __slots__ = ("handle", "pinged", "failure")
+
+    def __init__(self) -> None:
+        self.handle: asyncio.TimerHandle | None = None
+        self.pinged = False
+        self.failure: BaseException | None = None
+
+
 class _Queued:
     """A publish-path command waiting for the next pipeline."""
 
@@ -567,6 +578,7 @@ class RedisBroker(Broker):
         self._outbox: list[_Queued] = []
         self._wake = asyncio.Event()
         self._writer: asyncio.Task[None] | None = None  # sends the outbox, one pipeline at a time
+        self._heard = False  # the pub/sub connection said something since the watchdog last looked
         self._reload_scripts = False  # Redis answered NOSCRIPT: load them in front of the next pipeline
 
     # -- keys --------------------------------------------------------------------
@@ -737,25 +749,59 @@ class RedisBroker(Broker):
             await pipe.execute()
 
     async def _read(self, conn: AbstractConnection) -> BaseException:
-        """Read and dispatch pub/sub messages until the connection fails; return why."""
-        ping_sent = False
+        """Read and dispatch pub/sub messages until the connection fails; return why.
+
+        Reads carry no timer of their own (a timer per message would cost more
+        than the message): a watchdog looks every ``ping_interval`` seconds,
+        pings a connection that was silent, and closes it when the ping got
+        no answer either, which ends the read.
+        """
+        loop = asyncio.get_running_loop()
+        watch = _Watch()
+        self._heard = True
+        handle = loop.call_later(self._ping_interval, self._watchdog, conn, watch)
+        watch.handle = handle
         try:
             while True:
-                reply = await conn.read_response(timeout=self._ping_interval, disconnect_on_error=False)
-                if reply is None:  # silent for ping_interval seconds
-                    if ping_sent:
-                        return TimeoutError(f"no answer to PING within {self._ping_interval} s")
-                    if not conn.is_connected:  # closed by _apply_locked; never let redis-py reopen it
-                        return ConnectionError("pub/sub connection closed")
-                    await conn.send_command("PING", check_health=False)
-                    ping_sent = True
-                    continue
-                ping_sent = False
+                reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+                self._heard = True
                 self._dispatch(reply)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure ends this connection
-            return exc
+            return watch.failure or exc
+        finally:
+            if watch.handle is not None:
+                watch.handle.cancel()
+
+    def _watchdog(self, conn: AbstractConnection, watch: _Watch) -> None:
+        """Every ``ping_interval``: ping a silent connection; close it if the
+        previous ping got no answer."""
+        if self._heard:
+            self._heard = False
+            watch.pinged = False
+        elif watch.pinged:
+            watch.failure = TimeoutError(f"no answer to PING within {self._ping_interval} s")
+            self._background(self._disconnect(conn), "close a silent pub/sub connection")
+            return
+        else:
+            watch.pinged = True
+            self._background(self._ping(conn), "ping the pub/sub connection")
+        watch.handle = asyncio.get_running_loop().call_later(self._ping_interval, self._watchdog, conn, watch)
+
+    async def _ping(self, conn: AbstractConnection) -> None:
+        if not conn.is_connected or self._conn is not conn:  # closed: never let redis-py reopen it
+            return
+        try:
+            await conn.send_command("PING", check_health=False)
+        except Exception:  # noqa: BLE001 - the read fails too, and says why
+            await self._disconnect(conn)
+
+    def _background(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``coro`` in a task owned by the broker (cancelled by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"hubbub redis: {what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _dispatch(self, reply: Any) -> None:
         """Handle one pub/sub reply: a message, a (un)subscribe confirmation or a pong."""
