@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -293,3 +294,44 @@ async def test_bench_script_runs(redis_server: RedisServer) -> None:  # noqa: F8
     assert out.returncode == 0, out.stderr
     assert "round trips per publication" in out.stdout
     assert time.monotonic() - started < 30
+
+
+async def test_a_burst_from_redis_is_queued_to_a_subscriber_as_one_batch(redis_server: RedisServer) -> None:  # noqa: F811
+    """Publications that arrive from Redis together reach the hub in one loop
+    iteration, so a subscriber gets them as one shared batch (one queue
+    operation, one write), as with the memory broker."""
+    from hubbub.codec import JSON as JSON_CODEC
+    from hubbub.codec import ProtocolWire
+    from hubbub.connection import FrameEncoder
+    from hubbub.hub import Subscriber
+    from hubbub.outbox import FrameBatch
+
+    config = make_config(broker=redis_server.url)
+    hub = Hub(config, RedisBroker(redis_server.url))
+    producer = RedisBroker(redis_server.url)
+    await hub.start()
+    await producer.start(Recorder())
+    delivered: list[bytes | FrameBatch] = []
+    sizes: list[int] = []
+
+    def deliver(item: bytes | FrameBatch) -> None:
+        # as a connection does: queue now, write (join) once at the end of the iteration
+        delivered.append(item)
+        if isinstance(item, FrameBatch):
+            asyncio.get_running_loop().call_soon(lambda: sizes.append(len(item.frames)) or item.join())
+        else:
+            sizes.append(1)
+
+    try:
+        sub = Subscriber("c1", ProtocolWire(JSON_CODEC, FrameEncoder()), deliver, lambda code: None)
+        await hub.subscribe("burst", sub, ns=config.namespace("burst"))
+        n = 300
+        await asyncio.gather(*(producer.publish("burst", Publication(b'{"n":%d}' % i)) for i in range(n)))
+
+        async with asyncio.timeout(TIMEOUT):
+            while sum(sizes) < n:
+                await asyncio.sleep(0.01)
+        assert len(delivered) <= 10, f"{n} publications took {len(delivered)} writes: {sizes}"
+    finally:
+        await producer.close()
+        await hub.close()
