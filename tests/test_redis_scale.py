@@ -334,3 +334,12 @@ async def test_a_burst_from_redis_is_queued_to_a_subscriber_as_one_batch(redis_s
     finally:
         await producer.close()
         await hub.close()
+
+
+async def test_a_failing_pipeline_fails_its_publishes_and_the_next_ones_go_on(nodes: Any) -> None:
+    broker, rec = await nodes()
+    await broker.subscribe("k")
+    with pytest.raises(BrokerError):
+        await broker._send("PUBLISH", b"k", object())  # a bug: an argument that cannot be sent
+    assert (await broker.publish("k", Publication(b"2"), history_size=10, history_ttl=60)).offset == 1
+    assert (await rec.next_pub("k")).data == b"2"

@@ -986,6 +986,11 @@ class RedisBroker(Broker):
                         if not queued.future.done():
                             queued.future.set_exception(BrokerUnavailable("the redis broker is closed"))
                     raise
+                except Exception as exc:  # a bug, not an outage: fail this batch, keep the writer alive
+                    log.exception("redis publish pipeline failed")
+                    for queued in batch:
+                        if not queued.future.done():
+                            queued.future.set_exception(BrokerError(f"redis publish failed: {_describe(exc)}"))
 
     async def _run_pipeline(self, batch: list[_Queued]) -> None:
         """One round trip: send ``batch`` as a pipeline (no transaction, no
