@@ -343,3 +343,40 @@ async def test_a_failing_pipeline_fails_its_publishes_and_the_next_ones_go_on(no
         await broker._send("PUBLISH", b"k", object())  # a bug: an argument that cannot be sent
     assert (await broker.publish("k", Publication(b"2"), history_size=10, history_ttl=60)).offset == 1
     assert (await rec.next_pub("k")).data == b"2"
+
+
+async def test_a_subscriber_who_finds_a_new_epoch_gets_the_others_told() -> None:
+    """The stream was lost and started afresh without a publication yet (memory
+    broker: its position expired). A new subscriber reads the new epoch: the
+    subscribers of the old one are told (3010) before anything of the new
+    stream reaches them."""
+    from hubbub.brokers.memory import MemoryBroker
+    from hubbub.codec import JSON as JSON_CODEC
+    from hubbub.codec import ProtocolWire
+    from hubbub.connection import FrameEncoder
+    from hubbub.hub import Subscriber
+
+    from .test_broker_contract import FakeClock
+
+    clock = FakeClock()
+    config = make_config(namespaces={"chat": NamespaceOptions(**CHAT)})
+    hub = Hub(config, MemoryBroker(meta_ttl=60, sweep_interval=0, clock=clock))
+    await hub.start()
+    wire = ProtocolWire(JSON_CODEC, FrameEncoder())
+    events: dict[str, list[Any]] = {"old": [], "new": []}
+
+    def subscriber(name: str) -> Subscriber:
+        return Subscriber(name, wire, lambda frame: events[name].append("pub"), events[name].append, recoverable=True)
+
+    try:
+        ns = config.namespace("chat:x")
+        first = await hub.subscribe("chat:x", subscriber("old"), ns=ns)
+        await hub.publish("chat:x", {"n": 1})
+        clock.now += 61  # the stream's position expires: a new epoch comes with the next read
+        second = await hub.subscribe("chat:x", subscriber("new"), ns=ns)
+        assert second.position.epoch != first.position.epoch
+        assert events["old"] == ["pub", 3010]
+        await hub.publish("chat:x", {"n": 2})
+        assert events["new"] == ["pub"]
+    finally:
+        await hub.close()

@@ -457,6 +457,8 @@ class Hub:
         info: ClientInfo | None, result: SubscribeResult,
     ) -> None:
         client_id = sub.client_id
+        if result.position.epoch and state.epoch and result.position.epoch != state.epoch:
+            self._gap(channel, state)  # a new stream: the others hold positions in the old one
         state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         state.batches.clear()  # the new subscriber is in none of them
         if result.position.offset > state.last_offset:
@@ -485,6 +487,8 @@ class Hub:
         finally:
             state.buffering.pop(client_id, None)
         top = history.position
+        if any(p.epoch and p.epoch != top.epoch for p in buffer):  # the stream was replaced meanwhile
+            raise ProtocolError(ErrorCode.INTERNAL, "the channel's stream changed while subscribing", temporary=True)
         result = SubscribeResult(position=top)
         if since is not None:
             pubs = history.publications
