@@ -896,6 +896,10 @@ class RedisBroker(Broker):
         self._wanted[channel] = token
         return self._apply(channel, token)
 
+    def wants(self, channel: str) -> bool:
+        """Whether this node wants ``channel`` delivered (subscribed, or being subscribed)."""
+        return channel in self._wanted
+
     def unsubscribe(self, channel: str) -> Coroutine[Any, Any, None]:
         """Stop delivering ``channel`` to this node (the wish is recorded at
         call time, see :meth:`subscribe`). Never raises for an outage: a

@@ -405,15 +405,21 @@ class RedisClusterBroker(_Parts):
         return self._covered and super().healthy
 
     def subscribe(self, channel: str) -> Coroutine[Any, Any, None]:
-        self._wanted.add(channel)
-        return self._subscribe(channel)
-
-    async def _subscribe(self, channel: str) -> None:
+        """See :meth:`RedisBroker.subscribe` (the wish is recorded at call
+        time, on the master that owns the channel's slot now)."""
         try:
-            await self._part(channel).subscribe(channel)
-        except BaseException:
-            self._wanted.discard(channel)
-            raise
+            part = self._part(channel)
+        except BrokerUnavailable as exc:
+            return _fail(exc)
+        self._wanted.add(channel)
+        return self._subscribe(part, part.subscribe(channel), channel)
+
+    async def _subscribe(self, part: RedisBroker, subscribing: Coroutine[Any, Any, None], channel: str) -> None:
+        try:
+            await subscribing
+        finally:
+            if not part.wants(channel):  # failed, and no later call wants it
+                self._wanted.discard(channel)
 
     def unsubscribe(self, channel: str) -> Coroutine[Any, Any, None]:
         self._wanted.discard(channel)
@@ -433,6 +439,10 @@ class RedisClusterBroker(_Parts):
 
 async def _nothing() -> None:
     return None
+
+
+async def _fail(exc: BaseException) -> None:
+    raise exc
 
 
 def create_redis_broker(url: str, **options: Any) -> Broker:
