@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default 8000; 0 picks a free one)")
     serve.add_argument("--config", metavar="FILE", help="TOML settings file (flags override it)")
-    serve.add_argument("--broker", default=None, help="'memory' (default) or redis://HOST:PORT/DB")
+    serve.add_argument("--broker", default=None, help="'memory' (default), redis://HOST:PORT/DB, several such URLs (shards), "
+                       "redis+cluster://HOST:PORT,... or redis+sentinel://HOST:PORT,.../MASTER (docs/scaling.md)")
     serve.add_argument("--ping-interval", type=float, default=None, metavar="SECONDS",
                        help="seconds between server pings (default 25; 0 disables)")
     serve.add_argument("--max-message-size", type=int, default=None, metavar="BYTES",

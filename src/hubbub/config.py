@@ -106,7 +106,9 @@ class Config:
 
     Attributes:
         host, port: where ``hubbub serve`` listens.
-        broker: ``"memory"`` (one process) or a ``redis://`` URL.
+        broker: ``"memory"`` (one process), a ``redis://`` URL, several
+            (shards, separated by commas or spaces), ``redis+cluster://`` or
+            ``redis+sentinel://`` (see docs/scaling.md).
         workers: processes sharing the port (needs the Redis broker).
         max_message_size: largest incoming WebSocket message (bytes); larger
             ones close the connection with 1009.
@@ -302,8 +304,13 @@ class Config:
         errors = []
         if not 0 <= self.port < 65536:
             errors.append(f"port must be 0-65535, got {self.port}")
-        if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://", "unix://")):
-            errors.append(f"broker must be 'memory' or a redis:// URL, got {self.broker!r}")
+        if self.broker != "memory" and not all(
+            u.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://",
+                          "redis+sentinel://", "rediss+sentinel://"))
+            for u in (re.split(r"[,\s]+(?=[a-z][a-z0-9+.-]*://)", self.broker.strip()) or [""])
+        ):
+            errors.append(f"broker must be 'memory', a redis:// URL, several (shards), a redis+cluster:// "
+                          f"or a redis+sentinel:// URL, got {self.broker!r}")
         if self.workers < 1:
             errors.append("workers must be at least 1")
         for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path", *STREAM_PATHS):

@@ -43,6 +43,13 @@ class Stats:
         self.commands: dict[str, Histogram] = collections.defaultdict(Histogram)
         self.broker_errors = 0
         self.broker_reconnects = 0
+        #: requests sent to the broker's backend that waited for an answer (one
+        #: pipeline of many publications counts once); 0 for the memory broker
+        self.broker_round_trips = 0
+        #: publications, joins and leaves sent to the backend, and the round trips
+        #: (pipelines) that carried them: their ratio is round trips per publication
+        self.broker_publications = 0
+        self.broker_publish_round_trips = 0
         self.slow = 0
 
     def items(self) -> dict[str, int]:
