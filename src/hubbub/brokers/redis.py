@@ -471,6 +471,7 @@ class RedisBroker(Broker):
     """
 
     name = "redis"
+    pipelined = True
 
     def __init__(
         self,
