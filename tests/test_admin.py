@@ -62,6 +62,9 @@ def test_sampler_computes_rates_from_cumulative_counters() -> None:
     assert third["nodes"]["a"]["pubs"] == 4.0 and third["nodes"]["a"]["deliveries"] == 0.0
     assert third["nodes"]["a"]["disconnects"] == {}
     assert [s["t"] for s in sampler.ring.since(0)] == [100.0, 102.0, 103.0]
+    # a node that counts deliveries (publications times subscribers) reports them instead of messages out
+    sampler.record([node("a", messages_out=300, deliveries=50)], 104.0)
+    assert sampler.record([node("a", messages_out=310, deliveries=250)], 105.0)["nodes"]["a"]["deliveries"] == 200.0
 
 
 def test_sampler_sums_the_cluster_and_keeps_nodes_without_metrics() -> None:
@@ -312,3 +315,22 @@ async def test_a_generated_secret_guards_a_loopback_hub_without_admin_secret(sta
     assert status == 303
     status, _, _ = await http(server, "GET", path, headers={"Cookie": cookie_of(headers)})
     assert status == 200
+
+
+def test_the_grafana_dashboard_uses_only_exposed_metrics() -> None:
+    import re
+
+    from hubbub.metrics import render
+
+    from .conftest import ROOT
+
+    dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]]
+    used = set(re.findall(r"hubbub_[a-z_]+", " ".join(exprs)))
+    server = Server(Config(port=0))
+    server.stats.disconnects[3008] += 1
+    server.stats.commands["subscribe"].observe(0.001)
+    exposed = set(re.findall(r"^(hubbub_[a-z_]+)", render(server).decode(), re.M))
+    assert used and used <= exposed, used - exposed
+    assert {"hubbub_connections", "hubbub_disconnects_total", "hubbub_broker_up",
+            "hubbub_publications_total", "hubbub_bytes_sent_total"} <= used

@@ -87,10 +87,14 @@ RTT_TIMEOUT = 0.9
 def counter_items(stats: Stats) -> dict[str, float]:
     """A node's cumulative counters as flat ``{name: number}`` items.
 
-    Names: ``messages_in``, ``bytes_in``, ``messages_out`` (frames sent: the
-    deliveries), ``bytes_out``, ``publications`` (all sources) and
+    Names: ``messages_in``, ``bytes_in``, ``messages_out`` (writes of
+    WebSocket frames and HTTP responses; a burst joined into one write counts
+    once), ``bytes_out``, ``publications`` (all sources) and
     ``publications.<source>``, ``disconnects.<code>``, ``broker_errors``,
-    ``broker_reconnects``, ``slow_disconnects``.
+    ``broker_reconnects``, ``slow_disconnects``, and ``deliveries``
+    (publications times local subscribers) once the hub counts them in
+    ``Stats.deliveries``. The dashboard's deliveries/s is the rate of
+    ``deliveries`` when a node reports it, else of ``messages_out``.
     """
     items: dict[str, float] = {
         "messages_in": stats.messages_in, "bytes_in": stats.bytes_in,
@@ -99,6 +103,9 @@ def counter_items(stats: Stats) -> dict[str, float]:
         "broker_errors": stats.broker_errors, "broker_reconnects": stats.broker_reconnects,
         "slow_disconnects": stats.slow,
     }
+    deliveries = getattr(stats, "deliveries", None)  # counted by the hub in a later version
+    if isinstance(deliveries, int):
+        items["deliveries"] = deliveries
     for source, n in stats.publications.items():
         items[f"publications.{source}"] = n
     for code, n in stats.disconnects.items():
@@ -219,7 +226,7 @@ class Sampler:
                     return (new - was if new >= was else new) / dt
 
                 point["pubs"] = rate("publications")
-                point["deliveries"] = rate("messages_out")
+                point["deliveries"] = rate("deliveries" if "deliveries" in items else "messages_out")
                 point["bytes_out"] = rate("bytes_out")
                 point["disconnects"] = {name[12:]: r for name in items if name.startswith("disconnects.")
                                         if (r := rate(name)) > 0}
