@@ -334,3 +334,25 @@ def test_the_grafana_dashboard_uses_only_exposed_metrics() -> None:
     assert used and used <= exposed, used - exposed
     assert {"hubbub_connections", "hubbub_disconnects_total", "hubbub_broker_up",
             "hubbub_publications_total", "hubbub_bytes_sent_total"} <= used
+
+
+async def test_workers_share_one_made_up_admin_secret(redis_server, serve_process) -> None:  # noqa: F811
+    import re
+
+    hub = serve_process("--workers", "2", "--broker", redis_server.url)
+    async with asyncio.timeout(TIMEOUT):
+        while sum("(pid " in line and "listening" in line for line in hub.lines) < 2:
+            await asyncio.sleep(0.05)
+    found = re.search(r"its secret for these workers is (\S+)", hub.output())
+    assert found, hub.output()
+    assert "for this process" not in hub.output()  # the workers do not make secrets of their own
+
+    class Port:  # what http() reads
+        port = hub.port
+
+    # fresh connections are spread over both workers by the kernel: each one takes the secret
+    for _ in range(8):
+        status, _, _ = await http(Port, "GET", "/admin/api/stats",  # type: ignore[arg-type]
+                                  headers={"Authorization": f"Bearer {found.group(1)}"})
+        assert status == 200
+    assert hub.stop() == 0
