@@ -200,3 +200,37 @@ async def test_a_killed_node_disappears_from_the_nodes_table(browser: Any, redis
     await page.wait_for_function("document.querySelectorAll('#nodes tbody tr').length === 1", timeout=3 * MS)
     await page.wait_for_selector("#gone-box:not([hidden])")
     assert first.stop() == 0
+
+
+async def test_a_node_missing_from_info_leaves_the_nodes_table(start_server, browser: Any) -> None:  # noqa: F811
+    """The page's side of a node going away, on one process: a second node is added
+    to what ``info`` answered, then dropped (what the cluster view does when a
+    node's heartbeats stop). The real two-node test is the one above."""
+    server = await start_server(admin_secret=SECRET)
+    admin = server.admin
+    real = admin.snapshot
+    other: dict[str, Any] = {"uid": "other-node", "name": "node-b", "version": "0.1.0", "num_clients": 7,
+                             "num_users": 2, "num_subs": 9, "num_channels": 3, "uptime": 3600,
+                             "metrics": {"interval": 1.0, "items": {"messages_out": 0, "publications": 0}}}
+    present = asyncio.Event()
+    present.set()
+
+    async def with_other() -> list[dict[str, Any]]:
+        nodes = await real()
+        if present.is_set():
+            other["metrics"]["items"]["messages_out"] += 50
+            nodes.append(other)
+        return nodes
+
+    admin.sampler.source = with_other
+    page = await log_in(browser, base(server))
+    await page.wait_for_selector("#nodes tbody tr[data-uid='other-node']")
+    await page.wait_for_selector("#value-clients[data-value='7']")  # the cluster counts both
+    await page.click("#nodes tbody tr[data-uid='other-node']")  # the view of that node alone
+    await page.wait_for_function("Math.abs(document.getElementById('value-deliveries').dataset.value - 50) < 10")
+    assert await page.input_value("#scope") == "other-node"
+    present.clear()
+    await page.wait_for_function("document.querySelectorAll('#nodes tbody tr').length === 1")
+    await page.wait_for_selector("#gone-box:not([hidden])")
+    assert "node-b" in await page.inner_text("#gone")
+    assert await page.input_value("#scope") == "cluster"  # the view of a gone node falls back

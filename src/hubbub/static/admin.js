@@ -64,6 +64,8 @@ function drawChart(el, series, opts = {}) {
       pen = true;
     }
     parts.push(`<path class="line" stroke="${s.color}" d="${d}"></path>`);
+    const last = [...s.points].reverse().find(([t, v]) => v !== null && t >= start);
+    if (last) parts.push(`<circle cx="${x(last[0]).toFixed(1)}" cy="${y(last[1]).toFixed(1)}" r="2.5" fill="${s.color}"></circle>`);
   }
   parts.push("</svg>");
   const legend = series.map((s) => {
