@@ -356,3 +356,20 @@ async def test_workers_share_one_made_up_admin_secret(redis_server, serve_proces
                                   headers={"Authorization": f"Bearer {found.group(1)}"})
         assert status == 200
     assert hub.stop() == 0
+
+
+async def test_wrong_secrets_are_throttled_per_address(start_server) -> None:
+    from hubbub.admin import LOGIN_FAILURES, LOGIN_WINDOW
+
+    server = await start_server(admin_secret=SECRET)
+    now = [1000.0]
+    server.admin.clock = lambda: now[0]
+    for _ in range(LOGIN_FAILURES):
+        assert (await login(server, "guess"))[0] == 401
+    assert (await login(server, "guess"))[0] == 429
+    assert (await login(server))[0] == 429  # even the right one, until the window ends
+    now[0] += LOGIN_WINDOW + 1
+    status, headers = await login(server)
+    assert status == 303
+    status, headers, _ = await http(server, "GET", "/admin/login", headers={"Cookie": cookie_of(headers)})
+    assert status == 303 and headers["location"] == "/admin"  # already logged in

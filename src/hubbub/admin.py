@@ -7,7 +7,9 @@ What it serves (all under ``/admin``, see ``docs/design.md``):
 * ``GET /admin/login`` (a form) and ``POST /admin/login`` (``secret=...``):
   checks the admin secret and sets a session cookie (``HttpOnly``,
   ``SameSite=Strict``, signed with a key derived from the secret, expiring
-  after :data:`SESSION_TTL` seconds); ``POST /admin/logout`` clears it;
+  after :data:`SESSION_TTL` seconds); ``POST /admin/logout`` clears it.
+  After :data:`LOGIN_FAILURES` wrong secrets from one address within
+  :data:`LOGIN_WINDOW` seconds, logins from it get 429 until the window ends;
 * ``GET /admin/api/stats?since=T``: the nodes, the gone nodes and the samples
   of the ring buffer newer than ``T`` (unix seconds);
 * ``GET /admin/api/channels?q=TEXT&limit=N``: channels (cluster-wide, through
@@ -79,6 +81,11 @@ ACTIONS = frozenset({"publish", "history", "presence", "presence_stats", "unsubs
 MAX_CHANNELS = 500
 #: Seconds the broker's round trip may take before the sample says "no answer".
 RTT_TIMEOUT = 0.9
+#: Failed logins one address may make per :data:`LOGIN_WINDOW` seconds; then 429 until it ends.
+LOGIN_FAILURES = 10
+LOGIN_WINDOW = 60.0
+#: Addresses whose failed logins are remembered at most (the oldest are forgotten first).
+LOGIN_ADDRESSES = 4096
 
 
 # -- counters and samples (no I/O: tested with an injected clock) -------------------------------
@@ -346,6 +353,8 @@ class Admin:
         self.clock = clock
         self._generated = secrets.token_urlsafe(24)
         self.sampler = Sampler(self.snapshot, clock=clock)
+        #: times of recent failed logins, per client address
+        self._failures: dict[str, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
 
     @property
@@ -471,11 +480,18 @@ class Admin:
         if not self.enabled:
             return self._off()
         if request.method == "GET":
+            if self.authorized(request):
+                return HTTPResponse(303, b"logged in\n", headers=[("location", "/admin")])
             return self._login_page(200)
         if request.method != "POST":
             return HTTPResponse.json({"error": "use GET or POST"}, 405)
         if not self._same_origin(request):
             return HTTPResponse.json({"error": "cross-origin request refused"}, 403)
+        address = request.client[0] if request.client else "?"
+        now = self.clock()
+        recent = [t for t in self._failures.get(address, ()) if t > now - LOGIN_WINDOW]
+        if len(recent) >= LOGIN_FAILURES:
+            return self._login_page(429, f"Too many wrong secrets from {address}: wait a minute.")
         given = ""
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
@@ -487,8 +503,13 @@ class Admin:
         else:
             given = dict(parse_qsl(request.body.decode("utf-8", "replace"))).get("secret", "")
         if not given or not hmac.compare_digest(given.encode(), self.secret.encode()):
-            log.warning("admin login refused from %s", request.client[0] if request.client else "?")
+            log.warning("admin login refused from %s", address)
+            self._failures.pop(address, None)
+            if len(self._failures) >= LOGIN_ADDRESSES:
+                del self._failures[next(iter(self._failures))]
+            self._failures[address] = [*recent, now]
             return self._login_page(401, "Wrong secret.")
+        self._failures.pop(address, None)
         session = make_session(self.secret, self.clock())
         return HTTPResponse(303, b"logged in\n", headers=[
             ("location", "/admin"), self._cookie(request, session, int(SESSION_TTL))])
