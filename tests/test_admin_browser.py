@@ -16,7 +16,6 @@ import pytest
 import websockets
 
 from hubbub.config import NamespaceOptions
-from hubbub.server import Server
 
 from .conftest import TIMEOUT, proto_client, ws_url
 from .redis_server import redis_server  # noqa: F401
@@ -69,7 +68,7 @@ async def test_log_in_and_requests_without_the_secret_are_refused(start_server, 
     assert await page.evaluate("document.cookie") == ""
     cookies = await page.context.cookies()
     assert [(c["name"], c["httpOnly"], c["sameSite"]) for c in cookies] == [("hubbub_admin", True, "Strict")]
-    await page.wait_for_selector(f"#nodes tr[data-uid='{server.api.node_id}']")
+    await page.wait_for_selector(f"#nodes tr[data-uid='{server.admin.uid}']")
     await page.click("#logout")
     await page.wait_for_selector("form#login")
     assert (await page.evaluate("fetch('/admin/api/stats').then((r) => r.status)")) == 401

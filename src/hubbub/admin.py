@@ -98,7 +98,7 @@ def counter_items(stats: Stats) -> dict[str, float]:
     WebSocket frames and HTTP responses; a burst joined into one write counts
     once), ``bytes_out``, ``publications`` (all sources) and
     ``publications.<source>``, ``disconnects.<code>``, ``broker_errors``,
-    ``broker_reconnects``, ``slow_disconnects``, and ``deliveries``
+    ``broker_reconnects``, ``slow`` (3008 closes), and ``deliveries``
     (publications times local subscribers) once the hub counts them in
     ``Stats.deliveries``. The dashboard's deliveries/s is the rate of
     ``deliveries`` when a node reports it, else of ``messages_out``.
@@ -108,7 +108,7 @@ def counter_items(stats: Stats) -> dict[str, float]:
         "messages_out": stats.messages_out, "bytes_out": stats.bytes_out,
         "publications": sum(stats.publications.values()),
         "broker_errors": stats.broker_errors, "broker_reconnects": stats.broker_reconnects,
-        "slow_disconnects": stats.slow,
+        "slow": stats.slow,
     }
     deliveries = getattr(stats, "deliveries", None)  # counted by the hub in a later version
     if isinstance(deliveries, int):
@@ -225,18 +225,12 @@ class Sampler:
             }
             before = previous.get(uid)
             if items and before is not None and now > before[0]:
-                dt = now - before[0]
-                old = before[1]
-
-                def rate(name: str) -> float:
-                    new, was = items.get(name, 0.0), old.get(name, 0.0)
-                    return (new - was if new >= was else new) / dt
-
-                point["pubs"] = rate("publications")
-                point["deliveries"] = rate("deliveries" if "deliveries" in items else "messages_out")
-                point["bytes_out"] = rate("bytes_out")
+                dt, old = now - before[0], before[1]
+                point["pubs"] = _rate(items, old, "publications", dt)
+                point["deliveries"] = _rate(items, old, "deliveries" if "deliveries" in items else "messages_out", dt)
+                point["bytes_out"] = _rate(items, old, "bytes_out", dt)
                 point["disconnects"] = {name[12:]: r for name in items if name.startswith("disconnects.")
-                                        if (r := rate(name)) > 0}
+                                        if (r := _rate(items, old, name, dt)) > 0}
             if items:
                 current[uid] = (now, items)
             points[uid] = point
@@ -253,6 +247,12 @@ class Sampler:
         sample = {"t": now, "nodes": points, "cluster": _cluster(points.values())}
         self.ring.append(sample)
         return sample
+
+
+def _rate(items: dict[str, float], old: dict[str, float], name: str, dt: float) -> float:
+    """Per second over ``dt`` seconds; a counter that went down (a restart) counts from 0."""
+    new, was = items.get(name, 0.0), old.get(name, 0.0)
+    return (new - was if new >= was else new) / dt
 
 
 def _cluster(points: Iterable[dict[str, Any]]) -> dict[str, Any]:
@@ -356,12 +356,20 @@ class Admin:
         #: times of recent failed logins, per client address
         self._failures: dict[str, list[float]] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = False
 
     @property
     def enabled(self) -> bool:
         """Whether the dashboard answers now (``Config.admin_enabled``, read
         per request: the host may change before the server starts)."""
         return self.node.config.admin_enabled
+
+    @property
+    def uid(self) -> str:
+        """This node's ``uid`` in the server API's ``info``: its cluster's, when
+        the server has a cluster view, else the server API's."""
+        cluster = getattr(self.node, "cluster", None)
+        return str(cluster.uid) if cluster is not None else self.node.api.node_id
 
     @property
     def secret(self) -> str:
@@ -385,8 +393,10 @@ class Admin:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="hubbub admin sampler")
 
     async def close(self) -> None:
+        """Stop sampling (cancels the task and waits for it)."""
         task, self._task = self._task, None
         if task is not None:
+            self._closing = True
             task.cancel()
             try:
                 await task
@@ -396,7 +406,7 @@ class Admin:
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         due = loop.time()
-        while True:
+        while not self._closing:
             try:
                 await self.sampler.tick()
             except asyncio.CancelledError:
@@ -415,20 +425,21 @@ class Admin:
         up = broker.healthy
         if up:
             try:
-                seconds = await asyncio.wait_for(broker.round_trip(), RTT_TIMEOUT)
-            except (BrokerError, asyncio.TimeoutError):
+                async with asyncio.timeout(RTT_TIMEOUT):  # not wait_for: in 3.11 it can swallow a cancel
+                    seconds = await broker.round_trip()
+            except (BrokerError, TimeoutError):
                 up = False
             else:
                 rtt_ms = None if seconds is None else seconds * 1000.0
         status, reply = await node.api.call("info", {})
         nodes = reply.get("result", {}).get("nodes", []) if status == 200 else []
-        local_uid = node.api.node_id
+        local_uid = self.uid
         out = []
         for entry in nodes:
             if not isinstance(entry, dict):
                 continue
             if entry.get("uid") == local_uid:
-                entry = {**entry, "metrics": {"interval": INTERVAL, "items": counter_items(node.stats)},
+                entry = {"metrics": {"interval": INTERVAL, "items": counter_items(node.stats)}, **entry,
                          "broker": {"name": broker.name, "up": up, "rtt_ms": rtt_ms}}
             out.append(entry)
         return out
@@ -552,7 +563,7 @@ class Admin:
         sampler = self.sampler
         return HTTPResponse.json({
             "now": self.clock(), "interval": INTERVAL, "window": sampler.capacity * INTERVAL,
-            "node": self.node.api.node_id, "version": __version__,
+            "node": self.uid, "version": __version__,
             "broker": self.node.hub.broker.name,
             "codes": {str(int(code)): reason for code, reason in DISCONNECT_REASONS.items() if reason},
             "nodes": list(sampler.nodes.values()), "gone": list(sampler.gone.values()),
