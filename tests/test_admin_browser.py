@@ -177,7 +177,8 @@ def _stats(port: int) -> dict[str, Any]:
         return json.loads(response.read())
 
 
-async def test_a_killed_node_disappears_from_the_nodes_table(browser: Any, redis_server, serve_process) -> None:  # noqa: F811
+async def test_a_killed_node_disappears_from_the_nodes_table(browser: Any, redis_server, serve_process,  # noqa: F811
+                                                             clients: list) -> None:
     env = {"HUBBUB_ADMIN_SECRET": SECRET}
     first = serve_process("--broker", redis_server.url, env=env)
     second = serve_process("--broker", redis_server.url, env=env)
@@ -193,11 +194,17 @@ async def test_a_killed_node_disappears_from_the_nodes_table(browser: Any, redis
                     "nodes over Redis) is not in this build")
     page = await log_in(browser, f"http://127.0.0.1:{first.port}")
     await page.wait_for_function("document.querySelectorAll('#nodes tbody tr').length === 2")
+    # clients on both nodes: the cluster view counts them all
+    for port, count in ((first.port, 5), (second.port, 3)):
+        for _ in range(count):
+            clients.append(await websockets.connect(f"ws://127.0.0.1:{port}/ws/everywhere", ping_interval=None))
+    await page.wait_for_selector("#value-clients[data-value='8']", timeout=3 * MS)
     await page.screenshot(path=str(SHOTS / "admin-nodes.png"), full_page=True)
     second.proc.kill()  # no goodbye: its heartbeats stop
     second.proc.wait(TIMEOUT)
     await page.wait_for_function("document.querySelectorAll('#nodes tbody tr').length === 1", timeout=3 * MS)
     await page.wait_for_selector("#gone-box:not([hidden])")
+    await page.wait_for_selector("#value-clients[data-value='5']")
     assert first.stop() == 0
 
 
