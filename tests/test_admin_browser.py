@@ -240,3 +240,19 @@ async def test_a_node_missing_from_info_leaves_the_nodes_table(start_server, bro
     await page.wait_for_selector("#gone-box:not([hidden])")
     assert "node-b" in await page.inner_text("#gone")
     assert await page.input_value("#scope") == "cluster"  # the view of a gone node falls back
+
+
+async def test_the_broker_state_and_redis_round_trip_in_the_page(start_server, browser: Any,  # noqa: F811
+                                                                 redis_server) -> None:  # noqa: F811
+    server = await start_server(admin_secret=SECRET, broker=redis_server.url)
+    page = await log_in(browser, base(server))
+    await page.wait_for_selector("#value-broker[data-value='1']")
+    assert (await page.inner_text("#value-broker")).endswith(" ms")  # up, with the PING's round trip
+    await page.wait_for_selector("#chart-broker .legend:has-text('round trip (ms)')")
+    redis_server.stop()
+    await page.wait_for_selector("#value-broker[data-value='0']", timeout=3 * MS)
+    assert await page.inner_text("#value-broker") == "DOWN"
+    await page.wait_for_selector("#chart-broker rect.down")  # the outage is drawn red
+    await page.screenshot(path=str(SHOTS / "admin-broker-down.png"), full_page=True)
+    redis_server.start()
+    await page.wait_for_selector("#value-broker[data-value='1']", timeout=3 * MS)

@@ -45,7 +45,7 @@ function drawChart(el, series, opts = {}) {
   const y = (v) => T + (1 - v / top) * (H - T - B);
   const parts = [`<svg viewBox="0 0 ${W} ${H}" role="img" aria-label="${esc(opts.label || "chart")}">`];
   for (const [t0, t1] of opts.band || []) {
-    parts.push(`<rect class="down" x="${x(t0).toFixed(1)}" y="${T}" width="${Math.max(1, x(t1) - x(t0)).toFixed(1)}" height="${H - T - B}"></rect>`);
+    parts.push(`<rect class="down" x="${x(t0).toFixed(1)}" y="${T}" width="${Math.max(3, x(t1) - x(t0)).toFixed(1)}" height="${H - T - B}"></rect>`);
   }
   for (const f of [0, 0.5, 1]) {
     const yy = y(top * f).toFixed(1);
@@ -119,10 +119,9 @@ function render() {
   const rtt = seriesOf("rtt_ms", "round trip (ms)", COLORS[5]);
   const hasRtt = rtt.points.some(([, v]) => v !== null);
   drawChart($("chart-broker"), hasRtt ? [rtt] : [], {label: "broker state and round trip", band, unit: " ms"});
-  if (!hasRtt) {
-    $("chart-broker").querySelector(".legend").innerHTML =
-      `<span>${esc(state.broker || "")} broker: state only (no round trip to measure)</span><span>red: broker down</span>`;
-  }
+  const legend = $("chart-broker").querySelector(".legend");
+  if (!hasRtt) legend.innerHTML = `<span>${esc(state.broker || "")} broker: state only (no round trip to measure)</span>`;
+  legend.insertAdjacentHTML("beforeend", `<span><i style="background:#f4c7c3"></i>broker down${band.length ? ` ${band.length} s` : ""}</span>`);
   renderNodes();
 }
 
