@@ -44,6 +44,16 @@ Modes (``--mode``), i.e. how subscribers subscribe and the producer publishes:
     Server pings (``{}``) are answered with ``{}`` (hubbub closes a client
     that does not answer with 3012).
 
+    With ``--sub-format protobuf`` the subscribers speak the Protobuf
+    protocol instead: they ask for the ``centrifuge-protobuf`` subprotocol,
+    send connect and subscribe as varint-length-delimited ``Command``
+    messages in one binary frame (encoded here by hand, a few bytes), are
+    ready on the ``Reply`` to the last one, and answer the server's ping (an
+    empty ``Reply``, the binary frame ``00``) with an empty ``Command``. The
+    producer still publishes JSON, so a JSON run and a Protobuf run publish
+    the same bytes and the Protobuf subscribers find the payload marker in
+    ``pub.data`` (hubbub sends a JSON publication's bytes as they are).
+
 ``socketio``
     Engine.IO v4 / Socket.IO v5 over a raw WebSocket
     (``/socket.io/?EIO=4&transport=websocket``): the server's open packet
@@ -59,6 +69,15 @@ Modes (``--mode``), i.e. how subscribers subscribe and the producer publishes:
     A tiny text protocol spoken by the bench servers for the many-channels
     workload: ``sub <channel> ...`` answered by ``subok``, and
     ``pub <channel> <payload>``.
+
+``uni_sse``
+    hubbub's one-way SSE transport: each subscriber is a plain HTTP client
+    (no WebSocket) that sends ``GET /connection/uni_sse?cf_connect=
+    {"subs": {"<channel>": {}}}`` and is ready at the ``connect`` push; it
+    counts deliveries by payload marker in the raw body (chunks of SSE
+    events). The producer is a relay client on ``--path`` (``/ws/bench``), as
+    in ``raw`` mode, so the same publications reach relay and uni_sse
+    subscribers and the two runs compare like for like.
 
 Many channels (``--groups G``): subscriber ``i`` (numbered across all
 worker processes) subscribes to its personal channel ``u<i>`` and to the
@@ -171,6 +190,66 @@ def parse_payload(data: bytes, start: int, end: int) -> tuple[int, int] | None:
     return seq, ts
 
 
+def pb_varint(n: int) -> bytes:
+    """``n`` as a Protobuf varint."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pb_string(field: int, value: bytes) -> bytes:
+    """A length-delimited field (string, bytes or message)."""
+    return pb_varint(field << 3 | 2) + pb_varint(len(value)) + value
+
+
+def pb_command(command_id: int, method_field: int, request: bytes) -> bytes:
+    """A length-prefixed ``Command``: ``id`` (field 1) and one request message."""
+    body = b"\x08" + pb_varint(command_id) + pb_string(method_field, request)
+    return pb_varint(len(body)) + body
+
+
+def pb_replies(payload: bytes) -> list[tuple[int, bool, int]]:
+    """``(id, has_error, size)`` of each length-prefixed ``Reply`` in ``payload``
+    (only the top-level fields are walked)."""
+    out = []
+    pos, n = 0, len(payload)
+
+    def varint(at: int) -> tuple[int, int]:
+        value, shift = 0, 0
+        while True:
+            byte = payload[at]
+            at += 1
+            value |= (byte & 0x7F) << shift
+            shift += 7
+            if not byte & 0x80:
+                return value, at
+
+    while pos < n:
+        size, pos = varint(pos)
+        end = pos + size
+        reply_id, has_error = 0, False
+        while pos < end:
+            key, pos = varint(pos)
+            field, wire = key >> 3, key & 7
+            if wire == 0:
+                value, pos = varint(pos)
+                if field == 1:
+                    reply_id = value
+            elif wire == 2:
+                length, pos = varint(pos)
+                pos += length
+                if field == 2:
+                    has_error = True
+            else:
+                break  # not in a Reply's top level
+        out.append((reply_id, has_error, size))
+        pos = end
+    return out
+
+
 def mask(payload: bytes, key: bytes) -> bytes:
     """XOR ``payload`` with the 4-byte masking ``key`` (RFC 6455, 5.3)."""
     n = len(payload)
@@ -268,7 +347,8 @@ class Config:
     port: int = 8000  # the producer's (and every subscriber's, unless `ports`)
     ports: tuple[int, ...] = ()  # subscriber i connects to ports[i % len(ports)]
     path: str = "/"
-    mode: str = "raw"  # "raw", "centrifugo", "socketio" or "pubsub"
+    mode: str = "raw"  # "raw", "centrifugo", "socketio", "pubsub" or "uni_sse"
+    sub_format: str = "json"  # centrifugo subscribers: "json" or "protobuf"
     subscribers: int = 1000
     procs: int = 1
     messages: int = 500
@@ -314,6 +394,9 @@ class WSClient(asyncio.Protocol):
     ready for the benchmark (after the handshake by default).
     """
 
+    #: a WebSocket subprotocol to ask for in the handshake
+    subprotocol: str | None = None
+
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
         self.loop = asyncio.get_running_loop()
@@ -340,7 +423,8 @@ class WSClient(asyncio.Protocol):
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
-            "\r\n"
+            + (f"Sec-WebSocket-Protocol: {self.subprotocol}\r\n" if self.subprotocol else "")
+            + "\r\n"
         )
         transport.write(request.encode())  # type: ignore[attr-defined]
 
@@ -535,6 +619,9 @@ class Subscriber(WSClient):
         self.count_marker = cfg.count == "marker"
         self.engineio = cfg.mode == "socketio"
         self.centrifugo = cfg.mode == "centrifugo"
+        self.protobuf = self.centrifugo and cfg.sub_format == "protobuf"
+        if self.protobuf:
+            self.subprotocol = "centrifuge-protobuf"
         self.received = 0
         self.is_complete = False
         self.benchmarking = False  # counting starts once ready
@@ -545,6 +632,13 @@ class Subscriber(WSClient):
     def handshake_done(self) -> None:
         cfg = self.cfg
         mode = cfg.mode
+        if mode == "centrifugo" and self.protobuf:
+            commands = [pb_command(1, 4, b"")] + [
+                pb_command(2 + k, 5, pb_string(1, ch.encode())) for k, ch in enumerate(self.channels)]
+            self.send(b"".join(commands), OP_BINARY)
+            if self._ready_marker is None and self._ready_id is None:
+                self._ready_id = 1 + len(self.channels)
+            return
         if mode == "centrifugo":
             sends = ['{"id":1,"connect":{}}'] + [
                 json.dumps({"id": 2 + k, "subscribe": {"channel": ch}}, separators=(",", ":"))
@@ -577,6 +671,8 @@ class Subscriber(WSClient):
         """
         if self.engineio:
             return self._engineio_pre_ready(payload)
+        if self.protobuf:
+            return self._protobuf_pre_ready(payload)
         if self._ready_marker is not None:
             if self._ready_marker not in payload:
                 return False
@@ -596,6 +692,18 @@ class Subscriber(WSClient):
             if isinstance(reply, dict) and reply.get("id") == self._ready_id:
                 return True
         return False
+
+    def _protobuf_pre_ready(self, payload: bytes) -> bool:
+        """Protobuf replies before readiness: answer pings, find the ready id."""
+        ready = False
+        for reply_id, has_error, size in pb_replies(payload):
+            if size == 0:  # the server's ping
+                self.send(b"\x00", OP_BINARY)
+            elif has_error and reply_id:
+                raise HandshakeError(f"command {reply_id} refused: {payload[:200]!r}")
+            elif reply_id == self._ready_id:
+                ready = True
+        return ready
 
     def _engineio_pre_ready(self, payload: bytes) -> bool:
         """Engine.IO / Socket.IO opening: open -> connect -> (subscribe)."""
@@ -667,7 +775,10 @@ class Subscriber(WSClient):
             if b0 & 0x0F <= OP_BINARY:  # data frame
                 if count_marker:
                     k = data.count(MARKER, start, end)
-                    if self.centrifugo:
+                    if self.protobuf:
+                        if not k and length == 1 and data[start] == 0:  # ping: an empty Reply
+                            self.send(b"\x00", OP_BINARY)
+                    elif self.centrifugo:
                         if data.find(b"{}", start, end) >= 0:
                             self._centrifugo_pings(data[start:end])
                     elif not k and length == 1 and self.engineio and data[start] == 0x32:
@@ -718,6 +829,72 @@ class Subscriber(WSClient):
             stats.check_done()
 
 
+class SSESubscriber(Subscriber):
+    """``--mode uni_sse``: a plain HTTP GET whose streamed body is counted by
+    payload marker (a marker split across reads is found with the next one)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        cf_connect = json.dumps({"subs": {ch: {} for ch in self.channels}}, separators=(",", ":"))
+        from urllib.parse import quote
+
+        request = (
+            f"GET /connection/uni_sse?cf_connect={quote(cf_connect)} HTTP/1.1\r\n"
+            f"Host: {self.cfg.host}:{self.cfg.port}\r\n"
+            "Accept: text/event-stream\r\n"
+            "\r\n"
+        )
+        transport.write(request.encode())  # type: ignore[attr-defined]
+
+    def _handshake_received(self, data: bytes) -> bytes:
+        buf = self._handshake_buf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HANDSHAKE_RESPONSE:
+                self.fail("response head too large")
+            self._handshake_buf = buf
+            return b""
+        head, rest = buf[:end], buf[end + 4 :]
+        self._handshake_buf = b""
+        self._handshaking = False
+        status = head.split(b"\r\n", 1)[0].split(None, 2)
+        if len(status) < 2 or status[1] != b"200":
+            self.fail(f"expected 200, got {head[:80].decode(errors='replace')!r}")
+            return b""
+        return rest
+
+    def frames_received(self, data: bytes) -> None:
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        if not self.benchmarking:
+            at = data.find(b'"connect"')
+            if at < 0:
+                self._rest = data[-16:]
+                return
+            self._become_ready()
+            data = data[at:]
+        got = data.count(MARKER)
+        self._rest = data[-(len(MARKER) - 1):]  # a marker cut in two is counted with the next read
+        if self._rest.count(MARKER):
+            self._rest = b""
+        stats = self.stats
+        if got:
+            stats.countdown -= got
+            if stats.countdown <= 0:
+                stats.countdown = stats.sample_every
+                at = data.rfind(MARKER)
+                if len(data) - at >= PAYLOAD_HEADER_LEN:
+                    self._sample(data, at, len(data))
+            stats.last_ns = time.time_ns()
+            stats.delivered += got
+            self.received += got
+            if not self.is_complete and self.received >= self.expected:
+                self.is_complete = True
+                stats.complete += 1
+                stats.check_done()
+
+
 async def _connect_subscriber(
     cfg: Config, stats: SubscriberStats, index: int, expected: int | None, timeout: float
 ) -> Subscriber:
@@ -727,7 +904,7 @@ async def _connect_subscriber(
     try:
         _, proto = await asyncio.wait_for(
             loop.create_connection(
-                lambda: Subscriber(cfg, stats, index, expected),
+                lambda: (SSESubscriber if cfg.mode == "uni_sse" else Subscriber)(cfg, stats, index, expected),
                 cfg.host,
                 cfg.ports[index % len(cfg.ports)] if cfg.ports else cfg.port,
             ),
@@ -1353,7 +1530,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         "over them round-robin, and the producer uses the first",
     )
     parser.add_argument("--path", default="/", help="WebSocket request path")
-    parser.add_argument("--mode", choices=["raw", "centrifugo", "socketio", "pubsub"], default="raw")
+    parser.add_argument("--mode", choices=["raw", "centrifugo", "socketio", "pubsub", "uni_sse"], default="raw")
+    parser.add_argument("--sub-format", choices=["json", "protobuf"], default="json",
+                        help="centrifugo: the subscribers' protocol format (the producer speaks JSON)")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--procs", type=int, default=1, help="subscriber processes")
     parser.add_argument("--messages", type=int, default=500, help="publications")
@@ -1439,13 +1618,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         parser.error("--reconnect needs --idle")
     if args.groups and args.sub_send:
         parser.error("--groups builds the subscribe messages itself; drop --sub-send")
-    count = args.count or ("marker" if args.mode in ("centrifugo", "socketio") else "frames")
+    count = args.count or ("marker" if args.mode in ("centrifugo", "socketio", "uni_sse") else "frames")
     cfg = Config(
         host=args.host,
         port=ports[0],
         ports=tuple(ports) if len(ports) > 1 else (),
         path=args.path,
         mode=args.mode,
+        sub_format=args.sub_format,
         subscribers=args.subscribers,
         procs=args.procs,
         messages=args.messages,

@@ -22,7 +22,7 @@ class Target:
     """Where and how the load generator talks to a peer."""
 
     path: str
-    mode: str  # loadgen --mode: raw, centrifugo, socketio, pubsub
+    mode: str  # loadgen --mode: raw, centrifugo, socketio, pubsub, uni_sse
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,16 @@ HUBBUB_PROTOCOL = Peer(
     channels=Target("/connection/websocket", "centrifugo"),
     what="the same server on the Centrifugo protocol endpoint: connect + subscribe commands, "
     "publish commands (up to 1000 awaiting a reply in burst workloads), pushes as JSON",
+    requires=("hubbub",),
+    packages=("hubbub",),
+)
+HUBBUB_UNI_SSE = Peer(
+    name="hubbub-uni-sse",
+    argv=hubbub_argv(),
+    fanout=Target("/ws/bench", "uni_sse"),
+    channels=None,
+    what="the same server, subscribers on the one-way SSE transport (`GET /connection/uni_sse` with "
+    "`cf_connect`, plain HTTP clients); the producer is a relay client on `/ws/bench`",
     requires=("hubbub",),
     packages=("hubbub",),
 )
@@ -117,6 +127,7 @@ TRIVIAL = Peer(
 )
 
 PEERS: dict[str, Peer] = {
-    peer.name: peer for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_ASGI, WEBSOCKETS, SOCKETIO, SOCKETIFY, TRIVIAL)
+    peer.name: peer
+    for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_UNI_SSE, HUBBUB_ASGI, WEBSOCKETS, SOCKETIO, SOCKETIFY, TRIVIAL)
 }
 BASELINE = "websockets"

@@ -563,6 +563,26 @@ class Suite:
                         replicas=replicas,
                     )
                 section["rows"][str(subs)] = rows
+            # workload 3 (many channels) where the hub's CPU, not the load generator,
+            # is the limit: one memory process against two workers sharing Redis
+            many = {}
+            for peer, replicas in variants:
+                if peer.name not in ("hubbub-memory", "hubbub-redis-2w") or peer.channels is None:
+                    continue
+                log(f"- workload 6, many channels: {peer.name}, {s.w3_clients} clients, {s.w3_groups} groups")
+                many[peer.name] = self.measure(
+                    peer,
+                    peer.channels.path,
+                    peer.channels.mode,
+                    ["--subscribers", str(s.w3_clients), "--groups", str(s.w3_groups),
+                     "--messages", str(s.w3_messages), "--timeout", str(s.timeout), "--sample-every", "20",
+                     "--window", str(PUBLISH_WINDOW)],
+                    timeout=s.timeout,
+                    settle=1.0 if "2w" in peer.name else 0.0,
+                    replicas=replicas,
+                )
+            if many:
+                section["many_channels"] = many
         except RuntimeError as exc:
             section["error"] = str(exc)
         finally:
@@ -1124,6 +1144,21 @@ class Report:
             out.append(f"{int(subs):,} subscribers:\n\n" + md_table(
                 ["server", "deliveries/s", "vs hubbub-memory", "delivered", "notes"], table
             ))
+        many = sec.get("many_channels") or {}
+        if many:
+            base = _rate(many.get("hubbub-memory"))
+            table = []
+            for name, row in many.items():
+                rep = row.get("report") or {}
+                rate = _rate(row)
+                table.append([
+                    name, _num(rate), _ratio(rate, base),
+                    f"{rep.get('delivered', 0):,}/{rep.get('expected', 0):,}" if rep else "-",
+                    _notes(row),
+                ])
+            out.append(f"Many channels (workload 3's load: {self.suite.scale.w3_clients:,} protocol clients in "
+                       f"{self.suite.scale.w3_groups} channels):\n\n" + md_table(
+                           ["server", "deliveries/s", "vs hubbub-memory", "delivered", "notes"], table))
         if sec.get("error"):
             out.append(f"Error: {sec['error']}")
         failures = {}

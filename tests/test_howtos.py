@@ -668,7 +668,7 @@ def test_install_from_a_git_url_with_the_redis_extra(tmp_path: Path) -> None:
         metadata = zf.read(f"hubbub-{__version__}.dist-info/METADATA").decode()
         names = zf.namelist()
     assert "Provides-Extra: redis" in metadata
-    assert re.search(r'^Requires-Dist: redis>=\S+; extra == "redis"$', metadata, re.M)
+    assert re.search(r'^Requires-Dist: redis\[hiredis\]>=\S+; extra == "redis"$', metadata, re.M)
     assert {"hubbub/static/hubbub.js", "hubbub/static/index.html"} <= set(names)
 
 

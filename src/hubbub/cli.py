@@ -46,7 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default 8000; 0 picks a free one)")
     serve.add_argument("--config", metavar="FILE", help="TOML settings file (flags override it)")
-    serve.add_argument("--broker", default=None, help="'memory' (default) or redis://HOST:PORT/DB")
+    serve.add_argument("--broker", default=None, help="'memory' (default), redis://HOST:PORT/DB, several such URLs (shards), "
+                       "redis+cluster://HOST:PORT,... or redis+sentinel://HOST:PORT,.../MASTER (docs/scaling.md)")
     serve.add_argument("--ping-interval", type=float, default=None, metavar="SECONDS",
                        help="seconds between server pings (default 25; 0 disables)")
     serve.add_argument("--max-message-size", type=int, default=None, metavar="BYTES",
@@ -258,6 +259,12 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("security: %s", config.security_mode)
         log.info("protocol: ws://%s/connection/websocket  relay: ws://%s/ws/{channel}  health: %s/health  "
                  "metrics: %s/metrics", where, where, s.url, s.url)
+        streams = [f"{name}: {s.url}{path}" for name, path in (
+            ("events", config.channel_sse_path), ("uni_sse", config.uni_sse_path),
+            ("uni_http_stream", config.uni_http_stream_path), ("http_stream", config.http_stream_path),
+            ("sse", config.sse_path)) if path]
+        if streams:
+            log.info("streams: %s", "  ".join(streams).replace("{channel:path}", "{channel}"))
         if config.page:
             log.info("live page: %s/", s.url)
 

@@ -14,17 +14,27 @@ per codec (and framing), whatever the number of subscribers (DESIGN rule 1,
 JSON (centrifugal.dev ``docs/transports/client_protocol.md``): one WebSocket
 text message carries one or more commands (or replies), separated by ``\\n``;
 ``data`` and ``info`` are embedded JSON values.
+
+Protobuf: :class:`~hubbub.protobuf_codec.ProtobufCodec` (binary messages of
+varint-length-delimited ``Command``/``Reply``; its module docstring says what
+JSON and Protobuf subscribers of one channel receive from each other).
+
+:func:`negotiate` picks a connection's codec at the handshake: the
+``centrifuge-protobuf`` or ``centrifuge-json`` WebSocket subprotocol (what the
+SDKs send), or ``?format=`` / ``?cf_protocol=`` (``json`` or ``protobuf``);
+JSON without any of them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any, Protocol
 
 from .brokers.base import ClientInfo, Publication
 from .codes import DisconnectCode
-from .errors import Disconnect, ProtocolError
+from .errors import BadRequest, Disconnect, ProtocolError
 from .outbox import FrameEncoder
+from .protobuf_codec import PROTOBUF, ProtobufCodec
 from .strictjson import dumps, loads
 
 
@@ -34,10 +44,14 @@ class Codec(Protocol):
     Attributes:
         name: the format (``"json"``, ``"protobuf"``).
         binary: whether messages go in binary WebSocket frames.
+        publication_objects: whether :meth:`encode_reply` takes
+            :class:`~hubbub.brokers.base.Publication` objects in results
+            (history, recovery) rather than their ``to_json()`` dicts.
     """
 
     name: str
     binary: bool
+    publication_objects: bool
 
     def decode_commands(self, payload: bytes) -> Iterator[dict[str, Any]]:
         """The commands in one message, in order.
@@ -76,6 +90,7 @@ class JSONCodec:
 
     name = "json"
     binary = False
+    publication_objects = False
     ping = b"{}"
 
     def decode_commands(self, payload: bytes) -> Iterator[dict[str, Any]]:
@@ -158,3 +173,57 @@ class ProtocolWire:
 
 #: The JSON codec (stateless: one for the process).
 JSON = JSONCodec()
+
+#: WebSocket subprotocols of ``/connection/websocket`` and their codecs, in the
+#: order a server prefers them (centrifugal.dev ``docs/transports/websocket.md``).
+SUBPROTOCOLS: dict[str, Codec] = {"centrifuge-protobuf": PROTOBUF, "centrifuge-json": JSON}
+
+#: Values of the ``format`` and ``cf_protocol`` query parameters.
+FORMATS: dict[str, Codec] = {"json": JSON, "protobuf": PROTOBUF}
+
+
+def negotiate(query: Mapping[str, str], headers: Mapping[str, str]) -> tuple[Codec, str | None]:
+    """The codec of a protocol connection and the subprotocol to answer in the ``101``.
+
+    Args:
+        query: the upgrade's query parameters (``format``, ``cf_protocol``).
+        headers: its headers, lower-case names (``sec-websocket-protocol``:
+            the offered subprotocols, comma-separated).
+
+    Returns:
+        ``(codec, subprotocol)``: the first offered subprotocol hubbub speaks
+        (:data:`SUBPROTOCOLS`) and its codec, else the codec of the query
+        parameter, else JSON; ``subprotocol`` is ``None`` when none was offered.
+
+    Raises:
+        BadRequest: subprotocols were offered and none is spoken here; an
+            unknown ``format``/``cf_protocol`` value; a query parameter that
+            contradicts the subprotocol or the other parameter. The server
+            answers it with HTTP 400 and this message at the handshake.
+    """
+    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
+    codec: Codec | None = None
+    subprotocol: str | None = None
+    if offered:
+        for name in offered:
+            if name in SUBPROTOCOLS:
+                subprotocol, codec = name, SUBPROTOCOLS[name]
+                break
+        else:
+            raise BadRequest(f"unsupported WebSocket subprotocol {', '.join(offered)}; "
+                             f"/connection/websocket speaks {', '.join(SUBPROTOCOLS)}")
+    for key in ("format", "cf_protocol"):
+        value = query.get(key)
+        if value is None:
+            continue
+        chosen = FORMATS.get(value.lower())
+        if chosen is None:
+            raise BadRequest(f"unknown {key}={value!r}; use {key}=json or {key}=protobuf")
+        if codec is not None and chosen is not codec:
+            raise BadRequest(f"{key}={value} contradicts the protocol already chosen ({codec.name})")
+        codec = chosen
+    return codec or JSON, subprotocol
+
+
+__all__ = ["FORMATS", "JSON", "PROTOBUF", "SUBPROTOCOLS", "Codec", "JSONCodec", "ProtobufCodec", "ProtocolWire",
+           "negotiate"]

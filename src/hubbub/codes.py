@@ -120,3 +120,22 @@ def should_reconnect(code: int) -> bool:
     if 3500 <= code < 4000:
         return False
     return code != DisconnectCode.NORMAL
+
+
+class UnsubscribeCode(enum.IntEnum):
+    """Codes of a server-side ``unsubscribe`` push (centrifugal/centrifuge
+    ``unsubscribe.go``). 2500 and above tell an SDK to subscribe again (with
+    a new subscription token where it needs one); below 2500 it stays
+    unsubscribed."""
+
+    SERVER = 2000
+    INSUFFICIENT_STATE = 2500
+    EXPIRED = 2501
+
+
+#: The standard reason of each unsubscribe code.
+UNSUBSCRIBE_REASONS: dict[int, str] = {
+    UnsubscribeCode.SERVER: "server unsubscribe",
+    UnsubscribeCode.INSUFFICIENT_STATE: "insufficient state",
+    UnsubscribeCode.EXPIRED: "subscription expired",
+}

@@ -41,9 +41,9 @@ from typing import Any
 
 from .auth import InvalidToken, TokenExpired, TokenVerifier
 from .brokers.base import ClientInfo, Publication, StreamPosition
-from .codes import DisconnectCode, ErrorCode
+from .codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
 from .config import Config, NamespaceOptions
-from .errors import BrokerError, Disconnect, ProtocolError
+from .errors import BadRequest, BrokerError, Disconnect, ProtocolError
 from .hub import Hub, SubscribeResult, Subscriber, Wire
 from .outbox import FrameBatch, Outbox
 from .strictjson import encode_data
@@ -248,7 +248,7 @@ class ClientCore:
 
     __slots__ = (
         "context", "hub", "config", "out", "wire", "headers", "client_id", "user", "conn_info", "_info",
-        "expire_at", "channels", "connected", "closed", "pong_expected", "_rate", "__weakref__",
+        "expire_at", "channels", "sub_expire_at", "connected", "closed", "pong_expected", "_rate", "__weakref__",
     )
 
     #: the transport's name in hooks and metrics
@@ -273,6 +273,9 @@ class ClientCore:
         #: channel -> ClientInfo used for presence/join/leave in that channel
         #: (None where the namespace shows nobody: :meth:`info` stands for it)
         self.channels: dict[str, ClientInfo | None] = _NO_CHANNELS  # a dict of its own once subscribed
+        #: channel -> unix time (seconds) its subscription token expires, for
+        #: subscriptions made with a token that has ``exp`` (``None``: none)
+        self.sub_expire_at: dict[str, float] | None = None
         self.connected = False
         self.closed = False
         self.pong_expected = False
@@ -394,10 +397,67 @@ class ClientCore:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "token is for another user")
         self.expire_at = claims.expire_at
 
+    @property
+    def expires(self) -> bool:
+        """Whether the connection or a subscription has a token that expires."""
+        return self.expire_at is not None or bool(self.sub_expire_at)
+
     def check_expiry(self, now: float) -> None:
-        """Close with 3005 if the connection's token expired (``now``: unix seconds)."""
-        if self.expire_at is not None and now >= self.expire_at and not self.closed:
+        """End what expired (``now``: unix seconds): close with 3005 if the
+        connection's token expired; end each subscription whose subscription
+        token expired more than ``client_expired_sub_close_delay`` seconds ago
+        and was not refreshed (:meth:`_subscription_expired`)."""
+        if self.closed:
+            return
+        if self.expire_at is not None and now >= self.expire_at:
             self.disconnect(DisconnectCode.EXPIRED)
+            return
+        expiring = self.sub_expire_at
+        if not expiring:
+            return
+        deadline = now - self.config.client_expired_sub_close_delay
+        for channel, expire_at in list(expiring.items()):
+            if not self.subscribed_to(channel):
+                del expiring[channel]
+            elif expire_at <= deadline:
+                del expiring[channel]
+                self._subscription_expired(channel)
+                if self.closed:
+                    return
+
+    def subscribed_to(self, channel: str) -> bool:
+        """Whether this client is subscribed to ``channel`` (or is about to be)."""
+        return channel in self.channels
+
+    def _subscription_expired(self, channel: str) -> None:
+        """End a subscription whose token expired: unsubscribe push 2501, after
+        which an SDK subscribes again with a new token (centrifugal/centrifuge
+        ``client.go``, ``checkSubscriptionExpiration``). Transports that cannot
+        tell a client about one subscription override this."""
+        if self.leave(channel):
+            self._push_unsubscribed(channel, UnsubscribeCode.EXPIRED, UNSUBSCRIBE_REASONS[UnsubscribeCode.EXPIRED])
+
+    async def refresh_subscription(self, channel: Any, token: str) -> float | None:
+        """Take a new subscription token for a channel this client is
+        subscribed to (the protocol's ``sub_refresh``); returns its ``exp``
+        (unix seconds) or ``None`` if it does not expire.
+
+        Raises:
+            BadRequest: 107 invalid channel name or no token.
+            ProtocolError: 103 not subscribed, or a token that is invalid or
+                for another channel or user; 109 expired.
+        """
+        self.hub.namespace(channel)  # validates the name (107)
+        if channel not in self.channels:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+        if not token:
+            raise BadRequest("sub_refresh without token")
+        with self._subscription_token(token) as verifier:
+            claims = await verifier.subscription(token)
+        self._check_subscription_claims(channel, claims)
+        if channel not in self.channels:  # unsubscribed meanwhile
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+        return claims.expire_at
 
     # -- rate --------------------------------------------------------------------------------
 
@@ -454,9 +514,23 @@ class ClientCore:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED, "invalid subscription token") from None
 
     def _check_subscription_claims(self, channel: str, claims: Any) -> Any:
+        """The channel info of a verified subscription token for ``channel``;
+        notes its ``exp`` for the subscription about to be made."""
         if claims.channel != channel or claims.user != self.user:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED, "subscription token is for another channel or user")
+        if claims.expire_at is not None:
+            expiring = self.sub_expire_at
+            if expiring is None:
+                expiring = self.sub_expire_at = {}
+            expiring[channel] = claims.expire_at
+        elif self.sub_expire_at:
+            self.sub_expire_at.pop(channel, None)
         return claims.info
+
+    def subscription_expires(self, channel: str) -> float | None:
+        """When the subscription token of ``channel`` expires (unix seconds), or ``None``."""
+        expiring = self.sub_expire_at
+        return expiring.get(channel) if expiring else None
 
     def authorize_subscribe_nowait(self, channel: Any, token: str = "") -> tuple[NamespaceOptions, Any] | None:
         """:meth:`authorize_subscribe` without waiting; ``None`` when a hook or a
@@ -570,6 +644,8 @@ class ClientCore:
 
     def _forget(self, channel: str) -> ClientInfo | None:
         """Drop a subscription noted by :meth:`_remember`; its info."""
+        if self.sub_expire_at:
+            self.sub_expire_at.pop(channel, None)
         return self.channels.pop(channel, None) if self.channels is not _NO_CHANNELS else None
 
     async def server_subscribe(self, channel: str) -> None:
@@ -620,8 +696,9 @@ class ClientCore:
         return await self.hub.publish(channel, publication, source=source)
 
     async def history(self, channel: Any, *, since: StreamPosition | None = None, limit: int = 0,
-                      reverse: bool = False) -> dict[str, Any]:
-        """The channel's history for this client (``HistoryResult`` shape).
+                      reverse: bool = False, as_objects: bool = False) -> dict[str, Any]:
+        """The channel's history for this client (``HistoryResult`` shape;
+        ``as_objects``: publications as :class:`Publication` objects, see :meth:`Hub.history`).
 
         Raises:
             ProtocolError: 102, 103, 107, 108 no history, 112 wrong epoch, 100 broker failure.
@@ -631,7 +708,7 @@ class ClientCore:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE)
         if not ns.allow_history_for_client:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED)
-        return await self.hub.history(channel, since=since, limit=limit, reverse=reverse)
+        return await self.hub.history(channel, since=since, limit=limit, reverse=reverse, as_objects=as_objects)
 
     def _presence_check(self, channel: Any) -> str:
         ns = self.namespace(channel)

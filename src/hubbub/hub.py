@@ -130,6 +130,7 @@ class Hub:
         self.config = config
         self.broker = broker
         self.stats = Stats()
+        broker.stats = self.stats  # the broker counts its round trips here
         self._channels: dict[str, _Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._presence: dict[str, dict[str, ClientInfo]] = {}  # local entries, refreshed by a shared timer
@@ -139,6 +140,9 @@ class Hub:
         self.sessions: dict[str, dict[str, Any]] = {}
         #: connected clients of this node, whatever their way in
         self.clients = 0
+        #: reserved internal channels (the cluster's control channels, :mod:`hubbub.cluster`):
+        #: their publications go to the handler, never to subscribers
+        self.internal: dict[str, Callable[[Publication], None]] = {}
 
     # -- life cycle ---------------------------------------------------------
 
@@ -239,11 +243,15 @@ class Hub:
         since: StreamPosition | None = None,
         limit: int = 0,
         reverse: bool = False,
+        as_objects: bool = False,
     ) -> dict[str, Any]:
         """A channel's history as the protocol's ``HistoryResult``:
         ``{"publications": [...], "epoch": ..., "offset": ...}``.
 
         ``limit``: at most that many (0: only the position; negative: all).
+        ``as_objects``: the publications as :class:`Publication` objects
+        (for a codec that encodes them itself, keeping binary data) instead of
+        their ``to_json()`` dicts.
 
         Raises:
             ProtocolError: 108 without history in the namespace; 112 when
@@ -264,7 +272,7 @@ class Hub:
         if since is not None and since.epoch and since.epoch != result.position.epoch:
             raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
         return {
-            "publications": [p.to_json() for p in result.publications],
+            "publications": result.publications if as_objects else [p.to_json() for p in result.publications],
             "epoch": result.position.epoch,
             "offset": result.position.offset,
         }
@@ -274,11 +282,21 @@ class Hub:
     def on_publication(self, channel: str, pub: Publication) -> None:
         state = self._channels.get(channel)
         if state is None:
+            internal = self.internal.get(channel)
+            if internal is not None:
+                internal(pub)
             return
         if pub.offset:
-            if state.last_offset and pub.offset > state.last_offset + 1:
+            if pub.epoch and state.epoch and pub.epoch != state.epoch:
+                # a new stream (Redis lost its data): its offsets say nothing about the
+                # old one's; recoverable subscribers are told before anything of it
+                self._gap(channel, state)
+                state.skip.clear()
+            elif state.last_offset and pub.offset > state.last_offset + 1:
                 self._gap(channel, state)
             state.last_offset = max(state.last_offset, pub.offset)
+            if not state.epoch:
+                state.epoch = pub.epoch
         exclude = pub.exclude_client
         skipped: set[str] | None = None
         if state.skip and pub.offset:
@@ -349,6 +367,7 @@ class Hub:
                     sub.disconnect(DisconnectCode.INSUFFICIENT_STATE)
         state.last_offset = 0
         state.epoch = ""
+        state.batches.clear()  # what follows must not reach them through a batch they hold
 
     def on_broker_reconnect(self) -> None:
         """The broker came back: restore this node's presence entries and check
@@ -448,6 +467,8 @@ class Hub:
         info: ClientInfo | None, result: SubscribeResult,
     ) -> None:
         client_id = sub.client_id
+        if result.position.epoch and state.epoch and result.position.epoch != state.epoch:
+            self._gap(channel, state)  # a new stream: the others hold positions in the old one
         state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         state.batches.clear()  # the new subscriber is in none of them
         if result.position.offset > state.last_offset:
@@ -476,6 +497,8 @@ class Hub:
         finally:
             state.buffering.pop(client_id, None)
         top = history.position
+        if any(p.epoch and p.epoch != top.epoch for p in buffer):  # the stream was replaced meanwhile
+            raise ProtocolError(ErrorCode.INTERNAL, "the channel's stream changed while subscribing", temporary=True)
         result = SubscribeResult(position=top)
         if since is not None:
             pubs = history.publications

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .brokers.base import ClientInfo, Publication
-from .codes import DisconnectCode, ErrorCode
+from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
 from .config import NamespaceOptions
 from .core import ClientContext, ClientCore
 from .errors import Disconnect, ProtocolError
@@ -276,6 +276,13 @@ class RelaySession(ClientCore):
         raise ProtocolError(ErrorCode.NOT_AVAILABLE, "relay connections hold one channel")
 
     # The one channel of a relay client is its path's: a flag, not a dict (memory per connection).
+
+    def subscribed_to(self, channel: str) -> bool:
+        return channel == self.channel
+
+    def _subscription_expired(self, channel: str) -> None:
+        """A relay connection is its one subscription: closed with 3006."""
+        self.disconnect(DisconnectCode.SUBSCRIPTION_EXPIRED, DISCONNECT_REASONS[DisconnectCode.SUBSCRIPTION_EXPIRED])
 
     def _remember(self, channel: str, info: ClientInfo | None) -> None:
         self.subscribed = True

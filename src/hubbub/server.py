@@ -31,7 +31,8 @@ from .admin import Admin
 from .api import ServerAPI
 from .auth import TokenVerifier
 from .brokers import create_broker
-from .codec import JSON, ProtocolWire
+from .cluster import Cluster
+from .codec import JSON, Codec, ProtocolWire, negotiate
 from .codes import DisconnectCode
 from .config import Config
 from .connection import Connection, FrameEncoder, WebSocketSession
@@ -41,9 +42,10 @@ from .hub import Hub
 from .listener import Listener
 from .metrics import render
 from .relay import RelaySession, RelayWire
-from .errors import ConfigError
+from .errors import BadRequest, ConfigError
 from .routing import RouteCollision, Router
 from .session import ClientSession
+from .streams import Streams
 from .writer import Flusher
 
 log = logging.getLogger("hubbub.server")
@@ -57,6 +59,11 @@ _BUILTIN_SETTING = {
     "the protocol endpoint": "protocol_path", "the relay": "relay_path", "health": "health_path",
     "the server API": "api_path", "metrics": "metrics_path", "the demo page": "page",
     "the admin dashboard": "admin",
+    "the server API (newline-delimited commands)": "api_path",
+    "the http_stream transport": "http_stream_path", "the sse transport": "sse_path",
+    "the emulation endpoint": "emulation_path", "the uni_sse transport": "uni_sse_path",
+    "the uni_http_stream transport": "uni_http_stream_path", "channel event streams": "channel_sse_path",
+    "the uni_websocket transport": "uni_websocket_path",
 }
 
 
@@ -131,6 +138,8 @@ class Server:
         # wires of other framings (ASGI), made once each: a push is encoded once per wire
         self._wires: dict[type, tuple[ProtocolWire, RelayWire]] = {
             type(self.frames): (self.protocol_wire, self.relay_wire)}
+        # protocol wires of the other codecs (Protobuf), per framing and codec
+        self._codec_wires: dict[tuple[type, str], ProtocolWire] = {}
         self.verifier = TokenVerifier(self.config)
         #: what every client session of this node shares (hub, rules, hooks)
         self.context = ClientContext(self.hub, verifier=self.verifier, hooks=hooks or SessionHooks())
@@ -152,7 +161,10 @@ class Server:
         self._ping_round = 0
         self._stopped: asyncio.Event | None = None
         config = self.config
-        self.api = ServerAPI(self.hub, config, started_at=self.started_at)
+        #: this node in the cluster of nodes sharing the broker (control channel, node info)
+        self.cluster = Cluster(self.hub, started_at=self.started_at, interval=config.node_info_interval,
+                               timeout=config.node_timeout, request_timeout=config.node_request_timeout)
+        self.api = ServerAPI(self.hub, config, cluster=self.cluster)
         if config.protocol_path:
             self.websocket_routes.add(config.protocol_path, self._protocol_endpoint, "the protocol endpoint")
         if config.relay_path:
@@ -161,9 +173,14 @@ class Server:
             self.http_routes.add(config.health_path, self._health, "health")
         if config.api_path:
             self.http_routes.add(config.api_path.rstrip("/") + "/{method}", self.api.handle, "the server API")
+            self.http_routes.add(config.api_path.rstrip("/") or "/", self.api.handle_commands,
+                                 "the server API (newline-delimited commands)")
         if config.metrics_path:
             self.http_routes.add(config.metrics_path, self._metrics, "metrics")
         self.http_routes.add("/static/{name}", self._static, "hubbub's static files")
+        #: SSE, HTTP streaming, one-way transports and channel event streams (hubbub.streams)
+        self.streams = Streams(self)
+        self.streams.install()
         if config.page:
             self.http_routes.add("/", self._page, "the demo page")
         #: the operator's dashboard at /admin (``None`` with ``admin = false``; it
@@ -218,8 +235,24 @@ class Server:
             found = self._wires[type(frames)] = (ProtocolWire(JSON, frames), RelayWire(frames))
         return found
 
-    def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession:
-        return ClientSession(self.context, conn, self.wires(conn)[0], headers=request.headers)
+    def codec_wire(self, conn: Any, codec: Codec) -> ProtocolWire:
+        """The protocol wire of ``codec`` for ``conn``'s framing (its ``frames``),
+        one per framing and codec: a push is encoded once per codec."""
+        if codec is JSON:
+            return self.wires(conn)[0]
+        key = (type(conn.frames), codec.name)
+        wire = self._codec_wires.get(key)
+        if wire is None:
+            wire = self._codec_wires[key] = ProtocolWire(codec, conn.frames)
+        return wire
+
+    def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession | tuple[int, str]:
+        try:
+            codec, subprotocol = negotiate(request.query, request.headers)
+        except BadRequest as exc:
+            return 400, exc.message
+        return ClientSession(self.context, conn, self.codec_wire(conn, codec), headers=request.headers,
+                             subprotocol=subprotocol)
 
     def _relay_endpoint(self, conn: Connection, request: HTTPRequest) -> RelaySession:
         echo = request.query.get("echo", "true").lower() not in ("false", "0", "no")
@@ -334,6 +367,11 @@ class Server:
         self.connections.add(conn)
         self._pending.add(conn)
 
+    def stream_opened(self, conn: Connection) -> None:
+        """``conn`` answers with a stream (hubbub.streams): pinged and swept like a WebSocket."""
+        self.websockets.add(conn)
+        self._pending.discard(conn)
+
     def websocket_opened(self, conn: Connection) -> None:
         self.websockets.add(conn)
         if not isinstance(conn.session, ClientSession):
@@ -389,7 +427,7 @@ class Server:
         wall = self.context.wall()
         for conn in self.websockets:
             session = conn.session
-            if isinstance(session, ClientCore) and session.expire_at is not None:
+            if isinstance(session, ClientCore) and session.expires:
                 session.check_expiry(wall)
         now = time.monotonic()
         for conn in list(self._pending):
@@ -443,6 +481,7 @@ class Server:
         if self.flusher is None:
             self.flusher = Flusher(loop)
             await self.hub.start()
+            await self.cluster.start()
             if self.config.ping_interval > 0:
                 self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
             self._every("sweep", SWEEP_INTERVAL, self._sweep)
@@ -486,6 +525,7 @@ class Server:
             await self._server.wait_closed()
         if self.admin is not None:
             await self.admin.close()
+        await self.cluster.close()
         await self.hub.close()
 
     async def serve(self, *, ready: Callable[[Server], None] | None = None, reuse_port: bool = False) -> None:

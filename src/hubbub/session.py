@@ -42,6 +42,7 @@ from .core import ClientContext, ClientCore, ConnectRequest, ConnectResult, Sess
 from .errors import BadRequest, Disconnect, ProtocolError
 from .hub import SubscribeResult
 from .outbox import FrameBatch, Outbox
+from .protobuf_codec import publication_from_bytes
 from .validation import Params
 
 __all__ = ["ClientSession", "ConnectRequest", "ConnectResult", "SessionHooks"]
@@ -77,18 +78,23 @@ class ClientSession(ClientCore):
         wire: the push encoder of this session's codec and framing.
         headers: the handshake's HTTP headers (lower-cased names).
         client_id: connection id; a random UUID by default.
+        subprotocol: the WebSocket subprotocol the transport answers in its
+            ``101`` (``centrifuge-protobuf``, ``centrifuge-json``), if the client
+            asked for one (:func:`hubbub.codec.negotiate`).
     """
 
     #: the connection may drop a lone ``{}`` message (a pong) before it reaches the session
     inline_pong = True
     transport = "websocket"
 
-    __slots__ = ("codec", "created_at", "_replies", "_reply_bytes", "_late", "_commands", "_slice_start")
+    __slots__ = ("codec", "subprotocol", "created_at", "_replies", "_reply_bytes", "_late", "_commands", "_slice_start")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: ProtocolWire, *,
-                 headers: dict[str, str] | None = None, client_id: str | None = None) -> None:
+                 headers: dict[str, str] | None = None, client_id: str | None = None,
+                 subprotocol: str | None = None) -> None:
         super().__init__(context, out, wire, headers=headers, client_id=client_id)
         self.codec: Codec = wire.codec
+        self.subprotocol = subprotocol
         self.created_at = time.monotonic()
         self._replies: list[bytes] = []
         self._reply_bytes = 0
@@ -255,9 +261,7 @@ class ClientSession(ClientCore):
             reply["pong"] = True
         if result.data is not None:
             reply["data"] = result.data
-        if result.expire_at is not None:
-            reply["expires"] = True
-            reply["ttl"] = max(0, int(result.expire_at - self.context.wall()))
+        reply.update(self._expiry(result.expire_at))
         subs: dict[str, Any] = {}
         for channel in result.channels:
             try:
@@ -286,6 +290,7 @@ class ClientSession(ClientCore):
         if self.closed:
             return {}
         reply = _subscribe_reply(ns, result, recoverable, positioned)
+        reply.update(self._expiry(self.subscription_expires(channel)))
         if since is not None:
             reply["was_recovering"] = True
             reply["recovered"] = result.recovered
@@ -294,7 +299,8 @@ class ClientSession(ClientCore):
                 # publications advance it (client.go, res.Offset = req.Offset).
                 reply["offset"] = since.offset
                 if result.publications:
-                    reply["publications"] = [pub.to_json() for pub in result.publications]
+                    reply["publications"] = (result.publications if self.codec.publication_objects
+                                             else [pub.to_json() for pub in result.publications])
             elif _flag(params.get("flag")) & FLAG_REJECT_UNRECOVERED:
                 self.leave(channel)
                 raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
@@ -311,7 +317,11 @@ class ClientSession(ClientCore):
     async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
         if "data" not in params:
             raise BadRequest("publish without data")
-        position = await self.publish(params.get("channel"), params["data"])
+        data = params["data"]
+        if isinstance(data, bytes):  # a binary codec's data: JSON as it is, or a binary publication
+            position = await self.publish(params.get("channel"), publication=publication_from_bytes(data))
+        else:
+            position = await self.publish(params.get("channel"), data)
         if position.epoch:
             return {"offset": position.offset, "epoch": position.epoch}
         return {}
@@ -323,7 +333,8 @@ class ClientSession(ClientCore):
         since = None
         if since_params is not None:
             since = StreamPosition(since_params.int("offset", minimum=0), since_params.str("epoch"))
-        return await self.history(params.get("channel"), since=since, limit=limit, reverse=p.bool("reverse"))
+        return await self.history(params.get("channel"), since=since, limit=limit, reverse=p.bool("reverse"),
+                                  as_objects=self.codec.publication_objects)
 
     async def _cmd_presence(self, params: dict[str, Any]) -> dict[str, Any]:
         return await self.presence(params.get("channel"))
@@ -342,13 +353,20 @@ class ClientSession(ClientCore):
     async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
         await self.refresh(Params(params, "refresh.").str("token"))
         reply: dict[str, Any] = {"client": self.client_id, "version": __version__}
-        if self.expire_at is not None:
-            reply["expires"] = True
-            reply["ttl"] = max(0, int(self.expire_at - self.context.wall()))
+        reply.update(self._expiry(self.expire_at))
         return reply
 
     async def _cmd_sub_refresh(self, params: dict[str, Any]) -> dict[str, Any]:
-        raise ProtocolError(ErrorCode.NOT_AVAILABLE)
+        expire_at = await self.refresh_subscription(params.get("channel"), Params(params, "sub_refresh.").str("token"))
+        return self._expiry(expire_at)
+
+    def _expiry(self, expire_at: float | None) -> dict[str, Any]:
+        """``expires`` and ``ttl`` (whole seconds left, rounded down) of a
+        token's ``exp``, as connect, refresh, subscribe and sub_refresh
+        replies carry them (``client.proto``)."""
+        if expire_at is None:
+            return {}
+        return {"expires": True, "ttl": max(0, int(expire_at - self.context.wall()))}
 
     # -- server-side ------------------------------------------------------------------
 
@@ -386,3 +404,7 @@ def _subscribe_reply(ns: NamespaceOptions, result: SubscribeResult, recoverable:
 
 def _flag(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+#: The ``SubscribeResult`` shape of a subscription (for other sessions of the protocol: hubbub.uni).
+subscribe_reply = _subscribe_reply

@@ -40,6 +40,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..stats import Stats
 from ..strictjson import dumps, loads
 
 
@@ -91,6 +92,10 @@ class Publication:
         binary: ``raw`` came in a binary WebSocket message.
         exclude_client: id of a connection that must not receive it.
         tags: string tags, as in the protocol's ``Publication.tags``.
+        epoch: the epoch of the stream ``offset`` belongs to (``""`` without
+            history). Brokers carry it with every delivered publication, so a
+            node can tell a new stream's offsets from the old one's (an
+            offset alone cannot: a restarted Redis counts from 1 again).
     """
 
     data: bytes
@@ -100,6 +105,7 @@ class Publication:
     binary: bool = False
     exclude_client: str | None = None
     tags: dict[str, str] | None = None
+    epoch: str = ""
 
     def value(self) -> Any:
         """``data`` decoded (a JSON value; relay text that is not JSON is a string)."""
@@ -152,6 +158,21 @@ class Broker(abc.ABC):
 
     #: Human-readable name for logs and ``/health``.
     name: str = "broker"
+
+    _stats: Stats | None = None
+
+    @property
+    def stats(self) -> Stats:
+        """The counters this broker adds to (``broker_round_trips``,
+        ``broker_publications``, ...): the hub's :class:`~hubbub.stats.Stats`
+        once the hub set it, else the broker's own."""
+        if self._stats is None:
+            self._stats = Stats()
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: Stats) -> None:
+        self._stats = value
 
     @abc.abstractmethod
     async def start(self, handler: BrokerEventHandler) -> None:

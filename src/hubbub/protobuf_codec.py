@@ -1,0 +1,296 @@
+"""The protocol's Protobuf format: :class:`ProtobufCodec`.
+
+Wire format (centrifugal.dev ``docs/transports/client_protocol.md``,
+schema ``src/hubbub/proto/client.proto``, field numbers as in
+centrifugal/protocol ``client.proto``): a binary WebSocket message carries
+one or more ``Command`` messages (client to server) or ``Reply`` messages
+(server to client), each preceded by its length as a Protobuf varint. An empty
+``Reply`` (the byte ``0x00``) is the server's ping, an empty ``Command`` the
+client's pong.
+
+Decoding yields the same command dicts as :class:`~hubbub.codec.JSONCodec`
+(``{"id": N, "<method>": {...}}``; fields at their default value are absent,
+as Protobuf does not send them), so the session and the client core are the
+same for both formats. ``data`` fields are raw bytes on this wire:
+
+* ``publish.data`` stays ``bytes`` and becomes the publication as
+  :func:`publication_from_bytes` says;
+* every other ``data`` (``connect``, ``subscribe``, ``rpc``, ``send``) reaches
+  the application's hooks as its JSON value when the bytes are strict JSON,
+  and as ``bytes`` otherwise, so an App's hooks work for both formats.
+
+Replies take the same result dicts as JSON. A ``bytes`` value of a bytes field
+(``data``, ``conn_info``, ``chan_info``) is sent as it is; any other value is
+sent as its JSON encoding. Result keys the schema does not have are left out.
+
+JSON and Protobuf clients share channels. Publications are stored as JSON
+(:class:`~hubbub.brokers.base.Publication`), and the rules are:
+
+* **JSON publication to a Protobuf subscriber**: ``data`` holds the
+  publication's JSON bytes as they are (``{"n":1}`` arrives as those 7 bytes).
+* **Protobuf publication of strict JSON** (UTF-8, RFC 8259, no NaN, depth
+  limit of :mod:`hubbub.strictjson`): stored as those bytes, unchanged; JSON
+  subscribers receive it as an embedded JSON value, Protobuf subscribers the
+  same bytes.
+* **Protobuf publication that is not JSON** (any other bytes): stored as a
+  binary publication, as the server API's ``b64data`` and the relay's binary
+  messages are. Protobuf subscribers and relay clients receive the bytes
+  exactly; JSON subscribers receive a JSON string holding them in standard
+  base64 (Centrifugo leaves binary data to Protobuf clients and documents that
+  JSON clients cannot carry it; hubbub gives them a lossless form instead of a
+  broken frame). History and recovery follow the same rules.
+* Relay text that is not JSON reaches Protobuf subscribers as the text's
+  UTF-8 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import Iterator
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import DecodeError, Message
+
+from .brokers.base import ClientInfo, Publication
+from .codes import DisconnectCode
+from .errors import Disconnect, ProtocolError
+from .proto import client_pb2 as pb
+from .strictjson import dumps, loads
+
+__all__ = ["PROTOBUF", "ProtobufCodec", "publication_from_bytes"]
+
+_TYPE_BYTES = FieldDescriptor.TYPE_BYTES
+#: the longest varint a length may take (a uint64: 10 bytes)
+_MAX_VARINT = 10
+
+
+def publication_from_bytes(data: bytes) -> Publication:
+    """The publication for ``data`` that a Protobuf client published.
+
+    Strict JSON bytes are the publication's ``data`` as they are; other bytes
+    make a binary publication (``data`` a JSON string of their base64,
+    ``raw`` the bytes), as the server API's ``b64data`` does. See the module
+    docstring for what each kind of subscriber receives.
+    """
+    data = bytes(data)
+    try:
+        loads(data)
+    except ValueError:
+        return Publication(dumps(base64.b64encode(data).decode("ascii")), raw=data, binary=True)
+    return Publication(data)
+
+
+def _delimited(payload: bytes) -> bytes:
+    """``payload`` preceded by its length as a varint."""
+    n = len(payload)
+    if n < 0x80:
+        return bytes((n,)) + payload
+    head = bytearray()
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + payload
+
+
+def _read_varint(payload: bytes, pos: int) -> tuple[int, int]:
+    """The varint at ``pos`` and the position after it.
+
+    Raises:
+        Disconnect: 3501 for a varint cut short or longer than 10 bytes.
+    """
+    result = 0
+    shift = 0
+    end = len(payload)
+    for _ in range(_MAX_VARINT):
+        if pos >= end:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, "truncated length prefix")
+        byte = payload[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+    raise Disconnect(DisconnectCode.BAD_REQUEST, "malformed length prefix")
+
+
+def _data_value(data: bytes) -> Any:
+    """Data for the application's hooks: its JSON value if it is strict JSON, else the bytes."""
+    try:
+        return loads(data)
+    except ValueError:
+        return data
+
+
+def _message_dict(msg: Message, keep_data: bool = False) -> dict[str, Any]:
+    """A decoded request as the JSON codec's dict (set fields only)."""
+    out: dict[str, Any] = {}
+    for field, value in msg.ListFields():
+        name = field.name
+        if field.message_type is not None:
+            if field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                if value_field.message_type is not None:
+                    out[name] = {k: _message_dict(v) for k, v in value.items()}
+                else:
+                    out[name] = dict(value)
+            elif field.is_repeated:
+                out[name] = [_message_dict(item) for item in value]
+            else:
+                out[name] = _message_dict(value)
+        elif field.type == _TYPE_BYTES and not keep_data:
+            out[name] = _data_value(value)
+        elif field.is_repeated:
+            out[name] = list(value)
+        else:
+            out[name] = value
+    return out
+
+
+def _set_info(msg: Any, info: ClientInfo) -> None:
+    msg.user = info.user
+    msg.client = info.client
+    if info.conn_info is not None:
+        msg.conn_info = info.conn_info
+    if info.chan_info is not None:
+        msg.chan_info = info.chan_info
+
+
+def _set_publication(msg: Any, pub: Publication) -> None:
+    """A stored publication into a ``Publication`` message (bytes as sent: ``raw`` when set)."""
+    msg.data = pub.data if pub.raw is None else pub.raw
+    if pub.offset:
+        msg.offset = pub.offset
+    if pub.info is not None:
+        _set_info(msg.info, pub.info)
+    if pub.tags:
+        msg.tags.update(pub.tags)
+
+
+def _fill(msg: Any, values: Any) -> None:
+    """Set the fields of ``msg`` from a result dict (or a :class:`Publication` /
+    :class:`ClientInfo`). Keys the schema does not have are left out."""
+    if isinstance(values, Publication):
+        _set_publication(msg, values)
+        return
+    if isinstance(values, ClientInfo):
+        _set_info(msg, values)
+        return
+    msg.SetInParent()
+    fields = msg.DESCRIPTOR.fields_by_name
+    for key, value in values.items():
+        field = fields.get(key)
+        if field is None or value is None:
+            continue
+        if field.message_type is not None:
+            container = getattr(msg, key)
+            if field.message_type.GetOptions().map_entry:
+                value_field = field.message_type.fields_by_name["value"]
+                for k, v in value.items():
+                    if value_field.message_type is not None:
+                        _fill(container[k], v)
+                    else:
+                        container[k] = v
+            elif field.is_repeated:
+                for item in value:
+                    _fill(container.add(), item)
+            else:
+                _fill(container, value)
+        elif field.type == _TYPE_BYTES:
+            setattr(msg, key, value if isinstance(value, (bytes, bytearray)) else dumps(value))
+        else:
+            setattr(msg, key, value)
+
+
+class ProtobufCodec:
+    """The protocol's Protobuf format (see the module docstring).
+
+    Stateless: one instance (:data:`PROTOBUF`) serves every connection.
+    """
+
+    __slots__ = ()
+
+    name = "protobuf"
+    binary = True
+    #: :meth:`encode_reply` takes :class:`Publication` objects in results
+    #: (history, recovery), so binary publications keep their bytes
+    publication_objects = True
+    #: the server's ping: an empty Reply, length-prefixed
+    ping = b"\x00"
+
+    def decode_commands(self, payload: bytes) -> Iterator[dict[str, Any]]:
+        """The commands in one binary message, in order.
+
+        Raises:
+            Disconnect: 3501 for a truncated or malformed length prefix, a
+                length past the message's end, or bytes that are not a
+                ``Command``.
+        """
+        pos = 0
+        end = len(payload)
+        view = memoryview(payload)
+        while pos < end:
+            length, pos = _read_varint(payload, pos)
+            stop = pos + length
+            if stop > end:
+                raise Disconnect(DisconnectCode.BAD_REQUEST, "truncated command")
+            command = pb.Command()
+            try:
+                command.ParseFromString(view[pos:stop])
+            except DecodeError:
+                raise Disconnect(DisconnectCode.BAD_REQUEST, "malformed Protobuf command") from None
+            pos = stop
+            out: dict[str, Any] = {}
+            for field, value in command.ListFields():
+                if field.name == "id":
+                    out["id"] = value
+                else:
+                    out[field.name] = _message_dict(value, keep_data=field.name == "publish")
+            yield out
+
+    def encode_reply(self, command_id: int, method: str, result: dict[str, Any]) -> bytes:
+        reply = pb.Reply(id=command_id)
+        _fill(getattr(reply, method), result)
+        return _delimited(reply.SerializeToString())
+
+    def encode_error(self, command_id: int, error: ProtocolError) -> bytes:
+        reply = pb.Reply(id=command_id, error=pb.Error(code=error.code, message=error.message,
+                                                       temporary=error.temporary))
+        return _delimited(reply.SerializeToString())
+
+    def join(self, replies: list[bytes]) -> bytes:
+        """Several length-prefixed replies as one message."""
+        return replies[0] if len(replies) == 1 else b"".join(replies)
+
+    def encode_push(self, channel: str, kind: str, body: dict[str, Any]) -> bytes:
+        reply = pb.Reply()
+        push = reply.push
+        push.channel = channel
+        _fill(getattr(push, kind), body)
+        return _delimited(reply.SerializeToString())
+
+    def encode_publication(self, channel: str, pub: Publication) -> bytes:
+        """A ``pub`` push; ``data`` is the publication's bytes as stored (``raw``
+        for binary and relay text, else its JSON)."""
+        reply = pb.Reply()
+        push = reply.push
+        push.channel = channel
+        _set_publication(push.pub, pub)
+        return _delimited(reply.SerializeToString())
+
+    def encode_join(self, channel: str, info: ClientInfo) -> bytes:
+        reply = pb.Reply()
+        reply.push.channel = channel
+        _set_info(reply.push.join.info, info)
+        return _delimited(reply.SerializeToString())
+
+    def encode_leave(self, channel: str, info: ClientInfo) -> bytes:
+        reply = pb.Reply()
+        reply.push.channel = channel
+        _set_info(reply.push.leave.info, info)
+        return _delimited(reply.SerializeToString())
+
+
+#: The Protobuf codec (stateless: one for the process).
+PROTOBUF = ProtobufCodec()
