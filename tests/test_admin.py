@@ -19,13 +19,11 @@ from hubbub.admin import (
     Ring,
     Sampler,
     check_session,
-    counter_items,
     make_session,
 )
 from hubbub.config import Config, env_settings
 from hubbub.http import HTTPRequest
 from hubbub.server import Server
-from hubbub.stats import Stats
 
 from .conftest import TIMEOUT, proto_client
 from .redis_server import redis_server  # noqa: F401
@@ -127,18 +125,6 @@ async def test_sampler_tick_asks_the_source_at_the_injected_clock() -> None:
     now[0] += 0.5
     sample = await sampler.tick()
     assert sample["t"] == 1000.5 and sample["nodes"]["n"]["deliveries"] == 1000.0
-
-
-def test_counter_items_flatten_the_stats() -> None:
-    stats = Stats()
-    stats.messages_out, stats.bytes_out = 7, 70
-    stats.publications["api"] += 2
-    stats.publications["client"] += 1
-    stats.disconnects[3008] += 1
-    items = counter_items(stats)
-    assert items["messages_out"] == 7 and items["bytes_out"] == 70
-    assert items["publications"] == 3 and items["publications.api"] == 2
-    assert items["disconnects.3008"] == 1 and items["slow"] == 0
 
 
 def test_sessions_are_signed_and_expire() -> None:

@@ -30,9 +30,9 @@ once at start (like Jupyter's token). On any other address without a secret it
 is off.
 
 The data: a :class:`Sampler` asks the server API's ``info`` once a second
-(every live node; with the Redis broker and the cluster view, every node of
-the cluster), adds this node's counters (:func:`counter_items`, read from
-:class:`hubbub.stats.Stats`) and the broker's state and round-trip time
+(every live node of the cluster, :mod:`hubbub.cluster`, each with its
+cumulative counters from :meth:`hubbub.stats.Stats.items`), adds this node's
+broker state and round-trip time
 (:meth:`hubbub.brokers.base.Broker.round_trip`), and records one sample per
 second in a :class:`Ring` of 900 (15 minutes). Rates come from differences of
 the cumulative counters between samples, so the hot path does no extra work.
@@ -57,11 +57,11 @@ from .codes import DISCONNECT_REASONS
 from .config import Config
 from .errors import BrokerError
 from .http import HTTPRequest, HTTPResponse
-from .stats import Stats
 from .strictjson import loads
 
 if TYPE_CHECKING:
     from .api import ServerAPI
+    from .cluster import Cluster
     from .hub import Hub
 
 log = logging.getLogger("hubbub.admin")
@@ -89,35 +89,6 @@ LOGIN_ADDRESSES = 4096
 
 
 # -- counters and samples (no I/O: tested with an injected clock) -------------------------------
-
-
-def counter_items(stats: Stats) -> dict[str, float]:
-    """A node's cumulative counters as flat ``{name: number}`` items.
-
-    Names: ``messages_in``, ``bytes_in``, ``messages_out`` (writes of
-    WebSocket frames and HTTP responses; a burst joined into one write counts
-    once), ``bytes_out``, ``publications`` (all sources) and
-    ``publications.<source>``, ``disconnects.<code>``, ``broker_errors``,
-    ``broker_reconnects``, ``slow`` (3008 closes), and ``deliveries``
-    (publications times local subscribers) once the hub counts them in
-    ``Stats.deliveries``. The dashboard's deliveries/s is the rate of
-    ``deliveries`` when a node reports it, else of ``messages_out``.
-    """
-    items: dict[str, float] = {
-        "messages_in": stats.messages_in, "bytes_in": stats.bytes_in,
-        "messages_out": stats.messages_out, "bytes_out": stats.bytes_out,
-        "publications": sum(stats.publications.values()),
-        "broker_errors": stats.broker_errors, "broker_reconnects": stats.broker_reconnects,
-        "slow": stats.slow,
-    }
-    deliveries = getattr(stats, "deliveries", None)  # counted by the hub in a later version
-    if isinstance(deliveries, int):
-        items["deliveries"] = deliveries
-    for source, n in stats.publications.items():
-        items[f"publications.{source}"] = n
-    for code, n in stats.disconnects.items():
-        items[f"disconnects.{code}"] = n
-    return items
 
 
 class Ring:
@@ -316,7 +287,7 @@ class Node(Protocol):
     config: Config
     hub: Hub
     api: ServerAPI
-    stats: Stats
+    cluster: Cluster
 
 
 def _static(name: str) -> bytes:
@@ -366,10 +337,8 @@ class Admin:
 
     @property
     def uid(self) -> str:
-        """This node's ``uid`` in the server API's ``info``: its cluster's, when
-        the server has a cluster view, else the server API's."""
-        cluster = getattr(self.node, "cluster", None)
-        return str(cluster.uid) if cluster is not None else self.node.api.node_id
+        """This node's ``uid`` in the server API's ``info`` (its cluster's)."""
+        return self.node.cluster.uid
 
     @property
     def secret(self) -> str:
@@ -417,8 +386,9 @@ class Admin:
             await asyncio.sleep(due - loop.time())
 
     async def snapshot(self) -> list[dict[str, Any]]:
-        """Every live node from the server API's ``info``, this node's entry
-        with its counters (``metrics``) and broker state (``broker``)."""
+        """Every live node from the server API's ``info`` (each with its
+        counters in ``metrics.items``: :meth:`hubbub.stats.Stats.items`), this
+        node's entry with its broker's state and round trip (``broker``)."""
         node = self.node
         broker = node.hub.broker
         rtt_ms: float | None = None
@@ -439,8 +409,7 @@ class Admin:
             if not isinstance(entry, dict):
                 continue
             if entry.get("uid") == local_uid:
-                entry = {"metrics": {"interval": INTERVAL, "items": counter_items(node.stats)}, **entry,
-                         "broker": {"name": broker.name, "up": up, "rtt_ms": rtt_ms}}
+                entry = {**entry, "broker": {"name": broker.name, "up": up, "rtt_ms": rtt_ms}}
             out.append(entry)
         return out
 
