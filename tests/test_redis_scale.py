@@ -174,8 +174,10 @@ async def test_metrics_count_round_trips_per_publication(redis_server: RedisServ
     text = await asyncio.to_thread(scrape)
     values = {line.split("{")[0]: float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
               if line.startswith("hubbub_broker_")}
-    assert values["hubbub_broker_publications_total"] == 100
-    assert 1 <= values["hubbub_broker_publish_round_trips_total"] <= 2
+    # the cluster's heartbeats (one a second, hubbub.cluster) go through the broker too
+    extra = values["hubbub_broker_publications_total"] - 100
+    assert 0 <= extra <= 3
+    assert 1 <= values["hubbub_broker_publish_round_trips_total"] <= 2 + extra
     assert values["hubbub_broker_round_trips_total"] >= values["hubbub_broker_publish_round_trips_total"]
 
 

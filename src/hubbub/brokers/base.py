@@ -159,6 +159,12 @@ class Broker(abc.ABC):
     #: Human-readable name for logs and ``/health``.
     name: str = "broker"
 
+    #: Whether publishes started one after another without awaiting each (in
+    #: one loop iteration) travel together, in call order (a Redis pipeline).
+    #: Sessions then keep several of a client's publishes in flight instead of
+    #: waiting a round trip for each; per-channel order is the call order.
+    pipelined: bool = False
+
     _stats: Stats | None = None
 
     @property

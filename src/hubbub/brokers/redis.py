@@ -472,6 +472,7 @@ class RedisBroker(Broker):
     """
 
     name = "redis"
+    pipelined = True
 
     def __init__(
         self,

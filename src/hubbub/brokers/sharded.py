@@ -61,6 +61,8 @@ ROUTE_CACHE = 100_000
 class _Parts(Broker):
     """Channels spread over several :class:`RedisBroker` parts (see the module docstring)."""
 
+    pipelined = True  # each part is a RedisBroker
+
     def __init__(self) -> None:
         self._parts: dict[str, RedisBroker] = {}  # by address
         self._handler: BrokerEventHandler | None = None
