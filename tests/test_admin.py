@@ -26,7 +26,7 @@ from hubbub.http import HTTPRequest
 from hubbub.server import Server
 
 from .conftest import TIMEOUT, proto_client
-from .redis_server import redis_server  # noqa: F401
+from .redis_server import redis_server, redis_shards  # noqa: F401
 
 SECRET = "correct horse battery staple"
 
@@ -367,3 +367,12 @@ async def test_wrong_secrets_are_throttled_per_address(start_server) -> None:
     assert status == 303
     status, headers, _ = await http(server, "GET", "/admin/login", headers={"Cookie": cookie_of(headers)})
     assert status == 303 and headers["location"] == "/admin"  # already logged in
+
+
+async def test_the_round_trip_of_shards_is_the_slowest_ones(start_server, redis_shards) -> None:  # noqa: F811
+    server = await start_server(admin_secret=SECRET, broker=redis_shards.url)
+    point = (await server.admin.sampler.tick())["nodes"][server.admin.uid]
+    assert point["broker_up"] == 1 and 0 < point["rtt_ms"] < 1000
+    redis_shards.nodes[1].stop()
+    point = (await server.admin.sampler.tick())["nodes"][server.admin.uid]
+    assert point["broker_up"] == 0 and point["rtt_ms"] is None
