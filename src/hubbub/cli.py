@@ -332,7 +332,14 @@ def _serve_workers(config: Config, args: argparse.Namespace) -> int:
             argv += [flag, str(value)]
     if args.allow_anonymous:
         argv.append("--allow-anonymous")
-    children = [subprocess.Popen(argv, env={**os.environ, _WORKER_ENV: str(i)}) for i in range(config.workers)]
+    env = dict(os.environ)
+    if config.admin_enabled and not config.admin_secret:  # one made-up secret for every worker's /admin
+        import secrets
+
+        env["HUBBUB_ADMIN_SECRET"] = secrets.token_urlsafe(24)
+        log.info("admin dashboard at /admin; its secret for these workers is %s (set admin_secret to choose one)",
+                 env["HUBBUB_ADMIN_SECRET"])
+    children = [subprocess.Popen(argv, env={**env, _WORKER_ENV: str(i)}) for i in range(config.workers)]
     log.info("hubbub %s listening on http://%s:%d (broker: %s, %d workers)", __version__, config.host, port,
              config.broker, config.workers)
 

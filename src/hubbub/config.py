@@ -172,6 +172,10 @@ class Config:
         api_path: prefix of the server API, ``{api_path}/{method}`` (``""``: off).
         health_path, metrics_path: where ``/health`` and ``/metrics`` are
             served (``""``: not at all).
+        admin: serve the operator's dashboard at ``/admin`` (see ``admin_enabled``).
+        admin_secret: the secret that logs in to ``/admin``. Without it the
+            dashboard is served only on a loopback address, with a random
+            secret made at start and written to the log.
         http_stream_path, sse_path, emulation_path: centrifuge-js's
             bidirectional emulation (HTTP streaming, SSE, and the endpoint of
             their later commands); ``""`` turns each off.
@@ -224,6 +228,8 @@ class Config:
     api_path: str = "/api"
     health_path: str = "/health"
     metrics_path: str = "/metrics"
+    admin: bool = True
+    admin_secret: str = ""
     http_stream_path: str = "/connection/http_stream"
     sse_path: str = "/connection/sse"
     emulation_path: str = "/emulation"
@@ -253,6 +259,12 @@ class Config:
     def loopback(self) -> bool:
         """Whether ``host`` is a loopback address."""
         return is_loopback(self.host)
+
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether ``/admin`` is served: ``admin`` is on and either
+        ``admin_secret`` is set or ``host`` is a loopback address."""
+        return self.admin and (bool(self.admin_secret) or self.loopback)
 
     @property
     def anonymous(self) -> bool:

@@ -193,6 +193,16 @@ class Broker(abc.ABC):
         """Whether the backend is reachable now."""
         return True
 
+    async def round_trip(self) -> float | None:
+        """Seconds one round trip to the backend takes now (the operator's
+        dashboard asks once a second), or ``None`` when there is no backend
+        to ask (the memory broker).
+
+        Raises:
+            BrokerUnavailable: the backend cannot be reached.
+        """
+        return None
+
     @abc.abstractmethod
     async def subscribe(self, channel: str) -> None:
         """Start delivering ``channel``'s publications to this node."""

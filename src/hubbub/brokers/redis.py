@@ -123,6 +123,7 @@ import logging
 import math
 import random
 import secrets
+import time
 import urllib.parse
 from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
@@ -659,6 +660,18 @@ class RedisBroker(Broker):
     def healthy(self) -> bool:
         """Whether the pub/sub connection to Redis is up (``/health``)."""
         return self._healthy
+
+    async def round_trip(self) -> float:
+        """Seconds a Redis ``PING`` takes on a command connection.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable or did not answer within ``timeout``.
+        """
+        self._check()
+        with self._errors("ping"):
+            started = time.perf_counter()
+            await self._redis.ping()
+            return time.perf_counter() - started
 
     # -- the pub/sub connection -------------------------------------------------------------
 

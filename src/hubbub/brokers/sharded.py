@@ -105,6 +105,15 @@ class _Parts(Broker):
         """Whether every server is reachable now."""
         return bool(self._parts) and all(part.healthy for part in self._parts.values())
 
+    async def round_trip(self) -> float | None:
+        """The slowest part's ``PING`` (seconds; the operator's dashboard shows the worst).
+
+        Raises:
+            BrokerUnavailable: a part cannot be reached.
+        """
+        times = await asyncio.gather(*(part.round_trip() for part in list(self._parts.values())))
+        return max(times, default=None)
+
     # -- the contract, per channel ----------------------------------------------------------
 
     def subscribe(self, channel: str) -> Coroutine[Any, Any, None]:
