@@ -376,3 +376,23 @@ async def test_the_round_trip_of_shards_is_the_slowest_ones(start_server, redis_
     redis_shards.nodes[1].stop()
     point = (await server.admin.sampler.tick())["nodes"][server.admin.uid]
     assert point["broker_up"] == 0 and point["rtt_ms"] is None
+
+
+async def test_deliveries_are_counted_once_per_subscriber(start_server: Any) -> None:
+    """The node counts deliveries (publications times local subscribers), so the
+    dashboard's deliveries/s is exact, not writes out."""
+    import websockets
+
+    server = await start_server()
+    clients = [await websockets.connect(f"ws://127.0.0.1:{server.port}/ws/count") for _ in range(3)]
+    try:
+        for _ in range(2):
+            await server.hub.publish("count", "x")
+        for ws in clients:
+            assert [await asyncio.wait_for(ws.recv(), TIMEOUT) for _ in range(2)] == ['"x"', '"x"']
+        assert server.hub.stats.deliveries == 6
+        (node,) = (await server.api.call("info", {}))[1]["result"]["nodes"]
+        assert node["metrics"]["items"]["deliveries"] == 6 and node["broker"]["up"] is True
+    finally:
+        for ws in clients:
+            await ws.close()

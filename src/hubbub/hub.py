@@ -311,10 +311,12 @@ class Hub:
         batches = state.batches
         if skipped:  # delivered one by one, after what is already batched
             batches.clear()
+        stats = self.stats
         for wire, subs in state.by_wire.items():
             frame = wire.encode_publication(channel, pub)
             if frame is None:
                 continue
+            stats.deliveries += len(subs)  # once per publication and wire, not per subscriber
             if skipped:
                 for client_id, sub in subs.items():
                     if client_id not in skipped:
