@@ -40,8 +40,12 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the hub",
-        description="Run the hub on one port: the Centrifugo client protocol at /connection/websocket, "
-        "a plain relay at /ws/{channel}, and GET /health. Stops cleanly on SIGINT/SIGTERM.",
+        description="Run the hub on one port: the Centrifugo client protocol (JSON and Protobuf) at "
+        "/connection/websocket, its HTTP-streaming and SSE transports (/connection/http_stream, "
+        "/connection/sse, /emulation) and one-way transports (/connection/uni_websocket, uni_sse, "
+        "uni_http_stream), a plain relay at /ws/{channel}, channels as event streams at /sse/{channel}, "
+        "the server API at /api, the operator's dashboard at /admin, /health and /metrics (README, "
+        "'What runs where'). Stops cleanly on SIGINT/SIGTERM.",
     )
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default 8000; 0 picks a free one)")
