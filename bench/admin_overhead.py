@@ -1,6 +1,6 @@
 """Workload 1 with the operator's dashboard open and closed, interleaved.
 
-    python bench/admin_overhead.py [--subscribers 1000] [--messages 500] [--runs 3]
+    python bench/admin_overhead.py [--subscribers 1000] [--messages 500] [--runs 3] [--viewer browser|poll]
 
 Starts ``hubbub serve`` (memory broker, an admin secret) on a free port of
 127.0.0.1, then runs workload 1 (burst fan-out on the relay, ``bench/loadgen.py``)
@@ -8,6 +8,12 @@ Starts ``hubbub serve`` (memory broker, an admin secret) on a free port of
 headless Chromium (Playwright, logged in with ``Authorization: Bearer``), in
 alternation (closed, open, closed, open, ...), so machine noise falls on both
 alike. Prints each run's deliveries/s and the medians, and the ratio open/closed.
+
+``--viewer poll`` makes the page's own requests instead of a browser (the
+stats endpoint every second, the channels table every 3 s, from a thread of
+this process), which isolates the server's cost: on this 2-core machine a
+browser drawing the charts takes CPU from the server and the load generator
+too, which it does not where the operator's browser runs elsewhere.
 Bounded: every run has the load generator's own ``--timeout``.
 """
 
@@ -21,7 +27,9 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -56,14 +64,45 @@ def burst(port: int, subscribers: int, messages: int) -> float:
     return float(report["deliveries_per_s"])
 
 
+class Poller:
+    """The dashboard page's requests, without a browser (``--viewer poll``)."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://{HOST}:{port}"
+        self.stop = threading.Event()
+        self.requests = 0
+        self.thread = threading.Thread(target=self.run, daemon=True)
+
+    def get(self, path: str) -> None:
+        request = urllib.request.Request(self.base + path, headers={"Authorization": f"Bearer {SECRET}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            response.read()
+        self.requests += 1
+
+    def run(self) -> None:
+        tick = 0
+        while not self.stop.wait(1.0 if tick else 0.0):
+            self.get("/admin/api/stats?since=0")
+            if tick % 3 == 0:
+                self.get("/admin/api/channels?limit=200&q=")
+            tick += 1
+
+    def __enter__(self) -> Poller:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=15)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--messages", type=int, default=500)
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--viewer", choices=["browser", "poll"], default="browser")
     args = parser.parse_args()
-
-    from playwright.sync_api import sync_playwright
 
     port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT / "src"), HUBBUB_ADMIN_SECRET=SECRET)
@@ -73,20 +112,30 @@ def main() -> int:
     opened: list[float] = []
     try:
         wait_port(port)
-        chromium = shutil.which("chromium") or "/usr/bin/chromium"
-        with sync_playwright() as pw:
-            browser = pw.chromium.launch(executable_path=chromium, args=["--headless=new", "--no-sandbox"])
+        if args.viewer == "poll":
             for _ in range(args.runs):
                 closed.append(burst(port, args.subscribers, args.messages))
-                context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {SECRET}"})
-                page = context.new_page()
-                page.goto(f"http://{HOST}:{port}/admin")
-                page.wait_for_function("document.querySelector('#value-clients') && "
-                                       "document.querySelector('#value-clients').textContent !== '–'",
-                                       timeout=15000)
-                opened.append(burst(port, args.subscribers, args.messages))
-                context.close()
-            browser.close()
+                with Poller(port) as poller:
+                    opened.append(burst(port, args.subscribers, args.messages))
+                if not poller.requests:
+                    raise RuntimeError("the poller made no request")
+        else:
+            from playwright.sync_api import sync_playwright
+
+            chromium = shutil.which("chromium") or "/usr/bin/chromium"
+            with sync_playwright() as pw:
+                browser = pw.chromium.launch(executable_path=chromium, args=["--headless=new", "--no-sandbox"])
+                for _ in range(args.runs):
+                    closed.append(burst(port, args.subscribers, args.messages))
+                    context = browser.new_context(extra_http_headers={"Authorization": f"Bearer {SECRET}"})
+                    page = context.new_page()
+                    page.goto(f"http://{HOST}:{port}/admin")
+                    page.wait_for_function("document.querySelector('#value-clients') && "
+                                           "document.querySelector('#value-clients').textContent !== '–'",
+                                           timeout=15000)
+                    opened.append(burst(port, args.subscribers, args.messages))
+                    context.close()
+                browser.close()
     finally:
         server.terminate()
         server.wait(timeout=15)
