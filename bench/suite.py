@@ -64,6 +64,7 @@ from harness import (
     free_port,
     loadgen_argv,
     missing_module,
+    mode_args,
     read_rss_kib,
     run_loadgen,
 )
@@ -375,7 +376,8 @@ class Suite:
 
     def runs(self, workload: str) -> list[Peer]:
         """The servers measured in ``workload`` at this scale."""
-        return [p for p in self.peers if not self.scale.skips(workload, p.name)]
+        return [p for p in self.peers if not self.scale.skips(workload, p.name)
+                and (p.workloads is None or workload in p.workloads)]
 
     # -- workloads -----------------------------------------------------------
 
@@ -449,8 +451,8 @@ class Suite:
         for peer in self.runs("3"):
             if peer.channels is None or peer.name == "hubbub-protocol":
                 continue  # hubbub already uses its protocol endpoint here
-            windows = [PUBLISH_WINDOW] + ([100] if s.name == "full" else [])
-            if peer.channels.mode != "centrifugo":
+            windows = [PUBLISH_WINDOW] + ([100] if s.name == "full" and peer.name == "hubbub" else [])
+            if not peer.channels.mode.startswith("centrifugo"):
                 windows = [None]
             for window in windows:
                 name = peer.name if window in (None, PUBLISH_WINDOW) else f"{peer.name} (window {window})"
@@ -766,7 +768,7 @@ def connectgen_argv(
         "--host", HOST,
         "--port", str(port),
         "--path", path,
-        "--mode", mode,
+        *mode_args(mode),
         "--subscribers", str(clients),
         "--connect-concurrency", "100",
         "--procs", str(CONNECTGEN_PROCS),
@@ -797,7 +799,7 @@ PUBLISH_WINDOW = 1000
 
 def _window(mode: str) -> list[str]:
     """Centrifugo protocol producers keep up to PUBLISH_WINDOW publications in flight."""
-    return ["--window", str(PUBLISH_WINDOW)] if mode == "centrifugo" else []
+    return ["--window", str(PUBLISH_WINDOW)] if mode.startswith("centrifugo") else []
 
 
 def _burst_args(subscribers: int, messages: int, timeout: float) -> list[str]:
@@ -1000,7 +1002,9 @@ class Report:
 
     def shown(self, workload: str) -> list[str]:
         """Servers with a row in ``workload``'s table: measured or skipped."""
-        return [n for n in self.names if n in self.suite.skipped or not self.suite.scale.skips(workload, n)]
+        return [n for n in self.names
+                if (n in self.suite.skipped or not self.suite.scale.skips(workload, n))
+                and (n not in PEERS or PEERS[n].workloads is None or workload in PEERS[n].workloads)]
 
     def table_w1(self, subs: str, section: dict) -> str:
         base = _rate(section.get(BASELINE))
@@ -1014,10 +1018,11 @@ class Report:
                 name, _num(rate), _ratio(rate, base),
                 f"{rep.get('delivered', 0):,}/{rep.get('expected', 0):,}" if rep else "-",
                 _num(rep.get("duration_s"), 2) if rep else "-",
-                _num(lat.get("p99"), 0), _notes(row),
+                _num(lat.get("p99"), 0), *_generator_cells(rep), _notes(row),
             ])
         return md_table(
-            ["server", "deliveries/s", f"vs {BASELINE}", "delivered", "seconds", "p99 queueing ms", "notes"],
+            ["server", "deliveries/s", f"vs {BASELINE}", "delivered", "seconds", "p99 queueing ms",
+             "generator busy", "generator capacity/s per core", "notes"],
             rows,
         )
 
@@ -1072,11 +1077,12 @@ class Report:
                 f"{rep.get('delivered', 0):,}/{rep.get('expected', 0):,}" if rep else "-",
                 _num(lat.get("p50"), 1), _num(lat.get("p99"), 1), _num(lat.get("p99.9"), 1),
                 _num(rep.get("connect_s"), 1) if rep else "-",
+                *_generator_cells(rep),
                 _notes(row),
             ])
         return md_table(
             ["server", "deliveries/s", f"vs {BASELINE}", "delivered", "p50 ms", "p99 ms", "p99.9 ms",
-             "connect+subscribe s", "notes"],
+             "connect+subscribe s", "generator busy", "generator capacity/s per core", "notes"],
             rows,
         )
 
@@ -1204,6 +1210,14 @@ class Report:
         return out
 
 
+def _generator_cells(rep: dict) -> list[str]:
+    """The load generator's own load in a run (``fastgen.py``): the share of the delivery
+    phase its subscriber processes were on a CPU, and deliveries per CPU-second of theirs."""
+    share = rep.get("subscriber_cpu_share")
+    capacity = rep.get("generator_capacity_per_cpu_s")
+    return [f"{100 * share:.0f} %" if share is not None else "-", _num(capacity)]
+
+
 def _verdict(ok: bool) -> str:
     return "met" if ok else "MISSED"
 
@@ -1313,6 +1327,8 @@ def plot(suite: Suite, path: Path) -> str | None:
     colors = {
         "hubbub": "#1f77b4", "hubbub-protocol": "#6baed6", "hubbub-asgi": "#9467bd", "websockets": "#ff7f0e",
         "socketio": "#2ca02c", "socketify": "#d62728", "trivial": "#9a9a9a",
+        "hubbub-protobuf": "#08519c", "hubbub-text": "#17becf", "trivial-centrifugo": "#bdbdbd",
+        "trivial-protobuf": "#d9d9d9",
     }
 
     def human(value: float, _pos: object = None) -> str:
