@@ -1207,6 +1207,38 @@ class Report:
         if hub and base:
             out.append(("W5 connect rate >= 2x websockets",
                         f"{hub / base:.2f}x ({hub:,.0f} vs {base:,.0f}/s)", _verdict(hub >= 2 * base)))
+        return out + self.protocol_targets()
+
+    def protocol_targets(self) -> list[tuple[str, str, str]]:
+        """The protocol endpoint's targets (JSON and Protobuf subscribers) against the relay,
+        socketify and websockets in the same run."""
+        out = []
+        for proto in ("hubbub-protocol", "hubbub-protobuf"):
+            for subs, sec in self.w.get("1", {}).items():
+                p, relay, sfy = _rate(sec.get(proto)), _rate(sec.get("hubbub")), _rate(sec.get("socketify"))
+                if p and relay:
+                    out.append((f"W1 {int(subs):,}: {proto} >= 0.9x relay", f"{p / relay:.2f}x", _verdict(p >= 0.9 * relay)))
+                if p and sfy:
+                    out.append((f"W1 {int(subs):,}: {proto} ahead of socketify", f"{p / sfy:.2f}x", _verdict(p > sfy)))
+            w2 = self.w.get("2", {}).get("own", {})
+            p99, sfy99 = _lat(w2.get(proto), "p99"), _lat(w2.get("socketify"), "p99")
+            if p99 is not None and sfy99 is not None:
+                out.append((f"W2 {proto} p99 at 50 % of own burst <= socketify's", f"{p99:.2f} vs {sfy99:.2f} ms",
+                            _verdict(p99 <= sfy99)))
+            kib = _kib(self.w.get("4", {}).get(proto))
+            if kib is not None:
+                out.append((f"W4 {proto} <= 5 KiB per idle connection", f"{kib:.2f} KiB", _verdict(kib <= 5)))
+            w5 = self.w.get("5", {})
+            rate, base = _connect_rate(w5.get(proto)), _connect_rate(w5.get(BASELINE))
+            if rate and base:
+                out.append((f"W5 {proto} connect + subscribe >= 3x websockets", f"{rate / base:.2f}x",
+                            _verdict(rate >= 3 * base)))
+        w3 = self.w.get("3", {})
+        sfy = _rate(w3.get("socketify"))
+        for name in ("hubbub-text", "hubbub", "hubbub-protobuf"):
+            rate = _rate(w3.get(name))
+            if rate and sfy:
+                out.append((f"W3 {name} ahead of socketify", f"{rate / sfy:.2f}x", _verdict(rate > sfy)))
         return out
 
 

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
 
-import fastgen  # noqa: E402
+import fastgen
 
 
 def _frame(opcode: int, payload: bytes, fin: bool = True) -> bytes:
