@@ -34,8 +34,9 @@ so the figure may be theirs) and ``generator_capacity_per_cpu_s``
 can take per core in this mode; a server figure well below it measures the
 server).
 
-``--reconnect`` runs are handed to ``loadgen.py``'s asyncio subscribers (the
-suite uses ``connectgen.py`` for restarts).
+``--reconnect`` runs and the HTTP streaming modes (``uni_sse``) are handed
+to ``loadgen.py``'s asyncio subscribers (the suite uses ``connectgen.py`` for
+restarts).
 
 Example::
 
@@ -808,12 +809,14 @@ EIO_PONG = client_frame(b"3")
 CLOSE_FRAME = client_frame((1000).to_bytes(2, "big"), OP_CLOSE)
 
 _asyncio_worker = loadgen.subscriber_worker
+#: modes with epoll subscribers; others (HTTP streaming: uni_sse) use loadgen's asyncio ones
+FAST_MODES = ("raw", "pubsub", "centrifugo", "socketio")
 _loadgen_report = loadgen._report
 
 
 def fast_subscriber_worker(cfg: Config, count: int, first_index: int, pipe: Connection) -> None:
     """Entry point of a subscriber process (loadgen's worker pipe protocol)."""
-    if cfg.reconnect:
+    if cfg.reconnect or cfg.mode not in FAST_MODES:
         _asyncio_worker(cfg, count, first_index, pipe)
         return
     raise_nofile_limit()

@@ -70,6 +70,15 @@ Modes (``--mode``), i.e. how subscribers subscribe and the producer publishes:
     workload: ``sub <channel> ...`` answered by ``subok``, and
     ``pub <channel> <payload>``.
 
+``uni_sse``
+    hubbub's one-way SSE transport: each subscriber is a plain HTTP client
+    (no WebSocket) that sends ``GET /connection/uni_sse?cf_connect=
+    {"subs": {"<channel>": {}}}`` and is ready at the ``connect`` push; it
+    counts deliveries by payload marker in the raw body (chunks of SSE
+    events). The producer is a relay client on ``--path`` (``/ws/bench``), as
+    in ``raw`` mode, so the same publications reach relay and uni_sse
+    subscribers and the two runs compare like for like.
+
 Many channels (``--groups G``): subscriber ``i`` (numbered across all
 worker processes) subscribes to its personal channel ``u<i>`` and to the
 group channel ``g<i % G>``.  Publication ``k`` goes to a channel drawn with
@@ -338,7 +347,7 @@ class Config:
     port: int = 8000  # the producer's (and every subscriber's, unless `ports`)
     ports: tuple[int, ...] = ()  # subscriber i connects to ports[i % len(ports)]
     path: str = "/"
-    mode: str = "raw"  # "raw", "centrifugo", "socketio" or "pubsub"
+    mode: str = "raw"  # "raw", "centrifugo", "socketio", "pubsub" or "uni_sse"
     sub_format: str = "json"  # centrifugo subscribers: "json" or "protobuf"
     subscribers: int = 1000
     procs: int = 1
@@ -820,6 +829,72 @@ class Subscriber(WSClient):
             stats.check_done()
 
 
+class SSESubscriber(Subscriber):
+    """``--mode uni_sse``: a plain HTTP GET whose streamed body is counted by
+    payload marker (a marker split across reads is found with the next one)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        cf_connect = json.dumps({"subs": {ch: {} for ch in self.channels}}, separators=(",", ":"))
+        from urllib.parse import quote
+
+        request = (
+            f"GET /connection/uni_sse?cf_connect={quote(cf_connect)} HTTP/1.1\r\n"
+            f"Host: {self.cfg.host}:{self.cfg.port}\r\n"
+            "Accept: text/event-stream\r\n"
+            "\r\n"
+        )
+        transport.write(request.encode())  # type: ignore[attr-defined]
+
+    def _handshake_received(self, data: bytes) -> bytes:
+        buf = self._handshake_buf + data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            if len(buf) > MAX_HANDSHAKE_RESPONSE:
+                self.fail("response head too large")
+            self._handshake_buf = buf
+            return b""
+        head, rest = buf[:end], buf[end + 4 :]
+        self._handshake_buf = b""
+        self._handshaking = False
+        status = head.split(b"\r\n", 1)[0].split(None, 2)
+        if len(status) < 2 or status[1] != b"200":
+            self.fail(f"expected 200, got {head[:80].decode(errors='replace')!r}")
+            return b""
+        return rest
+
+    def frames_received(self, data: bytes) -> None:
+        if self._rest:
+            data = self._rest + data
+            self._rest = b""
+        if not self.benchmarking:
+            at = data.find(b'"connect"')
+            if at < 0:
+                self._rest = data[-16:]
+                return
+            self._become_ready()
+            data = data[at:]
+        got = data.count(MARKER)
+        self._rest = data[-(len(MARKER) - 1):]  # a marker cut in two is counted with the next read
+        if self._rest.count(MARKER):
+            self._rest = b""
+        stats = self.stats
+        if got:
+            stats.countdown -= got
+            if stats.countdown <= 0:
+                stats.countdown = stats.sample_every
+                at = data.rfind(MARKER)
+                if len(data) - at >= PAYLOAD_HEADER_LEN:
+                    self._sample(data, at, len(data))
+            stats.last_ns = time.time_ns()
+            stats.delivered += got
+            self.received += got
+            if not self.is_complete and self.received >= self.expected:
+                self.is_complete = True
+                stats.complete += 1
+                stats.check_done()
+
+
 async def _connect_subscriber(
     cfg: Config, stats: SubscriberStats, index: int, expected: int | None, timeout: float
 ) -> Subscriber:
@@ -829,7 +904,7 @@ async def _connect_subscriber(
     try:
         _, proto = await asyncio.wait_for(
             loop.create_connection(
-                lambda: Subscriber(cfg, stats, index, expected),
+                lambda: (SSESubscriber if cfg.mode == "uni_sse" else Subscriber)(cfg, stats, index, expected),
                 cfg.host,
                 cfg.ports[index % len(cfg.ports)] if cfg.ports else cfg.port,
             ),
@@ -1455,7 +1530,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         "over them round-robin, and the producer uses the first",
     )
     parser.add_argument("--path", default="/", help="WebSocket request path")
-    parser.add_argument("--mode", choices=["raw", "centrifugo", "socketio", "pubsub"], default="raw")
+    parser.add_argument("--mode", choices=["raw", "centrifugo", "socketio", "pubsub", "uni_sse"], default="raw")
     parser.add_argument("--sub-format", choices=["json", "protobuf"], default="json",
                         help="centrifugo: the subscribers' protocol format (the producer speaks JSON)")
     parser.add_argument("--subscribers", type=int, default=1000)
@@ -1543,7 +1618,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
         parser.error("--reconnect needs --idle")
     if args.groups and args.sub_send:
         parser.error("--groups builds the subscribe messages itself; drop --sub-send")
-    count = args.count or ("marker" if args.mode in ("centrifugo", "socketio") else "frames")
+    count = args.count or ("marker" if args.mode in ("centrifugo", "socketio", "uni_sse") else "frames")
     cfg = Config(
         host=args.host,
         port=ports[0],

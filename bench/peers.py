@@ -22,7 +22,7 @@ class Target:
     """Where and how the load generator talks to a peer."""
 
     path: str
-    mode: str  # loadgen --mode: raw, centrifugo, socketio, pubsub; centrifugo+protobuf (Protobuf subscribers)
+    mode: str  # loadgen --mode: raw, centrifugo, socketio, pubsub, uni_sse; centrifugo+protobuf (Protobuf subscribers)
 
 
 @dataclass(frozen=True)
@@ -66,6 +66,16 @@ HUBBUB_PROTOCOL = Peer(
     channels=Target("/connection/websocket", "centrifugo"),
     what="the same server on the Centrifugo protocol endpoint: connect + subscribe commands, "
     "publish commands (up to 1000 awaiting a reply in burst workloads), pushes as JSON",
+    requires=("hubbub",),
+    packages=("hubbub",),
+)
+HUBBUB_UNI_SSE = Peer(
+    name="hubbub-uni-sse",
+    argv=hubbub_argv(),
+    fanout=Target("/ws/bench", "uni_sse"),
+    channels=None,
+    what="the same server, subscribers on the one-way SSE transport (`GET /connection/uni_sse` with "
+    "`cf_connect`, plain HTTP clients); the producer is a relay client on `/ws/bench`",
     requires=("hubbub",),
     packages=("hubbub",),
 )
@@ -159,7 +169,7 @@ TRIVIAL_PROTOBUF = Peer(
 
 PEERS: dict[str, Peer] = {
     peer.name: peer
-    for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_PROTOBUF, HUBBUB_TEXT, HUBBUB_ASGI, WEBSOCKETS, SOCKETIO,
-                 SOCKETIFY, TRIVIAL, TRIVIAL_CENTRIFUGO, TRIVIAL_PROTOBUF)
+    for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_PROTOBUF, HUBBUB_TEXT, HUBBUB_UNI_SSE, HUBBUB_ASGI, WEBSOCKETS,
+                 SOCKETIO, SOCKETIFY, TRIVIAL, TRIVIAL_CENTRIFUGO, TRIVIAL_PROTOBUF)
 }
 BASELINE = "websockets"

@@ -28,10 +28,11 @@ def missing(what: str) -> None:
 
 
 def node_modules() -> Path:
-    """tests/js/node_modules with centrifuge and ws, installed with npm if needed."""
+    """tests/js/node_modules with centrifuge, ws and eventsource, installed with npm if needed."""
     if not shutil.which("node") or not shutil.which("npm"):
         missing("node and npm")
-    if not (JS / "node_modules" / "centrifuge" / "dist" / "centrifuge.js").exists():
+    modules = JS / "node_modules"
+    if not (modules / "centrifuge" / "dist" / "centrifuge.js").exists() or not (modules / "eventsource").exists():
         out = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=JS,
                              capture_output=True, text=True, timeout=300)
         if out.returncode != 0:

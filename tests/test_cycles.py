@@ -115,7 +115,44 @@ async def http_keep_alive(server: Server) -> None:
     writer.close()
 
 
+async def _stream(server: Server, request: bytes, first: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    while first not in await reader.readuntil(b"\r\n"):
+        pass
+    return reader, writer
+
+
+async def channel_sse_closed_by_client(server: Server) -> None:
+    _, writer = await _stream(server, b"GET /sse/news HTTP/1.1\r\nHost: x\r\n\r\n", b"retry")
+    writer.close()
+
+
+async def http_stream_closed_by_client(server: Server) -> None:
+    body = b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"news"}}'
+    _, writer = await _stream(server, b"POST /connection/http_stream HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body),
+                              b'"id":2')
+    writer.close()
+
+
+async def uni_http_stream_ended_by_server(server: Server) -> None:
+    body = b'{"subs": {"news": {}}}'
+    reader, writer = await _stream(server, b"POST /connection/uni_http_stream HTTP/1.1\r\nHost: x\r\n"
+                                   b"Content-Length: %d\r\n\r\n%s" % (len(body), body), b"connect")
+    for sessions in list(server.hub.sessions.values()):
+        for session in list(sessions.values()):
+            session.disconnect(3503, "force disconnect")
+    assert b'"disconnect"' in await reader.read()  # the last words, then the end
+    writer.close()
+
+
 KINDS: dict[str, Callable[[Server], Awaitable[None]]] = {
+    "channel-sse-closed-by-client": channel_sse_closed_by_client,
+    "http-stream-closed-by-client": http_stream_closed_by_client,
+    "uni-http-stream-ended-by-server": uni_http_stream_ended_by_server,
     "protocol-clean": protocol_clean,
     "protocol-reset": protocol_reset,
     "protocol-eof": protocol_eof,
@@ -150,8 +187,15 @@ async def test_closed_connection_is_freed_without_the_collector(server: Server, 
         upgraded(conn)
         parts.extend((weakref.ref(conn.ws), weakref.ref(conn.session)))
 
+    streamed = server.stream_opened
+
+    def on_streamed(conn: Any) -> None:
+        streamed(conn)
+        parts.append(weakref.ref(conn.session))
+
     server.connection_opened = on_opened  # type: ignore[method-assign]
     server.websocket_opened = on_upgraded  # type: ignore[method-assign]
+    server.stream_opened = on_streamed  # type: ignore[method-assign]
     await asyncio.wait_for(KINDS[kind](server), TIMEOUT)
     async with asyncio.timeout(TIMEOUT):
         while server.connections:

@@ -262,8 +262,11 @@ async def test_publication_missed_by_a_node_is_recovered(
         sub = (await consumer.call("subscribe", {"channel": "chat:m"}))["subscribe"]
         assert (await producer.call("publish", {"channel": "chat:m", "data": 1}))["publish"]["offset"] == 1
         assert (await next_pub(consumer))["offset"] == 1
-        # only a's connection is in pub/sub mode (b subscribes to nothing): a loses it
-        await redis_client.execute_command("CLIENT KILL TYPE pubsub")
+        # a loses its pub/sub connection (the one with chat:m besides the two cluster
+        # control channels every node has); b keeps its own
+        listing = (await redis_client.execute_command("CLIENT LIST TYPE pubsub")).decode().splitlines()
+        a_id = next(line.split()[0].partition("=")[2] for line in listing if " sub=3 " in line)
+        await redis_client.execute_command("CLIENT KILL ID " + a_id)
         assert (await producer.call("publish", {"channel": "chat:m", "data": 2}))["publish"]["offset"] == 2
         code, _ = await consumer.closed()  # a came back, saw the stream moved on, told its client
         assert code == 3010

@@ -39,6 +39,7 @@ MODULES = {
     "hubbub.writer": ["Writer", "Flusher"],
     "hubbub.listener": ["Listener"],
     "hubbub.server": ["Server"],
+    "hubbub.cluster": ["Cluster", "node_info", "apply_user_command", "ClusterError", "NodeUnavailable", "RemoteError"],
     "hubbub.asgi": ["ASGIAdapter", "HostedApp", "ASGIFrames"],
     "hubbub.api": ["ServerAPI"],
     "hubbub.auth": ["TokenVerifier", "Claims", "TokenExpired", "InvalidToken"],

@@ -18,7 +18,11 @@ Beyond Centrifugo, ``publish`` and ``broadcast`` take ``exclude_client``
 (a connection id that must not receive the publication).
 
 The user-targeted methods (subscribe, unsubscribe, disconnect, refresh) act
-on the connections of this node.
+on the user's connections on every node of the cluster (:mod:`hubbub.cluster`):
+here at once, on the other nodes when the control message reaches them (the
+reply does not wait for them). ``channels`` gathers every node's channels
+(waiting up to ``node_request_timeout`` seconds for each; a node that does not
+answer in time is left out), and ``info`` lists every live node.
 
 Parameters are read with :class:`hubbub.validation.Params`, so every invalid
 input is the client's fault: HTTP 400 (:class:`~hubbub.errors.BadRequest`),
@@ -30,25 +34,21 @@ a bug (logged with its traceback).
 from __future__ import annotations
 
 import base64
-import fnmatch
 import functools
 import hmac
 import logging
-import os
-import time
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
 from .brokers.base import Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
-from .errors import BadRequest, BrokerError, Disconnect, ProtocolError
+from .errors import BadRequest, BrokerError, ProtocolError
 from .http import HTTPRequest, HTTPResponse
 from .strictjson import dumps, encode_data, loads
 from .validation import Params
 
 if TYPE_CHECKING:
+    from .cluster import Cluster
     from .config import Config, NamespaceOptions
     from .hub import Hub
 
@@ -79,15 +79,13 @@ class ServerAPI:
     Args:
         hub: the node's hub (channels, sessions by user, broker).
         config: the node's settings (API key, channel name length).
-        started_at: when the node started (unix seconds), for ``info.uptime``.
+        cluster: the node's cluster (user commands on every node, ``channels``, ``info``).
     """
 
-    def __init__(self, hub: Hub, config: Config, *, started_at: float) -> None:
+    def __init__(self, hub: Hub, config: Config, *, cluster: Cluster) -> None:
         self.hub = hub
         self.config = config
-        self.started_at = started_at
-        self.node_id = str(uuid.uuid4())
-        self.node_name = f"{os.uname().nodename}_{os.getpid()}"
+        self.cluster = cluster
         self._methods: dict[str, Handler] = {
             name[len("_api_"):]: getattr(self, name) for name in dir(self) if name.startswith("_api_")
         }
@@ -143,6 +141,54 @@ class ServerAPI:
             return HTTPResponse.json(result)
         return HTTPResponse.json({"result": result})
 
+    async def handle_commands(self, request: HTTPRequest) -> HTTPResponse:
+        """``POST /api`` (the legacy form that cent.js ``pipeline()`` sends):
+        newline-delimited commands ``{"method": "publish", "params": {...}}``,
+        answered with one newline-delimited reply per command, in order:
+        ``{"result": {...}}`` or ``{"error": {"code": C, "message": "..."}}``.
+        The key rules and methods are those of ``/api/{method}``; a body that
+        is not such commands gets HTTP 400 and runs none of them."""
+        try:
+            return await self._handle_commands(request)
+        except Exception:
+            log.exception("unexpected error in the server API (%s)", request.path)
+            return HTTPResponse(500, b'{"error":"internal server error"}', "application/json")
+
+    async def _handle_commands(self, request: HTTPRequest) -> HTTPResponse:
+        if request.method != "POST":
+            return HTTPResponse.json({"error": "use POST"}, 405)
+        if not self._authorized(request):
+            reason = "unauthorized" if self.config.api_key else "the HTTP API needs api_key to be set"
+            return HTTPResponse.json({"error": reason}, 401)
+        commands: list[tuple[str, Any]] = []
+        for number, line in enumerate(request.body.split(b"\n"), 1):
+            if not line.strip():
+                continue
+            try:
+                command = loads(line)
+            except ValueError as exc:
+                return HTTPResponse.json({"error": f"line {number}: malformed JSON: {exc}"}, 400)
+            if not isinstance(command, dict) or not isinstance(command.get("method"), str):
+                return HTTPResponse.json({"error": f"line {number}: a command is {{\"method\": ..., \"params\": {{...}}}}"}, 400)
+            commands.append((command["method"], command.get("params") or {}))
+        if not commands:
+            return HTTPResponse.json({"error": "no commands in the body"}, 400)
+        replies: list[bytes] = []
+        for method, raw in commands:
+            handler = self._methods.get(method)
+            reply: dict[str, Any]
+            if handler is None:
+                reply = {"error": {"code": int(ErrorCode.METHOD_NOT_FOUND), "message": "method not found"}}
+            else:
+                try:
+                    reply = {"result": await handler(Params(raw, f"{method}."))}
+                except ProtocolError as exc:  # BadRequest included: code 107 for this command only
+                    reply = _error(exc)
+                except _Unavailable as exc:
+                    reply = _unavailable(exc)
+            replies.append(dumps(reply))
+        return HTTPResponse(200, b"\n".join(replies), "application/json")
+
     # -- publishing -----------------------------------------------------------------
 
     def _channel(self, params: Params) -> str:
@@ -195,33 +241,33 @@ class ServerAPI:
                 responses.append(_unavailable(exc))
         return {"responses": responses}
 
-    # -- user connections -------------------------------------------------------------
+    # -- user connections (every node: hubbub.cluster) -------------------------------------
 
-    def _sessions(self, params: Params) -> list[Any]:
-        """The sessions of ``user`` (``""``: anonymous) on this node, only ``client``'s if given."""
-        user = params.str("user")
-        client = params.str("client") or None
-        return self.hub.user_sessions(user, client)
+    def _target(self, params: Params, method: str) -> dict[str, Any]:
+        """The command for ``user`` (``""``: anonymous), only ``client``'s connection if given."""
+        command: dict[str, Any] = {"method": method, "user": params.str("user")}
+        client = params.str("client")
+        if client:
+            command["client"] = client
+        return command
+
+    async def _on_every_node(self, command: dict[str, Any]) -> dict[str, Any]:
+        """Apply ``command`` here and on every other node (503 if it could not reach them)."""
+        await self._broker(self.cluster.user_command(command))
+        return {}
 
     async def _api_subscribe(self, params: Params) -> dict[str, Any]:
         channel = self._channel(params)
-        sessions = self._sessions(params)
+        command = self._target(params, "subscribe")
         self.hub.namespace(channel)
-        for session in sessions:
-            try:
-                await session.server_subscribe(channel)
-            except ProtocolError as exc:
-                if exc.code != ErrorCode.ALREADY_SUBSCRIBED:
-                    raise
-            except Disconnect as exc:
-                session.disconnect(exc.code, exc.reason)
-        return {}
+        command["channel"] = channel
+        return await self._on_every_node(command)
 
     async def _api_unsubscribe(self, params: Params) -> dict[str, Any]:
         channel = self._channel(params)
-        for session in self._sessions(params):
-            session.server_unsubscribe(channel)
-        return {}
+        command = self._target(params, "unsubscribe")
+        command["channel"] = channel
+        return await self._on_every_node(command)
 
     async def _api_disconnect(self, params: Params) -> dict[str, Any]:
         code: int = DisconnectCode.FORCE_DISCONNECT
@@ -230,21 +276,14 @@ class ServerAPI:
         if spec is not None:
             code = spec.int("code", default=code, minimum=3000, maximum=4999)
             reason = spec.str("reason")
-        keep = set(params.strings("whitelist"))
-        for session in self._sessions(params):
-            if session.client_id not in keep:
-                session.disconnect(code, reason or "force disconnect")
-        return {}
+        command = self._target(params, "disconnect")
+        command.update(code=code, reason=reason or "force disconnect", whitelist=params.strings("whitelist"))
+        return await self._on_every_node(command)
 
     async def _api_refresh(self, params: Params) -> dict[str, Any]:
-        expired = params.bool("expired")
-        expire_at = params.number("expire_at")
-        for session in self._sessions(params):
-            if expired:
-                session.disconnect(DisconnectCode.EXPIRED)
-            elif expire_at is not None:
-                session.expire_at = expire_at
-        return {}
+        command = self._target(params, "refresh")
+        command.update(expired=params.bool("expired"), expire_at=params.number("expire_at"))
+        return await self._on_every_node(command)
 
     # -- channels -------------------------------------------------------------------------
 
@@ -281,24 +320,11 @@ class ServerAPI:
 
     async def _api_channels(self, params: Params) -> dict[str, Any]:
         pattern = params.str("pattern")
-        return {"channels": {
-            name: {"num_clients": count}
-            for name, count in self.hub.channels().items()
-            if not pattern or fnmatch.fnmatchcase(name, pattern)
-        }}
+        channels = await self._broker(self.cluster.channels(pattern))
+        return {"channels": {name: {"num_clients": count} for name, count in sorted(channels.items())}}
 
     async def _api_info(self, params: Params) -> dict[str, Any]:
-        channels = self.hub.channels()
-        return {"nodes": [{
-            "uid": self.node_id,
-            "name": self.node_name,
-            "version": __version__,
-            "num_clients": self.hub.clients,
-            "num_users": len([u for u in self.hub.sessions if u]),
-            "num_channels": len(channels),
-            "num_subs": sum(channels.values()),
-            "uptime": int(time.time() - self.started_at),
-        }]}
+        return {"nodes": self.cluster.nodes()}
 
     async def _api_batch(self, params: Params) -> dict[str, Any]:
         # the shape of every command is checked before any runs: a malformed batch does nothing

@@ -214,6 +214,163 @@ class ASGIConnection(Writer):
             self.close(DisconnectCode.SLOW, "slow")
 
 
+class _BodySender:
+    """The transport of a streaming HTTP response under ASGI: the head, then
+    one ``http.response.body`` message (``more_body``) per write, in order, from
+    one task; :meth:`close` sends the last one."""
+
+    __slots__ = ("_send", "_queue", "_size", "_wake", "_closing", "_task", "_on_lost", "_start")
+
+    def __init__(self, send: Send, start: Message, on_lost: Callable[[], None]) -> None:
+        self._send = send
+        self._start: Message | None = start
+        self._queue: deque[bytes] = deque()
+        self._size = 0
+        self._wake = asyncio.Event()
+        self._wake.set()
+        self._closing = False
+        self._on_lost = on_lost
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def write(self, data: bytes) -> None:
+        self._queue.append(data)
+        self._size += len(data)
+        self._wake.set()
+
+    def writelines(self, items: list[bytes]) -> None:
+        self.write(b"".join(items))  # an HTTP body may be joined freely
+
+    def get_write_buffer_size(self) -> int:
+        return self._size
+
+    def close(self) -> None:
+        self._closing = True
+        self._wake.set()
+
+    def abort(self) -> None:
+        self._queue.clear()
+        self._size = 0
+        self.close()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                if self._start is not None:
+                    start, self._start = self._start, None
+                    await self._send(start)
+                while self._queue:
+                    data = self._queue.popleft()
+                    self._size -= len(data)
+                    await self._send({"type": "http.response.body", "body": data, "more_body": True})
+                if self._closing:
+                    await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+                    return
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # the client is gone (the server raises on send)
+            self._queue.clear()
+            self._size = 0
+        finally:
+            self._on_lost()
+
+    async def stop(self) -> None:
+        if not self._task.done():
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+class ASGIStream(Writer):
+    """A streaming HTTP response under ASGI (:mod:`hubbub.streams`): the same
+    bounded :class:`Writer` as every connection, its body handed to the ASGI
+    server's ``send`` by one task. The ASGI server frames the body itself, so
+    streams here are not chunked by hubbub (``stream_chunked`` false)."""
+
+    stream_chunked = False
+
+    __slots__ = ("host", "config", "stats", "session", "ping_slot", "deadline", "ws", "_send", "_done")
+
+    def __init__(self, server: Server, send: Send) -> None:
+        assert server.flusher is not None
+        super().__init__(server.flusher, server.config.max_pending_output, server.stats)
+        self.host = server
+        self.config = server.config
+        self.stats = server.stats
+        self.session: Any = None
+        self.ping_slot = 0
+        self.deadline = 0.0
+        self.ws = None
+        self._send = send
+        self._done = asyncio.Event()  # the body is finished (or the client is gone)
+
+    @property
+    def idle(self) -> bool:
+        return False
+
+    def begin_stream(self, session: Any, headers: list[tuple[str, str]]) -> None:
+        start = {"type": "http.response.start", "status": 200,
+                 "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
+        self.session = session
+        self.transport = _BodySender(self._send, start, self._done.set)  # type: ignore[assignment]
+        self.open = True
+        self.host.connection_opened(self)  # type: ignore[arg-type]
+        self.host.stream_opened(self)  # type: ignore[arg-type]
+
+    def end_stream(self, tail: bytes = b"") -> None:
+        if self.lost or self.transport is None:
+            return
+        self.open = False
+        if tail:
+            self.write_control(tail)
+        self.finish()
+
+    def close(self, code: int, reason: str = "") -> None:
+        self.end_stream()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()  # type: ignore[attr-defined]
+
+    def _on_slow(self, pending: int) -> None:
+        log.warning("slow ASGI stream: %d bytes pending; closing with 3008", pending)
+        if self.session is not None:
+            self.session.disconnect(DisconnectCode.SLOW, "slow")
+        else:
+            self.end_stream()
+
+    async def serve_until_done(self, receive: Receive) -> None:
+        """Hold the request until the body is finished or the client leaves,
+        then release the session and the node's bookkeeping."""
+        receiving = asyncio.ensure_future(receive())
+        done = asyncio.ensure_future(self._done.wait())
+        try:
+            while True:
+                finished, _ = await asyncio.wait((receiving, done), return_when=asyncio.FIRST_COMPLETED)
+                if done in finished:
+                    break
+                if receiving.result()["type"] == "http.disconnect":
+                    break
+                receiving = asyncio.ensure_future(receive())
+        finally:
+            receiving.cancel()
+            done.cancel()
+            self.lost = True
+            self.open = False
+            session, self.session = self.session, None
+            try:
+                if session is not None:
+                    session.on_closed()
+            finally:
+                self.host.connection_closed(self)  # type: ignore[arg-type]
+                sender = self.transport
+                if sender is not None:
+                    await sender.stop()  # type: ignore[attr-defined]
+
+
 def _request(scope: Scope, body: bytes = b"") -> HTTPRequest:
     """An :class:`HTTPRequest` for an ASGI scope; the path is relative to ``root_path``."""
     path = scope.get("path", "/")
@@ -337,11 +494,15 @@ class ASGIAdapter:
             chunks.append(chunk)
             more = message.get("more_body", False)
         request = _request(scope, b"".join(chunks))
+        stream = request.stream = ASGIStream(self.server, send)
         try:
             response = await self.server.handle_http(request)
         except Exception:
             log.exception("error in HTTP handler for %s", request.path)
             response = HTTPResponse.json({"error": "internal server error"}, 500)
+        if stream.session is not None:  # the handler answered with a stream (hubbub.streams)
+            await stream.serve_until_done(receive)
+            return
         await _send_response(send, response)
 
     # -- WebSocket ---------------------------------------------------------------------------

@@ -258,6 +258,12 @@ def _serve(args: argparse.Namespace) -> int:
         log.info("security: %s", config.security_mode)
         log.info("protocol: ws://%s/connection/websocket  relay: ws://%s/ws/{channel}  health: %s/health  "
                  "metrics: %s/metrics", where, where, s.url, s.url)
+        streams = [f"{name}: {s.url}{path}" for name, path in (
+            ("events", config.channel_sse_path), ("uni_sse", config.uni_sse_path),
+            ("uni_http_stream", config.uni_http_stream_path), ("http_stream", config.http_stream_path),
+            ("sse", config.sse_path)) if path]
+        if streams:
+            log.info("streams: %s", "  ".join(streams).replace("{channel:path}", "{channel}"))
         if config.page:
             log.info("live page: %s/", s.url)
 

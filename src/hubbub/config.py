@@ -52,6 +52,9 @@ ENV_PREFIX = "HUBBUB_"
 #: ``HUBBUB_*`` variables that are not settings: the worker index that ``--workers``
 #: gives each process, and dev.py's virtual environment.
 RESERVED_ENV = frozenset({"HUBBUB_WORKER_INDEX", "HUBBUB_VENV"})
+#: the settings that place the streaming and unidirectional transports (hubbub.streams)
+STREAM_PATHS = ("http_stream_path", "sse_path", "emulation_path", "uni_websocket_path", "uni_sse_path",
+                "uni_http_stream_path", "channel_sse_path")
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,6 +154,14 @@ class Config:
             refreshes when the ``ttl`` it was told (rounded down) runs out.
         idempotency_ttl: seconds a publish ``idempotency_key`` is remembered.
         presence_ttl: seconds a presence entry lives without refresh.
+        node_info_interval: seconds between a node's heartbeats on the cluster
+            control channel (its snapshot for ``info``; :mod:`hubbub.cluster`).
+        node_timeout: seconds without a heartbeat after which a node drops
+            out of the cluster (``info``, surveys); more than
+            ``node_info_interval``.
+        node_request_timeout: seconds a node waits for the other nodes'
+            answers (the ``channels`` survey, requests forwarded to a node);
+            a node that does not answer in time is left out.
         page: serve the live demo page at ``/`` (``/static/hubbub.js`` is always served).
         protocol_path: where the Centrifugo protocol endpoint is served
             (``""``: not at all).
@@ -159,6 +170,13 @@ class Config:
         api_path: prefix of the server API, ``{api_path}/{method}`` (``""``: off).
         health_path, metrics_path: where ``/health`` and ``/metrics`` are
             served (``""``: not at all).
+        http_stream_path, sse_path, emulation_path: centrifuge-js's
+            bidirectional emulation (HTTP streaming, SSE, and the endpoint of
+            their later commands); ``""`` turns each off.
+        uni_websocket_path, uni_sse_path, uni_http_stream_path: the
+            unidirectional transports (pushes only, no SDK); ``""``: off.
+        channel_sse_path: a channel as a plain event stream; must hold
+            ``{channel}`` or ``{channel:path}`` (``""``: off).
         channels: options of the default namespace.
         namespaces: options per namespace name.
     """
@@ -195,12 +213,22 @@ class Config:
     client_expired_sub_close_delay: float = 1.0
     idempotency_ttl: float = 300.0
     presence_ttl: float = 60.0
+    node_info_interval: float = 1.0
+    node_timeout: float = 3.0
+    node_request_timeout: float = 2.0
     page: bool = True
     protocol_path: str = "/connection/websocket"
     relay_path: str = "/ws/{channel:path}"
     api_path: str = "/api"
     health_path: str = "/health"
     metrics_path: str = "/metrics"
+    http_stream_path: str = "/connection/http_stream"
+    sse_path: str = "/connection/sse"
+    emulation_path: str = "/emulation"
+    uni_websocket_path: str = "/connection/uni_websocket"
+    uni_sse_path: str = "/connection/uni_sse"
+    uni_http_stream_path: str = "/connection/uni_http_stream"
+    channel_sse_path: str = "/sse/{channel:path}"
     channels: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
@@ -278,15 +306,22 @@ class Config:
             errors.append(f"broker must be 'memory' or a redis:// URL, got {self.broker!r}")
         if self.workers < 1:
             errors.append("workers must be at least 1")
-        for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path"):
+        for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path", *STREAM_PATHS):
             value = getattr(self, name)
             if value and (not value.startswith("/") or (value != "/" and value.endswith("/") and name == "api_path")):
                 errors.append(f"{name} must start with '/' (or be empty to turn it off), got {value!r}")
         if self.relay_path and "{channel" not in self.relay_path:
             errors.append(f"relay_path must hold {{channel}} or {{channel:path}}, got {self.relay_path!r}")
+        if self.channel_sse_path and "{channel" not in self.channel_sse_path:
+            errors.append(f"channel_sse_path must hold {{channel}} or {{channel:path}}, got {self.channel_sse_path!r}")
         if self.ping_interval > 0 and self.pong_timeout >= self.ping_interval:
             errors.append(f"pong_timeout ({self.pong_timeout}) must be shorter than ping_interval "
                           f"({self.ping_interval}): a pong is checked before the next ping")
+        if not self.node_info_interval > 0 or not self.node_request_timeout > 0:
+            errors.append("node_info_interval and node_request_timeout must be > 0")
+        if self.node_timeout <= self.node_info_interval:
+            errors.append(f"node_timeout ({self.node_timeout}) must be longer than node_info_interval "
+                          f"({self.node_info_interval}): a live node must get a heartbeat in before it")
         return errors
 
     @classmethod

@@ -117,6 +117,10 @@ class Host(Protocol):
 
     def websocket_opened(self, conn: Connection) -> None: ...
 
+    def stream_opened(self, conn: Connection) -> None:
+        """``conn`` answers its request with a stream held by a session."""
+        ...
+
     def websocket_session(self, conn: Connection, request: HTTPRequest) -> WebSocketSession | tuple[int, str]:
         """The session for an upgrade, or a refusal ``(status, reason)``."""
         ...
@@ -136,6 +140,7 @@ class Connection(Writer, asyncio.Protocol):
         "host", "config", "stats", "peer", "http", "_head", "_scanned", "_http_request", "_http_body",
         "_http_body_size", "_http_task", "ws", "session", "request", "_inbox", "_worker", "_paused", "_fragments",
         "_fragments_binary", "_utf8", "_close_timer", "_close_counted", "deadline", "ping_slot", "_held",
+        "chunked",
     )
 
     def __init__(self, host: Host) -> None:
@@ -168,6 +173,8 @@ class Connection(Writer, asyncio.Protocol):
         self.ping_slot = 0  # which slice of the shared ping timer pings this connection
         #: the answer to a client's close, held while its earlier messages are handled
         self._held: list[bytes] | None = None
+        #: a streaming response is under way (None: not streaming); its body is chunked
+        self.chunked: bool | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -181,6 +188,8 @@ class Connection(Writer, asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self.stats.bytes_in += len(data)
+        if self.chunked is not None:
+            return  # a streaming response is under way: nothing more is read (and nothing kept)
         if self.ws is not None:
             if self._head is not None:  # the handshake is being decided: hold the frames
                 self._head += data
@@ -324,7 +333,7 @@ class Connection(Writer, asyncio.Protocol):
     async def _serve_http(self, req: h11.Request, body: bytes) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
         request = HTTPRequest.from_target(
-            req.method.decode(), req.target.decode("latin-1"), headers, body=body, client=self.peer
+            req.method.decode(), req.target.decode("latin-1"), headers, body=body, client=self.peer, stream=self
         )
         try:
             response = await self.host.handle_http(request)
@@ -362,6 +371,50 @@ class Connection(Writer, asyncio.Protocol):
             self.abort()
             return
         self.write_control(data)
+
+    # -- streaming responses (hubbub.streams) ----------------------------------------
+
+    def begin_stream(self, session: WebSocketSession, headers: list[tuple[str, str]]) -> None:
+        """Answer the request being served with a streaming response: ``200``
+        with ``headers``, then a body that is whatever the writer queues from
+        now on (bounded, like WebSocket output). The body is chunked
+        (:attr:`chunked` true) for HTTP/1.1 clients, ended by closing the
+        connection for HTTP/1.0. ``session`` holds the stream: it is pinged,
+        told when the connection is lost, closed at shutdown and when slow."""
+        http = self.http
+        assert http is not None and self.chunked is None
+        chunked = http.their_http_version != b"1.0"
+        # the connection closes when the stream ends: say so, or a client could pick
+        # it from its pool for its next request while the close is on its way
+        headers = [*headers, ("connection", "close")]
+        if chunked:
+            headers.append(("transfer-encoding", "chunked"))
+        try:
+            head = http.send(h11.Response(status_code=200, headers=headers, reason=b"OK"))
+        except h11.LocalProtocolError:
+            self.abort()
+            return
+        self.write_control(head)
+        self.chunked = chunked
+        self.http = None  # HTTP is over for this connection: nothing more is read
+        self._http_request = None
+        self.session = session
+        self.open = True
+        self.host.stream_opened(self)
+
+    @property
+    def stream_chunked(self) -> bool:
+        """Whether a stream begun now would be chunked (the client speaks HTTP/1.1)."""
+        return self.http is not None and self.http.their_http_version != b"1.0"
+
+    def end_stream(self, tail: bytes = b"") -> None:
+        """End the streaming response with ``tail`` (the session's last words,
+        unbounded like a close frame) and close the connection once written."""
+        if self.chunked is None or self.lost:
+            return
+        self.open = False
+        self.write_control(tail + b"0\r\n\r\n" if self.chunked else tail)
+        self._close_after_flush()
 
     def _http_error(self, status: int, message: str) -> None:
         if self.http is not None and self.http.our_state in (h11.IDLE, h11.SEND_RESPONSE):
@@ -680,7 +733,7 @@ class Connection(Writer, asyncio.Protocol):
     @property
     def idle(self) -> bool:
         """Whether the connection is plain HTTP with no request being served."""
-        return self.ws is None and self._http_task is None
+        return self.ws is None and self._http_task is None and self.chunked is None
 
     def abort(self) -> None:
         """Drop the TCP connection at once."""

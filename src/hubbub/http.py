@@ -25,6 +25,9 @@ class HTTPRequest:
         params: path parameters of the matched route.
         client: the peer's ``(host, port)``.
         raw_query: the query string as received (without ``?``).
+        stream: where a handler may answer with a streaming response (a
+            :class:`hubbub.streams.StreamTransport`: the connection itself);
+            ``None`` where the transport cannot stream.
     """
 
     method: str
@@ -35,6 +38,7 @@ class HTTPRequest:
     params: dict[str, str] = field(default_factory=dict)
     client: tuple[str, int] | None = None
     raw_query: str = ""
+    stream: Any = None
 
     @classmethod
     def from_target(cls, method: str, target: str, headers: dict[str, str], **kw: Any) -> HTTPRequest:
@@ -59,3 +63,8 @@ class HTTPResponse:
     @classmethod
     def text(cls, text: str, status: int = 200) -> HTTPResponse:
         return cls(status, text.encode())
+
+
+#: What a handler returns once it answered with a stream (``request.stream.begin_stream``):
+#: the transport sends nothing more for it.
+STREAMED = HTTPResponse(200)

@@ -139,6 +139,9 @@ class Hub:
         self.sessions: dict[str, dict[str, Any]] = {}
         #: connected clients of this node, whatever their way in
         self.clients = 0
+        #: reserved internal channels (the cluster's control channels, :mod:`hubbub.cluster`):
+        #: their publications go to the handler, never to subscribers
+        self.internal: dict[str, Callable[[Publication], None]] = {}
 
     # -- life cycle ---------------------------------------------------------
 
@@ -278,6 +281,9 @@ class Hub:
     def on_publication(self, channel: str, pub: Publication) -> None:
         state = self._channels.get(channel)
         if state is None:
+            internal = self.internal.get(channel)
+            if internal is not None:
+                internal(pub)
             return
         if pub.offset:
             if state.last_offset and pub.offset > state.last_offset + 1:

@@ -29,6 +29,7 @@ from ._version import __version__
 from .api import ServerAPI
 from .auth import TokenVerifier
 from .brokers import create_broker
+from .cluster import Cluster
 from .codec import JSON, Codec, ProtocolWire, negotiate
 from .codes import DisconnectCode
 from .config import Config
@@ -42,6 +43,7 @@ from .relay import RelaySession, RelayWire
 from .errors import BadRequest, ConfigError
 from .routing import RouteCollision, Router
 from .session import ClientSession
+from .streams import Streams
 from .writer import Flusher
 
 log = logging.getLogger("hubbub.server")
@@ -54,6 +56,11 @@ EndpointFactory = Callable[[Connection, HTTPRequest], WebSocketSession]
 _BUILTIN_SETTING = {
     "the protocol endpoint": "protocol_path", "the relay": "relay_path", "health": "health_path",
     "the server API": "api_path", "metrics": "metrics_path", "the demo page": "page",
+    "the server API (newline-delimited commands)": "api_path",
+    "the http_stream transport": "http_stream_path", "the sse transport": "sse_path",
+    "the emulation endpoint": "emulation_path", "the uni_sse transport": "uni_sse_path",
+    "the uni_http_stream transport": "uni_http_stream_path", "channel event streams": "channel_sse_path",
+    "the uni_websocket transport": "uni_websocket_path",
 }
 
 
@@ -151,7 +158,10 @@ class Server:
         self._ping_round = 0
         self._stopped: asyncio.Event | None = None
         config = self.config
-        self.api = ServerAPI(self.hub, config, started_at=self.started_at)
+        #: this node in the cluster of nodes sharing the broker (control channel, node info)
+        self.cluster = Cluster(self.hub, started_at=self.started_at, interval=config.node_info_interval,
+                               timeout=config.node_timeout, request_timeout=config.node_request_timeout)
+        self.api = ServerAPI(self.hub, config, cluster=self.cluster)
         if config.protocol_path:
             self.websocket_routes.add(config.protocol_path, self._protocol_endpoint, "the protocol endpoint")
         if config.relay_path:
@@ -160,9 +170,14 @@ class Server:
             self.http_routes.add(config.health_path, self._health, "health")
         if config.api_path:
             self.http_routes.add(config.api_path.rstrip("/") + "/{method}", self.api.handle, "the server API")
+            self.http_routes.add(config.api_path.rstrip("/") or "/", self.api.handle_commands,
+                                 "the server API (newline-delimited commands)")
         if config.metrics_path:
             self.http_routes.add(config.metrics_path, self._metrics, "metrics")
         self.http_routes.add("/static/{name}", self._static, "hubbub's static files")
+        #: SSE, HTTP streaming, one-way transports and channel event streams (hubbub.streams)
+        self.streams = Streams(self)
+        self.streams.install()
         if config.page:
             self.http_routes.add("/", self._page, "the demo page")
 
@@ -343,6 +358,11 @@ class Server:
         self.connections.add(conn)
         self._pending.add(conn)
 
+    def stream_opened(self, conn: Connection) -> None:
+        """``conn`` answers with a stream (hubbub.streams): pinged and swept like a WebSocket."""
+        self.websockets.add(conn)
+        self._pending.discard(conn)
+
     def websocket_opened(self, conn: Connection) -> None:
         self.websockets.add(conn)
         if not isinstance(conn.session, ClientSession):
@@ -452,6 +472,7 @@ class Server:
         if self.flusher is None:
             self.flusher = Flusher(loop)
             await self.hub.start()
+            await self.cluster.start()
             if self.config.ping_interval > 0:
                 self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
             self._every("sweep", SWEEP_INTERVAL, self._sweep)
@@ -491,6 +512,7 @@ class Server:
                     conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        await self.cluster.close()
         await self.hub.close()
 
     async def serve(self, *, ready: Callable[[Server], None] | None = None, reuse_port: bool = False) -> None:

@@ -404,3 +404,7 @@ def _subscribe_reply(ns: NamespaceOptions, result: SubscribeResult, recoverable:
 
 def _flag(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+#: The ``SubscribeResult`` shape of a subscription (for other sessions of the protocol: hubbub.uni).
+subscribe_reply = _subscribe_reply

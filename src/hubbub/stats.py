@@ -44,3 +44,28 @@ class Stats:
         self.broker_errors = 0
         self.broker_reconnects = 0
         self.slow = 0
+
+    def items(self) -> dict[str, int]:
+        """The cumulative counters by name, for the cluster's node snapshots
+        (``info``'s ``metrics.items``): ``messages_in``, ``bytes_in``,
+        ``messages_out``, ``bytes_out``, ``publications`` (total) and
+        ``publications.<source>``, ``disconnects.<code>``,
+        ``commands.<method>`` (protocol commands served), ``broker_errors``,
+        ``broker_reconnects``, ``slow`` (3008 closes). Read at snapshot time only."""
+        out = {
+            "messages_in": self.messages_in,
+            "bytes_in": self.bytes_in,
+            "messages_out": self.messages_out,
+            "bytes_out": self.bytes_out,
+            "publications": sum(self.publications.values()),
+            "broker_errors": self.broker_errors,
+            "broker_reconnects": self.broker_reconnects,
+            "slow": self.slow,
+        }
+        for source, n in self.publications.items():
+            out[f"publications.{source}"] = n
+        for code, n in self.disconnects.items():
+            out[f"disconnects.{code}"] = n
+        for method, histogram in self.commands.items():
+            out[f"commands.{method}"] = histogram.count
+        return out
