@@ -837,7 +837,10 @@ def _report(cfg: Config, opened: int, connect_s: float, phase: dict, errors: lis
     report["scanner"] = scanner()[1]
     if produced and "worker_replies" in produced:
         results = [r[1] for r in produced["worker_replies"] if r[0] == "result"]
-        cpu = sum(r.get("cpu_s", 0.0) for r in results)
+        if not results or any("cpu_s" not in r for r in results):  # loadgen's asyncio workers
+            report["generator"] = "loadgen"
+            return report
+        cpu = sum(r["cpu_s"] for r in results)
         report["subscriber_cpu_s"] = round(cpu, 3)
         duration = report.get("duration_s")
         if duration:

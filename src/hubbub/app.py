@@ -62,6 +62,7 @@ from .config import Config
 from .core import ClientCore, ConnectRequest, ConnectResult, SessionHooks
 from .endpoint import Connections, Registry, WebSocket
 from .errors import ConfigError, ProtocolError
+from .loops import run_loop
 from .hub import Hub
 from .server import Server
 
@@ -393,7 +394,7 @@ class App:
             from .logs import setup
 
             setup("info", "text")
-        asyncio.run(self.serve_async())
+        run_loop(self.serve_async(), self.config.event_loop)
 
 
 def load_app(target: str) -> App:
