@@ -62,8 +62,8 @@ from .config import Config
 from .core import ClientCore, ConnectRequest, ConnectResult, SessionHooks
 from .endpoint import Connections, Registry, WebSocket
 from .errors import ConfigError, ProtocolError
-from .loops import run_loop
 from .hub import Hub
+from .loops import run_loop
 from .server import Server
 
 log = logging.getLogger("hubbub.app")

@@ -30,8 +30,8 @@ from .client import (
     endpoint,
 )
 from .config import Config, check_file
-from .loops import run_loop
 from .errors import ClientError, ConfigError, ReplyError
+from .loops import run_loop
 
 log = logging.getLogger("hubbub")
 
