@@ -24,6 +24,7 @@ import codecs
 import collections
 import http
 import logging
+import sys
 import time
 from typing import Any, Protocol
 
@@ -154,7 +155,7 @@ class Connection(Writer, asyncio.Protocol):
         self._head: bytearray | None = bytearray()  # raw bytes of the first request, until routed
         self._scanned = 0  # how much of _head was searched for the end of the head
         self._http_request: h11.Request | None = None
-        self._http_body: list[bytes] = []
+        self._http_body: list[bytes] | None = None  # created per request: a WebSocket never needs one
         self._http_body_size = 0
         self._http_task: asyncio.Task[None] | None = None
         self.ws: ServerProtocol | None = None
@@ -164,7 +165,7 @@ class Connection(Writer, asyncio.Protocol):
         self._inbox: collections.deque[tuple[bytes, bool] | None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes] | None = None  # only while a fragmented message arrives
         self._fragments_binary = False
         self._utf8: codecs.IncrementalDecoder | None = None  # only for fragmented text
         self._close_timer: asyncio.TimerHandle | None = None
@@ -318,12 +319,12 @@ class Connection(Writer, asyncio.Protocol):
                 if self._http_body_size > self.config.max_http_body:
                     self._http_error(413, "request body too large")
                     return
-                self._http_body.append(event.data)
+                self._http_body.append(event.data)  # type: ignore[union-attr]  # set by the Request event
             elif isinstance(event, h11.EndOfMessage):
                 req = self._http_request
                 assert req is not None
                 self._http_task = asyncio.get_running_loop().create_task(
-                    self._serve_http(req, b"".join(self._http_body))
+                    self._serve_http(req, b"".join(self._http_body or ()))
                 )
                 return  # the next request is read after the response
             elif isinstance(event, h11.ConnectionClosed):
@@ -451,7 +452,8 @@ class Connection(Writer, asyncio.Protocol):
         req: Request = events[0]
         if not any("websocket" in value.lower() for value in req.headers.get_all("Upgrade")):
             return False
-        headers = {name.lower(): value for name, value in req.headers.raw_items()}
+        # names interned: every connection of a kind sends the same ones (memory per connection)
+        headers = {sys.intern(name.lower()): value for name, value in req.headers.raw_items()}
         request = HTTPRequest.from_target("GET", req.path, headers, client=self.peer)
         self.request = request
         self.ws = ws
@@ -522,6 +524,7 @@ class Connection(Writer, asyncio.Protocol):
         self.open = True
         self.http = None  # HTTP is over for this connection
         self._http_request = None
+        self.request = None  # the session has what it needs (memory per connection)
         self.host.websocket_opened(self)
         session = self.session
         assert session is not None
@@ -564,7 +567,7 @@ class Connection(Writer, asyncio.Protocol):
             op = frame.opcode
             if op is Opcode.TEXT or op is Opcode.BINARY:
                 self._fragments_binary = op is Opcode.BINARY
-                self._fragments = []
+                self._fragments = None
             elif op is not Opcode.CONT:
                 if op is Opcode.PONG and self.session is not None:
                     self.session.pong()
@@ -574,12 +577,14 @@ class Connection(Writer, asyncio.Protocol):
                 self.ws.fail(1007, "invalid UTF-8")  # type: ignore[union-attr]
                 return
             if not frame.fin:
+                if self._fragments is None:
+                    self._fragments = []
                 self._fragments.append(bytes(data))
                 continue
             if self._fragments:
                 self._fragments.append(bytes(data))
                 payload = b"".join(self._fragments)
-                self._fragments = []
+                self._fragments = None
             else:
                 payload = bytes(data)
             self._receive(payload, self._fragments_binary)
@@ -638,7 +643,7 @@ class Connection(Writer, asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("error in WebSocket handler for %s", self.request.path if self.request else "?")
+            log.exception("error in WebSocket handler (%s)", type(self.session).__name__)
             self.close(DisconnectCode.INTERNAL_ERROR)
         finally:
             self._worker = None

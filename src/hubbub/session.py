@@ -96,7 +96,7 @@ class ClientSession(ClientCore):
         self.codec: Codec = wire.codec
         self.subprotocol = subprotocol
         self.created_at = time.monotonic()
-        self._replies: list[bytes] = []
+        self._replies: list[bytes] | None = None  # created when a reply waits (memory per connection)
         self._reply_bytes = 0
         self._late: tuple[str, list[Publication]] | None = None
         self._commands = 0
@@ -214,7 +214,10 @@ class ClientSession(ClientCore):
     # -- output ---------------------------------------------------------------------
 
     def _reply(self, payload: bytes) -> None:
-        self._replies.append(payload)
+        if self._replies is None:
+            self._replies = [payload]
+        else:
+            self._replies.append(payload)
         self._reply_bytes += len(payload)
         if self._reply_bytes >= REPLY_FLUSH_BYTES:
             self._flush_replies()
@@ -228,7 +231,7 @@ class ClientSession(ClientCore):
     def _flush_replies(self) -> None:
         if self._replies:
             replies = self._replies
-            self._replies = []
+            self._replies = None
             self._reply_bytes = 0
             if self.out.open:
                 self._send(self.codec.join(replies))
