@@ -26,13 +26,16 @@ import http
 import logging
 import sys
 import time
+import uuid
 from typing import Any, Protocol
 
 import h11
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Protocol as Protocol_
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from .codes import DisconnectCode
 from .config import Config
@@ -73,6 +76,31 @@ class FrameEncoder:
 
 #: What :meth:`WebSocketSession.handshake_nowait` returns when ``handshake`` must be awaited.
 PENDING = (0, "pending")
+
+
+#: one UUID for every ``ServerProtocol.id`` (websockets draws a fresh one per connection for its
+#: own log lines, which hubbub keeps at WARNING): 100 bytes per idle connection less
+_SHARED_WS_ID = uuid.UUID(int=0)
+_SERVER_PARSE_CODE = ServerProtocol.parse.__code__
+_PARSE_CODE = Protocol_.parse.__code__
+_AT_EOF_CODE = StreamReader.at_eof.__code__
+
+
+def _release_last_frame(ws: ServerProtocol) -> None:
+    """Let go of the last frame websockets parsed: its parser keeps it (payload
+    included) in a local variable until the next frame arrives, a few hundred
+    bytes per idle connection. At a frame boundary (the parser waits in
+    ``at_eof`` with nothing buffered; the state of a fragmented message lives on
+    the protocol object, not in the parser) a fresh parser is the same parser;
+    anywhere else, nothing is changed."""
+    parser = ws.parser  # ServerProtocol.parse -> Protocol.parse -> StreamReader.at_eof
+    frames = getattr(parser, "gi_yieldfrom", None)
+    waiting = getattr(frames, "gi_yieldfrom", None)
+    if (getattr(parser, "gi_code", None) is _SERVER_PARSE_CODE and getattr(frames, "gi_code", None) is _PARSE_CODE
+            and getattr(waiting, "gi_code", None) is _AT_EOF_CODE and not ws.reader.buffer
+            and ws.state is State.OPEN):
+        ws.parser = ws.parse()
+        next(ws.parser)
 
 
 class WebSocketSession(Protocol):
@@ -445,6 +473,7 @@ class Connection(Writer, asyncio.Protocol):
             max_size=self.config.max_message_size,
             logger=_WS_LOGGER,
         )
+        ws.id = _SHARED_WS_ID  # websockets' per-connection UUID is only for its logs; ours are quiet
         ws.receive_data(head)
         events = ws.events_received()
         if not events or not isinstance(events[0], Request):
@@ -541,9 +570,12 @@ class Connection(Writer, asyncio.Protocol):
     def _process_ws_events(self) -> None:
         ws = self.ws
         assert ws is not None
-        self._handle_frames(ws.events_received())
+        events = ws.events_received()
+        self._handle_frames(events)
         if self.ws is None:
             return
+        if events:
+            _release_last_frame(ws)
         if ws.close_rcvd is not None and self._inbox and self._held is None and self.open:
             # The client closed after messages that still wait in the inbox: handle
             # them first (their replies, or a refusal's close code, must reach the
