@@ -78,6 +78,10 @@ class FrameEncoder:
 PENDING = (0, "pending")
 
 
+#: Request headers of a WebSocket upgrade that only serve the upgrade itself (RFC 6455 4.1):
+#: websockets checks them; sessions and hooks do not see them.
+_UPGRADE_HEADERS = frozenset(("upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+                              "sec-websocket-extensions"))
 #: one UUID for every ``ServerProtocol.id`` (websockets draws a fresh one per connection for its
 #: own log lines, which hubbub keeps at WARNING): 100 bytes per idle connection less
 _SHARED_WS_ID = uuid.UUID(int=0)
@@ -481,8 +485,13 @@ class Connection(Writer, asyncio.Protocol):
         req: Request = events[0]
         if not any("websocket" in value.lower() for value in req.headers.get_all("Upgrade")):
             return False
-        # names interned: every connection of a kind sends the same ones (memory per connection)
-        headers = {sys.intern(name.lower()): value for name, value in req.headers.raw_items()}
+        # names interned: every connection of a kind sends the same ones; the upgrade's own
+        # mechanics (key, version, ...) mean nothing once it is done (memory per connection)
+        headers = {}
+        for name, value in req.headers.raw_items():
+            name = sys.intern(name.lower())
+            if name not in _UPGRADE_HEADERS:
+                headers[name] = value
         request = HTTPRequest.from_target("GET", req.path, headers, client=self.peer)
         self.request = request
         self.ws = ws

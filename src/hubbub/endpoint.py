@@ -320,7 +320,8 @@ class WebSocket(ClientCore):
 
     @property
     def request_headers(self) -> dict[str, str]:
-        """The handshake's HTTP headers (lower-case names)."""
+        """The handshake's HTTP headers (lower-case names), without the upgrade's own
+        (``upgrade``, ``connection``, ``sec-websocket-key``, ``-version``, ``-extensions``)."""
         return self.request.headers
 
     @property

@@ -76,7 +76,8 @@ class ClientSession(ClientCore):
         context: the node's shared :class:`~hubbub.core.ClientContext`.
         out: the connection's output.
         wire: the push encoder of this session's codec and framing.
-        headers: the handshake's HTTP headers (lower-cased names).
+        headers: the handshake's HTTP headers (lower-cased names), without the
+            WebSocket upgrade's own (``upgrade``, ``connection``, ``sec-websocket-key``, ...).
         client_id: connection id; a random UUID by default.
         subprotocol: the WebSocket subprotocol the transport answers in its
             ``101`` (``centrifuge-protobuf``, ``centrifuge-json``), if the client
