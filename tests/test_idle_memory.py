@@ -112,3 +112,53 @@ async def test_hooks_see_the_request_headers_but_not_the_upgrades_own(start_serv
     for name in ("upgrade", "connection", "sec-websocket-key", "sec-websocket-version"):
         assert name not in headers
     writer.close()
+
+
+async def test_endpoint_queue_is_bounded_in_bytes_not_in_messages():
+    """Many small messages wait for a busy handler (more than the old bound of 64, so
+    one pass of the loop handles them all); big ones are held to MAX_QUEUED_BYTES."""
+    import websockets
+
+    from hubbub import App
+    from hubbub.endpoint import MAX_QUEUED_BYTES
+
+    gate = asyncio.Event()
+    got: list[str] = []
+    sessions: list = []
+
+    app = App(host="127.0.0.1", port=0)
+
+    @app.websocket("/slow")
+    class Slow:
+        async def connect(self, ws):
+            sessions.append(ws)
+
+        async def handle_message(self, ws, message):
+            await gate.wait()
+            got.append(message)
+            if len(got) == 500 + 40:
+                await ws.send("done")
+
+    await app.start()
+    try:
+        async with websockets.connect(f"ws://127.0.0.1:{app.server.port}/slow", max_size=None) as ws:
+            for i in range(500):
+                await ws.send(f"small {i}")
+            ws_session = None
+            for _ in range(200):
+                if sessions and sessions[0]._messages.qsize() >= 499:
+                    ws_session = sessions[0]
+                    break
+                await asyncio.sleep(0.01)
+            assert ws_session is not None, "the small messages did not all queue"
+            big = "x" * (16 * 1024)
+            for i in range(40):
+                await ws.send(f"{i:02d}{big}")
+            await asyncio.sleep(0.2)
+            assert ws_session._queued <= MAX_QUEUED_BYTES + len(big) + 2
+            gate.set()
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "done"
+        assert got[:500] == [f"small {i}" for i in range(500)]
+        assert [m[:2] for m in got[500:]] == [f"{i:02d}" for i in range(40)]
+    finally:
+        await app.stop()
