@@ -81,6 +81,7 @@ def main() -> int:
         os.execv(str(BIN / "hubbub"), [str(BIN / "hubbub"), "serve", *args])
     if command == "test":
         ensure_debian_package("redis-server", "redis-server")
+        ensure_debian_package("redis-cli", "redis-tools")  # redis-cli --cluster create (tests/redis_server.py)
         ensure_debian_package("chromium", "chromium")
         ensure_debian_package("node", "nodejs")
         ensure_debian_package("npm", "npm")

@@ -22,7 +22,7 @@ from hubbub.brokers.base import Broker, ClientInfo, Publication, StreamPosition
 from hubbub.errors import BrokerUnavailable
 
 from .conftest import TIMEOUT
-from .redis_server import RedisServer, redis_server  # noqa: F401
+from .redis_server import redis_cluster, redis_sentinel, redis_server, redis_shards  # noqa: F401
 
 HISTORY = {"history_size": 10, "history_ttl": 300.0}
 
@@ -74,7 +74,7 @@ class Backend:
     broker: Broker
     handler: Recorder
     clock: FakeClock | None = None
-    server: RedisServer | None = None
+    server: Any = None  # RedisServer, RedisGroup or RedisCluster: stop(), start(), flushall()
 
     async def tick(self) -> None:
         """Let a little time pass (0.1 s of fake time, or a short real pause)."""
@@ -102,7 +102,7 @@ class Backend:
 _prefixes = itertools.count()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-shards", "redis-cluster", "redis-sentinel"])
 async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
     handler = Recorder()
     if request.param == "memory":
@@ -110,11 +110,13 @@ async def backend(request: pytest.FixtureRequest) -> AsyncIterator[Backend]:
         broker: Broker = MemoryBroker(meta_ttl=3600, sweep_interval=0, clock=clock)
         b = Backend("memory", broker, handler, clock=clock)
     else:
-        from hubbub.brokers.redis import RedisBroker
+        from hubbub.brokers.sharded import create_redis_broker
 
-        server: RedisServer = request.getfixturevalue("redis_server")
-        broker = RedisBroker(server.url, prefix=f"contract{next(_prefixes)}", timeout=1.0)
-        b = Backend("redis", broker, handler, server=server)
+        fixture = {"redis": "redis_server", "redis-shards": "redis_shards",
+                   "redis-cluster": "redis_cluster", "redis-sentinel": "redis_sentinel"}[request.param]
+        server = request.getfixturevalue(fixture)
+        broker = create_redis_broker(server.url, prefix=f"contract{next(_prefixes)}", timeout=1.0)
+        b = Backend(request.param, broker, handler, server=server)
     await broker.start(handler)
     assert broker.healthy
     try:
@@ -371,8 +373,12 @@ async def test_backend_outage(backend: Backend) -> None:
     await broker.unsubscribe("o2")  # an outage does not make unsubscribing fail
 
     backend.server.start()  # same port, empty data
-    await asyncio.wait_for(rec.reconnects.get(), TIMEOUT)
-    assert broker.healthy
+    await asyncio.wait_for(rec.reconnects.get(), TIMEOUT)  # once per server that came back
+
+    async def up() -> bool:
+        return broker.healthy
+
+    await backend.until(up)
     # resubscribed: delivery works again, in a new epoch
     position = await broker.publish("o", Publication(b"2"), **HISTORY)
     assert position.offset == 1

@@ -182,7 +182,8 @@ async def test_snapshot_shape_and_counters(trio: Any) -> None:
     hub.add_session(FakeSession("u1", "c1"))
     info = a.info()
     assert set(info) == {"uid", "name", "version", "num_clients", "num_users", "num_subs", "num_channels",
-                         "uptime", "metrics"}
+                         "uptime", "broker", "metrics"}
+    assert info["broker"] == {"name": hub.broker.name, "up": True}
     assert info["uptime"] == 42 and info["num_clients"] == 1 and info["num_users"] == 1
     items = info["metrics"]["items"]
     assert info["metrics"]["interval"] == a.interval

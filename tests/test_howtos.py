@@ -648,7 +648,7 @@ def test_install_from_a_checkout(tmp_path: Path) -> None:
     run = subprocess.run([sys.executable, "-S", "check_install.py"], capture_output=True, text=True, cwd=directory,
                          env={**os.environ, "PYTHONPATH": str(site)}, timeout=TIMEOUT)
     assert run.returncode == 0, run.stderr
-    assert run.stdout.splitlines() == [f"hubbub {__version__}", "static files: ['hubbub.js', 'index.html']"]
+    assert run.stdout.splitlines() == [f"hubbub {__version__}", "static files: ['admin.css', 'admin.html', 'admin.js', 'hubbub.js', 'index.html']"]
     where = subprocess.run([sys.executable, "-S", "-c", "import hubbub; print(hubbub.__file__)"],
                            capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(site)},
                            timeout=TIMEOUT)

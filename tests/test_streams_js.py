@@ -21,6 +21,7 @@ SECRET = "emulation-test-secret-of-at-least-32-bytes"
 def emulation_app(**settings: Any) -> hubbub.App:
     app = hubbub.App(port=0, api_key="k", token_hmac_secret=SECRET, namespaces={
         "chat": {"history_size": 100, "history_ttl": 600, "force_recovery": True, "presence": True},
+        "private": {"require_subscription_token": True},
     }, **settings)
 
     @app.rpc("kick")
@@ -48,6 +49,8 @@ async def test_centrifuge_js_over_http_transports(mode: str) -> None:
         assert proc.returncode == 0, err.decode()
         result = json.loads(out.decode().strip().splitlines()[-1])
         streams = app.server.streams.emulation
+        commands = app.server.hub.stats.commands
+        sub_refreshes = commands["sub_refresh"].count if "sub_refresh" in commands else 0
     finally:
         await app.stop()
     assert result["transport"] == ("http_stream" if mode in ("fallback", "protobuf") else mode)
@@ -57,6 +60,8 @@ async def test_centrifuge_js_over_http_transports(mode: str) -> None:
                                     {"recovered": True, "wasRecovering": True}]
     assert 3011 in result["codes"] and 3005 not in result["codes"]
     assert result["tokenCalls"] >= 3
+    assert result["subTokenCalls"] >= 3 and result["privateGot"] == [{"private": True}]
+    assert sub_refreshes >= 2  # refreshed in place (sub_refresh), not by subscribing again
     assert result["presenceClients"] == 1 and result["numClients"] == 1
     assert result["history"] == [{"n": 1}, {"n": 2}]
     assert result["echo"] == {"hello": "rpc"}

@@ -36,6 +36,7 @@ MODULES = {
                             "HistoryResult"],
     "hubbub.brokers.memory": ["MemoryBroker"],
     "hubbub.brokers.redis": ["RedisBroker"],
+    "hubbub.brokers.sharded": ["ShardedRedisBroker", "RedisClusterBroker", "create_redis_broker"],
     "hubbub.writer": ["Writer", "Flusher"],
     "hubbub.listener": ["Listener"],
     "hubbub.server": ["Server"],

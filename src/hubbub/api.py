@@ -118,28 +118,47 @@ class ServerAPI:
             reason = "unauthorized" if self.config.api_key else "the HTTP API needs api_key to be set"
             return HTTPResponse.json({"error": reason}, 401)
         method = request.params.get("method", "")
-        handler = self._methods.get(method)
-        if handler is None:
+        if method not in self._methods:
             return HTTPResponse.json({"error": f"unknown method {method!r}"}, 404)
         try:
             body = loads(request.body or b"{}")
         except ValueError as exc:
             return HTTPResponse.json({"error": f"malformed JSON body: {exc}"}, 400)
+        status, reply = await self.call(method, body)
+        return HTTPResponse.json(reply, status)
+
+    async def call(self, method: str, body: Any) -> tuple[int, dict[str, Any]]:
+        """Run one API method for a caller already authorized another way
+        (the operator's dashboard, :mod:`hubbub.admin`), with the statuses and
+        reply shapes of ``POST /api/{method}``.
+
+        Args:
+            method: an API method name (``publish``, ``history``, ...).
+            body: the parsed request body (a JSON object).
+
+        Returns:
+            ``(HTTP status, reply)``: 200 with ``{"result": ...}`` or a command
+            ``{"error": ...}``; 400 for bad parameters; 404 for an unknown
+            method; 503 when the broker is unavailable. Never raises for bad input.
+        """
+        handler = self._methods.get(method)
+        if handler is None:
+            return 404, {"error": f"unknown method {method!r}"}
         try:
             params = Params(body)
         except BadRequest:
-            return HTTPResponse.json({"error": "body must be a JSON object"}, 400)
+            return 400, {"error": "body must be a JSON object"}
         try:
             result = await handler(params)
         except BadRequest as exc:
-            return HTTPResponse.json({"error": exc.message}, 400)
+            return 400, {"error": exc.message}
         except _Unavailable as exc:
-            return HTTPResponse.json({"error": {"code": 100, "message": str(exc), "temporary": True}}, 503)
+            return 503, {"error": {"code": 100, "message": str(exc), "temporary": True}}
         except ProtocolError as exc:
-            return HTTPResponse.json(_error(exc))
+            return 200, _error(exc)
         if method == "batch":  # Centrifugo answers a batch with {"replies": [...]} at the top
-            return HTTPResponse.json(result)
-        return HTTPResponse.json({"result": result})
+            return 200, result
+        return 200, {"result": result}
 
     async def handle_commands(self, request: HTTPRequest) -> HTTPResponse:
         """``POST /api`` (the legacy form that cent.js ``pipeline()`` sends):

@@ -49,13 +49,18 @@ def _parser() -> argparse.ArgumentParser:
     serve = sub.add_parser(
         "serve",
         help="run the hub",
-        description="Run the hub on one port: the Centrifugo client protocol at /connection/websocket, "
-        "a plain relay at /ws/{channel}, and GET /health. Stops cleanly on SIGINT/SIGTERM.",
+        description="Run the hub on one port: the Centrifugo client protocol (JSON and Protobuf) at "
+        "/connection/websocket, its HTTP-streaming and SSE transports (/connection/http_stream, "
+        "/connection/sse, /emulation) and one-way transports (/connection/uni_websocket, uni_sse, "
+        "uni_http_stream), a plain relay at /ws/{channel}, channels as event streams at /sse/{channel}, "
+        "the server API at /api, the operator's dashboard at /admin, /health and /metrics (README, "
+        "'What runs where'). Stops cleanly on SIGINT/SIGTERM.",
     )
     serve.add_argument("--host", default=None, help="address to bind (default 127.0.0.1)")
     serve.add_argument("--port", type=int, default=None, help="port to bind (default 8000; 0 picks a free one)")
     serve.add_argument("--config", metavar="FILE", help="TOML settings file (flags override it)")
-    serve.add_argument("--broker", default=None, help="'memory' (default) or redis://HOST:PORT/DB")
+    serve.add_argument("--broker", default=None, help="'memory' (default), redis://HOST:PORT/DB, several such URLs (shards), "
+                       "redis+cluster://HOST:PORT,... or redis+sentinel://HOST:PORT,.../MASTER (docs/scaling.md)")
     serve.add_argument("--ping-interval", type=float, default=None, metavar="SECONDS",
                        help="seconds between server pings (default 25; 0 disables)")
     serve.add_argument("--max-message-size", type=int, default=None, metavar="BYTES",
@@ -343,7 +348,14 @@ def _serve_workers(config: Config, args: argparse.Namespace) -> int:
             argv += [flag, str(value)]
     if args.allow_anonymous:
         argv.append("--allow-anonymous")
-    children = [subprocess.Popen(argv, env={**os.environ, _WORKER_ENV: str(i)}) for i in range(config.workers)]
+    env = dict(os.environ)
+    if config.admin_enabled and not config.admin_secret:  # one made-up secret for every worker's /admin
+        import secrets
+
+        env["HUBBUB_ADMIN_SECRET"] = secrets.token_urlsafe(24)
+        log.info("admin dashboard at /admin; its secret for these workers is %s (set admin_secret to choose one)",
+                 env["HUBBUB_ADMIN_SECRET"])
+    children = [subprocess.Popen(argv, env={**env, _WORKER_ENV: str(i)}) for i in range(config.workers)]
     log.info("hubbub %s listening on http://%s:%d (broker: %s, %d workers)", __version__, config.host, port,
              config.broker, config.workers)
 

@@ -106,8 +106,8 @@ def node_info(hub: Hub, *, uid: str, name: str, started_at: float, interval: flo
 
     Returns:
         ``{"uid", "name", "version", "num_clients", "num_users", "num_subs",
-        "num_channels", "uptime" (whole seconds), "metrics": {"interval":
-        seconds, "items": {name: number}}}``; the items are the node's
+        "num_channels", "uptime" (whole seconds), "broker": {"name", "up"},
+        "metrics": {"interval": seconds, "items": {name: number}}}``; the items are the node's
         cumulative counters (:meth:`hubbub.stats.Stats.items`).
     """
     channels = hub.channels()
@@ -121,6 +121,7 @@ def node_info(hub: Hub, *, uid: str, name: str, started_at: float, interval: flo
         "num_subs": sum(channels.values()),
         "num_channels": len(channels),
         "uptime": max(0, int(now - started_at)),
+        "broker": {"name": hub.broker.name, "up": hub.broker.healthy},
         "metrics": {"interval": interval, "items": hub.stats.items()},
     }
 

@@ -106,7 +106,9 @@ class Config:
 
     Attributes:
         host, port: where ``hubbub serve`` listens.
-        broker: ``"memory"`` (one process) or a ``redis://`` URL.
+        broker: ``"memory"`` (one process), a ``redis://`` URL, several
+            (shards, separated by commas or spaces), ``redis+cluster://`` or
+            ``redis+sentinel://`` (see docs/scaling.md).
         workers: processes sharing the port (needs the Redis broker).
         event_loop: ``"asyncio"`` (the standard library's loop) or ``"uvloop"``
             (needs the ``uvloop`` package: ``pip install hubbub[uvloop]``); used by
@@ -173,6 +175,10 @@ class Config:
         api_path: prefix of the server API, ``{api_path}/{method}`` (``""``: off).
         health_path, metrics_path: where ``/health`` and ``/metrics`` are
             served (``""``: not at all).
+        admin: serve the operator's dashboard at ``/admin`` (see ``admin_enabled``).
+        admin_secret: the secret that logs in to ``/admin``. Without it the
+            dashboard is served only on a loopback address, with a random
+            secret made at start and written to the log.
         http_stream_path, sse_path, emulation_path: centrifuge-js's
             bidirectional emulation (HTTP streaming, SSE, and the endpoint of
             their later commands); ``""`` turns each off.
@@ -226,6 +232,8 @@ class Config:
     api_path: str = "/api"
     health_path: str = "/health"
     metrics_path: str = "/metrics"
+    admin: bool = True
+    admin_secret: str = ""
     http_stream_path: str = "/connection/http_stream"
     sse_path: str = "/connection/sse"
     emulation_path: str = "/emulation"
@@ -255,6 +263,12 @@ class Config:
     def loopback(self) -> bool:
         """Whether ``host`` is a loopback address."""
         return is_loopback(self.host)
+
+    @property
+    def admin_enabled(self) -> bool:
+        """Whether ``/admin`` is served: ``admin`` is on and either
+        ``admin_secret`` is set or ``host`` is a loopback address."""
+        return self.admin and (bool(self.admin_secret) or self.loopback)
 
     @property
     def anonymous(self) -> bool:
@@ -306,8 +320,13 @@ class Config:
         errors = []
         if not 0 <= self.port < 65536:
             errors.append(f"port must be 0-65535, got {self.port}")
-        if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://", "unix://")):
-            errors.append(f"broker must be 'memory' or a redis:// URL, got {self.broker!r}")
+        if self.broker != "memory" and not all(
+            u.startswith(("redis://", "rediss://", "unix://", "redis+cluster://", "rediss+cluster://",
+                          "redis+sentinel://", "rediss+sentinel://"))
+            for u in (re.split(r"[,\s]+(?=[a-z][a-z0-9+.-]*://)", self.broker.strip()) or [""])
+        ):
+            errors.append(f"broker must be 'memory', a redis:// URL, several (shards), a redis+cluster:// "
+                          f"or a redis+sentinel:// URL, got {self.broker!r}")
         if self.workers < 1:
             errors.append("workers must be at least 1")
         if self.event_loop not in ("asyncio", "uvloop"):

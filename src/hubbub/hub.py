@@ -130,6 +130,7 @@ class Hub:
         self.config = config
         self.broker = broker
         self.stats = Stats()
+        broker.stats = self.stats  # the broker counts its round trips here
         self._channels: dict[str, _Channel] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._presence: dict[str, dict[str, ClientInfo]] = {}  # local entries, refreshed by a shared timer
@@ -286,9 +287,16 @@ class Hub:
                 internal(pub)
             return
         if pub.offset:
-            if state.last_offset and pub.offset > state.last_offset + 1:
+            if pub.epoch and state.epoch and pub.epoch != state.epoch:
+                # a new stream (Redis lost its data): its offsets say nothing about the
+                # old one's; recoverable subscribers are told before anything of it
+                self._gap(channel, state)
+                state.skip.clear()
+            elif state.last_offset and pub.offset > state.last_offset + 1:
                 self._gap(channel, state)
             state.last_offset = max(state.last_offset, pub.offset)
+            if not state.epoch:
+                state.epoch = pub.epoch
         exclude = pub.exclude_client
         skipped: set[str] | None = None
         if state.skip and pub.offset:
@@ -303,10 +311,12 @@ class Hub:
         batches = state.batches
         if skipped:  # delivered one by one, after what is already batched
             batches.clear()
+        stats = self.stats
         for wire, subs in state.by_wire.items():
             frame = wire.encode_publication(channel, pub)
             if frame is None:
                 continue
+            stats.deliveries += len(subs)  # once per publication and wire, not per subscriber
             if skipped:
                 for client_id, sub in subs.items():
                     if client_id not in skipped:
@@ -359,6 +369,7 @@ class Hub:
                     sub.disconnect(DisconnectCode.INSUFFICIENT_STATE)
         state.last_offset = 0
         state.epoch = ""
+        state.batches.clear()  # what follows must not reach them through a batch they hold
 
     def on_broker_reconnect(self) -> None:
         """The broker came back: restore this node's presence entries and check
@@ -458,6 +469,8 @@ class Hub:
         info: ClientInfo | None, result: SubscribeResult,
     ) -> None:
         client_id = sub.client_id
+        if result.position.epoch and state.epoch and result.position.epoch != state.epoch:
+            self._gap(channel, state)  # a new stream: the others hold positions in the old one
         state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         state.batches.clear()  # the new subscriber is in none of them
         if result.position.offset > state.last_offset:
@@ -486,6 +499,8 @@ class Hub:
         finally:
             state.buffering.pop(client_id, None)
         top = history.position
+        if any(p.epoch and p.epoch != top.epoch for p in buffer):  # the stream was replaced meanwhile
+            raise ProtocolError(ErrorCode.INTERNAL, "the channel's stream changed while subscribing", temporary=True)
         result = SubscribeResult(position=top)
         if since is not None:
             pubs = history.publications

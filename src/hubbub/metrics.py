@@ -19,6 +19,10 @@ command_duration_seconds{method}        protocol command latency (histogram)
 broker_errors_total                     failed broker operations
 broker_reconnects_total                 times the broker came back
 broker_up                               1 while the broker is reachable
+broker_round_trips_total                requests to the broker's backend (a pipeline counts once)
+broker_publications_total               publications, joins and leaves sent to the backend
+broker_publish_round_trips_total        the pipelines that carried them (ratio: round trips
+                                        per publication)
 pending_output_bytes                    output queued in user space and transports
 slow_disconnects_total                  connections closed with 3008
 =====================================  ===========================================
@@ -101,6 +105,12 @@ class _Collector:
         yield counter("broker_errors", "Failed broker operations", stats.broker_errors)
         yield counter("broker_reconnects", "Times the broker came back", stats.broker_reconnects)
         yield gauge("broker_up", "1 while the broker is reachable", 1 if hub.broker.healthy else 0)
+        yield counter("broker_round_trips", "Requests to the broker's backend (a pipeline counts once)",
+                      stats.broker_round_trips)
+        yield counter("broker_publications", "Publications, joins and leaves sent to the broker's backend",
+                      stats.broker_publications)
+        yield counter("broker_publish_round_trips", "Pipelines that carried publications to the backend",
+                      stats.broker_publish_round_trips)
         yield gauge("pending_output_bytes", "Output queued for clients", node.pending_output())
         yield counter("slow_disconnects", "Connections closed with 3008 slow", stats.slow)
 

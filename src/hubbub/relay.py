@@ -32,7 +32,10 @@ unknown namespace, 400 for an invalid channel name.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
+import logging
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,7 +47,14 @@ from .errors import Disconnect, ProtocolError
 from .outbox import FrameEncoder, Outbox
 from .strictjson import dumps, loads
 
+log = logging.getLogger("hubbub.relay")
+
 _NO_TOKENS = ("", "")
+
+#: Publishes of one relay client in flight at once on a pipelined broker
+#: (Redis); past it the client's next message waits for the oldest, so reading
+#: from its socket pauses (backpressure, not a buffer).
+MAX_INFLIGHT = 256
 
 #: A handshake refusal: (HTTP status, reason text).
 Refusal = tuple[int, str]
@@ -155,7 +165,7 @@ class RelaySession(ClientCore):
     #: anonymous relay clients are not filed under user "" (memory per connection)
     register_anonymous = False
 
-    __slots__ = ("channel", "echo", "subscribed", "_tokens", "_auth")
+    __slots__ = ("channel", "echo", "subscribed", "_tokens", "_auth", "_inflight")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: RelayWire, channel: str, *, echo: bool = True,
                  headers: dict[str, str] | None = None, query: Mapping[str, str] | None = None) -> None:
@@ -164,6 +174,8 @@ class RelaySession(ClientCore):
         self.channel = channel
         self.echo = echo
         self.subscribed = False
+        #: publishes in flight on a pipelined broker, oldest first (made when first needed)
+        self._inflight: collections.deque[asyncio.Future[Any]] | None = None
         #: (connection token, subscription token), until the handshake is decided
         self._tokens: tuple[str, str] | None = (
             (handshake_token(self.headers, query), query.get("sub_token", ""))
@@ -261,14 +273,53 @@ class RelaySession(ClientCore):
             pub = relay_publication(payload, binary=binary)
             if not self.echo:
                 pub.exclude_client = self.client_id
-            await self.publish(self.channel, publication=pub, source="relay")
-        except Disconnect as exc:
+            if self.hub.broker.pipelined and not self.context.hooks_active:
+                await self._publish_pipelined(pub)
+            else:
+                await self.publish(self.channel, publication=pub, source="relay")
+        except (Disconnect, ProtocolError) as exc:
+            self._refused(exc)
+
+    def _refused(self, exc: Exception) -> None:
+        """Close for a refused or failed publish (see :meth:`handle_message`)."""
+        if isinstance(exc, Disconnect):
             self.disconnect(exc.code, exc.reason)
-        except ProtocolError as exc:
+        elif isinstance(exc, ProtocolError):
             if exc.code == ErrorCode.PERMISSION_DENIED:
                 self.disconnect(DisconnectCode.PERMISSION_DENIED, exc.message)
             else:
                 self.disconnect(1013 if exc.temporary else DisconnectCode.BAD_REQUEST, exc.message)
+        else:
+            log.error("relay publish failed", exc_info=exc)
+            self.disconnect(1011, "internal error")
+
+    async def _publish_pipelined(self, pub: Publication) -> None:
+        """Start the publish and return without waiting for the broker: the
+        client's next messages go out in the same broker pipeline, in order
+        (:attr:`~hubbub.brokers.base.Broker.pipelined`). A failure closes the
+        connection as a refused publish does. At most :data:`MAX_INFLIGHT` are
+        in flight; past it this waits for the oldest."""
+        inflight = self._inflight
+        if inflight is None:
+            inflight = self._inflight = collections.deque()
+        task = asyncio.ensure_future(self.publish(self.channel, publication=pub, source="relay"))
+        inflight.append(task)
+        task.add_done_callback(self._published)
+        if len(inflight) >= MAX_INFLIGHT:
+            await asyncio.wait((inflight[0],))
+
+    def _published(self, task: asyncio.Future[Any]) -> None:
+        inflight = self._inflight
+        if inflight:
+            if inflight[0] is task:
+                inflight.popleft()
+            else:
+                inflight.remove(task)
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is not None and not self.closed:
+            self._refused(exc)
 
     def check_pong(self) -> None:
         """Close with 1011 if the last ping went unanswered."""

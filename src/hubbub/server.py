@@ -6,6 +6,7 @@ Routes:
 * ``/ws/{channel}``: the relay (:mod:`hubbub.relay`), ``?echo=false`` to skip
   one's own messages;
 * ``GET /health``: ``{"status": "ok", ...}`` (503 while the broker is down);
+* ``/admin``: the operator's dashboard (:mod:`hubbub.admin`, see ``Config.admin_enabled``);
 * plus whatever HTTP and WebSocket routes are added with :meth:`Server.add_http`
   and :meth:`Server.add_websocket`.
 
@@ -26,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ._version import __version__
+from .admin import Admin
 from .api import ServerAPI
 from .auth import TokenVerifier
 from .brokers import create_broker
@@ -56,6 +58,7 @@ EndpointFactory = Callable[[Connection, HTTPRequest], WebSocketSession]
 _BUILTIN_SETTING = {
     "the protocol endpoint": "protocol_path", "the relay": "relay_path", "health": "health_path",
     "the server API": "api_path", "metrics": "metrics_path", "the demo page": "page",
+    "the admin dashboard": "admin",
     "the server API (newline-delimited commands)": "api_path",
     "the http_stream transport": "http_stream_path", "the sse transport": "sse_path",
     "the emulation endpoint": "emulation_path", "the uni_sse transport": "uni_sse_path",
@@ -68,8 +71,8 @@ def _collision_message(exc: RouteCollision) -> str:
     message = str(exc)
     for route in (exc.other, exc.route):
         setting = _BUILTIN_SETTING.get(route.name)
-        if setting == "page":
-            message += "; turn the demo page off with page = false"
+        if setting in ("page", "admin"):
+            message += f"; turn {route.name} off with {setting} = false"
         elif setting is not None:
             message += f"; move {route.name} with {setting} = \"/...\" or turn it off with {setting} = \"\""
     return message
@@ -180,6 +183,12 @@ class Server:
         self.streams.install()
         if config.page:
             self.http_routes.add("/", self._page, "the demo page")
+        #: the operator's dashboard at /admin (``None`` with ``admin = false``; it
+        #: answers 404 and does not sample while ``Config.admin_enabled`` is false)
+        self.admin: Admin | None = None
+        if config.admin:
+            self.admin = Admin(self)
+            self.admin.install(self.http_routes.add)
 
     @property
     def hooks(self) -> SessionHooks:
@@ -476,6 +485,8 @@ class Server:
             if self.config.ping_interval > 0:
                 self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
             self._every("sweep", SWEEP_INTERVAL, self._sweep)
+            if self.admin is not None:
+                self.admin.start()
         if not listen:
             return
         if sock is not None:
@@ -512,6 +523,8 @@ class Server:
                     conn.abort()
         if self._server is not None:
             await self._server.wait_closed()
+        if self.admin is not None:
+            await self.admin.close()
         await self.cluster.close()
         await self.hub.close()
 

@@ -29,6 +29,7 @@ output bound (3008) holds for replies as for pushes.
 from __future__ import annotations
 
 import asyncio
+import collections
 import logging
 import time
 from typing import Any
@@ -61,6 +62,11 @@ REPLY_FLUSH_BYTES = 65536
 #: one client pipelining thousands of commands does not hold up the others,
 #: while a normal burst still runs in one iteration (one write per subscriber).
 MAX_SLICE = 0.005
+
+#: Publishes of one client in flight at once on a pipelined broker (Redis);
+#: past it the client's next command waits for the oldest, so reading from its
+#: socket pauses (backpressure, not a buffer).
+MAX_INFLIGHT = 512
 COMMANDS_PER_CHECK = 64
 
 _METHODS = frozenset((
@@ -88,7 +94,8 @@ class ClientSession(ClientCore):
     inline_pong = True
     transport = "websocket"
 
-    __slots__ = ("codec", "subprotocol", "created_at", "_replies", "_reply_bytes", "_late", "_commands", "_slice_start")
+    __slots__ = ("codec", "subprotocol", "created_at", "_replies", "_reply_bytes", "_late", "_commands", "_slice_start",
+                 "_inflight")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: ProtocolWire, *,
                  headers: dict[str, str] | None = None, client_id: str | None = None,
@@ -102,6 +109,9 @@ class ClientSession(ClientCore):
         self._late: tuple[str, list[Publication]] | None = None
         self._commands = 0
         self._slice_start = 0.0
+        #: publishes in flight on a pipelined broker and the replies queued behind
+        #: them, in command order: [task or None, encoded reply or None]
+        self._inflight: collections.deque[list[Any]] | None = None
 
     @property
     def hooks(self) -> SessionHooks:
@@ -179,6 +189,13 @@ class ClientSession(ClientCore):
             raise Disconnect(DisconnectCode.BAD_REQUEST, "command without id")
         if method != "connect" and not self.connected:
             raise Disconnect(DisconnectCode.BAD_REQUEST, "command before connect")
+        if method == "publish" and self.hub.broker.pipelined and not self.context.hooks_active:
+            await self._publish_pipelined(cid, params)
+            return
+        if self._inflight:  # replies stay in command order: wait for the publishes before this
+            await self._drain_inflight()
+            if self.closed:
+                return
         handler = getattr(self, "_cmd_" + method)
         started = time.perf_counter()
         try:
@@ -214,7 +231,78 @@ class ClientSession(ClientCore):
 
     # -- output ---------------------------------------------------------------------
 
+    # -- publishes in flight (pipelined brokers) ---------------------------------------
+
+    async def _publish_pipelined(self, cid: int, params: dict[str, Any]) -> None:
+        """Start a ``publish`` and go on to the client's next command without
+        waiting for the broker, so a client's publishes share one broker
+        pipeline (:attr:`~hubbub.brokers.base.Broker.pipelined`); its reply is
+        queued in command order once the broker answered. At most
+        :data:`MAX_INFLIGHT` are in flight; past it this waits for the oldest."""
+        inflight = self._inflight
+        if inflight is None:
+            inflight = self._inflight = collections.deque()
+        started = time.perf_counter()
+        task = asyncio.ensure_future(self._cmd_publish(params))
+        entry: list[Any] = [task, None]
+        inflight.append(entry)
+        task.add_done_callback(lambda done: self._published(entry, cid, started))
+        if len(inflight) >= MAX_INFLIGHT:
+            await asyncio.wait((inflight[0][0],))
+
+    def _published(self, entry: list[Any], cid: int, started: float) -> None:
+        task: asyncio.Future[dict[str, Any]] = entry[0]
+        self.hub.stats.commands["publish"].observe(time.perf_counter() - started)
+        if task.cancelled():
+            exc: BaseException | None = ProtocolError(ErrorCode.INTERNAL, "internal server error")
+        else:
+            exc = task.exception()
+        if exc is None:
+            entry[1] = self.codec.encode_reply(cid, "publish", task.result())
+        elif isinstance(exc, ProtocolError):
+            entry[1] = self.codec.encode_error(cid, exc)
+        elif isinstance(exc, Disconnect):
+            self.disconnect(exc.code, exc.reason)
+            entry[1] = b""
+        else:
+            log.error("error in publish command", exc_info=exc)
+            entry[1] = self.codec.encode_error(cid, ProtocolError(ErrorCode.INTERNAL, "internal server error"))
+        self._release_inflight()
+
+    def _release_inflight(self) -> None:
+        """Move the answered head of the in-flight queue to the replies, and send them."""
+        inflight = self._inflight
+        released = False
+        while inflight and inflight[0][1] is not None:
+            payload = inflight.popleft()[1]
+            if payload:
+                if self._replies is None:
+                    self._replies = [payload]
+                else:
+                    self._replies.append(payload)
+                self._reply_bytes += len(payload)
+                released = True
+        if released and not self.closed:
+            self._flush_replies()
+
+    async def _drain_inflight(self) -> None:
+        """Wait until every publish in flight has its reply queued."""
+        while self._inflight:
+            head = self._inflight[0]
+            if head[1] is None:
+                task = head[0]
+                if task.done():  # its callback has yet to run
+                    await asyncio.sleep(0)
+                else:
+                    await asyncio.wait((task,))
+            self._release_inflight()
+
+    # -- replies ---------------------------------------------------------------------
+
     def _reply(self, payload: bytes) -> None:
+        if self._inflight:  # behind publishes in flight
+            self._inflight.append([None, payload])
+            return
         if self._replies is None:
             self._replies = [payload]
         else:

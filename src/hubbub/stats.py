@@ -38,17 +38,27 @@ class Stats:
         self.bytes_in = 0
         self.messages_out = 0
         self.bytes_out = 0
+        #: publications handed to local subscribers (one per subscriber per
+        #: publication, counted once per publication and codec in the fan-out)
+        self.deliveries = 0
         self.publications: collections.Counter[str] = collections.Counter()
         self.disconnects: collections.Counter[int] = collections.Counter()
         self.commands: dict[str, Histogram] = collections.defaultdict(Histogram)
         self.broker_errors = 0
         self.broker_reconnects = 0
+        #: requests sent to the broker's backend that waited for an answer (one
+        #: pipeline of many publications counts once); 0 for the memory broker
+        self.broker_round_trips = 0
+        #: publications, joins and leaves sent to the backend, and the round trips
+        #: (pipelines) that carried them: their ratio is round trips per publication
+        self.broker_publications = 0
+        self.broker_publish_round_trips = 0
         self.slow = 0
 
     def items(self) -> dict[str, int]:
         """The cumulative counters by name, for the cluster's node snapshots
         (``info``'s ``metrics.items``): ``messages_in``, ``bytes_in``,
-        ``messages_out``, ``bytes_out``, ``publications`` (total) and
+        ``messages_out``, ``bytes_out``, ``deliveries``, ``publications`` (total) and
         ``publications.<source>``, ``disconnects.<code>``,
         ``commands.<method>`` (protocol commands served), ``broker_errors``,
         ``broker_reconnects``, ``slow`` (3008 closes). Read at snapshot time only."""
@@ -57,6 +67,7 @@ class Stats:
             "bytes_in": self.bytes_in,
             "messages_out": self.messages_out,
             "bytes_out": self.bytes_out,
+            "deliveries": self.deliveries,
             "publications": sum(self.publications.values()),
             "broker_errors": self.broker_errors,
             "broker_reconnects": self.broker_reconnects,

@@ -25,9 +25,10 @@ async function until(predicate, what, timeout = 15000) {
   }
 }
 
-function jwt(sub, ttlSeconds) {
+function jwt(sub, ttlSeconds, claims = {}) {
   const b64 = (obj) => Buffer.from(JSON.stringify(obj)).toString("base64url");
-  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64({ sub, exp: Math.floor(Date.now() / 1000) + ttlSeconds })}`;
+  const payload = { sub, exp: Math.floor(Date.now() / 1000) + ttlSeconds, ...claims };
+  const body = `${b64({ alg: "HS256", typ: "JWT" })}.${b64(payload)}`;
   return `${body}.${crypto.createHmac("sha256", secret).update(body).digest("base64url")}`;
 }
 
@@ -60,6 +61,15 @@ const endpoints = {
   sub.on("publication", (ctx) => got.push({ offset: ctx.offset, data: dec(ctx.data) }));
   sub.on("subscribed", (ctx) => subscribed.push({ recovered: ctx.recovered, wasRecovering: ctx.wasRecovering }));
   sub.subscribe();
+  // a private channel: each subscription token lives 3 s, refreshed with sub_refresh
+  const privateChannel = `private:${mode}`;
+  let subTokenCalls = 0;
+  const privateGot = [];
+  const psub = a.newSubscription(privateChannel, {
+    getToken: async () => { subTokenCalls++; return jwt("alice", 3, { channel: privateChannel }); },
+  });
+  psub.on("publication", (ctx) => privateGot.push(dec(ctx.data)));
+  psub.subscribe();
   a.connect();
   b.connect();
   await sub.ready(10000);
@@ -80,6 +90,13 @@ const endpoints = {
 
   // the token expires 3 s after each connect/refresh: wait past two lifetimes
   await until(() => tokenCalls >= 3, "two token refreshes", 20000);
+  await until(() => subTokenCalls >= 3, "two subscription token refreshes", 20000);
+  const privateApi = await fetch(`${base}/api/publish`, {
+    method: "POST", headers: { "X-API-Key": apiKey, "Content-Type": "application/json" },
+    body: JSON.stringify({ channel: privateChannel, data: { private: true } }),
+  });
+  if (privateApi.status !== 200) throw new Error(`API publish to the private channel: ${privateApi.status}`);
+  await until(() => privateGot.length === 1, "the private publication after the refreshes");
 
   a.rpc("kick", enc({})).catch(() => {});
   await until(() => codes.includes(3011), "the kick");
@@ -93,6 +110,8 @@ const endpoints = {
     subscribed,
     codes,
     tokenCalls,
+    subTokenCalls,
+    privateGot,
     presenceClients: Object.keys(presence.clients).length,
     numClients: stats.numClients,
     history: history.publications.map((p) => dec(p.data)),

@@ -1,4 +1,5 @@
-"""Brokers: how nodes share channels. ``memory`` (one process) and ``redis``."""
+"""Brokers: how nodes share channels. ``memory`` (one process) and Redis (one
+server, shards, Cluster, Sentinel)."""
 
 from __future__ import annotations
 
@@ -18,9 +19,16 @@ __all__ = [
 
 
 def create_broker(url: str) -> Broker:
-    """The broker for a ``--broker`` value: ``"memory"`` or ``redis://host:port/db``."""
+    """The broker for a ``--broker`` value: ``"memory"``, ``redis://host:port/db``,
+    several ``redis://`` URLs (shards, comma- or space-separated),
+    ``redis+cluster://host:port,...`` or ``redis+sentinel://host:port,.../master``
+    (see ``docs/scaling.md``).
+
+    Raises:
+        ConfigError: not one of these.
+    """
     if url == "memory":
         return MemoryBroker()
-    from .redis import RedisBroker  # imported lazily: only Redis users need it
+    from .sharded import create_redis_broker  # imported lazily: only Redis users need it
 
-    return RedisBroker(url)
+    return create_redis_broker(url)

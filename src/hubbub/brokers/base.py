@@ -40,6 +40,7 @@ import abc
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from ..stats import Stats
 from ..strictjson import dumps, loads
 
 
@@ -91,6 +92,10 @@ class Publication:
         binary: ``raw`` came in a binary WebSocket message.
         exclude_client: id of a connection that must not receive it.
         tags: string tags, as in the protocol's ``Publication.tags``.
+        epoch: the epoch of the stream ``offset`` belongs to (``""`` without
+            history). Brokers carry it with every delivered publication, so a
+            node can tell a new stream's offsets from the old one's (an
+            offset alone cannot: a restarted Redis counts from 1 again).
     """
 
     data: bytes
@@ -100,6 +105,7 @@ class Publication:
     binary: bool = False
     exclude_client: str | None = None
     tags: dict[str, str] | None = None
+    epoch: str = ""
 
     def value(self) -> Any:
         """``data`` decoded (a JSON value; relay text that is not JSON is a string)."""
@@ -153,6 +159,27 @@ class Broker(abc.ABC):
     #: Human-readable name for logs and ``/health``.
     name: str = "broker"
 
+    #: Whether publishes started one after another without awaiting each (in
+    #: one loop iteration) travel together, in call order (a Redis pipeline).
+    #: Sessions then keep several of a client's publishes in flight instead of
+    #: waiting a round trip for each; per-channel order is the call order.
+    pipelined: bool = False
+
+    _stats: Stats | None = None
+
+    @property
+    def stats(self) -> Stats:
+        """The counters this broker adds to (``broker_round_trips``,
+        ``broker_publications``, ...): the hub's :class:`~hubbub.stats.Stats`
+        once the hub set it, else the broker's own."""
+        if self._stats is None:
+            self._stats = Stats()
+        return self._stats
+
+    @stats.setter
+    def stats(self, value: Stats) -> None:
+        self._stats = value
+
     @abc.abstractmethod
     async def start(self, handler: BrokerEventHandler) -> None:
         """Connect and start delivering to ``handler``."""
@@ -165,6 +192,16 @@ class Broker(abc.ABC):
     def healthy(self) -> bool:
         """Whether the backend is reachable now."""
         return True
+
+    async def round_trip(self) -> float | None:
+        """Seconds one round trip to the backend takes now (the operator's
+        dashboard asks once a second), or ``None`` when there is no backend
+        to ask (the memory broker).
+
+        Raises:
+            BrokerUnavailable: the backend cannot be reached.
+        """
+        return None
 
     @abc.abstractmethod
     async def subscribe(self, channel: str) -> None:

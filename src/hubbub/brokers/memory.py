@@ -143,6 +143,7 @@ class MemoryBroker(Broker):
             stream = self._stream(channel, now)
             stream.offset += 1
             pub.offset = stream.offset
+            pub.epoch = stream.epoch
             pubs = stream.publications
             if pubs.maxlen != history_size:
                 stream.publications = pubs = collections.deque(pubs, maxlen=history_size)

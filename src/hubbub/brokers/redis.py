@@ -29,10 +29,13 @@ Wire format
 
 A message on ``P.ch.C`` (and an entry of ``P.history.C``) is::
 
-    <type><offset>:<header>\\n<data>
+    <type><offset>[@<epoch>]:<header>\\n<data>
 
 ``type`` is ``p`` (publication), ``j`` (join) or ``l`` (leave); ``offset`` a
-decimal (``0`` without history); ``header`` compact JSON without newlines:
+decimal (``0`` without history); ``epoch`` the stream's epoch, present
+whenever ``offset`` is (so a node never takes a new stream's offsets for the
+old one's: after Redis lost its data, offsets start again from 1);
+``header`` compact JSON without newlines:
 ``{"i": info, "r": base64 raw, "b": 1 if binary, "x": exclude_client, "g": tags}``
 (absent fields are left out; ``info`` is ``{"c": client, "u": user, "ci":
 conn_info, "hi": chan_info}`` with the JSON infos as strings); ``data`` is the
@@ -42,8 +45,8 @@ on the channel's topic so they keep their order with publications.
 The publish script
 ------------------
 
-One ``EVALSHA`` per publication with history or an idempotency key, in this
-order, atomically:
+One ``EVALSHA`` per publication with history or an idempotency key
+(``KEYS``: meta, history, topic[, idempotency key]), in this order, atomically:
 
 1. with an idempotency key: ``GET P.idem...``; if set, return the stored
    position and stop (nothing stored, nothing published);
@@ -55,12 +58,39 @@ order, atomically:
 3. ``HINCRBY P.meta.C s 1`` (the new offset), ``PEXPIRE`` meta (``meta_ttl``);
 4. ``RPUSH`` the encoded publication, ``LTRIM`` to ``history_size``,
    ``PEXPIRE`` (``history_ttl``);
-5. ``PUBLISH P.ch.C`` the same bytes;
+5. ``PUBLISH P.ch.C`` the same bytes (``SPUBLISH`` on Redis Cluster);
 6. with an idempotency key: ``SET P.idem... "offset:epoch" PX ttl``;
 7. return ``{offset, epoch, 1}``.
 
 A publication without history and without idempotency key is one plain
-``PUBLISH``. ``history`` is one script too (it creates the stream's epoch when
+``PUBLISH``.
+
+The publish pipeline
+--------------------
+
+Publications, joins and leaves are not sent one by one: each call queues its
+command and awaits a future. One writer task sends everything queued during
+an event-loop iteration as one pipeline (one write, up to
+:data:`MAX_PIPELINE` commands) on one command connection, reads the replies,
+and resolves the futures; the next pipeline leaves only after that. So
+commands reach Redis in the order they were queued (per-channel order holds
+across nodes as before), a publish returns only after its reply was read
+(acknowledged means stored), and under load one round trip carries many
+publications (``Stats.broker_publish_round_trips`` /
+``Stats.broker_publications``: ``/metrics``). A command that got ``NOSCRIPT``
+never ran: it is sent once more, behind ``SCRIPT LOAD``. On the other side,
+pub/sub replies already read are dispatched without yielding to the event
+loop, so a burst reaches the hub in one iteration and each subscriber gets one
+write for it. Replies are parsed by ``hiredis``.
+
+Redis Cluster
+-------------
+
+With ``sharded_pubsub`` (one part of
+:class:`~hubbub.brokers.sharded.RedisClusterBroker`) ``C`` is written with a
+hash tag, ``{C}`` (see :func:`hash_tagged`), in every key and topic name, so a
+channel's keys and its topic share one slot, and pub/sub is sharded
+(``SSUBSCRIBE``/``SPUBLISH``). ``history`` is one script too (it creates the stream's epoch when
 missing, so a subscriber gets an epoch before the first publication), and so
 are the presence reads and writes (they use Redis' ``TIME``, so the nodes'
 clocks do not matter).
@@ -85,6 +115,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import hashlib
 import collections
 import itertools
 import json
@@ -92,8 +123,9 @@ import logging
 import math
 import random
 import secrets
+import time
 import urllib.parse
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -113,19 +145,52 @@ try:
     from redis.asyncio.connection import AbstractConnection
     from redis.asyncio.retry import Retry
     from redis.backoff import NoBackoff
+    from redis.utils import HIREDIS_AVAILABLE
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ConfigError("the redis broker needs the 'redis' package: pip install 'hubbub[redis]'") from exc
 
 log = logging.getLogger("hubbub.broker")
 
+if HIREDIS_AVAILABLE:  # replies are parsed in C (``pip install 'redis[hiredis]'``)
+    from redis._parsers import _AsyncHiredisParser
+
+    _PARSER: dict[str, Any] = {"parser_class": _AsyncHiredisParser}
+else:  # pragma: no cover - depends on the environment
+    _PARSER = {}
+    log.warning("hiredis is not installed: the redis broker parses replies in Python (slower)")
+
 #: Topics per SUBSCRIBE command when resubscribing after a reconnect.
 SUBSCRIBE_BATCH = 512
 #: Expired presence entries removed per presence call (bounds a script's work).
 PRESENCE_SWEEP = 1000
+#: Commands per publish pipeline at most (a longer queue goes in several).
+MAX_PIPELINE = 1024
+
+
+class _Watch:
+    """The watchdog state of one pub/sub connection."""
+
+    __slots__ = ("handle", "pinged", "failure")
+
+    def __init__(self) -> None:
+        self.handle: asyncio.TimerHandle | None = None
+        self.pinged = False
+        self.failure: BaseException | None = None
+
+
+class _Queued:
+    """A publish-path command waiting for the next pipeline."""
+
+    __slots__ = ("args", "future", "retried")
+
+    def __init__(self, args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+        self.args = args
+        self.future = future
+        self.retried = False
 
 _PUBLISH_LUA = """
-if KEYS[3] then
-  local seen = redis.call('GET', KEYS[3])
+if KEYS[4] then
+  local seen = redis.call('GET', KEYS[4])
   if seen then
     local sep = string.find(seen, ':', 1, true)
     return {tonumber(string.sub(seen, 1, sep - 1)), string.sub(seen, sep + 1), 0}
@@ -142,16 +207,16 @@ if size > 0 then
   end
   offset = redis.call('HINCRBY', KEYS[1], 's', 1)
   redis.call('PEXPIRE', KEYS[1], ARGV[5])
-  msg = 'p' .. offset .. ':' .. ARGV[2]
+  msg = 'p' .. offset .. '@' .. epoch .. ':' .. ARGV[2]
   redis.call('RPUSH', KEYS[2], msg)
   redis.call('LTRIM', KEYS[2], -size, -1)
   redis.call('PEXPIRE', KEYS[2], ARGV[4])
 else
   msg = 'p0:' .. ARGV[2]
 end
-redis.call('PUBLISH', ARGV[1], msg)
-if KEYS[3] then
-  redis.call('SET', KEYS[3], offset .. ':' .. epoch, 'PX', ARGV[7])
+redis.call(ARGV[1], KEYS[3], msg)
+if KEYS[4] then
+  redis.call('SET', KEYS[4], offset .. ':' .. epoch, 'PX', ARGV[7])
 end
 return {offset, epoch, 1}
 """
@@ -252,6 +317,36 @@ def _ms(seconds: float) -> int:
 # -- wire encoding ----------------------------------------------------------------------
 
 
+def hash_tagged(channel: str) -> str:
+    """``channel`` as it appears in key and topic names on Redis Cluster: with
+    a hash tag, so that all of a channel's keys and its sharded pub/sub topic
+    live in one slot: ``{C}``, or ``{H}C`` (``H`` a digest of ``C``) when ``C``
+    holds a ``}`` (which would end the tag early)."""
+    if "}" not in channel:
+        return "{" + channel + "}"
+    return "{" + hashlib.blake2b(channel.encode(), digest_size=8).hexdigest() + "}" + channel
+
+
+def untag(name: str) -> str:
+    """The inverse of :func:`hash_tagged`."""
+    close = name.find("}")
+    if not name.startswith("{") or close < 0:
+        return name
+    return name[1:-1] if close == len(name) - 1 else name[close + 1 :]
+
+
+def pack_command(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP (arguments: bytes, str or int)."""
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        if type(arg) is str:
+            arg = arg.encode()
+        elif type(arg) is int:
+            arg = b"%d" % arg
+        parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
+    return b"".join(parts)
+
+
 def _text(raw: bytes) -> str:
     return raw.decode("utf-8", "surrogateescape")
 
@@ -312,6 +407,12 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
     colon = msg.index(b":")
     newline = msg.index(b"\n", colon)
     kind = msg[:1]
+    position = msg[1:colon]
+    at = position.find(b"@")
+    epoch = ""
+    if at >= 0:
+        epoch = position[at + 1 :].decode("ascii")
+        position = position[:at]
     head = msg[colon + 1 : newline]
     header: dict[str, Any] = json.loads(head) if head != b"{}" else {}
     if kind != b"p":
@@ -320,12 +421,13 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
     info = header.get("i")
     return kind, Publication(
         data=msg[newline + 1 :],
-        offset=int(msg[1:colon]),
+        offset=int(position),
         info=None if info is None else info_from_wire(info),
         raw=None if raw is None else base64.b64decode(raw),
         binary=bool(header.get("b")),
         exclude_client=header.get("x"),
         tags=header.get("g"),
+        epoch=epoch,
     )
 
 
@@ -338,7 +440,11 @@ class RedisBroker(Broker):
     Args:
         url: ``redis://[[user]:password@]host[:port][/db][?prefix=P]``,
             ``rediss://...`` or ``unix://path``; redis-py's query options
-            (e.g. ``?ssl_cert_reqs=none``) pass through.
+            (e.g. ``?ssl_cert_reqs=none``) pass through. Or, for a master
+            found through Redis Sentinel,
+            ``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/DB][?prefix=P&sentinel_password=S]``
+            (at most ``max_connections`` command connections, then
+            commands fail instead of waiting).
         prefix: prefix of every key and pub/sub topic (default: the URL's
             ``prefix`` query option, else ``"hubbub"``), so several hubs can
             share one Redis database.
@@ -356,12 +462,17 @@ class RedisBroker(Broker):
             position checks of many channels after a reconnect); then it
             raises :class:`BrokerUnavailable`.
         reconnect_cap: longest pause between reconnect attempts (seconds).
+        sharded_pubsub: this is one master of a Redis Cluster (used by
+            :class:`~hubbub.brokers.sharded.RedisClusterBroker`): names carry
+            a hash tag (see :func:`hash_tagged`) and pub/sub is sharded
+            (``SSUBSCRIBE``/``SPUBLISH``, Redis 7).
 
     Raises:
         ConfigError: ``url`` cannot be parsed or an option is invalid.
     """
 
     name = "redis"
+    pipelined = True
 
     def __init__(
         self,
@@ -375,6 +486,7 @@ class RedisBroker(Broker):
         max_connections: int = 32,
         pool_timeout: float = 10.0,
         reconnect_cap: float = 2.0,
+        sharded_pubsub: bool = False,
     ) -> None:
         url, url_prefix = _split_prefix(url)
         prefix = prefix if prefix is not None else url_prefix if url_prefix is not None else "hubbub"
@@ -386,23 +498,38 @@ class RedisBroker(Broker):
                               ("pool_timeout", pool_timeout)):
             if not value > 0:
                 raise ConfigError(f"redis broker: {option} must be > 0, got {value!r}")
+        options: dict[str, Any] = dict(
+            max_connections=max_connections,
+            socket_connect_timeout=connect_timeout,
+            socket_timeout=timeout,
+            socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),  # never resend: a publish must not run twice
+            client_name="hubbub",
+            protocol=2,  # RESP2: pub/sub messages are plain replies, read by this broker
+            **_PARSER,
+        )
+        sentinel = None
         try:
-            self._pool = aioredis.BlockingConnectionPool.from_url(
-                url,
-                max_connections=max_connections,
-                timeout=pool_timeout,
-                socket_connect_timeout=connect_timeout,
-                socket_timeout=timeout,
-                socket_keepalive=True,
-                retry=Retry(NoBackoff(), 0),  # never resend: a publish must not run twice
-                client_name="hubbub",
-                protocol=2,  # RESP2: pub/sub messages are plain replies, read by this broker
-            )
+            if url.startswith(("redis+sentinel://", "rediss+sentinel://")):
+                sentinel = _sentinel_pool(url, options)
+                self._pool = sentinel[0]
+            else:
+                self._pool = aioredis.BlockingConnectionPool.from_url(url, timeout=pool_timeout, **options)
         except ValueError as exc:
             raise ConfigError(f"broker: invalid redis URL: {exc}") from None  # the URL may hold a password
         self._redis = aioredis.Redis.from_pool(self._pool)
         kw = self._pool.connection_kwargs
-        self._where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        if sentinel is not None:
+            self._where = sentinel[1]
+            kw = {"host": sentinel[2][0], "port": sentinel[2][1]}
+        else:
+            self._where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}/{kw.get('db', 0)}"
+        #: the server's address: ``host:port/db`` (or a socket path)
+        self.address = self._where
+        #: the prefix of every key and topic
+        self.prefix = prefix
+        self.host: str = kw.get("host", "localhost")
+        self.port: int = int(kw.get("port", 6379))
         self._prefix = prefix
         self._topic_prefix = f"{prefix}.ch.".encode()
         self._connect_timeout = connect_timeout
@@ -415,6 +542,21 @@ class RedisBroker(Broker):
         self._presence_add_script = self._redis.register_script(_PRESENCE_ADD_LUA)
         self._presence_get_script = self._redis.register_script(_PRESENCE_GET_LUA)
         self._presence_stats_script = self._redis.register_script(_PRESENCE_STATS_LUA)
+
+        #: Redis Cluster node: hash-tagged names, sharded pub/sub (SSUBSCRIBE, SPUBLISH)
+        self._tagged = sharded_pubsub
+        if sharded_pubsub:
+            self._commands = {b"subscribe": "SSUBSCRIBE", b"unsubscribe": "SUNSUBSCRIBE"}
+            self._confirm_kinds = {b"ssubscribe": b"subscribe", b"sunsubscribe": b"unsubscribe"}
+            self._message_kind = b"smessage"
+            self._publish_command = "SPUBLISH"
+        else:
+            self._commands = {b"subscribe": "SUBSCRIBE", b"unsubscribe": "UNSUBSCRIBE"}
+            self._confirm_kinds = {b"subscribe": b"subscribe", b"unsubscribe": b"unsubscribe"}
+            self._message_kind = b"message"
+            self._publish_command = "PUBLISH"
+        #: called with a channel whose sharded subscription Redis Cluster dropped
+        self.on_lost_subscription: Callable[[str], None] | None = None
 
         self._handler: BrokerEventHandler | None = None
         self._healthy = False
@@ -434,23 +576,35 @@ class RedisBroker(Broker):
         self._task: asyncio.Task[None] | None = None  # owns the pub/sub connection
         self._tasks: set[asyncio.Task[None]] = set()  # background clean-ups
         self._started: asyncio.Event | None = None
+        #: publish-path commands (publications, joins, leaves) for the next pipeline, in order
+        self._outbox: list[_Queued] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None  # sends the outbox, one pipeline at a time
+        self._heard = False  # the pub/sub connection said something since the watchdog last looked
+        self._reload_scripts = False  # Redis answered NOSCRIPT: load them in front of the next pipeline
 
     # -- keys --------------------------------------------------------------------
 
     def _topic(self, channel: str) -> bytes:
-        return self._topic_prefix + channel.encode()
+        return self._topic_prefix + (hash_tagged(channel) if self._tagged else channel).encode()
+
+    def _channel(self, topic: bytes) -> str:
+        """The channel of a topic name (the inverse of :meth:`_topic`)."""
+        name = topic[len(self._topic_prefix) :].decode("utf-8", "replace")
+        return untag(name) if self._tagged else name
 
     def _meta_key(self, channel: str) -> str:
-        return f"{self._prefix}.meta.{channel}"
+        return f"{self._prefix}.meta.{hash_tagged(channel) if self._tagged else channel}"
 
     def _history_key(self, channel: str) -> str:
-        return f"{self._prefix}.history.{channel}"
+        return f"{self._prefix}.history.{hash_tagged(channel) if self._tagged else channel}"
 
     def _idempotency_key(self, channel: str, key: str) -> str:
-        return f"{self._prefix}.idem.{len(channel)}.{channel}.{key}"
+        return f"{self._prefix}.idem.{len(channel)}.{hash_tagged(channel) if self._tagged else channel}.{key}"
 
     def _presence_keys(self, channel: str) -> list[str]:
-        return [f"{self._prefix}.presence.data.{channel}", f"{self._prefix}.presence.expire.{channel}"]
+        name = hash_tagged(channel) if self._tagged else channel
+        return [f"{self._prefix}.presence.data.{name}", f"{self._prefix}.presence.expire.{name}"]
 
     # -- life cycle ----------------------------------------------------------------
 
@@ -480,8 +634,8 @@ class RedisBroker(Broker):
         if self._closed:
             return
         self._closed = True
-        tasks = [t for t in (self._task, *self._tasks) if t is not None]
-        self._task = None
+        tasks = [t for t in (self._task, self._writer, *self._tasks) if t is not None]
+        self._task = self._writer = None
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -491,6 +645,10 @@ class RedisBroker(Broker):
                 pass
             except Exception:  # pragma: no cover - the tasks log their own failures
                 log.exception("redis broker task failed")
+        outbox, self._outbox = self._outbox, []
+        for queued in outbox:
+            if not queued.future.done():
+                queued.future.set_exception(BrokerUnavailable("the redis broker is closed"))
         conn = self._conn
         self._drop(conn)
         if conn is not None:
@@ -502,6 +660,18 @@ class RedisBroker(Broker):
     def healthy(self) -> bool:
         """Whether the pub/sub connection to Redis is up (``/health``)."""
         return self._healthy
+
+    async def round_trip(self) -> float:
+        """Seconds a Redis ``PING`` takes on a command connection.
+
+        Raises:
+            BrokerUnavailable: Redis is unreachable or did not answer within ``timeout``.
+        """
+        self._check()
+        with self._errors("ping"):
+            started = time.perf_counter()
+            await self._redis.ping()
+            return time.perf_counter() - started
 
     # -- the pub/sub connection -------------------------------------------------------------
 
@@ -567,11 +737,12 @@ class RedisBroker(Broker):
             async with self._sub_lock:
                 channels = list(self._wanted)
                 last: asyncio.Future[bool] | None = None
-                for i in range(0, len(channels), SUBSCRIBE_BATCH):
-                    topics = [self._topic(c) for c in channels[i : i + SUBSCRIBE_BATCH]]
+                step = 1 if self._tagged else SUBSCRIBE_BATCH  # SSUBSCRIBE: one slot per command
+                for i in range(0, len(channels), step):
+                    topics = [self._topic(c) for c in channels[i : i + step]]
                     for topic in topics:
                         last = self._expect(b"subscribe", topic)
-                    await conn.send_command("SUBSCRIBE", *topics, check_health=False)
+                    await conn.send_command(self._commands[b"subscribe"], *topics, check_health=False)
                 # confirmations come in order: when the last one is in, all are
                 async with asyncio.timeout(self._timeout + len(channels) / 1000):
                     while last is not None and not last.done():
@@ -587,40 +758,74 @@ class RedisBroker(Broker):
 
     async def _load_scripts(self) -> None:
         async with self._redis.pipeline(transaction=False) as pipe:
-            for script in (self._publish_script, self._history_script, self._presence_add_script,
-                           self._presence_get_script, self._presence_stats_script):
+            for script in self._scripts():
                 pipe.script_load(script.script)
             await pipe.execute()
 
     async def _read(self, conn: AbstractConnection) -> BaseException:
-        """Read and dispatch pub/sub messages until the connection fails; return why."""
-        ping_sent = False
+        """Read and dispatch pub/sub messages until the connection fails; return why.
+
+        Reads carry no timer of their own (a timer per message would cost more
+        than the message): a watchdog looks every ``ping_interval`` seconds,
+        pings a connection that was silent, and closes it when the ping got
+        no answer either, which ends the read.
+        """
+        loop = asyncio.get_running_loop()
+        watch = _Watch()
+        self._heard = True
+        handle = loop.call_later(self._ping_interval, self._watchdog, conn, watch)
+        watch.handle = handle
         try:
             while True:
-                reply = await conn.read_response(timeout=self._ping_interval, disconnect_on_error=False)
-                if reply is None:  # silent for ping_interval seconds
-                    if ping_sent:
-                        return TimeoutError(f"no answer to PING within {self._ping_interval} s")
-                    if not conn.is_connected:  # closed by _apply_locked; never let redis-py reopen it
-                        return ConnectionError("pub/sub connection closed")
-                    await conn.send_command("PING", check_health=False)
-                    ping_sent = True
-                    continue
-                ping_sent = False
+                reply = await conn.read_response(timeout=math.inf, disconnect_on_error=False)
+                self._heard = True
                 self._dispatch(reply)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # noqa: BLE001 - any failure ends this connection
-            return exc
+            return watch.failure or exc
+        finally:
+            if watch.handle is not None:
+                watch.handle.cancel()
+
+    def _watchdog(self, conn: AbstractConnection, watch: _Watch) -> None:
+        """Every ``ping_interval``: ping a silent connection; close it if the
+        previous ping got no answer."""
+        if self._heard:
+            self._heard = False
+            watch.pinged = False
+        elif watch.pinged:
+            watch.failure = TimeoutError(f"no answer to PING within {self._ping_interval} s")
+            self._background(self._disconnect(conn), "close a silent pub/sub connection")
+            return
+        else:
+            watch.pinged = True
+            self._background(self._ping(conn), "ping the pub/sub connection")
+        watch.handle = asyncio.get_running_loop().call_later(self._ping_interval, self._watchdog, conn, watch)
+
+    async def _ping(self, conn: AbstractConnection) -> None:
+        if not conn.is_connected or self._conn is not conn:  # closed: never let redis-py reopen it
+            return
+        try:
+            await conn.send_command("PING", check_health=False)
+        except Exception:  # noqa: BLE001 - the read fails too, and says why
+            await self._disconnect(conn)
+
+    def _background(self, coro: Coroutine[Any, Any, None], what: str) -> None:
+        """Run ``coro`` in a task owned by the broker (cancelled by :meth:`close`)."""
+        task = asyncio.get_running_loop().create_task(coro, name=f"hubbub redis: {what}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _dispatch(self, reply: Any) -> None:
         """Handle one pub/sub reply: a message, a (un)subscribe confirmation or a pong."""
         if not isinstance(reply, list) or len(reply) < 3:
             return  # pong
         kind = reply[0]
-        if kind == b"message":
+        if kind == self._message_kind:
             self._on_message(reply[1], reply[2])
-        elif kind in (b"subscribe", b"unsubscribe"):
+        elif kind in self._confirm_kinds:
+            kind = self._confirm_kinds[kind]
             waiters = self._pending.get((kind, reply[1]))
             if waiters:
                 fut = waiters.popleft()
@@ -628,12 +833,16 @@ class RedisBroker(Broker):
                     del self._pending[(kind, reply[1])]
                 if not fut.done():
                     fut.set_result(True)
+            elif kind == b"unsubscribe" and self._tagged:
+                # Redis Cluster dropped a sharded subscription by itself (its slot moved
+                # to another node): whatever comes next for it comes elsewhere
+                self._lost_subscription(self._channel(reply[1]))
 
     def _on_message(self, topic: bytes, msg: bytes) -> None:
         handler = self._handler
         if handler is None or not topic.startswith(self._topic_prefix):
             return
-        channel = topic[len(self._topic_prefix) :].decode("utf-8", "replace")
+        channel = self._channel(topic)
         try:
             kind, value = decode_message(msg)
         except (ValueError, KeyError, TypeError) as exc:
@@ -648,6 +857,13 @@ class RedisBroker(Broker):
                 handler.on_leave(channel, value)  # type: ignore[arg-type]
         except Exception:
             log.exception("broker event handler failed for channel %r", channel)
+
+    def _lost_subscription(self, channel: str) -> None:
+        self._subscribed.discard(channel)
+        if self._wanted.pop(channel, None) is not None:
+            log.info("redis cluster moved channel %r away from %s", channel, self._where)
+            if self.on_lost_subscription is not None:
+                self.on_lost_subscription(channel)
 
     def _expect(self, kind: bytes, topic: bytes) -> asyncio.Future[bool]:
         """A future resolved ``True`` by the confirmation of a (un)subscribe, or
@@ -694,6 +910,10 @@ class RedisBroker(Broker):
         self._wanted[channel] = token
         return self._apply(channel, token)
 
+    def wants(self, channel: str) -> bool:
+        """Whether this node wants ``channel`` delivered (subscribed, or being subscribed)."""
+        return channel in self._wanted
+
     def unsubscribe(self, channel: str) -> Coroutine[Any, Any, None]:
         """Stop delivering ``channel`` to this node (the wish is recorded at
         call time, see :meth:`subscribe`). Never raises for an outage: a
@@ -733,7 +953,7 @@ class RedisBroker(Broker):
         error: BaseException | None = None
         try:
             async with asyncio.timeout(self._timeout):
-                await conn.send_command(kind.decode().upper(), self._topic(channel), check_health=False)
+                await conn.send_command(self._commands[kind], self._topic(channel), check_health=False)
                 # sent: Redis will act on it unless the connection dies (which resets everything)
                 if want:
                     self._subscribed.add(channel)
@@ -749,6 +969,117 @@ class RedisBroker(Broker):
                 why = _describe(error) if error is not None else "connection lost"
                 raise BrokerUnavailable(f"redis {kind.decode()} of {channel!r} failed: {why}")
 
+    # -- the publish pipeline ----------------------------------------------------------------
+
+    def _send(self, *args: Any) -> asyncio.Future[Any]:
+        """Queue one publish-path command for the next pipeline; the future
+        resolves with its reply once Redis answered (or with the error).
+
+        Everything queued during one event-loop iteration goes to Redis as one
+        pipeline, sent by one writer task after the previous pipeline's
+        replies were read: so commands reach Redis in the order they were
+        queued (per-channel order), and a reply means the command ran.
+        """
+        if self._closed:
+            raise BrokerUnavailable("the redis broker is closed")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._outbox.append(_Queued(args, future))
+        if self._writer is None:
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="hubbub redis publish")
+        self._wake.set()
+        return future
+
+    async def _write_loop(self) -> None:
+        """Send the outbox as pipelines, one at a time, forever."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                batch = self._outbox[:MAX_PIPELINE]
+                del self._outbox[:MAX_PIPELINE]
+                try:
+                    await self._run_pipeline(batch)
+                except asyncio.CancelledError:
+                    for queued in batch:
+                        if not queued.future.done():
+                            queued.future.set_exception(BrokerUnavailable("the redis broker is closed"))
+                    raise
+                except Exception as exc:  # a bug, not an outage: fail this batch, keep the writer alive
+                    log.exception("redis publish pipeline failed")
+                    for queued in batch:
+                        if not queued.future.done():
+                            queued.future.set_exception(BrokerError(f"redis publish failed: {_describe(exc)}"))
+
+    async def _run_pipeline(self, batch: list[_Queued]) -> None:
+        """One round trip: send ``batch`` as a pipeline (no transaction, no
+        retry: a command must never run twice) and resolve its futures."""
+        scripts = self._scripts() if self._reload_scripts else ()
+        commands = [("SCRIPT", "LOAD", script.script) for script in scripts]
+        commands += [queued.args for queued in batch]
+        try:
+            replies = await self._round_trip(self._pool, commands)
+        except (OSError, redis_errors.RedisError) as exc:  # unreachable: nothing is acknowledged
+            for queued in batch:
+                if not queued.future.done():
+                    queued.future.set_exception(exc)
+            return
+        stats = self.stats
+        stats.broker_round_trips += 1
+        stats.broker_publish_round_trips += 1
+        stats.broker_publications += len(batch)
+        if scripts:
+            self._reload_scripts = False
+        retry: list[_Queued] = []
+        for queued, reply in zip(batch, replies[len(scripts):]):
+            if isinstance(reply, redis_errors.NoScriptError) and not queued.retried:
+                # the script never ran (Redis restarted, or SCRIPT FLUSH): safe to send again
+                queued.retried = True
+                retry.append(queued)
+            elif queued.future.done():
+                pass  # the caller gave up (cancelled); the command ran all the same
+            elif isinstance(reply, Exception):
+                queued.future.set_exception(reply)
+            else:
+                queued.future.set_result(reply)
+        if retry:
+            self._reload_scripts = True
+            self._outbox[:0] = retry
+
+    async def _round_trip(self, pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send ``commands`` on one connection of ``pool`` in one write and read
+        their replies (an error reply is returned as its exception), all within
+        ``timeout`` seconds.
+
+        Raises:
+            redis.exceptions.ConnectionError, TimeoutError, OSError: the
+                connection failed; it is closed (replies not read are lost,
+                and the commands may or may not have run).
+        """
+        conn = await pool.get_connection()
+        try:
+            replies: list[Any] = []
+            try:
+                async with asyncio.timeout(self._timeout):
+                    await conn.send_packed_command(b"".join(map(pack_command, commands)), check_health=False)
+                    for _ in commands:
+                        try:
+                            replies.append(await conn.read_response(timeout=math.inf))
+                        except redis_errors.ResponseError as exc:
+                            replies.append(exc)
+            except TimeoutError as exc:
+                await conn.disconnect(nowait=True)
+                raise redis_errors.TimeoutError(f"no answer within {self._timeout} s") from exc
+            except BaseException:
+                await conn.disconnect(nowait=True)
+                raise
+            return replies
+        finally:
+            await pool.release(conn)
+
+    def _scripts(self) -> tuple[Any, ...]:
+        return (self._publish_script, self._history_script, self._presence_add_script,
+                self._presence_get_script, self._presence_stats_script)
+
     # -- commands ------------------------------------------------------------------------------
 
     def _check(self) -> None:
@@ -758,6 +1089,18 @@ class RedisBroker(Broker):
     @contextmanager
     def _errors(self, what: str) -> Iterator[None]:
         """Map redis-py's errors: unreachable -> BrokerUnavailable, others -> BrokerError."""
+        self.stats.broker_round_trips += 1
+        try:
+            yield
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
+            raise BrokerUnavailable(f"redis {what} failed: {_describe(exc)}") from exc
+        except redis_errors.RedisError as exc:
+            raise BrokerError(f"redis {what} failed: {_describe(exc)}") from exc
+
+    @contextmanager
+    def _pipelined(self, what: str) -> Iterator[None]:
+        """Like :meth:`_errors`, for commands of the publish pipeline (which
+        counts its own round trips)."""
         try:
             yield
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as exc:
@@ -776,7 +1119,9 @@ class RedisBroker(Broker):
         idempotency_ttl: float = 300.0,
     ) -> StreamPosition:
         """Publish ``pub`` (see :meth:`Broker.publish`): one ``EVALSHA`` of the
-        publish script, or one ``PUBLISH`` without history and idempotency key.
+        publish script, or one ``PUBLISH`` without history and idempotency key,
+        sent in the pipeline of this loop iteration (see :meth:`_send`); returns
+        once its reply was read.
 
         Raises:
             BrokerUnavailable: Redis is unreachable (nothing is acknowledged;
@@ -786,28 +1131,28 @@ class RedisBroker(Broker):
         self._check()
         body = encode_body(pub)
         with_history = history_size > 0 and history_ttl > 0
-        with self._errors("publish"):
+        with self._pipelined("publish"):
             if not with_history and idempotency_key is None:
-                await self._redis.publish(self._topic(channel), b"p0:" + body)
+                await self._send(self._publish_command, self._topic(channel), b"p0:" + body)
                 return StreamPosition()
-            keys = [self._meta_key(channel), self._history_key(channel)]
+            keys = [self._meta_key(channel), self._history_key(channel), self._topic(channel)]
             if idempotency_key is not None:
                 keys.append(self._idempotency_key(channel, idempotency_key))
-            offset, epoch, fresh = await self._publish_script(
-                keys=keys,
-                args=[
-                    self._topic(channel),
-                    body,
-                    history_size if with_history else 0,
-                    _ms(history_ttl),
-                    _ms(max(self._meta_ttl, history_ttl)),
-                    new_epoch(),
-                    _ms(idempotency_ttl),
-                ],
+            offset, epoch, fresh = await self._send(
+                "EVALSHA", self._publish_script.sha, len(keys), *keys,
+                self._publish_command,
+                body,
+                history_size if with_history else 0,
+                _ms(history_ttl),
+                _ms(max(self._meta_ttl, history_ttl)),
+                new_epoch(),
+                _ms(idempotency_ttl),
             )
+        epoch = epoch.decode()
         if fresh and with_history:
             pub.offset = offset
-        return StreamPosition(offset, epoch.decode())
+            pub.epoch = epoch
+        return StreamPosition(offset, epoch)
 
     async def history(
         self,
@@ -872,8 +1217,8 @@ class RedisBroker(Broker):
             BrokerUnavailable: Redis is unreachable.
         """
         self._check()
-        with self._errors("join"):
-            await self._redis.publish(self._topic(channel), encode_event(b"j", info))
+        with self._pipelined("join"):
+            await self._send(self._publish_command, self._topic(channel), encode_event(b"j", info))
 
     async def publish_leave(self, channel: str, info: ClientInfo) -> None:
         """``PUBLISH`` a leave on ``channel``'s topic.
@@ -882,8 +1227,8 @@ class RedisBroker(Broker):
             BrokerUnavailable: Redis is unreachable.
         """
         self._check()
-        with self._errors("leave"):
-            await self._redis.publish(self._topic(channel), encode_event(b"l", info))
+        with self._pipelined("leave"):
+            await self._send(self._publish_command, self._topic(channel), encode_event(b"l", info))
 
     async def add_presence(self, channel: str, info: ClientInfo, *, ttl: float) -> None:
         """Add or refresh ``info`` in ``channel``'s presence for ``ttl`` seconds
@@ -936,6 +1281,45 @@ class RedisBroker(Broker):
         with self._errors("presence stats"):
             clients, users = await self._presence_stats_script(keys=self._presence_keys(channel))
         return int(clients), int(users)
+
+
+def _sentinel_pool(url: str, options: dict[str, Any]) -> tuple[Any, str, tuple[str, int]]:
+    """A connection pool to the master that Redis Sentinel names, for
+    ``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/DB][?sentinel_password=S]``
+    (the password is the master's; ``sentinel_password`` the sentinels').
+
+    Returns the pool, a description for logs, and the first sentinel's address.
+
+    Raises:
+        ValueError: the URL is invalid.
+    """
+    from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+    parts = urllib.parse.urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    seeds: list[tuple[str, int]] = []
+    for host in hosts.split(","):
+        name, _, port = host.rpartition(":")
+        seeds.append((name or host, int(port) if name else 26379))
+    path = [p for p in parts.path.split("/") if p]
+    if not seeds or not 1 <= len(path) <= 2:
+        raise ValueError("expected redis+sentinel://host:port[,host:port...]/MASTER[/DB]")
+    master = urllib.parse.unquote(path[0])
+    db = int(path[1]) if len(path) > 1 else 0
+    query = dict(urllib.parse.parse_qsl(parts.query))
+    username, _, password = userinfo.partition(":")
+    sentinel_kwargs = {"socket_timeout": options["socket_timeout"],
+                       "socket_connect_timeout": options["socket_connect_timeout"]}
+    if "sentinel_password" in query:
+        sentinel_kwargs["password"] = query["sentinel_password"]
+    ssl = parts.scheme.startswith("rediss")
+    manager = Sentinel(seeds, sentinel_kwargs=sentinel_kwargs)
+    pool = SentinelConnectionPool(
+        master, manager, db=db, ssl=ssl, username=urllib.parse.unquote(username) or None,
+        password=urllib.parse.unquote(password) or None, **options,
+    )
+    where = f"sentinel master {master!r} ({','.join(f'{h}:{p}' for h, p in seeds)})/{db}"
+    return pool, where, seeds[0]
 
 
 def _split_prefix(url: str) -> tuple[str, str | None]:
