@@ -1507,8 +1507,11 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
         "(the producer waits only for its TCP send buffer; on hubbub's protocol endpoint it keeps up to "
         f"{PUBLISH_WINDOW} `publish` commands awaiting a reply). deliveries/s = payload messages received by "
         "all subscribers / (last delivery - first publication). p99 here is queueing time (how long the "
-        "last messages waited), not latency: see workload 2. `trivial` is the load generator's ceiling: "
-        "a server cannot be measured faster than it."
+        "last messages waited), not latency: see workload 2. The load generator's own ceiling is in the "
+        "columns 'generator busy' (share of the run its subscriber processes were on a CPU) and 'generator "
+        "capacity/s per core' (deliveries per CPU-second of theirs); the `trivial` rows show a minimal "
+        "server per mode (raw, Centrifugo JSON, Protobuf). A server that batches more per write than "
+        "`trivial` can be measured faster than it."
     )
     for subs, sec in w.get("1", {}).items():
         lines += ["", f"**{int(subs):,} subscribers**", "", rep.table_w1(subs, sec)]
