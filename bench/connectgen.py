@@ -25,6 +25,11 @@ processes).  Each client is a small state machine:
        {"channel":"bench"}}``; ready on the reply with ``"id":2`` (replies may
        be batched, newline separated); a reply with ``"error"`` fails the
        attempt.  Server pings ``{}`` are answered with ``{}``.
+       With ``--sub-format protobuf`` the client asks for the
+       ``centrifuge-protobuf`` subprotocol and sends connect + subscribe as
+       two length-prefixed Protobuf ``Command`` messages in one binary frame;
+       ready on the ``Reply`` with id 2; the ping (an empty ``Reply``) is
+       answered with an empty ``Command``.
    ``socketio``
        Engine.IO v4 open packet ``0{...}`` answered with ``40``; ready on the
        Socket.IO connect acknowledgement ``40...``; ``44`` fails the attempt;
@@ -84,6 +89,7 @@ import time
 from multiprocessing.connection import Connection, wait
 
 from loadgen import (  # bench/loadgen.py: the same wire helpers
+    OP_BINARY,
     OP_CLOSE,
     OP_CONTINUATION,
     OP_PING,
@@ -91,6 +97,9 @@ from loadgen import (  # bench/loadgen.py: the same wire helpers
     OP_TEXT,
     WS_GUID,
     client_frame,
+    pb_command,
+    pb_replies,
+    pb_string,
     raise_nofile_limit,
     read_cpu_s,
     split_frames,
@@ -140,6 +149,8 @@ def error_kind(err: int | OSError) -> str:
 CENTRIFUGO_COMMANDS = (b'{"id":1,"connect":{}}', b'{"id":2,"subscribe":{"channel":"bench"}}')
 CENTRIFUGO_SUBSCRIBE = client_frame(b"\n".join(CENTRIFUGO_COMMANDS))
 CENTRIFUGO_PONG = client_frame(b"{}")
+PROTOBUF_SUBSCRIBE = client_frame(pb_command(1, 4, b"") + pb_command(2, 5, pb_string(1, b"bench")), OP_BINARY)
+PROTOBUF_PONG = client_frame(b"\x00", OP_BINARY)
 ENGINEIO_CONNECT = client_frame(b"40")
 ENGINEIO_PONG = client_frame(b"3")
 CLOSE_FRAME = client_frame(struct.pack("!H", 1000), OP_CLOSE)
@@ -199,6 +210,7 @@ class Worker:
         self.args = args
         self.addr = addr
         self.mode = args.mode
+        self.protobuf = args.mode == "centrifugo" and args.sub_format == "protobuf"
         self.ctrl = ctrl
         self.concurrency = max(1, concurrency)
         self.attempt_timeout = min(args.attempt_timeout, args.connect_timeout)
@@ -211,7 +223,8 @@ class Worker:
             "Connection: Upgrade\r\n"
             f"Sec-WebSocket-Key: {key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
-            "\r\n"
+            + ("Sec-WebSocket-Protocol: centrifuge-protobuf\r\n" if self.protobuf else "")
+            + "\r\n"
         ).encode()
         self.clients = [Client(first + k) for k in range(count)]
         self.count = count
@@ -453,7 +466,7 @@ class Worker:
         else:
             c.state = SUBSCRIBING
             if self.mode == "centrifugo":
-                self._send(c, CENTRIFUGO_SUBSCRIBE)
+                self._send(c, PROTOBUF_SUBSCRIBE if self.protobuf else CENTRIFUGO_SUBSCRIBE)
         if rest and c.sock is not None:
             self._frames(c, rest)
 
@@ -606,7 +619,18 @@ class Worker:
     def _message(self, c: Client, payload: bytes) -> None:
         """A complete data message: the subscribe exchange, or app-level pings."""
         mode = self.mode
-        if mode == "centrifugo":
+        if self.protobuf:
+            for reply_id, has_error, size in pb_replies(payload):
+                if size == 0:
+                    self._send(c, PROTOBUF_PONG)
+                elif c.state == SUBSCRIBING and has_error and reply_id:
+                    self._fail(c, f"command {reply_id} refused")
+                    return
+                elif c.state == SUBSCRIBING and reply_id == 2:
+                    self._ready(c)
+                if c.sock is None:
+                    return
+        elif mode == "centrifugo":
             for line in payload.split(b"\n"):
                 line = line.strip()
                 if line == b"{}":
@@ -728,7 +752,7 @@ def run(args: argparse.Namespace) -> dict:
         "host": args.host,
         "port": args.port,
         "path": args.path,
-        "mode": args.mode,
+        "mode": args.mode + ("+protobuf" if args.mode == "centrifugo" and args.sub_format == "protobuf" else ""),
         "procs": procs,
         "subscribers_requested": args.subscribers,
         "subscribers": 0,
@@ -885,6 +909,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--path", default="/", help="WebSocket request path")
     parser.add_argument("--mode", choices=["raw", "centrifugo", "socketio"], default="raw",
                         help="subscribe exchange after the handshake (as in loadgen.py)")
+    parser.add_argument("--sub-format", choices=["json", "protobuf"], default="json",
+                        help="centrifugo: JSON or Protobuf (centrifuge-protobuf) commands")
     parser.add_argument("--subscribers", type=int, default=1000, help="clients")
     parser.add_argument("--connect-concurrency", type=int, default=100,
                         help="handshakes (and subscribe exchanges) in flight, over all processes")

@@ -197,20 +197,32 @@ class ServerProcess:
         return "\n".join("    | " + line for line in text[-lines:])
 
 
+#: The load generator the runners use: ``fastgen.py`` (epoll subscribers, C frame
+#: scanner); ``HUBBUB_BENCH_GENERATOR=loadgen`` selects the asyncio one.
+GENERATOR = os.environ.get("HUBBUB_BENCH_GENERATOR", "fastgen")
+
+
+def mode_args(mode: str) -> list[str]:
+    """The generator's mode flags for a peer's mode: ``centrifugo+protobuf`` is
+    ``--mode centrifugo --sub-format protobuf`` (Protobuf subscribers, JSON producer)."""
+    if mode == "centrifugo+protobuf":
+        return ["--mode", "centrifugo", "--sub-format", "protobuf"]
+    return ["--mode", mode]
+
+
 def loadgen_argv(port: int | Sequence[int], path: str, mode: str, args: Sequence[str]) -> list[str]:
-    """The command line of ``loadgen.py`` against ``HOST:port`` (or several ports)."""
+    """The command line of the load generator against ``HOST:port`` (or several ports)."""
     ports = [port] if isinstance(port, int) else list(port)
     return [
         sys.executable,
-        str(BENCH / "loadgen.py"),
+        str(BENCH / f"{GENERATOR}.py"),
         "--host",
         HOST,
         "--port",
         ",".join(map(str, ports)),
         "--path",
         path,
-        "--mode",
-        mode,
+        *mode_args(mode),
         *args,
         "--json",
     ]

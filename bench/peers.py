@@ -22,7 +22,7 @@ class Target:
     """Where and how the load generator talks to a peer."""
 
     path: str
-    mode: str  # loadgen --mode: raw, centrifugo, socketio, pubsub, uni_sse
+    mode: str  # loadgen --mode: raw, centrifugo, socketio, pubsub, uni_sse; centrifugo+protobuf (Protobuf subscribers)
 
 
 @dataclass(frozen=True)
@@ -37,6 +37,7 @@ class Peer:
     requires: tuple[str, ...] = ()  # modules the server's interpreter must import
     packages: tuple[str, ...] = ()  # distributions whose versions the docs list
     env: dict[str, str] = field(default_factory=dict)
+    workloads: tuple[str, ...] | None = None  # the suite's workloads it takes part in (None: all)
 
 
 def _script(name: str) -> Callable[[str, int], list[str]]:
@@ -88,6 +89,28 @@ HUBBUB_ASGI = Peer(
     requires=("hubbub", "uvicorn", "fastapi"),
     packages=("hubbub", "uvicorn", "fastapi"),
 )
+HUBBUB_PROTOBUF = Peer(
+    name="hubbub-protobuf",
+    argv=hubbub_argv(),
+    fanout=Target("/connection/websocket", "centrifugo+protobuf"),
+    channels=Target("/connection/websocket", "centrifugo+protobuf"),
+    what="the same protocol endpoint with Protobuf subscribers (`centrifuge-protobuf`): connect + "
+    "subscribe as Protobuf commands, pushes as Protobuf; the producer publishes JSON commands",
+    requires=("hubbub",),
+    packages=("hubbub", "protobuf"),
+)
+HUBBUB_TEXT = Peer(
+    name="hubbub-text",
+    argv=_script("hubbub_text.py"),
+    fanout=Target("/text", "pubsub"),
+    channels=Target("/text", "pubsub"),
+    what="hubbub on equal terms: a `hubbub.App` endpoint (`bench/servers/hubbub_text.py`) speaking the "
+    "one-line text protocol of the other peers (`sub <ch> <ch>`, `pub <ch> <payload>`); payloads go "
+    "through the hub as relay messages",
+    requires=("hubbub",),
+    packages=("hubbub",),
+    workloads=("1", "2", "3", "4"),
+)
 WEBSOCKETS = Peer(
     name="websockets",
     argv=_script("websockets_broadcast.py"),
@@ -126,8 +149,27 @@ TRIVIAL = Peer(
     "write per client per loop iteration; no limits, no pings",
 )
 
+TRIVIAL_CENTRIFUGO = Peer(
+    name="trivial-centrifugo",
+    argv=_script("trivial.py"),
+    fanout=Target("/connection/websocket", "centrifugo"),
+    channels=Target("/connection/websocket", "centrifugo"),
+    what="the load generator's ceiling in Centrifugo JSON mode: trivial answers connect/subscribe/publish "
+    "commands and sends each push, encoded once, to every member",
+    workloads=("1", "3"),
+)
+TRIVIAL_PROTOBUF = Peer(
+    name="trivial-protobuf",
+    argv=_script("trivial.py"),
+    fanout=Target("/connection/websocket", "centrifugo+protobuf"),
+    channels=Target("/connection/websocket", "centrifugo+protobuf"),
+    what="the load generator's ceiling with Protobuf subscribers (trivial encodes each push once)",
+    workloads=("1", "3"),
+)
+
 PEERS: dict[str, Peer] = {
     peer.name: peer
-    for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_UNI_SSE, HUBBUB_ASGI, WEBSOCKETS, SOCKETIO, SOCKETIFY, TRIVIAL)
+    for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_PROTOBUF, HUBBUB_TEXT, HUBBUB_UNI_SSE, HUBBUB_ASGI, WEBSOCKETS,
+                 SOCKETIO, SOCKETIFY, TRIVIAL, TRIVIAL_CENTRIFUGO, TRIVIAL_PROTOBUF)
 }
 BASELINE = "websockets"

@@ -18,6 +18,16 @@ For the many-channels workload it also speaks the load generator's
 ``subok``) and ``pub <channel> <payload>`` sends ``<payload>`` to that
 channel's members, coalesced per client per event-loop iteration.
 
+On ``/connection/websocket`` it plays a Centrifugo server just well enough
+for the load generator, so that the generator's ceiling can be shown for the
+protocol modes too: JSON commands (``connect``, ``subscribe``, ``publish``,
+one per line) get empty results, and each publication's push is encoded
+once per format and sent to every member of the channel: JSON
+``{"push":{"channel":..,"pub":{"data":..}}}`` lines, or, for clients that
+asked for the ``centrifuge-protobuf`` subprotocol, a length-prefixed
+Protobuf ``Reply{push{channel, pub{data}}}`` (encoded by hand; those clients
+send ``connect`` and ``subscribe`` as Protobuf ``Command`` messages).
+
 Usage::
 
     python bench/servers/trivial.py --host 127.0.0.1 --port 8000
@@ -28,6 +38,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import struct
 
 from common import server_args  # bench/servers/common.py
@@ -59,6 +70,52 @@ def unmask(payload: bytes, key: bytes) -> bytes:
     return (int.from_bytes(payload, "big") ^ int.from_bytes(repeated, "big")).to_bytes(n, "big")
 
 
+CENTRIFUGO_PATH = b"/connection/websocket"
+
+
+def pb_varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def pb_field(field: int, value: bytes) -> bytes:
+    """A length-delimited Protobuf field."""
+    return pb_varint(field << 3 | 2) + pb_varint(len(value)) + value
+
+
+def pb_read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        byte = data[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def pb_fields(data: bytes) -> list[tuple[int, int | bytes]]:
+    """The top-level fields of one message: (field, varint or bytes)."""
+    out: list[tuple[int, int | bytes]] = []
+    pos = 0
+    while pos < len(data):
+        key, pos = pb_read_varint(data, pos)
+        if key & 7 == 0:
+            value, pos = pb_read_varint(data, pos)
+            out.append((key >> 3, value))
+        elif key & 7 == 2:
+            size, pos = pb_read_varint(data, pos)
+            out.append((key >> 3, data[pos : pos + size]))
+            pos += size
+        else:
+            break
+    return out
+
+
 class Hub:
     """The set of open connections, plus the coalescing broadcast buffer."""
 
@@ -79,6 +136,15 @@ class Hub:
             if not client.pending:
                 self._dirty.append(client)
             client.pending.append(frame)
+
+    def publish_to_members(self, members: set[Connection], json_frame: bytes, pb_frame: bytes) -> None:
+        """Queue a push for ``members``, each in its own format; one write per client."""
+        if not self._dirty:
+            asyncio.get_running_loop().call_soon(self._flush_dirty)
+        for client in members:
+            if not client.pending:
+                self._dirty.append(client)
+            client.pending.append(pb_frame if client.protobuf else json_frame)
 
     def _flush_dirty(self) -> None:
         dirty, self._dirty = self._dirty, []
@@ -114,6 +180,8 @@ class Connection(asyncio.Protocol):
         self._fragment_opcode = OP_TEXT
         self.pending: list[bytes] = []
         self.joined: list[bytes] = []
+        self.centrifugo = False
+        self.protobuf = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -154,11 +222,14 @@ class Connection(asyncio.Protocol):
             self.transport.close()
             return False
         accept = base64.b64encode(hashlib.sha1(key + WS_GUID).digest())
+        self.centrifugo = head.split(b" ", 2)[1:2] == [CENTRIFUGO_PATH]
+        self.protobuf = self.centrifugo and b"centrifuge-protobuf" in head
         self.transport.write(
             b"HTTP/1.1 101 Switching Protocols\r\n"
             b"Upgrade: websocket\r\n"
             b"Connection: Upgrade\r\n"
-            b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
+            + (b"Sec-WebSocket-Protocol: centrifuge-protobuf\r\n" if self.protobuf else b"")
+            + b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n"
         )
         self._handshaking = False
         self.hub.clients.add(self)
@@ -206,7 +277,9 @@ class Connection(asyncio.Protocol):
                 payload = b"".join(self._fragments) + payload
                 self._fragments.clear()
             head = payload[:4]
-            if head == b"sub ":
+            if self.centrifugo:
+                self._centrifugo(payload)
+            elif head == b"sub ":
                 for channel in payload[4:].split():
                     self.hub.channels.setdefault(channel, set()).add(self)
                     self.joined.append(channel)
@@ -221,6 +294,61 @@ class Connection(asyncio.Protocol):
         elif opcode == OP_CLOSE:
             self.transport.write(server_frame(OP_CLOSE, payload[:2]))
             self.transport.close()
+
+
+    def _join(self, channel: bytes) -> None:
+        self.hub.channels.setdefault(channel, set()).add(self)
+        self.joined.append(channel)
+
+    def _centrifugo(self, payload: bytes) -> None:
+        """Just enough of the Centrifugo client protocol for the load generator."""
+        if self.protobuf:
+            replies = []
+            pos = 0
+            while pos < len(payload):
+                size, pos = pb_read_varint(payload, pos)
+                fields = dict(pb_fields(payload[pos : pos + size]))
+                pos += size
+                cmd_id = fields.get(1, 0)
+                if 5 in fields:  # subscribe
+                    self._join(dict(pb_fields(fields[5])).get(1, b""))
+                    body = b"\x08" + pb_varint(cmd_id) + b"\x32\x00"
+                elif cmd_id:  # connect or anything else: an empty result
+                    body = b"\x08" + pb_varint(cmd_id) + b"\x2a\x00"
+                else:
+                    continue  # our pong
+                replies.append(pb_varint(len(body)) + body)
+            if replies:
+                self.transport.write(server_frame(OP_BINARY, b"".join(replies)))
+            return
+        replies = []
+        for line in payload.split(b"\n"):
+            try:
+                cmd = json.loads(line)
+            except ValueError:
+                continue
+            if not isinstance(cmd, dict) or "id" not in cmd:
+                continue
+            cmd_id = cmd["id"]
+            if "subscribe" in cmd:
+                self._join(cmd["subscribe"]["channel"].encode())
+                replies.append(b'{"id":%d,"subscribe":{}}' % cmd_id)
+            elif "publish" in cmd:
+                pub = cmd["publish"]
+                channel = pub["channel"].encode()
+                data = json.dumps(pub.get("data"), separators=(",", ":")).encode()
+                members = self.hub.channels.get(channel)
+                if members:
+                    json_frame = server_frame(OP_TEXT, b'{"push":{"channel":%s,"pub":{"data":%s}}}' % (
+                        json.dumps(pub["channel"]).encode(), data))
+                    reply = pb_field(4, pb_field(2, channel) + pb_field(4, pb_field(4, data)))
+                    pb_frame = server_frame(OP_BINARY, pb_varint(len(reply)) + reply)
+                    self.hub.publish_to_members(members, json_frame, pb_frame)
+                replies.append(b'{"id":%d,"publish":{}}' % cmd_id)
+            else:
+                replies.append(b'{"id":%d,"connect":{"client":"trivial","version":"0"}}' % cmd_id)
+        if replies:
+            self.transport.write(server_frame(OP_TEXT, b"\n".join(replies)))
 
 
 async def main(host: str, port: int) -> None:

@@ -63,6 +63,7 @@ from .core import ClientCore, ConnectRequest, ConnectResult, SessionHooks
 from .endpoint import Connections, Registry, WebSocket
 from .errors import ConfigError, ProtocolError
 from .hub import Hub
+from .loops import run_loop
 from .server import Server
 
 log = logging.getLogger("hubbub.app")
@@ -393,7 +394,7 @@ class App:
             from .logs import setup
 
             setup("info", "text")
-        asyncio.run(self.serve_async())
+        run_loop(self.serve_async(), self.config.event_loop)
 
 
 def load_app(target: str) -> App:

@@ -20,9 +20,18 @@ from urllib.parse import urlsplit
 
 from . import logs
 from ._version import __version__
-from .client import Client, Endpoint, EndpointError, RelayClient, backoff, display_url, endpoint
+from .client import (
+    Client,
+    Endpoint,
+    EndpointError,
+    RelayClient,
+    backoff,
+    display_url,
+    endpoint,
+)
 from .config import Config, check_file
 from .errors import ClientError, ConfigError, ReplyError
+from .loops import run_loop
 
 log = logging.getLogger("hubbub")
 
@@ -60,6 +69,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="output queued per connection before it is closed with 3008 (default 1 MiB)")
     serve.add_argument("--workers", type=int, default=None, metavar="N",
                        help="processes sharing the port (SO_REUSEPORT); needs the Redis broker")
+    serve.add_argument("--event-loop", choices=["asyncio", "uvloop"], default=None,
+                       help="the event loop (default asyncio; uvloop needs the uvloop package)")
     serve.add_argument("--allow-anonymous", action="store_true", default=None,
                        help="accept clients without a token, even on a non-loopback address")
     serve.add_argument("--no-page", dest="page", action="store_false", default=None,
@@ -224,6 +235,7 @@ def _config_from_args(args: argparse.Namespace) -> Config:
         port=args.port,
         broker=args.broker,
         workers=args.workers,
+        event_loop=args.event_loop,
         ping_interval=args.ping_interval,
         max_message_size=args.max_message_size,
         max_pending_output=args.max_pending_output,
@@ -273,7 +285,7 @@ def _serve(args: argparse.Namespace) -> int:
             log.info("live page: %s/", s.url)
 
     try:
-        asyncio.run(server.serve(ready=ready, reuse_port=worker is not None))
+        run_loop(server.serve(ready=ready, reuse_port=worker is not None), config.event_loop)
     except OSError as exc:
         print(f"hubbub: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
         return 1
@@ -325,7 +337,7 @@ def _serve_workers(config: Config, args: argparse.Namespace) -> int:
     port = reserve.getsockname()[1]
     argv = [sys.executable, "-m", "hubbub", "serve", "--workers", "1", "--port", str(port),
             "--host", config.host, "--broker", config.broker, "--log-level", args.log_level,
-            "--log-format", args.log_format]
+            "--log-format", args.log_format, "--event-loop", config.event_loop]
     if args.page is False:
         argv.append("--no-page")
     if args.config:

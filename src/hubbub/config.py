@@ -110,6 +110,9 @@ class Config:
             (shards, separated by commas or spaces), ``redis+cluster://`` or
             ``redis+sentinel://`` (see docs/scaling.md).
         workers: processes sharing the port (needs the Redis broker).
+        event_loop: ``"asyncio"`` (the standard library's loop) or ``"uvloop"``
+            (needs the ``uvloop`` package: ``pip install hubbub[uvloop]``); used by
+            ``hubbub serve`` and ``App.serve``.
         max_message_size: largest incoming WebSocket message (bytes); larger
             ones close the connection with 1009.
         max_pending_output: output a connection may have waiting to be sent
@@ -191,6 +194,7 @@ class Config:
     port: int = 8000
     broker: str = "memory"
     workers: int = 1
+    event_loop: str = "asyncio"
     max_message_size: int = 65536
     max_pending_output: int = 1024 * 1024
     ping_interval: float = 25.0
@@ -325,6 +329,8 @@ class Config:
                           f"or a redis+sentinel:// URL, got {self.broker!r}")
         if self.workers < 1:
             errors.append("workers must be at least 1")
+        if self.event_loop not in ("asyncio", "uvloop"):
+            errors.append(f"event_loop must be 'asyncio' or 'uvloop', got {self.event_loop!r}")
         for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path", *STREAM_PATHS):
             value = getattr(self, name)
             if value and (not value.startswith("/") or (value != "/" and value.endswith("/") and name == "api_path")):

@@ -24,14 +24,18 @@ import codecs
 import collections
 import http
 import logging
+import sys
 import time
+import uuid
 from typing import Any, Protocol
 
 import h11
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Protocol as Protocol_
 from websockets.protocol import State
 from websockets.server import ServerProtocol
+from websockets.streams import StreamReader
 
 from .codes import DisconnectCode
 from .config import Config
@@ -72,6 +76,35 @@ class FrameEncoder:
 
 #: What :meth:`WebSocketSession.handshake_nowait` returns when ``handshake`` must be awaited.
 PENDING = (0, "pending")
+
+
+#: Request headers of a WebSocket upgrade that only serve the upgrade itself (RFC 6455 4.1):
+#: websockets checks them; sessions and hooks do not see them.
+_UPGRADE_HEADERS = frozenset(("upgrade", "connection", "sec-websocket-key", "sec-websocket-version",
+                              "sec-websocket-extensions"))
+#: one UUID for every ``ServerProtocol.id`` (websockets draws a fresh one per connection for its
+#: own log lines, which hubbub keeps at WARNING): 100 bytes per idle connection less
+_SHARED_WS_ID = uuid.UUID(int=0)
+_SERVER_PARSE_CODE = ServerProtocol.parse.__code__
+_PARSE_CODE = Protocol_.parse.__code__
+_AT_EOF_CODE = StreamReader.at_eof.__code__
+
+
+def _release_last_frame(ws: ServerProtocol) -> None:
+    """Let go of the last frame websockets parsed: its parser keeps it (payload
+    included) in a local variable until the next frame arrives, a few hundred
+    bytes per idle connection. At a frame boundary (the parser waits in
+    ``at_eof`` with nothing buffered; the state of a fragmented message lives on
+    the protocol object, not in the parser) a fresh parser is the same parser;
+    anywhere else, nothing is changed."""
+    parser = ws.parser  # ServerProtocol.parse -> Protocol.parse -> StreamReader.at_eof
+    frames = getattr(parser, "gi_yieldfrom", None)
+    waiting = getattr(frames, "gi_yieldfrom", None)
+    if (getattr(parser, "gi_code", None) is _SERVER_PARSE_CODE and getattr(frames, "gi_code", None) is _PARSE_CODE
+            and getattr(waiting, "gi_code", None) is _AT_EOF_CODE and not ws.reader.buffer
+            and ws.state is State.OPEN):
+        ws.parser = ws.parse()
+        next(ws.parser)
 
 
 class WebSocketSession(Protocol):
@@ -154,7 +187,7 @@ class Connection(Writer, asyncio.Protocol):
         self._head: bytearray | None = bytearray()  # raw bytes of the first request, until routed
         self._scanned = 0  # how much of _head was searched for the end of the head
         self._http_request: h11.Request | None = None
-        self._http_body: list[bytes] = []
+        self._http_body: list[bytes] | None = None  # created per request: a WebSocket never needs one
         self._http_body_size = 0
         self._http_task: asyncio.Task[None] | None = None
         self.ws: ServerProtocol | None = None
@@ -164,7 +197,7 @@ class Connection(Writer, asyncio.Protocol):
         self._inbox: collections.deque[tuple[bytes, bool] | None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._paused = False
-        self._fragments: list[bytes] = []
+        self._fragments: list[bytes] | None = None  # only while a fragmented message arrives
         self._fragments_binary = False
         self._utf8: codecs.IncrementalDecoder | None = None  # only for fragmented text
         self._close_timer: asyncio.TimerHandle | None = None
@@ -318,12 +351,12 @@ class Connection(Writer, asyncio.Protocol):
                 if self._http_body_size > self.config.max_http_body:
                     self._http_error(413, "request body too large")
                     return
-                self._http_body.append(event.data)
+                self._http_body.append(event.data)  # type: ignore[union-attr]  # set by the Request event
             elif isinstance(event, h11.EndOfMessage):
                 req = self._http_request
                 assert req is not None
                 self._http_task = asyncio.get_running_loop().create_task(
-                    self._serve_http(req, b"".join(self._http_body))
+                    self._serve_http(req, b"".join(self._http_body or ()))
                 )
                 return  # the next request is read after the response
             elif isinstance(event, h11.ConnectionClosed):
@@ -444,6 +477,7 @@ class Connection(Writer, asyncio.Protocol):
             max_size=self.config.max_message_size,
             logger=_WS_LOGGER,
         )
+        ws.id = _SHARED_WS_ID  # websockets' per-connection UUID is only for its logs; ours are quiet
         ws.receive_data(head)
         events = ws.events_received()
         if not events or not isinstance(events[0], Request):
@@ -451,7 +485,13 @@ class Connection(Writer, asyncio.Protocol):
         req: Request = events[0]
         if not any("websocket" in value.lower() for value in req.headers.get_all("Upgrade")):
             return False
-        headers = {name.lower(): value for name, value in req.headers.raw_items()}
+        # names interned: every connection of a kind sends the same ones; the upgrade's own
+        # mechanics (key, version, ...) mean nothing once it is done (memory per connection)
+        headers = {}
+        for name, value in req.headers.raw_items():
+            name = sys.intern(name.lower())
+            if name not in _UPGRADE_HEADERS:
+                headers[name] = value
         request = HTTPRequest.from_target("GET", req.path, headers, client=self.peer)
         self.request = request
         self.ws = ws
@@ -522,6 +562,7 @@ class Connection(Writer, asyncio.Protocol):
         self.open = True
         self.http = None  # HTTP is over for this connection
         self._http_request = None
+        self.request = None  # the session has what it needs (memory per connection)
         self.host.websocket_opened(self)
         session = self.session
         assert session is not None
@@ -538,9 +579,12 @@ class Connection(Writer, asyncio.Protocol):
     def _process_ws_events(self) -> None:
         ws = self.ws
         assert ws is not None
-        self._handle_frames(ws.events_received())
+        events = ws.events_received()
+        self._handle_frames(events)
         if self.ws is None:
             return
+        if events:
+            _release_last_frame(ws)
         if ws.close_rcvd is not None and self._inbox and self._held is None and self.open:
             # The client closed after messages that still wait in the inbox: handle
             # them first (their replies, or a refusal's close code, must reach the
@@ -564,7 +608,7 @@ class Connection(Writer, asyncio.Protocol):
             op = frame.opcode
             if op is Opcode.TEXT or op is Opcode.BINARY:
                 self._fragments_binary = op is Opcode.BINARY
-                self._fragments = []
+                self._fragments = None
             elif op is not Opcode.CONT:
                 if op is Opcode.PONG and self.session is not None:
                     self.session.pong()
@@ -574,12 +618,14 @@ class Connection(Writer, asyncio.Protocol):
                 self.ws.fail(1007, "invalid UTF-8")  # type: ignore[union-attr]
                 return
             if not frame.fin:
+                if self._fragments is None:
+                    self._fragments = []
                 self._fragments.append(bytes(data))
                 continue
             if self._fragments:
                 self._fragments.append(bytes(data))
                 payload = b"".join(self._fragments)
-                self._fragments = []
+                self._fragments = None
             else:
                 payload = bytes(data)
             self._receive(payload, self._fragments_binary)
@@ -638,7 +684,7 @@ class Connection(Writer, asyncio.Protocol):
         except asyncio.CancelledError:
             raise
         except Exception:
-            log.exception("error in WebSocket handler for %s", self.request.path if self.request else "?")
+            log.exception("error in WebSocket handler (%s)", type(self.session).__name__)
             self.close(DisconnectCode.INTERNAL_ERROR)
         finally:
             self._worker = None

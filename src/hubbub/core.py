@@ -242,7 +242,9 @@ class ClientCore:
         out: the connection's output.
         wire: the encoder of pushes for this client (shared by every client of
             the same codec and transport).
-        headers: the handshake's HTTP headers (lower-case names).
+        headers: the handshake's HTTP headers (lower-case names); for a WebSocket,
+            without the upgrade's own (``upgrade``, ``connection``,
+            ``sec-websocket-key``, ``-version``, ``-extensions``).
         client_id: connection id; a random UUID by default.
     """
 

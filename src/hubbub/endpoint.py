@@ -69,8 +69,13 @@ from .strictjson import encode_data
 
 log = logging.getLogger("hubbub.endpoint")
 
-#: Messages queued for a handler before reading from the socket pauses.
-MAX_QUEUED_MESSAGES = 64
+#: Bytes of messages queued for a handler before reading from the socket pauses
+#: (a message is always accepted; reading resumes below half of it). Bounded in
+#: bytes, so that many small messages are handled in one pass of the event loop
+#: and their deliveries share the writes of that pass.
+MAX_QUEUED_BYTES = 256 * 1024
+#: Messages queued for a handler, whatever their size, before reading pauses.
+MAX_QUEUED_MESSAGES = 4096
 
 Message = str | bytes
 
@@ -291,8 +296,8 @@ class WebSocket(ClientCore):
     transport = "endpoint"
     register_anonymous = False
 
-    __slots__ = ("request", "state", "_endpoint", "_messages", "_task", "_token", "_group", "_sent", "_final",
-                 "_gone")
+    __slots__ = ("request", "state", "_endpoint", "_messages", "_queued", "_room", "_task", "_token", "_group",
+                 "_sent", "_final", "_gone")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: Wire, request: HTTPRequest,
                  endpoint: Any = None, *, registry: Registry | None = None, route: str | None = None) -> None:
@@ -300,7 +305,9 @@ class WebSocket(ClientCore):
         self.request = request
         self.state: dict[str, Any] = {}
         self._endpoint = endpoint
-        self._messages: asyncio.Queue[Message | None] = asyncio.Queue(MAX_QUEUED_MESSAGES)
+        self._messages: asyncio.Queue[Message | None] = asyncio.Queue()  # bounded by handle_message
+        self._queued = 0  # bytes (characters of text) of the queued messages
+        self._room: asyncio.Future[None] | None = None  # handle_message waits on it while the queue is full
         self._task: asyncio.Task[None] | None = None
         self._token = handshake_token(request.headers, request.query)
         self._group = None if registry is None else registry.connections(request.path if route is None else route)
@@ -320,7 +327,8 @@ class WebSocket(ClientCore):
 
     @property
     def request_headers(self) -> dict[str, str]:
-        """The handshake's HTTP headers (lower-case names)."""
+        """The handshake's HTTP headers (lower-case names), without the upgrade's own
+        (``upgrade``, ``connection``, ``sec-websocket-key``, ``-version``, ``-extensions``)."""
         return self.request.headers
 
     @property
@@ -394,6 +402,12 @@ class WebSocket(ClientCore):
             if messages.empty():
                 messages.put_nowait(None)  # wakes another waiting recv(), if any
             raise self._closed_error()
+        self._queued -= len(message)
+        room = self._room
+        if room is not None and self._queued <= MAX_QUEUED_BYTES // 2 and messages.qsize() <= MAX_QUEUED_MESSAGES // 2:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
         return message
 
     def __aiter__(self) -> AsyncIterator[Message]:
@@ -500,10 +514,10 @@ class WebSocket(ClientCore):
             self._group._discard(self)
 
     def _wake_readers(self) -> None:
-        try:
-            self._messages.put_nowait(None)
-        except asyncio.QueueFull:
-            pass  # nobody waits on a full queue; recv() checks the state first
+        self._messages.put_nowait(None)
+        room, self._room = self._room, None
+        if room is not None and not room.done():
+            room.set_result(None)  # nothing more will be read for the handler
 
     # -- the session side (called by the connection) -----------------------------------
 
@@ -549,7 +563,13 @@ class WebSocket(ClientCore):
     async def handle_message(self, payload: bytes, binary: bool) -> None:  # type: ignore[override]
         message: Message = payload if binary else payload.decode()
         self.pong_expected = False
-        await self._messages.put(message)  # waits when full: the inbox then pauses reading
+        messages = self._messages
+        messages.put_nowait(message)
+        self._queued += len(message)
+        if (self._queued > MAX_QUEUED_BYTES or messages.qsize() > MAX_QUEUED_MESSAGES) and not self.closed:
+            # full: wait for the handler (the connection's inbox fills, then reading pauses)
+            self._room = room = asyncio.get_running_loop().create_future()
+            await room
 
     def check_pong(self) -> None:
         if self.pong_expected and not self.closed:

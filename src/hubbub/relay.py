@@ -127,16 +127,25 @@ class RelayWire:
         return None
 
 
+#: The first bytes a JSON text can start with (RFC 8259 2, after whitespace): text starting
+#: otherwise is not JSON, without a parse attempt (a failed parse costs an exception).
+_JSON_STARTS = frozenset(bytes([c]) for c in b'{["-0123456789tfn')
+
+
 def relay_publication(payload: bytes, *, binary: bool) -> Publication:
     """The publication for one relay message (see the module docstring)."""
     if binary:
         return Publication(dumps(base64.b64encode(payload).decode()), raw=payload, binary=True)
-    try:
-        loads(payload)
-    except ValueError:
-        # the connection checked UTF-8; text that is not JSON travels as a JSON string
-        return Publication(dumps(payload.decode("utf-8", "replace")), raw=payload)
-    return Publication(payload)
+    start = payload.lstrip(b" \t\r\n")[:1]
+    if start and start in _JSON_STARTS:
+        try:
+            loads(payload)
+        except ValueError:
+            pass
+        else:
+            return Publication(payload)
+    # the connection checked UTF-8; text that is not JSON travels as a JSON string
+    return Publication(dumps(payload.decode("utf-8", "replace")), raw=payload)
 
 
 class RelaySession(ClientCore):

@@ -82,7 +82,8 @@ class ClientSession(ClientCore):
         context: the node's shared :class:`~hubbub.core.ClientContext`.
         out: the connection's output.
         wire: the push encoder of this session's codec and framing.
-        headers: the handshake's HTTP headers (lower-cased names).
+        headers: the handshake's HTTP headers (lower-cased names), without the
+            WebSocket upgrade's own (``upgrade``, ``connection``, ``sec-websocket-key``, ...).
         client_id: connection id; a random UUID by default.
         subprotocol: the WebSocket subprotocol the transport answers in its
             ``101`` (``centrifuge-protobuf``, ``centrifuge-json``), if the client
@@ -103,7 +104,7 @@ class ClientSession(ClientCore):
         self.codec: Codec = wire.codec
         self.subprotocol = subprotocol
         self.created_at = time.monotonic()
-        self._replies: list[bytes] = []
+        self._replies: list[bytes] | None = None  # created when a reply waits (memory per connection)
         self._reply_bytes = 0
         self._late: tuple[str, list[Publication]] | None = None
         self._commands = 0
@@ -275,7 +276,10 @@ class ClientSession(ClientCore):
         while inflight and inflight[0][1] is not None:
             payload = inflight.popleft()[1]
             if payload:
-                self._replies.append(payload)
+                if self._replies is None:
+                    self._replies = [payload]
+                else:
+                    self._replies.append(payload)
                 self._reply_bytes += len(payload)
                 released = True
         if released and not self.closed:
@@ -299,7 +303,10 @@ class ClientSession(ClientCore):
         if self._inflight:  # behind publishes in flight
             self._inflight.append([None, payload])
             return
-        self._replies.append(payload)
+        if self._replies is None:
+            self._replies = [payload]
+        else:
+            self._replies.append(payload)
         self._reply_bytes += len(payload)
         if self._reply_bytes >= REPLY_FLUSH_BYTES:
             self._flush_replies()
@@ -313,7 +320,7 @@ class ClientSession(ClientCore):
     def _flush_replies(self) -> None:
         if self._replies:
             replies = self._replies
-            self._replies = []
+            self._replies = None
             self._reply_bytes = 0
             if self.out.open:
                 self._send(self.codec.join(replies))
