@@ -1389,7 +1389,7 @@ def plot(suite: Suite, path: Path) -> str | None:
             if rate:
                 xs.append(j + i * width)
                 ys.append(rate)
-        label(ax, ax.bar(xs, ys, width, label=name, color=colors.get(name)), human)
+        label(ax, ax.bar(xs, ys, width, label=name, color=colors.get(name, "#999999")), human)
     ax.set_xticks([j + 0.4 - width / 2 for j in range(len(w1))])
     ax.set_xticklabels([f"{int(s):,} subscribers" for s in w1])
     ax.set_yscale("log")
@@ -1421,7 +1421,7 @@ def plot(suite: Suite, path: Path) -> str | None:
     ax = axes[1][0]
     w4 = w.get("4", {})
     shown = [n for n in names if _kib(w4.get(n)) is not None]
-    bars = ax.bar(shown, [_kib(w4.get(n)) for n in shown], color=[colors.get(n) for n in shown])
+    bars = ax.bar(shown, [_kib(w4.get(n)) for n in shown], color=[colors.get(n, "#999999") for n in shown])
     label(ax, bars, lambda v: f"{v:.1f}")
     ax.axhline(6, color="black", linestyle="--", linewidth=1, label="hubbub target: 6 KiB")
     ax.set_ylabel("server RSS KiB per connection")
@@ -1432,7 +1432,7 @@ def plot(suite: Suite, path: Path) -> str | None:
     ax = axes[1][1]
     w5 = w.get("5", {})
     shown = [n for n in names if _connect_rate(w5.get(n))]
-    bars = ax.bar(shown, [_connect_rate(w5.get(n)) for n in shown], color=[colors.get(n) for n in shown])
+    bars = ax.bar(shown, [_connect_rate(w5.get(n)) for n in shown], color=[colors.get(n, "#999999") for n in shown])
     label(ax, bars, lambda v: f"{v:,.0f}")
     ax.set_ylabel("connect + subscribe per second")
     ax.set_title(f"5. Connect rate, {suite.scale.w5_clients:,} clients, 100 handshakes in flight (connectgen)")
