@@ -114,20 +114,14 @@ class _Sender:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
+                await self._begin()
                 while self._queue:
                     data = self._queue.popleft()
                     self._size -= len(data)
-                    kind = data[0]
-                    if kind == _TEXT:
-                        await self._send({"type": "websocket.send", "text": data[1:].decode("utf-8")})
-                    elif kind == _BINARY:
-                        await self._send({"type": "websocket.send", "bytes": bytes(data[1:])})
-                    else:  # _CLOSE: code (2 bytes) + reason
-                        code = int.from_bytes(data[1:3], "big")
-                        await self._send({"type": "websocket.close", "code": code,
-                                          "reason": data[3:].decode("utf-8", "ignore")})
+                    if await self._send_one(data):
                         return
                 if self._closing:
+                    await self._end()
                     return
         except asyncio.CancelledError:
             raise
@@ -136,6 +130,26 @@ class _Sender:
             self._size = 0
         finally:
             self._on_lost()
+
+    async def _begin(self) -> None:
+        """Before the first queued message (nothing for a WebSocket)."""
+
+    async def _send_one(self, data: bytes) -> bool:
+        """Hand one framed message to ``send``; True after the close frame."""
+        kind = data[0]
+        if kind == _TEXT:
+            await self._send({"type": "websocket.send", "text": data[1:].decode("utf-8")})
+        elif kind == _BINARY:
+            await self._send({"type": "websocket.send", "bytes": bytes(data[1:])})
+        else:  # _CLOSE: code (2 bytes) + reason
+            code = int.from_bytes(data[1:3], "big")
+            await self._send({"type": "websocket.close", "code": code,
+                              "reason": data[3:].decode("utf-8", "ignore")})
+            return True
+        return False
+
+    async def _end(self) -> None:
+        """After :meth:`close` once the queue is empty (nothing for a WebSocket)."""
 
     async def stop(self) -> None:
         if not self._task.done():
@@ -214,74 +228,32 @@ class ASGIConnection(Writer):
             self.close(DisconnectCode.SLOW, "slow")
 
 
-class _BodySender:
+class _BodySender(_Sender):
     """The transport of a streaming HTTP response under ASGI: the head, then
     one ``http.response.body`` message (``more_body``) per write, in order, from
     one task; :meth:`close` sends the last one."""
 
-    __slots__ = ("_send", "_queue", "_size", "_wake", "_closing", "_task", "_on_lost", "_start")
+    __slots__ = ("_start",)
 
     def __init__(self, send: Send, start: Message, on_lost: Callable[[], None]) -> None:
-        self._send = send
         self._start: Message | None = start
-        self._queue: deque[bytes] = deque()
-        self._size = 0
-        self._wake = asyncio.Event()
-        self._wake.set()
-        self._closing = False
-        self._on_lost = on_lost
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    def write(self, data: bytes) -> None:
-        self._queue.append(data)
-        self._size += len(data)
-        self._wake.set()
+        super().__init__(send, on_lost)
+        self._wake.set()  # the head goes out at once
 
     def writelines(self, items: list[bytes]) -> None:
         self.write(b"".join(items))  # an HTTP body may be joined freely
 
-    def get_write_buffer_size(self) -> int:
-        return self._size
+    async def _begin(self) -> None:
+        if self._start is not None:
+            start, self._start = self._start, None
+            await self._send(start)
 
-    def close(self) -> None:
-        self._closing = True
-        self._wake.set()
+    async def _send_one(self, data: bytes) -> bool:
+        await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        return False
 
-    def abort(self) -> None:
-        self._queue.clear()
-        self._size = 0
-        self.close()
-
-    async def _run(self) -> None:
-        try:
-            while True:
-                await self._wake.wait()
-                self._wake.clear()
-                if self._start is not None:
-                    start, self._start = self._start, None
-                    await self._send(start)
-                while self._queue:
-                    data = self._queue.popleft()
-                    self._size -= len(data)
-                    await self._send({"type": "http.response.body", "body": data, "more_body": True})
-                if self._closing:
-                    await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-                    return
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # the client is gone (the server raises on send)
-            self._queue.clear()
-            self._size = 0
-        finally:
-            self._on_lost()
-
-    async def stop(self) -> None:
-        if not self._task.done():
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+    async def _end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
 
 
 class ASGIStream(Writer):
