@@ -88,3 +88,40 @@ async def test_relay_publish_refused_by_the_broker_closes_1013(redis_server: Red
         finally:
             redis_server.start()
         assert ws.close_code == 1013
+
+
+async def test_publishes_in_flight_need_no_task_each(redis_server: RedisServer, start_server: Any) -> None:  # noqa: F811
+    """The broker calls back when it answered: a burst of publishes (relay and
+    protocol) starts no task per publish (each took a task and two more loop
+    iterations before its reply could leave)."""
+    server = await start_server(broker=redis_server.url, namespaces={
+        "h": NamespaceOptions(history_size=1000, history_ttl=60, allow_publish_for_client=True),
+    })
+    loop = asyncio.get_running_loop()
+    created = 0
+    previous = loop.get_task_factory()
+
+    def counting(loop: asyncio.AbstractEventLoop, coro: Any, **kw: Any) -> asyncio.Task[Any]:
+        nonlocal created
+        code = getattr(coro, "cr_code", None)
+        if code is not None and "/hubbub/" in code.co_filename.replace("\\", "/"):
+            created += 1  # the server's (the test's own clients make tasks too)
+        return previous(loop, coro, **kw) if previous is not None else asyncio.Task(coro, loop=loop, **kw)
+
+    client = await proto_client(server)
+    async with websockets.connect(ws_url(server, "/ws/h:relay")) as relay:
+        await relay.send("warm")  # the broker's writer task exists before counting
+        assert await asyncio.wait_for(relay.recv(), TIMEOUT) == "warm"
+        loop.set_task_factory(counting)
+        try:
+            for i in range(BURST):
+                await relay.send(f"m{i}")
+            for i in range(1, BURST + 1):
+                await client.ws.send(json.dumps({"id": i, "publish": {"channel": "h:p", "data": i}}))
+            got = [await asyncio.wait_for(relay.recv(), TIMEOUT) for _ in range(BURST)]
+            replies = [await client.recv() for _ in range(BURST)]
+        finally:
+            loop.set_task_factory(previous)
+    assert got == [f"m{i}" for i in range(BURST)]
+    assert [r["publish"]["offset"] for r in replies] == list(range(1, BURST + 1))
+    assert created < BURST // 10, f"{created} server tasks for {2 * BURST} publishes"

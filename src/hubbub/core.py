@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .auth import InvalidToken, TokenExpired, TokenVerifier
-from .brokers.base import ClientInfo, Publication, StreamPosition
+from .brokers.base import ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
 from .config import Config, NamespaceOptions
 from .errors import BadRequest, BrokerError, Disconnect, ProtocolError
@@ -680,9 +680,7 @@ class ClientCore:
             BadRequest: 107 invalid name or data.
             ProtocolError: 102, 103 (not allowed), 100 (temporary) broker failure.
         """
-        ns = self.namespace(channel)
-        if not ns.allow_publish_for_client:
-            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        ns = self._publish_check(channel)
         if self.context.hooks_active:
             hooks = self.context.hooks
             original = data if publication is None else publication.value()
@@ -690,12 +688,37 @@ class ClientCore:
             if hooked is not original:
                 publication = None
                 data = hooked
+        return await self.hub.publish(channel, self._as_publisher(ns, channel, data, publication), source=source)
+
+    def publish_nowait(self, channel: Any, done: PublishCallback, data: Any = None, *,
+                       publication: Publication | None = None, source: str = "client") -> None:
+        """:meth:`publish` on a pipelined broker without awaiting it (see
+        :meth:`Hub.publish_nowait`): the same checks, then ``done(position,
+        None)`` or ``done(None, ProtocolError)`` once the broker answered.
+        Only without application hooks (``on_publish`` is awaited).
+
+        Raises:
+            BadRequest, ProtocolError: as :meth:`publish`, before anything is
+                sent (``done`` is not called).
+        """
+        ns = self._publish_check(channel)
+        self.hub.publish_nowait(channel, self._as_publisher(ns, channel, data, publication), done, source=source)
+
+    def _publish_check(self, channel: Any) -> NamespaceOptions:
+        ns = self.namespace(channel)
+        if not ns.allow_publish_for_client:
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        return ns
+
+    def _as_publisher(self, ns: NamespaceOptions, channel: str, data: Any,
+                      publication: Publication | None) -> Publication:
+        """The publication as this client publishes it: its info, and not back to it when the namespace says so."""
         if publication is None:
             publication = Publication(encode_data(data))
         publication.info = self.channels.get(channel) or self.info
         if ns.exclude_publisher:
             publication.exclude_client = self.client_id
-        return await self.hub.publish(channel, publication, source=source)
+        return publication
 
     async def history(self, channel: Any, *, since: StreamPosition | None = None, limit: int = 0,
                       reverse: bool = False, as_objects: bool = False) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .brokers.base import Broker, ClientInfo, Publication, StreamPosition
+from .brokers.base import Broker, ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .config import Config, NamespaceOptions
 from .errors import BrokerError, ProtocolError
@@ -231,10 +231,50 @@ class Hub:
                 idempotency_ttl=self.config.idempotency_ttl,
             )
         except BrokerError as exc:
-            self.stats.broker_errors += 1
-            raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+            raise self._broker_failed(exc) from exc
         self.stats.publications[source] += 1
         return position
+
+    def publish_nowait(self, channel: str, pub: Publication, done: PublishCallback, *, source: str = "app") -> None:
+        """Start :meth:`publish` on a pipelined broker
+        (:meth:`~hubbub.brokers.base.Broker.publish_nowait`) without a task:
+        ``done(position, None)`` once the broker answered, or ``done(None,
+        error)`` with the ``ProtocolError`` :meth:`publish` would raise (100,
+        temporary, when the broker failed).
+
+        Raises:
+            BadRequest, ProtocolError: as :meth:`publish`, before anything is
+                sent (``done`` is not called).
+        """
+        ns = self.namespace(channel)
+        stats = self.stats
+
+        def finished(position: StreamPosition | None, exc: BaseException | None) -> None:
+            if exc is None:
+                stats.publications[source] += 1
+                done(position, None)
+            elif isinstance(exc, BrokerError):
+                done(None, self._broker_failed(exc))
+            else:
+                done(None, exc)
+
+        try:
+            self.broker.publish_nowait(
+                channel,
+                pub,
+                finished,
+                history_size=ns.history_size,
+                history_ttl=ns.history_ttl,
+                idempotency_key=None,
+                idempotency_ttl=self.config.idempotency_ttl,
+            )
+        except BrokerError as exc:
+            raise self._broker_failed(exc) from exc
+
+    def _broker_failed(self, exc: BrokerError) -> ProtocolError:
+        """Count a broker failure; the error clients get for it (100, temporary)."""
+        self.stats.broker_errors += 1
+        return ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True)
 
     async def history(
         self,
@@ -267,8 +307,7 @@ class Hub:
                 history_ttl=ns.history_ttl,
             )
         except BrokerError as exc:
-            self.stats.broker_errors += 1
-            raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
+            raise self._broker_failed(exc) from exc
         if since is not None and since.epoch and since.epoch != result.position.epoch:
             raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
         return {

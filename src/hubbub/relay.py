@@ -34,12 +34,11 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import logging
 from collections.abc import Mapping
 from typing import Any
 
-from .brokers.base import ClientInfo, Publication
+from .brokers.base import ClientInfo, Publication, StreamPosition
 from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
 from .config import NamespaceOptions
 from .core import ClientContext, ClientCore
@@ -165,7 +164,7 @@ class RelaySession(ClientCore):
     #: anonymous relay clients are not filed under user "" (memory per connection)
     register_anonymous = False
 
-    __slots__ = ("channel", "echo", "subscribed", "_tokens", "_auth", "_inflight")
+    __slots__ = ("channel", "echo", "subscribed", "_tokens", "_auth", "_inflight", "_room")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: RelayWire, channel: str, *, echo: bool = True,
                  headers: dict[str, str] | None = None, query: Mapping[str, str] | None = None) -> None:
@@ -174,8 +173,10 @@ class RelaySession(ClientCore):
         self.channel = channel
         self.echo = echo
         self.subscribed = False
-        #: publishes in flight on a pipelined broker, oldest first (made when first needed)
-        self._inflight: collections.deque[asyncio.Future[Any]] | None = None
+        #: publishes in flight on a pipelined broker
+        self._inflight = 0
+        #: resolved when a publish in flight is answered (made when a message waits for room)
+        self._room: asyncio.Future[None] | None = None
         #: (connection token, subscription token), until the handshake is decided
         self._tokens: tuple[str, str] | None = (
             (handshake_token(self.headers, query), query.get("sub_token", ""))
@@ -296,28 +297,27 @@ class RelaySession(ClientCore):
     async def _publish_pipelined(self, pub: Publication) -> None:
         """Start the publish and return without waiting for the broker: the
         client's next messages go out in the same broker pipeline, in order
-        (:attr:`~hubbub.brokers.base.Broker.pipelined`). A failure closes the
-        connection as a refused publish does. At most :data:`MAX_INFLIGHT` are
-        in flight; past it this waits for the oldest."""
-        inflight = self._inflight
-        if inflight is None:
-            inflight = self._inflight = collections.deque()
-        task = asyncio.ensure_future(self.publish(self.channel, publication=pub, source="relay"))
-        inflight.append(task)
-        task.add_done_callback(self._published)
-        if len(inflight) >= MAX_INFLIGHT:
-            await asyncio.wait((inflight[0],))
+        (:attr:`~hubbub.brokers.base.Broker.pipelined`); no task, the broker
+        calls back. A failure closes the connection as a refused publish does.
+        At most :data:`MAX_INFLIGHT` are in flight; past it this waits for room.
 
-    def _published(self, task: asyncio.Future[Any]) -> None:
-        inflight = self._inflight
-        if inflight:
-            if inflight[0] is task:
-                inflight.popleft()
-            else:
-                inflight.remove(task)
-        if task.cancelled():
-            return
-        exc = task.exception()
+        Raises:
+            ProtocolError: refused before anything was sent.
+        """
+        self.publish_nowait(self.channel, self._published, publication=pub, source="relay")
+        self._inflight += 1
+        while self._inflight >= MAX_INFLIGHT:
+            if self._room is None:
+                self._room = asyncio.get_running_loop().create_future()
+            await self._room
+
+    def _published(self, position: StreamPosition | None, exc: BaseException | None) -> None:
+        self._inflight -= 1
+        room = self._room
+        if room is not None:
+            self._room = None
+            if not room.done():
+                room.set_result(None)
         if exc is not None and not self.closed:
             self._refused(exc)
 

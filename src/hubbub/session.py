@@ -95,7 +95,7 @@ class ClientSession(ClientCore):
     transport = "websocket"
 
     __slots__ = ("codec", "subprotocol", "created_at", "_replies", "_reply_bytes", "_late", "_commands", "_slice_start",
-                 "_inflight")
+                 "_inflight", "_progress")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: ProtocolWire, *,
                  headers: dict[str, str] | None = None, client_id: str | None = None,
@@ -110,8 +110,10 @@ class ClientSession(ClientCore):
         self._commands = 0
         self._slice_start = 0.0
         #: publishes in flight on a pipelined broker and the replies queued behind
-        #: them, in command order: [task or None, encoded reply or None]
-        self._inflight: collections.deque[list[Any]] | None = None
+        #: them, in command order: [encoded reply, or None while the broker has not answered]
+        self._inflight: collections.deque[list[bytes | None]] | None = None
+        #: resolved when the oldest publish in flight is answered (made when a command waits for it)
+        self._progress: asyncio.Future[None] | None = None
 
     @property
     def hooks(self) -> SessionHooks:
@@ -236,72 +238,88 @@ class ClientSession(ClientCore):
     async def _publish_pipelined(self, cid: int, params: dict[str, Any]) -> None:
         """Start a ``publish`` and go on to the client's next command without
         waiting for the broker, so a client's publishes share one broker
-        pipeline (:attr:`~hubbub.brokers.base.Broker.pipelined`); its reply is
-        queued in command order once the broker answered. At most
-        :data:`MAX_INFLIGHT` are in flight; past it this waits for the oldest."""
+        pipeline (:attr:`~hubbub.brokers.base.Broker.pipelined`); no task: the
+        broker calls back once it answered, and the reply is queued in command
+        order. At most :data:`MAX_INFLIGHT` are in flight; past it this waits
+        for the oldest."""
         inflight = self._inflight
         if inflight is None:
             inflight = self._inflight = collections.deque()
-        started = time.perf_counter()
-        task = asyncio.ensure_future(self._cmd_publish(params))
-        entry: list[Any] = [task, None]
+        entry: list[bytes | None] = [None]
         inflight.append(entry)
-        task.add_done_callback(lambda done: self._published(entry, cid, started))
+        started = time.perf_counter()
+        try:
+            data = _publish_data(params)
+            if isinstance(data, bytes):  # a binary codec's data: JSON as it is, or a binary publication
+                self.publish_nowait(params.get("channel"),
+                                    lambda position, exc: self._published(entry, cid, started, position, exc),
+                                    publication=publication_from_bytes(data))
+            else:
+                self.publish_nowait(params.get("channel"),
+                                    lambda position, exc: self._published(entry, cid, started, position, exc),
+                                    data)
+        except (ProtocolError, Disconnect) as exc:  # refused before anything was sent
+            self._published(entry, cid, started, None, exc)
+            return
         if len(inflight) >= MAX_INFLIGHT:
-            await asyncio.wait((inflight[0][0],))
+            await self._inflight_progress()
 
-    def _published(self, entry: list[Any], cid: int, started: float) -> None:
-        task: asyncio.Future[dict[str, Any]] = entry[0]
+    def _published(self, entry: list[bytes | None], cid: int, started: float,
+                   position: StreamPosition | None, exc: BaseException | None) -> None:
+        """The broker answered the publish of ``entry`` (or it was refused): its reply, then release."""
         self.hub.stats.commands["publish"].observe(time.perf_counter() - started)
-        if task.cancelled():
-            exc: BaseException | None = ProtocolError(ErrorCode.INTERNAL, "internal server error")
-        else:
-            exc = task.exception()
         if exc is None:
-            entry[1] = self.codec.encode_reply(cid, "publish", task.result())
+            entry[0] = self.codec.encode_reply(cid, "publish", _publish_result(position))  # type: ignore[arg-type]
         elif isinstance(exc, ProtocolError):
-            entry[1] = self.codec.encode_error(cid, exc)
+            entry[0] = self.codec.encode_error(cid, exc)
         elif isinstance(exc, Disconnect):
             self.disconnect(exc.code, exc.reason)
-            entry[1] = b""
+            entry[0] = b""
         else:
             log.error("error in publish command", exc_info=exc)
-            entry[1] = self.codec.encode_error(cid, ProtocolError(ErrorCode.INTERNAL, "internal server error"))
+            entry[0] = self.codec.encode_error(cid, ProtocolError(ErrorCode.INTERNAL, "internal server error"))
         self._release_inflight()
 
     def _release_inflight(self) -> None:
         """Move the answered head of the in-flight queue to the replies, and send them."""
         inflight = self._inflight
         released = False
-        while inflight and inflight[0][1] is not None:
-            payload = inflight.popleft()[1]
+        while inflight and inflight[0][0] is not None:
+            payload = inflight.popleft()[0]
             if payload:
                 if self._replies is None:
                     self._replies = [payload]
                 else:
                     self._replies.append(payload)
                 self._reply_bytes += len(payload)
-                released = True
-        if released and not self.closed:
-            self._flush_replies()
+            released = True
+        if released:
+            progress = self._progress
+            if progress is not None:
+                self._progress = None
+                if not progress.done():
+                    progress.set_result(None)
+            if not self.closed:
+                self._flush_replies()
+
+    async def _inflight_progress(self) -> None:
+        """Wait until the oldest publish in flight is answered."""
+        if self._progress is None:
+            self._progress = asyncio.get_running_loop().create_future()
+        await self._progress
 
     async def _drain_inflight(self) -> None:
         """Wait until every publish in flight has its reply queued."""
         while self._inflight:
-            head = self._inflight[0]
-            if head[1] is None:
-                task = head[0]
-                if task.done():  # its callback has yet to run
-                    await asyncio.sleep(0)
-                else:
-                    await asyncio.wait((task,))
+            if self._inflight[0][0] is None:
+                await self._inflight_progress()
             self._release_inflight()
 
     # -- replies ---------------------------------------------------------------------
 
     def _reply(self, payload: bytes) -> None:
         if self._inflight:  # behind publishes in flight
-            self._inflight.append([None, payload])
+            self._inflight.append([payload])
             return
         if self._replies is None:
             self._replies = [payload]
@@ -407,16 +425,12 @@ class ClientSession(ClientCore):
         return {}
 
     async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
-        if "data" not in params:
-            raise BadRequest("publish without data")
-        data = params["data"]
+        data = _publish_data(params)
         if isinstance(data, bytes):  # a binary codec's data: JSON as it is, or a binary publication
             position = await self.publish(params.get("channel"), publication=publication_from_bytes(data))
         else:
             position = await self.publish(params.get("channel"), data)
-        if position.epoch:
-            return {"offset": position.offset, "epoch": position.epoch}
-        return {}
+        return _publish_result(position)
 
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:
         p = Params(params, "history.")
@@ -500,3 +514,21 @@ def _flag(value: Any) -> int:
 
 #: The ``SubscribeResult`` shape of a subscription (for other sessions of the protocol: hubbub.uni).
 subscribe_reply = _subscribe_reply
+
+
+def _publish_data(params: dict[str, Any]) -> Any:
+    """A publish command's ``data``.
+
+    Raises:
+        BadRequest: 107, the command has none.
+    """
+    if "data" not in params:
+        raise BadRequest("publish without data")
+    return params["data"]
+
+
+def _publish_result(position: StreamPosition) -> dict[str, Any]:
+    """The protocol's ``PublishResult``: the position only with history."""
+    if position.epoch:
+        return {"offset": position.offset, "epoch": position.epoch}
+    return {}

@@ -37,6 +37,7 @@ Contract (every broker passes ``tests/test_broker_contract.py``):
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -139,6 +140,10 @@ class HistoryResult:
     position: StreamPosition
 
 
+#: What :meth:`Broker.publish_nowait` calls with the outcome: ``(position, None)`` or ``(None, error)``.
+PublishCallback = Callable[["StreamPosition | None", "BaseException | None"], None]
+
+
 class BrokerEventHandler(Protocol):
     """What a broker calls on its node (the hub implements it)."""
 
@@ -230,6 +235,31 @@ class Broker(abc.ABC):
         within ``idempotency_ttl`` seconds is not published again and returns
         the first one's position.
         """
+
+    def publish_nowait(
+        self,
+        channel: str,
+        pub: Publication,
+        done: PublishCallback,
+        *,
+        history_size: int = 0,
+        history_ttl: float = 0.0,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 300.0,
+    ) -> None:
+        """Start :meth:`publish` without a task or a future: ``done(position,
+        None)`` or ``done(None, error)`` is called once the backend answered
+        (``BrokerError`` or ``BrokerUnavailable``), in the loop iteration the
+        answer was read. Publishes started one after another keep their order.
+        Only :attr:`pipelined` brokers implement it; a session uses it to keep
+        many publishes of one client in flight at the cost of a callback each.
+
+        Raises:
+            BrokerUnavailable: the backend is known to be unreachable (``done``
+                is not called).
+            NotImplementedError: the broker is not pipelined.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not start publishes without awaiting them")
 
     @abc.abstractmethod
     async def history(

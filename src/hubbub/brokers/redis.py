@@ -69,10 +69,13 @@ The publish pipeline
 --------------------
 
 Publications, joins and leaves are not sent one by one: each call queues its
-command and awaits a future. One writer task sends everything queued during
-an event-loop iteration as one pipeline (one write, up to
+command with a callback (:meth:`RedisBroker.publish_nowait`; ``publish``
+awaits a future resolved by one). One writer task sends everything queued
+during an event-loop iteration as one pipeline (one write, up to
 :data:`MAX_PIPELINE` commands) on one command connection, reads the replies,
-and resolves the futures; the next pipeline leaves only after that. So
+and calls the callbacks in order, in the iteration the replies were read (a
+client's publish reply leaves in the next write, with no task per publish);
+the next pipeline leaves only after that. So
 commands reach Redis in the order they were queued (per-channel order holds
 across nodes as before), a publish returns only after its reply was read
 (acknowledged means stored), and under load one round trip carries many
@@ -136,6 +139,7 @@ from .base import (
     ClientInfo,
     HistoryResult,
     Publication,
+    PublishCallback,
     StreamPosition,
 )
 
@@ -178,15 +182,54 @@ class _Watch:
         self.failure: BaseException | None = None
 
 
+#: What a pipeline calls with a command's outcome: ``(reply, None)`` or ``(None, error)``.
+ReplyCallback = Callable[[Any, "BaseException | None"], None]
+
+
 class _Queued:
-    """A publish-path command waiting for the next pipeline."""
+    """A publish-path command waiting for the next pipeline, and the callback
+    its outcome goes to (called in the loop iteration its reply was read)."""
 
-    __slots__ = ("args", "future", "retried")
+    __slots__ = ("args", "done", "retried")
 
-    def __init__(self, args: tuple[Any, ...], future: asyncio.Future[Any]) -> None:
+    def __init__(self, args: tuple[Any, ...], done: ReplyCallback) -> None:
         self.args = args
-        self.future = future
+        self.done = done
         self.retried = False
+
+    def finish(self, reply: Any, exc: BaseException | None) -> None:
+        """Hand the outcome to the callback; a failing callback is logged, and
+        the rest of the pipeline is still answered."""
+        try:
+            self.done(reply, exc)
+        except Exception:
+            log.exception("a redis pipeline callback failed")
+
+
+def _into(future: asyncio.Future[Any]) -> ReplyCallback:
+    """A :data:`ReplyCallback` that resolves ``future`` (unless its caller gave up)."""
+
+    def done(reply: Any, exc: BaseException | None) -> None:
+        if future.done():
+            return  # cancelled: the command ran all the same
+        if exc is None:
+            future.set_result(reply)
+        else:
+            future.set_exception(exc)
+
+    return done
+
+
+def _publish_error(exc: BaseException) -> BaseException:
+    """A publish pipeline's failure as the broker's error: unreachable ->
+    ``BrokerUnavailable``, refused -> ``BrokerError`` (ours pass through)."""
+    if isinstance(exc, BrokerError):
+        return exc
+    if isinstance(exc, (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError)):
+        return BrokerUnavailable(f"redis publish failed: {_describe(exc)}")
+    if isinstance(exc, redis_errors.RedisError):
+        return BrokerError(f"redis publish failed: {_describe(exc)}")
+    return exc
 
 _PUBLISH_LUA = """
 if KEYS[4] then
@@ -647,8 +690,7 @@ class RedisBroker(Broker):
                 log.exception("redis broker task failed")
         outbox, self._outbox = self._outbox, []
         for queued in outbox:
-            if not queued.future.done():
-                queued.future.set_exception(BrokerUnavailable("the redis broker is closed"))
+            queued.finish(None, BrokerUnavailable("the redis broker is closed"))
         conn = self._conn
         self._drop(conn)
         if conn is not None:
@@ -972,22 +1014,29 @@ class RedisBroker(Broker):
     # -- the publish pipeline ----------------------------------------------------------------
 
     def _send(self, *args: Any) -> asyncio.Future[Any]:
-        """Queue one publish-path command for the next pipeline; the future
-        resolves with its reply once Redis answered (or with the error).
+        """:meth:`_queue` ``args``; the future resolves with the reply (or the error)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._queue(args, _into(future))
+        return future
+
+    def _queue(self, args: tuple[Any, ...], done: ReplyCallback) -> None:
+        """Queue one publish-path command for the next pipeline; ``done`` gets
+        its reply (or the error) as soon as the reply was read, in command order.
 
         Everything queued during one event-loop iteration goes to Redis as one
         pipeline, sent by one writer task after the previous pipeline's
         replies were read: so commands reach Redis in the order they were
         queued (per-channel order), and a reply means the command ran.
+
+        Raises:
+            BrokerUnavailable: the broker is closed.
         """
         if self._closed:
             raise BrokerUnavailable("the redis broker is closed")
-        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._outbox.append(_Queued(args, future))
+        self._outbox.append(_Queued(args, done))
         if self._writer is None:
             self._writer = asyncio.get_running_loop().create_task(self._write_loop(), name="hubbub redis publish")
         self._wake.set()
-        return future
 
     async def _write_loop(self) -> None:
         """Send the outbox as pipelines, one at a time, forever."""
@@ -1001,14 +1050,12 @@ class RedisBroker(Broker):
                     await self._run_pipeline(batch)
                 except asyncio.CancelledError:
                     for queued in batch:
-                        if not queued.future.done():
-                            queued.future.set_exception(BrokerUnavailable("the redis broker is closed"))
+                        queued.finish(None, BrokerUnavailable("the redis broker is closed"))
                     raise
                 except Exception as exc:  # a bug, not an outage: fail this batch, keep the writer alive
                     log.exception("redis publish pipeline failed")
                     for queued in batch:
-                        if not queued.future.done():
-                            queued.future.set_exception(BrokerError(f"redis publish failed: {_describe(exc)}"))
+                        queued.finish(None, BrokerError(f"redis publish failed: {_describe(exc)}"))
 
     async def _run_pipeline(self, batch: list[_Queued]) -> None:
         """One round trip: send ``batch`` as a pipeline (no transaction, no
@@ -1020,8 +1067,7 @@ class RedisBroker(Broker):
             replies = await self._round_trip(self._pool, commands)
         except (OSError, redis_errors.RedisError) as exc:  # unreachable: nothing is acknowledged
             for queued in batch:
-                if not queued.future.done():
-                    queued.future.set_exception(exc)
+                queued.finish(None, exc)
             return
         stats = self.stats
         stats.broker_round_trips += 1
@@ -1035,12 +1081,10 @@ class RedisBroker(Broker):
                 # the script never ran (Redis restarted, or SCRIPT FLUSH): safe to send again
                 queued.retried = True
                 retry.append(queued)
-            elif queued.future.done():
-                pass  # the caller gave up (cancelled); the command ran all the same
             elif isinstance(reply, Exception):
-                queued.future.set_exception(reply)
+                queued.finish(None, reply)
             else:
-                queued.future.set_result(reply)
+                queued.finish(reply, None)
         if retry:
             self._reload_scripts = True
             self._outbox[:0] = retry
@@ -1118,27 +1162,72 @@ class RedisBroker(Broker):
         idempotency_key: str | None = None,
         idempotency_ttl: float = 300.0,
     ) -> StreamPosition:
-        """Publish ``pub`` (see :meth:`Broker.publish`): one ``EVALSHA`` of the
-        publish script, or one ``PUBLISH`` without history and idempotency key,
-        sent in the pipeline of this loop iteration (see :meth:`_send`); returns
-        once its reply was read.
+        """Publish ``pub`` (see :meth:`Broker.publish`) through
+        :meth:`publish_nowait`; returns once its reply was read.
 
         Raises:
             BrokerUnavailable: Redis is unreachable (nothing is acknowledged;
                 the publication may or may not have been stored).
             BrokerError: Redis refused the script (e.g. out of memory).
         """
+        future: asyncio.Future[StreamPosition] = asyncio.get_running_loop().create_future()
+        self.publish_nowait(channel, pub, _into(future), history_size=history_size, history_ttl=history_ttl,
+                            idempotency_key=idempotency_key, idempotency_ttl=idempotency_ttl)
+        return await future
+
+    def publish_nowait(
+        self,
+        channel: str,
+        pub: Publication,
+        done: PublishCallback,
+        *,
+        history_size: int = 0,
+        history_ttl: float = 0.0,
+        idempotency_key: str | None = None,
+        idempotency_ttl: float = 300.0,
+    ) -> None:
+        """Start publishing ``pub`` (see :meth:`Broker.publish_nowait`): one
+        ``EVALSHA`` of the publish script, or one ``PUBLISH`` without history
+        and idempotency key, sent in the pipeline of this loop iteration (see
+        :meth:`_queue`). ``done`` is called in the iteration its reply is read,
+        with the position, or with ``BrokerUnavailable`` (unreachable: nothing
+        is acknowledged, the publication may or may not have been stored) or
+        ``BrokerError`` (Redis refused the script, e.g. out of memory).
+
+        Raises:
+            BrokerUnavailable: Redis is known to be unreachable, or the broker
+                is closed (``done`` is not called).
+        """
         self._check()
         body = encode_body(pub)
         with_history = history_size > 0 and history_ttl > 0
-        with self._pipelined("publish"):
-            if not with_history and idempotency_key is None:
-                await self._send(self._publish_command, self._topic(channel), b"p0:" + body)
-                return StreamPosition()
-            keys = [self._meta_key(channel), self._history_key(channel), self._topic(channel)]
-            if idempotency_key is not None:
-                keys.append(self._idempotency_key(channel, idempotency_key))
-            offset, epoch, fresh = await self._send(
+        if not with_history and idempotency_key is None:
+
+            def published(reply: Any, exc: BaseException | None) -> None:
+                if exc is None:
+                    done(StreamPosition(), None)
+                else:
+                    done(None, _publish_error(exc))
+
+            self._queue((self._publish_command, self._topic(channel), b"p0:" + body), published)
+            return
+        keys = [self._meta_key(channel), self._history_key(channel), self._topic(channel)]
+        if idempotency_key is not None:
+            keys.append(self._idempotency_key(channel, idempotency_key))
+
+        def stored(reply: Any, exc: BaseException | None) -> None:
+            if exc is not None:
+                done(None, _publish_error(exc))
+                return
+            offset, epoch, fresh = reply
+            epoch = epoch.decode()
+            if fresh and with_history:
+                pub.offset = offset
+                pub.epoch = epoch
+            done(StreamPosition(offset, epoch), None)
+
+        self._queue(
+            (
                 "EVALSHA", self._publish_script.sha, len(keys), *keys,
                 self._publish_command,
                 body,
@@ -1147,12 +1236,9 @@ class RedisBroker(Broker):
                 _ms(max(self._meta_ttl, history_ttl)),
                 new_epoch(),
                 _ms(idempotency_ttl),
-            )
-        epoch = epoch.decode()
-        if fresh and with_history:
-            pub.offset = offset
-            pub.epoch = epoch
-        return StreamPosition(offset, epoch)
+            ),
+            stored,
+        )
 
     async def history(
         self,

@@ -42,6 +42,7 @@ from .base import (
     ClientInfo,
     HistoryResult,
     Publication,
+    PublishCallback,
     StreamPosition,
 )
 from .redis import RedisBroker, _split_prefix, hash_tagged
@@ -127,6 +128,10 @@ class _Parts(Broker):
     async def publish(self, channel: str, pub: Publication, **kw: Any) -> StreamPosition:
         """See :meth:`RedisBroker.publish`: on the channel's server."""
         return await self._part(channel).publish(channel, pub, **kw)
+
+    def publish_nowait(self, channel: str, pub: Publication, done: PublishCallback, **kw: Any) -> None:
+        """See :meth:`RedisBroker.publish_nowait`: on the channel's server."""
+        self._part(channel).publish_nowait(channel, pub, done, **kw)
 
     async def history(self, channel: str, **kw: Any) -> HistoryResult:
         return await self._part(channel).history(channel, **kw)
@@ -443,9 +448,22 @@ class RedisClusterBroker(_Parts):
         try:
             return await self._part(channel).publish(channel, pub, **kw)
         except BrokerError as exc:
-            if "MOVED" in str(exc) or "ASK" in str(exc):
-                self._stale.set()  # the slot moved: read the map again (the caller may retry)
+            self._check_moved(exc)
             raise
+
+    def publish_nowait(self, channel: str, pub: Publication, done: PublishCallback, **kw: Any) -> None:
+        """See :meth:`RedisBroker.publish_nowait`: on the master of the channel's slot."""
+
+        def finished(position: StreamPosition | None, exc: BaseException | None) -> None:
+            if exc is not None:
+                self._check_moved(exc)
+            done(position, exc)
+
+        self._part(channel).publish_nowait(channel, pub, finished, **kw)
+
+    def _check_moved(self, exc: BaseException) -> None:
+        if "MOVED" in str(exc) or "ASK" in str(exc):
+            self._stale.set()  # the slot moved: read the map again (the caller may retry)
 
 
 async def _nothing() -> None:
