@@ -297,6 +297,60 @@ async def test_bench_script_runs(redis_server: RedisServer) -> None:  # noqa: F8
     assert time.monotonic() - started < 30
 
 
+async def test_a_nodes_own_pipeline_comes_back_as_one_batch(nodes: Any) -> None:
+    """Pub/sub messages that arrive while this node's publish pipeline is in
+    flight are handed to the hub with its replies: one batch for the whole
+    pipeline (one write per subscriber), although Redis writes it in pieces
+    (it reads a pipeline 16 KiB at a time). Before, each piece was its own
+    hand-off, and each subscriber got a write per piece."""
+    broker, rec = await nodes()
+    await broker.subscribe("own")
+    await broker.publish("own", Publication(b'"warm"'))
+    await rec.next_pub("own")
+    seen: list[int] = []
+    iterations = Iterations()
+    original = rec.on_publication
+
+    def on_publication(channel: str, pub: Publication) -> None:
+        seen.append(iterations.n)
+        original(channel, pub)
+
+    rec.on_publication = on_publication  # type: ignore[method-assign]
+    n = 1000
+    filler = b"x" * 500  # 500 KB: about 30 pieces of 16 KiB
+    datas = [b'"%d %s"' % (i, filler) for i in range(n)]
+    await asyncio.gather(*(broker.publish("own", Publication(d)) for d in datas))
+    assert [(await rec.next_pub("own")).data for _ in range(n)] == datas
+    iterations.stop()
+    # the pieces that land after the replies join within PUBSUB_HOLD: one hand-off, or a few
+    assert len(set(seen)) <= 3, f"{n} messages of one pipeline took {len(set(seen))} hand-offs"
+
+
+async def test_pubsub_messages_wait_only_under_load(nodes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A light stream is handed to the hub in the next loop iteration; after a
+    large hand-off (load) messages from other nodes wait up to ``PUBSUB_HOLD``
+    to travel together. The hold is made 1 s here so that each case shows."""
+    from hubbub.brokers import redis as redis_broker
+
+    monkeypatch.setattr(redis_broker, "PUBSUB_HOLD", 1.0)
+    monkeypatch.setattr(redis_broker, "BUSY_WINDOW", 30.0)
+    producer, _ = await nodes()
+    consumer, rec = await nodes()
+    await consumer.subscribe("load")
+
+    async def one(data: bytes) -> float:
+        started = time.monotonic()
+        await producer.publish("load", Publication(data))
+        assert (await rec.next_pub("load")).data == data
+        return time.monotonic() - started
+
+    assert await one(b'"light"') < 0.5  # idle: not held
+    n = 500  # small messages: the first piece Redis writes holds far more than BUSY_BATCH
+    await asyncio.gather(*(producer.publish("load", Publication(b"%d" % i)) for i in range(n)))
+    assert [(await rec.next_pub("load")).data for _ in range(n)] == [b"%d" % i for i in range(n)]
+    assert await one(b'"held"') >= 0.5  # under load: waits for company
+
+
 async def test_a_burst_from_redis_is_queued_to_a_subscriber_as_one_batch(redis_server: RedisServer) -> None:  # noqa: F811
     """Publications that arrive from Redis together reach the hub in one loop
     iteration, so a subscriber gets them as one shared batch (one queue

@@ -53,7 +53,7 @@ _NO_TOKENS = ("", "")
 #: Publishes of one relay client in flight at once on a pipelined broker
 #: (Redis); past it the client's next message waits for the oldest, so reading
 #: from its socket pauses (backpressure, not a buffer).
-MAX_INFLIGHT = 256
+MAX_INFLIGHT = 1024
 
 #: A handshake refusal: (HTTP status, reason text).
 Refusal = tuple[int, str]

@@ -66,7 +66,7 @@ MAX_SLICE = 0.005
 #: Publishes of one client in flight at once on a pipelined broker (Redis);
 #: past it the client's next command waits for the oldest, so reading from its
 #: socket pauses (backpressure, not a buffer).
-MAX_INFLIGHT = 512
+MAX_INFLIGHT = 1024
 COMMANDS_PER_CHECK = 64
 
 _METHODS = frozenset((
