@@ -15,7 +15,7 @@ import redis.asyncio as aioredis
 import websockets
 
 from hubbub.brokers.base import Publication, StreamPosition
-from hubbub.brokers.redis import MAX_PIPELINE, RedisBroker, decode_message
+from hubbub.brokers.redis import MAX_PIPELINE, RedisBroker, decode_message, encode_body
 from hubbub.config import NamespaceOptions
 from hubbub.errors import BrokerError
 from hubbub.hub import Hub
@@ -159,6 +159,36 @@ def test_the_epoch_is_on_the_wire() -> None:
     assert kind == b"p" and (pub.offset, pub.epoch, pub.data) == (7, "abcd1234", b'{"x":1}')  # type: ignore[union-attr]
     kind, pub = decode_message(b"p0:{}\n1")  # without history (and from older nodes): no epoch
     assert (pub.offset, pub.epoch) == (0, "")  # type: ignore[union-attr]
+
+
+def test_relay_text_travels_once_and_headers_are_reused() -> None:
+    """A relay text message's payload is on the wire once (its ``data`` is the
+    JSON string of it; ``t`` says so), binary payloads keep ``r``; a
+    publisher's repeated header decodes to the same info without a parse."""
+    from hubbub.brokers.base import ClientInfo
+    from hubbub.relay import relay_publication
+
+    info = ClientInfo("c1", "u1")
+    text = relay_publication("héllo \"quoted\" not json".encode(), binary=False)
+    text.info, text.exclude_client = info, "c1"
+    body = encode_body(text)
+    assert body.count("héllo".encode()) == 1 and b'"t":1' in body
+    first = decode_message(b"p3@e:" + body)[1]
+    again = decode_message(b"p4@e:" + body)[1]
+    for pub, offset in ((first, 3), (again, 4)):
+        assert isinstance(pub, Publication)
+        assert (pub.raw, pub.data, pub.binary, pub.exclude_client, pub.offset) == (
+            text.raw, text.data, False, "c1", offset)
+    assert first.info == info and again.info is first.info  # type: ignore[union-attr]
+    binary = relay_publication(b"\x00\xffbin", binary=True)
+    pub = decode_message(b"p0:" + encode_body(binary))[1]
+    assert isinstance(pub, Publication) and (pub.raw, pub.binary, pub.data) == (b"\x00\xffbin", True, binary.data)
+    other = Publication(b'"not the same"', raw=b"text")  # raw is not data's text: sent as it is
+    pub = decode_message(b"p0:" + encode_body(other))[1]
+    assert isinstance(pub, Publication) and (pub.raw, pub.data) == (b"text", b'"not the same"')
+    tagged = Publication(b'{"a":1}', tags={"k": "v"})
+    pub = decode_message(b"p0:" + encode_body(tagged))[1]
+    assert isinstance(pub, Publication) and pub.tags == {"k": "v"} and pub.raw is None
 
 
 async def test_metrics_count_round_trips_per_publication(redis_server: RedisServer, start_server: Any) -> None:  # noqa: F811

@@ -155,7 +155,8 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 log = logging.getLogger("hubbub.broker")
 
-if HIREDIS_AVAILABLE:  # replies are parsed in C (``pip install 'redis[hiredis]'``)
+if HIREDIS_AVAILABLE:  # replies are parsed, and commands packed, in C (``pip install 'redis[hiredis]'``)
+    import hiredis
     from redis._parsers import _AsyncHiredisParser
 
     _PARSER: dict[str, Any] = {"parser_class": _AsyncHiredisParser}
@@ -391,8 +392,8 @@ def untag(name: str) -> str:
     return name[1:-1] if close == len(name) - 1 else name[close + 1 :]
 
 
-def pack_command(args: tuple[Any, ...]) -> bytes:
-    """One command in RESP (arguments: bytes, str or int)."""
+def _pack_command(args: tuple[Any, ...]) -> bytes:
+    """One command in RESP (arguments: bytes, str or int), without hiredis."""
     parts = [b"*%d\r\n" % len(args)]
     for arg in args:
         if type(arg) is str:
@@ -401,6 +402,10 @@ def pack_command(args: tuple[Any, ...]) -> bytes:
             arg = b"%d" % arg
         parts.append(b"$%d\r\n%s\r\n" % (len(arg), arg))
     return b"".join(parts)
+
+
+#: One command in RESP: hiredis's packer (C) when installed.
+pack_command: Callable[[tuple[Any, ...]], bytes] = hiredis.pack_command if HIREDIS_AVAILABLE else _pack_command
 
 
 def _text(raw: bytes) -> str:
@@ -431,12 +436,53 @@ def info_from_wire(raw: dict[str, str]) -> ClientInfo:
     )
 
 
+#: Message headers encoded and decoded lately (a publisher's headers repeat):
+#: at most this many of each are kept, then the caches start again.
+HEADER_CACHE = 4096
+_encoded_headers: dict[tuple[Any, ...], bytes] = {}
+_decoded_headers: dict[bytes, tuple[ClientInfo | None, bool, str | None, bool]] = {}
+
+
 def encode_body(pub: Publication) -> bytes:
-    """``<header>\\n<data>`` of ``pub``: the message without its type and offset."""
+    """``<header>\n<data>`` of ``pub``: the message without its type and offset.
+
+    The header is compact JSON: ``i`` the publisher's info, ``r`` binary
+    ``raw`` in base64, ``t`` (1) when ``raw`` is the text that ``data``
+    encodes as a JSON string (a relay text message: not sent twice), ``b``
+    binary, ``x`` the excluded client, ``g`` tags. Headers without ``r`` or
+    ``g`` are the same for every message of a publisher, and encoded once.
+    """
+    text = pub.raw is not None and not pub.binary and _is_text_of(pub.data, pub.raw)
+    if pub.tags is None and (pub.raw is None or text):
+        key = (pub.info, pub.binary, pub.exclude_client, text)
+        head = _encoded_headers.get(key)
+        if head is None:
+            head = _encode_header(pub, text)
+            if len(_encoded_headers) >= HEADER_CACHE:
+                _encoded_headers.clear()
+            _encoded_headers[key] = head
+        return head + b"\n" + pub.data
+    return _encode_header(pub, text) + b"\n" + pub.data
+
+
+def _is_text_of(data: bytes, raw: bytes) -> bool:
+    """Whether ``data`` is the JSON string of the text ``raw`` (a relay text message)."""
+    if data[:1] != b'"':
+        return False
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return False
+    return isinstance(value, str) and value.encode("utf-8", "surrogatepass") == raw
+
+
+def _encode_header(pub: Publication, text: bool) -> bytes:
     header: dict[str, Any] = {}
     if pub.info is not None:
         header["i"] = info_to_wire(pub.info)
-    if pub.raw is not None:
+    if text:
+        header["t"] = 1
+    elif pub.raw is not None:
         header["r"] = base64.b64encode(pub.raw).decode("ascii")
     if pub.binary:
         header["b"] = 1
@@ -444,8 +490,7 @@ def encode_body(pub: Publication) -> bytes:
         header["x"] = pub.exclude_client
     if pub.tags:
         header["g"] = pub.tags
-    head = json.dumps(header, separators=(",", ":")).encode() if header else b"{}"
-    return head + b"\n" + pub.data
+    return json.dumps(header, separators=(",", ":")).encode() if header else b"{}"
 
 
 def encode_event(kind: bytes, info: ClientInfo) -> bytes:
@@ -470,21 +515,50 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
         epoch = position[at + 1 :].decode("ascii")
         position = position[:at]
     head = msg[colon + 1 : newline]
-    header: dict[str, Any] = json.loads(head) if head != b"{}" else {}
     if kind != b"p":
-        return kind, info_from_wire(header["i"])
+        return kind, info_from_wire(json.loads(head)["i"])
+    data = msg[newline + 1 :]
+    known = _decoded_headers.get(head)
+    if known is not None:  # a header seen lately: no JSON parse
+        info, binary, exclude, text = known
+        return kind, Publication(
+            data=data,
+            offset=int(position),
+            info=info,
+            raw=_text_raw(data) if text else None,
+            binary=binary,
+            exclude_client=exclude,
+            epoch=epoch,
+        )
+    header: dict[str, Any] = json.loads(head) if head != b"{}" else {}
     raw = header.get("r")
-    info = header.get("i")
+    wire_info = header.get("i")
+    info = None if wire_info is None else info_from_wire(wire_info)
+    binary = bool(header.get("b"))
+    exclude = header.get("x")
+    text = bool(header.get("t"))
+    if raw is None and "g" not in header:
+        if len(_decoded_headers) >= HEADER_CACHE:
+            _decoded_headers.clear()
+        _decoded_headers[head] = (info, binary, exclude, text)
     return kind, Publication(
-        data=msg[newline + 1 :],
+        data=data,
         offset=int(position),
-        info=None if info is None else info_from_wire(info),
-        raw=None if raw is None else base64.b64decode(raw),
-        binary=bool(header.get("b")),
-        exclude_client=header.get("x"),
+        info=info,
+        raw=_text_raw(data) if text else (None if raw is None else base64.b64decode(raw)),
+        binary=binary,
+        exclude_client=exclude,
         tags=header.get("g"),
         epoch=epoch,
     )
+
+
+def _text_raw(data: bytes) -> bytes:
+    """The relay text that ``data`` (a JSON string) encodes."""
+    text = json.loads(data)
+    if not isinstance(text, str):
+        raise ValueError("a text publication whose data is not a JSON string")
+    return text.encode()
 
 
 # -- the broker ----------------------------------------------------------------------------
