@@ -133,6 +133,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from ..errors import BrokerError, BrokerUnavailable, ConfigError
+from ..strictjson import dumps
 from .base import (
     Broker,
     BrokerEventHandler,
@@ -444,15 +445,17 @@ _decoded_headers: dict[bytes, tuple[ClientInfo | None, bool, str | None, bool]] 
 
 
 def encode_body(pub: Publication) -> bytes:
-    """``<header>\n<data>`` of ``pub``: the message without its type and offset.
+    """``<header>\n<payload>`` of ``pub``: the message without its type and offset.
 
-    The header is compact JSON: ``i`` the publisher's info, ``r`` binary
-    ``raw`` in base64, ``t`` (1) when ``raw`` is the text that ``data``
-    encodes as a JSON string (a relay text message: not sent twice), ``b``
-    binary, ``x`` the excluded client, ``g`` tags. Headers without ``r`` or
-    ``g`` are the same for every message of a publisher, and encoded once.
+    The payload is ``data``, or for a relay text message (``t``: ``data`` is
+    the JSON string of the text ``raw``) ``raw`` itself, so that it travels
+    once. The header is compact JSON: ``i`` the publisher's info, ``r`` other
+    ``raw`` in base64, ``t``, ``b`` binary, ``x`` the excluded client, ``g``
+    tags. Headers without ``r`` or ``g`` are the same for every message of a
+    publisher, and encoded once.
     """
     text = pub.raw is not None and not pub.binary and _is_text_of(pub.data, pub.raw)
+    payload = pub.raw if text else pub.data
     if pub.tags is None and (pub.raw is None or text):
         key = (pub.info, pub.binary, pub.exclude_client, text)
         head = _encoded_headers.get(key)
@@ -461,8 +464,8 @@ def encode_body(pub: Publication) -> bytes:
             if len(_encoded_headers) >= HEADER_CACHE:
                 _encoded_headers.clear()
             _encoded_headers[key] = head
-        return head + b"\n" + pub.data
-    return _encode_header(pub, text) + b"\n" + pub.data
+        return head + b"\n" + payload  # type: ignore[operator]
+    return _encode_header(pub, text) + b"\n" + payload  # type: ignore[operator]
 
 
 def _is_text_of(data: bytes, raw: bytes) -> bool:
@@ -470,10 +473,9 @@ def _is_text_of(data: bytes, raw: bytes) -> bool:
     if data[:1] != b'"':
         return False
     try:
-        value = json.loads(data)
-    except ValueError:
+        return data == dumps(raw.decode("utf-8"))
+    except ValueError:  # not UTF-8 (UnicodeDecodeError), or a lone surrogate
         return False
-    return isinstance(value, str) and value.encode("utf-8", "surrogatepass") == raw
 
 
 def _encode_header(pub: Publication, text: bool) -> bytes:
@@ -517,15 +519,15 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
     head = msg[colon + 1 : newline]
     if kind != b"p":
         return kind, info_from_wire(json.loads(head)["i"])
-    data = msg[newline + 1 :]
+    payload = msg[newline + 1 :]
     known = _decoded_headers.get(head)
     if known is not None:  # a header seen lately: no JSON parse
         info, binary, exclude, text = known
         return kind, Publication(
-            data=data,
+            data=dumps(payload.decode("utf-8")) if text else payload,
             offset=int(position),
             info=info,
-            raw=_text_raw(data) if text else None,
+            raw=payload if text else None,
             binary=binary,
             exclude_client=exclude,
             epoch=epoch,
@@ -542,23 +544,15 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
             _decoded_headers.clear()
         _decoded_headers[head] = (info, binary, exclude, text)
     return kind, Publication(
-        data=data,
+        data=dumps(payload.decode("utf-8")) if text else payload,
         offset=int(position),
         info=info,
-        raw=_text_raw(data) if text else (None if raw is None else base64.b64decode(raw)),
+        raw=payload if text else (None if raw is None else base64.b64decode(raw)),
         binary=binary,
         exclude_client=exclude,
         tags=header.get("g"),
         epoch=epoch,
     )
-
-
-def _text_raw(data: bytes) -> bytes:
-    """The relay text that ``data`` (a JSON string) encodes."""
-    text = json.loads(data)
-    if not isinstance(text, str):
-        raise ValueError("a text publication whose data is not a JSON string")
-    return text.encode()
 
 
 # -- the broker ----------------------------------------------------------------------------
