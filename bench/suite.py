@@ -107,6 +107,8 @@ class Scale:
     #: which last about 60 ms at these rates) and runs per variant, interleaved (median shown)
     w6_messages: int = 0
     w6_runs: int = 1
+    #: workload 6's many-channels rows: publications (0: w3_messages)
+    w6_many_messages: int = 0
 
     def skips(self, workload: str, name: str) -> bool:
         return any(w == workload and name in names for w, names in self.skip)
@@ -129,6 +131,7 @@ FULL = Scale(
     profile_subscribers=10_000,
     w6_messages=2000,
     w6_runs=3,
+    w6_many_messages=30_000,
 )
 QUICK = Scale(
     name="quick",
@@ -591,8 +594,8 @@ class Suite:
                         peer.channels.path,  # type: ignore[union-attr]
                         peer.channels.mode,  # type: ignore[union-attr]
                         ["--subscribers", str(s.w3_clients), "--groups", str(s.w3_groups),
-                         "--messages", str(s.w3_messages), "--timeout", str(s.timeout), "--sample-every", "20",
-                         "--window", str(PUBLISH_WINDOW)],
+                         "--messages", str(s.w6_many_messages or s.w3_messages), "--timeout", str(s.timeout),
+                         "--sample-every", "20", "--window", str(PUBLISH_WINDOW)],
                         timeout=s.timeout,
                         settle=1.0 if "2w" in peer.name else 0.0,
                         replicas=replicas,
@@ -1185,8 +1188,10 @@ class Report:
                     f"{rep.get('delivered', 0):,}/{rep.get('expected', 0):,}" if rep else "-",
                     "; ".join(filter(None, [_runs_note(row), _notes(row)])),
                 ])
-            out.append(f"Many channels (workload 3's load: {self.suite.scale.w3_clients:,} protocol clients in "
-                       f"{self.suite.scale.w3_groups} channels):\n\n" + md_table(
+            sc = self.suite.scale
+            out.append(f"Many channels (workload 3's load: {sc.w3_clients:,} protocol clients in "
+                       f"{sc.w3_groups} group channels and their personal ones, "
+                       f"{sc.w6_many_messages or sc.w3_messages:,} publications):\n\n" + md_table(
                            ["server", "deliveries/s", "vs hubbub-memory", "delivered", "notes"], table))
         if sec.get("error"):
             out.append(f"Error: {sec['error']}")
@@ -1230,7 +1235,26 @@ class Report:
         if hub and base:
             out.append(("W5 connect rate >= 2x websockets",
                         f"{hub / base:.2f}x ({hub:,.0f} vs {base:,.0f}/s)", _verdict(hub >= 2 * base)))
-        return out + self.protocol_targets()
+        return out + self.protocol_targets() + self.redis_targets()
+
+    def redis_targets(self) -> list[tuple[str, str, str]]:
+        """Workload 6 against one memory process in the same run (issue 15's targets)."""
+        out = []
+        w6 = self.w.get("6", {})
+        wanted = (("hubbub-redis-1", "Redis, 1 process", 0.8), ("hubbub-redis-2w", "Redis, `--workers 2`", 0.9))
+        for subs, rows in w6.get("rows", {}).items():
+            base = _rate(rows.get("hubbub-memory"))
+            for name, what, goal in wanted:
+                rate = _rate(rows.get(name))
+                if base and rate:
+                    out.append((f"W6 {int(subs):,} subscribers: {what} >= {goal}x one memory process",
+                                f"{rate / base:.2f}x ({rate:,.0f} vs {base:,.0f}/s)", _verdict(rate >= goal * base)))
+        many = w6.get("many_channels") or {}
+        base, rate = _rate(many.get("hubbub-memory")), _rate(many.get("hubbub-redis-2w"))
+        if base and rate:
+            out.append(("W6 many channels: Redis, `--workers 2` >= 1.2x one memory process",
+                        f"{rate / base:.2f}x ({rate:,.0f} vs {base:,.0f}/s)", _verdict(rate >= 1.2 * base)))
+        return out
 
     def protocol_targets(self) -> list[tuple[str, str, str]]:
         """The protocol endpoint's targets (JSON and Protobuf subscribers) against the relay,
