@@ -143,11 +143,14 @@ long scan(const unsigned char *d, long pos, long n, long mode, long every, long 
             }
             if (!k) event = 3;
             else if (mode == 2) {
+                /* a JSON ping is a line "{}" of its own: look at line starts only
+                   (one memchr per line; every '{' of every push cost one each) */
                 p = d + start;
-                while (e - p >= 2) {
-                    p = memchr(p, '{', (size_t)(e - p - 1));
+                if (e - p >= 2 && p[0] == '{' && p[1] == '}') event = 3;
+                while (!event && e - p >= 3) {
+                    p = memchr(p, '\n', (size_t)(e - p - 2));
                     if (!p) break;
-                    if (p[1] == '}') { event = 3; break; }
+                    if (p[1] == '{' && p[2] == '}') event = 3;
                     p++;
                 }
             }
@@ -200,7 +203,7 @@ def _scan_py(d: bytearray, pos: int, n: int, mode: int, every: int, out: list[in
             k = b0 >> 7
         else:
             k = d.count(MARKER, start, end)
-            if not k or (mode == COUNT_MARKER_JSON and d.find(b"{}", start, end) >= 0):
+            if not k or (mode == COUNT_MARKER_JSON and (d[start : start + 2] == b"{}" or d.find(b"\n{}", start, end) >= 0)):
                 event = EV_CHECK
         delivered += k
         countdown -= k
