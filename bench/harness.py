@@ -21,6 +21,8 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 HOST = "127.0.0.1"
+#: protocol publications awaiting a reply, at most (burst workloads)
+PUBLISH_WINDOW = 1000
 
 
 def raise_nofile_limit() -> None:

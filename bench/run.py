@@ -46,6 +46,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness import (
+    PUBLISH_WINDOW,
     ServerProcess,
     loadgen_argv,
     missing_module,
@@ -85,6 +86,8 @@ def run_one(peer: Peer, python: str, workload: Workload, log_dir: Path) -> dict:
                 "--size", str(workload.size),
                 "--procs", str(workload.procs),
                 "--timeout", str(workload.timeout),
+                # protocol producers keep as many publishes awaiting replies as in the suite
+                *(["--window", str(PUBLISH_WINDOW)] if peer.fanout.mode.startswith("centrifugo") else []),
             ],
         )
         outcome["report"] = run_loadgen(argv, workload.timeout + 120)

@@ -60,6 +60,7 @@ from pathlib import Path
 from harness import (
     BENCH,
     HOST,
+    PUBLISH_WINDOW,
     REPO,
     ServerProcess,
     free_port,
@@ -810,9 +811,6 @@ def _wait_port(port: int, timeout: float) -> None:
             time.sleep(0.05)
     raise RuntimeError(f"redis-server is not listening on {HOST}:{port} after {timeout:.0f}s")
 
-
-#: protocol publications awaiting a reply, at most (burst workloads)
-PUBLISH_WINDOW = 1000
 
 
 def _window(mode: str) -> list[str]:
