@@ -66,6 +66,20 @@ class Iterations:
         self._handle.cancel()
 
 
+def hand_offs(rec: Recorder, iterations: Iterations) -> list[int]:
+    """The loop iteration (counted by ``iterations``) of each publication
+    ``rec`` gets from now on."""
+    seen: list[int] = []
+    original = rec.on_publication
+
+    def on_publication(channel: str, pub: Publication) -> None:
+        seen.append(iterations.n)
+        original(channel, pub)
+
+    rec.on_publication = on_publication  # type: ignore[method-assign]
+    return seen
+
+
 async def test_concurrent_publishes_share_one_pipeline(nodes: Any, redis_client: aioredis.Redis) -> None:
     broker, rec = await nodes()
     await broker.subscribe("s")
@@ -107,15 +121,8 @@ async def test_a_burst_is_dispatched_in_few_loop_iterations(nodes: Any) -> None:
     producer, _ = await nodes()
     consumer, rec = await nodes()
     await consumer.subscribe("b")
-    seen: list[int] = []
     iterations = Iterations()
-    original = rec.on_publication
-
-    def on_publication(channel: str, pub: Publication) -> None:
-        seen.append(iterations.n)
-        original(channel, pub)
-
-    rec.on_publication = on_publication  # type: ignore[method-assign]
+    seen = hand_offs(rec, iterations)
     n = 500
     await asyncio.gather(*(producer.publish("b", Publication(b'{"n":%d}' % i)) for i in range(n)))
     assert [(await rec.next_pub("b")).data for _ in range(n)] == [b'{"n":%d}' % i for i in range(n)]
@@ -337,15 +344,8 @@ async def test_a_nodes_own_pipeline_comes_back_as_one_batch(nodes: Any) -> None:
     await broker.subscribe("own")
     await broker.publish("own", Publication(b'"warm"'))
     await rec.next_pub("own")
-    seen: list[int] = []
     iterations = Iterations()
-    original = rec.on_publication
-
-    def on_publication(channel: str, pub: Publication) -> None:
-        seen.append(iterations.n)
-        original(channel, pub)
-
-    rec.on_publication = on_publication  # type: ignore[method-assign]
+    seen = hand_offs(rec, iterations)
     n = 1000
     filler = b"x" * 500  # 500 KB: about 30 pieces of 16 KiB
     datas = [b'"%d %s"' % (i, filler) for i in range(n)]

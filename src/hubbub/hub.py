@@ -222,14 +222,7 @@ class Hub:
         if not isinstance(pub, Publication):
             pub = Publication(encode_data(pub))
         try:
-            position = await self.broker.publish(
-                channel,
-                pub,
-                history_size=ns.history_size,
-                history_ttl=ns.history_ttl,
-                idempotency_key=idempotency_key,
-                idempotency_ttl=self.config.idempotency_ttl,
-            )
+            position = await self.broker.publish(channel, pub, **self._stream_options(ns, idempotency_key))
         except BrokerError as exc:
             raise self._broker_failed(exc) from exc
         self.stats.publications[source] += 1
@@ -259,17 +252,18 @@ class Hub:
                 done(None, exc)
 
         try:
-            self.broker.publish_nowait(
-                channel,
-                pub,
-                finished,
-                history_size=ns.history_size,
-                history_ttl=ns.history_ttl,
-                idempotency_key=None,
-                idempotency_ttl=self.config.idempotency_ttl,
-            )
+            self.broker.publish_nowait(channel, pub, finished, **self._stream_options(ns, None))
         except BrokerError as exc:
             raise self._broker_failed(exc) from exc
+
+    def _stream_options(self, ns: NamespaceOptions, idempotency_key: str | None) -> dict[str, Any]:
+        """A publish's stream settings for the broker: the namespace's history, the node's idempotency TTL."""
+        return {
+            "history_size": ns.history_size,
+            "history_ttl": ns.history_ttl,
+            "idempotency_key": idempotency_key,
+            "idempotency_ttl": self.config.idempotency_ttl,
+        }
 
     def _broker_failed(self, exc: BrokerError) -> ProtocolError:
         """Count a broker failure; the error clients get for it (100, temporary)."""
