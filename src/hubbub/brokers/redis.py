@@ -175,12 +175,15 @@ MAX_PIPELINE = 1024
 #: Pub/sub messages are handed to the hub in batches, so that what Redis
 #: writes in pieces (it reads a pipeline 16 KiB at a time) reaches the
 #: subscribers as one write each. Messages that arrive while this node's own
-#: publish pipeline is in flight go with its replies. Under load (the last
+#: publish pipeline is in flight go with its replies (or after
+#: :data:`PIPELINE_HOLD`, should Redis be slow). Under load (the last
 #: hand-off, less than :data:`BUSY_WINDOW` seconds ago, carried at least
 #: :data:`BUSY_BATCH` messages) others wait up to :data:`PUBSUB_HOLD` seconds;
 #: otherwise they go in the next loop iteration, so a light stream gains no
 #: latency. At most :data:`MAX_INBOX` wait.
 PUBSUB_HOLD = 0.002
+#: Longest a pub/sub message waits for this node's pipeline (a slow Redis).
+PIPELINE_HOLD = 0.05
 BUSY_WINDOW = 0.05
 BUSY_BATCH = 32
 MAX_INBOX = 4096
@@ -986,9 +989,11 @@ class RedisBroker(Broker):
         inbox.append((kind, channel, value))
         if len(inbox) >= MAX_INBOX:
             self._hand_over()
-        elif len(inbox) == 1 and not self._in_flight:  # else: with the pipeline's replies
+        elif len(inbox) == 1:
             loop = asyncio.get_running_loop()
-            if loop.time() < self._busy_until:
+            if self._in_flight:  # with the pipeline's replies (_write_loop), or after PIPELINE_HOLD
+                self._inbox_timer = loop.call_later(PIPELINE_HOLD, self._hand_over)
+            elif loop.time() < self._busy_until:
                 self._inbox_timer = loop.call_later(PUBSUB_HOLD, self._hand_over)
             else:
                 self._inbox_timer = loop.call_soon(self._hand_over)
@@ -1178,9 +1183,11 @@ class RedisBroker(Broker):
                         queued.finish(None, BrokerError(f"redis publish failed: {_describe(exc)}"))
                 finally:
                     self._in_flight = False
-                if self._inbox and self._inbox_timer is None:
+                if self._inbox:
                     # the pub/sub messages held for this pipeline (and those read in this
                     # iteration, which the reader parses before the next one) go together
+                    if self._inbox_timer is not None:
+                        self._inbox_timer.cancel()
                     self._inbox_timer = asyncio.get_running_loop().call_soon(self._hand_over)
 
     async def _run_pipeline(self, batch: list[_Queued]) -> None:
