@@ -334,6 +334,28 @@ async def test_bench_script_runs(redis_server: RedisServer) -> None:  # noqa: F8
     assert time.monotonic() - started < 30
 
 
+def test_cpu_shares_script_runs(redis_server: RedisServer) -> None:  # noqa: F811
+    """bench/cpu_shares.py, in a tiny run: both setups deliver everything, and
+    each reports the cores its processes used."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "bench" / "cpu_shares.py"
+    out = subprocess.run(
+        [sys.executable, str(script), "--pairs", "1", "--messages", "300", "--clients", "200", "--groups", "5"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    runs = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+    assert [r["run"] for r in runs] == ["memory, 1 process", "redis, --workers 2"]
+    for r in runs:
+        assert r["complete"] and r["deliveries_per_s"] > 0
+        assert r["cores"]["hubbub"] > 0 and r["cores"]["generator"] > 0
+    assert "--workers 2 / memory =" in out.stdout
+
+
 async def test_a_nodes_own_pipeline_comes_back_as_one_batch(nodes: Any) -> None:
     """Pub/sub messages that arrive while this node's publish pipeline is in
     flight are handed to the hub with its replies: one batch for the whole
