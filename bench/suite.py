@@ -965,6 +965,21 @@ def _ratio(value: float | None, base: float | None, lower_is_better: bool = Fals
     return f"{(base / value if lower_is_better else value / base):.2f}x"
 
 
+def _vs_memory_table(rows: dict[str, dict]) -> str:
+    """Workload 6: one table of ``rows`` (variant -> outcome) against ``hubbub-memory``."""
+    base = _rate(rows.get("hubbub-memory"))
+    table = []
+    for name, row in rows.items():
+        rep = row.get("report") or {}
+        rate = _rate(row)
+        table.append([
+            name, _num(rate), _ratio(rate, base),
+            f"{rep.get('delivered', 0):,}/{rep.get('expected', 0):,}" if rep else "-",
+            "; ".join(filter(None, [_runs_note(row), _notes(row)])),
+        ])
+    return md_table(["server", "deliveries/s", "vs hubbub-memory", "delivered", "notes"], table)
+
+
 def _median_run(outcomes: list[dict]) -> dict:
     """The run with the median delivery rate, with every run's rate in ``runs``."""
     measured = sorted((o for o in outcomes if _rate(o)), key=lambda o: _rate(o) or 0.0)
@@ -1159,38 +1174,13 @@ class Report:
         sec = self.w.get("6", {})
         if sec.get("error") and not sec.get("rows"):
             return f"Not run: {sec['error']}"
-        out = []
-        for subs, rows in sec.get("rows", {}).items():
-            base = _rate(rows.get("hubbub-memory"))
-            table = []
-            for name, row in rows.items():
-                rep = row.get("report") or {}
-                rate = _rate(row)
-                table.append([
-                    name, _num(rate), _ratio(rate, base),
-                    f"{rep.get('delivered', 0):,}/{rep.get('expected', 0):,}" if rep else "-",
-                    "; ".join(filter(None, [_runs_note(row), _notes(row)])),
-                ])
-            out.append(f"{int(subs):,} subscribers:\n\n" + md_table(
-                ["server", "deliveries/s", "vs hubbub-memory", "delivered", "notes"], table
-            ))
+        out = [f"{int(subs):,} subscribers:\n\n" + _vs_memory_table(rows) for subs, rows in sec.get("rows", {}).items()]
         many = sec.get("many_channels") or {}
         if many:
-            base = _rate(many.get("hubbub-memory"))
-            table = []
-            for name, row in many.items():
-                rep = row.get("report") or {}
-                rate = _rate(row)
-                table.append([
-                    name, _num(rate), _ratio(rate, base),
-                    f"{rep.get('delivered', 0):,}/{rep.get('expected', 0):,}" if rep else "-",
-                    "; ".join(filter(None, [_runs_note(row), _notes(row)])),
-                ])
             sc = self.suite.scale
             out.append(f"Many channels (workload 3's load: {sc.w3_clients:,} protocol clients in "
                        f"{sc.w3_groups} group channels and their personal ones, "
-                       f"{sc.w6_many_messages or sc.w3_messages:,} publications):\n\n" + md_table(
-                           ["server", "deliveries/s", "vs hubbub-memory", "delivered", "notes"], table))
+                       f"{sc.w6_many_messages or sc.w3_messages:,} publications):\n\n" + _vs_memory_table(many))
         if sec.get("error"):
             out.append(f"Error: {sec['error']}")
         failures = {}

@@ -217,3 +217,19 @@ def history_ns(**kw: Any) -> NamespaceOptions:
     kw.setdefault("history_size", 10)
     kw.setdefault("history_ttl", 300.0)
     return NamespaceOptions(**kw)
+
+
+async def until(condition: Callable[[], Any], what: str = "condition", timeout: float = TIMEOUT) -> None:
+    """Poll ``condition()`` (sync, or returning an awaitable) every 5 ms until
+    it is true; fail the test after ``timeout`` seconds."""
+    try:
+        async with asyncio.timeout(timeout):
+            while True:
+                value = condition()
+                if asyncio.iscoroutine(value):
+                    value = await value
+                if value:
+                    return
+                await asyncio.sleep(0.005)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None

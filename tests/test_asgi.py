@@ -23,7 +23,7 @@ import socket
 import textwrap
 import urllib.error
 import urllib.request
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,7 @@ import websockets
 import hubbub
 from hubbub.errors import ConfigError
 
-from .conftest import TIMEOUT, ServeProcess
+from .conftest import TIMEOUT, ServeProcess, until
 
 uvicorn = pytest.importorskip("uvicorn")
 fastapi = pytest.importorskip("fastapi")
@@ -73,16 +73,6 @@ async def uvicorn_serving(app: Any, *, sock: socket.socket | None = None) -> Asy
             await asyncio.wait_for(task, TIMEOUT)
         finally:
             sock.close()
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``predicate`` (small sleeps), at most ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def http(method: str, url: str, body: bytes | None = None,

@@ -28,23 +28,8 @@ from hubbub.errors import BadRequest, BrokerUnavailable, ProtocolError
 from hubbub.hub import Hub
 from hubbub.validation import channel_name
 
-from .conftest import TIMEOUT, ProtoClient, ServeProcess, proto_client
+from .conftest import TIMEOUT, ProtoClient, ServeProcess, proto_client, until
 from .redis_server import RedisServer, redis_server  # noqa: F401
-
-
-async def until(condition: Callable[[], Any], what: str = "condition") -> None:
-    """Wait until ``condition()`` (sync or async) is true; fail after TIMEOUT."""
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                value = condition()
-                if asyncio.iscoroutine(value):
-                    value = await value
-                if value:
-                    return
-                await asyncio.sleep(0.01)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 # -- the module without sockets --------------------------------------------------------------------

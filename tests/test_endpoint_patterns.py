@@ -12,7 +12,7 @@ import asyncio
 import collections.abc
 import gc
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -26,7 +26,7 @@ from websockets.exceptions import (
 import hubbub
 from hubbub import App
 
-from .conftest import TIMEOUT
+from .conftest import TIMEOUT, until
 
 #: how often the guide's producers produce (seconds)
 TICK = 0.01
@@ -68,16 +68,6 @@ def serve_with_view(app: App, path: str, endpoint: Any) -> collections.abc.Set[A
 
     server.add_websocket(path, create)
     return registry.connections(path)
-
-
-async def until(predicate: Callable[[], bool], what: str, timeout: float = TIMEOUT) -> None:
-    """Poll ``predicate`` with small sleeps, at most ``timeout`` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 def endpoint_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

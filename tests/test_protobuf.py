@@ -25,6 +25,8 @@ import websockets
 import hubbub
 from hubbub.server import Server
 
+from . import pbframes
+from .pbframes import frame
 from .conftest import TIMEOUT, proto_client, ws_url
 from .jsdeps import node_modules
 from .redis_server import RedisServer, redis_server  # noqa: F401
@@ -90,36 +92,8 @@ def _pb() -> Any:
     return client_pb2
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def frame(*commands: Any) -> bytes:
-    return b"".join(varint(len(c.SerializeToString())) + c.SerializeToString() for c in commands)
-
-
 def replies(payload: bytes) -> list[Any]:
-    pb = _pb()
-    out, pos = [], 0
-    while pos < len(payload):
-        n, shift = 0, 0
-        while True:
-            b = payload[pos]
-            pos += 1
-            n |= (b & 0x7F) << shift
-            shift += 7
-            if not b & 0x80:
-                break
-        reply = pb.Reply()
-        reply.ParseFromString(payload[pos:pos + n])
-        out.append(reply)
-        pos += n
-    return out
+    return pbframes.read_replies(payload, _pb().Reply)
 
 
 class RawClient:

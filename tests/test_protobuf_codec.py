@@ -20,38 +20,14 @@ from hubbub.proto import client_pb2 as ours
 from hubbub.protobuf_codec import publication_from_bytes
 from hubbub.relay import relay_publication
 
+from . import pbframes
+from .pbframes import frame
+
 sdk = pytest.importorskip("centrifuge.protocol.client_pb2")
 
 
-def varint(n: int) -> bytes:
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
-def frame(*commands: Any) -> bytes:
-    return b"".join(varint(c.ByteSize()) + c.SerializeToString() for c in commands)
-
-
 def read_replies(payload: bytes) -> list[Any]:
-    out, pos = [], 0
-    while pos < len(payload):
-        n, shift = 0, 0
-        while True:
-            byte = payload[pos]
-            pos += 1
-            n |= (byte & 0x7F) << shift
-            shift += 7
-            if not byte & 0x80:
-                break
-        reply = sdk.Reply()
-        reply.ParseFromString(payload[pos:pos + n])
-        out.append(reply)
-        pos += n
-    return out
+    return pbframes.read_replies(payload, sdk.Reply)
 
 
 def one_reply(payload: bytes) -> Any:

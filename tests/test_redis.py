@@ -29,7 +29,7 @@ from hubbub.errors import BrokerUnavailable, ConfigError
 from hubbub.hub import Hub
 from hubbub.server import Server
 
-from .conftest import TIMEOUT, ProtoClient, ServeProcess, make_config, proto_client
+from .conftest import TIMEOUT, ProtoClient, ServeProcess, make_config, proto_client, until
 from .redis_server import RedisServer, redis_server  # noqa: F401
 from .test_broker_contract import Recorder
 
@@ -67,21 +67,6 @@ async def nodes(redis_server: RedisServer) -> AsyncIterator[Any]:  # noqa: F811
     yield start
     for broker in started:
         await broker.close()
-
-
-async def until(condition: Any, what: str = "condition") -> None:
-    """Poll ``condition()`` (sync or async) until true; fail after TIMEOUT."""
-    try:
-        async with asyncio.timeout(TIMEOUT):
-            while True:
-                value = condition()
-                if asyncio.iscoroutine(value):
-                    value = await value
-                if value:
-                    return
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 # -- one node, Redis specifics -------------------------------------------------------------------------

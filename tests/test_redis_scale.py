@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -24,31 +23,9 @@ from hubbub.server import Server
 from .conftest import TIMEOUT, make_config, proto_client
 from .redis_server import RedisServer, redis_server  # noqa: F401
 from .test_broker_contract import Recorder
+from .test_redis import nodes, redis_client  # noqa: F401 (fixtures)
 
 CHAT = {"history_size": 1000, "history_ttl": 300.0, "force_recovery": True}
-
-
-@pytest.fixture
-async def redis_client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:  # noqa: F811
-    client = aioredis.Redis.from_url(redis_server.url, protocol=2)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def nodes(redis_server: RedisServer) -> AsyncIterator[Any]:  # noqa: F811
-    started: list[RedisBroker] = []
-
-    async def start(**kw: Any) -> tuple[RedisBroker, Recorder]:
-        broker = RedisBroker(redis_server.url, **kw)
-        rec = Recorder()
-        await broker.start(rec)
-        started.append(broker)
-        return broker, rec
-
-    yield start
-    for broker in started:
-        await broker.close()
 
 
 class Iterations:
@@ -80,7 +57,7 @@ def hand_offs(rec: Recorder, iterations: Iterations) -> list[int]:
     return seen
 
 
-async def test_concurrent_publishes_share_one_pipeline(nodes: Any, redis_client: aioredis.Redis) -> None:
+async def test_concurrent_publishes_share_one_pipeline(nodes: Any, redis_client: aioredis.Redis) -> None:  # noqa: F811
     broker, rec = await nodes()
     await broker.subscribe("s")
     await broker.publish("warm", Publication(b"0"), history_size=5, history_ttl=60)
@@ -105,7 +82,7 @@ async def test_concurrent_publishes_share_one_pipeline(nodes: Any, redis_client:
     assert [(p.offset, p.epoch) for p in got] == [(i, positions[0].epoch) for i in range(1, n + 1)]
 
 
-async def test_a_long_queue_goes_in_bounded_pipelines(nodes: Any) -> None:
+async def test_a_long_queue_goes_in_bounded_pipelines(nodes: Any) -> None:  # noqa: F811
     broker, rec = await nodes()
     await broker.subscribe("q")
     trips = broker.stats.broker_publish_round_trips
@@ -115,7 +92,7 @@ async def test_a_long_queue_goes_in_bounded_pipelines(nodes: Any) -> None:
     assert [(await rec.next_pub("q")).data for _ in range(n)] == [str(i).encode() for i in range(n)]
 
 
-async def test_a_burst_is_dispatched_in_few_loop_iterations(nodes: Any) -> None:
+async def test_a_burst_is_dispatched_in_few_loop_iterations(nodes: Any) -> None:  # noqa: F811
     """Pub/sub messages already read are dispatched without yielding to the
     loop, so the hub's fan-out joins them into one write per subscriber."""
     producer, _ = await nodes()
@@ -137,7 +114,7 @@ def test_replies_are_parsed_by_hiredis(redis_server: RedisServer) -> None:  # no
     assert isinstance(broker._pool.make_connection()._parser, _AsyncHiredisParser)
 
 
-async def test_flushed_scripts_are_reloaded_and_nothing_runs_twice(nodes: Any, redis_client: aioredis.Redis) -> None:
+async def test_flushed_scripts_are_reloaded_and_nothing_runs_twice(nodes: Any, redis_client: aioredis.Redis) -> None:  # noqa: F811
     broker, rec = await nodes()
     await broker.subscribe("f")
     first = await broker.publish("f", Publication(b"1"), history_size=10, history_ttl=60)
@@ -149,7 +126,7 @@ async def test_flushed_scripts_are_reloaded_and_nothing_runs_twice(nodes: Any, r
     assert [(await rec.next_pub("f")).data for _ in range(3)] == [b"1", b"2", b"3"]
 
 
-async def test_a_refused_script_is_an_error_not_an_acknowledgement(nodes: Any, redis_client: aioredis.Redis) -> None:
+async def test_a_refused_script_is_an_error_not_an_acknowledgement(nodes: Any, redis_client: aioredis.Redis) -> None:  # noqa: F811
     broker, _ = await nodes()
     await redis_client.set("hubbub.meta.w", "not a hash")  # the script's HGET fails: WRONGTYPE
     results = await asyncio.gather(
@@ -356,7 +333,7 @@ def test_cpu_shares_script_runs(redis_server: RedisServer) -> None:  # noqa: F81
     assert "--workers 2 / memory =" in out.stdout
 
 
-async def test_a_nodes_own_pipeline_comes_back_as_one_batch(nodes: Any) -> None:
+async def test_a_nodes_own_pipeline_comes_back_as_one_batch(nodes: Any) -> None:  # noqa: F811
     """Pub/sub messages that arrive while this node's publish pipeline is in
     flight are handed to the hub with its replies: one batch for the whole
     pipeline (one write per subscriber), although Redis writes it in pieces
@@ -378,7 +355,7 @@ async def test_a_nodes_own_pipeline_comes_back_as_one_batch(nodes: Any) -> None:
     assert len(set(seen)) <= 3, f"{n} messages of one pipeline took {len(set(seen))} hand-offs"
 
 
-async def test_pubsub_messages_wait_only_under_load(nodes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_pubsub_messages_wait_only_under_load(nodes: Any, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: F811
     """A light stream is handed to the hub in the next loop iteration; after a
     large hand-off (load) messages from other nodes wait up to ``PUBSUB_HOLD``
     to travel together. The hold is made 1 s here so that each case shows."""
@@ -444,7 +421,7 @@ async def test_a_burst_from_redis_is_queued_to_a_subscriber_as_one_batch(redis_s
         await hub.close()
 
 
-async def test_a_failing_pipeline_fails_its_publishes_and_the_next_ones_go_on(nodes: Any) -> None:
+async def test_a_failing_pipeline_fails_its_publishes_and_the_next_ones_go_on(nodes: Any) -> None:  # noqa: F811
     broker, rec = await nodes()
     await broker.subscribe("k")
     with pytest.raises(BrokerError):

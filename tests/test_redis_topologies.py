@@ -25,7 +25,7 @@ from hubbub.errors import BrokerUnavailable, ConfigError
 from hubbub.hub import Hub
 from hubbub.server import Server
 
-from .conftest import TIMEOUT, ProtoClient, make_config, proto_client
+from .conftest import TIMEOUT, ProtoClient, make_config, proto_client, until
 from .redis_server import (  # noqa: F401
     RedisCluster,
     RedisGroup,
@@ -64,15 +64,6 @@ async def pubs(client: ProtoClient, n: int) -> list[dict[str, Any]]:
         if "pub" in push:
             got.append(push["pub"])
     return got
-
-
-async def until(condition: Any, what: str) -> None:
-    try:
-        async with asyncio.timeout(TIMEOUT * 2):
-            while not condition():
-                await asyncio.sleep(0.02)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 # -- the broker setting -----------------------------------------------------------------------------------------
@@ -138,7 +129,7 @@ async def test_killing_one_shard_loses_nothing_acknowledged(redis_shards: RedisG
     assert [p["data"] for p in await pubs(sub_doomed, 3)] == [1, 2, 3]
 
     victim.stop()
-    await until(lambda: not broker.healthy, "the broker sees the shard down")
+    await until(lambda: not broker.healthy, "the broker sees the shard down", timeout=2 * TIMEOUT)
     refused = await producer.call("publish", {"channel": doomed, "data": 4})
     assert refused["error"]["code"] == 100 and refused["error"]["temporary"] is True
     acked = [3]
@@ -208,7 +199,7 @@ async def test_killing_one_cluster_master_loses_nothing_acknowledged(
     assert [p["data"] for p in await pubs(sub_doomed, 1)] == [1]
 
     victim.stop()
-    await until(lambda: not broker.healthy, "the broker sees the master down")
+    await until(lambda: not broker.healthy, "the broker sees the master down", timeout=2 * TIMEOUT)
     refused = await producer.call("publish", {"channel": doomed, "data": 2})
     assert refused["error"]["temporary"] is True
     acked = [1]
@@ -290,7 +281,7 @@ async def test_cluster_failover_to_a_replica(redis_cluster_replicated: RedisClus
         assert (await producer.call("publish", {"channel": channel, "data": i}))["publish"]["offset"] == i
     assert master.command("WAIT", "1", "500") == b":1\r\n"  # the replica has both
     master.stop()
-    await until(lambda: broker.slot_owner(channel) != address and broker.healthy, "the broker follows the failover")
+    await until(lambda: broker.slot_owner(channel) != address and broker.healthy, "the broker follows the failover", timeout=2 * TIMEOUT)
     reply: dict[str, Any] = {}
     async with asyncio.timeout(TIMEOUT * 2):
         while "publish" not in reply:  # refused (temporary) until the cluster is whole again

@@ -455,9 +455,7 @@ async def test_emulation_reaches_the_session_on_another_node(start_server, sessi
                 assert e.status == 404
 
 
-async def test_emulation_across_two_nodes_on_redis(start_server, session, request) -> None:
-    pytest.importorskip("hubbub.cluster")  # the control channel between nodes (another branch until merged)
-    redis_server = request.getfixturevalue("redis_server")
+async def test_emulation_across_two_nodes_on_redis(start_server, session, redis_server) -> None:  # noqa: F811
     a = await start_server(broker=redis_server.url)
     b = await start_server(broker=redis_server.url)
     assert a.streams.emulation.node == a.cluster.uid  # type: ignore[attr-defined]

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import pytest
 
 from hubbub.outbox import FrameBatch
 from hubbub.stats import Stats
