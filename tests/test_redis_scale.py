@@ -313,7 +313,7 @@ async def test_bench_script_runs(redis_server: RedisServer) -> None:  # noqa: F8
 
 def test_cpu_shares_script_runs(redis_server: RedisServer) -> None:  # noqa: F811
     """bench/cpu_shares.py, in a tiny run: both setups deliver everything, and
-    each reports the cores its processes used."""
+    each reports the cores of its hubbub processes, Redis and the load generator."""
     import json
     import subprocess
     import sys
@@ -329,7 +329,9 @@ def test_cpu_shares_script_runs(redis_server: RedisServer) -> None:  # noqa: F81
     assert [r["run"] for r in runs] == ["memory, 1 process", "redis, --workers 2"]
     for r in runs:
         assert r["complete"] and r["deliveries_per_s"] > 0
-        assert r["cores"]["hubbub"] > 0 and r["cores"]["generator"] > 0
+        # a tiny run lasts a few clock ticks: the figures are there, not necessarily above 0
+        assert set(r["cores"]) == {"hubbub", "redis", "generator"}
+        assert all(value >= 0 for value in r["cores"].values())
     assert "--workers 2 / memory =" in out.stdout
 
 
