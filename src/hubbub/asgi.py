@@ -38,7 +38,8 @@ from typing import Any
 
 from .codes import DisconnectCode
 from .config import is_loopback
-from .connection import PENDING, WebSocketSession
+from .connection import WebSocketSession
+from .core import PENDING
 from .http import HTTPRequest, HTTPResponse
 from .server import Server
 from .writer import Writer

@@ -39,6 +39,7 @@ from websockets.streams import StreamReader
 
 from .codes import DisconnectCode
 from .config import Config
+from .core import PENDING, HandshakeDecision
 from .http import HTTPRequest, HTTPResponse
 from .stats import Stats
 from .writer import Flusher, Writer
@@ -72,10 +73,6 @@ class FrameEncoder:
 
     def binary(self, payload: bytes) -> bytes:
         return Frame(Opcode.BINARY, payload).serialize(mask=False)
-
-
-#: What :meth:`WebSocketSession.handshake_nowait` returns when ``handshake`` must be awaited.
-PENDING = (0, "pending")
 
 
 #: Request headers of a WebSocket upgrade that only serve the upgrade itself (RFC 6455 4.1):
@@ -113,7 +110,7 @@ class WebSocketSession(Protocol):
 
     closed: bool
 
-    def handshake_nowait(self) -> tuple[int, str] | None:
+    def handshake_nowait(self) -> HandshakeDecision:
         """``None`` to accept the upgrade, ``(status, reason)`` to refuse it,
         :data:`PENDING` when :meth:`handshake` must be awaited."""
         ...

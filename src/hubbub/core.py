@@ -32,12 +32,13 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import enum
 import logging
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Literal
 
 from .auth import InvalidToken, TokenExpired, TokenVerifier
 from .brokers.base import ClientInfo, Publication, PublishCallback, StreamPosition
@@ -49,6 +50,24 @@ from .outbox import FrameBatch, Outbox
 from .strictjson import encode_data
 
 log = logging.getLogger("hubbub.core")
+
+
+class Handshake(enum.Enum):
+    """Sentinels of a handshake decision (defined once, compared with ``is``)."""
+
+    #: the decision needs an ``await`` (a hook, a JWKS fetch, a proxy): call ``handshake()``
+    PENDING = "pending"
+
+
+#: What a session's ``handshake_nowait`` returns when ``handshake`` must be awaited.
+PENDING: Final = Handshake.PENDING
+
+#: A handshake refusal: (HTTP status, reason text).
+Refusal = tuple[int, str]
+
+#: A handshake decision made at once: ``None`` accepts, a :data:`Refusal` refuses,
+#: :data:`PENDING` means the session's ``handshake()`` must be awaited.
+HandshakeDecision = Refusal | None | Literal[Handshake.PENDING]
 
 # -- hooks ------------------------------------------------------------------------
 

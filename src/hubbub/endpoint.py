@@ -64,7 +64,8 @@ from .errors import Disconnect, ProtocolError
 from .http import HTTPRequest
 from .hub import Wire
 from .outbox import Outbox
-from .relay import PENDING, Refusal, handshake_token
+from .core import PENDING, HandshakeDecision, Refusal
+from .relay import handshake_token
 from .strictjson import encode_data
 
 log = logging.getLogger("hubbub.endpoint")
@@ -521,7 +522,7 @@ class WebSocket(ClientCore):
 
     # -- the session side (called by the connection) -----------------------------------
 
-    def handshake_nowait(self) -> Refusal | None:
+    def handshake_nowait(self) -> HandshakeDecision:
         """Verify a connection token if one was given (401 if invalid)."""
         if not self._token:
             return None

@@ -41,7 +41,7 @@ from typing import Any
 from .brokers.base import ClientInfo, Publication, StreamPosition
 from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
 from .config import NamespaceOptions
-from .core import ClientContext, ClientCore
+from .core import PENDING, ClientContext, ClientCore, HandshakeDecision, Refusal
 from .errors import Disconnect, ProtocolError
 from .outbox import FrameEncoder, Outbox
 from .strictjson import dumps, loads
@@ -55,11 +55,6 @@ _NO_TOKENS = ("", "")
 #: from its socket pauses (backpressure, not a buffer).
 MAX_INFLIGHT = 1024
 
-#: A handshake refusal: (HTTP status, reason text).
-Refusal = tuple[int, str]
-
-#: What :meth:`RelaySession.handshake_nowait` returns when :meth:`~RelaySession.handshake` must be awaited.
-PENDING: Refusal = (0, "pending")
 
 #: HTTP status of a refused handshake, by protocol error or disconnect code.
 REFUSAL_STATUS: dict[int, int] = {
@@ -186,7 +181,7 @@ class RelaySession(ClientCore):
 
     # -- handshake: authenticate and authorize before 101 ----------------------------
 
-    def handshake_nowait(self) -> Refusal | None:
+    def handshake_nowait(self) -> HandshakeDecision:
         """Decide the handshake at once: ``None`` accepts, a :data:`Refusal`
         refuses, :data:`PENDING` means :meth:`handshake` must be awaited."""
         token, sub_token = self._tokens or ("", "")

@@ -69,7 +69,8 @@ from .errors import BadRequest, Disconnect, ProtocolError
 from .eventstream import ChannelStreamSession, ChannelWires, parse_event_id
 from .http import STREAMED, HTTPRequest, HTTPResponse
 from .outbox import FrameBatch
-from .relay import PENDING, refusal
+from .core import PENDING
+from .relay import refusal
 from .proto.client_pb2 import EmulationRequest
 from .strictjson import loads
 from .uni import UNI_JSON, EmulatedSession, UniSession, disconnect_push

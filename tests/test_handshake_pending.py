@@ -1,0 +1,72 @@
+"""Handshakes that must be awaited (an App hook, a JWKS fetch) on the relay and on framework
+endpoints, on hubbub's own server and under uvicorn (issue 23, defect 1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import websockets
+
+import hubbub
+from hubbub import App, ConnectResult
+from hubbub.core import PENDING, Handshake
+
+from .conftest import TIMEOUT
+from .test_asgi import uvicorn_serving
+
+
+def test_pending_is_one_object() -> None:
+    import hubbub.connection
+    import hubbub.endpoint
+    import hubbub.relay
+    import hubbub.streams
+
+    for module in (hubbub.connection, hubbub.endpoint, hubbub.relay, hubbub.streams):
+        assert getattr(module, "PENDING", PENDING) is PENDING is Handshake.PENDING
+
+
+def hooked_app(seen: list[str]) -> App:
+    app = App(port=0)
+
+    @app.on_connect
+    async def on_connect(request: hubbub.ConnectRequest) -> ConnectResult:
+        await asyncio.sleep(0)  # a real await: the handshake cannot be decided at once
+        seen.append("on_connect")
+        return ConnectResult(user="u1")
+
+    @app.websocket("/echo")
+    async def echo(ws: hubbub.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    return app
+
+
+@contextlib.asynccontextmanager
+async def serving(app: App, server: str) -> AsyncIterator[int]:
+    if server == "hubbub":
+        await app.start()
+        try:
+            yield app.server.port
+        finally:
+            await app.stop()
+    else:
+        async with uvicorn_serving(app) as port:
+            yield port
+
+
+@pytest.mark.parametrize("server", ["hubbub", "uvicorn"])
+@pytest.mark.parametrize("path", ["/ws/news", "/echo"])
+async def test_awaited_handshake_is_answered(server: str, path: str) -> None:
+    seen: list[str] = []
+    async with serving(hooked_app(seen), server) as port:
+        async with websockets.connect(f"ws://127.0.0.1:{port}{path}", open_timeout=TIMEOUT) as ws:
+            await ws.send("hello")
+            got: Any = await asyncio.wait_for(ws.recv(), TIMEOUT)
+    assert got == "hello"
+    if path.startswith("/ws/"):
+        assert seen == ["on_connect"]
