@@ -791,6 +791,12 @@ class ClientCore:
         if self.pong_expected and not self.closed:
             self.disconnect(DisconnectCode.NO_PONG)
 
+    def abandon(self) -> None:
+        """End the session without its transport's help: a refused handshake, a stream that
+        never started, a request that failed. Marks it closed and leaves every channel
+        (:meth:`on_closed`, idempotent); nothing is sent."""
+        self.on_closed()
+
     def on_closed(self) -> None:
         """The connection is gone: leave every channel (idempotent)."""
         self.closed = True
