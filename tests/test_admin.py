@@ -396,3 +396,39 @@ async def test_deliveries_are_counted_once_per_subscriber(start_server: Any) -> 
     finally:
         for ws in clients:
             await ws.close()
+
+
+async def test_wrong_bearer_secrets_share_the_login_throttle(start_server, caplog) -> None:
+    """Issue 23, defect 8: wrong ``Authorization: Bearer`` secrets count as wrong logins of their
+    address (logged, without the secret); once locked out, the right one gets 429 too."""
+    from hubbub.admin import LOGIN_FAILURES, LOGIN_WINDOW
+
+    server = await start_server(admin_secret=SECRET)
+    now = [1000.0]
+    server.admin.clock = lambda: now[0]
+    caplog.set_level("WARNING", logger="hubbub.admin")
+    statuses = []
+    for i in range(LOGIN_FAILURES + 2):
+        status, _, _ = await http(server, "GET", "/admin/api/stats", headers={"Authorization": f"Bearer guess-{i}"})
+        statuses.append(status)
+    assert statuses == [401] * LOGIN_FAILURES + [429, 429]
+    refused = [r for r in caplog.records if r.name == "hubbub.admin" and "refused" in r.getMessage()]
+    assert len(refused) == LOGIN_FAILURES
+    assert not any("guess-" in r.getMessage() for r in caplog.records)  # the secret is not logged
+    right = {"Authorization": f"Bearer {SECRET}"}
+    assert (await http(server, "GET", "/admin/api/stats", headers=right))[0] == 429
+    assert (await login(server))[0] == 429  # the login form shares the lockout
+    now[0] += LOGIN_WINDOW + 1
+    assert (await http(server, "GET", "/admin/api/stats", headers=right))[0] == 200
+
+
+async def test_a_login_form_lockout_refuses_the_right_bearer_secret(start_server) -> None:
+    """Issue 23, defect 8: wrong logins from the form lock the address out of Bearer requests too."""
+    from hubbub.admin import LOGIN_FAILURES
+
+    server = await start_server(admin_secret=SECRET)
+    server.admin.clock = lambda: 1000.0
+    for _ in range(LOGIN_FAILURES):
+        assert (await login(server, "guess"))[0] == 401
+    status, _, _ = await http(server, "GET", "/admin/api/stats", headers={"Authorization": f"Bearer {SECRET}"})
+    assert status == 429

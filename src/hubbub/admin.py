@@ -9,7 +9,9 @@ What it serves (all under ``/admin``, see ``docs/design.md``):
   ``SameSite=Strict``, signed with a key derived from the secret, expiring
   after :data:`SESSION_TTL` seconds); ``POST /admin/logout`` clears it.
   After :data:`LOGIN_FAILURES` wrong secrets from one address within
-  :data:`LOGIN_WINDOW` seconds, logins from it get 429 until the window ends;
+  :data:`LOGIN_WINDOW` seconds (login form and ``Authorization: Bearer``
+  alike, each logged without the secret), logins and Bearer requests from it
+  get 429 until the window ends;
 * ``GET /admin/api/stats?since=T``: the nodes, the gone nodes and the samples
   of the ring buffer newer than ``T`` (unix seconds);
 * ``GET /admin/api/channels?q=TEXT&limit=N``: channels (cluster-wide, through
@@ -44,6 +46,7 @@ import asyncio
 import collections
 import hashlib
 import hmac
+import html
 import logging
 import math
 import secrets
@@ -269,6 +272,44 @@ def check_session(secret: str, value: str, now: float) -> bool:
     return expires.isdigit() and int(expires) > now
 
 
+class LoginThrottle:
+    """Wrong admin secrets per client address: after :data:`LOGIN_FAILURES`
+    within :data:`LOGIN_WINDOW` seconds the address is locked out until the
+    window ends. At most :data:`LOGIN_ADDRESSES` addresses are remembered (the
+    oldest first forgotten). Times are the caller's clock (seconds)."""
+
+    def __init__(self) -> None:
+        self._failures: dict[str, list[float]] = {}
+
+    def _recent(self, address: str, now: float) -> list[float]:
+        return [t for t in self._failures.get(address, ()) if t > now - LOGIN_WINDOW]
+
+    def locked(self, address: str, now: float) -> bool:
+        """Whether ``address`` is locked out at ``now``."""
+        return len(self._recent(address, now)) >= LOGIN_FAILURES
+
+    def failed(self, address: str, now: float) -> None:
+        """Count one wrong secret from ``address`` at ``now``."""
+        recent = self._recent(address, now)
+        self._failures.pop(address, None)
+        if len(self._failures) >= LOGIN_ADDRESSES:
+            del self._failures[next(iter(self._failures))]
+        self._failures[address] = [*recent, now]
+
+    def clear(self, address: str) -> None:
+        """Forget the failures of ``address`` (it gave the right secret)."""
+        self._failures.pop(address, None)
+
+
+def _address(request: HTTPRequest) -> str:
+    """The client address a request came from (``"?"`` when unknown)."""
+    return str(request.client[0]) if request.client else "?"
+
+
+def _unauthorized() -> HTTPResponse:
+    return HTTPResponse.json({"error": "unauthorized: log in at /admin/login"}, 401)
+
+
 def _cookies(header: str) -> dict[str, str]:
     out: dict[str, str] = {}
     for part in header.split(";"):
@@ -324,8 +365,8 @@ class Admin:
         self.clock = clock
         self._generated = secrets.token_urlsafe(24)
         self.sampler = Sampler(self.snapshot, clock=clock)
-        #: times of recent failed logins, per client address
-        self._failures: dict[str, list[float]] = {}
+        #: wrong secrets per client address (login form and Bearer alike)
+        self.throttle = LoginThrottle()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
 
@@ -416,12 +457,33 @@ class Admin:
     # -- authorization -------------------------------------------------------------------------
 
     def authorized(self, request: HTTPRequest) -> bool:
-        """A valid session cookie, or ``Authorization: Bearer <admin secret>``."""
+        """A valid session cookie, or ``Authorization: Bearer <admin secret>``
+        from an address that is not locked out (see :meth:`authorize`)."""
+        return self.authorize(request) is None
+
+    def authorize(self, request: HTTPRequest) -> HTTPResponse | None:
+        """``None`` when ``request`` carries a valid session cookie or the
+        admin secret as ``Authorization: Bearer``; else the refusal: 401, or
+        429 while its address is locked out.
+
+        A Bearer secret is a guess like the login form's: wrong ones count
+        against the address's :data:`LOGIN_FAILURES` and are logged (without
+        the secret), and a locked-out address gets 429 even with the right one.
+        """
         auth = request.headers.get("authorization", "")
         if auth[:7].lower() == "bearer ":
-            return hmac.compare_digest(auth[7:].strip().encode(), self.secret.encode())
+            address, now = _address(request), self.clock()
+            if self.throttle.locked(address, now):
+                return HTTPResponse.json({"error": "too many wrong secrets from this address: wait a minute"}, 429)
+            if hmac.compare_digest(auth[7:].strip().encode(), self.secret.encode()):
+                return None
+            log.warning("admin Bearer secret refused from %r", address)
+            self.throttle.failed(address, now)
+            return _unauthorized()
         value = _cookies(request.headers.get("cookie", "")).get(COOKIE)
-        return value is not None and check_session(self.secret, value, self.clock())
+        if value is not None and check_session(self.secret, value, self.clock()):
+            return None
+        return _unauthorized()
 
     @staticmethod
     def _same_origin(request: HTTPRequest) -> bool:
@@ -467,11 +529,9 @@ class Admin:
             return HTTPResponse.json({"error": "use GET or POST"}, 405)
         if not self._same_origin(request):
             return HTTPResponse.json({"error": "cross-origin request refused"}, 403)
-        address = request.client[0] if request.client else "?"
-        now = self.clock()
-        recent = [t for t in self._failures.get(address, ()) if t > now - LOGIN_WINDOW]
-        if len(recent) >= LOGIN_FAILURES:
-            return self._login_page(429, f"Too many wrong secrets from {address}: wait a minute.")
+        address, now = _address(request), self.clock()
+        if self.throttle.locked(address, now):
+            return self._login_page(429, f"Too many wrong secrets from {html.escape(address)}: wait a minute.")
         given = ""
         if request.headers.get("content-type", "").startswith("application/json"):
             try:
@@ -483,13 +543,10 @@ class Admin:
         else:
             given = dict(parse_qsl(request.body.decode("utf-8", "replace"))).get("secret", "")
         if not given or not hmac.compare_digest(given.encode(), self.secret.encode()):
-            log.warning("admin login refused from %s", address)
-            self._failures.pop(address, None)
-            if len(self._failures) >= LOGIN_ADDRESSES:
-                del self._failures[next(iter(self._failures))]
-            self._failures[address] = [*recent, now]
+            log.warning("admin login refused from %r", address)
+            self.throttle.failed(address, now)
             return self._login_page(401, "Wrong secret.")
-        self._failures.pop(address, None)
+        self.throttle.clear(address)
         session = make_session(self.secret, self.clock())
         return HTTPResponse(303, b"logged in\n", headers=[
             ("location", "/admin"), self._cookie(request, session, int(SESSION_TTL))])
@@ -503,8 +560,9 @@ class Admin:
     async def _api(self, request: HTTPRequest) -> HTTPResponse:
         if not self.enabled:
             return self._off()
-        if not self.authorized(request):
-            return HTTPResponse.json({"error": "unauthorized: log in at /admin/login"}, 401)
+        refused = self.authorize(request)
+        if refused is not None:
+            return refused
         method = request.params.get("method", "")
         if method == "stats":
             return self._stats(request)
