@@ -177,3 +177,13 @@ def test_dumps_refuses_non_json_types_as_value_error(value: Any) -> None:
         dumps(value)
     with pytest.raises(BadRequest):
         encode_data(value)
+
+
+def test_one_line_keeps_the_value_and_drops_line_breaks() -> None:
+    from hubbub.strictjson import loads, one_line
+
+    text = b'{"a":\r\n1, "b": ["x\\ny", 2]\n}'
+    assert b"\n" not in one_line(text) and b"\r" not in one_line(text)
+    assert loads(one_line(text)) == loads(text) == {"a": 1, "b": ["x\ny", 2]}
+    plain = b'{"a":1}'
+    assert one_line(plain) is plain  # no copy when there is nothing to change

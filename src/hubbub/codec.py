@@ -35,7 +35,7 @@ from .codes import DisconnectCode
 from .errors import BadRequest, Disconnect, ProtocolError
 from .outbox import FrameEncoder
 from .protobuf_codec import PROTOBUF, ProtobufCodec
-from .strictjson import dumps, loads
+from .strictjson import dumps, encode_data, loads
 
 
 class Codec(Protocol):
@@ -74,6 +74,15 @@ class Codec(Protocol):
         ...
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes: ...
+
+    def publication(self, data: Any) -> Publication:
+        """The publication for a publish command's ``data`` as :meth:`decode_commands` gave it
+        (a JSON value, or the bytes of a binary format), its JSON made safe for every codec.
+
+        Raises:
+            BadRequest: 107, data that cannot be published.
+        """
+        ...
 
     def encode_join(self, channel: str, info: ClientInfo) -> bytes: ...
 
@@ -136,6 +145,9 @@ class JSONCodec:
             parts.append(b',"tags":' + dumps(pub.tags))
         parts.append(b"}}}")
         return b"".join(parts)
+
+    def publication(self, data: Any) -> Publication:
+        return Publication(encode_data(data))
 
     def encode_join(self, channel: str, info: ClientInfo) -> bytes:
         return b'{"push":{"channel":%s,"join":{"info":%s}}}' % (dumps(channel), dumps(info.to_json()))

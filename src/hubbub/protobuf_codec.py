@@ -56,7 +56,7 @@ from .brokers.base import ClientInfo, Publication
 from .codes import DisconnectCode
 from .errors import Disconnect, ProtocolError
 from .proto import client_pb2 as pb
-from .strictjson import dumps, loads
+from .strictjson import dumps, loads, one_line
 
 __all__ = ["PROTOBUF", "ProtobufCodec", "publication_from_bytes"]
 
@@ -78,7 +78,7 @@ def publication_from_bytes(data: bytes) -> Publication:
         loads(data)
     except ValueError:
         return Publication(dumps(base64.b64encode(data).decode("ascii")), raw=data, binary=True)
-    return Publication(data)
+    return Publication(one_line(data))
 
 
 def _delimited(payload: bytes) -> bytes:
@@ -219,6 +219,10 @@ class ProtobufCodec:
     #: the server's ping: an empty Reply, length-prefixed
     ping = b"\x00"
 
+    def publication(self, data: Any) -> Publication:
+        """A Protobuf client's ``data`` bytes: :func:`publication_from_bytes`."""
+        return publication_from_bytes(data)
+
     def decode_commands(self, payload: bytes) -> Iterator[dict[str, Any]]:
         """The commands in one binary message, in order.
 
@@ -237,7 +241,8 @@ class ProtobufCodec:
                 raise Disconnect(DisconnectCode.BAD_REQUEST, "truncated command")
             command = pb.Command()
             try:
-                command.ParseFromString(view[pos:stop])
+                # protobuf's ParseFromString takes any buffer (no copy); types-protobuf says bytes.
+                command.ParseFromString(view[pos:stop])  # type: ignore[arg-type]
             except DecodeError:
                 raise Disconnect(DisconnectCode.BAD_REQUEST, "malformed Protobuf command") from None
             pos = stop

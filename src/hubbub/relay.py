@@ -44,7 +44,7 @@ from .config import NamespaceOptions
 from .core import PENDING, ClientContext, ClientCore, HandshakeDecision, Refusal
 from .errors import Disconnect, ProtocolError
 from .outbox import FrameEncoder, Outbox
-from .strictjson import dumps, loads
+from .strictjson import dumps, loads, one_line
 
 log = logging.getLogger("hubbub.relay")
 
@@ -137,7 +137,8 @@ def relay_publication(payload: bytes, *, binary: bool) -> Publication:
         except ValueError:
             pass
         else:
-            return Publication(payload)
+            data = one_line(payload)  # JSON subscribers frame by lines; relay clients get what was sent
+            return Publication(data, raw=None if data is payload else payload)
     # the connection checked UTF-8; text that is not JSON travels as a JSON string
     return Publication(dumps(payload.decode("utf-8", "replace")), raw=payload)
 

@@ -43,7 +43,6 @@ from .core import ClientContext, ClientCore, ConnectRequest, ConnectResult, Sess
 from .errors import BadRequest, Disconnect, ProtocolError
 from .hub import SubscribeResult
 from .outbox import FrameBatch, Outbox
-from .protobuf_codec import publication_from_bytes
 from .validation import Params
 
 __all__ = ["ClientSession", "ConnectRequest", "ConnectResult", "SessionHooks"]
@@ -249,15 +248,9 @@ class ClientSession(ClientCore):
         inflight.append(entry)
         started = time.perf_counter()
         try:
-            data = _publish_data(params)
-            if isinstance(data, bytes):  # a binary codec's data: JSON as it is, or a binary publication
-                self.publish_nowait(params.get("channel"),
-                                    lambda position, exc: self._published(entry, cid, started, position, exc),
-                                    publication=publication_from_bytes(data))
-            else:
-                self.publish_nowait(params.get("channel"),
-                                    lambda position, exc: self._published(entry, cid, started, position, exc),
-                                    data)
+            self.publish_nowait(params.get("channel"),
+                                lambda position, exc: self._published(entry, cid, started, position, exc),
+                                publication=self.codec.publication(_publish_data(params)))
         except (ProtocolError, Disconnect) as exc:  # refused before anything was sent
             self._published(entry, cid, started, None, exc)
             return
@@ -425,11 +418,8 @@ class ClientSession(ClientCore):
         return {}
 
     async def _cmd_publish(self, params: dict[str, Any]) -> dict[str, Any]:
-        data = _publish_data(params)
-        if isinstance(data, bytes):  # a binary codec's data: JSON as it is, or a binary publication
-            position = await self.publish(params.get("channel"), publication=publication_from_bytes(data))
-        else:
-            position = await self.publish(params.get("channel"), data)
+        publication = self.codec.publication(_publish_data(params))
+        position = await self.publish(params.get("channel"), publication=publication)
         return _publish_result(position)
 
     async def _cmd_history(self, params: dict[str, Any]) -> dict[str, Any]:

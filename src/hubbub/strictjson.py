@@ -117,6 +117,22 @@ def encode_data(value: Any) -> bytes:
     return data
 
 
+def one_line(data: bytes) -> bytes:
+    """Valid JSON text ``data`` made safe for line framing: the same bytes when they hold no
+    line break (one ``memchr``), else with every CR and LF turned into a space.
+
+    In valid JSON a raw CR or LF can only be whitespace between tokens (RFC 8259 section 7:
+    control characters inside strings are escaped), so the value is unchanged. JSON that
+    enters the hub as bytes (a relay text message, a Protobuf client's ``data``) passes here,
+    because JSON subscribers receive it embedded in newline-delimited replies (WebSocket
+    JSON frames, ``http_stream``) and SSE ``data:`` lines, where a raw line break would split
+    one push into two lines that do not parse.
+    """
+    if b"\n" in data or b"\r" in data:
+        return data.replace(b"\r", b" ").replace(b"\n", b" ")
+    return data
+
+
 def dumps_str(value: Any) -> str:
     """:func:`dumps` as text (same errors)."""
     return dumps(value).decode("utf-8")
