@@ -328,8 +328,9 @@ class ServerAPI:
                                    since_params.str("epoch"))
         reverse = params.bool("reverse")
         self._need(channel, "history")
-        return await self._unavailable_on_broker_error(
+        result: dict[str, Any] = await self._unavailable_on_broker_error(
             self.hub.history(channel, since=since, limit=limit, reverse=reverse))
+        return result
 
     async def _api_history_remove(self, params: Params) -> dict[str, Any]:
         channel = self._channel(params)

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from jwt.types import Options
 
 from .config import Config
 from .errors import HubbubError
@@ -106,8 +107,8 @@ class TokenVerifier:
         """Whether verifying may fetch keys (JWKS), so only the async methods work."""
         return self._jwks is not None
 
-    def _options(self) -> tuple[dict[str, Any], dict[str, Any]]:
-        options: dict[str, Any] = {"require": ["sub"], "verify_aud": bool(self.config.token_audience)}
+    def _options(self) -> tuple[Options, dict[str, Any]]:
+        options: Options = {"require": ["sub"], "verify_aud": bool(self.config.token_audience)}
         kwargs: dict[str, Any] = {}
         if self.config.token_audience:
             kwargs["audience"] = self.config.token_audience
@@ -132,7 +133,8 @@ class TokenVerifier:
         last: Exception | None = None
         for key, algorithms in candidates:
             try:
-                return jwt.decode(token, key, algorithms=algorithms, options=options, **kwargs)
+                claims: dict[str, Any] = jwt.decode(token, key, algorithms=algorithms, options=options, **kwargs)
+                return claims
             except jwt.ExpiredSignatureError:
                 raise TokenExpired("token expired") from None
             except jwt.PyJWTError as exc:

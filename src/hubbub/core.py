@@ -760,7 +760,8 @@ class ClientCore:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE)
         if not ns.allow_presence_for_client:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED)
-        return channel
+        name: str = channel  # a valid channel name: namespace() checked it
+        return name
 
     async def presence(self, channel: Any) -> dict[str, Any]:
         """``{"presence": {client: ClientInfo}}`` (errors as :meth:`history`, 108 without presence)."""

@@ -244,12 +244,6 @@ class RelaySession(ClientCore):
         self._subscribed()
         return True
 
-    def _refused(self, exc: ProtocolError | Disconnect) -> None:
-        if isinstance(exc, ProtocolError):
-            self.disconnect(1013 if exc.temporary else DisconnectCode.BAD_REQUEST, exc.message)
-        else:
-            self.disconnect(exc.code, exc.reason)
-
     def _subscribed(self) -> None:
         if self.closed:
             self.leave(self.channel)
@@ -277,8 +271,8 @@ class RelaySession(ClientCore):
         except (Disconnect, ProtocolError) as exc:
             self._refused(exc)
 
-    def _refused(self, exc: Exception) -> None:
-        """Close for a refused or failed publish (see :meth:`handle_message`)."""
+    def _refused(self, exc: BaseException) -> None:
+        """Close for a refused or failed subscribe or publish (see :meth:`handle_message`)."""
         if isinstance(exc, Disconnect):
             self.disconnect(exc.code, exc.reason)
         elif isinstance(exc, ProtocolError):

@@ -380,7 +380,7 @@ class ClientSession(ClientCore):
 
     async def _cmd_subscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         p = Params(params, "subscribe.")
-        channel = params.get("channel")
+        channel: Any = params.get("channel")  # validated by authorize_subscribe (107)
         ns, chan_info = await self.authorize_subscribe(channel, p.str("token"), params)
         recover = bool(params.get("recover"))
         positioned = bool(params.get("positioned"))
@@ -412,7 +412,7 @@ class ClientSession(ClientCore):
         return reply
 
     async def _cmd_unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
-        channel = params.get("channel")
+        channel: Any = params.get("channel")
         self.hub.namespace(channel)  # validates the name (107)
         self.leave(channel)
         return {}
