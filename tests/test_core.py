@@ -715,22 +715,15 @@ async def test_history_and_presence_permissions(env: Env) -> None:
 
 
 async def test_history_of_deep_value_is_a_protocol_error(env: Env) -> None:
-    """What Hub.publish accepts, ClientCore.history must be able to answer.
-
-    ``encode_data`` accepts values nested deeper than ``MAX_DEPTH`` but
-    ``loads`` refuses them, so the stored publication cannot be decoded for a
-    history reply: ``history`` raises a bare ``ValueError`` (an internal error
-    100 for the client) for as long as the publication is in the stream.
-    See the report: bug 2."""
+    """What Hub.publish accepts, ClientCore.history must be able to answer: a value nested
+    deeper than ``MAX_DEPTH`` (which ``loads`` refuses) is refused at publish with 107."""
     deep: Any = 0
     for _ in range(MAX_DEPTH + 1):
         deep = [deep]
     core = await env.connected()
-    try:
-        await env.hub.publish("hist:deep", deep)
-    except BadRequest:
-        return  # refused at publish (the fix)
-    await core.history("hist:deep", limit=10)  # raises ValueError today
+    with pytest.raises(BadRequest):
+        await env.hub.publish("hist:deep", deep)  # refused at publish: history can always answer
+    assert (await core.history("hist:deep", limit=10))["publications"] == []
 
 
 # -- expiry and the end -------------------------------------------------------------------------------

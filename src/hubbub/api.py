@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from .brokers.base import Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
-from .errors import BadRequest, BrokerError, ProtocolError
+from .errors import BadRequest, BrokerError, BrokerUnavailable, ProtocolError
 from .http import HTTPRequest, HTTPResponse
 from .strictjson import dumps, encode_data, loads
 from .validation import Params
@@ -61,15 +61,11 @@ _UINT64_MAX = 2**64 - 1
 Handler = Callable[[Params], Awaitable[dict[str, Any]]]
 
 
-class _Unavailable(Exception):
-    """The broker failed: HTTP 503 (an error reply with code 100 inside batch/broadcast)."""
-
-
 def _error(exc: ProtocolError) -> dict[str, Any]:
     return {"error": {"code": exc.code, "message": exc.message}}
 
 
-def _unavailable(exc: _Unavailable) -> dict[str, Any]:
+def _unavailable(exc: BrokerUnavailable) -> dict[str, Any]:
     return {"error": {"code": int(ErrorCode.INTERNAL), "message": str(exc), "temporary": True}}
 
 
@@ -152,7 +148,7 @@ class ServerAPI:
             result = await handler(params)
         except BadRequest as exc:
             return 400, {"error": exc.message}
-        except _Unavailable as exc:
+        except BrokerUnavailable as exc:
             return 503, {"error": {"code": 100, "message": str(exc), "temporary": True}}
         except ProtocolError as exc:
             return 200, _error(exc)
@@ -203,7 +199,7 @@ class ServerAPI:
                     reply = {"result": await handler(Params(raw, f"{method}."))}
                 except ProtocolError as exc:  # BadRequest included: code 107 for this command only
                     reply = _error(exc)
-                except _Unavailable as exc:
+                except BrokerUnavailable as exc:
                     reply = _unavailable(exc)
             replies.append(dumps(reply))
         return HTTPResponse(200, b"\n".join(replies), "application/json")
@@ -256,7 +252,7 @@ class ServerAPI:
                 responses.append({"result": await self._publish(channel, publication(), key)})
             except ProtocolError as exc:
                 responses.append(_error(exc))
-            except _Unavailable as exc:
+            except BrokerUnavailable as exc:
                 responses.append(_unavailable(exc))
         return {"responses": responses}
 
@@ -363,7 +359,7 @@ class ServerAPI:
                 replies.append({method: await handler(Params(raw, f"commands[{i}].{method}."))})
             except ProtocolError as exc:  # BadRequest included: code 107 for this command only
                 replies.append(_error(exc))
-            except _Unavailable as exc:
+            except BrokerUnavailable as exc:
                 replies.append(_unavailable(exc))
         return {"replies": replies}
 
@@ -381,11 +377,11 @@ class ServerAPI:
             return await awaitable
         except ProtocolError as exc:
             if exc.code == ErrorCode.INTERNAL and isinstance(exc.__cause__, BrokerError):
-                raise _Unavailable(exc.message) from exc
+                raise BrokerUnavailable(exc.message) from exc
             raise
 
     async def _broker(self, awaitable: Awaitable[Any]) -> Any:
         try:
             return await awaitable
         except BrokerError as exc:
-            raise _Unavailable(f"broker error: {exc}") from exc
+            raise BrokerUnavailable(f"broker error: {exc}") from exc

@@ -30,25 +30,13 @@ import jwt
 from jwt.types import Options
 
 from .config import Config
-from .errors import HubbubError
+from .errors import InvalidToken, TokenError, TokenExpired
 
 log = logging.getLogger("hubbub.auth")
 
 HMAC_ALGORITHMS = ["HS256", "HS384", "HS512"]
 RSA_ALGORITHMS = ["RS256", "RS384", "RS512"]
 ECDSA_ALGORITHMS = ["ES256", "ES384", "ES512"]
-
-
-class TokenError(HubbubError):
-    """A token was refused."""
-
-
-class TokenExpired(TokenError):
-    """The token's ``exp`` has passed."""
-
-
-class InvalidToken(TokenError):
-    """The token is malformed, badly signed, or lacks a required claim."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,7 +31,7 @@ from urllib.parse import SplitResult, parse_qsl, unquote, urlencode, urlsplit, u
 import websockets
 from websockets.asyncio.client import ClientConnection
 
-from .errors import ClientError, ReplyError
+from .errors import ClientError, EndpointError, ReplyError
 
 #: Publications buffered before the client stops reading (and the server
 #: eventually closes it as slow).
@@ -44,10 +44,6 @@ PROTOCOL_PATH = "/connection/websocket"
 RELAY_PREFIX = "/ws/"
 #: What to write instead of a URL that names no hubbub endpoint.
 ENDPOINT_HINT = "use ws://HOST:PORT (protocol) or ws://HOST:PORT/ws/CHANNEL (relay)"
-
-
-class EndpointError(ClientError):
-    """A ``ws://`` URL whose path is no hubbub endpoint (a usage error)."""
 
 
 @dataclass(frozen=True, slots=True)

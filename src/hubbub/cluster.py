@@ -59,7 +59,7 @@ from typing import Any
 from ._version import __version__
 from .brokers.base import Publication
 from .codes import DisconnectCode, ErrorCode
-from .errors import BrokerError, Disconnect, HubbubError, ProtocolError
+from .errors import BrokerError, ClusterError, Disconnect, HubbubError, NodeUnavailable, ProtocolError, RemoteError
 from .hub import Hub
 from .strictjson import dumps, loads
 
@@ -75,18 +75,6 @@ RequestHandler = Callable[[Any, str], Awaitable[Any]]
 
 #: Seconds a node waits for its ``bye`` to be published when it shuts down.
 BYE_TIMEOUT = 1.0
-
-
-class ClusterError(HubbubError):
-    """A request to another node failed."""
-
-
-class NodeUnavailable(ClusterError):
-    """The node did not answer within the timeout (it died, is unknown, or is overloaded)."""
-
-
-class RemoteError(ClusterError):
-    """The node's handler failed; the message is the remote error's text."""
 
 
 def node_info(hub: Hub, *, uid: str, name: str, started_at: float, interval: float,

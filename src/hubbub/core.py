@@ -40,11 +40,11 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
-from .auth import InvalidToken, TokenExpired, TokenVerifier
+from .auth import TokenVerifier
 from .brokers.base import ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
 from .config import Config, NamespaceOptions
-from .errors import BadRequest, BrokerError, Disconnect, ProtocolError
+from .errors import BadRequest, BrokerError, Disconnect, InvalidToken, ProtocolError, TokenExpired
 from .hub import Hub, SubscribeResult, Subscriber, Wire
 from .outbox import FrameBatch, Outbox
 from .strictjson import encode_data

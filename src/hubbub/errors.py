@@ -4,20 +4,31 @@
 
     HubbubError
     ├── ConfigError            invalid settings; raised before serving
+    │   └── RouteCollision     two routes would match the same paths
     ├── ProtocolError          a client command failed: becomes an error reply
     │   │                      ``{"error": {"code", "message", "temporary"}}``
     │   └── BadRequest         an invalid name or parameter: code 107, and HTTP
     │                          400 in the server API (hubbub.validation)
     ├── Disconnect             the connection must close with ``code``/``reason``
+    ├── TokenError             a token was refused (never leaves the client core,
+    │   │                      which turns it into 109 or 3500)
+    │   ├── TokenExpired       its ``exp`` has passed
+    │   └── InvalidToken       malformed, badly signed, or a claim missing
     ├── BrokerError            the broker backend failed (temporary: retry)
     │   └── BrokerUnavailable  the backend is unreachable right now
+    ├── ClusterError           a request to another node failed (hubbub.cluster)
+    │   ├── NodeUnavailable    no answer within the timeout
+    │   └── RemoteError        the other node's handler failed
     └── ClientError            raised by hubbub's own clients (consume/produce)
-        └── ReplyError         the server answered a command with an error
+        ├── ReplyError         the server answered a command with an error
+        └── EndpointError      a ws:// URL that names no hubbub endpoint
 
 Everything hubbub raises on purpose derives from :class:`HubbubError`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 from .codes import DISCONNECT_REASONS, ERROR_MESSAGES, ErrorCode
 
@@ -28,6 +39,32 @@ class HubbubError(Exception):
 
 class ConfigError(HubbubError):
     """A setting is missing or invalid. The message names the setting."""
+
+
+class RouteCollision(ConfigError):
+    """Two routes would match the same paths.
+
+    Attributes:
+        route: the route being added (a :class:`hubbub.routing.Route`).
+        other: the route already there.
+    """
+
+    def __init__(self, route: Any, other: Any) -> None:
+        self.route = route
+        self.other = other
+        super().__init__(f"{route.name} ({route.pattern}) collides with {other.name} ({other.pattern})")
+
+
+class TokenError(HubbubError):
+    """A token was refused (:mod:`hubbub.auth`)."""
+
+
+class TokenExpired(TokenError):
+    """The token's ``exp`` has passed."""
+
+
+class InvalidToken(TokenError):
+    """The token is malformed, badly signed, or lacks a required claim."""
 
 
 class ProtocolError(HubbubError):
@@ -81,6 +118,18 @@ class BrokerUnavailable(BrokerError):
     """The broker backend cannot be reached right now."""
 
 
+class ClusterError(HubbubError):
+    """A request to another node failed (:mod:`hubbub.cluster`)."""
+
+
+class NodeUnavailable(ClusterError):
+    """The node did not answer within the timeout (it died, is unknown, or is overloaded)."""
+
+
+class RemoteError(ClusterError):
+    """The node's handler failed; the message is the remote error's text."""
+
+
 class ClientError(HubbubError):
     """An error in hubbub's own client (``hubbub consume`` / ``produce``)."""
 
@@ -97,3 +146,7 @@ class ReplyError(ClientError):
         self.code = code
         self.message = message
         super().__init__(f"server error {code}: {message}")
+
+
+class EndpointError(ClientError):
+    """A ``ws://`` URL whose path is no hubbub endpoint (a usage error)."""

@@ -13,21 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 from urllib.parse import unquote
 
+from .errors import RouteCollision
+
 T = TypeVar("T")
 
 
-class RouteCollision(ValueError):
-    """Two routes would match the same paths.
-
-    Attributes:
-        route: the route being added.
-        other: the route already there.
-    """
-
-    def __init__(self, route: Route[Any], other: Route[Any]) -> None:
-        self.route = route
-        self.other = other
-        super().__init__(f"{route.name} ({route.pattern}) collides with {other.name} ({other.pattern})")
 
 _PARAM = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)(:path)?\}")
 
