@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Any
 
-
 from hubbub.outbox import FrameBatch
 from hubbub.stats import Stats
 from hubbub.writer import Writer

@@ -13,6 +13,12 @@ everything sent (see :mod:`hubbub.writer` for the write path).
 
 Reading is paused while the inbox holds :data:`MAX_INBOX` messages, so a
 client that sends faster than it is served is slowed down, not buffered.
+Reading is also paused while a request's handler or a handshake's decision
+is awaited: what the client sends meanwhile stays in its socket, and the
+connection holds at most the rest of the read that completed the request
+(one transport read: 256 KiB with asyncio and uvloop). Pipelined requests
+in it are served in order once the pending one is answered
+(:attr:`Connection.buffered` tells what is held).
 
 The connection knows its server only through the :class:`Host` interface.
 """
@@ -27,7 +33,7 @@ import logging
 import sys
 import time
 import uuid
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import h11
 from websockets.frames import Close, Frame, Opcode
@@ -52,6 +58,10 @@ _WS_LOGGER.setLevel(logging.WARNING)
 
 #: Messages waiting to be handled before reading from the socket pauses.
 MAX_INBOX = 64
+#: Why reading is paused (bits of ``Connection._paused``): the inbox is full ...
+_PAUSED_INBOX = 1
+#: ... or a request's handler or a handshake's decision is awaited
+_PAUSED_PENDING = 2
 #: Longest close reason, in bytes (a close frame payload is at most 125 bytes).
 MAX_CLOSE_REASON = 123
 
@@ -193,7 +203,7 @@ class Connection(Writer, asyncio.Protocol):
         # created on first use: an idle connection keeps neither (memory per connection)
         self._inbox: collections.deque[tuple[bytes, bool] | None] | None = None
         self._worker: asyncio.Task[None] | None = None
-        self._paused = False
+        self._paused = 0  # why reading is paused: _PAUSED_INBOX | _PAUSED_PENDING bits
         self._fragments: list[bytes] | None = None  # only while a fragmented message arrives
         self._fragments_binary = False
         self._utf8: codecs.IncrementalDecoder | None = None  # only for fragmented text
@@ -209,11 +219,11 @@ class Connection(Writer, asyncio.Protocol):
     # -- asyncio.Protocol -------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        self.transport = cast(asyncio.Transport, transport)  # a stream server's transport
         self.peer = transport.get_extra_info("peername")
         # TCP_NODELAY: asyncio's socket transports set it themselves.
         # hubbub bounds output itself (max_pending_output); never ask to pause.
-        transport.set_write_buffer_limits(high=2**31 - 1)  # type: ignore[attr-defined]  # uvloop takes a C int
+        self.transport.set_write_buffer_limits(high=2**31 - 1)  # uvloop takes a C int
         self.host.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
@@ -355,7 +365,8 @@ class Connection(Writer, asyncio.Protocol):
                 self._http_task = asyncio.get_running_loop().create_task(
                     self._serve_http(req, b"".join(self._http_body or ()))
                 )
-                return  # the next request is read after the response
+                self._pause(_PAUSED_PENDING)  # the next request is read after the response
+                return
             elif isinstance(event, h11.ConnectionClosed):
                 self.abort()
                 return
@@ -379,7 +390,9 @@ class Connection(Writer, asyncio.Protocol):
         if self.http.our_state is h11.DONE and self.http.their_state is h11.DONE and not self.host.closing:
             self.http.start_next_cycle()
             self.deadline = time.monotonic() + self.config.handshake_timeout
-            self._process_http_events()
+            self._process_http_events()  # pipelined requests held meanwhile, in order
+            if self._http_task is None and not self._eof_pending:
+                self._resume(_PAUSED_PENDING)  # nothing pending, not closing: read the next request
         else:
             self._close_after_flush()
 
@@ -431,6 +444,8 @@ class Connection(Writer, asyncio.Protocol):
         self.session = session
         self.open = True
         self.host.stream_opened(self)
+        # read again, only to notice the client leaving (what it sends is dropped)
+        self._resume(_PAUSED_PENDING)
 
     @property
     def stream_chunked(self) -> bool:
@@ -514,6 +529,7 @@ class Connection(Writer, asyncio.Protocol):
             decision = (500, "internal error")
         if decision is PENDING:
             self._http_task = asyncio.get_running_loop().create_task(self._decide_handshake(response))
+            self._pause(_PAUSED_PENDING)  # frames are read once the handshake is decided
             return True
         self._answer_handshake(response, decision)
         return True
@@ -570,6 +586,7 @@ class Connection(Writer, asyncio.Protocol):
         if rest:
             ws.receive_data(bytes(rest))
         self._process_ws_events()
+        self._resume(_PAUSED_PENDING)
 
     # -- WebSocket messages ---------------------------------------------------------
 
@@ -627,7 +644,7 @@ class Connection(Writer, asyncio.Protocol):
                 payload = bytes(data)
             self._receive(payload, self._fragments_binary)
 
-    def _valid_utf8(self, data: bytes, first: bool, fin: bool) -> bool:
+    def _valid_utf8(self, data: bytes | bytearray | memoryview, first: bool, fin: bool) -> bool:
         """Check text as it arrives: a whole message at once, a fragmented one
         incrementally (failing fast, inside the fragment that breaks it)."""
         try:
@@ -654,9 +671,8 @@ class Connection(Writer, asyncio.Protocol):
         if self._inbox is None:
             self._inbox = collections.deque()
         self._inbox.append((payload, binary))
-        if len(self._inbox) >= MAX_INBOX and not self._paused and self.transport is not None:
-            self._paused = True
-            self.transport.pause_reading()
+        if len(self._inbox) >= MAX_INBOX:
+            self._pause(_PAUSED_INBOX)
         self._start_worker()
 
     def _start_worker(self) -> None:
@@ -671,9 +687,8 @@ class Connection(Writer, asyncio.Protocol):
         try:
             while inbox:
                 item = inbox.popleft()
-                if self._paused and len(inbox) < MAX_INBOX // 2 and self.transport is not None:
-                    self._paused = False
-                    self.transport.resume_reading()
+                if self._paused & _PAUSED_INBOX and len(inbox) < MAX_INBOX // 2:
+                    self._resume(_PAUSED_INBOX)
                 if item is None:
                     await session.open()
                 else:
@@ -772,6 +787,45 @@ class Connection(Writer, asyncio.Protocol):
         if self._close_timer is None and not self.lost:
             loop = asyncio.get_running_loop()
             self._close_timer = loop.call_later(self.config.close_timeout, self.abort)
+
+    # -- reading ----------------------------------------------------------------------
+
+    def _pause(self, reason: int) -> None:
+        """Stop reading from the socket for ``reason`` (a ``_PAUSED_*`` bit)."""
+        if not self._paused and self.transport is not None and not self.lost:
+            self.transport.pause_reading()
+        self._paused |= reason
+
+    def _resume(self, reason: int) -> None:
+        """Read again once no other reason to pause is left."""
+        if self._paused & reason:
+            self._paused &= ~reason
+            if not self._paused and self.transport is not None and not self.lost:
+                self.transport.resume_reading()
+
+    @property
+    def reading(self) -> bool:
+        """Whether the connection reads from its socket (False: paused while
+        a request or handshake is pending, or while the inbox is full)."""
+        return not self._paused and not self.lost
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received from the client and held, not yet handled: an
+        incomplete first request head, frames behind a pending handshake,
+        h11's buffer (pipelined requests behind a pending one), websockets'
+        partial frame and the payloads in the inbox. Bounded: reading pauses
+        while anything is pending, so this is at most one request head or
+        message and the rest of one transport read (plus :data:`MAX_INBOX`
+        messages)."""
+        size = len(self._head) if self._head is not None else 0
+        if self.http is not None:
+            size += len(self.http.trailing_data[0])
+        if self.ws is not None:
+            size += len(self.ws.reader.buffer)
+        if self._inbox:
+            size += sum(len(item[0]) for item in self._inbox if item is not None)
+        return size
 
     @property
     def idle(self) -> bool:

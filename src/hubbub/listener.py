@@ -55,6 +55,7 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Iterable
+from typing import Any
 
 __all__ = ["Listener", "ACCEPT_BATCH", "BACKOFF_INITIAL", "BACKOFF_MAX", "LOG_INTERVAL"]
 
@@ -268,7 +269,8 @@ class Listener:
         for s in self._sockets:
             s.close()
         for task, conn in self._tasks.items():
-            if inspect.getcoroutinestate(task.get_coro()) == inspect.CORO_CREATED:
+            coro = task.get_coro()
+            if inspect.iscoroutine(coro) and inspect.getcoroutinestate(coro) == inspect.CORO_CREATED:
                 # cancelled before its first step, the coroutine never runs
                 conn.close()
             task.cancel()
@@ -290,7 +292,7 @@ class Listener:
     def _arm(self) -> None:
         if self._armed or self._closed:
             return
-        for fd, s in zip(self._fds, self._sockets):
+        for fd, s in zip(self._fds, self._sockets, strict=True):
             self._loop.add_reader(fd, self._on_readable, s)
         self._armed = True
 
@@ -387,7 +389,7 @@ async def _bind(
         hosts = [host]
     else:
         hosts = [h or None for h in host]
-    infos: list[tuple[int, int, int, tuple]] = []
+    infos: list[tuple[int, int, int, tuple[Any, ...]]] = []
     for h in hosts:
         try:
             # numeric hosts (and None) resolve without DNS: no executor thread
@@ -398,8 +400,8 @@ async def _bind(
             found = await loop.getaddrinfo(
                 h, port, family=socket.AF_UNSPEC, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
             )
-        for af, socktype, proto, _canon, sa in found:
-            info = (af, socktype, proto, sa)
+        for family, kind, protocol, _canon, address in found:
+            info = (family, kind, protocol, address)
             if info not in infos:
                 infos.append(info)
     sockets: list[socket.socket] = []

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import cast
 
 from .outbox import FrameBatch
 from .stats import Stats
@@ -195,8 +196,8 @@ class Writer:
                 self._batched = False
                 size = 0
                 for i, item in enumerate(out):
-                    if type(item) is not bytes:
-                        out[i] = item = item.join()  # type: ignore[union-attr]
+                    if isinstance(item, FrameBatch):
+                        out[i] = item = item.join()
                     size += len(item)
                 self._out_size = size
                 if size + self._buffered > self._limit and self.open:
@@ -211,10 +212,11 @@ class Writer:
             stats.bytes_out += size
             self._out = []
             self._out_size = 0
-            if len(out) == 1:
-                transport.write(out[0])  # type: ignore[arg-type]
+            chunks = cast("list[bytes]", out)  # every FrameBatch was joined above
+            if len(chunks) == 1:
+                transport.write(chunks[0])
             else:
-                transport.writelines(out)  # type: ignore[arg-type]
+                transport.writelines(chunks)
             self._buffered = transport.get_write_buffer_size()
         if self._eof_pending:
             transport.close()  # after the buffer is written

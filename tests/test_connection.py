@@ -1,0 +1,264 @@
+"""One TCP connection on hubbub's own server (hubbub.connection): what it reads and holds.
+
+Raw sockets against a real server on 127.0.0.1. The server runs in the test's
+event loop, so a client flood is sent from a non-blocking socket between loop
+iterations: while the server reads, every iteration makes room for more; once
+it stops reading, the kernel's buffers fill and the client's sends fail with
+``BlockingIOError`` for as long as it stays paused (issue 23, defect 3).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+from collections.abc import AsyncIterator
+
+from websockets.frames import Frame, Opcode
+
+import hubbub
+from hubbub import App, ConnectResult
+from hubbub.connection import MAX_INBOX, Connection
+from hubbub.http import HTTPRequest, HTTPResponse
+
+from .conftest import TIMEOUT, until
+
+#: what a flood tries to send
+JUNK = 64 * 1024 * 1024
+#: The most a connection may hold behind a pending request: the rest of the one
+#: transport read that completed the request (asyncio reads 256 KiB at a time),
+#: with room for the request itself.
+HELD_LIMIT = 256 * 1024 + 16 * 1024
+#: consecutive loop iterations without a byte accepted before a flood gives up: a
+#: server that reads takes what is waiting at its socket in the next iteration
+STALLED_ITERATIONS = 100
+
+
+async def flood(sock: socket.socket, data: bytes, total: int = JUNK) -> int:
+    """Send ``data`` over and over from non-blocking ``sock`` until ``total``
+    bytes are sent or the server has taken nothing for
+    :data:`STALLED_ITERATIONS` event-loop iterations; return the bytes sent."""
+    sock.setblocking(False)
+    view = memoryview(data)
+    sent = offset = stalled = 0
+    async with asyncio.timeout(3 * TIMEOUT):
+        while sent < total and stalled < STALLED_ITERATIONS:
+            progress = 0
+            while sent < total:
+                try:
+                    n = sock.send(view[offset:offset + total - sent])
+                except BlockingIOError:
+                    break
+                sent += n
+                progress += n
+                offset = (offset + n) % len(data)
+            stalled = 0 if progress else stalled + 1
+            await asyncio.sleep(0)  # one loop iteration: the server reads if it may
+    return sent
+
+
+def connection_of(app: App, sock: socket.socket) -> Connection:
+    """The server's end of the client socket ``sock``."""
+    here = sock.getsockname()
+    found = [conn for conn in app.server.connections if conn.peer == here]
+    assert len(found) == 1, found
+    return found[0]
+
+
+async def read_until(sock: socket.socket, marker: bytes, buffer: bytearray) -> bytes:
+    """Read from ``sock`` into ``buffer`` until it holds ``marker``; return and
+    remove everything up to and including it."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    async with asyncio.timeout(TIMEOUT):
+        while marker not in buffer:
+            chunk = await loop.sock_recv(sock, 65536)
+            if not chunk:
+                raise AssertionError(f"closed before {marker!r}; got {bytes(buffer)!r}")
+            buffer += chunk
+    end = buffer.index(marker) + len(marker)
+    head = bytes(buffer[:end])
+    del buffer[:end]
+    return head
+
+
+async def read_response(sock: socket.socket, buffer: bytearray) -> tuple[bytes, bytes]:
+    """One HTTP/1.1 response with a Content-Length: ``(status line, body)``."""
+    head = await read_until(sock, b"\r\n\r\n", buffer)
+    length = 0
+    for line in head.split(b"\r\n"):
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(TIMEOUT):
+        while len(buffer) < length:
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "closed inside a body"
+            buffer += chunk
+    body = bytes(buffer[:length])
+    del buffer[:length]
+    return head.split(b"\r\n", 1)[0], body
+
+
+class Gate:
+    """What a pending handler or hook waits for: ``entered`` is set when it
+    starts waiting, ``release`` lets it go on."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def wait(self) -> None:
+        self.entered.set()
+        await asyncio.wait_for(self.release.wait(), 4 * TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def started(app: App) -> AsyncIterator[int]:
+    await app.start()
+    try:
+        yield app.server.port
+    finally:
+        await app.stop()
+
+
+def slow_http_app(gate: Gate) -> App:
+    app = App(port=0)
+
+    @app.route("/slow")
+    async def slow(request: HTTPRequest) -> HTTPResponse:
+        await gate.wait()
+        return HTTPResponse.text("slow done")
+
+    @app.route("/fast")
+    async def fast(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse.text("fast " + request.query.get("n", ""))
+
+    return app
+
+
+def connect(port: int) -> socket.socket:
+    return socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT)
+
+
+async def test_input_behind_a_pending_request_is_not_read() -> None:
+    """A request whose handler is pending, then 64 MiB of junk on the same
+    connection: the server stops reading and holds at most one read's rest
+    (before: it read and kept all of it, 1 GiB for 1 GiB sent)."""
+    gate = Gate()
+    app = slow_http_app(gate)
+    async with started(app) as port:
+        with connect(port) as sock:
+            sock.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
+            conn = connection_of(app, sock)
+            read_before = app.server.stats.bytes_in
+            sent = await flood(sock, b"x" * (1024 * 1024))
+            held = conn.buffered
+            read = app.server.stats.bytes_in - read_before
+            assert sent < JUNK, "the server took the whole flood"
+            assert held <= HELD_LIMIT, f"{held} bytes held behind a pending request"
+            assert read <= HELD_LIMIT, f"{read} bytes read behind a pending request"
+            assert not conn.reading
+            # once answered, the request gets its response; the junk then is refused
+            gate.release.set()
+            buffer = bytearray()
+            status, body = await read_response(sock, buffer)
+            assert status == b"HTTP/1.1 200 OK" and body == b"slow done"
+            status, _ = await read_response(sock, buffer)
+            assert status.startswith(b"HTTP/1.1 4")  # 431: a "head" of x without an end
+
+
+async def test_pipelined_requests_behind_a_pending_one_are_answered_in_order() -> None:
+    gate = Gate()
+    app = slow_http_app(gate)
+    async with started(app) as port:
+        with connect(port) as sock:
+            sock.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc"
+                         b"GET /fast?n=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+                         b"GET /fast?n=2 HTTP/1.1\r\nHost: t\r\n\r\n")
+            await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
+            conn = connection_of(app, sock)
+            await until(lambda: conn.buffered > 0, "the pipelined requests held")
+            assert not conn.reading
+            gate.release.set()
+            buffer = bytearray()
+            got = [await read_response(sock, buffer) for _ in range(3)]
+            assert got == [(b"HTTP/1.1 200 OK", b"slow done"), (b"HTTP/1.1 200 OK", b"fast 1"),
+                           (b"HTTP/1.1 200 OK", b"fast 2")]
+            # nothing pending any more: the connection reads its next request
+            assert conn.reading and conn.buffered == 0
+            sock.setblocking(True)
+            sock.sendall(b"GET /fast?n=3 HTTP/1.1\r\nHost: t\r\n\r\n")
+            assert await read_response(sock, buffer) == (b"HTTP/1.1 200 OK", b"fast 3")
+
+
+UPGRADE = (b"GET /ws/news HTTP/1.1\r\nHost: t\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+           b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
+
+
+async def test_input_behind_a_pending_handshake_is_not_read() -> None:
+    """A relay upgrade whose ``on_connect`` hook is pending, then 64 MiB of
+    junk: the server stops reading until the handshake is decided; then it
+    answers 101 and fails the junk as a bad frame (1002)."""
+    gate = Gate()
+    app = App(port=0)
+
+    @app.on_connect
+    async def on_connect(request: hubbub.ConnectRequest) -> ConnectResult:
+        await gate.wait()
+        return ConnectResult(user="u1")
+
+    async with started(app) as port:
+        with connect(port) as sock:
+            sock.sendall(UPGRADE)
+            await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
+            conn = connection_of(app, sock)
+            read_before = app.server.stats.bytes_in
+            sent = await flood(sock, b"x" * (1024 * 1024))
+            held = conn.buffered
+            read = app.server.stats.bytes_in - read_before
+            assert sent < JUNK, "the server took the whole flood"
+            assert held <= HELD_LIMIT, f"{held} bytes held behind a pending handshake"
+            assert read <= HELD_LIMIT, f"{read} bytes read behind a pending handshake"
+            assert not conn.reading
+            gate.release.set()
+            buffer = bytearray()
+            head = await read_until(sock, b"\r\n\r\n", buffer)
+            assert head.startswith(b"HTTP/1.1 101")
+            # the held junk is then read as frames: a protocol error (1002) closes the connection
+            await until(lambda: conn.lost, "the connection closed")
+            assert app.server.stats.disconnects[1002] == 1
+
+
+async def test_a_busy_websocket_handler_stops_the_reading() -> None:
+    """An endpoint that does not read its messages: its queue fills, then the
+    connection's inbox, then the server stops reading; what it holds is
+    bounded by the inbox and one read, not by what the client sends."""
+    gate = Gate()
+    app = App(port=0)
+
+    @app.websocket("/sink")
+    async def sink(ws: hubbub.WebSocket) -> None:
+        await gate.wait()
+        async for _ in ws:
+            pass
+
+    payload = b"m" * 1000
+    frame = Frame(Opcode.BINARY, payload).serialize(mask=True)
+    async with started(app) as port:
+        with connect(port) as sock:
+            sock.sendall(UPGRADE.replace(b"/ws/news", b"/sink"))
+            buffer = bytearray()
+            head = await read_until(sock, b"\r\n\r\n", buffer)
+            assert head.startswith(b"HTTP/1.1 101")
+            await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
+            conn = connection_of(app, sock)
+            sent = await flood(sock, frame * (1024 * 1024 // len(frame)))
+            assert sent < JUNK, "the server took the whole flood"
+            assert not conn.reading
+            # the inbox: MAX_INBOX messages when it paused, plus the rest of that read
+            assert conn.buffered <= MAX_INBOX * len(payload) + 256 * 1024 + len(frame)
+            gate.release.set()
+            await until(lambda: conn.reading, "reading resumed once the handler reads")
