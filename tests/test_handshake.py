@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import gc
 import os
 import socket
 from typing import Any
 
 from hubbub.config import NamespaceOptions
-from hubbub.server import GC_THRESHOLDS, Server, tune_gc
+from hubbub.server import Server
 
 from .conftest import TIMEOUT, proto_client
 
@@ -151,17 +150,6 @@ async def test_relay_subscribers_of_a_live_channel_cost_no_task(server: Server) 
     finally:
         for _, writer in [first, *more]:
             writer.close()
-
-
-def test_tune_gc_freezes_startup_objects_and_raises_thresholds() -> None:
-    saved = gc.get_threshold()
-    try:
-        tune_gc()
-        assert gc.get_threshold() == GC_THRESHOLDS
-        assert gc.get_freeze_count() > 0
-    finally:
-        gc.unfreeze()
-        gc.set_threshold(*saved)
 
 
 async def test_websocket_connections_have_tcp_nodelay(server: Server) -> None:
