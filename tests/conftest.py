@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +26,34 @@ from hubbub.server import Server
 ROOT = Path(__file__).resolve().parent.parent
 #: Upper bound for any single wait in a test (seconds).
 TIMEOUT = 10.0
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> Generator[None, Any, Any]:
+    """pytest-timeout bounds each test as a whole, fixtures included (pyproject.toml sets no
+    ``timeout_func_only``). When the bound is hit, dump every asyncio task before the test fails,
+    so that a hang in async code (a task that lost its cancellation, say) shows where each task
+    waits: the plugin's own dump shows threads only."""
+    result = yield
+    fail = signal.getsignal(signal.SIGALRM)
+    if callable(fail):  # the "signal" method (the default here); the "thread" method exits the process
+
+        def dump_tasks_then_fail(signum: int, frame: Any) -> None:
+            try:
+                loop = asyncio.get_running_loop()  # the handler runs in the main thread, inside the loop
+            except RuntimeError:
+                loop = None
+            if loop is not None:
+                terminal = item.config.get_terminal_writer()
+                for task in asyncio.all_tasks(loop):
+                    terminal.sep("~", title=f"asyncio task {task.get_name()}")
+                    stack = io.StringIO()
+                    task.print_stack(file=stack)
+                    terminal.write(stack.getvalue())
+            fail(signum, frame)
+
+        signal.signal(signal.SIGALRM, dump_tasks_then_fail)
+    return result
 
 
 def make_config(**kw: Any) -> Config:

@@ -12,6 +12,7 @@ surrogates), with no control or other unprintable characters.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Mapping
 from typing import Any
 
@@ -62,6 +63,7 @@ def text(value: Any, name: str) -> str:
 
 
 class Params:
+    # Its methods named str, int and bool shadow the builtins in the class body: annotations say builtins.X.
     """Typed access to a JSON object of request parameters.
 
     Each accessor returns the value, or ``default`` when the key is absent or
@@ -95,7 +97,8 @@ class Params:
         value = self._get(key, required)
         return default if value is None else text(value, self._where + key)
 
-    def channel(self, key: str = "channel", *, max_length: int = CHANNEL_MAX_LENGTH) -> str:
+    def channel(self, key: builtins.str = "channel", *,
+                max_length: builtins.int = CHANNEL_MAX_LENGTH) -> builtins.str:
         """A required channel name (see :func:`channel_name`)."""
         value = self._get(key, True)
         try:
@@ -103,8 +106,8 @@ class Params:
         except BadRequest as exc:
             raise BadRequest(exc.message.replace("channel", self._where + key, 1)) from None
 
-    def int(self, key: str, *, required: bool = False, default: int = 0, minimum: int | None = None,
-            maximum: int | None = None) -> int:
+    def int(self, key: builtins.str, *, required: builtins.bool = False, default: builtins.int = 0,
+            minimum: builtins.int | None = None, maximum: builtins.int | None = None) -> builtins.int:
         """An integer parameter within ``[minimum, maximum]`` when given."""
         value = self._get(key, required)
         if value is None:
@@ -115,7 +118,8 @@ class Params:
             raise BadRequest(f"{self._where}{key} must be in [{minimum}, {maximum}]")
         return value
 
-    def number(self, key: str, *, required: bool = False, default: float | None = None) -> float | None:
+    def number(self, key: builtins.str, *, required: builtins.bool = False,
+               default: float | None = None) -> float | None:
         """A number parameter (int or float, not bool)."""
         value = self._get(key, required)
         if value is None:
@@ -124,7 +128,8 @@ class Params:
             raise BadRequest(f"{self._where}{key} must be a number")
         return float(value)
 
-    def bool(self, key: str, *, required: bool = False, default: bool = False) -> bool:
+    def bool(self, key: builtins.str, *, required: builtins.bool = False,
+             default: builtins.bool = False) -> builtins.bool:
         """A boolean parameter."""
         value = self._get(key, required)
         if value is None:
@@ -133,12 +138,12 @@ class Params:
             raise BadRequest(f"{self._where}{key} must be a boolean")
         return value
 
-    def object(self, key: str, *, required: bool = False) -> Params | None:
+    def object(self, key: builtins.str, *, required: builtins.bool = False) -> Params | None:
         """A nested object, as :class:`Params` (``None`` when absent)."""
         value = self._get(key, required)
         return None if value is None else Params(value, f"{self._where}{key}.")
 
-    def strings(self, key: str, *, required: bool = False) -> list[str]:
+    def strings(self, key: builtins.str, *, required: builtins.bool = False) -> list[builtins.str]:
         """A list of strings (``[]`` when absent)."""
         value = self._get(key, required)
         if value is None:
@@ -147,7 +152,7 @@ class Params:
             raise BadRequest(f"{self._where}{key} must be a list of strings")
         return [text(item, f"{self._where}{key}[]") for item in value]
 
-    def objects(self, key: str, *, required: bool = False) -> list[Params]:
+    def objects(self, key: builtins.str, *, required: builtins.bool = False) -> list[Params]:
         """A list of objects, each as :class:`Params` (``[]`` when absent)."""
         value = self._get(key, required)
         if value is None:
@@ -156,7 +161,7 @@ class Params:
             raise BadRequest(f"{self._where}{key} must be a list of objects")
         return [Params(item, f"{self._where}{key}[{i}].") for i, item in enumerate(value)]
 
-    def string_map(self, key: str) -> dict[str, str] | None:
+    def string_map(self, key: builtins.str) -> dict[builtins.str, builtins.str] | None:
         """An object mapping strings to strings (``None`` when absent)."""
         value = self._get(key, False)
         if value is None:
