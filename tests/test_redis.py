@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 import redis.asyncio as aioredis
 import websockets
+from redis import exceptions as redis_errors
 
 from hubbub.brokers import create_broker
 from hubbub.brokers.base import ClientInfo, Publication
@@ -224,6 +225,35 @@ async def test_silent_redis_is_detected_by_ping(nodes: Any, redis_client: aiored
     await asyncio.wait_for(rec.reconnects.get(), TIMEOUT)
     await broker.publish("s", Publication(b"1"))
     assert (await rec.next_pub("s")).data == b"1"
+
+
+async def test_close_ends_a_writer_that_swallowed_its_cancellation(nodes: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 28, defect 1: a publish writer whose cancellation was turned into an
+    error on its way up (as a Redis driver may do) went back to waiting for work,
+    and close() (a node's shutdown, a test's teardown) waited for it forever,
+    swallowing its own caller's cancellation on the way."""
+    broker, _ = await nodes()
+    in_flight = asyncio.Event()
+
+    async def stuck_round_trip(pool: Any, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """A round trip Redis never answers, whose cancellation the driver reports as a lost connection."""
+        in_flight.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError as exc:
+            raise redis_errors.ConnectionError("connection closed while reading") from exc
+        return []
+
+    monkeypatch.setattr(broker, "_round_trip", stuck_round_trip)
+    pending = asyncio.ensure_future(broker.publish("w", Publication(b"1")))
+    await asyncio.wait_for(in_flight.wait(), TIMEOUT)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.wait_for(broker.close(), TIMEOUT)  # before the fix: returned only when this gave up
+    assert loop.time() - started < 3.0, "close() is bounded"
+    with pytest.raises(BrokerUnavailable):
+        await asyncio.wait_for(pending, TIMEOUT)
+    assert not [t for t in asyncio.all_tasks() if "redis" in t.get_name()], "close() leaves no task"
 
 
 # -- in-process servers sharing Redis: a missed publication is recovered -------------------------------------

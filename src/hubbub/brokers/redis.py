@@ -118,8 +118,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import hashlib
 import collections
+import hashlib
+import io
 import itertools
 import json
 import logging
@@ -171,6 +172,8 @@ SUBSCRIBE_BATCH = 512
 PRESENCE_SWEEP = 1000
 #: Commands per publish pipeline at most (a longer queue goes in several).
 MAX_PIPELINE = 1024
+#: Seconds :meth:`RedisBroker.close` waits for its cancelled tasks (they end at once unless a bug holds one).
+CLOSE_WAIT = 2.0
 
 #: Pub/sub messages are handed to the hub in batches, so that what Redis
 #: writes in pieces (it reads a pipeline 16 KiB at a time) reaches the
@@ -773,13 +776,17 @@ class RedisBroker(Broker):
         self._task = self._writer = None
         for task in tasks:
             task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
-            except Exception:  # pragma: no cover - the tasks log their own failures
-                log.exception("redis broker task failed")
+        self._wake.set()  # a writer whose cancellation was lost below it wakes up and finds the broker closed
+        # asyncio.wait, not `await task`: a cancellation of close() itself must reach its caller
+        done, stuck = await asyncio.wait(tasks, timeout=CLOSE_WAIT) if tasks else (set(), set())
+        for task in done:
+            if not task.cancelled() and task.exception() is not None:  # pragma: no cover - they log their own
+                log.error("redis broker task %r failed", task.get_name(), exc_info=task.exception())
+        for task in stuck:  # pragma: no cover - a bug: say where it hangs, and do not wait for it
+            where = io.StringIO()
+            task.print_stack(file=where)
+            log.error("redis broker task %r did not stop within %s s; left behind:\n%s",
+                      task.get_name(), CLOSE_WAIT, where.getvalue())
         outbox, self._outbox = self._outbox, []
         for queued in outbox:
             queued.finish(None, BrokerUnavailable("the redis broker is closed"))
@@ -1163,11 +1170,16 @@ class RedisBroker(Broker):
         self._wake.set()
 
     async def _write_loop(self) -> None:
-        """Send the outbox as pipelines, one at a time, forever."""
-        while True:
+        """Send the outbox as pipelines, one at a time, until the broker closes.
+
+        A cancellation always ends it, even one that the Redis driver turned
+        into an error on its way up (the task still says it is cancelling).
+        """
+        task = asyncio.current_task()
+        while not self._closed:
             await self._wake.wait()
             self._wake.clear()
-            while self._outbox:
+            while self._outbox and not self._closed:
                 batch = self._outbox[:MAX_PIPELINE]
                 del self._outbox[:MAX_PIPELINE]
                 self._in_flight = True
@@ -1183,6 +1195,8 @@ class RedisBroker(Broker):
                         queued.finish(None, BrokerError(f"redis publish failed: {_describe(exc)}"))
                 finally:
                     self._in_flight = False
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError("the redis publish writer was cancelled")
                 if self._inbox:
                     # the pub/sub messages held for this pipeline (and those read in this
                     # iteration, which the reader parses before the next one) go together
