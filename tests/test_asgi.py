@@ -53,12 +53,14 @@ def listening_socket(*, sndbuf: int | None = None) -> socket.socket:
 
 
 @contextlib.asynccontextmanager
-async def uvicorn_serving(app: Any, *, sock: socket.socket | None = None) -> AsyncIterator[int]:
-    """Serve ``app`` with uvicorn in this event loop; yields the port."""
+async def uvicorn_serving(app: Any, *, sock: socket.socket | None = None,
+                          more: tuple[socket.socket, ...] = ()) -> AsyncIterator[int]:
+    """Serve ``app`` with uvicorn in this event loop (on ``sock`` and the ``more``
+    sockets); yields ``sock``'s port."""
     sock = sock or listening_socket()
     port = sock.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
-    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+    task = asyncio.get_running_loop().create_task(server.serve(sockets=[sock, *more]))
     try:
         async with asyncio.timeout(TIMEOUT):
             while not server.started:
@@ -73,6 +75,8 @@ async def uvicorn_serving(app: Any, *, sock: socket.socket | None = None) -> Asy
             await asyncio.wait_for(task, TIMEOUT)
         finally:
             sock.close()
+            for extra in more:
+                extra.close()
 
 
 def http(method: str, url: str, body: bytes | None = None,
@@ -311,6 +315,91 @@ async def test_slow_asgi_client_is_dropped_within_close_timeout() -> None:
             slow.close()
 
 
+def mute_request(port: int, head: str, body: bytes = b"") -> socket.socket:
+    """Send one HTTP request and never read the answer (a tiny receive buffer,
+    so what the server sends piles up on the server's side)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.settimeout(TIMEOUT)
+    sock.connect(("127.0.0.1", port))
+    sock.sendall(f"{head}\r\nHost: 127.0.0.1:{port}\r\nContent-Length: {len(body)}\r\n\r\n".encode() + body)
+    return sock
+
+
+#: a mute stream subscriber of channel "firehose", by kind: the request it sends
+MUTE_STREAMS = {
+    "sse": ("GET /sse/firehose HTTP/1.1\r\nAccept: text/event-stream", b""),
+    "http_stream": ("POST /connection/http_stream HTTP/1.1\r\nContent-Type: application/json",
+                    b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"firehose"}}'),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(MUTE_STREAMS))
+async def test_mute_asgi_stream_subscriber_is_closed_3008_and_released(kind: str) -> None:
+    """Issue 23, defect 6: a stream subscriber (SSE, http_stream) under uvicorn that
+    never reads. Past ``max_pending_output`` it is closed with 3008 and, within
+    ``close_timeout``, everything it held is freed: its queue (what the sender task
+    had not handed to uvicorn yet), the sender task, its subscription, its place
+    among the node's connections. The bound is above uvicorn's own write buffer,
+    so uvicorn stops taking output and the queue is ours to free."""
+    close_timeout = 0.5
+    hub_app = echo_app(max_pending_output=256 * 1024, close_timeout=close_timeout)
+    async with uvicorn_serving(hub_app, sock=listening_socket(sndbuf=8192)) as port:
+        mute = await asyncio.to_thread(mute_request, port, *MUTE_STREAMS[kind])
+        try:
+            await until(lambda: hub_app.hub.channels().get("firehose", 0) >= 1, "the mute subscriber")
+            (stream,) = hub_app.server.connections
+            await flood_until_slow(hub_app, "firehose")
+            assert hub_app.server.stats.disconnects[3008] >= 1
+            await until(lambda: not hub_app.server.connections and "firehose" not in hub_app.hub.channels(),
+                        "the mute stream to be released", timeout=close_timeout + 5)
+            await until(lambda: stream.queued == 0 and not stream.sending,
+                        "its queue freed and its sender stopped", timeout=close_timeout + 5)
+            # publishing more holds nothing for it
+            for _ in range(256):
+                await hub_app.hub.publish("firehose", {"data": "x" * 1024})
+            assert stream.queued == 0 and stream.pending == 0
+        finally:
+            mute.close()
+
+
+@pytest.mark.parametrize("path", ["/echo", "/ws/news", "/connection/websocket"])
+async def test_oversized_message_under_asgi_is_closed_1009(path: str) -> None:
+    """Issue 23, defect 6: a WebSocket message over ``max_message_size`` gets close
+    code 1009 under uvicorn too (hubbub's own server: websockets' ``max_size``),
+    not a dropped connection (1006)."""
+    hub_app = echo_app(max_message_size=1024)
+    async with uvicorn_serving(hub_app) as port:
+        async with websockets.connect(f"ws://127.0.0.1:{port}{path}", max_size=None) as ws:
+            await ws.send("x" * 2048)
+            with pytest.raises(websockets.ConnectionClosed) as closed:
+                while True:
+                    await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1009, closed.value
+
+
+async def test_asgi_responses_refusals_and_accept_go_through_the_writer() -> None:
+    """Issue 23, defect 6: under ASGI every byte to a client goes through the
+    bounded ``Writer`` (hubbub.writer), which counts what it sends: plain HTTP
+    responses, refused upgrades and the accept of an upgrade included."""
+    hub_app = echo_app()
+    stats = hub_app.server.stats
+    async with uvicorn_serving(hub_app) as port:
+        before = stats.bytes_out
+        status, body = await ahttp("GET", f"http://127.0.0.1:{port}/health")
+        assert status == 200
+        assert stats.bytes_out >= before + len(body)
+
+        before = stats.messages_out
+        with pytest.raises(websockets.InvalidStatus):
+            await websockets.connect(f"ws://127.0.0.1:{port}/nowhere")
+        assert stats.messages_out > before
+
+        before = stats.messages_out
+        async with websockets.connect(f"ws://127.0.0.1:{port}/echo"):
+            assert stats.messages_out > before  # the accept, before any message
+
+
 # -- the exposure rule under ASGI ---------------------------------------------------------------
 
 
@@ -356,6 +445,57 @@ async def test_asgi_on_a_public_address_keeps_the_exposure_rule(allow_anonymous:
     async with uvicorn_serving(hub_app, sock=sock) as port:
         accepted = await anonymous_connect_accepted(f"ws://{address}:{port}/connection/websocket")
     assert accepted is bool(allow_anonymous)
+
+
+async def relay_accepted(url: str) -> bool:
+    """Whether an anonymous relay client is let in (its message comes back to it)."""
+    try:
+        ws = await websockets.connect(url, ping_interval=None)
+    except websockets.InvalidStatus:
+        return False
+    async with ws:
+        try:
+            await ws.send("anyone there?")
+            return await asyncio.wait_for(ws.recv(), TIMEOUT) == "anyone there?"
+        except websockets.ConnectionClosed:
+            return False
+
+
+@pytest.mark.parametrize("first", ["loopback", "public"])
+async def test_asgi_exposure_rule_holds_whoever_asks_first(first: str) -> None:
+    """Issue 23, defect 5: one uvicorn serving the same App on 127.0.0.1 and on a
+    public address. Whichever address is asked first (a health check on 127.0.0.1,
+    say), the public address refuses anonymous protocol and relay clients and
+    answers 404 at /admin/login (no admin_secret), as ``hubbub serve`` would."""
+    address = public_address()
+    if address is None:
+        pytest.skip("no non-loopback address on this machine")
+    hub_app = hubbub.App()
+    public = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    public.bind((address, 0))
+    public_port = public.getsockname()[1]
+    async with uvicorn_serving(hub_app, more=(public,)) as port:
+        local, exposed = f"127.0.0.1:{port}", f"{address}:{public_port}"
+        if first == "loopback":
+            status, _ = await ahttp("GET", f"http://{local}/health")  # the health check asks first
+            assert status == 200
+            assert await anonymous_connect_accepted(f"ws://{local}/connection/websocket")
+            status, _ = await ahttp("GET", f"http://{local}/admin/login")
+            assert status == 200  # on loopback the dashboard is on (a random secret is logged)
+        assert not await anonymous_connect_accepted(f"ws://{exposed}/connection/websocket")
+        assert not await relay_accepted(f"ws://{exposed}/ws/news")
+        status, _ = await ahttp("GET", f"http://{exposed}/admin/login")
+        assert status == 404
+        status, _ = await ahttp("POST", f"http://{exposed}/admin/login", b"secret=guess",
+                                {"content-type": "application/x-www-form-urlencoded"})
+        assert status == 404
+        # a second look after a loopback request changes nothing on the public address
+        status, _ = await ahttp("GET", f"http://{local}/health")
+        assert status == 200
+        assert not await anonymous_connect_accepted(f"ws://{exposed}/connection/websocket")
+        assert not await relay_accepted(f"ws://{exposed}/ws/news")
+        status, _ = await ahttp("GET", f"http://{exposed}/admin/login")
+        assert status == 404
 
 
 # -- applications hosted inside hubbub (`hubbub run`) ---------------------------------------

@@ -27,6 +27,7 @@ _EXPORTS = {
     "ClientSession": "session",
     "Hub": "hub",
     "Server": "server",
+    "HostedApp": "hosting",
     "StreamPosition": "brokers.base",
     "Publication": "brokers.base",
     "BadRequest": "errors",
@@ -51,6 +52,7 @@ if TYPE_CHECKING:  # noqa: F401 (names for type checkers; loaded lazily at run t
     from .errors import (  # noqa: F401
                          BadRequest, BrokerError, BrokerUnavailable, ClientError, ConfigError, Disconnect,
                          HubbubError, ProtocolError, ReplyError)
+    from .hosting import HostedApp
     from .hub import Hub
     from .server import Server
     from .session import ClientSession

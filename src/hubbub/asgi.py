@@ -1,48 +1,47 @@
-"""hubbub under an ASGI server, and ASGI or WSGI applications inside hubbub.
-
-**hubbub as an ASGI application.** :class:`ASGIAdapter` serves a
+"""hubbub as an ASGI application: :class:`ASGIAdapter` serves a
 :class:`~hubbub.server.Server`'s endpoints (framework endpoints, the
-protocol, the relay, the server API, health, metrics) to any ASGI 3 server
-(uvicorn, hypercorn, granian) or host application (FastAPI and Starlette
-``mount``, Django's ASGI router). ``hubbub.App`` is one. The node starts with
-the ASGI lifespan, or at the first request when the host does not pass
-lifespan events to mounted applications (Starlette's ``Mount`` does not).
+protocol, the relay, streams, the server API, health, metrics) to any ASGI 3
+server (uvicorn, hypercorn, granian) or host application (FastAPI and
+Starlette ``mount``, Django's ASGI router). ``hubbub.App`` is one. The node
+starts with the ASGI lifespan, or at the first request when the host does not
+pass lifespan events to mounted applications (Starlette's ``Mount`` does not).
 
-Every rule is the same as on hubbub's own server: sessions are the same
-client-core objects (:mod:`hubbub.core`), and every byte goes through the
-same bounded :class:`~hubbub.writer.Writer` (3008 for a client that does not
-read). What differs is the last step: an ASGI server takes one message per
-``send`` call, so each connection has one sender task that hands its queue to
-``send`` in order, and pushes are not joined into shared batches
-(:attr:`ASGIFrames.joinable` is false). Measured cost against hubbub's own
-server: ``docs/benchmarks.md`` (ASGI rows).
+Every rule is the same as on hubbub's own server (docs/design.md): sessions
+are the same client-core objects (:mod:`hubbub.core`), and every byte to a
+client (responses, refusals, the accept of an upgrade, messages, close
+frames) goes through the same bounded :class:`~hubbub.writer.Writer` (3008
+for a client that does not read). An ASGI server takes one message per
+``send`` call, so each connection's writer hands its queue to one sender
+task that calls ``send`` in order; pushes are not joined into shared batches
+(:attr:`ASGIFrames.joinable` is false). Measured cost: ``docs/benchmarks.md``
+(ASGI rows).
 
-Refusals before ``accept`` use the ``websocket.http.response`` extension when
-the server offers it (the real status, 401/403/404), else a close before
-accept, which ASGI servers answer with HTTP 403.
+The exposure rule of ``hubbub serve`` (``Config.check_exposure``) is checked
+for every connection, on the address the ASGI server says it was made to
+(the scope's ``server``): see :meth:`ASGIAdapter.check_exposure`.
 
-**Applications inside hubbub.** :class:`HostedApp` runs an ASGI application,
-or a WSGI one through ``a2wsgi``, for every HTTP request that no hubbub route
-takes (``hubbub.App(http=fastapi_app)``), with its lifespan run at start and
-stop.
+Applications inside hubbub (``hubbub.App(http=...)``) are
+:mod:`hubbub.hosting`'s :class:`~hubbub.hosting.HostedApp`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import inspect
 import logging
 from collections import deque
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from .codes import DisconnectCode
 from .config import is_loopback
 from .connection import WebSocketSession
-from .core import PENDING
+from .core import PENDING, HandshakeDecision
+from .hosting import HostedApp
 from .http import HTTPRequest, HTTPResponse
 from .server import Server
 from .writer import Writer
+
+__all__ = ["ASGIAdapter", "ASGIConnection", "ASGIFrames", "ASGIStream", "HostedApp"]
 
 log = logging.getLogger("hubbub.asgi")
 
@@ -52,13 +51,55 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_TEXT = 1
-_BINARY = 2
-_CLOSE = 8
+# What a WebSocket connection's queue holds: one ASGI message per item, its
+# kind in the first byte (messages are bytes so that the Writer bounds and
+# counts them like any other output).
+_TEXT = 1  # + UTF-8 text: websocket.send
+_BINARY = 2  # + bytes: websocket.send
+_CLOSE = 8  # + code (2 bytes) + reason: websocket.close (before accept: a refusal)
+_ACCEPT = 16  # + subprotocol (UTF-8, empty: none): websocket.accept
+_REFUSAL = 17  # + packed status, headers, body: websocket.http.response.start and .body
+
+#: Longest close reason, in bytes (a close frame payload is at most 125 bytes).
+_MAX_CLOSE_REASON = 123
+
+
+def _pack(fields: Iterable[bytes]) -> bytes:
+    """Fields as one bytes object, each behind its 4-byte length."""
+    return b"".join(len(field).to_bytes(4, "big") + field for field in fields)
+
+
+def _unpack(data: bytes) -> list[bytes]:
+    """The fields of :func:`_pack`."""
+    fields, at = [], 0
+    while at < len(data):
+        size = int.from_bytes(data[at:at + 4], "big")
+        fields.append(data[at + 4:at + 4 + size])
+        at += 4 + size
+    return fields
+
+
+def _pack_head(status: int, headers: list[tuple[bytes, bytes]], body: bytes | None = None) -> bytes:
+    fields = [str(status).encode(), *(part for header in headers for part in header)]
+    return _pack([*fields, body] if body is not None else fields)
+
+
+def _unpack_head(data: bytes) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+    """``(status, headers, body)`` of :func:`_pack_head` (an empty body if it had none)."""
+    fields = _unpack(data)
+    body = fields.pop() if len(fields) % 2 == 0 else b""
+    return int(fields[0]), list(zip(fields[1::2], fields[2::2], strict=True)), body
+
+
+def _response_headers(response: HTTPResponse) -> list[tuple[bytes, bytes]]:
+    headers = [(b"content-type", response.content_type.encode("latin-1")),
+               (b"content-length", str(len(response.body)).encode())]
+    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+    return headers
 
 
 class ASGIFrames:
-    """Framing for ASGI connections: a one-byte kind (text, binary, close)
+    """Framing for ASGI WebSocket connections: a one-byte kind (text, binary)
     and the payload. The sender task turns it into an ASGI message."""
 
     __slots__ = ()
@@ -73,14 +114,15 @@ class ASGIFrames:
         return b"\x02" + payload
 
 
-class _Sender:
-    """The transport of an ASGI connection: a queue of framed messages that
-    one task hands to ``send``, in order. Implements what :class:`Writer`
-    uses of an asyncio transport."""
+class _Sender(asyncio.Transport):
+    """The transport of an ASGI connection, as its :class:`Writer` sees it: a
+    queue of messages that one task hands to ``send``, in order. The bytes
+    it holds count in the writer's bound (:meth:`get_write_buffer_size`)."""
 
     __slots__ = ("_send", "_queue", "_size", "_wake", "_closing", "_task", "_on_lost")
 
     def __init__(self, send: Send, on_lost: Callable[[], None]) -> None:
+        super().__init__()
         self._send = send
         self._queue: deque[bytes] = deque()
         self._size = 0
@@ -89,33 +131,45 @@ class _Sender:
         self._on_lost = on_lost
         self._task = asyncio.get_running_loop().create_task(self._run())
 
-    def write(self, data: bytes) -> None:
-        self._queue.append(data)
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self._queue.append(bytes(data) if type(data) is not bytes else data)
         self._size += len(data)
         self._wake.set()
 
-    def writelines(self, items: list[bytes]) -> None:
+    def writelines(self, items: Iterable[bytes | bytearray | memoryview]) -> None:
         for data in items:
             self.write(data)
 
     def get_write_buffer_size(self) -> int:
         return self._size
 
+    def is_closing(self) -> bool:
+        return self._closing
+
     def close(self) -> None:
+        """Send what is queued, then end (:meth:`_end`) and stop."""
         self._closing = True
         self._wake.set()
 
-    def abort(self) -> None:
+    def drop(self) -> None:
+        """Free what is queued and not handed to ``send`` yet."""
         self._queue.clear()
         self._size = 0
+
+    def abort(self) -> None:
+        self.drop()
         self.close()
+
+    @property
+    def running(self) -> bool:
+        """Whether the sender task still runs."""
+        return not self._task.done()
 
     async def _run(self) -> None:
         try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
-                await self._begin()
                 while self._queue:
                     data = self._queue.popleft()
                     self._size -= len(data)
@@ -127,73 +181,159 @@ class _Sender:
         except asyncio.CancelledError:
             raise
         except Exception:  # the client is gone (the server raises on send)
-            self._queue.clear()
-            self._size = 0
+            pass
         finally:
+            self.drop()
             self._on_lost()
 
-    async def _begin(self) -> None:
-        """Before the first queued message (nothing for a WebSocket)."""
-
     async def _send_one(self, data: bytes) -> bool:
-        """Hand one framed message to ``send``; True after the close frame."""
+        """Hand one queued message to ``send``; True once nothing may follow it."""
         kind = data[0]
         if kind == _TEXT:
             await self._send({"type": "websocket.send", "text": data[1:].decode("utf-8")})
         elif kind == _BINARY:
-            await self._send({"type": "websocket.send", "bytes": bytes(data[1:])})
+            await self._send({"type": "websocket.send", "bytes": data[1:]})
+        elif kind == _ACCEPT:
+            subprotocol = data[1:].decode("utf-8")
+            await self._send({"type": "websocket.accept", "subprotocol": subprotocol} if subprotocol
+                             else {"type": "websocket.accept"})
+        elif kind == _REFUSAL:
+            status, headers, body = _unpack_head(data[1:])
+            await self._send({"type": "websocket.http.response.start", "status": status, "headers": headers})
+            await self._send({"type": "websocket.http.response.body", "body": body})
+            return True
         else:  # _CLOSE: code (2 bytes) + reason
             code = int.from_bytes(data[1:3], "big")
-            await self._send({"type": "websocket.close", "code": code,
-                              "reason": data[3:].decode("utf-8", "ignore")})
+            await self._send({"type": "websocket.close", "code": code, "reason": data[3:].decode("utf-8", "ignore")})
             return True
         return False
 
     async def _end(self) -> None:
-        """After :meth:`close` once the queue is empty (nothing for a WebSocket)."""
+        """After :meth:`close`, once the queue is empty (nothing for a WebSocket)."""
 
     async def stop(self) -> None:
+        """Stop the task (what it was sending is dropped) and free the queue."""
         if not self._task.done():
             self._task.cancel()
             try:
                 await self._task
             except asyncio.CancelledError:
                 pass
+        self.drop()
 
 
-class ASGIConnection(Writer):
-    """One WebSocket connection from an ASGI server. Implements
-    :class:`~hubbub.outbox.Outbox` through the shared :class:`Writer`."""
+class _BodySender(_Sender):
+    """The transport of an HTTP response under ASGI: the first item queued is
+    the head (:func:`_pack_head`), sent as ``http.response.start``; every
+    later one is an ``http.response.body`` message (``more_body``), in order;
+    :meth:`close` sends the last one."""
 
-    #: how pushes are framed for ASGI connections (shared by all)
-    frames = ASGIFrames()
+    __slots__ = ("_head_sent",)
 
-    __slots__ = ("host", "config", "stats", "session", "request", "ping_slot", "deadline", "ws", "_closed_sent",
-                 "_gone", "_closing")
+    def __init__(self, send: Send, on_lost: Callable[[], None]) -> None:
+        super().__init__(send, on_lost)
+        self._head_sent = False
 
-    def __init__(self, server: Server, request: HTTPRequest) -> None:
-        assert server.flusher is not None
+    async def _send_one(self, data: bytes) -> bool:
+        if not self._head_sent:
+            self._head_sent = True
+            status, headers, _ = _unpack_head(data)
+            await self._send({"type": "http.response.start", "status": status, "headers": headers})
+        else:
+            await self._send({"type": "http.response.body", "body": data, "more_body": True})
+        return False
+
+    async def _end(self) -> None:
+        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+class _ASGIWriter(Writer):
+    """What both kinds of ASGI connection share: the :class:`Writer` over a
+    sender task, and what a session and the node read of a connection."""
+
+    __slots__ = ("host", "config", "stats", "session", "ping_slot", "deadline", "ws", "_sender", "_gone",
+                 "_closing")
+
+    def __init__(self, server: Server, sender: Callable[[Callable[[], None]], _Sender]) -> None:
+        assert server.flusher is not None, "the node is started"
         super().__init__(server.flusher, server.config.max_pending_output, server.stats)
         self.host = server
         self.config = server.config
         self.stats = server.stats
-        self.session: WebSocketSession | None = None
-        self.request = request
+        self.session: Any = None
         self.ping_slot = 0
         self.deadline = 0.0
         self.ws = None  # no websockets protocol object: the ASGI server frames
-        self._closed_sent = False
-        self._gone = asyncio.Event()  # the sender stopped (close sent, or the client is gone)
-        self._closing = asyncio.Event()  # we closed: stop reading, wait for the sender
+        self._gone = asyncio.Event()  # the sender stopped (all sent, or the client is gone)
+        self._closing = asyncio.Event()  # we ended the connection: stop reading, wait for the sender
+        self._sender = sender(self._gone.set)
+        self.transport = self._sender
 
     @property
     def idle(self) -> bool:
         return False
 
-    def attach(self, send: Send) -> None:
-        """Start the sender task; output is accepted from now on."""
-        self.transport = _Sender(send, self._gone.set)  # type: ignore[assignment]
+    @property
+    def queued(self) -> int:
+        """Bytes the sender task holds, not yet handed to the ASGI server's ``send``."""
+        return self._sender.get_write_buffer_size()
+
+    @property
+    def sending(self) -> bool:
+        """Whether the sender task runs (it stops once the connection is released)."""
+        return self._sender.running
+
+    def abort(self) -> None:
+        self._sender.abort()
+
+    async def release(self) -> None:
+        """Release the connection (idempotent). Once we ended it, the sender may
+        finish for at most ``close_timeout`` seconds (a client that does not
+        read never lets it); then it is stopped and what it holds is freed."""
+        if self._closing.is_set() and not self._gone.is_set() and not self.lost:
+            try:
+                await asyncio.wait_for(self._gone.wait(), self.config.close_timeout)
+            except TimeoutError:
+                pass
+        self.lost = True
+        self.open = False
+        await self._sender.stop()
+
+
+class ASGIConnection(_ASGIWriter):
+    """One WebSocket connection from an ASGI server. Implements
+    :class:`~hubbub.outbox.Outbox` through the shared :class:`Writer`; its
+    accept, refusal and close go through it too."""
+
+    #: how pushes are framed for ASGI connections (shared by all)
+    frames = ASGIFrames()
+
+    __slots__ = ("request", "_closed_sent")
+
+    def __init__(self, server: Server, request: HTTPRequest, send: Send) -> None:
+        super().__init__(server, lambda lost: _Sender(send, lost))
+        self.request = request
+        self._closed_sent = False
+
+    def accept(self, subprotocol: str | None) -> None:
+        """Queue the accept of the upgrade; output is accepted from now on."""
+        self.write_control(bytes([_ACCEPT]) + (subprotocol or "").encode("utf-8"))
         self.open = True
+
+    async def refuse(self, scope: Scope, status: int, text: str) -> None:
+        """Refuse the upgrade with an HTTP status when the ASGI server supports it
+        (``websocket.http.response``), else close before accept (which ASGI
+        servers answer with 403), and release the connection."""
+        self._closed_sent = True
+        self._closing.set()
+        if "websocket.http.response" in (scope.get("extensions") or {}):
+            body = (text + "\n").encode()
+            headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
+            self.write_control(bytes([_REFUSAL]) + _pack_head(status, headers, body))
+        else:
+            self.write_control(bytes([_CLOSE]) + (1008).to_bytes(2, "big") + text.encode()[:_MAX_CLOSE_REASON])
+        self.finish()
+        await self.release()
 
     def send_text(self, payload: bytes) -> None:
         self.write(b"\x01" + payload)
@@ -214,89 +354,54 @@ class ASGIConnection(Writer):
         self._closed_sent = True
         self._closing.set()
         self.stats.disconnects[code] += 1
-        self.write_control(b"\x08" + code.to_bytes(2, "big") + reason.encode()[:123])
+        self.write_control(bytes([_CLOSE]) + code.to_bytes(2, "big") + reason.encode()[:_MAX_CLOSE_REASON])
         self.finish()
-
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()  # type: ignore[attr-defined]
 
     def _on_slow(self, pending: int) -> None:
         log.warning("slow ASGI client: %d bytes pending; closing with 3008", pending)
+        self._sender.drop()  # what the sender holds goes with the Writer's queue
         if self.session is not None:
             self.session.disconnect(DisconnectCode.SLOW, "slow")
         else:
             self.close(DisconnectCode.SLOW, "slow")
 
 
-class _BodySender(_Sender):
-    """The transport of a streaming HTTP response under ASGI: the head, then
-    one ``http.response.body`` message (``more_body``) per write, in order, from
-    one task; :meth:`close` sends the last one."""
-
-    __slots__ = ("_start",)
-
-    def __init__(self, send: Send, start: Message, on_lost: Callable[[], None]) -> None:
-        self._start: Message | None = start
-        super().__init__(send, on_lost)
-        self._wake.set()  # the head goes out at once
-
-    def writelines(self, items: list[bytes]) -> None:
-        self.write(b"".join(items))  # an HTTP body may be joined freely
-
-    async def _begin(self) -> None:
-        if self._start is not None:
-            start, self._start = self._start, None
-            await self._send(start)
-
-    async def _send_one(self, data: bytes) -> bool:
-        await self._send({"type": "http.response.body", "body": data, "more_body": True})
-        return False
-
-    async def _end(self) -> None:
-        await self._send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-class ASGIStream(Writer):
-    """A streaming HTTP response under ASGI (:mod:`hubbub.streams`): the same
-    bounded :class:`Writer` as every connection, its body handed to the ASGI
-    server's ``send`` by one task. The ASGI server frames the body itself, so
-    streams here are not chunked by hubbub (``stream_chunked`` false)."""
+class ASGIStream(_ASGIWriter):
+    """The answer to one HTTP request under ASGI: a plain response
+    (:meth:`respond`) or a stream held by a session (:mod:`hubbub.streams`),
+    through the same bounded :class:`Writer` as every connection. The ASGI
+    server frames the body itself, so streams here are not chunked by hubbub
+    (``stream_chunked`` false)."""
 
     stream_chunked = False
 
-    __slots__ = ("host", "config", "stats", "session", "ping_slot", "deadline", "ws", "_send", "_done")
+    __slots__ = ("_registered",)
 
     def __init__(self, server: Server, send: Send) -> None:
-        assert server.flusher is not None
-        super().__init__(server.flusher, server.config.max_pending_output, server.stats)
-        self.host = server
-        self.config = server.config
-        self.stats = server.stats
-        self.session: Any = None
-        self.ping_slot = 0
-        self.deadline = 0.0
-        self.ws = None
-        self._send = send
-        self._done = asyncio.Event()  # the body is finished (or the client is gone)
+        super().__init__(server, lambda lost: _BodySender(send, lost))
+        self._registered = False
 
-    @property
-    def idle(self) -> bool:
-        return False
+    def respond(self, response: HTTPResponse) -> None:
+        """Queue a whole response (head and body) and end it."""
+        self.write_control(_pack_head(response.status, _response_headers(response)))
+        if response.body:
+            self.write_control(response.body)
+        self.finish()
 
     def begin_stream(self, session: Any, headers: list[tuple[str, str]]) -> None:
-        start = {"type": "http.response.start", "status": 200,
-                 "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]}
+        """Answer 200 with ``headers``; the body is what ``session`` sends until it ends."""
+        self.write_control(_pack_head(200, [(k.encode("latin-1"), v.encode("latin-1")) for k, v in headers]))
         self.session = session
-        self.transport = _BodySender(self._send, start, self._done.set)  # type: ignore[assignment]
         self.open = True
-        self.host.connection_opened(self)  # type: ignore[arg-type]
-        self.host.stream_opened(self)  # type: ignore[arg-type]
+        self._registered = True
+        self.host.connection_opened(self)  # type: ignore[arg-type]  # Server types its connections as Connection
+        self.host.stream_opened(self)  # type: ignore[arg-type]  # idem
 
     def end_stream(self, tail: bytes = b"") -> None:
-        if self.lost or self.transport is None:
+        if self.lost:
             return
         self.open = False
+        self._closing.set()
         if tail:
             self.write_control(tail)
         self.finish()
@@ -304,44 +409,42 @@ class ASGIStream(Writer):
     def close(self, code: int, reason: str = "") -> None:
         self.end_stream()
 
-    def abort(self) -> None:
-        if self.transport is not None:
-            self.transport.abort()  # type: ignore[attr-defined]
-
     def _on_slow(self, pending: int) -> None:
         log.warning("slow ASGI stream: %d bytes pending; closing with 3008", pending)
+        self._sender.drop()  # what the sender holds goes with the Writer's queue
         if self.session is not None:
             self.session.disconnect(DisconnectCode.SLOW, "slow")
         else:
             self.end_stream()
 
     async def serve_until_done(self, receive: Receive) -> None:
-        """Hold the request until the body is finished or the client leaves,
-        then release the session and the node's bookkeeping."""
+        """Hold the request until the response is sent, or the client leaves,
+        or (once we ended it) ``close_timeout`` passed; then release the
+        session, the node's bookkeeping and what is still queued."""
         receiving = asyncio.ensure_future(receive())
-        done = asyncio.ensure_future(self._done.wait())
+        waits = (asyncio.ensure_future(self._gone.wait()), asyncio.ensure_future(self._closing.wait()))
         try:
             while True:
-                finished, _ = await asyncio.wait((receiving, done), return_when=asyncio.FIRST_COMPLETED)
-                if done in finished:
-                    break
+                finished, _ = await asyncio.wait((receiving, *waits), return_when=asyncio.FIRST_COMPLETED)
+                if receiving not in finished:
+                    break  # sent, or ended by us
                 if receiving.result()["type"] == "http.disconnect":
                     break
                 receiving = asyncio.ensure_future(receive())
         finally:
             receiving.cancel()
-            done.cancel()
-            self.lost = True
-            self.open = False
+            for task in waits:
+                task.cancel()
             session, self.session = self.session, None
             try:
                 if session is not None:
                     session.on_closed()
+                await self.release()
             finally:
-                self.host.connection_closed(self)  # type: ignore[arg-type]
-                sender = self.transport
-                if sender is not None:
-                    await sender.stop()  # type: ignore[attr-defined]
+                self.lost = True
+                if self._registered:
+                    self._registered = False
+                    self.host.connection_closed(self)  # type: ignore[arg-type]  # as in begin_stream
 
 
 def _request(scope: Scope, body: bytes = b"") -> HTTPRequest:
@@ -374,25 +477,48 @@ class ASGIAdapter:
         self._shutdown = shutdown
         self._lock: asyncio.Lock | None = None
         self._started = False
-        self._exposure_checked = False
+        #: a connection arrived on a non-loopback address (see :meth:`check_exposure`)
+        self.exposed = False
 
-    def _check_exposure(self, scope: Scope) -> None:
-        """The rule of ``hubbub serve`` (``Config.check_exposure``), for the
-        address the ASGI server listens on: with no token key and
-        ``allow_anonymous`` not set, anonymous clients are accepted only on a
-        loopback address. On any other, they are refused from now on (and
-        the log says what to set), since refusing to start is not ours to do."""
-        server = scope.get("server")
-        if not server:
+    def check_exposure(self, scope: Scope) -> None:
+        """Apply the exposure rule of ``hubbub serve`` (``Config.check_exposure``)
+        to the connection of ``scope``, before it is served, by the address the
+        ASGI server says it was made to (``scope["server"]``; a Unix socket
+        counts as non-loopback, an unknown address changes nothing).
+
+        ``hubbub serve`` knows its one address before it starts; an ASGI server
+        may listen on several, and tells only per connection. So every
+        connection is checked: the first one made to a non-loopback address
+        makes that address the node's ``Config.host``, and the rules that
+        depend on it (``Config.anonymous``: no anonymous clients without
+        ``allow_anonymous = true``; ``Config.admin_enabled``: no dashboard
+        without ``admin_secret``) hold for it and every later connection,
+        whichever address was asked first. Connections made earlier to a
+        loopback address keep what they were granted; later ones follow the
+        stricter rules too (the node's settings are one for all its clients).
+        Refusing to start is not the adapter's to do: the log says what to set.
+        """
+        if self.exposed:
             return
-        self._exposure_checked = True
+        address = scope.get("server")
+        if not address:
+            return
+        host = str(address[0])
+        if is_loopback(host):
+            return
+        self.exposed = True
         config = self.server.config
-        if config.allow_anonymous is None and not is_loopback(str(server[0])):
-            config.allow_anonymous = False
-            self.server.context.refresh()
+        if not config.loopback:
+            return  # the settings already name a non-loopback address
+        config.host = host
+        self.server.context.refresh()
+        if not config.anonymous and config.allow_anonymous is None and not config.token_auth:
             log.warning("served on %s, not a loopback address: anonymous clients are refused; set a token "
                         "key (token_hmac_secret, ...) for clients, or allow_anonymous = true to accept "
-                        "anonymous clients on purpose", server[0])
+                        "anonymous clients on purpose", host)
+        if config.admin and not config.admin_secret:
+            log.warning("served on %s, not a loopback address: the admin dashboard is off without admin_secret",
+                        host)
 
     async def startup(self) -> None:
         """Start the node without a socket of its own (idempotent)."""
@@ -423,8 +549,7 @@ class ASGIAdapter:
             await self._lifespan(receive, send)
             return
         await self.startup()
-        if not self._exposure_checked:
-            self._check_exposure(scope)
+        self.check_exposure(scope)
         if kind == "http":
             await self._http(scope, receive, send)
         elif kind == "websocket":
@@ -451,6 +576,21 @@ class ASGIAdapter:
     # -- HTTP ----------------------------------------------------------------------------
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        stream = ASGIStream(self.server, send)
+        try:
+            body = await self._read_body(receive)
+            if body is None:
+                return  # the client left
+            if isinstance(body, HTTPResponse):
+                stream.respond(body)
+            else:
+                await self._answer(_request(scope, body), stream)
+            await stream.serve_until_done(receive)
+        finally:
+            await stream.release()
+
+    async def _read_body(self, receive: Receive) -> bytes | HTTPResponse | None:
+        """The request body; a 413 response past ``max_http_body``; ``None`` if the client left."""
         limit = self.server.config.max_http_body
         chunks: list[bytes] = []
         size = 0
@@ -458,25 +598,24 @@ class ASGIAdapter:
         while more:
             message = await receive()
             if message["type"] == "http.disconnect":
-                return
+                return None
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > limit:
-                await _send_response(send, HTTPResponse.json({"error": "request body too large"}, 413))
-                return
+                return HTTPResponse.json({"error": "request body too large"}, 413)
             chunks.append(chunk)
             more = message.get("more_body", False)
-        request = _request(scope, b"".join(chunks))
-        stream = request.stream = ASGIStream(self.server, send)
+        return b"".join(chunks)
+
+    async def _answer(self, request: HTTPRequest, stream: ASGIStream) -> None:
+        request.stream = stream
         try:
             response = await self.server.handle_http(request)
         except Exception:
             log.exception("error in HTTP handler for %s", request.path)
             response = HTTPResponse.json({"error": "internal server error"}, 500)
-        if stream.session is not None:  # the handler answered with a stream (hubbub.streams)
-            await stream.serve_until_done(receive)
-            return
-        await _send_response(send, response)
+        if stream.session is None:  # not answered with a stream (hubbub.streams)
+            stream.respond(response)
 
     # -- WebSocket ---------------------------------------------------------------------------
 
@@ -486,42 +625,39 @@ class ASGIAdapter:
         if message["type"] != "websocket.connect":
             return
         request = _request(scope)
-        conn = ASGIConnection(server, request)
-        found = server.websocket_session(conn, request)  # type: ignore[arg-type]
-        if isinstance(found, tuple):
-            await _refuse(scope, send, *found)
-            return
-        session = found
-        conn.session = session
+        conn = ASGIConnection(server, request, send)
         try:
-            decision = session.handshake_nowait()
-            if decision is PENDING:
-                decision = await session.handshake()
-        except Exception:
-            log.exception("error deciding the handshake for %s", request.path)
-            decision = (500, "internal error")
-        if decision is not None:
-            session.closed = True
-            session.on_closed()
-            await _refuse(scope, send, *decision)
-            return
-        subprotocol = getattr(session, "subprotocol", None)  # chosen by the session (hubbub.codec.negotiate)
-        await send({"type": "websocket.accept", "subprotocol": subprotocol} if subprotocol
-                   else {"type": "websocket.accept"})
-        conn.attach(send)
-        server.connection_opened(conn)  # type: ignore[arg-type]
-        server.websocket_opened(conn)  # type: ignore[arg-type]
+            found = server.websocket_session(conn, request)  # type: ignore[arg-type]  # Server types its connections as Connection
+            if isinstance(found, tuple):
+                await conn.refuse(scope, *found)
+                return
+            session = found
+            conn.session = session
+            decision = await _decide(session, request)
+            if decision is not None:
+                session.on_closed()
+                await conn.refuse(scope, *decision)
+                return
+            await self._serve_websocket(conn, session, receive)
+        finally:
+            await conn.release()
+
+    async def _serve_websocket(self, conn: ASGIConnection, session: WebSocketSession, receive: Receive) -> None:
+        server = self.server
+        # declared by the sessions that have them (ClientSession, UniSession), not by WebSocketSession yet
+        conn.accept(getattr(session, "subprotocol", None))  # chosen by the session (hubbub.codec.negotiate)
+        inline_pong = bool(getattr(session, "inline_pong", False))
+        server.connection_opened(conn)  # type: ignore[arg-type]  # Server types its connections as Connection
+        server.websocket_opened(conn)  # type: ignore[arg-type]  # idem
         stats = server.stats
         max_size = server.config.max_message_size
-        inline_pong = getattr(session, "inline_pong", False)
         receiving = asyncio.ensure_future(receive())
-        gone = asyncio.ensure_future(conn._gone.wait())
-        closing = asyncio.ensure_future(conn._closing.wait())
+        waits = (asyncio.ensure_future(conn._gone.wait()), asyncio.ensure_future(conn._closing.wait()))
         try:
             if not session.open_nowait():
                 await session.open()
             while not session.closed:
-                done, _ = await asyncio.wait((receiving, gone, closing), return_when=asyncio.FIRST_COMPLETED)
+                done, _ = await asyncio.wait((receiving, *waits), return_when=asyncio.FIRST_COMPLETED)
                 if receiving not in done:
                     break  # closed by us, or the sender stopped (the client is gone)
                 message = receiving.result()
@@ -540,167 +676,29 @@ class ASGIAdapter:
                 if inline_pong and payload == b"{}" and not binary:
                     continue
                 await session.handle_message(payload, binary)
-            if session.closed and not conn.lost:
-                await asyncio.wait_for(asyncio.shield(gone), server.config.close_timeout)
-        except (asyncio.TimeoutError, asyncio.CancelledError):
+        except asyncio.CancelledError:
             pass
         except Exception:
-            log.exception("error in WebSocket handler for %s", request.path)
+            log.exception("error in WebSocket handler for %s", conn.request.path)
             conn.close(DisconnectCode.INTERNAL_ERROR)
         finally:
-            for task in (receiving, gone, closing):
+            receiving.cancel()
+            for task in waits:
                 task.cancel()
-            conn.lost = True
-            conn.open = False
             try:
                 session.on_closed()
             finally:
-                server.connection_closed(conn)  # type: ignore[arg-type]
+                server.connection_closed(conn)  # type: ignore[arg-type]  # as above
                 conn.session = None
-                sender = conn.transport
-                if sender is not None:
-                    await sender.stop()  # type: ignore[attr-defined]
 
 
-async def _send_response(send: Send, response: HTTPResponse) -> None:
-    headers = [(b"content-type", response.content_type.encode("latin-1")),
-               (b"content-length", str(len(response.body)).encode())]
-    headers += [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
-    await send({"type": "http.response.start", "status": response.status, "headers": headers})
-    await send({"type": "http.response.body", "body": response.body})
-
-
-async def _refuse(scope: Scope, send: Send, status: int, text: str) -> None:
-    """Refuse an upgrade with an HTTP status when the server supports it, else
-    close before accept (ASGI servers answer that with 403)."""
-    if "websocket.http.response" in (scope.get("extensions") or {}):
-        body = (text + "\n").encode()
-        await send({"type": "websocket.http.response.start", "status": status,
-                    "headers": [(b"content-type", b"text/plain; charset=utf-8"),
-                                (b"content-length", str(len(body)).encode())]})
-        await send({"type": "websocket.http.response.body", "body": body})
-    else:
-        await send({"type": "websocket.close", "code": 1008, "reason": text[:123]})
-
-
-class HostedApp:
-    """An ASGI or WSGI application that answers the HTTP requests no hubbub
-    route takes (``hubbub.App(http=...)``).
-
-    A WSGI application (``app(environ, start_response)``: Flask, Django's
-    WSGI handler) is wrapped with ``a2wsgi.WSGIMiddleware``. The ASGI
-    application's lifespan runs in :meth:`startup` and :meth:`shutdown` when
-    it supports one.
-
-    Args:
-        app: the ASGI 3 or WSGI application.
-
-    Raises:
-        TypeError: ``app`` is not callable.
-    """
-
-    def __init__(self, app: Any) -> None:
-        if not callable(app):
-            raise TypeError(f"http= takes an ASGI or WSGI application, not {type(app).__name__}")
-        self.wsgi = not _is_asgi(app)
-        if self.wsgi:
-            from a2wsgi import WSGIMiddleware
-
-            app = WSGIMiddleware(app)
-        self.app: ASGIApp = app
-        self._lifespan: asyncio.Task[None] | None = None
-        self._events: asyncio.Queue[Message] | None = None
-        self._answers: asyncio.Queue[Message] | None = None
-
-    async def startup(self) -> None:
-        """Run the application's lifespan startup (if it has a lifespan).
-
-        Raises:
-            RuntimeError: the application reported ``lifespan.startup.failed``.
-        """
-        if self.wsgi:
-            return
-        self._events, self._answers = asyncio.Queue(), asyncio.Queue()
-        events, answers = self._events, self._answers
-
-        async def run() -> None:
-            try:
-                await self.app({"type": "lifespan", "asgi": {"version": "3.0", "spec_version": "2.0"}, "state": {}},
-                               events.get, answers.put)
-            except Exception as exc:  # an app without lifespan support raises on the scope
-                await answers.put({"type": "lifespan.unsupported", "message": str(exc)})
-
-        self._lifespan = asyncio.get_running_loop().create_task(run())
-        await events.put({"type": "lifespan.startup"})
-        answer = await answers.get()
-        if answer["type"] == "lifespan.startup.failed":
-            raise RuntimeError(f"the hosted application failed to start: {answer.get('message', '')}")
-        if answer["type"] == "lifespan.unsupported":
-            self._lifespan = None
-
-    async def shutdown(self) -> None:
-        """Run the application's lifespan shutdown."""
-        task, self._lifespan = self._lifespan, None
-        if task is None or self._events is None or self._answers is None:
-            return
-        await self._events.put({"type": "lifespan.shutdown"})
-        try:
-            await asyncio.wait_for(self._answers.get(), 10)
-        except asyncio.TimeoutError:
-            log.warning("the hosted application did not finish its shutdown in 10 s")
-        task.cancel()
-
-    async def __call__(self, request: HTTPRequest) -> HTTPResponse:
-        """Run one request through the application and collect its response."""
-        scope = {
-            "type": "http", "asgi": {"version": "3.0", "spec_version": "2.3"}, "http_version": "1.1",
-            "method": request.method, "scheme": "http", "path": request.path,
-            "raw_path": request.path.encode(), "root_path": "",
-            "query_string": request.raw_query.encode("latin-1"),
-            "headers": [(k.encode("latin-1"), v.encode("latin-1")) for k, v in request.headers.items()],
-            "client": request.client, "server": None,
-        }
-        sent = False
-
-        async def receive() -> Message:
-            nonlocal sent
-            if not sent:
-                sent = True
-                return {"type": "http.request", "body": request.body, "more_body": False}
-            await asyncio.Event().wait()  # nothing more: wait until the app is done
-            return {"type": "http.disconnect"}
-
-        status = 500
-        headers: list[tuple[str, str]] = []
-        body: list[bytes] = []
-
-        async def send(message: Message) -> None:
-            nonlocal status, headers
-            if message["type"] == "http.response.start":
-                status = int(message["status"])
-                headers = [(k.decode("latin-1"), v.decode("latin-1")) for k, v in message.get("headers", [])]
-            elif message["type"] == "http.response.body":
-                body.append(bytes(message.get("body", b"")))
-
-        await self.app(scope, receive, send)
-        content_type = "application/octet-stream"
-        extra: list[tuple[str, str]] = []
-        for name, value in headers:
-            lower = name.lower()
-            if lower == "content-type":
-                content_type = value
-            elif lower not in ("content-length", "transfer-encoding", "connection"):
-                extra.append((name, value))
-        return HTTPResponse(status, b"".join(body), content_type, extra)
-
-
-def _is_asgi(app: Any) -> bool:
-    call = app if inspect.isfunction(app) or inspect.ismethod(app) else getattr(app, "__call__", None)
-    if inspect.iscoroutinefunction(call) or inspect.iscoroutinefunction(app):
-        return True
+async def _decide(session: WebSocketSession, request: HTTPRequest) -> tuple[int, str] | None:
+    """The session's decision about an upgrade: ``None`` (accept) or ``(status, text)``."""
     try:
-        params = [p for p in inspect.signature(call).parameters.values()  # type: ignore[arg-type]
-                  if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    except (TypeError, ValueError):
-        return True
-    return len(params) == 3
+        decision: HandshakeDecision = session.handshake_nowait()
+        if decision is PENDING:
+            return await session.handshake()
+        return decision
+    except Exception:
+        log.exception("error deciding the handshake for %s", request.path)
+        return 500, "internal error"
