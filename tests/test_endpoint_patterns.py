@@ -52,22 +52,9 @@ def new_app(**settings: Any) -> App:
 
 def serve_with_view(app: App, path: str, endpoint: Any) -> collections.abc.Set[Any]:
     """Serve ``endpoint`` at ``path``; returns the live view of its open connections
-    (``app.connections(path)``, or an endpoint registry of the test's own until
-    App has it)."""
-    if hasattr(app, "connections"):
-        app.add_websocket(path, endpoint)
-        return app.connections(path)
-    from hubbub.endpoint import Registry, WebSocket
-
-    registry = Registry()
-    server = app.server
-
-    def create(conn: Any, request: Any) -> WebSocket:
-        return WebSocket(server.context, conn, server.wires(conn)[1], request, endpoint, registry=registry,
-                         route=path)
-
-    server.add_websocket(path, create)
-    return registry.connections(path)
+    (``app.connections(path)``)."""
+    app.add_websocket(path, endpoint)
+    return app.connections(path)
 
 
 def endpoint_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:

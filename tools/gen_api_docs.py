@@ -21,7 +21,8 @@ OUT = ROOT / "docs" / "api.md"
 #: module -> the public names to document, in order
 MODULES = {
     "hubbub.app": ["App", "AppHooks", "load_app"],
-    "hubbub.endpoint": ["WebSocket", "EndpointSession", "Connections", "Registry", "broadcast"],
+    "hubbub.endpoint": ["WebSocket", "EndpointOut", "Connections", "Registry", "broadcast"],
+    "hubbub.endpoint_errors": ["ConnectionClosedOK", "ConnectionClosedError", "closed_error"],
     "hubbub.core": ["ClientCore", "ClientContext", "CommandRate", "SessionHooks", "ConnectRequest", "ConnectResult"],
     "hubbub.session": ["ClientSession"],
     "hubbub.relay": ["RelaySession", "RelayWire", "relay_publication", "handshake_token", "REFUSAL_STATUS"],

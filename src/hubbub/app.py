@@ -25,11 +25,14 @@ Serve it with ``hubbub run module:app`` or ``app.serve()``. The built-in
 endpoints (``/connection/websocket``, ``/ws/{channel}``, ``/api/...``,
 ``/health``) are served alongside the app's own.
 
-Hub hooks (for clients of the protocol endpoint), each ``async``:
+Hub hooks, each ``async``:
 
-* ``@app.on_connect``: ``fn(request: ConnectRequest) -> ConnectResult | str | None``.
+* ``@app.on_connect``: ``fn(request: ConnectRequest) -> ConnectResult | str | None``,
+  for every client (protocol, relay, and the app's own endpoints, at their
+  handshake: ``request.transport`` is ``"endpoint"``).
   Return the user (a ``ConnectResult``, or just the user id), ``None`` to keep
-  what the token said, or raise ``Disconnect``/``ProtocolError`` to reject.
+  what the token said, or raise ``Disconnect``/``ProtocolError`` to reject
+  (an endpoint or relay handshake then gets HTTP 401, 403, ...).
   With this hook, connects without a token reach it even when anonymous
   clients are not allowed.
 * ``@app.on_subscribe``: ``fn(client, channel, data) -> chan_info | None``; raise
@@ -41,7 +44,9 @@ Hub hooks (for clients of the protocol endpoint), each ``async``:
 
 ``client`` is the :class:`~hubbub.core.ClientCore` of the connection, whatever
 its way in (``client.user``, ``client.client_id``, ``client.headers``,
-``client.transport``): the hooks run for protocol and relay clients alike. Errors map to protocol codes:
+``client.transport``): the hooks run for protocol and relay clients alike
+(an endpoint's own ``ws.subscribe`` and ``ws.publish`` are the application's
+calls: ``on_subscribe`` and ``on_publish`` are not asked). Errors map to protocol codes:
 ``ProtocolError`` becomes an error reply with its code, ``Disconnect`` closes
 the connection, any other exception is logged and answered with error 100.
 """
@@ -50,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,6 +68,7 @@ from .config import Config
 from .core import ClientCore, ConnectRequest, ConnectResult, SessionHooks
 from .endpoint import Connections, Registry, WebSocket
 from .errors import ConfigError, ProtocolError
+from .http import HTTPRequest
 from .hub import Hub
 from .loops import run_loop
 from .server import Server
@@ -82,11 +89,11 @@ class AppHooks(SessionHooks):
         self.rpcs: dict[str, Callable[..., Awaitable[Any]]] = {}
 
     @property
-    def handles_auth(self) -> bool:  # type: ignore[override]
+    def handles_auth(self) -> bool:  # type: ignore[override]  # SessionHooks declares a plain class attribute
         return self.connect is not None
 
     @property
-    def active(self) -> bool:  # type: ignore[override]
+    def active(self) -> bool:
         return self.connect is not None or self.subscribe is not None or self.publish is not None
 
     async def on_connect(self, request: ConnectRequest) -> ConnectResult:
@@ -151,7 +158,7 @@ class App:
     def __init__(self, config: Config | dict[str, Any] | str | Path | None = None, *, http: Any = None,
                  **settings: Any) -> None:
         if isinstance(config, Config):
-            base = {f: getattr(config, f) for f in config.__slots__}  # type: ignore[attr-defined]
+            base = {field.name: getattr(config, field.name) for field in dataclasses.fields(config)}
             base.update(settings)
             self.config = Config(**base).validate()
         elif isinstance(config, (str, Path)):
@@ -180,31 +187,45 @@ class App:
 
     # -- endpoints ---------------------------------------------------------------------
 
-    def add_websocket(self, path: str, endpoint: Any) -> None:
+    def add_websocket(self, path: str, endpoint: Any, *, anonymous: bool | None = None) -> None:
         """Serve ``endpoint`` (a class or an ``async def handler(ws)``) at ``path``.
 
+        Its clients are authenticated at the handshake like every other
+        client (connection token, ``on_connect``, connections per user: see
+        :mod:`hubbub.endpoint`). ``anonymous`` decides whether clients without
+        a connection token are accepted: ``None`` (the default) as the hub
+        does (``allow_anonymous``; when unset, only on a loopback address with
+        no token key), ``True`` even when the hub requires tokens (a public
+        lobby next to private endpoints), ``False`` never. An endpoint class
+        may say the same with a class attribute ``anonymous``; the argument
+        wins over it.
+
         Raises:
-            TypeError: ``endpoint`` is neither.
+            TypeError: ``endpoint`` is neither; ``anonymous`` (or the class
+                attribute) is not a bool or ``None``.
             ValueError: ``path`` is malformed.
             ConfigError: ``path`` collides with another endpoint or a built-in
                 one (the message names both, and the setting that moves it).
         """
         if not inspect.isclass(endpoint) and not inspect.iscoroutinefunction(endpoint):
             raise TypeError("an endpoint is a class or an async def handler(ws)")
-        if inspect.isclass(endpoint) and not any(
-            hasattr(endpoint, name) for name in ("connect", "handle_message", "disconnect", "produce")
-        ):
-            raise TypeError(f"{endpoint.__name__} has none of connect, handle_message, disconnect, produce")
+        if inspect.isclass(endpoint):
+            if not any(hasattr(endpoint, name) for name in ("connect", "handle_message", "disconnect", "produce")):
+                raise TypeError(f"{endpoint.__name__} has none of connect, handle_message, disconnect, produce")
+            if anonymous is None:
+                anonymous = getattr(endpoint, "anonymous", None)  # the application's class, documented above
+        if anonymous is not None and not isinstance(anonymous, bool):
+            raise TypeError(f"anonymous must be True, False or None, not {anonymous!r}")
         name = getattr(endpoint, "__qualname__", repr(endpoint))
-        self.server.add_websocket(path, self._session_factory(endpoint, path), f"endpoint {name}")
+        self.server.add_websocket(path, self._session_factory(endpoint, path, anonymous), f"endpoint {name}")
         self.websockets[path] = endpoint
 
-    def _session_factory(self, endpoint: Any, path: str) -> Callable[..., WebSocket]:
+    def _session_factory(self, endpoint: Any, path: str, anonymous: bool | None) -> Callable[..., WebSocket]:
         server, registry = self.server, self.registry
 
-        def create(conn: Any, request: Any) -> WebSocket:
+        def create(conn: Any, request: HTTPRequest) -> WebSocket:
             return WebSocket(server.context, conn, server.wires(conn)[1], request, endpoint, registry=registry,
-                             route=path)
+                             route=path, anonymous=anonymous)
 
         return create
 
@@ -213,11 +234,12 @@ class App:
         registered): a read-only live set, for ``hubbub.broadcast(app.connections("/chat"), "hi")``."""
         return self.registry.connections(path)
 
-    def websocket(self, path: str) -> Callable[[F], F]:
-        """Decorator form of :meth:`add_websocket`."""
+    def websocket(self, path: str, *, anonymous: bool | None = None) -> Callable[[F], F]:
+        """Decorator form of :meth:`add_websocket`:
+        ``@app.websocket("/lobby", anonymous=True)``."""
 
         def register(endpoint: F) -> F:
-            self.add_websocket(path, endpoint)
+            self.add_websocket(path, endpoint, anonymous=anonymous)
             return endpoint
 
         return register
@@ -242,7 +264,7 @@ class App:
     # -- hub hooks ---------------------------------------------------------------------------
 
     def on_connect(self, fn: F) -> F:
-        """Authenticate protocol clients (see the module docstring)."""
+        """Authenticate clients: protocol, relay and endpoint clients alike (see the module docstring)."""
         _require_async(fn, "on_connect")
         self.hooks.connect = fn
         return fn

@@ -25,26 +25,48 @@ and :meth:`WebSocket.recv` raise ``websockets.exceptions.ConnectionClosedOK``
 when the connection dropped without a close frame), ``async for message in
 ws`` ends on a normal close and raises ``ConnectionClosedError`` otherwise,
 and :meth:`WebSocket.wait_closed` returns. The exceptions are hubbub's
-subclasses :class:`ConnectionClosedOK` and :class:`ConnectionClosedError` of
-this module, which are also ``ConnectionError``. A handler that ends with one
-of them because its connection closed ends normally: no traceback, the close
-code stays. Tasks a handler starts itself (``asyncio.create_task``) are its
-own: they are not cancelled with the endpoint's task, but a loop in them that
-sends or receives ends with the connection.
+subclasses :class:`ConnectionClosedOK` and :class:`ConnectionClosedError`
+(defined in :mod:`hubbub.endpoint_errors`, importable from here), which are
+also ``ConnectionError``. A handler that ends with one of them because its
+connection closed ends normally: no traceback, the close code stays. Tasks a
+handler starts itself (``asyncio.create_task``) are its own: they are not
+cancelled with the endpoint's task, but a loop in them that sends or receives
+ends with the connection.
 
 :class:`Registry` keeps the open connections of each endpoint (a read-only
 set per path pattern) and :func:`broadcast` sends one message to many
 connections, framing it once.
 
 The :class:`WebSocket` is a client of the hub like any other
-(:class:`~hubbub.core.ClientCore`): the channels it subscribes to count
-against ``client_channel_limit``, names are validated the same way, and a
-connection token given at the handshake (``?token=`` or ``Authorization:
-Bearer``) is verified before ``101`` (an invalid one gets HTTP 401) and sets
-:attr:`WebSocket.user`. Without a token the user is ``""``: an endpoint
-decides itself, in ``connect``, whom it serves. Its ``subscribe`` and
-``publish`` are the application's own calls, so namespace permissions meant
-for clients (``allow_subscribe_for_client``, ...) do not apply to them.
+(:class:`~hubbub.core.ClientCore`, the same rules as the relay and the
+protocol), decided at the handshake, before ``101``:
+
+* **authentication**: a connection token (``?token=JWT`` or ``Authorization:
+  Bearer JWT``) is verified and sets :attr:`WebSocket.user`; the App's
+  ``on_connect`` hook runs (``ConnectRequest.transport`` is ``"endpoint"``).
+  A missing, invalid or expired token gets HTTP 401.
+* **anonymous clients** (no token) are accepted where the hub accepts them
+  (``allow_anonymous``; when unset, only on a loopback address with no token
+  key configured), unless the endpoint says otherwise: ``anonymous=True``
+  (``@app.websocket(path, anonymous=True)``, or a class attribute
+  ``anonymous = True`` on an endpoint class) accepts them even when the hub
+  requires tokens, ``anonymous=False`` refuses them even when it does not.
+  An anonymous client's user is ``""``.
+* **connections per user**: ``client_user_connection_limit`` counts endpoint
+  connections with every other of the user's (HTTP 429 over it).
+* **expiry**: a token's ``exp`` closes the connection with 3005 when it
+  passes, unless the handler took a new token with :meth:`WebSocket.refresh
+  <hubbub.core.ClientCore.refresh>` (or the server API's ``refresh`` did).
+* **registration**: the connection counts in ``hub.clients`` and, with a
+  user, the server API's ``disconnect``, ``unsubscribe``, ``subscribe`` and
+  ``refresh`` for that user reach it.
+* **command rate**: each message received counts as one command against
+  ``client_command_rate``; a message over it closes the connection with 3013.
+
+The channels it subscribes to count against ``client_channel_limit``, and
+names are validated the same way. Its ``subscribe`` and ``publish`` are the
+application's own calls, so namespace permissions meant for clients
+(``allow_subscribe_for_client``, ...) do not apply to them.
 """
 
 from __future__ import annotations
@@ -54,19 +76,19 @@ import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from .auth import TokenError
 from .brokers.base import Publication, StreamPosition
 from .codes import DisconnectCode, ErrorCode
-from .core import ClientContext, ClientCore
+from .core import PENDING, ClientContext, ClientCore, HandshakeDecision, Refusal
 from .errors import Disconnect, ProtocolError
 from .http import HTTPRequest
-from .hub import Wire
 from .outbox import Outbox
-from .core import PENDING, HandshakeDecision, Refusal
-from .relay import handshake_token
+from .relay import RelayWire, handshake_token, refusal
 from .strictjson import encode_data
+
+if TYPE_CHECKING:
+    from .endpoint_errors import ConnectionClosedError, ConnectionClosedOK
 
 log = logging.getLogger("hubbub.endpoint")
 
@@ -80,77 +102,59 @@ MAX_QUEUED_MESSAGES = 4096
 
 Message = str | bytes
 
-#: Close codes of a normal closure (``websockets.frames.OK_CLOSE_CODES``).
-OK_CLOSE_CODES = frozenset((1000, 1001, 1005))
 #: The close code when the connection dropped without a close frame.
 ABNORMAL_CLOSURE = 1006
 
 _Close = tuple[int, str]  # (code, reason) of a close frame
 
 # -- exceptions -----------------------------------------------------------------------------
-# websockets' exception classes, made on first use: importing this module does
-# not load websockets (the sans-I/O layering, tests/test_core.py).
-
-if TYPE_CHECKING:
-    import websockets.exceptions
-
-    class ConnectionClosedOK(websockets.exceptions.ConnectionClosedOK, ConnectionError):
-        """The endpoint's connection is closed, normally (1000, 1001, 1005)."""
-
-    class ConnectionClosedError(websockets.exceptions.ConnectionClosedError, ConnectionError):
-        """The endpoint's connection is closed with an error code, or dropped (1006)."""
-
-
-def _closed_classes() -> tuple[type[ConnectionClosedOK], type[ConnectionClosedError]]:
-    """hubbub's :class:`ConnectionClosedOK` and :class:`ConnectionClosedError`,
-    made (once) on first use."""
-    found = globals().get("_CLOSED_CLASSES")
-    if found is not None:
-        return found  # type: ignore[no-any-return]
-    import websockets.exceptions
-
-    class ConnectionClosedOK(websockets.exceptions.ConnectionClosedOK, ConnectionError):  # type: ignore[no-redef]
-        """The endpoint's connection is closed normally (close code 1000,
-        1001 or 1005): ``websockets.exceptions.ConnectionClosedOK``, and a
-        ``ConnectionError``. ``rcvd`` and ``sent`` are the close frames
-        received and sent (``websockets.frames.Close``, or ``None``)."""
-
-    class ConnectionClosedError(websockets.exceptions.ConnectionClosedError, ConnectionError):  # type: ignore[no-redef]
-        """The endpoint's connection is closed with another close code, or
-        dropped without a close frame (1006):
-        ``websockets.exceptions.ConnectionClosedError``, and a
-        ``ConnectionError``."""
-
-    for cls in (ConnectionClosedOK, ConnectionClosedError):
-        cls.__module__ = __name__
-        cls.__qualname__ = cls.__name__
-    classes = (ConnectionClosedOK, ConnectionClosedError)
-    globals().update(_CLOSED_CLASSES=classes, ConnectionClosedOK=ConnectionClosedOK,
-                     ConnectionClosedError=ConnectionClosedError)
-    return classes
+# Plain classes in hubbub.endpoint_errors, which imports websockets: loaded on first use, so
+# that importing this module does not load websockets (the sans-I/O layering, tests/test_core.py).
 
 
 def __getattr__(name: str) -> Any:
-    """``ConnectionClosedOK`` and ``ConnectionClosedError`` (PEP 562: made on first use)."""
-    if name in ("ConnectionClosedOK", "ConnectionClosedError"):
-        ok, error = _closed_classes()
-        return ok if name == "ConnectionClosedOK" else error
+    """``ConnectionClosedOK`` and ``ConnectionClosedError`` of :mod:`hubbub.endpoint_errors`
+    (PEP 562: imported on first use)."""
+    if name == "ConnectionClosedOK":
+        from .endpoint_errors import ConnectionClosedOK
+
+        return ConnectionClosedOK
+    if name == "ConnectionClosedError":
+        from .endpoint_errors import ConnectionClosedError
+
+        return ConnectionClosedError
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-def _closed_error(rcvd: _Close | None, sent: _Close | None, rcvd_then_sent: bool | None) -> Exception:
-    """The exception for a closed connection: OK when every close frame known
-    has a normal code, Error otherwise (and when there was none: 1006)."""
-    from websockets.frames import Close
+# -- the transport contract -------------------------------------------------------------------
 
-    ok, error = _closed_classes()
-    codes = [frame[0] for frame in (rcvd, sent) if frame is not None]
-    cls = ok if codes and all(code in OK_CLOSE_CODES for code in codes) else error
-    if rcvd is None or sent is None:
-        rcvd_then_sent = None
-    elif rcvd_then_sent is None:
-        rcvd_then_sent = False
-    return cls(None if rcvd is None else Close(*rcvd), None if sent is None else Close(*sent), rcvd_then_sent)
+
+class ClosingHandshake(Protocol):
+    """The state of a WebSocket closing handshake, as websockets' sans-I/O ``Protocol``
+    object keeps it on hubbub's own server."""
+
+    @property
+    def close_rcvd(self) -> Any:
+        """The close frame received (``code``, ``reason``), or ``None``."""
+
+    @property
+    def close_sent(self) -> Any:
+        """The close frame sent (``code``, ``reason``), or ``None``."""
+
+    @property
+    def close_rcvd_then_sent(self) -> bool | None:
+        """Whether the close frame was received before one was sent (``None`` until both)."""
+
+
+class EndpointOut(Outbox, Protocol):
+    """What an endpoint needs from its connection: an :class:`~hubbub.outbox.Outbox` that
+    shows its closing handshake. ``ws`` is websockets' protocol object on hubbub's own
+    server (``hubbub.connection.Connection.ws``) and ``None`` under ASGI, where the ASGI
+    server frames (``hubbub.asgi.ASGIConnection.ws``): the endpoint then knows only the
+    close it asked for."""
+
+    @property
+    def ws(self) -> ClosingHandshake | None: ...
 
 
 # -- connections of an endpoint ---------------------------------------------------------------
@@ -185,7 +189,8 @@ class Connections(AbstractSet["WebSocket"]):
         return f"<Connections: {len(self._members)} open>"
 
     @classmethod
-    def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:  # type: ignore[override]
+    def _from_iterable(cls, it: Iterable[Any]) -> set[Any]:
+        # the operators of a view (``|``, ``&``, ...) make plain sets
         return set(it)
 
     def _add(self, ws: WebSocket) -> None:
@@ -258,7 +263,7 @@ def broadcast(connections: Iterable[WebSocket], message: str | bytes) -> None:
         out = ws.out
         if ws.closed or not out.open:
             continue
-        encoder = ws.wire.frames  # type: ignore[attr-defined]
+        encoder = ws.wire.frames
         kind = type(encoder)
         frame = frames.get(kind)
         if frame is None:
@@ -275,11 +280,23 @@ class WebSocket(ClientCore):
     ``close_code``, ``close_reason``, ``remote_address``), so handlers written
     for ``websockets`` run unchanged (see the module docstring).
 
+    It is authenticated at the handshake by the client core, like a relay
+    client (see the module docstring): the connection token, the
+    ``on_connect`` hook, anonymous access, the per-user connection limit;
+    then held to the token's expiry and the command rate. A handler can take
+    a new connection token for the same user with ``await ws.refresh(token)``
+    (:meth:`ClientCore.refresh <hubbub.core.ClientCore.refresh>`: raises
+    ``ProtocolError`` 109 for an expired token, ``Disconnect`` 3500 for an
+    invalid one or another user's), which moves :attr:`expire_at`.
+
     Attributes:
         request: the handshake request (``path``, ``params`` of the route,
             ``query``, ``headers`` with lower-case names).
         client_id: a unique id of this connection.
-        user: the user of a verified connection token (``""`` without one).
+        user: the user of the connection token, or the one the ``on_connect``
+            hook returned (``""``: anonymous).
+        expire_at: unix time (seconds) when the connection is closed with
+            3005 unless refreshed; ``None``: never.
         state: a dict for the handler's own per-connection data.
         closed: whether the connection is closed, or closing: set as soon as
             the server closes it (:meth:`close`, a hub disconnect such as 3008
@@ -292,16 +309,26 @@ class WebSocket(ClientCore):
             ``route``.
         route: the endpoint's path pattern (``/rooms/{room}``); by default
             the request's path.
+        anonymous: whether clients without a connection token are accepted:
+            ``None`` (the default) as the hub decides (``allow_anonymous``),
+            ``True`` even when the hub requires tokens, ``False`` never.
     """
 
     transport = "endpoint"
+    #: anonymous endpoint clients are not filed under user "" (memory per connection)
     register_anonymous = False
+
+    wire: RelayWire
+    out: EndpointOut
 
     __slots__ = ("request", "state", "_endpoint", "_messages", "_queued", "_room", "_task", "_token", "_group",
                  "_sent", "_final", "_gone")
 
-    def __init__(self, context: ClientContext, out: Outbox, wire: Wire, request: HTTPRequest,
-                 endpoint: Any = None, *, registry: Registry | None = None, route: str | None = None) -> None:
+    def __init__(self, context: ClientContext, out: EndpointOut, wire: RelayWire, request: HTTPRequest,
+                 endpoint: Any = None, *, registry: Registry | None = None, route: str | None = None,
+                 anonymous: bool | None = None) -> None:
+        if anonymous is not None and anonymous != context.anonymous:
+            context = _with_anonymous(context, anonymous)
         super().__init__(context, out, wire, headers=request.headers)
         self.request = request
         self.state: dict[str, Any] = {}
@@ -310,7 +337,7 @@ class WebSocket(ClientCore):
         self._queued = 0  # bytes (characters of text) of the queued messages
         self._room: asyncio.Future[None] | None = None  # handle_message waits on it while the queue is full
         self._task: asyncio.Task[None] | None = None
-        self._token = handshake_token(request.headers, request.query)
+        self._token = handshake_token(request.headers, request.query)  # until the handshake is decided
         self._group = None if registry is None else registry.connections(request.path if route is None else route)
         self._sent: _Close | None = None  # the close frame the server asked for (without a protocol object)
         self._final: tuple[_Close | None, _Close | None, bool | None] | None = None  # close frames, once gone
@@ -417,11 +444,12 @@ class WebSocket(ClientCore):
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[Message]:
-        ok, _ = _closed_classes()
+        from .endpoint_errors import ConnectionClosedOK
+
         while True:
             try:
                 message = await self.recv()
-            except ok:
+            except ConnectionClosedOK:
                 return
             yield message
 
@@ -450,13 +478,13 @@ class WebSocket(ClientCore):
         """The close frames received and sent so far, and their order."""
         if self._final is not None:
             return self._final
-        protocol = getattr(self.out, "ws", None)  # hubbub.connection: websockets' ServerProtocol
-        if protocol is None:
+        protocol = self.out.ws
+        if protocol is None:  # no closing handshake of its own (ASGI): the close asked for
             return None, self._sent, None
-        rcvd, sent = getattr(protocol, "close_rcvd", None), getattr(protocol, "close_sent", None)
+        rcvd, sent = protocol.close_rcvd, protocol.close_sent
         return (None if rcvd is None else (rcvd.code, rcvd.reason),
                 None if sent is None else (sent.code, sent.reason),
-                getattr(protocol, "close_rcvd_then_sent", None))
+                protocol.close_rcvd_then_sent)
 
     def _close_frame(self) -> _Close:
         """The close frame that closed the connection (the first one), or 1006."""
@@ -467,8 +495,10 @@ class WebSocket(ClientCore):
             return sent
         return ABNORMAL_CLOSURE, ""
 
-    def _closed_error(self) -> Exception:
-        return _closed_error(*self._close_frames())
+    def _closed_error(self) -> ConnectionClosedOK | ConnectionClosedError:
+        from .endpoint_errors import closed_error
+
+        return closed_error(*self._close_frames())
 
     async def subscribe(self, channel: str) -> None:
         """Receive ``channel``'s publications on this connection: each arrives
@@ -488,7 +518,7 @@ class WebSocket(ClientCore):
         """Stop receiving ``channel``'s publications."""
         self.leave(channel)
 
-    async def publish(self, channel: str, data: Any) -> StreamPosition:  # type: ignore[override]
+    async def publish(self, channel: str, data: Any) -> StreamPosition:  # type: ignore[override]  # the application publishes data, without the client options of ClientCore.publish
         """Publish ``data`` (any JSON value) to ``channel``, as the application
         (like :meth:`Hub.publish <hubbub.hub.Hub.publish>`, which returns the
         same): the publication's stream position (``offset`` 0 and ``epoch``
@@ -523,27 +553,28 @@ class WebSocket(ClientCore):
     # -- the session side (called by the connection) -----------------------------------
 
     def handshake_nowait(self) -> HandshakeDecision:
-        """Verify a connection token if one was given (401 if invalid)."""
-        if not self._token:
-            return None
-        verifier = self.context.verifier
-        if not verifier.enabled:
-            return None
-        if verifier.needs_lookup:
-            return PENDING
+        """Authenticate at once (:meth:`ClientCore.authenticate_nowait`): ``None``
+        accepts, a :data:`~hubbub.core.Refusal` refuses (401 for a missing,
+        invalid or expired token, 429 over the user's connection limit),
+        :data:`~hubbub.core.PENDING` when :meth:`handshake` must be awaited
+        (an ``on_connect`` hook, a JWKS lookup)."""
         try:
-            claims = verifier.connection_nowait(self._token)
-        except TokenError:
-            return 401, "invalid token"
-        self.user = claims.user
+            if self.authenticate_nowait(self._token) is None:
+                return PENDING
+        except (ProtocolError, Disconnect) as exc:
+            return refusal(exc)
+        self._token = ""
         return None
 
     async def handshake(self) -> Refusal | None:
+        """Authenticate, awaiting the ``on_connect`` hook and key lookups
+        (:meth:`ClientCore.authenticate`); refusals as :meth:`handshake_nowait`."""
         try:
-            claims = await self.context.verifier.connection(self._token)
-        except TokenError:
-            return 401, "invalid token"
-        self.user = claims.user
+            await self.authenticate(self._token)
+        except (ProtocolError, Disconnect) as exc:
+            return refusal(exc)
+        finally:
+            self._token = ""
         return None
 
     async def open(self) -> None:
@@ -561,9 +592,20 @@ class WebSocket(ClientCore):
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._task = None
 
-    async def handle_message(self, payload: bytes, binary: bool) -> None:  # type: ignore[override]
-        message: Message = payload if binary else payload.decode()
+    async def handle_message(self, payload: bytes, binary: bool) -> None:
+        """Queue one message for the handler. Each counts as a command against
+        ``client_command_rate``: one over it closes the connection with 3013,
+        as on the relay."""
+        if self.closed:
+            return
         self.pong_expected = False
+        try:
+            if not self.allow_command():
+                raise Disconnect(DisconnectCode.TOO_MANY_REQUESTS)
+        except Disconnect as exc:
+            self.disconnect(exc.code, exc.reason)
+            return
+        message: Message = payload if binary else payload.decode()
         messages = self._messages
         messages.put_nowait(message)
         self._queued += len(message)
@@ -609,7 +651,9 @@ class WebSocket(ClientCore):
         except Disconnect as exc:
             await self.close(exc.code, exc.reason)
         except Exception as exc:
-            if isinstance(exc, _closed_classes()) and self._ending():
+            from .endpoint_errors import ConnectionClosedError, ConnectionClosedOK
+
+            if isinstance(exc, (ConnectionClosedOK, ConnectionClosedError)) and self._ending():
                 pass  # the connection closed under the handler: a normal end
             else:
                 log.exception("error in WebSocket endpoint %s", self.request.path)
@@ -648,5 +692,11 @@ class WebSocket(ClientCore):
             task.result()  # re-raise a handler's exception
 
 
-#: The session behind a framework endpoint is its :class:`WebSocket`.
-EndpointSession = WebSocket
+def _with_anonymous(context: ClientContext, anonymous: bool) -> ClientContext:
+    """``context`` for the clients of an endpoint that decides anonymous access itself: the
+    same hub, verifier, hooks and clocks, with :attr:`ClientContext.anonymous` set (read by
+    :meth:`ClientCore.authenticate` at the handshake)."""
+    own = ClientContext(context.hub, verifier=context.verifier, hooks=context.hooks, clock=context.clock,
+                        wall=context.wall)
+    own.anonymous = anonymous
+    return own
