@@ -62,12 +62,13 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .asgi import ASGIAdapter, HostedApp
+from .asgi import ASGIAdapter
 from .codes import ErrorCode
 from .config import Config
 from .core import ClientCore, ConnectRequest, ConnectResult, SessionHooks
 from .endpoint import Connections, Registry, WebSocket
 from .errors import ConfigError, ProtocolError
+from .hosting import HostedApp
 from .http import HTTPRequest
 from .hub import Hub
 from .loops import run_loop
