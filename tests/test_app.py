@@ -13,8 +13,8 @@ import pytest
 import websockets
 
 import hubbub
-from hubbub.errors import ConfigError
 from hubbub import App, ConnectResult, Disconnect, ProtocolError
+from hubbub.errors import ConfigError
 
 from .conftest import TIMEOUT, proto_client
 
@@ -211,7 +211,7 @@ async def test_no_task_outlives_its_connection(running: list[App]) -> None:
         return len(asyncio.all_tasks())
 
     before = await settle()
-    for i in range(1000):
+    for _ in range(1000):
         async with websockets.connect(f"{url}/cycle", ping_interval=None) as ws:
             await ws.send("x")
             assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "x"
