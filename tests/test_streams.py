@@ -20,10 +20,16 @@ import websockets
 
 from hubbub.server import Server
 
-from .conftest import TIMEOUT, history_ns
+from .conftest import TIMEOUT, history_ns, until
+from .pbframes import read_replies
 from .redis_server import redis_server  # noqa: F401
 
 JSON_TYPE = {"Content-Type": "application/json"}
+#: well-formed ids of a session and a node that do not exist
+NOBODY = "00000000-0000-4000-8000-000000000000"
+ELSEWHERE = "11111111-1111-4111-8111-111111111111"
+NODE_A = "aaaaaaaa-aaaa-4aaa-8aaa-aaaaaaaaaaaa"
+NODE_B = "bbbbbbbb-bbbb-4bbb-8bbb-bbbbbbbbbbbb"
 SECRET = "streams-test-secret-of-at-least-32-bytes"
 
 
@@ -313,9 +319,11 @@ async def test_bad_emulation_and_stream_requests_get_clear_4xx(start_server, ses
         (b"{not json", 400, "malformed JSON"),
         (b'{"node": "", "data": "{}"}', 400, "session"),
         (b'{"session": "s", "data": 5}', 400, "data"),
-        (b'{"session": "nobody", "node": "", "data": "{}"}', 404, "no session"),
-        (b'{"session": "s", "node": "elsewhere", "data": "{}"}', 404, "unknown node"),
-        (json.dumps({"session": "s", "data": "x" * 2000}).encode(), 413, "max_message_size"),
+        (b'{"session": "s", "node": "", "data": "{}"}', 400, "malformed session id"),
+        (json.dumps({"session": NOBODY, "node": "elsewhere", "data": "{}"}).encode(), 400, "malformed node id"),
+        (json.dumps({"session": NOBODY, "node": "", "data": "{}"}).encode(), 404, "no session"),
+        (json.dumps({"session": NOBODY, "node": ELSEWHERE, "data": "{}"}).encode(), 404, "unknown node"),
+        (json.dumps({"session": NOBODY, "data": "x" * 2000}).encode(), 413, "max_message_size"),
     ]:
         async with session.post(post, data=data, headers=JSON_TYPE) as r:
             assert r.status == status, (data, await r.text())
@@ -376,9 +384,9 @@ async def test_stream_endpoints_can_be_turned_off(start_server, session) -> None
 async def test_streams_under_asgi_in_fastapi(session) -> None:
     pytest.importorskip("uvicorn")
     fastapi = pytest.importorskip("fastapi")
-    from .test_asgi import uvicorn_serving
-
     import hubbub
+
+    from .test_asgi import uvicorn_serving
 
     hub = hubbub.App(api_key="k", namespaces={"chat": {"history_size": 10, "history_ttl": 300}})
     api = fastapi.FastAPI()
@@ -423,42 +431,49 @@ async def until_streams_closed(server: Server) -> None:
 class FakeCluster:
     """Two nodes' control channels in one process: ``send`` runs the other node's handler."""
 
-    def __init__(self, uid: str, peers: dict[str, FakeCluster]) -> None:
+    def __init__(self, uid: str, nodes: dict[str, FakeCluster]) -> None:
         self.uid = uid
-        self.peers = peers
+        self.nodes = nodes
         self.handlers: dict[str, Any] = {}
-        peers[uid] = self
+        self.sent: list[str] = []
+        nodes[uid] = self
 
     def register(self, kind: str, handler: Any) -> None:
         self.handlers[kind] = handler
 
+    def peers(self) -> list[str]:
+        return [uid for uid in self.nodes if uid != self.uid]
+
     async def send(self, node: str, kind: str, payload: Any = None) -> Any:
-        if node not in self.peers:
+        self.sent.append(node)
+        if node not in self.nodes:
             raise TimeoutError(f"node {node} did not answer")
-        return await self.peers[node].handlers[kind](json.loads(json.dumps(payload)), self.uid)
+        return await self.nodes[node].handlers[kind](json.loads(json.dumps(payload)), self.uid)
 
 
 async def test_emulation_reaches_the_session_on_another_node(start_server, session) -> None:
     a, b = await start_server(), await start_server()
-    peers: dict[str, FakeCluster] = {}
-    a.streams.emulation.use_cluster(FakeCluster("node-a", peers))
-    b.streams.emulation.use_cluster(FakeCluster("node-b", peers))
+    nodes: dict[str, FakeCluster] = {}
+    a.streams.emulation.use_cluster(FakeCluster(NODE_A, nodes))
+    b.streams.emulation.use_cluster(FakeCluster(NODE_B, nodes))
     async with session.post(http(a, "/connection/http_stream"), data='{"id":1,"connect":{}}', headers=JSON_TYPE) as r:
         connect = (await next_line(r))["connect"]
-        assert connect["node"] == "node-a"
-        command = {"session": connect["session"], "node": "node-a", "data": '{"id":2,"rpc":{"method":"x"}}'}
+        assert connect["node"] == NODE_A
+        command = {"session": connect["session"], "node": NODE_A, "data": '{"id":2,"rpc":{"method":"x"}}'}
         async with session.post(http(b, "/emulation"), json=command) as e:  # reaches node b
             assert e.status == 204
         assert (await next_line(r)) == {"id": 2, "error": {"code": 104, "message": "method not found"}}
-        for node, sid in (("node-a", "gone"), ("node-c", connect["session"])):
+        for node, sid in ((NODE_A, NOBODY), (ELSEWHERE, connect["session"])):
             async with session.post(http(b, "/emulation"), json={**command, "node": node, "session": sid}) as e:
                 assert e.status == 404
+        assert ELSEWHERE not in nodes[NODE_B].sent  # a node the cluster does not know costs no request
 
 
 async def test_emulation_across_two_nodes_on_redis(start_server, session, redis_server) -> None:  # noqa: F811
     a = await start_server(broker=redis_server.url)
     b = await start_server(broker=redis_server.url)
-    assert a.streams.emulation.node == a.cluster.uid  # type: ignore[attr-defined]
+    assert a.streams.emulation.node == a.cluster.uid
+    await until(lambda: a.cluster.uid in b.cluster.peers(), "node b hears node a")  # /emulation names known nodes
     async with session.post(http(a, "/connection/http_stream"), data='{"id":1,"connect":{}}', headers=JSON_TYPE) as r:
         connect = (await next_line(r))["connect"]
         command = {"session": connect["session"], "node": connect["node"],
@@ -469,5 +484,95 @@ async def test_emulation_across_two_nodes_on_redis(start_server, session, redis_
         assert got[0] == {"id": 2, "subscribe": {}}
         assert {"id": 3, "publish": {}} in got[1:]
         assert any(m.get("push", {}).get("pub", {}).get("data") == 7 for m in got[1:])
-        async with session.post(http(b, "/emulation"), json={**command, "session": "gone"}) as e:
+        async with session.post(http(b, "/emulation"), json={**command, "session": NOBODY}) as e:
             assert e.status == 404
+
+
+# -- issue 23, defect 7: emulated streams that never connect expire (connect_timeout, 3502) -------------
+
+
+async def read_to_end(response: aiohttp.ClientResponse) -> bytes:
+    """The rest of a stream's body; fails the test if it does not end within TIMEOUT."""
+    return await asyncio.wait_for(response.content.read(), TIMEOUT)
+
+
+@pytest.mark.parametrize("kind", ["http_stream", "sse", "protobuf"])
+async def test_emulated_streams_without_connect_end_with_3502(start_server, session, kind: str) -> None:
+    """Issue 23, defect 7: on a hub that requires tokens, an emulated stream whose opening
+    request holds no ``connect`` (``{}``, ``cf_connect={}``, a Protobuf body ``00``) gets the
+    ``disconnect`` push 3502 and its stream ends after ``connect_timeout``, as a WebSocket."""
+    server = await start_server(token_hmac_secret=SECRET, connect_timeout=0.3)
+    if kind == "http_stream":
+        opened = session.post(http(server, "/connection/http_stream"), data=b"{}", headers=JSON_TYPE)
+    elif kind == "sse":
+        opened = session.get(http(server, "/connection/sse?cf_connect={}"))
+    else:
+        opened = session.post(http(server, "/connection/http_stream"), data=b"\x00",
+                              headers={"Content-Type": "application/octet-stream"})
+    started = time.monotonic()
+    async with opened as r:
+        assert r.status == 200
+        body = await read_to_end(r)
+    assert time.monotonic() - started < TIMEOUT
+    if kind == "protobuf":
+        from centrifuge.protocol.client_pb2 import Reply
+
+        pushes = [reply.push.disconnect for reply in read_replies(body, Reply) if reply.push.HasField("disconnect")]
+        assert [(d.code, d.reason) for d in pushes] == [(3502, "connect timeout")]
+    else:
+        lines = [line.removeprefix(b"data: ") for line in body.split(b"\n") if line.strip(b"\r\n ")]
+        pushes = [json.loads(line) for line in lines if line.startswith(b"{")]
+        disconnects = [push["push"]["disconnect"] for push in pushes if "disconnect" in push.get("push", {})]
+        assert [(d["code"], d["reason"]) for d in disconnects] == [(3502, "connect timeout")]
+    assert server.stats.disconnects[3502] == 1
+    assert len(server.streams.emulation) == 0  # the registry forgot the session
+    await until(lambda: not server.websockets, "the stream is released")
+
+
+# -- issue 23, defect 9: /emulation checks the ids' shape and the node before any work -------------------
+
+
+async def test_emulation_refuses_a_malformed_node_at_once_without_logging_it(start_server, session,
+                                                                             caplog) -> None:
+    """Issue 23, defect 9: a ``node`` that is not a node id (here with a newline that would forge
+    a log line) is 400 at once: no request to the other node, no line with the client's text."""
+    server = await start_server()
+    sent: list[Any] = []
+
+    async def send(node: str, kind: str, payload: Any = None) -> Any:
+        sent.append(node)
+        return False
+
+    server.cluster.send = send  # type: ignore[method-assign]  # counts what would go over the broker
+    caplog.set_level("DEBUG", logger="hubbub")
+    forged = "x\nINFO hubbub.admin: admin login accepted"
+    started = time.monotonic()
+    async with session.post(http(server, "/emulation"), json={"session": NOBODY, "node": forged, "data": "{}"}) as r:
+        assert r.status == 400
+        assert "malformed node id" in (await r.json())["error"]
+    assert time.monotonic() - started < 1.0
+    assert sent == []
+    assert not any("\n" in record.getMessage() or "forged" in record.getMessage() or "admin login accepted"
+                   in record.getMessage() for record in caplog.records)
+
+
+async def test_emulation_answers_an_unknown_node_404_without_waiting(start_server, session, caplog) -> None:
+    """Issue 23, defect 9: a well-formed id of a node the cluster does not know is 404 at once,
+    not after the control channel's timeout, and costs no broker publish."""
+    server = await start_server(node_request_timeout=2.0)
+    published: list[Any] = []
+    broker_publish = server.hub.broker.publish
+
+    async def publish(channel: str, *args: Any, **kw: Any) -> Any:
+        published.append(channel)
+        return await broker_publish(channel, *args, **kw)
+
+    server.hub.broker.publish = publish  # type: ignore[method-assign]
+    caplog.set_level("INFO", logger="hubbub")
+    started = time.monotonic()
+    async with session.post(http(server, "/emulation"), json={"session": NOBODY, "node": ELSEWHERE, "data": "{}"}) as r:
+        assert r.status == 404
+    elapsed = time.monotonic() - started
+    assert elapsed < 0.5 * server.config.node_request_timeout, elapsed
+    assert not [channel for channel in published if ELSEWHERE in channel]
+    assert not [record for record in caplog.records if ELSEWHERE in record.getMessage()]

@@ -34,10 +34,11 @@ from typing import Any
 
 from .brokers.base import ClientInfo, Publication, StreamPosition
 from .errors import BadRequest, Disconnect, ProtocolError
+from .framing import SSEFrames
 from .relay import RelaySession
 from .strictjson import dumps
 
-__all__ = ["ChannelEventWire", "ChannelStreamSession", "parse_event_id"]
+__all__ = ["ChannelEventWire", "ChannelStreamSession", "farewell", "parse_event_id"]
 
 
 def parse_event_id(value: str) -> StreamPosition:
@@ -52,6 +53,11 @@ def parse_event_id(value: str) -> StreamPosition:
     return StreamPosition(int(offset), epoch)
 
 
+def farewell(code: int, reason: str) -> bytes:
+    """The data of the ``disconnect`` event that ends a channel stream (``code``: a close code)."""
+    return dumps({"code": code, "reason": reason})
+
+
 class ChannelEventWire:
     """Encodes one channel's publications as SSE events, once for all of its
     event-stream subscribers of one framing.
@@ -62,7 +68,7 @@ class ChannelEventWire:
 
     __slots__ = ("frames", "joinable", "epoch", "__weakref__")
 
-    def __init__(self, frames: Any) -> None:
+    def __init__(self, frames: SSEFrames) -> None:
         self.frames = frames
         self.joinable = frames.joinable
         self.epoch = ""
@@ -86,7 +92,7 @@ class ChannelWires:
     def __init__(self) -> None:
         self._wires: weakref.WeakValueDictionary[tuple[str, int], ChannelEventWire] = weakref.WeakValueDictionary()
 
-    def get(self, channel: str, frames: Any) -> ChannelEventWire:
+    def get(self, channel: str, frames: SSEFrames) -> ChannelEventWire:
         key = (channel, id(frames))
         wire = self._wires.get(key)
         if wire is None:
@@ -150,10 +156,6 @@ class ChannelStreamSession(RelaySession):
                                               event=b"unrecoverable"))
         for pub in result.late:
             out.deliver(wire.encode_publication(self.channel, pub))
-
-    def farewell(self, code: int, reason: str) -> bytes:
-        """The ``disconnect`` event's data."""
-        return dumps({"code": code, "reason": reason})
 
     def ping(self) -> None:
         """A comment line keeps the stream alive; no answer is expected."""

@@ -368,9 +368,14 @@ class Server:
         self._pending.add(conn)
 
     def stream_opened(self, conn: Connection) -> None:
-        """``conn`` answers with a stream (hubbub.streams): pinged and swept like a WebSocket."""
+        """``conn`` answers with a stream (hubbub.streams): pinged and swept like a WebSocket
+        (a protocol client on it has ``connect_timeout`` to connect, then 3502)."""
         self.websockets.add(conn)
-        self._pending.discard(conn)
+        if isinstance(conn.session, ClientSession):  # swept as websocket_opened does
+            conn.deadline = time.monotonic() + self.config.connect_timeout
+            self._pending.add(conn)
+        else:
+            self._pending.discard(conn)
 
     def websocket_opened(self, conn: Connection) -> None:
         self.websockets.add(conn)

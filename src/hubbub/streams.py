@@ -1,22 +1,9 @@
-"""Streaming HTTP transports: SSE, HTTP streaming, and one-way clients.
+"""The streaming HTTP endpoints: emulated and one-way protocol clients, channel event streams.
 
-Every endpoint here answers a request with a long response whose body is
-written by the connection's one bounded :class:`~hubbub.writer.Writer`
-(``Connection.begin_stream``): pushes, replies, pings and the last words all
-pass the same output bound (3008 for a client that does not read) as on a
-WebSocket. A *framing* says how one message becomes body bytes; it is the
-:class:`~hubbub.outbox.FrameEncoder` of a stream, so the hub's wires
-(:class:`~hubbub.codec.ProtocolWire`, :class:`~hubbub.eventstream.ChannelEventWire`)
-encode each publication once per framing for every subscriber:
-
-* :class:`SSEFrames`: one Server-Sent Event per message (``data:`` lines,
-  then a blank line), inside one HTTP/1.1 chunk;
-* :class:`LineFrames`: one message per line (JSON) or the codec's own
-  varint-delimited messages (Protobuf), inside one chunk.
-
-Chunks join into one write like WebSocket frames (``joinable``). HTTP/1.0
-clients get the same bytes without chunk headers; the stream then ends by
-closing the connection.
+Each handler answers a request with a long response whose body is written by
+the connection's one bounded :class:`~hubbub.writer.Writer`
+(``begin_stream``), framed by :mod:`hubbub.framing`; ``/emulation`` is
+:mod:`hubbub.emulation`. See ``docs/design.md``, "Streaming transports".
 
 Endpoints (paths are settings; ``""`` turns one off):
 
@@ -36,363 +23,71 @@ Endpoints (paths are settings; ``""`` turns one off):
 * ``GET /sse/{channel}``: a channel as plain SSE (:mod:`hubbub.eventstream`).
 
 Bad input is refused before anything streams, with a JSON ``{"error": ...}``:
-400 (a malformed connect object or ``/emulation`` body, no ``cf_connect`` or
-no body), 405 (wrong method), 406 (``Accept`` without ``text/event-stream``),
-413 (a body or ``data`` over ``max_message_size``), 415 (a format this node
-has no codec for), 401/403/404/429 (authentication, permissions and limits of
-one-way clients and channel streams, as the relay's). The emulated
-transports are the protocol's own: once the stream is open, a malformed
-command is a ``disconnect`` push (3501), as a close code on a WebSocket.
-
-Cross-node ``/emulation``: :meth:`Emulation.deliver_local` is the one
-function that finds a session of this node by id and hands it the commands.
-A request that names another node goes to :attr:`Emulation.forward`;
-:meth:`Emulation.use_cluster` sets it from the control channel between nodes
-(``server.cluster``, when the server has one): an ``emulation`` request to
-the session's node, whose handler calls ``deliver_local``. So any node takes
-any ``/emulation`` request, and no sticky sessions are needed.
+400 (a malformed connect object or ``/emulation`` body or id, no
+``cf_connect`` or no body), 405 (wrong method), 406 (``Accept`` without
+``text/event-stream``), 413 (a body or ``data`` over ``max_message_size``),
+401/403/404/429 (authentication, permissions and limits of one-way clients
+and channel streams, as the relay's), 503 (a connect that hooks or key
+lookups did not decide within ``connect_timeout``). The emulated transports
+are the protocol's own: once the stream is open, a malformed command is a
+``disconnect`` push (3501), and a client that does not connect within
+``connect_timeout`` gets a ``disconnect`` push 3502, as on a WebSocket.
 """
 
 from __future__ import annotations
 
 import asyncio
-import base64
+import functools
 import logging
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from . import codec as codecs
-from .codec import JSON, Codec, ProtocolWire
+from .codec import FORMATS, JSON, Codec, ProtocolWire
 from .codes import DisconnectCode
+from .config import Config
+from .core import PENDING, ClientContext, ClientCore
+from .emulation import Emulation, EmulationCluster, parse_emulation_request
 from .errors import BadRequest, Disconnect, ProtocolError
-from .eventstream import ChannelStreamSession, ChannelWires, parse_event_id
+from .eventstream import ChannelStreamSession, ChannelWires, farewell, parse_event_id
+from .framing import LINES, SSE, SSEFrames, StreamFraming, StreamOut, StreamTransport
 from .http import STREAMED, HTTPRequest, HTTPResponse
-from .outbox import FrameBatch
-from .core import PENDING
+from .outbox import FrameEncoder, Outbox
 from .relay import refusal
-from .proto.client_pb2 import EmulationRequest
-from .strictjson import loads
 from .uni import UNI_JSON, EmulatedSession, UniSession, disconnect_push
+
+__all__ = ["SSE_RETRY_MS", "Streams", "StreamsHost"]
 
 log = logging.getLogger("hubbub.streams")
 
-#: the control channel's request kind that carries ``/emulation`` to another node
-EMULATION_KIND = "emulation"
-
-# -- framings ----------------------------------------------------------------------------
+#: the reconnection delay an EventSource of a channel stream uses (milliseconds)
+SSE_RETRY_MS = 2000
 
 
-def _chunk(body: bytes) -> bytes:
-    return b"%x\r\n%b\r\n" % (len(body), body)
+class StreamsHost(Protocol):
+    """What the streaming endpoints need from their node (:class:`hubbub.server.Server`)."""
 
-
-def _data_lines(payload: bytes) -> bytes:
-    if b"\n" not in payload and b"\r" not in payload:
-        return b"data: " + payload + b"\n"
-    return b"".join(b"data: " + line + b"\n" for line in payload.splitlines()) or b"data: \n"
-
-
-class SSEFrames:
-    """Server-Sent Events (WHATWG HTML, "Server-sent events"): each message
-    is one event, a ``data:`` field per line and a blank line.
-
-    Args:
-        chunked: wrap each event in an HTTP/1.1 chunk.
-    """
-
-    __slots__ = ("chunked",)
-
-    joinable = True
-
-    def __init__(self, chunked: bool) -> None:
-        self.chunked = chunked
-
-    def raw(self, body: bytes) -> bytes:
-        return _chunk(body) if self.chunked else body
-
-    def event(self, data: bytes, *, id: bytes | None = None, event: bytes | None = None) -> bytes:
-        """One event; ``id`` and ``event`` name its ``id:`` and ``event:`` fields."""
-        head = b""
-        if event is not None:
-            head = b"event: " + event + b"\n"
-        if id is not None:
-            head += b"id: " + id + b"\n"
-        return self.raw(head + _data_lines(data) + b"\n")
-
-    def text(self, payload: bytes) -> bytes:
-        return self.event(payload)
-
-    def binary(self, payload: bytes) -> bytes:
-        raise ValueError("SSE carries text only")
-
-    def message(self, payload: bytes, event: bytes | None = None) -> bytes:
-        return self.event(payload, event=event)
-
-    #: a comment: keeps an idle stream open through proxies
-    @property
-    def keepalive(self) -> bytes:
-        return self.raw(b":\n\n")
-
-
-class LineFrames:
-    """Newline-delimited text messages; binary messages as the codec made
-    them (Protobuf: varint-length-delimited, as in its WebSocket frames).
-
-    Args:
-        chunked: wrap each message in an HTTP/1.1 chunk.
-    """
-
-    __slots__ = ("chunked",)
-
-    joinable = True
-
-    def __init__(self, chunked: bool) -> None:
-        self.chunked = chunked
-
-    def text(self, payload: bytes) -> bytes:
-        body = payload + b"\n"
-        return _chunk(body) if self.chunked else body
-
-    def binary(self, payload: bytes) -> bytes:
-        return _chunk(payload) if self.chunked else payload
-
-    def message(self, payload: bytes, event: bytes | None = None) -> bytes:
-        return self.text(payload)
-
-    keepalive = b""
-
-
-#: framings by ``chunked`` (shared by every stream, so wires are shared too)
-SSE = {True: SSEFrames(True), False: SSEFrames(False)}
-LINES = {True: LineFrames(True), False: LineFrames(False)}
-
-# -- the outbox of a stream -----------------------------------------------------------------
-
-
-class StreamTransport(Protocol):
-    """What a stream needs from the connection that carries it (hubbub's
-    ``Connection``): its bounded writer and the start and end of the response."""
-
-    open: bool
-    session: Any
+    config: Config
+    context: ClientContext
 
     @property
-    def stream_chunked(self) -> bool: ...
+    def cluster(self) -> EmulationCluster:
+        """The control channel between nodes."""
+        ...
 
-    def write(self, data: bytes) -> None: ...
+    def add_http(self, path: str, handler: Callable[[HTTPRequest], Awaitable[HTTPResponse]],
+                 name: str = "") -> None: ...
 
-    def deliver(self, frame: bytes | FrameBatch) -> None: ...
-
-    def begin_stream(self, session: Any, headers: list[tuple[str, str]]) -> None: ...
-
-    def end_stream(self, tail: bytes = b"") -> None: ...
+    def add_websocket(self, path: str, factory: Any, name: str = "") -> None: ...
 
 
-class StreamOut:
-    """The :class:`~hubbub.outbox.Outbox` of a session on a stream: messages
-    framed by ``frames`` into the connection's writer (bounded); ``close``
-    sends the session's last words (its ``farewell(code, reason)``, as an
-    ``event`` named ``farewell_event`` on SSE) and ends the response."""
-
-    __slots__ = ("transport", "frames", "deliver", "farewell_event", "_closed")
-
-    def __init__(self, transport: StreamTransport, frames: Any, *, farewell_event: bytes | None = None) -> None:
-        self.transport = transport
-        self.frames = frames
-        #: the connection's own: the fan-out queues to it with no call in between
-        self.deliver = transport.deliver
-        self.farewell_event = farewell_event
-        self._closed = False
+class UniSocket(Outbox, Protocol):
+    """The WebSocket connection of a ``uni_websocket`` client: an outbox and its frame encoder."""
 
     @property
-    def open(self) -> bool:
-        return self.transport.open and not self._closed
-
-    def send_text(self, payload: bytes) -> None:
-        if self.open:
-            self.transport.write(self.frames.text(payload))
-
-    def send_binary(self, payload: bytes) -> None:
-        if self.open:
-            self.transport.write(self.frames.binary(payload))
-
-    def send_ping(self) -> None:
-        if self.open and self.frames.keepalive:
-            self.transport.write(self.frames.keepalive)
-
-    def close(self, code: int, reason: str = "") -> None:
-        if self._closed:
-            return
-        self._closed = True
-        transport = self.transport
-        session = transport.session
-        tail = b""
-        farewell = getattr(session, "farewell", None)
-        if farewell is not None:
-            tail = self.frames.message(farewell(code, reason), self.farewell_event)
-        stats = getattr(transport, "stats", None)
-        if stats is not None:
-            stats.disconnects[code] += 1
-        transport.end_stream(tail)
+    def frames(self) -> FrameEncoder: ...
 
 
-# -- sessions that end with a farewell ---------------------------------------------------------
-
-
-class _StreamEmulatedSession(EmulatedSession):
-    """An emulated session on a stream: its last words are a ``disconnect`` push;
-    it leaves the emulation registry when it closes."""
-
-    __slots__ = ("on_gone",)
-
-    def farewell(self, code: int, reason: str) -> bytes:
-        return disconnect_push(self.codec, code, reason)
-
-    def on_closed(self) -> None:
-        on_gone, self.on_gone = getattr(self, "on_gone", None), None
-        if on_gone is not None:
-            on_gone(self)
-        super().on_closed()
-
-
-class _StreamUniSession(UniSession):
-    __slots__ = ()
-
-    def farewell(self, code: int, reason: str) -> bytes:
-        return disconnect_push(self.codec, code, reason)
-
-
-# -- /emulation -----------------------------------------------------------------------------------
-
-
-class Emulation:
-    """The emulated sessions of this node, by session id, and the one way in
-    for their later commands.
-
-    Args:
-        node: this node's id (connect replies carry it; requests name it).
-
-    Attributes:
-        forward: ``async (node, session, data) -> bool`` that delivers a
-            request naming another node there (True: that node has the
-            session). ``None`` (one node): such requests get 404. The other
-            node's end calls :meth:`deliver_local`.
-    """
-
-    def __init__(self, node: str) -> None:
-        self.node = node
-        self._sessions: dict[str, tuple[EmulatedSession, asyncio.Lock]] = {}
-        self.forward: Callable[[str, str, bytes], Awaitable[bool]] | None = None
-
-    def add(self, session: EmulatedSession) -> None:
-        self._sessions[session.session] = (session, asyncio.Lock())
-
-    def remove(self, session: EmulatedSession) -> None:
-        found = self._sessions.get(session.session)
-        if found is not None and found[0] is session:
-            del self._sessions[session.session]
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def use_cluster(self, cluster: Any) -> None:
-        """Route ``/emulation`` requests between nodes through ``cluster``, the
-        control channel (``cluster.uid``, ``await cluster.send(node, kind,
-        payload)``, ``cluster.register(kind, handler)``): this node's id
-        becomes the cluster's uid; a request naming another node is sent there
-        as an ``emulation`` request, whose handler calls :meth:`deliver_local`."""
-        self.node = cluster.uid
-
-        async def forward(node: str, session: str, data: bytes) -> bool:
-            try:
-                reply = await cluster.send(node, EMULATION_KIND, {"session": session,
-                                                                  "data": base64.b64encode(data).decode()})
-            except Exception as exc:  # the node is gone or unknown: as a session that is gone
-                log.info("emulation request for node %s not delivered: %s", node, exc)
-                return False
-            return reply is True
-
-        async def handle(payload: Any, sender: str) -> bool:
-            if not isinstance(payload, dict) or not isinstance(payload.get("session"), str):
-                return False
-            try:
-                data = base64.b64decode(str(payload.get("data", "")), validate=True)
-            except ValueError:
-                return False
-            return await self.deliver_local(payload["session"], data)
-
-        cluster.register(EMULATION_KIND, handle)
-        self.forward = forward
-
-    async def deliver_local(self, session_id: str, data: bytes) -> bool:
-        """Hand ``data`` (the session codec's encoded commands) to session
-        ``session_id`` of this node; returns once they are handled (their
-        replies are queued on the session's stream). Commands of one session
-        run one request at a time, in arrival order, as a WebSocket's messages.
-
-        Returns False when this node has no such open session.
-        """
-        found = self._sessions.get(session_id)
-        if found is None or found[0].closed:
-            return False
-        session, lock = found
-        async with lock:
-            if session.closed:
-                return True
-            try:
-                await session.handle_message(data)
-            except Exception:
-                log.exception("error handling emulated commands")
-                session.disconnect(DisconnectCode.SERVER_ERROR)
-        return True
-
-
-def _protobuf_emulation_request(body: bytes) -> tuple[str, str, bytes]:
-    """A Protobuf ``EmulationRequest`` (``node = 1``, ``session = 2``, ``data =
-    3``, as centrifugal/protocol ``client.proto``).
-
-    Raises:
-        BadRequest: a body that does not parse.
-    """
-    message = EmulationRequest()
-    try:
-        message.ParseFromString(body)
-    except Exception:  # google.protobuf.message.DecodeError
-        raise BadRequest("malformed Protobuf emulation request") from None
-    return message.node, message.session, bytes(message.data)
-
-
-def parse_emulation_request(request: HTTPRequest) -> tuple[str, str, bytes]:
-    """``(node, session, data)`` of a ``POST /emulation`` body (JSON:
-    ``{"session": str, "node": str, "data": str}``, where ``data`` holds the
-    encoded commands).
-
-    Raises:
-        BadRequest: anything else.
-    """
-    if request.headers.get("content-type", "").startswith("application/octet-stream"):
-        return _protobuf_emulation_request(request.body)
-    try:
-        body = loads(request.body or b"")
-    except ValueError as exc:
-        raise BadRequest(f"malformed JSON body: {exc}") from None
-    if not isinstance(body, dict):
-        raise BadRequest("the body must be a JSON object {session, node, data}")
-    session, node, data = body.get("session"), body.get("node", ""), body.get("data")
-    if not isinstance(session, str) or not session:
-        raise BadRequest("session (a string) is required")
-    if not isinstance(node, str):
-        raise BadRequest("node must be a string")
-    if not isinstance(data, str):
-        raise BadRequest("data (the encoded commands, a string) is required")
-    return node, session, data.encode("utf-8")
-
-
-# -- the endpoints ------------------------------------------------------------------------------
-
-
-async def _guarded(session: Any, work: Awaitable[None]) -> None:
+async def _guarded(session: ClientCore, work: Awaitable[None]) -> None:
     """Run a stream's first work; a bug ends the stream (3004), not just the request."""
     try:
         await work
@@ -411,31 +106,30 @@ _STREAM_HEADERS = [
     ("x-accel-buffering", "no"),
 ]
 _SSE_HEADERS = [("content-type", "text/event-stream; charset=utf-8"), *_STREAM_HEADERS]
-#: the reconnection delay an EventSource of a channel stream uses (milliseconds)
-SSE_RETRY_MS = 2000
+_NOT_STREAMING = "streaming responses are not available on this server"
+_TOO_SLOW = "the connect was not decided within connect_timeout"
 
 
 class Streams:
     """The streaming endpoints of one node (see the module docstring).
 
     Args:
-        server: the node (its ``config``, ``context``, ``api.node_id``; duck-typed).
+        server: the node; ``/emulation`` requests reach the sessions of other
+            nodes through its cluster's control channel.
     """
 
-    def __init__(self, server: Any) -> None:
+    def __init__(self, server: StreamsHost) -> None:
         self.server = server
         self.config = server.config
-        cluster = getattr(server, "cluster", None)  # the control channel between nodes, where there is one
-        self.emulation = Emulation(getattr(server.api, "node_id", None) or str(uuid.uuid4()))
-        if cluster is not None:
-            self.emulation.use_cluster(cluster)
+        self.emulation = Emulation()
+        self.emulation.use_cluster(server.cluster)
         self.channel_wires = ChannelWires()
         self._wires: dict[tuple[int, int], ProtocolWire] = {}
 
     def install(self) -> None:
         """Add the routes whose paths are set."""
         config, server = self.config, self.server
-        routes: list[tuple[str, Any, str]] = [
+        routes: list[tuple[str, Callable[[HTTPRequest], Awaitable[HTTPResponse]], str]] = [
             (config.http_stream_path, self.http_stream, "the http_stream transport"),
             (config.sse_path, self.sse, "the sse transport"),
             (config.emulation_path, self.emulate, "the emulation endpoint"),
@@ -451,7 +145,7 @@ class Streams:
 
     # -- shared pieces ---------------------------------------------------------------------
 
-    def wire(self, codec: Codec, frames: Any) -> ProtocolWire:
+    def wire(self, codec: Codec, frames: FrameEncoder) -> ProtocolWire:
         """The protocol wire of ``codec`` and ``frames`` (one per pair, so a
         push is encoded once per pair)."""
         key = (id(codec), id(frames))
@@ -461,9 +155,9 @@ class Streams:
         return wire
 
     @staticmethod
-    def _codec(request: HTTPRequest) -> Codec | None:
+    def _codec(request: HTTPRequest) -> Codec:
         if request.headers.get("content-type", "").startswith("application/octet-stream"):
-            return getattr(codecs, "FORMATS", {}).get("protobuf")  # the Protobuf codec, where present
+            return FORMATS["protobuf"]
         return JSON
 
     def _body_limit(self, data: bytes | str) -> HTTPResponse | None:
@@ -472,23 +166,30 @@ class Streams:
             return _error(f"request too large: more than max_message_size ({limit} bytes)", 413)
         return None
 
-    async def _start_emulated(self, request: HTTPRequest, codec: Codec, frames: Any, first: bytes,
-                              transport: str, headers: list[tuple[str, str]]) -> HTTPResponse:
-        stream: StreamTransport = request.stream
-        out = StreamOut(stream, frames)
-        server = self.server
-        session = _StreamEmulatedSession(server.context, out, self.wire(codec, frames), headers=request.headers,
-                                         node=self.emulation.node, transport=transport)
-        session.on_gone = self.emulation.remove
-        self.emulation.add(session)
+    @staticmethod
+    def _begin(stream: StreamTransport, session: ClientCore, frames: StreamFraming,
+               headers: list[tuple[str, str]], first: bytes = b"") -> bool:
+        """Send the head (and ``first``, SSE's opening bytes); False, with the
+        session abandoned, when the client is already gone."""
         stream.begin_stream(session, headers)
         if session.closed or not stream.open:  # the head could not be sent: the client is gone
-            session.closed = True
-            session.on_closed()
-            return STREAMED
-        if isinstance(frames, SSEFrames):
-            stream.write(frames.raw(b"\r\n"))
-        await self.emulation.deliver_local(session.session, first)
+            session.abandon()
+            return False
+        if first:
+            stream.write(first)
+        return True
+
+    async def _start_emulated(self, request: HTTPRequest, codec: Codec, frames: StreamFraming, first: bytes,
+                              transport: str, headers: list[tuple[str, str]]) -> HTTPResponse:
+        stream: StreamTransport = request.stream
+        out = StreamOut(stream, frames, functools.partial(disconnect_push, codec))
+        session = EmulatedSession(self.server.context, out, self.wire(codec, frames), headers=request.headers,
+                                  node=self.emulation.node, transport=transport)
+        self.emulation.add(session)
+        # from here the node's sweep gives the session connect_timeout to connect (3502)
+        opening = frames.raw(b"\r\n") if isinstance(frames, SSEFrames) else b""
+        if self._begin(stream, session, frames, headers, opening):
+            await self.emulation.deliver_local(session.session, first)
         return STREAMED
 
     # -- bidirectional emulation -----------------------------------------------------------
@@ -498,15 +199,13 @@ class Streams:
         if request.method != "POST":
             return _error("use POST with the connect command in the body", 405)
         if request.stream is None:
-            return _error("streaming responses are not available on this server", 501)
-        codec = self._codec(request)
-        if codec is None:
-            return _error("Protobuf is not available on this node", 415)
+            return _error(_NOT_STREAMING, 501)
         if not request.body.strip():
             return _error("the body must hold the connect command", 400)
         too_large = self._body_limit(request.body)
         if too_large is not None:
             return too_large
+        codec = self._codec(request)
         content_type = "application/octet-stream" if codec.binary else "application/json"
         frames = LINES[request.stream.stream_chunked]
         return await self._start_emulated(request, codec, frames, request.body, "http_stream",
@@ -526,7 +225,7 @@ class Streams:
         else:
             return _error("use GET with cf_connect, or POST", 405)
         if request.stream is None:
-            return _error("streaming responses are not available on this server", 501)
+            return _error(_NOT_STREAMING, 501)
         too_large = self._body_limit(data)
         if too_large is not None:
             return too_large
@@ -534,32 +233,35 @@ class Streams:
         return await self._start_emulated(request, JSON, frames, data, "sse", _SSE_HEADERS)
 
     async def emulate(self, request: HTTPRequest) -> HTTPResponse:
-        """``POST /emulation``: later commands of an emulated session."""
+        """``POST /emulation``: later commands of an emulated session. A
+        malformed body or id is 400 and a node this cluster does not know 404,
+        both before any work."""
         if request.method != "POST":
             return _error("use POST with {session, node, data}", 405)
         try:
             node, session, data = parse_emulation_request(request)
         except BadRequest as exc:
-            return _error(exc.message, 415 if "not supported" in exc.message else 400)
+            return _error(exc.message, 400)
         too_large = self._body_limit(data)
         if too_large is not None:
             return too_large
         emulation = self.emulation
         if node and node != emulation.node:
+            # ids are well-formed here: safe to echo
             forward = emulation.forward
-            if forward is None or not await forward(node, session, data):
-                return _error(f"no session {session!r} on node {node!r} (unknown node)", 404)
+            if forward is None or not emulation.may_exist(node) or not await forward(node, session, data):
+                return _error(f"no session {session} on node {node} (unknown node, or the session is gone)", 404)
             return HTTPResponse(204)
         if not await emulation.deliver_local(session, data):
-            return _error(f"no session {session!r} on this node (closed, or never opened)", 404)
+            return _error(f"no session {session} on this node (closed, or never opened)", 404)
         return HTTPResponse(204)
 
     # -- unidirectional ------------------------------------------------------------------------
 
-    async def _start_uni(self, request: HTTPRequest, raw: bytes | str, frames: Any, transport: str,
+    async def _start_uni(self, request: HTTPRequest, raw: bytes | str, frames: StreamFraming, transport: str,
                          headers: list[tuple[str, str]]) -> HTTPResponse:
         if request.stream is None:
-            return _error("streaming responses are not available on this server", 501)
+            return _error(_NOT_STREAMING, 501)
         too_large = self._body_limit(raw)
         if too_large is not None:
             return too_large
@@ -568,28 +270,25 @@ class Streams:
         except BadRequest as exc:
             return _error(exc.message, 400)
         stream: StreamTransport = request.stream
-        out = StreamOut(stream, frames)
-        session = _StreamUniSession(self.server.context, out, self.wire(UNI_JSON, frames), headers=request.headers,
-                                    transport=transport)
+        out = StreamOut(stream, frames, functools.partial(disconnect_push, UNI_JSON))
+        session = UniSession(self.server.context, out, self.wire(UNI_JSON, frames), headers=request.headers,
+                             transport=transport)
         try:
-            await session.prepare(params)
+            async with asyncio.timeout(self.config.connect_timeout):
+                await session.prepare(params)
         except (ProtocolError, Disconnect) as exc:
-            session.closed = True
-            session.on_closed()
+            session.abandon()
             status, reason = (400, exc.message) if isinstance(exc, BadRequest) else refusal(exc)
             return _error(reason or "refused", status)
+        except TimeoutError:
+            session.abandon()
+            return _error(_TOO_SLOW, 503)
         except BaseException:  # a hook's bug (500), or the client left: nothing stays behind
-            session.closed = True
-            session.on_closed()
+            session.abandon()
             raise
-        stream.begin_stream(session, headers)
-        if not stream.open:  # the head could not be sent: the client is gone
-            session.closed = True
-            session.on_closed()
-            return STREAMED
-        if isinstance(frames, SSEFrames):
-            stream.write(frames.raw(b"\r\n"))
-        await _guarded(session, session.start())
+        opening = frames.raw(b"\r\n") if isinstance(frames, SSEFrames) else b""
+        if self._begin(stream, session, frames, headers, opening):
+            await _guarded(session, session.start())
         return STREAMED
 
     async def uni_http_stream(self, request: HTTPRequest) -> HTTPResponse:
@@ -597,7 +296,7 @@ class Streams:
         if request.method != "POST":
             return _error("use POST with the connect object as a JSON body", 405)
         if request.stream is None:
-            return _error("streaming responses are not available on this server", 501)
+            return _error(_NOT_STREAMING, 501)
         frames = LINES[request.stream.stream_chunked]
         return await self._start_uni(request, request.body, frames, "uni_http_stream",
                                      [("content-type", "application/json"), *_STREAM_HEADERS])
@@ -611,12 +310,12 @@ class Streams:
         else:
             return _error("use GET with cf_connect, or POST with the connect object", 405)
         if request.stream is None:
-            return _error("streaming responses are not available on this server", 501)
+            return _error(_NOT_STREAMING, 501)
         return await self._start_uni(request, raw, SSE[request.stream.stream_chunked], "uni_sse", _SSE_HEADERS)
 
-    def uni_websocket(self, conn: Any, request: HTTPRequest) -> UniSession:
+    def uni_websocket(self, conn: UniSocket, request: HTTPRequest) -> UniSession:
         """The session of a ``/connection/uni_websocket`` upgrade (the connect
-        object is its first message)."""
+        object is its first message, within ``connect_timeout``: else 3502)."""
         return UniSession(self.server.context, conn, self.wire(UNI_JSON, conn.frames), headers=request.headers,
                           transport="uni_websocket")
 
@@ -630,7 +329,7 @@ class Streams:
         if accept and not any(kind in accept for kind in ("text/event-stream", "*/*", "text/*")):
             return _error("this endpoint answers text/event-stream only", 406)
         if request.stream is None:
-            return _error("streaming responses are not available on this server", 501)
+            return _error(_NOT_STREAMING, 501)
         since = None
         last = request.headers.get("last-event-id") or request.query.get("last_event_id")
         if last:
@@ -641,26 +340,23 @@ class Streams:
         stream: StreamTransport = request.stream
         frames = SSE[stream.stream_chunked]
         channel = request.params["channel"]
-        out = StreamOut(stream, frames, farewell_event=b"disconnect")
+        out = StreamOut(stream, frames, farewell, farewell_event=b"disconnect")
         session = ChannelStreamSession(self.server.context, out, self.channel_wires.get(channel, frames), channel,
                                        headers=request.headers, query=request.query, since=since)
         try:
             decision = session.handshake_nowait()
             if decision is PENDING:
-                decision = await session.handshake()
+                async with asyncio.timeout(self.config.connect_timeout):
+                    decision = await session.handshake()
+        except TimeoutError:
+            session.abandon()
+            return _error(_TOO_SLOW, 503)
         except BaseException:  # a hook's bug (500), or the client left: nothing stays behind
-            session.closed = True
-            session.on_closed()
+            session.abandon()
             raise
         if decision is not None:
-            session.closed = True
-            session.on_closed()
+            session.abandon()
             return _error(decision[1], decision[0])
-        stream.begin_stream(session, _SSE_HEADERS)
-        if not stream.open:  # the head could not be sent: the client is gone
-            session.closed = True
-            session.on_closed()
-            return STREAMED
-        stream.write(frames.raw(b"retry: %d\n\n" % SSE_RETRY_MS))
-        await _guarded(session, session.open())
+        if self._begin(stream, session, frames, _SSE_HEADERS, frames.raw(b"retry: %d\n\n" % SSE_RETRY_MS)):
+            await _guarded(session, session.open())
         return STREAMED

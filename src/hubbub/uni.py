@@ -7,7 +7,7 @@ every rule of the client core (:mod:`hubbub.core`) applies to them unchanged:
 * :class:`EmulatedSession`: centrifuge-js's bidirectional emulation
   (``http_stream`` and ``sse`` transports). The first commands come with the
   request that opens the stream; later ones arrive as ``POST /emulation``
-  requests that name the session (:mod:`hubbub.streams`). The connect reply
+  requests that name the session (:mod:`hubbub.emulation`). The connect reply
   carries ``session`` and ``node`` for that (centrifugal/centrifuge
   ``client.go``: emulation transports set both).
 * :class:`UniSession`: the unidirectional transports (``uni_websocket``,
@@ -32,11 +32,12 @@ from __future__ import annotations
 
 import logging
 import uuid
+from collections.abc import Callable
 from typing import Any
 
 from ._version import __version__
 from .brokers.base import ClientInfo, Publication, StreamPosition
-from .codec import JSONCodec
+from .codec import Codec, JSONCodec
 from .codes import DisconnectCode, ErrorCode, should_reconnect
 from .config import NamespaceOptions
 from .errors import BadRequest, Disconnect, ProtocolError
@@ -79,8 +80,9 @@ class UniJSONCodec(JSONCodec):
 UNI_JSON = UniJSONCodec()
 
 
-def disconnect_push(codec: Any, code: int, reason: str) -> bytes:
-    """The ``disconnect`` push that ends a stream (a stream has no close frame)."""
+def disconnect_push(codec: Codec, code: int, reason: str) -> bytes:
+    """The ``disconnect`` push that ends a stream (a stream has no close frame):
+    ``code`` a close code, ``reason`` its text, encoded by ``codec``."""
     return codec.encode_push("", "disconnect", {"code": code, "reason": reason, "reconnect": should_reconnect(code)})
 
 
@@ -95,15 +97,24 @@ class EmulatedSession(ClientSession):
 
     Attributes:
         session: the id that ``/emulation`` requests name (random).
+        on_gone: called once with the session when it closes (the registry
+            of emulated sessions removes it); ``None``: nothing.
     """
 
-    __slots__ = ("session", "node", "transport")
+    __slots__ = ("session", "node", "transport", "on_gone")
 
     def __init__(self, *args: Any, node: str, transport: str = "http_stream", **kw: Any) -> None:
         super().__init__(*args, **kw)
         self.session = str(uuid.uuid4())
         self.node = node
-        self.transport = transport  # type: ignore[misc]
+        self.transport = transport
+        self.on_gone: Callable[[EmulatedSession], None] | None = None
+
+    def on_closed(self) -> None:
+        on_gone, self.on_gone = self.on_gone, None
+        if on_gone is not None:
+            on_gone(self)
+        super().on_closed()
 
     async def _cmd_connect(self, params: dict[str, Any]) -> dict[str, Any]:
         reply = await super()._cmd_connect(params)
@@ -131,7 +142,7 @@ class UniSession(ClientSession):
 
     def __init__(self, *args: Any, transport: str = "uni_http_stream", **kw: Any) -> None:
         super().__init__(*args, **kw)
-        self.transport = transport  # type: ignore[misc]
+        self.transport = transport
         self.session = str(uuid.uuid4())
         #: (channel, namespace, channel info, recover since, server-side) to join at start
         self._plan: list[tuple[str, NamespaceOptions, Any, StreamPosition | None, bool]] = []
