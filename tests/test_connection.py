@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import AsyncIterator
+from typing import Any
 
 from websockets.frames import Frame, Opcode
 
 import hubbub
 from hubbub import App, ConnectResult
-from hubbub.connection import MAX_INBOX, Connection
+from hubbub.connection import MAX_INBOX, WS_SLICE, Connection
 from hubbub.http import HTTPRequest, HTTPResponse
 
 from .conftest import TIMEOUT, until
@@ -262,3 +263,45 @@ async def test_a_busy_websocket_handler_stops_the_reading() -> None:
             assert conn.buffered <= MAX_INBOX * len(payload) + 256 * 1024 + len(frame)
             gate.release.set()
             await until(lambda: conn.reading, "reading resumed once the handler reads")
+
+
+async def test_a_full_inbox_holds_the_rest_of_a_read_unparsed() -> None:
+    """A relay whose ``on_publish`` hook is pending while 256 KiB of empty
+    frames (40,000 messages) arrive in one read: the inbox takes the messages
+    of one slice of it, and the rest waits unparsed until there is room."""
+    connected, publishing = Gate(), Gate()
+    app = App(port=0)
+
+    @app.on_connect
+    async def on_connect(request: hubbub.ConnectRequest) -> ConnectResult:
+        await connected.wait()
+        return ConnectResult(user="u1")
+
+    published = 0
+
+    @app.on_publish
+    async def on_publish(client: hubbub.ClientSession, channel: str, data: Any) -> Any:
+        nonlocal published
+        await publishing.wait()
+        published += 1
+        return data
+
+    frame = Frame(Opcode.TEXT, b"").serialize(mask=True)
+    async with started(app) as port:
+        with connect(port) as sock:
+            sock.sendall(UPGRADE)
+            await asyncio.wait_for(connected.entered.wait(), TIMEOUT)
+            conn = connection_of(app, sock)
+            # the frames wait in the kernel while the handshake is pending: the first
+            # read after it takes a full 256 KiB
+            sent = await flood(sock, frame * (1024 * 1024 // len(frame)), total=320 * 1024)
+            assert sent == 320 * 1024
+            connected.release.set()
+            await asyncio.wait_for(publishing.entered.wait(), TIMEOUT)
+            await until(lambda: not conn.reading, "reading paused by the full inbox")
+            # at most the messages of one slice past the bound, far fewer than one read holds
+            assert conn.queued <= MAX_INBOX + WS_SLICE // len(frame) < 256 * 1024 // len(frame)
+            publishing.release.set()
+            # every message is handled: what was held is parsed, and reading resumed
+            await until(lambda: published == sent // len(frame), "every message published")
+            assert conn.reading

@@ -12,7 +12,9 @@ connection's :class:`~hubbub.writer.Writer`, the one bounded queue of
 everything sent (see :mod:`hubbub.writer` for the write path).
 
 Reading is paused while the inbox holds :data:`MAX_INBOX` messages, so a
-client that sends faster than it is served is slowed down, not buffered.
+client that sends faster than it is served is slowed down, not buffered:
+input is parsed :data:`WS_SLICE` bytes at a time, and what is left of a
+read when the inbox fills is held raw until it has room.
 Reading is also paused while a request's handler or a handshake's decision
 is awaited: what the client sends meanwhile stays in its socket, and the
 connection holds at most the rest of the read that completed the request
@@ -58,6 +60,9 @@ _WS_LOGGER.setLevel(logging.WARNING)
 
 #: Messages waiting to be handled before reading from the socket pauses.
 MAX_INBOX = 64
+#: Most input handed to websockets' parser at once (bytes): a read of tiny frames
+#: adds at most this many bytes' worth of messages to a full inbox
+WS_SLICE = 16 * 1024
 #: Why reading is paused (bits of ``Connection._paused``): the inbox is full ...
 _PAUSED_INBOX = 1
 #: ... or a request's handler or a handshake's decision is awaited
@@ -231,11 +236,10 @@ class Connection(Writer, asyncio.Protocol):
         if self.chunked is not None:
             return  # a streaming response is under way: nothing more is read (and nothing kept)
         if self.ws is not None:
-            if self._head is not None:  # the handshake is being decided: hold the frames
+            if self._head is not None:  # the handshake is being decided, or the inbox is full: hold
                 self._head += data
                 return
-            self.ws.receive_data(data)
-            self._process_ws_events()
+            self._feed_ws(data)
             return
         if self._head is not None:
             self._head += data
@@ -584,11 +588,43 @@ class Connection(Writer, asyncio.Protocol):
             self._start_worker()
         rest, self._head = self._head, None
         if rest:
-            ws.receive_data(bytes(rest))
-        self._process_ws_events()
+            self._feed_ws(bytes(rest))
+        else:
+            self._process_ws_events()
         self._resume(_PAUSED_PENDING)
 
     # -- WebSocket messages ---------------------------------------------------------
+
+    def _feed_ws(self, data: bytes) -> None:
+        """Parse ``data`` :data:`WS_SLICE` bytes at a time; once the inbox is
+        full, hold the rest raw (in ``_head``) until :meth:`_inbox_has_room`."""
+        ws = self.ws
+        assert ws is not None
+        if len(data) <= WS_SLICE:
+            ws.receive_data(data)
+            self._process_ws_events()
+            return
+        start = 0
+        while start < len(data):
+            inbox = self._inbox
+            if inbox is not None and len(inbox) >= MAX_INBOX:
+                self._head = bytearray(data[start:])
+                self._pause(_PAUSED_INBOX)
+                return
+            ws.receive_data(data[start:start + WS_SLICE])
+            self._process_ws_events()
+            if self.ws is None or self.lost:
+                return
+            start += WS_SLICE
+
+    def _inbox_has_room(self) -> None:
+        """Parse what was held raw while the inbox was full; read again unless it filled again."""
+        held, self._head = self._head, None
+        if held and self.ws is not None:
+            self._feed_ws(bytes(held))
+        inbox = self._inbox
+        if self._head is None and (inbox is None or len(inbox) < MAX_INBOX):
+            self._resume(_PAUSED_INBOX)
 
     def _process_ws_events(self) -> None:
         ws = self.ws
@@ -688,7 +724,7 @@ class Connection(Writer, asyncio.Protocol):
             while inbox:
                 item = inbox.popleft()
                 if self._paused & _PAUSED_INBOX and len(inbox) < MAX_INBOX // 2:
-                    self._resume(_PAUSED_INBOX)
+                    self._inbox_has_room()
                 if item is None:
                     await session.open()
                 else:
@@ -810,14 +846,20 @@ class Connection(Writer, asyncio.Protocol):
         return not self._paused and not self.lost
 
     @property
+    def queued(self) -> int:
+        """Messages received and waiting in the inbox for the session (at most
+        :data:`MAX_INBOX` plus the messages of one :data:`WS_SLICE`)."""
+        return sum(1 for item in self._inbox if item is not None) if self._inbox else 0
+
+    @property
     def buffered(self) -> int:
         """Bytes received from the client and held, not yet handled: an
-        incomplete first request head, frames behind a pending handshake,
-        h11's buffer (pipelined requests behind a pending one), websockets'
-        partial frame and the payloads in the inbox. Bounded: reading pauses
-        while anything is pending, so this is at most one request head or
-        message and the rest of one transport read (plus :data:`MAX_INBOX`
-        messages)."""
+        incomplete first request head, frames behind a pending handshake or a
+        full inbox, h11's buffer (pipelined requests behind a pending one),
+        websockets' partial frame and the payloads in the inbox. Bounded:
+        reading pauses while anything is pending, so this is at most one
+        request head or message and the rest of one transport read (plus
+        :data:`MAX_INBOX` messages)."""
         size = len(self._head) if self._head is not None else 0
         if self.http is not None:
             size += len(self.http.trailing_data[0])
