@@ -170,7 +170,7 @@ async def test_anonymous_refused_when_not_allowed_even_without_keys() -> None:
 def test_anonymous_option_is_checked() -> None:
     app = App(port=0)
     with pytest.raises(TypeError):
-        app.add_websocket("/x", _Endpoint, anonymous="yes")  # type: ignore[arg-type]
+        app.add_websocket("/x", _Endpoint, anonymous="yes")  # type: ignore[arg-type]  # a wrong type on purpose
 
 
 class _Endpoint:
