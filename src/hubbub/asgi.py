@@ -34,7 +34,7 @@ from typing import Any
 
 from .codes import DisconnectCode
 from .config import is_loopback
-from .connection import WebSocketSession
+from .connection import MAX_CLOSE_REASON, WebSocketSession
 from .core import PENDING, HandshakeDecision
 from .hosting import HostedApp
 from .http import HTTPRequest, HTTPResponse
@@ -59,9 +59,8 @@ _BINARY = 2  # + bytes: websocket.send
 _CLOSE = 8  # + code (2 bytes) + reason: websocket.close (before accept: a refusal)
 _ACCEPT = 16  # + subprotocol (UTF-8, empty: none): websocket.accept
 _REFUSAL = 17  # + packed status, headers, body: websocket.http.response.start and .body
-
-#: Longest close reason, in bytes (a close frame payload is at most 125 bytes).
-_MAX_CLOSE_REASON = 123
+_TEXT_KIND = bytes([_TEXT])
+_BINARY_KIND = bytes([_BINARY])
 
 
 def _pack(fields: Iterable[bytes]) -> bytes:
@@ -108,10 +107,10 @@ class ASGIFrames:
     joinable = False
 
     def text(self, payload: bytes) -> bytes:
-        return b"\x01" + payload
+        return _TEXT_KIND + payload
 
     def binary(self, payload: bytes) -> bytes:
-        return b"\x02" + payload
+        return _BINARY_KIND + payload
 
 
 class _Sender(asyncio.Transport):
@@ -290,14 +289,16 @@ class _ASGIWriter(Writer):
         """Release the connection (idempotent). Once we ended it, the sender may
         finish for at most ``close_timeout`` seconds (a client that does not
         read never lets it); then it is stopped and what it holds is freed."""
-        if self._closing.is_set() and not self._gone.is_set() and not self.lost:
-            try:
-                await asyncio.wait_for(self._gone.wait(), self.config.close_timeout)
-            except TimeoutError:
-                pass
-        self.lost = True
-        self.open = False
-        await self._sender.stop()
+        try:
+            if self._closing.is_set() and not self._gone.is_set() and not self.lost:
+                try:
+                    await asyncio.wait_for(self._gone.wait(), self.config.close_timeout)
+                except TimeoutError:
+                    pass
+        finally:
+            self.lost = True
+            self.open = False
+            await self._sender.stop()
 
 
 class ASGIConnection(_ASGIWriter):
@@ -331,15 +332,15 @@ class ASGIConnection(_ASGIWriter):
             headers = [(b"content-type", b"text/plain; charset=utf-8"), (b"content-length", str(len(body)).encode())]
             self.write_control(bytes([_REFUSAL]) + _pack_head(status, headers, body))
         else:
-            self.write_control(bytes([_CLOSE]) + (1008).to_bytes(2, "big") + text.encode()[:_MAX_CLOSE_REASON])
+            self.write_control(bytes([_CLOSE]) + (1008).to_bytes(2, "big") + text.encode()[:MAX_CLOSE_REASON])
         self.finish()
         await self.release()
 
     def send_text(self, payload: bytes) -> None:
-        self.write(b"\x01" + payload)
+        self.write(self.frames.text(payload))
 
     def send_binary(self, payload: bytes) -> None:
-        self.write(b"\x02" + payload)
+        self.write(self.frames.binary(payload))
 
     def send_ping(self) -> None:
         """ASGI has no ping message: the ASGI server keeps the connection
@@ -354,7 +355,7 @@ class ASGIConnection(_ASGIWriter):
         self._closed_sent = True
         self._closing.set()
         self.stats.disconnects[code] += 1
-        self.write_control(bytes([_CLOSE]) + code.to_bytes(2, "big") + reason.encode()[:_MAX_CLOSE_REASON])
+        self.write_control(bytes([_CLOSE]) + code.to_bytes(2, "big") + reason.encode()[:MAX_CLOSE_REASON])
         self.finish()
 
     def _on_slow(self, pending: int) -> None:
