@@ -2,9 +2,9 @@
 
 The server runs with rare full collections (``tune_gc``), so every reference
 cycle a connection leaves behind stays in memory until one: RSS grew with
-every connect/close under churn. Each test disables the collector, serves one
-connection of a kind, and checks that the server-side objects of that
-connection are gone once it is closed.
+every connect/close under churn (outside security test, finding 13). Each
+test disables the collector, serves one connection of a kind, and checks that
+the server-side objects of that connection are gone once it is closed.
 """
 
 from __future__ import annotations
@@ -20,7 +20,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import pytest
+from websockets.server import ServerProtocol
 
+from hubbub.connection import Connection
+from hubbub.core import ClientCore
 from hubbub.server import Server
 
 from .conftest import TIMEOUT
@@ -161,6 +164,15 @@ KINDS: dict[str, Callable[[Server], Awaitable[None]]] = {
 }
 
 
+#: what one connection is made of on the server (a Connection has no __weakref__ slot)
+PER_CONNECTION = (Connection, ClientCore, ServerProtocol)
+
+
+def per_connection_objects() -> list[Any]:
+    """Every live object of the :data:`PER_CONNECTION` kinds, found by the collector's list."""
+    return [o for o in gc.get_objects() if issubclass(type(o), PER_CONNECTION)]
+
+
 @pytest.fixture
 def no_gc() -> Iterator[None]:
     gc.collect()
@@ -196,6 +208,8 @@ async def test_closed_connection_is_freed_without_the_collector(server: Server, 
     server.connection_opened = on_opened  # type: ignore[method-assign]
     server.websocket_opened = on_upgraded  # type: ignore[method-assign]
     server.stream_opened = on_streamed  # type: ignore[method-assign]
+    before = per_connection_objects()  # kept alive, so their ids are not reused
+    known = {id(o) for o in before}
     await asyncio.wait_for(KINDS[kind](server), TIMEOUT)
     async with asyncio.timeout(TIMEOUT):
         while server.connections:
@@ -204,4 +218,6 @@ async def test_closed_connection_is_freed_without_the_collector(server: Server, 
         await asyncio.sleep(0)
     assert parts
     alive = [type(ref()).__name__ for ref in parts if ref() is not None]
+    alive += [type(o).__name__ for o in per_connection_objects() if id(o) not in known]
+    del before
     assert not alive, f"kept alive by reference cycles after close: {alive}"

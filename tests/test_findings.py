@@ -8,18 +8,10 @@ were made on, each fails for the reason its docstring names.
 from __future__ import annotations
 
 import asyncio
-import collections
-import gc
 import json
 import math
-import os
-import re
-import resource
 import socket
 import struct
-import subprocess
-import sys
-import threading
 import time
 import urllib.error
 import urllib.request
@@ -28,7 +20,6 @@ from typing import Any
 import jwt
 import pytest
 import websockets
-from websockets.sync.client import connect as ws_sync_connect
 
 from hubbub.brokers.memory import MemoryBroker
 from hubbub.config import Config, NamespaceOptions
@@ -36,7 +27,7 @@ from hubbub.errors import ProtocolError
 from hubbub.hub import Hub
 from hubbub.server import Server
 
-from .conftest import ROOT, TIMEOUT, ProtoClient, make_config, proto_client, ws_url
+from .conftest import TIMEOUT, ProtoClient, make_config, proto_client, ws_url
 
 SECRET = "a-secret-of-at-least-32-bytes-for-hs256"
 API_KEY = "k"
@@ -131,14 +122,6 @@ def http_post(port: int, method: str, body: bytes | str, key: str | None = API_K
             return exc.code, json.loads(raw)
         except ValueError:
             return exc.code, raw
-
-
-def http_get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=TIMEOUT) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read()
 
 
 async def subscribed(server: Server, channel: str, n: int) -> None:
@@ -377,98 +360,8 @@ async def test_finding_02_unread_ping_flood_is_closed_3008(small_sndbuf_server, 
     assert (await bystander.call("ping"))["ping"] == {}
 
 
-# -- 3. the accept loop spins at the file descriptor limit ----------------------------------------
-
-
-class LimitedServe:
-    """``hubbub serve`` in a subprocess whose file descriptor limit is ``nofile``,
-    counting its log lines (stdout and stderr) as they come."""
-
-    def __init__(self, nofile: int) -> None:
-        self.proc = subprocess.Popen([sys.executable, "-m", "hubbub", "serve", "--port", "0"],
-                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT, cwd=ROOT)
-        self.lines = 0
-        self.head: list[bytes] = []  # the first lines after startup, for messages
-        self.port = 0
-        self._ready = threading.Event()
-        threading.Thread(target=self._read, daemon=True).start()
-        if not self._ready.wait(TIMEOUT) or not self.port:
-            self.stop()
-            raise RuntimeError("hubbub serve did not start")
-        resource.prlimit(self.proc.pid, resource.RLIMIT_NOFILE, (nofile, nofile))
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            if not self.port:
-                m = re.search(rb"listening on http://[^ ]+:(\d+)", line)
-                if m:
-                    self.port = int(m.group(1))
-                    self._ready.set()
-                continue
-            self.lines += 1
-            if len(self.head) < 20:
-                self.head.append(line)
-        self._ready.set()
-
-    def cpu_seconds(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-    def open_fds(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/fd"))
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-        self.proc.wait(TIMEOUT)
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and prlimit")
-def test_finding_03_accept_at_fd_limit_does_not_spin() -> None:
-    """Finding 3: at the file descriptor limit, asyncio's accept loop logs a traceback
-    and schedules a retry for every remaining iteration of its backlog loop, so the
-    server burns CPU and writes ~100,000 log lines a second. Fixed: a few log lines,
-    little CPU, and accepting resumes when descriptors are free again."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < 1024 and hard > soft:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
-    server = LimitedServe(nofile=256)
-    flood: list[socket.socket] = []
-    try:
-        cpu0, lines0 = server.cpu_seconds(), server.lines
-        for _ in range(600):
-            s = socket.socket()
-            s.setblocking(False)
-            s.connect_ex(("127.0.0.1", server.port))
-            flood.append(s)
-        # hold the connections open for a 3 s measuring window
-        peak_fds = 0
-        window = time.monotonic() + 3.0
-        while time.monotonic() < window:
-            peak_fds = max(peak_fds, server.open_fds())
-            time.sleep(0.05)
-        cpu, lines = server.cpu_seconds() - cpu0, server.lines - lines0
-        # free most descriptors: the server must serve a new client again soon
-        for s in flood[:500]:
-            s.close()
-        freed = time.monotonic()
-        with ws_sync_connect(f"ws://127.0.0.1:{server.port}/ws/canary", open_timeout=4) as ws:
-            ws.send("canary")
-            assert ws.recv(timeout=4) == "canary"
-        echo_after = time.monotonic() - freed
-        status, body = http_get(server.port, "/health")
-        head = b"".join(server.head[:6]).decode(errors="replace")
-        assert peak_fds >= 200, f"the flood never brought the server near its limit ({peak_fds} fds)"
-        assert lines < 200, f"{lines} log lines in 3 s at the fd limit; first ones:\n{head}"
-        assert cpu < 1.0, f"{cpu:.2f} s of CPU in a 3 s window at the fd limit"
-        assert echo_after < 4.0, f"relay echo only {echo_after:.1f} s after descriptors were freed"
-        assert status == 200 and json.loads(body)["status"] == "ok"
-    finally:
-        for s in flood:
-            s.close()
-        server.stop()
+# -- 3. the accept loop spins at the file descriptor limit: see tests/test_listener.py
+# (test_fd_limit_hubbub_serve_stays_quiet_and_resumes) --------------------------------------
 
 
 # -- 4. a channel name with a lone surrogate ----------------------------------------------
@@ -803,64 +696,4 @@ async def test_finding_12_idempotency_ttl_reaches_the_broker() -> None:
     assert with_key and all(kw.get("idempotency_ttl") == 7.0 for kw in with_key), broker.publish_kwargs
 
 
-# -- 13. closed connections are only freed by the cyclic garbage collector -------------------------------
-
-
-def _per_connection_object(o: Any) -> bool:
-    """A hubbub Connection, ClientSession or RelaySession (in whatever hubbub module),
-    or the websockets ServerProtocol of a connection."""
-    kind = type(o)
-    module = kind.__dict__.get("__module__")  # some types define __module__ as a descriptor
-    if not isinstance(module, str):
-        return False
-    if module.startswith("hubbub"):
-        return kind.__name__ in ("Connection", "ClientSession", "RelaySession")
-    return module == "websockets.server" and kind.__name__ == "ServerProtocol"
-
-
-def _per_connection_objects() -> list[Any]:
-    return [o for o in gc.get_objects() if _per_connection_object(o)]
-
-
-async def test_finding_13_closed_connections_are_freed_by_refcount(server: Server) -> None:
-    """Finding 13: each connection leaves reference cycles (connection <-> session,
-    ...), so closed connections are only freed by the cyclic garbage collector, which
-    the server tunes to run rarely. Fixed: with the collector disabled, nothing of a
-    closed connection (Connection, its session, its websockets ServerProtocol) stays."""
-
-    async def protocol_client() -> None:
-        c = await proto_client(server)
-        assert (await c.call("subscribe", {"channel": "churn"}))["subscribe"] == {}
-        await c.ws.close()
-
-    async def relay_client(i: int) -> None:
-        ws = await websockets.connect(ws_url(server, f"/ws/churn-{i}"), ping_interval=None)
-        await ws.send("hi")
-        assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hi"
-        await ws.close()
-
-    gc.collect()
-    before = _per_connection_objects()  # kept alive, so their ids are not reused
-    known = {id(o) for o in before}
-    gc.disable()
-    try:
-        for _ in range(10):
-            await asyncio.wait_for(asyncio.gather(*[protocol_client() for _ in range(20)],
-                                                  *[relay_client(i) for i in range(20)]), TIMEOUT)
-        async with asyncio.timeout(TIMEOUT):
-            while server.connections:
-                await asyncio.sleep(0.01)
-        # give the loop a moment to drop its last references (bounded; no collection)
-        deadline = time.monotonic() + 3.0
-        while True:
-            left = [o for o in _per_connection_objects() if id(o) not in known]
-            if not left or time.monotonic() > deadline:
-                break
-            await asyncio.sleep(0.05)
-        kinds = collections.Counter(type(o).__name__ for o in left)
-        del left
-        assert not kinds, f"left after 400 closed connections without a cyclic collection: {dict(kinds)}"
-    finally:
-        gc.enable()
-        del before
-        gc.collect()
+# -- 13. closed connections are only freed by the cyclic garbage collector: see tests/test_cycles.py
