@@ -305,3 +305,34 @@ async def test_a_full_inbox_holds_the_rest_of_a_read_unparsed() -> None:
             # every message is handled: what was held is parsed, and reading resumed
             await until(lambda: published == sent // len(frame), "every message published")
             assert conn.reading
+
+
+async def test_input_behind_a_pending_channel_sse_request_is_not_read() -> None:
+    """``GET /sse/{channel}`` whose ``on_connect`` hook is pending (as with a
+    JWKS-verified token), then 64 MiB of junk: not read while pending; once the
+    stream begins, what the client sends is read and dropped, never kept."""
+    gate = Gate()
+    app = App(port=0)
+
+    @app.on_connect
+    async def on_connect(request: hubbub.ConnectRequest) -> ConnectResult:
+        await gate.wait()
+        return ConnectResult(user="u1")
+
+    async with started(app) as port:
+        with connect(port) as sock:
+            sock.sendall(b"GET /sse/news HTTP/1.1\r\nHost: t\r\n\r\n")
+            await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
+            conn = connection_of(app, sock)
+            read_before = app.server.stats.bytes_in
+            sent = await flood(sock, b"x" * (1024 * 1024))
+            held, read = conn.buffered, app.server.stats.bytes_in - read_before
+            assert sent < JUNK, "the server took the whole flood"
+            assert held <= HELD_LIMIT, f"{held} bytes held behind a pending request"
+            assert read <= HELD_LIMIT, f"{read} bytes read behind a pending request"
+            gate.release.set()
+            head = await read_until(sock, b"\r\n\r\n", bytearray())
+            assert head.startswith(b"HTTP/1.1 200")
+            # the stream reads again (to notice the client leaving) and keeps nothing
+            await until(lambda: app.server.stats.bytes_in - read_before >= sent, "the junk read and dropped")
+            assert conn.reading and conn.buffered == 0
