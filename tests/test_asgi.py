@@ -4,9 +4,10 @@
   Starlette applications that mount a ``hubbub.App``: framework endpoints, the
   protocol (centrifuge-python), the relay, a FastAPI route that publishes,
   health, 404 refusals, the lazy start without lifespan, the bounded writer
-  (3008 for a client that never reads, and the connection released within
-  ``close_timeout``), and the exposure rule of docs/security.md on a
-  non-loopback address;
+  (3008 for a WebSocket or stream client that never reads, and the connection
+  and what it queued released within ``close_timeout``; responses, refusals and
+  accepts through it too; 1009 for an oversized message), and the exposure rule
+  of docs/security.md on a non-loopback address, whichever address asks first;
 * ``hubbub run`` hosting a FastAPI app and a Flask app (``App(http=...)``) on
   the same port as its WebSocket endpoints;
 * route collisions between an app's endpoint and a built-in one.
