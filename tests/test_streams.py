@@ -576,3 +576,21 @@ async def test_emulation_answers_an_unknown_node_404_without_waiting(start_serve
     assert elapsed < 0.5 * server.config.node_request_timeout, elapsed
     assert not [channel for channel in published if ELSEWHERE in channel]
     assert not [record for record in caplog.records if ELSEWHERE in record.getMessage()]
+
+
+async def test_emulated_stream_without_connect_ends_with_3502_under_asgi(session) -> None:
+    """Issue 23, defect 7, under an ASGI server: the same sweep closes the stream (3502)."""
+    pytest.importorskip("uvicorn")
+    import hubbub
+
+    from .test_asgi import uvicorn_serving
+
+    app = hubbub.App(token_hmac_secret=SECRET, connect_timeout=0.3)
+    async with uvicorn_serving(app) as port:
+        async with session.post(f"http://127.0.0.1:{port}/connection/http_stream", data=b"{}",
+                                headers=JSON_TYPE) as r:
+            assert r.status == 200
+            body = await read_to_end(r)
+        pushes = [json.loads(line) for line in body.split(b"\n") if line.strip()]
+        assert [p["push"]["disconnect"]["code"] for p in pushes if "disconnect" in p.get("push", {})] == [3502]
+        await until_streams_closed(app.server)

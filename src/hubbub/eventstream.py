@@ -140,7 +140,8 @@ class ChannelStreamSession(RelaySession):
         if self.closed:
             self.leave(self.channel)
             return
-        wire: ChannelEventWire = self.wire  # type: ignore[assignment]
+        wire = self.wire
+        assert isinstance(wire, ChannelEventWire)  # as made by the handler (Streams.channel_sse)
         if ns.history:
             wire.epoch = result.position.epoch
         out = self.out

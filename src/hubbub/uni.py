@@ -37,11 +37,12 @@ from typing import Any
 
 from ._version import __version__
 from .brokers.base import ClientInfo, Publication, StreamPosition
-from .codec import Codec, JSONCodec
+from .codec import Codec, JSONCodec, ProtocolWire
 from .codes import DisconnectCode, ErrorCode, should_reconnect
 from .config import NamespaceOptions
+from .core import ClientContext
 from .errors import BadRequest, Disconnect, ProtocolError
-from .outbox import FrameBatch
+from .outbox import FrameBatch, Outbox
 from .session import ClientSession, subscribe_reply
 from .strictjson import dumps, loads
 from .validation import Params
@@ -138,10 +139,13 @@ class UniSession(ClientSession):
 
     inline_pong = False
 
-    __slots__ = ("transport", "session", "_plan", "_held_pushes", "_connect_data")
+    __slots__ = ("transport", "session", "_plan", "_held_pushes", "_connect_data", "_ping")
 
-    def __init__(self, *args: Any, transport: str = "uni_http_stream", **kw: Any) -> None:
-        super().__init__(*args, **kw)
+    def __init__(self, context: ClientContext, out: Outbox, wire: ProtocolWire, *,
+                 transport: str = "uni_http_stream", **kw: Any) -> None:
+        super().__init__(context, out, wire, **kw)
+        #: the ping, framed once by the wire for every client of this transport
+        self._ping = wire.ping
         self.transport = transport
         self.session = str(uuid.uuid4())
         #: (channel, namespace, channel info, recover since, server-side) to join at start
@@ -261,7 +265,9 @@ class UniSession(ClientSession):
         self._send(self.codec.encode_push("", "connect", reply))
         for channel, pubs in late:
             for pub in pubs:
-                self.out.deliver(self.wire.encode_publication(channel, pub))  # type: ignore[arg-type]
+                pushed = self.wire.encode_publication(channel, pub)
+                if pushed is not None:
+                    self.out.deliver(pushed)
         for frame in held:
             self.out.deliver(frame)
 
@@ -298,7 +304,7 @@ class UniSession(ClientSession):
     def ping(self) -> None:
         """The unidirectional ping: ``{}``; no pong is expected."""
         if not self.closed and self.connected:
-            self._deliver(self.wire.ping)  # type: ignore[attr-defined]
+            self._deliver(self._ping)
 
     def check_pong(self) -> None:
         """One-way clients do not answer pings (a dead one is found by TCP or the output bound)."""
