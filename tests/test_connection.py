@@ -266,9 +266,9 @@ async def test_a_busy_websocket_handler_stops_the_reading() -> None:
 
 
 async def test_a_full_inbox_holds_the_rest_of_a_read_unparsed() -> None:
-    """A relay whose ``on_publish`` hook is pending while 256 KiB of empty
-    frames (40,000 messages) arrive in one read: the inbox takes the messages
-    of one slice of it, and the rest waits unparsed until there is room."""
+    """A relay whose ``on_publish`` hook is pending while a read of small
+    frames (256 KiB: 4,096 messages) arrives: the inbox takes the messages of
+    one slice of it, and the rest waits unparsed until there is room."""
     connected, publishing = Gate(), Gate()
     app = App(port=0)
 
@@ -286,7 +286,7 @@ async def test_a_full_inbox_holds_the_rest_of_a_read_unparsed() -> None:
         published += 1
         return data
 
-    frame = Frame(Opcode.TEXT, b"").serialize(mask=True)
+    frame = Frame(Opcode.TEXT, b"m" * 58).serialize(mask=True)  # 64 bytes
     async with started(app) as port:
         with connect(port) as sock:
             sock.sendall(UPGRADE)
