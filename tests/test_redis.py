@@ -126,7 +126,7 @@ async def test_one_round_trip_per_publication(nodes: Any, redis_client: aioredis
     await redis_client.config_resetstat()
     for i in range(10):
         await broker.publish("r", Publication(b"1"), history_size=5, history_ttl=60, idempotency_key=str(i))
-    for i in range(10):
+    for _ in range(10):
         await broker.publish("r", Publication(b"1"))
     stats = await redis_client.info("commandstats")
     # from the broker: one EVALSHA per publication with history, one PUBLISH without
@@ -244,7 +244,7 @@ async def test_close_ends_a_writer_that_swallowed_its_cancellation(nodes: Any, m
             raise redis_errors.ConnectionError("connection closed while reading") from exc
         return []
 
-    monkeypatch.setattr(broker, "_round_trip", stuck_round_trip)
+    monkeypatch.setattr(broker._pipeline, "round_trip", stuck_round_trip)
     pending = asyncio.ensure_future(broker.publish("w", Publication(b"1")))
     await asyncio.wait_for(in_flight.wait(), TIMEOUT)
     loop = asyncio.get_running_loop()

@@ -14,7 +14,9 @@ import redis.asyncio as aioredis
 import websockets
 
 from hubbub.brokers.base import Publication, StreamPosition
-from hubbub.brokers.redis import MAX_PIPELINE, RedisBroker, decode_message, encode_body
+from hubbub.brokers.redis import RedisBroker
+from hubbub.brokers.redis.pipeline import MAX_PIPELINE
+from hubbub.brokers.redis.wire import decode_message, encode_body
 from hubbub.config import NamespaceOptions
 from hubbub.errors import BrokerError
 from hubbub.hub import Hub
@@ -175,6 +177,28 @@ def test_relay_text_travels_once_and_headers_are_reused() -> None:
     assert isinstance(pub, Publication) and pub.tags == {"k": "v"} and pub.raw is None
 
 
+def test_wire_headers_are_strict_json_and_infos_of_any_bytes_travel() -> None:
+    """Headers go through hubbub.strictjson (compact, UTF-8, no newline); a
+    conn_info that is not UTF-8 travels in base64 (``cb``), and the
+    surrogate-escaped ``ci`` that older nodes wrote still reads back."""
+    from hubbub import strictjson
+    from hubbub.brokers.base import ClientInfo
+    from hubbub.brokers.redis.wire import encode_event, info_from_wire, info_to_wire
+
+    odd = ClientInfo("c1", "ü", conn_info=b"\xff\xfe", chan_info=b'{"n":"\xc3\xa9\\n"}')
+    wire = info_to_wire(odd)
+    assert wire == {"c": "c1", "u": "ü", "cb": "//4=", "hi": '{"n":"é\\n"}'}
+    assert info_from_wire(strictjson.loads(strictjson.dumps(wire))) == odd
+    pub = Publication(b"1", info=odd)
+    body = encode_body(pub)
+    head = body[: body.index(b"\n")]
+    assert strictjson.loads(head) == {"i": wire}
+    assert decode_message(b"p0:" + body)[1].info == odd  # type: ignore[union-attr]
+    assert decode_message(encode_event(b"j", odd)) == (b"j", odd)
+    older = b'j0:{"i":{"c":"c2","ci":"\\udcff"}}\n'  # json.dumps of a surrogate-escaped b"\xff"
+    assert decode_message(older) == (b"j", ClientInfo("c2", "", b"\xff"))
+
+
 async def test_metrics_count_round_trips_per_publication(redis_server: RedisServer, start_server: Any) -> None:  # noqa: F811
     import urllib.request
 
@@ -208,9 +232,9 @@ async def test_redis_restart_never_delivers_across_an_epoch_change(
     check is slow; resubscribing says recovered: false."""
     consumer_broker = RedisBroker(redis_server.url)
     # a window after the restart: the new stream grows before the node is back
-    consumer_broker._backoff = lambda attempt: 0.2  # type: ignore[method-assign]
+    consumer_broker._pubsub.backoff = lambda attempt: 0.2  # type: ignore[method-assign]
     producer = RedisBroker(redis_server.url, timeout=0.5)
-    producer._backoff = lambda attempt: 0.01  # type: ignore[method-assign]
+    producer._pubsub.backoff = lambda attempt: 0.01  # type: ignore[method-assign]
     config = make_config(broker=redis_server.url, namespaces={"chat": NamespaceOptions(**CHAT)})
     server = Server(config, hub=Hub(config, consumer_broker))
     await server.start()
@@ -361,7 +385,7 @@ async def test_pubsub_messages_wait_only_under_load(nodes: Any, monkeypatch: pyt
     """A light stream is handed to the hub in the next loop iteration; after a
     large hand-off (load) messages from other nodes wait up to ``PUBSUB_HOLD``
     to travel together. The hold is made 1 s here so that each case shows."""
-    from hubbub.brokers import redis as redis_broker
+    from hubbub.brokers.redis import pubsub as redis_broker
 
     monkeypatch.setattr(redis_broker, "PUBSUB_HOLD", 1.0)
     monkeypatch.setattr(redis_broker, "BUSY_WINDOW", 30.0)
@@ -427,7 +451,7 @@ async def test_a_failing_pipeline_fails_its_publishes_and_the_next_ones_go_on(no
     broker, rec = await nodes()
     await broker.subscribe("k")
     with pytest.raises(BrokerError):
-        await broker._send("PUBLISH", b"k", object())  # a bug: an argument that cannot be sent
+        await broker._pipeline.send("PUBLISH", b"k", object())  # a bug: an argument that cannot be sent
     assert (await broker.publish("k", Publication(b"2"), history_size=10, history_ttl=60)).offset == 1
     assert (await rec.next_pub("k")).data == b"2"
 

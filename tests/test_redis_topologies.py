@@ -100,7 +100,7 @@ def test_shards_are_chosen_by_consistent_hashing() -> None:
     assert placed == [reordered.shard_of(c) for c in channels]  # the list's order does not matter
     counts = {a: placed.count(a) for a in set(placed)}
     assert len(counts) == 3 and min(counts.values()) > 800  # spread evenly
-    moved = [c for c, a in zip(channels, placed) if four.shard_of(c) != a]
+    moved = [c for c, a in zip(channels, placed, strict=True) if four.shard_of(c) != a]
     assert all(four.shard_of(c) == "127.0.0.1:1004/0" for c in moved)  # only to the new server
     assert 500 < len(moved) < 1000  # about a quarter
 
@@ -167,11 +167,11 @@ async def test_cluster_publications_reach_every_node_through_sharded_pubsub(
     subs = [await proto_client(a) for _ in channels]
     producer = await proto_client(b)
     clients += [*subs, producer]
-    for sub, channel in zip(subs, channels):
+    for sub, channel in zip(subs, channels, strict=True):
         await sub.call("subscribe", {"channel": channel})
     for channel in channels:
         assert (await producer.call("publish", {"channel": channel, "data": channel}))["publish"]["offset"] == 1
-    for sub, channel in zip(subs, channels):
+    for sub, channel in zip(subs, channels, strict=True):
         assert [p["data"] for p in await pubs(sub, 1)] == [channel]
     # keys of one channel share a slot; the topic is sharded (no classic PUBLISH anywhere)
     for node in redis_cluster.nodes:

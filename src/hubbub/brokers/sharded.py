@@ -45,7 +45,9 @@ from .base import (
     PublishCallback,
     StreamPosition,
 )
-from .redis import RedisBroker, _split_prefix, hash_tagged
+from .redis import RedisBroker
+from .redis.broker import split_prefix
+from .redis.wire import hash_tagged
 
 try:
     import redis.asyncio as aioredis
@@ -84,7 +86,12 @@ class _Parts(Broker):
 
     # -- life cycle ---------------------------------------------------------------------
 
-    @Broker.stats.setter  # type: ignore[attr-defined]
+    @property
+    def stats(self) -> Stats:
+        """The hub's counters, shared with every part (see :attr:`Broker.stats`)."""
+        return super().stats
+
+    @stats.setter
     def stats(self, value: Stats) -> None:
         self._stats = value
         for part in self._parts.values():
@@ -234,7 +241,7 @@ class RedisClusterBroker(_Parts):
 
     def __init__(self, url: str, *, refresh_interval: float = 1.0, **options: Any) -> None:
         super().__init__()
-        url, prefix = _split_prefix(url)
+        url, prefix = split_prefix(url)
         parts = urllib.parse.urlsplit(url)
         if parts.scheme not in ("redis+cluster", "rediss+cluster"):
             raise ConfigError(f"broker: not a redis+cluster:// URL: {parts.scheme}://...")
@@ -296,7 +303,7 @@ class RedisClusterBroker(_Parts):
             client = aioredis.Redis.from_url(self._url(host, port), socket_connect_timeout=self._timeout,
                                              socket_timeout=self._timeout, protocol=2)
             try:
-                reply = await client.execute_command("CLUSTER SLOTS")
+                reply = await client.execute_command("CLUSTER SLOTS")  # type: ignore[no-untyped-call]  # redis-py leaves it unannotated
             except Exception as exc:  # noqa: BLE001 - try the next node
                 last = exc
                 continue

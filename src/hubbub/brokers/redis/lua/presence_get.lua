@@ -1,0 +1,2 @@
+-- The unexpired entries: {id, info, id, info, ...}.
+return live()
