@@ -336,3 +336,18 @@ async def test_input_behind_a_pending_channel_sse_request_is_not_read() -> None:
             # the stream reads again (to notice the client leaving) and keeps nothing
             await until(lambda: app.server.stats.bytes_in - read_before >= sent, "the junk read and dropped")
             assert conn.reading and conn.buffered == 0
+
+
+async def test_a_client_that_half_closes_behind_a_pending_request_gets_the_response() -> None:
+    """``shutdown(SHUT_WR)`` after the request, as ``nc -N`` does: the end of
+    input is read once the response is on its way, so the response arrives
+    before the connection closes."""
+    gate = Gate()
+    app = slow_http_app(gate)
+    async with started(app) as port:
+        with connect(port) as sock:
+            sock.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
+            sock.shutdown(socket.SHUT_WR)
+            await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
+            gate.release.set()
+            assert await read_response(sock, bytearray()) == (b"HTTP/1.1 200 OK", b"slow done")
