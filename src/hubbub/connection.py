@@ -18,7 +18,7 @@ read when the inbox fills is held raw until it has room.
 Reading is also paused while a request's handler or a handshake's decision
 is awaited: what the client sends meanwhile stays in its socket, and the
 connection holds at most the rest of the read that completed the request
-(one transport read: 256 KiB with asyncio and uvloop). Pipelined requests
+(one transport read: 256 KiB with asyncio, as much with uvloop). Pipelined requests
 in it are served in order once the pending one is answered
 (:attr:`Connection.buffered` tells what is held).
 
