@@ -101,16 +101,10 @@ from ..base import (
     StreamPosition,
 )
 from . import scripts
-from .connections import PARSER, aioredis, describe, log, redis_errors
+from .connections import PARSER, NoBackoff, Retry, aioredis, describe, log, redis_errors
 from .pipeline import PublishPipeline, into, publish_error
 from .pubsub import PubSub
 from .wire import Names, decode_message, encode_body, encode_event, info_from_wire, info_to_wire, ms, new_epoch
-
-try:
-    from redis.asyncio.retry import Retry
-    from redis.backoff import NoBackoff
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ConfigError("the redis broker needs the 'redis' package: pip install 'hubbub[redis]'") from exc
 
 #: Seconds :meth:`RedisBroker.close` waits for its cancelled tasks (they end at once unless a bug holds one).
 CLOSE_WAIT = 2.0

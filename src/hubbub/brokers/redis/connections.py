@@ -14,12 +14,14 @@ try:
     import redis.asyncio as aioredis
     from redis import exceptions as redis_errors
     from redis.asyncio.connection import AbstractConnection
+    from redis.asyncio.retry import Retry
+    from redis.backoff import NoBackoff
     from redis.utils import HIREDIS_AVAILABLE
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ConfigError("the redis broker needs the 'redis' package: pip install 'hubbub[redis]'") from exc
 
-__all__ = ["HIREDIS_AVAILABLE", "PARSER", "AbstractConnection", "aioredis", "describe", "log", "pack_command",
-           "redis_errors"]
+__all__ = ["HIREDIS_AVAILABLE", "PARSER", "AbstractConnection", "NoBackoff", "Retry", "aioredis", "describe", "log",
+           "pack_command", "redis_errors"]
 
 log = logging.getLogger("hubbub.broker")
 
