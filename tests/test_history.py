@@ -279,7 +279,7 @@ def test_config_from_toml(tmp_path) -> None:
         'port = 9001\n[channels]\nhistory_size = 3\nhistory_ttl = 60\n'
         '[namespaces.chat]\npresence = true\njoin_leave = true\n'
     )
-    config = Config.from_toml(path, port=None)
+    config = Config.load(path, port=None)
     assert config.port == 9001
     assert config.namespace("x") == NamespaceOptions(history_size=3, history_ttl=60.0)
     assert config.namespace("chat:x") == NamespaceOptions(presence=True, join_leave=True)
@@ -296,7 +296,7 @@ def test_config_errors_name_the_setting(tmp_path, text: str, word: str) -> None:
     path = tmp_path / "bad.toml"
     path.write_text(text)
     with pytest.raises(ConfigError, match=word):
-        Config.from_toml(path)
+        Config.load(path)
 
 
 # -- consume --recover ----------------------------------------------------------------------------------

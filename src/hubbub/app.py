@@ -163,7 +163,7 @@ class App:
             base.update(settings)
             self.config = Config(**base).validate()
         elif isinstance(config, (str, Path)):
-            self.config = Config.from_toml(config, **settings)
+            self.config = Config.load(config, env={}, **settings)  # the file and settings only: no HUBBUB_*
         else:
             self.config = Config.from_dict({**(config or {}), **settings}, source="App settings")
         self.hooks = AppHooks()

@@ -387,13 +387,6 @@ class Config:
         raw.update({k: v for k, v in flags.items() if v is not None})
         return cls.from_dict(raw, source=str(path) if path else "settings")
 
-    @classmethod
-    def from_toml(cls, path: str | Path, **overrides: Any) -> Config:
-        """Read a TOML file; ``overrides`` (not ``None``) win over the file."""
-        raw = read_toml(path)
-        raw.update({k: v for k, v in overrides.items() if v is not None})
-        return cls.from_dict(raw, source=str(path))
-
 
 # -- checking raw settings -----------------------------------------------------------
 
