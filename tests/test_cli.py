@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 
 import websockets
 
 from .conftest import ROOT, TIMEOUT
+from .redis_server import RedisServer, redis_server  # noqa: F401
 
 
 def hubbub(*args: str, input: str | None = None, timeout: float = TIMEOUT) -> subprocess.CompletedProcess[str]:
@@ -91,6 +95,29 @@ def test_port_in_use_is_a_clear_error(serve_process) -> None:
     server = serve_process()
     out = hubbub("serve", "--port", str(server.port))
     assert out.returncode == 1 and "cannot listen" in out.stderr
+
+
+def test_workers_start_right_after_a_single_process_server(serve_process, redis_server: RedisServer) -> None:  # noqa: F811
+    """Issue 28, defect 2: the port reservation of ``--workers`` set SO_REUSEPORT but not
+    SO_REUSEADDR, so for about 60 s after a plain ``hubbub serve`` on the same port (a
+    restart during a deploy) it failed with "Address already in use"."""
+    single = serve_process()
+    port = single.port
+    # a connection that the server closes first leaves a TIME_WAIT socket on the server's port
+    with socket.create_connection(("127.0.0.1", port), timeout=TIMEOUT) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        while sock.recv(65536):
+            pass  # until the server closed its side
+    assert single.stop() == 0
+    workers = serve_process("--workers", "2", "--broker", redis_server.url, "--port", str(port))
+    assert workers.port == port
+    deadline = time.monotonic() + TIMEOUT
+    while sum("(pid " in line and "listening" in line for line in workers.lines) < 2:
+        assert time.monotonic() < deadline, "".join(workers.lines)
+        time.sleep(0.05)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=TIMEOUT) as response:
+        assert response.status == 200
+    assert workers.stop() == 0, "".join(workers.lines)
 
 
 def test_bad_config_value_is_a_clear_error(tmp_path) -> None:

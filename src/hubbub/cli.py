@@ -1,4 +1,5 @@
-"""The ``hubbub`` command: ``serve``, ``consume``, ``produce``.
+"""The ``hubbub`` command: argument parsing and dispatch, and ``consume``/``produce``
+(``serve`` and ``run`` live in :mod:`hubbub.serving`).
 
 Exit codes: 0 success, 1 runtime error (server refused, connection lost),
 2 usage or configuration error.
@@ -10,7 +11,6 @@ import argparse
 import asyncio
 import base64
 import json
-import logging
 import os
 import sys
 import threading
@@ -18,22 +18,18 @@ from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import logs
+from . import serving
 from ._version import __version__
 from .client import (
     Client,
     Endpoint,
-    EndpointError,
     RelayClient,
     backoff,
     display_url,
     endpoint,
 )
-from .config import Config, check_file
-from .errors import ClientError, ConfigError, ReplyError
-from .loops import run_loop
-
-log = logging.getLogger("hubbub")
+from .config import check_file
+from .errors import ClientError, ConfigError, EndpointError, ReplyError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -202,9 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command == "serve":
-            return _serve(args)
+            return serving.serve(args)
         if args.command == "run":
-            return _run(args)
+            return serving.run(args)
         if args.command == "check-config":
             return _check_config(args.file)
         if args.command == "consume":
@@ -225,23 +221,7 @@ def main(argv: list[str] | None = None) -> int:
     return 2
 
 
-# -- serve -----------------------------------------------------------------------
-
-
-def _config_from_args(args: argparse.Namespace) -> Config:
-    return Config.load(
-        args.config,
-        host=args.host,
-        port=args.port,
-        broker=args.broker,
-        workers=args.workers,
-        event_loop=args.event_loop,
-        ping_interval=args.ping_interval,
-        max_message_size=args.max_message_size,
-        max_pending_output=args.max_pending_output,
-        allow_anonymous=args.allow_anonymous,
-        page=args.page,
-    )
+# -- serve, run, check-config ------------------------------------------------------
 
 
 def _check_config(path: str) -> int:
@@ -252,124 +232,6 @@ def _check_config(path: str) -> int:
         return 2
     print(f"{path}: ok")
     return 0
-
-
-def _serve(args: argparse.Namespace) -> int:
-    logs.setup(args.log_level, args.log_format)
-    config = _config_from_args(args)
-    config.check_exposure()
-    if config.workers > 1:
-        return _serve_workers(config, args)
-    from .server import Server
-
-    server = Server(config)
-    worker = os.environ.get(_WORKER_ENV)
-
-    def ready(s: Server) -> None:
-        where = s.url.removeprefix("http://")
-        if worker is None:
-            log.info("hubbub %s listening on %s (broker: %s)", __version__, s.url, s.hub.broker.name)
-        else:
-            log.info("worker %s (pid %d) listening on %s (broker: %s)", worker, os.getpid(), s.url,
-                     s.hub.broker.name)
-        log.info("security: %s", config.security_mode)
-        log.info("protocol: ws://%s/connection/websocket  relay: ws://%s/ws/{channel}  health: %s/health  "
-                 "metrics: %s/metrics", where, where, s.url, s.url)
-        streams = [f"{name}: {s.url}{path}" for name, path in (
-            ("events", config.channel_sse_path), ("uni_sse", config.uni_sse_path),
-            ("uni_http_stream", config.uni_http_stream_path), ("http_stream", config.http_stream_path),
-            ("sse", config.sse_path)) if path]
-        if streams:
-            log.info("streams: %s", "  ".join(streams).replace("{channel:path}", "{channel}"))
-        if config.page:
-            log.info("live page: %s/", s.url)
-
-    try:
-        run_loop(server.serve(ready=ready, reuse_port=worker is not None), config.event_loop)
-    except OSError as exc:
-        print(f"hubbub: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    log.info("stopped")
-    return 0
-
-
-def _run(args: argparse.Namespace) -> int:
-    logs.setup(args.log_level, args.log_format)
-    from .app import load_app
-
-    app = load_app(args.target)
-    try:
-        app.serve(host=args.host, port=args.port)
-    except OSError as exc:
-        print(f"hubbub: cannot listen: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    log.info("stopped")
-    return 0
-
-
-_WORKER_ENV = "HUBBUB_WORKER_INDEX"
-
-
-def _serve_workers(config: Config, args: argparse.Namespace) -> int:
-    """Run ``config.workers`` processes sharing one port with SO_REUSEPORT.
-
-    The parent reserves the port (so ``--port 0`` gives every worker the same
-    one), starts the workers, forwards SIGINT/SIGTERM to them, and exits 0 when
-    they all did.
-    """
-    if config.broker == "memory":
-        raise ConfigError(
-            "--workers needs a shared broker: with the memory broker each process would have its own "
-            "channels. Use --broker redis://HOST:PORT/DB (or broker = \"redis://...\" in the config file)."
-        )
-    import signal
-    import socket
-    import subprocess
-
-    family = socket.AF_INET6 if ":" in config.host else socket.AF_INET
-    reserve = socket.socket(family, socket.SOCK_STREAM)
-    reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    try:
-        reserve.bind((config.host, config.port))
-    except OSError as exc:
-        print(f"hubbub: cannot listen on {config.host}:{config.port}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    port = reserve.getsockname()[1]
-    argv = [sys.executable, "-m", "hubbub", "serve", "--workers", "1", "--port", str(port),
-            "--host", config.host, "--broker", config.broker, "--log-level", args.log_level,
-            "--log-format", args.log_format, "--event-loop", config.event_loop]
-    if args.page is False:
-        argv.append("--no-page")
-    if args.config:
-        argv += ["--config", args.config]
-    for flag, value in (("--ping-interval", args.ping_interval), ("--max-message-size", args.max_message_size),
-                        ("--max-pending-output", args.max_pending_output)):
-        if value is not None:
-            argv += [flag, str(value)]
-    if args.allow_anonymous:
-        argv.append("--allow-anonymous")
-    env = dict(os.environ)
-    if config.admin_enabled and not config.admin_secret:  # one made-up secret for every worker's /admin
-        import secrets
-
-        env["HUBBUB_ADMIN_SECRET"] = secrets.token_urlsafe(24)
-        log.info("admin dashboard at /admin; its secret for these workers is %s (set admin_secret to choose one)",
-                 env["HUBBUB_ADMIN_SECRET"])
-    children = [subprocess.Popen(argv, env={**env, _WORKER_ENV: str(i)}) for i in range(config.workers)]
-    log.info("hubbub %s listening on http://%s:%d (broker: %s, %d workers)", __version__, config.host, port,
-             config.broker, config.workers)
-
-    def forward(signum: int, frame: Any) -> None:
-        for child in children:
-            if child.poll() is None:
-                child.send_signal(signum)
-
-    signal.signal(signal.SIGINT, forward)
-    signal.signal(signal.SIGTERM, forward)
-    codes = [child.wait() for child in children]
-    reserve.close()
-    log.info("stopped (workers exited with %s)", codes)
-    return 0 if all(code == 0 for code in codes) else 1
 
 
 # -- consume / produce ----------------------------------------------------------------
