@@ -26,9 +26,9 @@ import hubbub
 from hubbub.server import Server
 
 from . import pbframes
-from .pbframes import frame
 from .conftest import TIMEOUT, proto_client, ws_url
 from .jsdeps import node_modules
+from .pbframes import frame
 from .redis_server import RedisServer, redis_server  # noqa: F401
 
 SECRET = "protobuf-test-secret-" + "s" * 48
@@ -422,8 +422,14 @@ async def test_one_encoding_per_codec_for_many_subscribers(app: hubbub.App, clie
 
 
 async def test_centrifuge_python_protobuf_full_cycle(app: hubbub.App) -> None:
-    from centrifuge import (Client, ClientEventHandler, ConnectedContext, PublicationContext,
-                            SubscribedContext, SubscriptionEventHandler)
+    from centrifuge import (
+        Client,
+        ClientEventHandler,
+        ConnectedContext,
+        PublicationContext,
+        SubscribedContext,
+        SubscriptionEventHandler,
+    )
 
     server = app.server
     pubs: asyncio.Queue = asyncio.Queue()

@@ -367,7 +367,7 @@ class Hub:
             for sub in subs.values():
                 sub.deliver(batch)
         if state.buffering:
-            for client_id, buffer in state.buffering.items():
+            for buffer in state.buffering.values():
                 buffer.append(pub)
 
     def _fan_out_event(self, channel: str, encode: Callable[[Wire], bytes | None]) -> None:

@@ -97,7 +97,7 @@ class _Collector:
                                      labels=["worker", "method"])
         for method, h in sorted(stats.commands.items()):
             cumulative, running = [], 0
-            for bound, n in zip((*BUCKETS, float("inf")), h.counts):
+            for bound, n in zip((*BUCKETS, float("inf")), h.counts, strict=True):
                 running += n
                 cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
             hist.add_metric([w, method], cumulative, h.total)
