@@ -30,11 +30,15 @@ from .wire import Names, decode_message
 
 #: Topics per SUBSCRIBE command when resubscribing after a reconnect.
 SUBSCRIBE_BATCH = 512
+#: Longest a pub/sub message waits under load, for others to travel with it (seconds).
 PUBSUB_HOLD = 0.002
-#: Longest a pub/sub message waits for this node's pipeline (a slow Redis).
+#: Longest a pub/sub message waits for this node's pipeline (a slow Redis; seconds).
 PIPELINE_HOLD = 0.05
+#: Seconds after a large hand-off during which the node counts as under load.
 BUSY_WINDOW = 0.05
+#: Messages in one hand-off that make it a large one.
 BUSY_BATCH = 32
+#: Messages held at most: a full inbox is handed over at once.
 MAX_INBOX = 4096
 
 
