@@ -294,7 +294,10 @@ class Connection(Writer, asyncio.Protocol):
             except h11.RemoteProtocolError:
                 pass
             if self._http_task is None:
-                self.abort()
+                self._close_after_flush()
+            # the client is done sending, not reading: the transport stays open until what
+            # is queued for it (a response not yet handed to the transport) is written
+            return True
         else:
             self.abort()
         return None
@@ -372,7 +375,7 @@ class Connection(Writer, asyncio.Protocol):
                 self._pause(_PAUSED_PENDING)  # the next request is read after the response
                 return
             elif isinstance(event, h11.ConnectionClosed):
-                self.abort()
+                self._close_after_flush()  # after the response just queued, if any
                 return
 
     async def _serve_http(self, req: h11.Request, body: bytes) -> None:
