@@ -12,15 +12,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
+import pytest
 from websockets.frames import Frame, Opcode
 
 import hubbub
 from hubbub import App, ConnectResult
 from hubbub.connection import MAX_INBOX, WS_SLICE, Connection
 from hubbub.http import HTTPRequest, HTTPResponse
+from hubbub.loops import run_loop
 
 from .conftest import TIMEOUT, until
 
@@ -351,3 +353,22 @@ async def test_a_client_that_half_closes_behind_a_pending_request_gets_the_respo
             await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
             gate.release.set()
             assert await read_response(sock, bytearray()) == (b"HTTP/1.1 200 OK", b"slow done")
+
+
+ON_UVLOOP = [
+    test_input_behind_a_pending_request_is_not_read,
+    test_pipelined_requests_behind_a_pending_one_are_answered_in_order,
+    test_input_behind_a_pending_handshake_is_not_read,
+    test_a_busy_websocket_handler_stops_the_reading,
+    test_a_full_inbox_holds_the_rest_of_a_read_unparsed,
+    test_input_behind_a_pending_channel_sse_request_is_not_read,
+    test_a_client_that_half_closes_behind_a_pending_request_gets_the_response,
+]
+
+
+@pytest.mark.parametrize("scenario", ON_UVLOOP, ids=[f.__name__.removeprefix("test_") for f in ON_UVLOOP])
+def test_the_same_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
+    """uvloop orders reads and callbacks differently (a resumed read may come
+    before the flush of a response queued just before it)."""
+    pytest.importorskip("uvloop")
+    run_loop(scenario(), "uvloop")
