@@ -246,7 +246,7 @@ class Connection(Writer, asyncio.Protocol):
             self._first_request()
             return
         try:
-            self.http.receive_data(data)  # type: ignore[union-attr]
+            self.http.receive_data(data)  # type: ignore[union-attr]  # None only once streaming (returned above)
         except h11.RemoteProtocolError:
             pass  # raised again by next_event
         self._process_http_events()
@@ -279,7 +279,7 @@ class Connection(Writer, asyncio.Protocol):
             return
         self._head = None
         try:
-            self.http.receive_data(raw)  # type: ignore[union-attr]
+            self.http.receive_data(raw)  # type: ignore[union-attr]  # None only after the first request
         except h11.RemoteProtocolError:
             pass  # raised again by next_event
         self._process_http_events()
@@ -668,7 +668,7 @@ class Connection(Writer, asyncio.Protocol):
                 continue
             data = frame.data
             if not self._fragments_binary and not self._valid_utf8(data, op is Opcode.TEXT, frame.fin):
-                self.ws.fail(1007, "invalid UTF-8")  # type: ignore[union-attr]
+                self.ws.fail(1007, "invalid UTF-8")  # type: ignore[union-attr]  # called with frames of self.ws
                 return
             if not frame.fin:
                 if self._fragments is None:
