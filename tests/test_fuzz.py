@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from hubbub.brokers.memory import MemoryBroker
 from hubbub.codes import DisconnectCode
 from hubbub.config import Config, NamespaceOptions
-from hubbub.connection import FrameEncoder
+from hubbub.connection import WebSocketFrames
 from hubbub.outbox import FrameBatch
 from hubbub.hub import Hub
 from hubbub.relay import RelaySession, RelayWire
@@ -377,7 +377,7 @@ async def drive_protocol(messages: list[bytes], pre_connect: bool) -> None:
         from hubbub.auth import TokenVerifier
 
         out = FakeOutbox()
-        session = ClientSession(ClientContext(hub, verifier=TokenVerifier(config)), out, ProtocolWire(JSON_CODEC, FrameEncoder()),
+        session = ClientSession(ClientContext(hub, verifier=TokenVerifier(config)), out, ProtocolWire(JSON_CODEC, WebSocketFrames()),
                                 headers={"user-agent": "fuzz"})
         await session.open()
         sent = ([CONNECT] if pre_connect else []) + messages
@@ -475,7 +475,7 @@ async def drive_relay(channel: str, echo: bool, messages: list[tuple[bytes, bool
     config = make_config()
     hub = Hub(config, MemoryBroker())
     await hub.start()
-    frames = FrameEncoder()
+    frames = WebSocketFrames()
     try:
         out = FakeOutbox()
         relay = RelaySession(ClientContext(hub), out, RelayWire(frames), channel, echo=echo)
@@ -597,7 +597,7 @@ async def test_publish_with_nan_data_never_reaches_subscribers_as_invalid_json(c
     hub = await _hub()
     try:
         out = FakeOutbox()
-        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, FrameEncoder()))
+        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, WebSocketFrames()))
         await session.handle_message(b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"news"}}', False)
         await session.handle_message(b'{"id":3,"publish":{"channel":"news","data":%s}}' % constant.encode(), False)
         messages = check_protocol_output(out.take())
@@ -614,7 +614,7 @@ async def test_relay_text_reaches_protocol_subscribers_as_valid_json(text: str) 
     went verbatim into the protocol push's data, which was then not JSON.
     Relay text that is not strict JSON reaches protocol clients as a string."""
     hub = await _hub()
-    frames = FrameEncoder()
+    frames = WebSocketFrames()
     try:
         out = FakeOutbox()
         observer = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, frames))
@@ -638,11 +638,11 @@ async def test_deeply_nested_json_does_not_raise(kind: str) -> None:
         out = FakeOutbox()
         payload = b"[" * 60000
         if kind == "protocol":
-            session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, FrameEncoder()))
+            session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, WebSocketFrames()))
             await session.handle_message(payload, False)
             assert out.closes == [(DisconnectCode.BAD_REQUEST, "malformed JSON")]
         else:
-            relay = RelaySession(ClientContext(hub), out, RelayWire(FrameEncoder()), "news")
+            relay = RelaySession(ClientContext(hub), out, RelayWire(WebSocketFrames()), "news")
             await relay.open()
             await relay.handle_message(payload, False)  # plain text: published as a JSON string
             assert not relay.closed
@@ -656,7 +656,7 @@ async def test_lone_surrogate_in_data_is_a_bad_request() -> None:
     hub = await _hub()
     try:
         out = FakeOutbox()
-        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, FrameEncoder()))
+        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, WebSocketFrames()))
         await session.handle_message(b'{"id":1,"connect":{}}', False)
         await session.handle_message(b'{"id":2,"publish":{"channel":"news","data":"\\ud800"}}', False)
         (reply,) = [m for m in check_protocol_output(out.take()) if m.get("id") == 2]
@@ -671,7 +671,7 @@ async def test_subscribe_reply_precedes_pushes_of_the_same_batch() -> None:
     hub = await _hub()
     try:
         out = FakeOutbox()
-        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, FrameEncoder()))
+        session = ClientSession(ClientContext(hub), out, ProtocolWire(JSON_CODEC, WebSocketFrames()))
         await session.handle_message(
             b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"news"}}\n'
             b'{"id":3,"publish":{"channel":"news","data":1}}', False)

@@ -34,11 +34,12 @@ from typing import Any
 
 from .codes import DisconnectCode
 from .config import is_loopback
-from .connection import MAX_CLOSE_REASON, WebSocketSession
+from .connection import MAX_CLOSE_REASON
 from .core import PENDING, HandshakeDecision
 from .hosting import HostedApp
 from .http import HTTPRequest, HTTPResponse
 from .server import Server
+from .transport import WebSocketSession
 from .writer import Writer
 
 __all__ = ["ASGIAdapter", "ASGIConnection", "ASGIFrames", "ASGIStream", "HostedApp"]
@@ -250,6 +251,9 @@ class _ASGIWriter(Writer):
     """What both kinds of ASGI connection share: the :class:`Writer` over a
     sender task, and what a session and the node read of a connection."""
 
+    #: how WebSocket pushes are framed under ASGI (shared by all; a stream's body has its own framing)
+    frames = ASGIFrames()
+
     __slots__ = ("host", "config", "stats", "session", "ping_slot", "deadline", "ws", "_sender", "_gone",
                  "_closing")
 
@@ -305,9 +309,6 @@ class ASGIConnection(_ASGIWriter):
     """One WebSocket connection from an ASGI server. Implements
     :class:`~hubbub.outbox.Outbox` through the shared :class:`Writer`; its
     accept, refusal and close go through it too."""
-
-    #: how pushes are framed for ASGI connections (shared by all)
-    frames = ASGIFrames()
 
     __slots__ = ("request", "_closed_sent")
 
@@ -395,8 +396,8 @@ class ASGIStream(_ASGIWriter):
         self.session = session
         self.open = True
         self._registered = True
-        self.host.connection_opened(self)  # type: ignore[arg-type]  # Server types its connections as Connection
-        self.host.stream_opened(self)  # type: ignore[arg-type]  # idem
+        self.host.connection_opened(self)
+        self.host.stream_opened(self)
 
     def end_stream(self, tail: bytes = b"") -> None:
         if self.lost:
@@ -445,7 +446,7 @@ class ASGIStream(_ASGIWriter):
                 self.lost = True
                 if self._registered:
                     self._registered = False
-                    self.host.connection_closed(self)  # type: ignore[arg-type]  # as in begin_stream
+                    self.host.connection_closed(self)
 
 
 def _request(scope: Scope, body: bytes = b"") -> HTTPRequest:
@@ -628,7 +629,7 @@ class ASGIAdapter:
         request = _request(scope)
         conn = ASGIConnection(server, request, send)
         try:
-            found = server.websocket_session(conn, request)  # type: ignore[arg-type]  # Server types its connections as Connection
+            found = server.websocket_session(conn, request)
             if isinstance(found, tuple):
                 await conn.refuse(scope, *found)
                 return
@@ -645,11 +646,10 @@ class ASGIAdapter:
 
     async def _serve_websocket(self, conn: ASGIConnection, session: WebSocketSession, receive: Receive) -> None:
         server = self.server
-        # declared by the sessions that have them (ClientSession, UniSession), not by WebSocketSession yet
-        conn.accept(getattr(session, "subprotocol", None))  # chosen by the session (hubbub.codec.negotiate)
-        inline_pong = bool(getattr(session, "inline_pong", False))
-        server.connection_opened(conn)  # type: ignore[arg-type]  # Server types its connections as Connection
-        server.websocket_opened(conn)  # type: ignore[arg-type]  # idem
+        conn.accept(session.subprotocol)  # chosen by the session (hubbub.codec.negotiate)
+        inline_pong = session.inline_pong
+        server.connection_opened(conn)
+        server.websocket_opened(conn)
         stats = server.stats
         max_size = server.config.max_message_size
         receiving = asyncio.ensure_future(receive())
@@ -689,7 +689,7 @@ class ASGIAdapter:
             try:
                 session.on_closed()
             finally:
-                server.connection_closed(conn)  # type: ignore[arg-type]  # as above
+                server.connection_closed(conn)
                 conn.session = None
 
 

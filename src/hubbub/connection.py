@@ -47,10 +47,12 @@ from websockets.streams import StreamReader
 
 from .codes import DisconnectCode
 from .config import Config
-from .core import PENDING, HandshakeDecision
+from .core import PENDING
 from .http import HTTPRequest, HTTPResponse
 from .stats import Stats
-from .writer import Flusher, Writer
+from .outbox import FrameEncoder
+from .transport import Host, WebSocketSession
+from .writer import Writer
 
 log = logging.getLogger("hubbub.connection")
 
@@ -71,7 +73,7 @@ _PAUSED_PENDING = 2
 MAX_CLOSE_REASON = 123
 
 
-class FrameEncoder:
+class WebSocketFrames:
     """Encodes unmasked server frames with ``websockets``' frame serializer.
 
     One instance is shared by every connection without per-connection
@@ -119,66 +121,12 @@ def _release_last_frame(ws: ServerProtocol) -> None:
         next(ws.parser)
 
 
-class WebSocketSession(Protocol):
-    """What a connection needs from the session behind a WebSocket endpoint
-    (a :class:`~hubbub.core.ClientCore` subclass)."""
-
-    closed: bool
-
-    def handshake_nowait(self) -> HandshakeDecision:
-        """``None`` to accept the upgrade, ``(status, reason)`` to refuse it,
-        :data:`PENDING` when :meth:`handshake` must be awaited."""
-        ...
-
-    async def handshake(self) -> tuple[int, str] | None: ...
-
-    async def open(self) -> None: ...
-
-    def open_nowait(self) -> bool:
-        """Open at once if nothing must be awaited; False: ``open`` must run."""
-        ...
-
-    async def handle_message(self, payload: bytes, binary: bool) -> None: ...
-
-    def pong(self) -> None: ...
-
-    def disconnect(self, code: int, reason: str | None = None) -> None: ...
-
-    def on_closed(self) -> None: ...
-
-
-class Host(Protocol):
-    """What a connection needs from the server that accepted it."""
-
-    config: Config
-    stats: Stats
-    flusher: Flusher
-    origins: Any
-    closing: bool
-
-    def connection_opened(self, conn: Connection) -> None: ...
-
-    def connection_closed(self, conn: Connection) -> None: ...
-
-    def websocket_opened(self, conn: Connection) -> None: ...
-
-    def stream_opened(self, conn: Connection) -> None:
-        """``conn`` answers its request with a stream held by a session."""
-        ...
-
-    def websocket_session(self, conn: Connection, request: HTTPRequest) -> WebSocketSession | tuple[int, str]:
-        """The session for an upgrade, or a refusal ``(status, reason)``."""
-        ...
-
-    async def handle_http(self, request: HTTPRequest) -> HTTPResponse: ...
-
-
 class Connection(Writer, asyncio.Protocol):
     """One accepted TCP connection. Implements :class:`~hubbub.outbox.Outbox`
     (its queue is the :class:`~hubbub.writer.Writer` it extends)."""
 
     #: how pushes are framed for this kind of connection (shared by all)
-    frames = FrameEncoder()
+    frames = WebSocketFrames()
 
     # slots: an idle connection's memory is mostly this object (see docs/benchmarks.md)
     __slots__ = (
@@ -525,7 +473,7 @@ class Connection(Writer, asyncio.Protocol):
             self._pull_ws_writes(control=True)
             self._close_after_flush()
             return True
-        subprotocol = getattr(found, "subprotocol", None)
+        subprotocol = found.subprotocol
         if subprotocol:  # chosen by the session (hubbub.codec.negotiate)
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
         self.session = found
@@ -704,7 +652,7 @@ class Connection(Writer, asyncio.Protocol):
         if session is None or session.closed:
             return
         self.stats.messages_in += 1
-        if payload == b"{}" and not binary and getattr(session, "inline_pong", False):
+        if payload == b"{}" and not binary and session.inline_pong:
             session.pong()  # a protocol pong: no task, no queueing
             return
         if self._inbox is None:

@@ -274,6 +274,16 @@ class ClientCore:
 
     #: the transport's name in hooks and metrics
     transport = "websocket"
+    #: what the node's counters call it: ``"protocol"``, ``"relay"`` or ``"endpoint"``
+    kind = "endpoint"
+    #: whether the client authenticates after the transport opened (the protocol's ``connect``
+    #: command, within ``connect_timeout``); the others authenticate at the handshake
+    awaits_connect = False
+    #: the WebSocket subprotocol the transport names in its ``101`` (a protocol session's codec)
+    subprotocol: str | None = None
+    #: whether a text message ``{}`` is a pong the transport may answer without the session's
+    #: ``handle_message`` (the protocol's JSON pong)
+    inline_pong = False
     #: whether an anonymous client is registered for the server API's
     #: user-targeted methods (user ``""``), as protocol clients are
     register_anonymous = True

@@ -167,7 +167,7 @@ class StreamOut:
     ``close(code, reason)`` sends the last words, counts the disconnect and ends the response.
     """
 
-    __slots__ = ("transport", "frames", "deliver", "farewell", "farewell_event", "_closed", "_muted")
+    __slots__ = ("transport", "frames", "deliver", "farewell", "farewell_event", "_closed")
 
     def __init__(self, transport: StreamTransport, frames: StreamFraming, farewell: Farewell, *,
                  farewell_event: bytes | None = None) -> None:
@@ -178,17 +178,11 @@ class StreamOut:
         self.farewell = farewell
         self.farewell_event = farewell_event
         self._closed = False
-        self._muted = False
 
     @property
     def open(self) -> bool:
         """Whether output is still accepted (the connection is open and the stream not closed)."""
-        return self.transport.open and not self._closed and not self._muted
-
-    @open.setter
-    def open(self, value: bool) -> None:
-        # Outbox.open is a variable: setting it False stops output (close still sends the last words)
-        self._muted = not value
+        return self.transport.open and not self._closed
 
     def send_text(self, payload: bytes) -> None:
         if self.open:

@@ -17,8 +17,10 @@ class Outbox(Protocol):
     writes its queue once per event-loop iteration.
     """
 
-    #: Whether the connection still accepts output.
-    open: bool
+    @property
+    def open(self) -> bool:
+        """Whether the connection still accepts output."""
+        ...
 
     def send_text(self, payload: bytes) -> None:
         """Queue one text message (``payload`` is UTF-8)."""

@@ -157,6 +157,7 @@ class RelaySession(ClientCore):
     """
 
     transport = "relay"
+    kind = "relay"
     #: anonymous relay clients are not filed under user "" (memory per connection)
     register_anonymous = False
 

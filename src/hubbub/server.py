@@ -35,24 +35,26 @@ from .cluster import Cluster
 from .codec import JSON, Codec, ProtocolWire, negotiate
 from .codes import DisconnectCode
 from .config import Config
-from .connection import Connection, FrameEncoder, WebSocketSession
-from .core import ClientContext, ClientCore, SessionHooks
+from .connection import Connection, WebSocketFrames
+from .core import ClientContext, ClientCore, Refusal, SessionHooks
 from .http import HTTPRequest, HTTPResponse
 from .hub import Hub
 from .listener import Listener
 from .metrics import render
 from .relay import RelaySession, RelayWire
 from .errors import BadRequest, ConfigError
-from .routing import RouteCollision, Router
+from .errors import RouteCollision
+from .routing import Router
 from .session import ClientSession
 from .streams import Streams
+from .transport import ClientTransport, WebSocketSession, WebSocketTransport
 from .writer import Flusher
 
 log = logging.getLogger("hubbub.server")
 
 HTTPHandler = Callable[[HTTPRequest], Awaitable[HTTPResponse]]
 #: Creates the session for an accepted WebSocket connection.
-EndpointFactory = Callable[[Connection, HTTPRequest], WebSocketSession]
+EndpointFactory = Callable[[WebSocketTransport, HTTPRequest], WebSocketSession | Refusal]
 
 #: the setting that moves each built-in route
 _BUILTIN_SETTING = {
@@ -132,7 +134,7 @@ class Server:
                  hooks: SessionHooks | None = None) -> None:
         self.config = (config or Config()).validate()
         self.hub = hub or Hub(self.config, create_broker(self.config.broker))
-        self.frames = FrameEncoder()
+        self.frames = WebSocketFrames()
         self.protocol_wire = ProtocolWire(JSON, self.frames)
         self.relay_wire = RelayWire(self.frames)
         # wires of other framings (ASGI), made once each: a push is encoded once per wire
@@ -144,10 +146,10 @@ class Server:
         #: what every client session of this node shares (hub, rules, hooks)
         self.context = ClientContext(self.hub, verifier=self.verifier, hooks=hooks or SessionHooks())
         self.origins: list[Any] | None = None
-        self.connections: set[Connection] = set()
-        self.websockets: set[Connection] = set()
-        self._pending: set[Connection] = set()
-        self.flusher: Flusher | None = None  # type: ignore[assignment]
+        self.connections: set[ClientTransport] = set()
+        self.websockets: set[ClientTransport] = set()
+        self._pending: set[ClientTransport] = set()
+        self._flusher: Flusher | None = None  # made by start()
         self.closing = False
         self.stats = self.hub.stats
         self.started_at = time.time()
@@ -246,7 +248,7 @@ class Server:
             wire = self._codec_wires[key] = ProtocolWire(codec, conn.frames)
         return wire
 
-    def _protocol_endpoint(self, conn: Connection, request: HTTPRequest) -> ClientSession | tuple[int, str]:
+    def _protocol_endpoint(self, conn: WebSocketTransport, request: HTTPRequest) -> ClientSession | Refusal:
         try:
             codec, subprotocol = negotiate(request.query, request.headers)
         except BadRequest as exc:
@@ -254,12 +256,12 @@ class Server:
         return ClientSession(self.context, conn, self.codec_wire(conn, codec), headers=request.headers,
                              subprotocol=subprotocol)
 
-    def _relay_endpoint(self, conn: Connection, request: HTTPRequest) -> RelaySession:
+    def _relay_endpoint(self, conn: WebSocketTransport, request: HTTPRequest) -> RelaySession:
         echo = request.query.get("echo", "true").lower() not in ("false", "0", "no")
         return RelaySession(self.context, conn, self.wires(conn)[1], request.params["channel"], echo=echo,
                             headers=request.headers, query=request.query)
 
-    def websocket_session(self, conn: Connection, request: HTTPRequest) -> WebSocketSession | tuple[int, str]:
+    def websocket_session(self, conn: WebSocketTransport, request: HTTPRequest) -> WebSocketSession | Refusal:
         """The session for an upgrade on ``request.path``, or a refusal
         ``(status, text)``: 404 no endpoint, 403 origin not allowed, 503
         shutting down. The session then decides about the client itself
@@ -316,12 +318,8 @@ class Server:
         kinds = {"protocol": 0, "relay": 0, "endpoint": 0}
         for conn in self.websockets:
             session = conn.session
-            if isinstance(session, ClientSession):
-                kinds["protocol"] += 1
-            elif isinstance(session, RelaySession):
-                kinds["relay"] += 1
-            elif session is not None:
-                kinds["endpoint"] += 1
+            if session is not None:
+                kinds[session.kind] += 1
         return kinds
 
     def pending_output(self) -> int:
@@ -361,30 +359,30 @@ class Server:
 
     # -- connection bookkeeping ----------------------------------------------------------
 
-    def connection_opened(self, conn: Connection) -> None:
+    def connection_opened(self, conn: ClientTransport) -> None:
         conn.ping_slot = self._accepted % PING_SLICES
         self._accepted += 1
         self.connections.add(conn)
         self._pending.add(conn)
 
-    def stream_opened(self, conn: Connection) -> None:
+    def stream_opened(self, conn: ClientTransport) -> None:
         """``conn`` answers with a stream (hubbub.streams): pinged and swept like a WebSocket
         (a protocol client on it has ``connect_timeout`` to connect, then 3502)."""
         self.websockets.add(conn)
-        if isinstance(conn.session, ClientSession):  # swept as websocket_opened does
+        if conn.session is not None and conn.session.awaits_connect:  # swept as websocket_opened does
             conn.deadline = time.monotonic() + self.config.connect_timeout
             self._pending.add(conn)
         else:
             self._pending.discard(conn)
 
-    def websocket_opened(self, conn: Connection) -> None:
+    def websocket_opened(self, conn: ClientTransport) -> None:
         self.websockets.add(conn)
-        if not isinstance(conn.session, ClientSession):
+        if conn.session is None or not conn.session.awaits_connect:
             self._pending.discard(conn)
         else:
             conn.deadline = time.monotonic() + self.config.connect_timeout
 
-    def connection_closed(self, conn: Connection) -> None:
+    def connection_closed(self, conn: ClientTransport) -> None:
         if self._server is not None:
             self._server.resume()  # a descriptor is free: accept again if the limit had paused it
         self.connections.discard(conn)
@@ -418,12 +416,12 @@ class Server:
         batch = [conn.session for conn in self.websockets
                  if conn.ping_slot == current and conn.open and conn.session is not None]
         for session in batch:
-            session.ping()  # type: ignore[union-attr]
+            session.ping()
         if batch:
             loop = asyncio.get_running_loop()
             self._timers[f"pong{current}"] = loop.call_later(self.config.pong_timeout, self._check_pongs, batch)
 
-    def _check_pongs(self, batch: list[ClientCore]) -> None:
+    def _check_pongs(self, batch: list[WebSocketSession]) -> None:
         for session in batch:
             if not session.closed:
                 session.check_pong()
@@ -432,12 +430,12 @@ class Server:
         wall = self.context.wall()
         for conn in self.websockets:
             session = conn.session
-            if isinstance(session, ClientCore) and session.expires:
+            if session is not None and session.expires:
                 session.check_expiry(wall)
         now = time.monotonic()
         for conn in list(self._pending):
             session = conn.session
-            if isinstance(session, ClientSession):
+            if session is not None and session.awaits_connect:
                 if session.connected or session.closed:
                     self._pending.discard(conn)
                 elif now >= conn.deadline:
@@ -453,7 +451,8 @@ class Server:
     def port(self) -> int:
         """The port actually bound (useful with ``port=0``)."""
         assert self._server is not None, "server not started"
-        return self._server.sockets[0].getsockname()[1]
+        port: int = self._server.sockets[0].getsockname()[1]
+        return port
 
     @property
     def url(self) -> str:
@@ -465,7 +464,18 @@ class Server:
     @property
     def started(self) -> bool:
         """Whether the node runs (hub, timers), listening or not."""
-        return self.flusher is not None
+        return self._flusher is not None
+
+    @property
+    def flusher(self) -> Flusher:
+        """The node's shared :class:`~hubbub.writer.Flusher` (made by :meth:`start`).
+
+        Raises:
+            RuntimeError: the node is not started.
+        """
+        if self._flusher is None:
+            raise RuntimeError("the hubbub node is not started: await Server.start() (or App.start()) first")
+        return self._flusher
 
     async def start(self, *, sock: socket.socket | None = None, reuse_port: bool = False,
                     listen: bool = True) -> None:
@@ -483,8 +493,8 @@ class Server:
         self.context.refresh()  # the settings may have changed since (App.serve(host=...))
         if listen:
             self.config.check_exposure()
-        if self.flusher is None:
-            self.flusher = Flusher(loop)
+        if self._flusher is None:
+            self._flusher = Flusher(loop)
             await self.hub.start()
             await self.cluster.start()
             if self.config.ping_interval > 0:

@@ -39,7 +39,7 @@ from .brokers.base import Publication, StreamPosition
 from .codec import Codec, ProtocolWire
 from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
 from .config import NamespaceOptions
-from .core import ClientContext, ClientCore, ConnectRequest, ConnectResult, SessionHooks
+from .core import ClientContext, ClientCore, ConnectRequest, ConnectResult, Refusal, SessionHooks
 from .errors import BadRequest, Disconnect, ProtocolError
 from .hub import SubscribeResult
 from .outbox import FrameBatch, Outbox
@@ -91,6 +91,8 @@ class ClientSession(ClientCore):
 
     #: the connection may drop a lone ``{}`` message (a pong) before it reaches the session
     inline_pong = True
+    awaits_connect = True
+    kind = "protocol"
     transport = "websocket"
 
     __slots__ = ("codec", "subprotocol", "created_at", "_replies", "_reply_bytes", "_late", "_commands", "_slice_start",
@@ -120,8 +122,12 @@ class ClientSession(ClientCore):
 
     # -- handshake and messages ---------------------------------------------------
 
-    def handshake_nowait(self) -> tuple[int, str] | None:
+    def handshake_nowait(self) -> Refusal | None:
         """Accept every handshake: protocol clients authenticate with ``connect``."""
+        return None
+
+    async def handshake(self) -> Refusal | None:
+        """As :meth:`handshake_nowait` (never pending)."""
         return None
 
     async def open(self) -> None:
