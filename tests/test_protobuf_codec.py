@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 
 from hubbub.brokers.base import ClientInfo, Publication
-from hubbub.codec import JSON, PROTOBUF, ProtocolWire, negotiate
+from hubbub.codec import JSON, ProtocolWire
+from hubbub.formats import negotiate
+from hubbub.protobuf_codec import PROTOBUF
 from hubbub.codes import DisconnectCode, ErrorCode
 from hubbub.errors import BadRequest, Disconnect, ProtocolError
 from hubbub.proto import client_pb2 as ours

@@ -646,7 +646,7 @@ class ASGIAdapter:
 
     async def _serve_websocket(self, conn: ASGIConnection, session: WebSocketSession, receive: Receive) -> None:
         server = self.server
-        conn.accept(session.subprotocol)  # chosen by the session (hubbub.codec.negotiate)
+        conn.accept(session.subprotocol)  # chosen by the session (hubbub.formats.negotiate)
         inline_pong = session.inline_pong
         server.connection_opened(conn)
         server.websocket_opened(conn)

@@ -27,14 +27,13 @@ JSON without any of them.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from typing import Any, Protocol
 
 from .brokers.base import ClientInfo, Publication
 from .codes import DisconnectCode
 from .errors import BadRequest, Disconnect, ProtocolError
 from .outbox import FrameEncoder
-from .protobuf_codec import PROTOBUF, ProtobufCodec
 from .strictjson import dumps, encode_data, loads
 
 
@@ -74,6 +73,15 @@ class Codec(Protocol):
         ...
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes: ...
+
+    def decode_emulation_request(self, body: bytes) -> tuple[str, str, bytes]:
+        """``(node, session, data)`` of a ``POST /emulation`` body in this format (ids not
+        yet checked; ``data`` holds the encoded commands).
+
+        Raises:
+            BadRequest: a body that is not an emulation request.
+        """
+        ...
 
     def publication(self, data: Any) -> Publication:
         """The publication for a publish command's ``data`` as :meth:`decode_commands` gave it
@@ -149,6 +157,23 @@ class JSONCodec:
     def publication(self, data: Any) -> Publication:
         return Publication(encode_data(data))
 
+    def decode_emulation_request(self, body: bytes) -> tuple[str, str, bytes]:
+        """``{"session": str, "node": str, "data": str}`` (centrifuge-js's JSON emulation request)."""
+        try:
+            request = loads(body)
+        except ValueError as exc:
+            raise BadRequest(f"malformed JSON body: {exc}") from None
+        if not isinstance(request, dict):
+            raise BadRequest("the body must be a JSON object {session, node, data}")
+        session, node, data = request.get("session"), request.get("node", ""), request.get("data")
+        if not isinstance(session, str) or not session:
+            raise BadRequest("session (a string) is required")
+        if not isinstance(node, str):
+            raise BadRequest("node must be a string")
+        if not isinstance(data, str):
+            raise BadRequest("data (the encoded commands, a string) is required")
+        return node, session, data.encode("utf-8")
+
     def encode_join(self, channel: str, info: ClientInfo) -> bytes:
         return b'{"push":{"channel":%s,"join":{"info":%s}}}' % (dumps(channel), dumps(info.to_json()))
 
@@ -186,56 +211,4 @@ class ProtocolWire:
 #: The JSON codec (stateless: one for the process).
 JSON = JSONCodec()
 
-#: WebSocket subprotocols of ``/connection/websocket`` and their codecs, in the
-#: order a server prefers them (centrifugal.dev ``docs/transports/websocket.md``).
-SUBPROTOCOLS: dict[str, Codec] = {"centrifuge-protobuf": PROTOBUF, "centrifuge-json": JSON}
-
-#: Values of the ``format`` and ``cf_protocol`` query parameters.
-FORMATS: dict[str, Codec] = {"json": JSON, "protobuf": PROTOBUF}
-
-
-def negotiate(query: Mapping[str, str], headers: Mapping[str, str]) -> tuple[Codec, str | None]:
-    """The codec of a protocol connection and the subprotocol to answer in the ``101``.
-
-    Args:
-        query: the upgrade's query parameters (``format``, ``cf_protocol``).
-        headers: its headers, lower-case names (``sec-websocket-protocol``:
-            the offered subprotocols, comma-separated).
-
-    Returns:
-        ``(codec, subprotocol)``: the first offered subprotocol hubbub speaks
-        (:data:`SUBPROTOCOLS`) and its codec, else the codec of the query
-        parameter, else JSON; ``subprotocol`` is ``None`` when none was offered.
-
-    Raises:
-        BadRequest: subprotocols were offered and none is spoken here; an
-            unknown ``format``/``cf_protocol`` value; a query parameter that
-            contradicts the subprotocol or the other parameter. The server
-            answers it with HTTP 400 and this message at the handshake.
-    """
-    offered = [p.strip() for p in headers.get("sec-websocket-protocol", "").split(",") if p.strip()]
-    codec: Codec | None = None
-    subprotocol: str | None = None
-    if offered:
-        for name in offered:
-            if name in SUBPROTOCOLS:
-                subprotocol, codec = name, SUBPROTOCOLS[name]
-                break
-        else:
-            raise BadRequest(f"unsupported WebSocket subprotocol {', '.join(offered)}; "
-                             f"/connection/websocket speaks {', '.join(SUBPROTOCOLS)}")
-    for key in ("format", "cf_protocol"):
-        value = query.get(key)
-        if value is None:
-            continue
-        chosen = FORMATS.get(value.lower())
-        if chosen is None:
-            raise BadRequest(f"unknown {key}={value!r}; use {key}=json or {key}=protobuf")
-        if codec is not None and chosen is not codec:
-            raise BadRequest(f"{key}={value} contradicts the protocol already chosen ({codec.name})")
-        codec = chosen
-    return codec or JSON, subprotocol
-
-
-__all__ = ["FORMATS", "JSON", "PROTOBUF", "SUBPROTOCOLS", "Codec", "JSONCodec", "ProtobufCodec", "ProtocolWire",
-           "negotiate"]
+__all__ = ["JSON", "Codec", "JSONCodec", "ProtocolWire"]

@@ -474,7 +474,7 @@ class Connection(Writer, asyncio.Protocol):
             self._close_after_flush()
             return True
         subprotocol = found.subprotocol
-        if subprotocol:  # chosen by the session (hubbub.codec.negotiate)
+        if subprotocol:  # chosen by the session (hubbub.formats.negotiate)
             response.headers["Sec-WebSocket-Protocol"] = subprotocol
         self.session = found
         try:

@@ -19,9 +19,8 @@ from typing import Any, Protocol
 
 from .codes import DisconnectCode
 from .errors import BadRequest
+from .formats import for_body
 from .http import HTTPRequest
-from .proto.client_pb2 import EmulationRequest
-from .strictjson import loads
 from .uni import EmulatedSession
 
 __all__ = ["EMULATION_KIND", "Emulation", "EmulationCluster", "parse_emulation_request", "well_formed_id"]
@@ -152,22 +151,6 @@ class Emulation:
         return True
 
 
-def _protobuf_emulation_request(body: bytes) -> tuple[str, str, bytes]:
-    """A Protobuf ``EmulationRequest`` (``node = 1``, ``session = 2``, ``data =
-    3``, as centrifugal/protocol ``client.proto``).
-
-    Raises:
-        BadRequest: a body that does not parse.
-    """
-    # TODO(issue 23): the codec's to decode (one codec seam); protobuf_codec has no such function yet
-    message = EmulationRequest()
-    try:
-        message.ParseFromString(body)
-    except Exception:  # google.protobuf.message.DecodeError
-        raise BadRequest("malformed Protobuf emulation request") from None
-    return message.node, message.session, bytes(message.data)
-
-
 def parse_emulation_request(request: HTTPRequest) -> tuple[str, str, bytes]:
     """``(node, session, data)`` of a ``POST /emulation`` body: JSON
     ``{"session": str, "node": str, "data": str}`` (``data`` holds the
@@ -178,23 +161,7 @@ def parse_emulation_request(request: HTTPRequest) -> tuple[str, str, bytes]:
     Raises:
         BadRequest: anything else (a malformed id included).
     """
-    if request.headers.get("content-type", "").startswith("application/octet-stream"):
-        node, session, data = _protobuf_emulation_request(request.body)
-    else:
-        try:
-            body = loads(request.body or b"")
-        except ValueError as exc:
-            raise BadRequest(f"malformed JSON body: {exc}") from None
-        if not isinstance(body, dict):
-            raise BadRequest("the body must be a JSON object {session, node, data}")
-        given, named, raw = body.get("session"), body.get("node", ""), body.get("data")
-        if not isinstance(given, str) or not given:
-            raise BadRequest("session (a string) is required")
-        if not isinstance(named, str):
-            raise BadRequest("node must be a string")
-        if not isinstance(raw, str):
-            raise BadRequest("data (the encoded commands, a string) is required")
-        node, session, data = named, given, raw.encode("utf-8")
+    node, session, data = for_body(request.headers).decode_emulation_request(request.body or b"")
     if not well_formed_id(session):
         raise BadRequest("malformed session id (the connect reply's session)")
     if node and not well_formed_id(node):

@@ -54,7 +54,7 @@ from google.protobuf.message import DecodeError, Message
 
 from .brokers.base import ClientInfo, Publication
 from .codes import DisconnectCode
-from .errors import Disconnect, ProtocolError
+from .errors import BadRequest, Disconnect, ProtocolError
 from .proto import client_pb2 as pb
 from .strictjson import dumps, loads, one_line
 
@@ -218,6 +218,20 @@ class ProtobufCodec:
     publication_objects = True
     #: the server's ping: an empty Reply, length-prefixed
     ping = b"\x00"
+
+    def decode_emulation_request(self, body: bytes) -> tuple[str, str, bytes]:
+        """An ``EmulationRequest`` (``node = 1``, ``session = 2``, ``data = 3`` in
+        centrifugal/protocol ``client.proto``).
+
+        Raises:
+            BadRequest: a body that does not parse.
+        """
+        message = pb.EmulationRequest()
+        try:
+            message.ParseFromString(body)
+        except DecodeError:
+            raise BadRequest("malformed Protobuf emulation request") from None
+        return message.node, message.session, bytes(message.data)
 
     def publication(self, data: Any) -> Publication:
         """A Protobuf client's ``data`` bytes: :func:`publication_from_bytes`."""

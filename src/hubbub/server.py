@@ -32,7 +32,8 @@ from .api import ServerAPI
 from .auth import TokenVerifier
 from .brokers import create_broker
 from .cluster import Cluster
-from .codec import JSON, Codec, ProtocolWire, negotiate
+from .codec import JSON, Codec, ProtocolWire
+from .formats import negotiate
 from .codes import DisconnectCode
 from .config import Config
 from .connection import Connection, WebSocketFrames

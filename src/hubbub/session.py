@@ -86,7 +86,7 @@ class ClientSession(ClientCore):
         client_id: connection id; a random UUID by default.
         subprotocol: the WebSocket subprotocol the transport answers in its
             ``101`` (``centrifuge-protobuf``, ``centrifuge-json``), if the client
-            asked for one (:func:`hubbub.codec.negotiate`).
+            asked for one (:func:`hubbub.formats.negotiate`).
     """
 
     #: the connection may drop a lone ``{}`` message (a pong) before it reaches the session

@@ -42,13 +42,14 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-from .codec import FORMATS, JSON, Codec, ProtocolWire
+from .codec import JSON, Codec, ProtocolWire
 from .codes import DisconnectCode
 from .config import Config
 from .core import PENDING, ClientContext, ClientCore
 from .emulation import Emulation, EmulationCluster, parse_emulation_request
 from .errors import BadRequest, Disconnect, ProtocolError
 from .eventstream import ChannelStreamSession, ChannelWires, farewell, parse_event_id
+from .formats import BINARY_CONTENT_TYPE, for_body
 from .framing import LINES, SSE, SSEFrames, StreamFraming, StreamOut, StreamTransport
 from .http import STREAMED, HTTPRequest, HTTPResponse
 from .outbox import FrameEncoder, Outbox
@@ -156,9 +157,7 @@ class Streams:
 
     @staticmethod
     def _codec(request: HTTPRequest) -> Codec:
-        if request.headers.get("content-type", "").startswith("application/octet-stream"):
-            return FORMATS["protobuf"]
-        return JSON
+        return for_body(request.headers)
 
     def _body_limit(self, data: bytes | str) -> HTTPResponse | None:
         limit = self.config.max_message_size
@@ -206,7 +205,7 @@ class Streams:
         if too_large is not None:
             return too_large
         codec = self._codec(request)
-        content_type = "application/octet-stream" if codec.binary else "application/json"
+        content_type = BINARY_CONTENT_TYPE if codec.binary else "application/json"
         frames = LINES[request.stream.stream_chunked]
         return await self._start_emulated(request, codec, frames, request.body, "http_stream",
                                           [("content-type", content_type), *_STREAM_HEADERS])
