@@ -490,8 +490,13 @@ async def test_asgi_exposure_rule_holds_whoever_asks_first(first: str) -> None:
         status, _ = await ahttp("POST", f"http://{exposed}/admin/login", b"secret=guess",
                                 {"content-type": "application/x-www-form-urlencoded"})
         assert status == 404
-        # a second look after a loopback request changes nothing on the public address
+        # a second look after a loopback request changes nothing on the public address, and the
+        # rule holds per connection: loopback clients keep the loopback rules after the public ones
         status, _ = await ahttp("GET", f"http://{local}/health")
+        assert status == 200
+        assert await anonymous_connect_accepted(f"ws://{local}/connection/websocket")
+        assert await relay_accepted(f"ws://{local}/ws/news")
+        status, _ = await ahttp("GET", f"http://{local}/admin/login")
         assert status == 200
         assert not await anonymous_connect_accepted(f"ws://{exposed}/connection/websocket")
         assert not await relay_accepted(f"ws://{exposed}/ws/news")

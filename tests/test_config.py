@@ -69,3 +69,18 @@ def test_public_address_without_tokens_is_refused_unless_anonymous_is_chosen() -
     Config.load(env={}, host="0.0.0.0", allow_anonymous=True).check_exposure()
     Config.load(env={}, host="0.0.0.0", token_hmac_secret="s" * 32).check_exposure()
     Config.load(env={}, host="127.0.0.1").check_exposure()
+
+
+@pytest.mark.parametrize("local, anonymous, admin", [
+    ("", True, True),  # hubbub's own server: the settings' own address (127.0.0.1)
+    ("127.0.0.1", True, True),
+    ("::1", True, True),
+    ("192.0.2.7", False, False),  # a public address of an ASGI server listening on several
+    ("/run/hubbub.sock", False, False),  # a Unix socket: reachable by whoever can open it
+])
+def test_exposure_rules_per_address(local: str, anonymous: bool, admin: bool) -> None:
+    config = Config.load(env={})
+    assert config.anonymous_at(local) is anonymous
+    assert config.admin_enabled_at(local) is admin
+    chosen = Config.load(env={}, allow_anonymous=True, admin_secret="s" * 16)
+    assert chosen.anonymous_at(local) and chosen.admin_enabled_at(local)  # chosen on purpose: everywhere

@@ -786,3 +786,20 @@ async def test_ping_pong_no_pong_closes(env: Env) -> None:
     core.ping()
     core.check_pong()
     assert core.codes == [DisconnectCode.NO_PONG]
+
+
+async def test_context_at_a_public_address_refuses_anonymous_and_follows_the_hooks() -> None:
+    hub = Hub(Config(), MemoryBroker())
+    context = ClientContext(hub)
+    assert context.anonymous  # loopback settings, no token key
+    assert context.at("") is context and context.at("127.0.0.1") is context
+    exposed = context.at("192.0.2.7")
+    assert exposed is not context and not exposed.anonymous
+    assert exposed.hub is hub and exposed.verifier is context.verifier
+    hooks = SessionHooks()
+    context.hooks = hooks  # set after the first public connection
+    assert context.at("192.0.2.7") is exposed and exposed.hooks is hooks
+    core = ClientCore(exposed, FakeOutbox(), FakeWire())
+    with pytest.raises(Disconnect) as info:
+        core.authenticate_nowait("")
+    assert info.value.code == DisconnectCode.INVALID_TOKEN

@@ -376,6 +376,12 @@ class Admin:
         per request: the host may change before the server starts)."""
         return self.node.config.admin_enabled
 
+    def enabled_for(self, request: HTTPRequest) -> bool:
+        """Whether the dashboard answers ``request``: :attr:`enabled`, and on a
+        non-loopback address of a node set up for loopback (an ASGI server listening on
+        several) only with ``admin_secret`` (``Config.admin_enabled_at``)."""
+        return self.node.config.admin_enabled_at(request.local)
+
     @property
     def uid(self) -> str:
         """This node's ``uid`` in the server API's ``info`` (its cluster's)."""
@@ -506,7 +512,7 @@ class Admin:
                                            "without admin_secret"}, 404)
 
     async def _page(self, request: HTTPRequest) -> HTTPResponse:
-        if not self.enabled:
+        if not self.enabled_for(request):
             return self._off()
         if not self.authorized(request):
             return HTTPResponse(303, b"log in at /admin/login\n", headers=[("location", "/admin/login")])
@@ -519,7 +525,7 @@ class Admin:
                             [("cache-control", "no-store"), ("x-frame-options", "DENY")])
 
     async def _login(self, request: HTTPRequest) -> HTTPResponse:
-        if not self.enabled:
+        if not self.enabled_for(request):
             return self._off()
         if request.method == "GET":
             if self.authorized(request):
@@ -558,7 +564,7 @@ class Admin:
             ("location", "/admin/login"), self._cookie(request, "", 0)])
 
     async def _api(self, request: HTTPRequest) -> HTTPResponse:
-        if not self.enabled:
+        if not self.enabled_for(request):
             return self._off()
         refused = self.authorize(request)
         if refused is not None:

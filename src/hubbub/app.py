@@ -225,8 +225,8 @@ class App:
         server, registry = self.server, self.registry
 
         def create(conn: Any, request: HTTPRequest) -> WebSocket:
-            return WebSocket(server.context, conn, server.wires(conn)[1], request, endpoint, registry=registry,
-                             route=path, anonymous=anonymous)
+            return WebSocket(server.context.at(request.local), conn, server.wires(conn)[1], request, endpoint,
+                             registry=registry, route=path, anonymous=anonymous)
 
         return create
 

@@ -33,7 +33,6 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
 from .codes import DisconnectCode
-from .config import is_loopback
 from .connection import MAX_CLOSE_REASON
 from .core import PENDING, HandshakeDecision
 from .hosting import HostedApp
@@ -459,8 +458,10 @@ def _request(scope: Scope, body: bytes = b"") -> HTTPRequest:
     query = scope.get("query_string", b"").decode("latin-1")
     target = path + ("?" + query if query else "")
     client = scope.get("client")
+    server = scope.get("server")
     return HTTPRequest.from_target(scope.get("method", "GET"), target, headers, body=body,
-                                   client=tuple(client) if client else None)
+                                   client=tuple(client) if client else None,
+                                   local=str(server[0]) if server else "")
 
 
 class ASGIAdapter:
@@ -483,44 +484,34 @@ class ASGIAdapter:
         self.exposed = False
 
     def check_exposure(self, scope: Scope) -> None:
-        """Apply the exposure rule of ``hubbub serve`` (``Config.check_exposure``)
-        to the connection of ``scope``, before it is served, by the address the
-        ASGI server says it was made to (``scope["server"]``; a Unix socket
-        counts as non-loopback, an unknown address changes nothing).
+        """Say once in the log what the exposure rule of ``hubbub serve``
+        (``Config.check_exposure``) means for the first connection made to a non-loopback
+        address (``scope["server"]``; a Unix socket counts as non-loopback).
 
-        ``hubbub serve`` knows its one address before it starts; an ASGI server
-        may listen on several, and tells only per connection. So every
-        connection is checked: the first one made to a non-loopback address
-        makes that address the node's ``Config.host``, and the rules that
-        depend on it (``Config.anonymous``: no anonymous clients without
-        ``allow_anonymous = true``; ``Config.admin_enabled``: no dashboard
-        without ``admin_secret``) hold for it and every later connection,
-        whichever address was asked first. Connections made earlier to a
-        loopback address keep what they were granted; later ones follow the
-        stricter rules too (the node's settings are one for all its clients).
-        Refusing to start is not the adapter's to do: the log says what to set.
+        ``hubbub serve`` knows its one address before it starts; an ASGI server may
+        listen on several and tells only per connection. So the rule is applied per
+        connection, by the address it was made to (:attr:`hubbub.http.HTTPRequest.local`):
+        there, anonymous clients need ``allow_anonymous = true``
+        (``ClientContext.at``, ``Config.anonymous_at``) and the dashboard needs
+        ``admin_secret`` (``Config.admin_enabled_at``), whichever address was asked
+        first; connections to a loopback address keep the loopback rules. Refusing to
+        start is not the adapter's to do: the log says what to set.
         """
         if self.exposed:
             return
         address = scope.get("server")
-        if not address:
-            return
-        host = str(address[0])
-        if is_loopback(host):
+        config = self.server.config
+        if not address or not config.exposed_at(str(address[0])):
             return
         self.exposed = True
-        config = self.server.config
-        if not config.loopback:
-            return  # the settings already name a non-loopback address
-        config.host = host
-        self.server.context.refresh()
-        if not config.anonymous and config.allow_anonymous is None and not config.token_auth:
-            log.warning("served on %s, not a loopback address: anonymous clients are refused; set a token "
+        host = str(address[0])
+        if not config.anonymous_at(host) and config.anonymous:
+            log.warning("served on %s, not a loopback address: anonymous clients are refused there; set a token "
                         "key (token_hmac_secret, ...) for clients, or allow_anonymous = true to accept "
                         "anonymous clients on purpose", host)
-        if config.admin and not config.admin_secret:
-            log.warning("served on %s, not a loopback address: the admin dashboard is off without admin_secret",
-                        host)
+        if config.admin_enabled and not config.admin_enabled_at(host):
+            log.warning("served on %s, not a loopback address: the admin dashboard is off there without "
+                        "admin_secret", host)
 
     async def startup(self) -> None:
         """Start the node without a socket of its own (idempotent)."""

@@ -277,6 +277,27 @@ class Config:
             return self.allow_anonymous
         return self.loopback and not self.token_auth
 
+    def exposed_at(self, local: str) -> bool:
+        """Whether a connection made to address ``local`` comes from the network: a
+        non-loopback address (a Unix socket's path included) other than the one the
+        settings were checked for. ``""`` is ``host`` itself (hubbub's own server)."""
+        return bool(local) and self.loopback and not is_loopback(local)
+
+    def anonymous_at(self, local: str) -> bool:
+        """:attr:`anonymous` for a connection made to address ``local`` (an ASGI server may
+        listen on several): on a non-loopback address, anonymous clients only with
+        ``allow_anonymous = true``, as ``hubbub serve`` there would."""
+        if self.allow_anonymous is not None or not self.exposed_at(local):
+            return self.anonymous
+        return False
+
+    def admin_enabled_at(self, local: str) -> bool:
+        """:attr:`admin_enabled` for a connection made to address ``local``: on a
+        non-loopback address, only with ``admin_secret``."""
+        if not self.exposed_at(local):
+            return self.admin_enabled
+        return self.admin and bool(self.admin_secret)
+
     def anonymous_in(self, ns: NamespaceOptions) -> bool:
         """Whether anonymous clients may use namespace ``ns``."""
         return self.anonymous if ns.allow_anonymous is None else ns.allow_anonymous

@@ -45,7 +45,7 @@ from .brokers.base import ClientInfo, Publication, PublishCallback, StreamPositi
 from .codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
 from .config import Config, NamespaceOptions
 from .errors import BadRequest, BrokerError, Disconnect, InvalidToken, ProtocolError, TokenExpired
-from .hub import Hub, SubscribeResult, Subscriber, Wire
+from .hub import Hub, Subscriber, SubscribeResult, Wire
 from .outbox import FrameBatch, Outbox
 from .strictjson import encode_data
 
@@ -165,7 +165,7 @@ class ClientContext:
         wall: unix seconds (token expiry); injectable in tests.
     """
 
-    __slots__ = ("hub", "config", "verifier", "hooks", "anonymous", "clock", "wall")
+    __slots__ = ("hub", "config", "verifier", "hooks", "anonymous", "clock", "wall", "_exposed")
 
     def __init__(self, hub: Hub, *, verifier: TokenVerifier | None = None, hooks: SessionHooks | None = None,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
@@ -175,7 +175,28 @@ class ClientContext:
         self.hooks = hooks or SessionHooks()
         self.clock = clock
         self.wall = wall
+        self._exposed: ClientContext | None = None
         self.refresh()
+
+    def at(self, local: str) -> ClientContext:
+        """The context for a client that connected to address ``local``
+        (:attr:`hubbub.http.HTTPRequest.local`): this one, or, on a non-loopback address
+        of a node whose settings were checked for loopback (an ASGI server listening on
+        several), a sibling sharing hub, verifier, hooks and clocks whose
+        :attr:`anonymous` follows ``Config.anonymous_at``. The exposure rule holds per
+        connection, whichever address was asked first (docs/security.md)."""
+        if not local:
+            return self
+        anonymous = self.config.anonymous_at(local)
+        if anonymous == self.anonymous:
+            return self
+        exposed = self._exposed
+        if exposed is None:
+            exposed = self._exposed = ClientContext(self.hub, verifier=self.verifier, hooks=self.hooks,
+                                                    clock=self.clock, wall=self.wall)
+        exposed.hooks = self.hooks  # the application may set its hooks after the first connection
+        exposed.anonymous = anonymous
+        return exposed
 
     def refresh(self) -> None:
         """Read again what is cached from the settings (``anonymous``): call it

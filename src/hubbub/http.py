@@ -28,6 +28,10 @@ class HTTPRequest:
         stream: where a handler may answer with a streaming response (a
             :class:`hubbub.streams.StreamTransport`: the connection itself);
             ``None`` where the transport cannot stream.
+        local: the address the client connected to, where the server that accepted it
+            may listen on several (an ASGI scope's ``server``); ``""`` on hubbub's own
+            server, whose one address is ``Config.host``. The exposure rules read it
+            (``Config.anonymous_at``, ``Config.admin_enabled_at``).
     """
 
     method: str
@@ -39,6 +43,7 @@ class HTTPRequest:
     client: tuple[str, int] | None = None
     raw_query: str = ""
     stream: Any = None
+    local: str = ""
 
     @classmethod
     def from_target(cls, method: str, target: str, headers: dict[str, str], **kw: Any) -> HTTPRequest:

@@ -33,18 +33,17 @@ from .auth import TokenVerifier
 from .brokers import create_broker
 from .cluster import Cluster
 from .codec import JSON, Codec, ProtocolWire
-from .formats import negotiate
 from .codes import DisconnectCode
 from .config import Config
 from .connection import Connection, WebSocketFrames
-from .core import ClientContext, ClientCore, Refusal, SessionHooks
+from .core import ClientContext, Refusal, SessionHooks
+from .errors import BadRequest, ConfigError, RouteCollision
+from .formats import negotiate
 from .http import HTTPRequest, HTTPResponse
 from .hub import Hub
 from .listener import Listener
 from .metrics import render
 from .relay import RelaySession, RelayWire
-from .errors import BadRequest, ConfigError
-from .errors import RouteCollision
 from .routing import Router
 from .session import ClientSession
 from .streams import Streams
@@ -254,12 +253,13 @@ class Server:
             codec, subprotocol = negotiate(request.query, request.headers)
         except BadRequest as exc:
             return 400, exc.message
-        return ClientSession(self.context, conn, self.codec_wire(conn, codec), headers=request.headers,
-                             subprotocol=subprotocol)
+        return ClientSession(self.context.at(request.local), conn, self.codec_wire(conn, codec),
+                             headers=request.headers, subprotocol=subprotocol)
 
     def _relay_endpoint(self, conn: WebSocketTransport, request: HTTPRequest) -> RelaySession:
         echo = request.query.get("echo", "true").lower() not in ("false", "0", "no")
-        return RelaySession(self.context, conn, self.wires(conn)[1], request.params["channel"], echo=echo,
+        return RelaySession(self.context.at(request.local), conn, self.wires(conn)[1], request.params["channel"],
+                            echo=echo,
                             headers=request.headers, query=request.query)
 
     def websocket_session(self, conn: WebSocketTransport, request: HTTPRequest) -> WebSocketSession | Refusal:
@@ -534,7 +534,7 @@ class Server:
         if self.connections:
             try:
                 await asyncio.wait_for(self._stopped.wait(), self.config.close_timeout + 1)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 for conn in list(self.connections):
                     conn.abort()
         if self._server is not None:

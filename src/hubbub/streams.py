@@ -182,8 +182,8 @@ class Streams:
                               transport: str, headers: list[tuple[str, str]]) -> HTTPResponse:
         stream: StreamTransport = request.stream
         out = StreamOut(stream, frames, functools.partial(disconnect_push, codec))
-        session = EmulatedSession(self.server.context, out, self.wire(codec, frames), headers=request.headers,
-                                  node=self.emulation.node, transport=transport)
+        session = EmulatedSession(self.server.context.at(request.local), out, self.wire(codec, frames),
+                                  headers=request.headers, node=self.emulation.node, transport=transport)
         self.emulation.add(session)
         # from here the node's sweep gives the session connect_timeout to connect (3502)
         opening = frames.raw(b"\r\n") if isinstance(frames, SSEFrames) else b""
@@ -270,8 +270,8 @@ class Streams:
             return _error(exc.message, 400)
         stream: StreamTransport = request.stream
         out = StreamOut(stream, frames, functools.partial(disconnect_push, UNI_JSON))
-        session = UniSession(self.server.context, out, self.wire(UNI_JSON, frames), headers=request.headers,
-                             transport=transport)
+        session = UniSession(self.server.context.at(request.local), out, self.wire(UNI_JSON, frames),
+                             headers=request.headers, transport=transport)
         try:
             async with asyncio.timeout(self.config.connect_timeout):
                 await session.prepare(params)
@@ -315,8 +315,8 @@ class Streams:
     def uni_websocket(self, conn: UniSocket, request: HTTPRequest) -> UniSession:
         """The session of a ``/connection/uni_websocket`` upgrade (the connect
         object is its first message, within ``connect_timeout``: else 3502)."""
-        return UniSession(self.server.context, conn, self.wire(UNI_JSON, conn.frames), headers=request.headers,
-                          transport="uni_websocket")
+        return UniSession(self.server.context.at(request.local), conn, self.wire(UNI_JSON, conn.frames),
+                          headers=request.headers, transport="uni_websocket")
 
     # -- a channel as an event stream ---------------------------------------------------------------
 
@@ -340,7 +340,8 @@ class Streams:
         frames = SSE[stream.stream_chunked]
         channel = request.params["channel"]
         out = StreamOut(stream, frames, farewell, farewell_event=b"disconnect")
-        session = ChannelStreamSession(self.server.context, out, self.channel_wires.get(channel, frames), channel,
+        session = ChannelStreamSession(self.server.context.at(request.local), out,
+                                       self.channel_wires.get(channel, frames), channel,
                                        headers=request.headers, query=request.query, since=since)
         try:
             decision = session.handshake_nowait()
