@@ -85,6 +85,11 @@ class Unsubscribed:
 
 
 @dataclass(frozen=True)
+class Released:
+    """The server let go of a client (the hub no longer holds or delivers to it)."""
+
+
+@dataclass(frozen=True)
 class NotSubscribed:
     """A one-way client connected, and the channel it asked for is not among its ``subs``."""
 
@@ -110,7 +115,7 @@ class Broken:
     what: str
 
 
-Outcome = Ok | Refused | Closed | Error | Unsubscribed | NotSubscribed | Timeout | Broken
+Outcome = Ok | Refused | Closed | Error | Unsubscribed | NotSubscribed | Released | Timeout | Broken
 Event = Outcome | Pub
 
 

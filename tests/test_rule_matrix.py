@@ -14,7 +14,11 @@ the hub's injected wall clock (``ClientContext.wall``) two hours ahead. No cell
 sleeps a fixed time: each waits on what it expects, with a timeout
 (``matrix_clients.WAIT``). A client that stops reading has a 4 KiB receive
 buffer and reading paused; it is sent one 8 KiB publication per loop iteration
-until the hub counts a 3008 close (``stats.slow``), at most 32 MiB.
+until the hub counts a 3008 close (``stats.slow``), at most 32 MiB. Then
+``output_bound`` reads: the last words say 3008 and nothing published after
+the 3008 arrives; ``slow_release`` keeps not reading: within ``close_timeout``
+(0.5 s) the server lets the client go (the hub no longer holds it), while
+publications go on.
 
 Cells that fail on main today carry ``xfail(strict=True)`` with the defect of
 issue 23 that explains them (:data:`XFAIL`): remove an entry once its defect is
@@ -56,6 +60,7 @@ from tests.matrix_clients import (
     Outcome,
     Pub,
     Refused,
+    Released,
     Timeout,
     Unsubscribed,
 )
@@ -64,7 +69,7 @@ from tests.test_asgi import uvicorn_serving
 WAYS = list(ADAPTERS)
 RULES = [
     "anonymous", "expired", "expires_live", "user_limit", "namespace", "hook_connect", "hook_subscribe", "hook_publish",
-    "command_rate", "output_bound", "connect_timeout", "max_message_size", "api_disconnect", "api_unsubscribe",
+    "command_rate", "output_bound", "slow_release", "connect_timeout", "max_message_size", "api_disconnect", "api_unsubscribe",
 ]
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -83,13 +88,13 @@ ROWS: dict[str, dict[str, Outcome | NotApplicable]] = {
     "ws_json": {
         "anonymous": Closed(3500), "expired": Error(109), "expires_live": Closed(3005), "user_limit": Closed(3504), "namespace": Error(103),
         "hook_connect": Closed(4403), "hook_subscribe": Error(103), "hook_publish": Error(103),
-        "command_rate": Closed(3013), "output_bound": Closed(3008), "connect_timeout": Closed(3502),
+        "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": Closed(3502),
         "max_message_size": Closed(1009), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
     },
     "ws_protobuf": {
         "anonymous": Closed(3500), "expired": Error(109), "expires_live": Closed(3005), "user_limit": Closed(3504), "namespace": Error(103),
         "hook_connect": Closed(4403), "hook_subscribe": Error(103), "hook_publish": Error(103),
-        "command_rate": Closed(3013), "output_bound": Closed(3008), "connect_timeout": Closed(3502),
+        "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": Closed(3502),
         "max_message_size": Closed(1009), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
     },
     # emulation: the stream opens (200) before connect runs, so refusals are the protocol's, in the
@@ -97,32 +102,32 @@ ROWS: dict[str, dict[str, Outcome | NotApplicable]] = {
     "http_stream": {
         "anonymous": Closed(3500), "expired": Error(109), "expires_live": Closed(3005), "user_limit": Closed(3504), "namespace": Error(103),
         "hook_connect": Closed(4403), "hook_subscribe": Error(103), "hook_publish": Error(103),
-        "command_rate": Closed(3013), "output_bound": Closed(3008), "connect_timeout": Closed(3502),
+        "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": Closed(3502),
         "max_message_size": Refused(413), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
     },
     "sse": {  # max_message_size: a later command through POST /emulation
         "anonymous": Closed(3500), "expired": Error(109), "expires_live": Closed(3005), "user_limit": Closed(3504), "namespace": Error(103),
         "hook_connect": Closed(4403), "hook_subscribe": Error(103), "hook_publish": Error(103),
-        "command_rate": Closed(3013), "output_bound": Closed(3008), "connect_timeout": Closed(3502),
+        "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": Closed(3502),
         "max_message_size": Refused(413), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
     },
     # one-way: a subs channel the client may not subscribe to is skipped (uni.py, as Centrifugo)
     "uni_websocket": {
         "anonymous": Closed(3500), "expired": Closed(3005), "expires_live": Closed(3005), "user_limit": Closed(3504), "namespace": NotSubscribed(),
         "hook_connect": Closed(4403), "hook_subscribe": NotSubscribed(), "hook_publish": NO_COMMANDS,
-        "command_rate": NO_COMMANDS, "output_bound": Closed(3008), "connect_timeout": Closed(3502),
+        "command_rate": NO_COMMANDS, "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": Closed(3502),
         "max_message_size": Closed(1009), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
     },
     "uni_sse": {
         "anonymous": Refused(401), "expired": Refused(401), "expires_live": Closed(3005), "user_limit": Refused(429), "namespace": NotSubscribed(),
         "hook_connect": Refused(403), "hook_subscribe": NotSubscribed(), "hook_publish": NO_COMMANDS,
-        "command_rate": NO_COMMANDS, "output_bound": Closed(3008), "connect_timeout": CONNECT_IN_REQUEST,
+        "command_rate": NO_COMMANDS, "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": CONNECT_IN_REQUEST,
         "max_message_size": Refused(413), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
     },
     "uni_http_stream": {
         "anonymous": Refused(401), "expired": Refused(401), "expires_live": Closed(3005), "user_limit": Refused(429), "namespace": NotSubscribed(),
         "hook_connect": Refused(403), "hook_subscribe": NotSubscribed(), "hook_publish": NO_COMMANDS,
-        "command_rate": NO_COMMANDS, "output_bound": Closed(3008), "connect_timeout": CONNECT_IN_REQUEST,
+        "command_rate": NO_COMMANDS, "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": CONNECT_IN_REQUEST,
         "max_message_size": Refused(413), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
     },
     # /sse/{channel}: authenticated and authorized as the relay, before streaming; it has no
@@ -130,7 +135,7 @@ ROWS: dict[str, dict[str, Outcome | NotApplicable]] = {
     "channel_sse": {
         "anonymous": Refused(401), "expired": Refused(401), "expires_live": Closed(3005), "user_limit": Refused(429), "namespace": Refused(403),
         "hook_connect": Refused(403), "hook_subscribe": Refused(403), "hook_publish": RECEIVE_ONLY,
-        "command_rate": RECEIVE_ONLY, "output_bound": Closed(3008), "connect_timeout": AT_HANDSHAKE,
+        "command_rate": RECEIVE_ONLY, "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": AT_HANDSHAKE,
         "max_message_size": NotApplicable("receive-only: a GET without a body; its head is bounded by "
                                           "max_handshake_size (431), not max_message_size"),
         "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(None),
@@ -140,7 +145,7 @@ ROWS: dict[str, dict[str, Outcome | NotApplicable]] = {
     "relay": {
         "anonymous": Refused(401), "expired": Refused(401), "expires_live": Closed(3005), "user_limit": Refused(429), "namespace": Refused(403),
         "hook_connect": Refused(403), "hook_subscribe": Refused(403), "hook_publish": Closed(3507),
-        "command_rate": Closed(3013), "output_bound": Closed(3008), "connect_timeout": AT_HANDSHAKE,
+        "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": AT_HANDSHAKE,
         "max_message_size": Closed(1009), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(None),
     },
     # framework endpoints: the same handshake as the relay (issue 23, defect 2); the endpoint
@@ -148,7 +153,7 @@ ROWS: dict[str, dict[str, Outcome | NotApplicable]] = {
     "endpoint": {
         "anonymous": Refused(401), "expired": Refused(401), "expires_live": Closed(3005), "user_limit": Refused(429), "namespace": SERVER_SIDE,
         "hook_connect": Refused(403), "hook_subscribe": SERVER_SIDE, "hook_publish": SERVER_SIDE,
-        "command_rate": Closed(3013), "output_bound": Closed(3008), "connect_timeout": AT_HANDSHAKE,
+        "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": AT_HANDSHAKE,
         "max_message_size": Closed(1009), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(None),
     },
 }
@@ -177,6 +182,7 @@ RULE_SETTINGS: dict[str, dict[str, Any]] = {
     "user_limit": {"client_user_connection_limit": 1},
     "command_rate": {"client_command_rate": 1.0, "client_command_burst": 3},
     "output_bound": {"max_pending_output": 65536},
+    "slow_release": {"max_pending_output": 65536, "close_timeout": 0.5},
     "connect_timeout": {"connect_timeout": 0.3},
     "max_message_size": {"max_message_size": 1024},
 }
@@ -322,11 +328,9 @@ def sequence(data: Any) -> int:
     return data.get("n", -1) if isinstance(data, dict) else -1
 
 
-async def rule_output_bound(env: Env, make: Callable[[], Adapter]) -> Outcome:
-    adapter = make()
-    failed = await started(adapter, env, small_rcvbuf=True)
-    if failed is not None:
-        return failed
+async def pump(env: Env) -> int | Timeout:
+    """Publish to a client that stopped reading until the hub counts a 3008
+    close; the number of publications it took (``n`` = 0, 1, ...)."""
     stats = env.hub.stats
     slow = stats.slow  # 3008 closes so far
     sent = 0
@@ -338,9 +342,21 @@ async def rule_output_bound(env: Env, make: Callable[[], Adapter]) -> Outcome:
             # bound is reached only once the client's socket buffers are full (it stopped reading)
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-        if stats.slow == slow:
-            return Timeout(f"no 3008 after {sent} publications of 8 KiB")
-        last = sent - 1
+    if stats.slow == slow:
+        return Timeout(f"no 3008 after {sent} publications of 8 KiB")
+    return sent
+
+
+async def rule_output_bound(env: Env, make: Callable[[], Adapter]) -> Outcome:
+    adapter = make()
+    failed = await started(adapter, env, small_rcvbuf=True)
+    if failed is not None:
+        return failed
+    sent = await pump(env)
+    if isinstance(sent, Timeout):
+        return sent
+    last = sent - 1
+    async with asyncio.timeout(20):
         for n in range(sent, sent + PUMP_AFTER):  # the hub still has the subscriber until the connection is gone
             await env.hub.publish(CHANNEL, {"n": n, "blob": PUMP_BLOB})
             await asyncio.sleep(0)
@@ -358,6 +374,27 @@ async def rule_output_bound(env: Env, make: Callable[[], Adapter]) -> Outcome:
                 return event
     except TimeoutError:
         return Timeout("still open after the 3008")
+
+
+async def rule_slow_release(env: Env, make: Callable[[], Adapter]) -> Outcome:
+    adapter = make()
+    failed = await started(adapter, env, small_rcvbuf=True)
+    if failed is not None:
+        return failed
+    sent = await pump(env)
+    if isinstance(sent, Timeout):
+        return sent
+    # the client still reads nothing: within close_timeout (0.5 s) the server lets it go,
+    # so nothing more is held for it however much is published meanwhile (polled while
+    # publishing one 8 KiB publication every 10 ms, for at most 2 s)
+    for extra in range(200):
+        if not env.subscribed():
+            return Released()
+        await env.hub.publish(CHANNEL, {"n": sent + extra, "blob": PUMP_BLOB})
+        await asyncio.sleep(0.01)
+    if not env.subscribed():
+        return Released()
+    return Timeout("still held 2 s after its 3008 (close_timeout 0.5 s)")
 
 
 async def rule_connect_timeout(env: Env, make: Callable[[], Adapter]) -> Outcome:
@@ -409,6 +446,7 @@ RULE_RUNS: dict[str, Callable[[Env, Callable[[], Adapter]], Awaitable[Outcome]]]
     "hook_publish": rule_hook_publish,
     "command_rate": rule_command_rate,
     "output_bound": rule_output_bound,
+    "slow_release": rule_slow_release,
     "connect_timeout": rule_connect_timeout,
     "max_message_size": rule_max_message_size,
     "api_disconnect": rule_api_disconnect,
