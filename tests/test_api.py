@@ -120,8 +120,7 @@ async def test_idempotent_publish_retried_three_times_is_stored_once(api_server:
 
 
 async def test_broadcast_channels_info_and_history_remove(api_server: Server, clients: list) -> None:
-    from cent import (BroadcastRequest, ChannelsRequest, HistoryRemoveRequest, HistoryRequest,
-                      InfoRequest)
+    from cent import BroadcastRequest, ChannelsRequest, HistoryRemoveRequest, HistoryRequest, InfoRequest
 
     a = await proto_client(api_server)
     clients.append(a)

@@ -10,7 +10,7 @@ from typing import Any
 from hubbub.brokers.base import Publication
 from hubbub.brokers.memory import MemoryBroker
 from hubbub.config import Config
-from hubbub.connection import FrameEncoder
+from hubbub.connection import WebSocketFrames
 from hubbub.hub import Hub, Subscriber
 from hubbub.outbox import FrameBatch
 from hubbub.relay import RelayWire
@@ -36,7 +36,7 @@ class Recorder:
 async def hub_with(*names: str) -> tuple[Hub, dict[str, Recorder]]:
     hub = Hub(Config(), MemoryBroker())
     await hub.start()
-    wire = RelayWire(FrameEncoder())
+    wire = RelayWire(WebSocketFrames())
     recorders = {name: Recorder(hub, name, wire) for name in names}
     return hub, recorders
 

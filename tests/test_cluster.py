@@ -21,16 +21,14 @@ import pytest
 
 from hubbub.brokers.base import Publication, StreamPosition
 from hubbub.brokers.memory import MemoryBroker
-from hubbub.cluster import (CONTROL_CHANNEL, NODE_CHANNEL_PREFIX, Cluster, NodeUnavailable, RemoteError,
-                            node_info)
+from hubbub.cluster import CONTROL_CHANNEL, NODE_CHANNEL_PREFIX, Cluster, node_info
 from hubbub.config import Config, NamespaceOptions
-from hubbub.errors import BadRequest, BrokerUnavailable, ProtocolError
+from hubbub.errors import BadRequest, BrokerUnavailable, NodeUnavailable, ProtocolError, RemoteError
 from hubbub.hub import Hub
 from hubbub.validation import channel_name
 
 from .conftest import TIMEOUT, ProtoClient, ServeProcess, proto_client, until
 from .redis_server import RedisServer, redis_server  # noqa: F401
-
 
 # -- the module without sockets --------------------------------------------------------------------
 
@@ -506,13 +504,13 @@ async def test_workers_are_nodes_of_one_cluster(serve_process: Any, redis_server
     assert server.stop() == 0
 
 
-FORWARD_APP = '''
+FORWARD_APP = f'''
 import os
 
 import hubbub
 from hubbub.http import HTTPResponse
 
-app = hubbub.App(broker=os.environ["CLUSTER_BROKER"], api_key="{key}", node_info_interval=0.2,
+app = hubbub.App(broker=os.environ["CLUSTER_BROKER"], api_key="{KEY}", node_info_interval=0.2,
                  node_timeout=1.0)
 cluster = app.server.cluster
 
@@ -531,10 +529,10 @@ async def forward(request):
     """What an HTTP-emulation request does: run a request on the node that holds the session."""
     try:
         reply = await cluster.send(request.params["node"], "whoami", {{"via": cluster.uid}})
-    except hubbub.cluster.ClusterError as exc:
+    except hubbub.errors.ClusterError as exc:
         return HTTPResponse.json({{"error": str(exc)}}, 504)
     return HTTPResponse.json(reply)
-'''.format(key=KEY)
+'''
 
 
 async def test_a_request_is_forwarded_to_the_node_that_holds_it(serve_process: Any, redis_server: RedisServer,  # noqa: F811

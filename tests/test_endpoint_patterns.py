@@ -316,7 +316,7 @@ async def test_broadcast_to_the_connections_of_an_endpoint(running: list[App],
     of the endpoint's open connections (any path of the pattern); the frame is
     encoded once for all; closed connections are skipped. Fails today: no
     registry, no broadcast."""
-    from hubbub.connection import FrameEncoder
+    from hubbub.connection import WebSocketFrames
 
     app = new_app()
 
@@ -333,13 +333,13 @@ async def test_broadcast_to_the_connections_of_an_endpoint(running: list[App],
         await until(lambda: len(view) == 4, "4 open connections")
         assert sorted(ws.params["room"] for ws in view) == ["a", "b", "c", "d"]
         encoded: list[bytes] = []
-        real_text = FrameEncoder.text
+        real_text = WebSocketFrames.text
 
-        def counting_text(self: FrameEncoder, payload: bytes) -> bytes:
+        def counting_text(self: WebSocketFrames, payload: bytes) -> bytes:
             encoded.append(payload)
             return real_text(self, payload)
 
-        monkeypatch.setattr(FrameEncoder, "text", counting_text)
+        monkeypatch.setattr(WebSocketFrames, "text", counting_text)
         assert hubbub.broadcast(view, "news") is None
         assert encoded == [b"news"]  # once, for four connections
         hubbub.broadcast(view, bytearray(b"\x01\x02"))

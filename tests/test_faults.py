@@ -740,11 +740,12 @@ async def _health(port: int, status: int) -> bool:
 async def test_no_duplicate_when_pubsub_lags_the_stream() -> None:
     from hubbub.brokers.base import Publication
     from hubbub.brokers.memory import MemoryBroker
+    from hubbub.codec import JSON as JSON_CODEC
+    from hubbub.codec import ProtocolWire
     from hubbub.config import Config, NamespaceOptions
-    from hubbub.connection import FrameEncoder
-    from hubbub.hub import Hub
-    from hubbub.codec import JSON as JSON_CODEC, ProtocolWire
+    from hubbub.connection import WebSocketFrames
     from hubbub.core import ClientContext
+    from hubbub.hub import Hub
     from hubbub.session import ClientSession
 
     from .test_fuzz import FakeOutbox, check_protocol_output
@@ -774,7 +775,7 @@ async def test_no_duplicate_when_pubsub_lags_the_stream() -> None:
     broker = LaggingBroker()
     hub = Hub(config, broker)
     await hub.start()
-    wire = ProtocolWire(JSON_CODEC, FrameEncoder())
+    wire = ProtocolWire(JSON_CODEC, WebSocketFrames())
     try:
         first, second = FakeOutbox(), FakeOutbox()
         old = ClientSession(ClientContext(hub), first, wire)

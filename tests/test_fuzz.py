@@ -36,15 +36,16 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from hubbub.brokers.memory import MemoryBroker
+from hubbub.codec import JSON as JSON_CODEC
+from hubbub.codec import ProtocolWire
 from hubbub.codes import DisconnectCode
 from hubbub.config import Config, NamespaceOptions
 from hubbub.connection import WebSocketFrames
-from hubbub.outbox import FrameBatch
+from hubbub.core import ClientContext
 from hubbub.hub import Hub
+from hubbub.outbox import FrameBatch
 from hubbub.relay import RelaySession, RelayWire
 from hubbub.routing import Router, compile_path
-from hubbub.codec import JSON as JSON_CODEC, ProtocolWire
-from hubbub.core import ClientContext
 from hubbub.session import ClientSession
 
 EXAMPLES = int(os.environ.get("HUBBUB_FUZZ_EXAMPLES", "0")) or None

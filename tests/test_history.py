@@ -7,6 +7,7 @@ import subprocess
 import sys
 from typing import Any
 
+import pytest
 import websockets
 
 from hubbub.brokers.base import Publication
@@ -16,8 +17,6 @@ from hubbub.server import Server
 from hubbub.session import ConnectRequest, ConnectResult, SessionHooks
 
 from .conftest import ROOT, TIMEOUT, history_ns, proto_client, ws_url
-
-import pytest
 
 
 async def _history_server(start_server, **ns: Any) -> Server:

@@ -14,12 +14,11 @@ import pytest
 
 from hubbub.brokers.base import ClientInfo, Publication
 from hubbub.codec import JSON, ProtocolWire
-from hubbub.formats import negotiate
-from hubbub.protobuf_codec import PROTOBUF
 from hubbub.codes import DisconnectCode, ErrorCode
 from hubbub.errors import BadRequest, Disconnect, ProtocolError
+from hubbub.formats import negotiate
 from hubbub.proto import client_pb2 as ours
-from hubbub.protobuf_codec import publication_from_bytes
+from hubbub.protobuf_codec import PROTOBUF, publication_from_bytes
 from hubbub.relay import relay_publication
 
 from . import pbframes

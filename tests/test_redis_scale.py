@@ -412,7 +412,7 @@ async def test_a_burst_from_redis_is_queued_to_a_subscriber_as_one_batch(redis_s
     operation, one write), as with the memory broker."""
     from hubbub.codec import JSON as JSON_CODEC
     from hubbub.codec import ProtocolWire
-    from hubbub.connection import FrameEncoder
+    from hubbub.connection import WebSocketFrames
     from hubbub.hub import Subscriber
     from hubbub.outbox import FrameBatch
 
@@ -433,7 +433,7 @@ async def test_a_burst_from_redis_is_queued_to_a_subscriber_as_one_batch(redis_s
             sizes.append(1)
 
     try:
-        sub = Subscriber("c1", ProtocolWire(JSON_CODEC, FrameEncoder()), deliver, lambda code: None)
+        sub = Subscriber("c1", ProtocolWire(JSON_CODEC, WebSocketFrames()), deliver, lambda code: None)
         await hub.subscribe("burst", sub, ns=config.namespace("burst"))
         n = 300
         await asyncio.gather(*(producer.publish("burst", Publication(b'{"n":%d}' % i)) for i in range(n)))
@@ -464,7 +464,7 @@ async def test_a_subscriber_who_finds_a_new_epoch_gets_the_others_told() -> None
     from hubbub.brokers.memory import MemoryBroker
     from hubbub.codec import JSON as JSON_CODEC
     from hubbub.codec import ProtocolWire
-    from hubbub.connection import FrameEncoder
+    from hubbub.connection import WebSocketFrames
     from hubbub.hub import Subscriber
 
     from .test_broker_contract import FakeClock
@@ -473,7 +473,7 @@ async def test_a_subscriber_who_finds_a_new_epoch_gets_the_others_told() -> None
     config = make_config(namespaces={"chat": NamespaceOptions(**CHAT)})
     hub = Hub(config, MemoryBroker(meta_ttl=60, sweep_interval=0, clock=clock))
     await hub.start()
-    wire = ProtocolWire(JSON_CODEC, FrameEncoder())
+    wire = ProtocolWire(JSON_CODEC, WebSocketFrames())
     events: dict[str, list[Any]] = {"old": [], "new": []}
 
     def subscriber(name: str) -> Subscriber:

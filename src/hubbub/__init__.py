@@ -43,15 +43,23 @@ _EXPORTS = {
 
 __all__ = [*_EXPORTS, "__version__"]
 
-if TYPE_CHECKING:  # noqa: F401 (names for type checkers; loaded lazily at run time)
+if TYPE_CHECKING:  # names for type checkers; loaded lazily at run time
     from .app import App
     from .brokers.base import Publication, StreamPosition
     from .config import Config, NamespaceOptions
     from .core import ClientContext, ClientCore, ConnectRequest, ConnectResult, SessionHooks
     from .endpoint import WebSocket, broadcast
-    from .errors import (  # noqa: F401
-                         BadRequest, BrokerError, BrokerUnavailable, ClientError, ConfigError, Disconnect,
-                         HubbubError, ProtocolError, ReplyError)
+    from .errors import (
+        BadRequest,
+        BrokerError,
+        BrokerUnavailable,
+        ClientError,
+        ConfigError,
+        Disconnect,
+        HubbubError,
+        ProtocolError,
+        ReplyError,
+    )
     from .hosting import HostedApp
     from .hub import Hub
     from .server import Server

@@ -30,7 +30,7 @@ import jwt
 from jwt.types import Options
 
 from .config import Config
-from .errors import InvalidToken, TokenError, TokenExpired
+from .errors import InvalidToken, TokenExpired
 
 log = logging.getLogger("hubbub.auth")
 

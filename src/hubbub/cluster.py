@@ -59,7 +59,7 @@ from typing import Any
 from ._version import __version__
 from .brokers.base import Publication
 from .codes import DisconnectCode, ErrorCode
-from .errors import BrokerError, ClusterError, Disconnect, HubbubError, NodeUnavailable, ProtocolError, RemoteError
+from .errors import BrokerError, Disconnect, HubbubError, NodeUnavailable, ProtocolError, RemoteError
 from .hub import Hub
 from .strictjson import dumps, loads
 

@@ -35,7 +35,7 @@ import logging
 import sys
 import time
 import uuid
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
 import h11
 from websockets.frames import Close, Frame, Opcode
@@ -46,11 +46,8 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from .codes import DisconnectCode
-from .config import Config
 from .core import PENDING
 from .http import HTTPRequest, HTTPResponse
-from .stats import Stats
-from .outbox import FrameEncoder
 from .transport import Host, WebSocketSession
 from .writer import Writer
 
