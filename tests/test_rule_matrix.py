@@ -17,7 +17,7 @@ buffer and reading paused; it is sent one 8 KiB publication per loop iteration
 until the hub counts a 3008 close (``stats.slow``), at most 32 MiB. Then
 ``output_bound`` reads: the last words say 3008 and nothing published after
 the 3008 arrives; ``slow_release`` keeps not reading: within ``close_timeout``
-(0.5 s) the server lets the client go (the hub no longer holds it), while
+(0.2 s) the server lets the client go (the hub no longer holds it), while
 publications go on.
 
 Cells that fail on main today carry ``xfail(strict=True)`` with the defect of
@@ -182,7 +182,7 @@ RULE_SETTINGS: dict[str, dict[str, Any]] = {
     "user_limit": {"client_user_connection_limit": 1},
     "command_rate": {"client_command_rate": 1.0, "client_command_burst": 3},
     "output_bound": {"max_pending_output": 65536},
-    "slow_release": {"max_pending_output": 65536, "close_timeout": 0.5},
+    "slow_release": {"max_pending_output": 65536, "close_timeout": 0.2},
     "connect_timeout": {"connect_timeout": 0.3},
     "max_message_size": {"max_message_size": 1024},
 }
@@ -384,7 +384,7 @@ async def rule_slow_release(env: Env, make: Callable[[], Adapter]) -> Outcome:
     sent = await pump(env)
     if isinstance(sent, Timeout):
         return sent
-    # the client still reads nothing: within close_timeout (0.5 s) the server lets it go,
+    # the client still reads nothing: within close_timeout (0.2 s) the server lets it go,
     # so nothing more is held for it however much is published meanwhile (polled while
     # publishing one 8 KiB publication every 10 ms, for at most 2 s)
     for extra in range(200):
@@ -394,7 +394,7 @@ async def rule_slow_release(env: Env, make: Callable[[], Adapter]) -> Outcome:
         await asyncio.sleep(0.01)
     if not env.subscribed():
         return Released()
-    return Timeout("still held 2 s after its 3008 (close_timeout 0.5 s)")
+    return Timeout("still held 2 s after its 3008 (close_timeout 0.2 s)")
 
 
 async def rule_connect_timeout(env: Env, make: Callable[[], Adapter]) -> Outcome:
