@@ -48,9 +48,23 @@ def test_consume_prints_what_produce_publishes(serve_process) -> None:
 
 
 def test_produce_reads_stdin(serve_process) -> None:
+    """Each line of stdin is one publication: a consumer receives them, in order."""
     server = serve_process()
-    out = hubbub("produce", server.url, "lines", input='{"x": 1}\nsecond line\n')
-    assert out.returncode == 0, out.stderr
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "hubbub", "consume", server.url, "lines", "--count", "2"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert consumer.stderr is not None
+        assert consumer.stderr.readline().strip() == "hubbub: subscribed to lines"
+        out = hubbub("produce", server.url, "lines", input='{"x": 1}\nsecond line\n')
+        assert out.returncode == 0, out.stderr
+        stdout, stderr = consumer.communicate(timeout=TIMEOUT)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+    assert consumer.returncode == 0, stderr
+    assert stdout.splitlines() == ['{"x":1}', '"second line"']
 
 
 def test_produce_reports_server_errors(serve_process) -> None:
