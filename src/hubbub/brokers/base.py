@@ -1,37 +1,10 @@
 """The broker contract, and the values that cross it.
 
-A broker moves publications between the nodes (processes) that serve a
-channel, keeps each channel's stream (history, offset, epoch) and its
-presence. A node uses exactly one broker; the hub is its only caller.
+A broker moves publications between nodes and keeps each channel's stream
+and presence; a node uses one broker, and the hub is its only caller. Every
+broker passes ``tests/test_broker_contract.py``.
 
-Contract (every broker passes ``tests/test_broker_contract.py``):
-
-* **Delivery.** After ``await subscribe(channel)`` returns, every publication
-  that a later ``publish(channel, ...)`` accepts, on any node, is handed to
-  ``handler.on_publication(channel, pub)`` of this node exactly once, unless
-  the backend loses it in transit (Redis pub/sub delivers at most once): such
-  a loss is visible as a gap in ``pub.offset`` for channels with history, and
-  the broker then calls ``handler.on_stream_gap(channel)``.
-* **Ordering.** Publications of one channel reach every node in the order in
-  which their ``publish`` calls were accepted (their offsets increase by one).
-  Nothing is promised across channels.
-* **What publish returns.** ``publish`` returns only after the publication is
-  durable in the channel's stream (when the channel keeps history) and handed
-  to the backend for delivery. Its :class:`StreamPosition` carries the
-  publication's offset and the stream's epoch (``0``/``""`` without history).
-  If it raises, the publication was not accepted: nothing was stored, and the
-  caller must not acknowledge it.
-* **Streams.** A channel with ``history_size > 0`` and ``history_ttl > 0``
-  keeps its last ``history_size`` publications for ``history_ttl`` seconds
-  after the last publication. Its ``epoch`` changes whenever the stream is
-  lost or starts afresh, so a position from an old epoch is never taken as
-  current.
-* **Presence.** ``add_presence`` entries expire after ``presence_ttl``
-  seconds unless refreshed, so a node that dies leaves no ghosts past that.
-* **Failure.** When the backend is unreachable every method raises
-  :class:`~hubbub.errors.BrokerUnavailable`; the broker reconnects by itself
-  and then calls ``handler.on_broker_reconnect()`` so the hub can check its
-  subscribers' positions.
+See ``docs/design.md``, "The broker contract".
 """
 
 from __future__ import annotations

@@ -1,27 +1,13 @@
-"""Brokers over several Redis servers: independent shards, or a Redis Cluster.
+"""Brokers over several Redis servers: independent shards
+(:class:`ShardedRedisBroker`, rendezvous hashing of the channel name), or a
+Redis Cluster (:class:`RedisClusterBroker`, hash tags and sharded pub/sub).
 
-Both spread channels over several :class:`~hubbub.brokers.redis.RedisBroker`
-parts, one per Redis server (each with its own pub/sub connection, command
-connections and publish pipeline). A channel lives on exactly one part, so
-everything the contract promises per channel (order, offsets and epoch,
-idempotency, presence) holds as it does with one Redis; fan-out between nodes
-grows with the number of servers.
+Each is several :class:`~hubbub.brokers.redis.RedisBroker` parts, one per
+server; a channel lives on exactly one, so the contract holds per channel as
+with one Redis. ``healthy`` is true only while every server is reachable.
 
-* :class:`ShardedRedisBroker`: independent servers (no replication between
-  them); a channel's server is chosen by rendezvous hashing of the channel
-  name over the servers' addresses (consistent: adding a server moves only
-  the channels it wins, about ``1/n`` of them; the order of the list does not
-  matter).
-* :class:`RedisClusterBroker`: a Redis Cluster (Redis 7): every key of a
-  channel carries the hash tag ``{channel}`` so it lives in one slot, and
-  pub/sub is sharded (``SSUBSCRIBE``/``SPUBLISH``), so a publication travels
-  only through the master that owns its slot. The slot map is read from the
-  cluster at start and read again when a master fails or answers ``MOVED``.
-
-When the server of a channel is down, calls for that channel raise
-:class:`~hubbub.errors.BrokerUnavailable` (nothing is acknowledged) while the
-other channels keep working; ``healthy`` is true only while every server is
-reachable.
+See ``docs/design.md``, "The Redis broker", and ``docs/scaling.md``
+("Independent shards", "Redis Cluster").
 """
 
 from __future__ import annotations

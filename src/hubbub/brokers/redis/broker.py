@@ -1,82 +1,11 @@
 """The Redis broker: many processes and machines share channels through Redis.
 
-Each process (node) holds **one** pub/sub connection for all its channels and
-a small pool of command connections (``redis.asyncio``). Streams (history,
-offset, epoch), idempotency keys and presence live in Redis, so every node
-sees the same ones.
-
-Data layout
------------
-
-``P`` is the key prefix (default ``"hubbub"``), ``C`` a channel name, ``N``
-the length of ``C`` in characters, ``K`` an idempotency key::
-
-    key / topic              type      content
-    -----------------------  --------  ----------------------------------------------------
-    P.ch.C                   pub/sub   topic: C's encoded publications, joins and leaves
-    P.meta.C                 hash      e: epoch, s: offset of the newest publication;
-                                       TTL meta_ttl, refreshed by every publish
-    P.history.C              list      encoded publications, oldest first, at most
-                                       history_size; TTL history_ttl from the last publish.
-                                       Invariant: it holds offsets s-len+1 .. s
-    P.idem.N.C.K             string    "offset:epoch" of the first publish with key K;
-                                       TTL idempotency_ttl
-    P.presence.data.C        hash      connection id -> encoded ClientInfo
-    P.presence.expire.C      zset      connection id -> expiry time (ms, Redis' clock)
-
 Wire format: :mod:`hubbub.brokers.redis.wire`. Lua scripts: the ``lua/`` files
 (:mod:`hubbub.brokers.redis.scripts`). Pub/sub upkeep: :mod:`hubbub.brokers.redis.pubsub`.
 Publish pipeline: :mod:`hubbub.brokers.redis.pipeline`.
 
-The publish script
-------------------
-
-One ``EVALSHA`` per publication with history or an idempotency key
-(``KEYS``: meta, history, topic[, idempotency key]), in this order, atomically:
-
-1. with an idempotency key: ``GET P.idem...``; if set, return the stored
-   position and stop (nothing stored, nothing published);
-2. ``HGET P.meta.C e``; if the meta key is missing (new stream, expired, or
-   Redis restarted/evicted it): take the fresh random epoch passed by the
-   caller, ``DEL P.history.C`` and ``HSET`` the epoch. A lost stream therefore
-   always gets a new epoch, so recovery answers ``recovered: false``, never a
-   wrong ``true``;
-3. ``HINCRBY P.meta.C s 1`` (the new offset), ``PEXPIRE`` meta (``meta_ttl``);
-4. ``RPUSH`` the encoded publication, ``LTRIM`` to ``history_size``,
-   ``PEXPIRE`` (``history_ttl``);
-5. ``PUBLISH P.ch.C`` the same bytes (``SPUBLISH`` on Redis Cluster);
-6. with an idempotency key: ``SET P.idem... "offset:epoch" PX ttl``;
-7. return ``{offset, epoch, 1}``.
-
-A publication without history and without idempotency key is one plain
-``PUBLISH``.
-
-Redis Cluster
--------------
-
-With ``sharded_pubsub`` (one part of
-:class:`~hubbub.brokers.sharded.RedisClusterBroker`) ``C`` is written with a
-hash tag, ``{C}`` (see :func:`~hubbub.brokers.redis.wire.hash_tagged`), in every key and topic name, so a
-channel's keys and its topic share one slot, and pub/sub is sharded
-(``SSUBSCRIBE``/``SPUBLISH``). ``history`` is one script too (it creates the stream's epoch when
-missing, so a subscriber gets an epoch before the first publication), and so
-are the presence reads and writes (they use Redis' ``TIME``, so the nodes'
-clocks do not matter).
-
-Failures
---------
-
-When Redis cannot be reached every method raises
-:class:`~hubbub.errors.BrokerUnavailable` (short socket timeouts; while the
-pub/sub connection is down, at once) and :attr:`RedisBroker.healthy` is
-``False``. A background task owned by the broker reconnects with exponential
-backoff and jitter (capped at ``reconnect_cap`` seconds), resubscribes every
-channel, then calls ``handler.on_broker_reconnect()`` so the hub compares its
-positions with the streams. Pub/sub delivers at most once: what was published
-while this node was not subscribed is visible to the hub as an offset gap or a
-changed position. ``publish`` returns only after the script stored and
-published the publication; a failed call may or may not have reached Redis,
-but it is never acknowledged.
+See ``docs/design.md``, "The broker contract" and "The Redis broker" (key
+layout, the publish script); topologies and failover: ``docs/scaling.md``.
 """
 
 from __future__ import annotations

@@ -2,14 +2,10 @@
 pipelines, one round trip for everything queued during an event-loop iteration.
 
 Each call queues its command with a callback (:meth:`PublishPipeline.queue`;
-:meth:`PublishPipeline.send` gives a future instead). One writer task sends
-everything queued during an iteration as one pipeline (one write, up to
-:data:`MAX_PIPELINE` commands) on one command connection, reads the replies,
-and calls the callbacks in order, in the iteration the replies were read; the
-next pipeline leaves only after that. So commands reach Redis in the order
-they were queued, a reply means the command ran, and under load one round
-trip carries many publications. A command that got ``NOSCRIPT`` never ran: it
-is sent once more, behind ``SCRIPT LOAD``. See ``docs/design.md``.
+:meth:`PublishPipeline.send` gives a future instead); one writer task sends up
+to :data:`MAX_PIPELINE` commands per pipeline, one pipeline in flight.
+
+See ``docs/design.md``, "The broker contract" (Batches) and "The Redis broker".
 """
 
 from __future__ import annotations

@@ -1,16 +1,12 @@
 """The Redis broker's pub/sub upkeep: one pub/sub connection per node for all
 its channels, kept open (reconnect with backoff, resubscribe, watchdog ping),
 subscriptions brought in line with what the node wants, and messages handed
-to the hub in batches. See ``docs/design.md``.
+to the hub in batches.
 
-Pub/sub messages are handed to the hub in batches, so that what Redis writes
-in pieces (it reads a pipeline 16 KiB at a time) reaches the subscribers as
-one write each. Messages that arrive while this node's own publish pipeline
-is in flight go with its replies (or after :data:`PIPELINE_HOLD`, should
-Redis be slow). Under load (the last hand-off, less than :data:`BUSY_WINDOW`
-seconds ago, carried at least :data:`BUSY_BATCH` messages) others wait up to
-:data:`PUBSUB_HOLD` seconds; otherwise they go in the next loop iteration, so
-a light stream gains no latency. At most :data:`MAX_INBOX` wait.
+The batching constants: :data:`PIPELINE_HOLD`, :data:`BUSY_WINDOW`,
+:data:`BUSY_BATCH`, :data:`PUBSUB_HOLD`, :data:`MAX_INBOX`.
+
+See ``docs/design.md``, "The broker contract" (Batches) and "Tasks and buffers".
 """
 
 from __future__ import annotations

@@ -1,22 +1,12 @@
 """The Redis broker's wire format: names of keys and topics, and the messages on
 a channel's topic and in its history list. Pure functions, no I/O.
 
-A message (``P.ch.C``, and an entry of ``P.history.C``) is::
+The header's fields: ``{"i": info, "r": base64 raw, "t": 1 if text, "b": 1 if
+binary, "x": exclude_client, "g": tags}``; ``info`` is ``{"c": client, "u":
+user, "ci": conn_info, "hi": chan_info}`` with the JSON infos as strings, or
+``"cb"``/``"hb"`` in base64 when they are not UTF-8.
 
-    <type><offset>[@<epoch>]:<header>\\n<data>
-
-``type`` is ``p`` (publication), ``j`` (join) or ``l`` (leave); ``offset`` a
-decimal (``0`` without history); ``epoch`` the stream's epoch, present
-whenever ``offset`` is (so a node never takes a new stream's offsets for the
-old one's: after Redis lost its data, offsets start again from 1);
-``header`` compact JSON without newlines (:mod:`hubbub.strictjson`):
-``{"i": info, "r": base64 raw, "t": 1 if text, "b": 1 if binary, "x": exclude_client, "g": tags}``
-(absent fields are left out; ``info`` is ``{"c": client, "u": user, "ci":
-conn_info, "hi": chan_info}`` with the JSON infos as strings, or ``"cb"``/``"hb"``
-in base64 when they are not UTF-8); ``data`` is the publication's JSON bytes,
-verbatim (empty for join/leave). Joins and leaves go on the channel's topic so
-they keep their order with publications. The key layout is in
-:mod:`hubbub.brokers.redis.broker`.
+See ``docs/design.md``, "The Redis broker" (the message format, the key layout).
 """
 
 from __future__ import annotations
