@@ -1,43 +1,11 @@
 """The operator's dashboard at ``/admin``: a live view of the hub and its cluster.
 
-What it serves (all under ``/admin``, see ``docs/design.md``):
+The session cookie lives :data:`SESSION_TTL` seconds; :data:`LOGIN_FAILURES`
+wrong secrets from one address within :data:`LOGIN_WINDOW` seconds lock it
+out (429); the page's actions are :data:`ACTIONS`. Whether the dashboard is
+on: :attr:`hubbub.config.Config.admin_enabled` (``docs/security.md``).
 
-* ``GET /admin``: the page (``static/admin.html``, ``admin.js``, ``admin.css``);
-  without a session it redirects to ``/admin/login``;
-* ``GET /admin/login`` (a form) and ``POST /admin/login`` (``secret=...``):
-  checks the admin secret and sets a session cookie (``HttpOnly``,
-  ``SameSite=Strict``, signed with a key derived from the secret, expiring
-  after :data:`SESSION_TTL` seconds); ``POST /admin/logout`` clears it.
-  After :data:`LOGIN_FAILURES` wrong secrets from one address within
-  :data:`LOGIN_WINDOW` seconds (login form and ``Authorization: Bearer``
-  alike, each logged without the secret), logins and Bearer requests from it
-  get 429 until the window ends;
-* ``GET /admin/api/stats?since=T``: the nodes, the gone nodes and the samples
-  of the ring buffer newer than ``T`` (unix seconds);
-* ``GET /admin/api/channels?q=TEXT&limit=N``: channels (cluster-wide, through
-  the server API's ``channels``) whose name holds ``TEXT``, most subscribers first;
-* ``POST /admin/api/{method}`` for :data:`ACTIONS` (publish, history,
-  presence, presence_stats, unsubscribe, disconnect, info): the server API
-  method of that name (:meth:`hubbub.api.ServerAPI.call`), with its statuses
-  and reply shapes, authorized by the admin session instead of the API key.
-
-Every ``/admin/api`` request needs the session cookie or
-``Authorization: Bearer <admin secret>``; without it: 401. The API key never
-reaches the page.
-
-When it is on (:attr:`hubbub.config.Config.admin_enabled`): ``admin = true``
-(the default) and either ``admin_secret`` is set, or the hub listens on a
-loopback address, where a random secret is made for the process and logged
-once at start (like Jupyter's token). On any other address without a secret it
-is off.
-
-The data: a :class:`Sampler` asks the server API's ``info`` once a second
-(every live node of the cluster, :mod:`hubbub.cluster`, each with its
-cumulative counters from :meth:`hubbub.stats.Stats.items`), adds this node's
-broker state and round-trip time
-(:meth:`hubbub.brokers.base.Broker.round_trip`), and records one sample per
-second in a :class:`Ring` of 900 (15 minutes). Rates come from differences of
-the cumulative counters between samples, so the hot path does no extra work.
+See ``docs/design.md``, "The operator's dashboard".
 """
 
 from __future__ import annotations

@@ -1,34 +1,10 @@
 """The server HTTP API: ``POST /api/{method}`` with a JSON body.
 
 Request and reply shapes follow Centrifugo's server API (centrifugal.dev
-``docs/server/server_api.md``), so the ``cent`` SDK works unchanged:
+``docs/server/server_api.md``), so the ``cent`` SDK works unchanged.
 
-* the key comes in the ``X-API-Key`` header (or ``Authorization: apikey KEY``);
-  a missing or wrong key gets HTTP 401;
-* a body that is not a JSON object, or a bad field, gets HTTP 400 with the reason;
-* an unknown method gets HTTP 404;
-* a result is ``{"result": {...}}`` with HTTP 200; a command error is
-  ``{"error": {"code": C, "message": "..."}}`` with HTTP 200, as Centrifugo;
-* when the broker is unavailable, publishing gets HTTP 503 (nothing was
-  published).
-
-Methods: publish, broadcast, subscribe, unsubscribe, disconnect, refresh,
-presence, presence_stats, history, history_remove, channels, info, batch.
-Beyond Centrifugo, ``publish`` and ``broadcast`` take ``exclude_client``
-(a connection id that must not receive the publication).
-
-The user-targeted methods (subscribe, unsubscribe, disconnect, refresh) act
-on the user's connections on every node of the cluster (:mod:`hubbub.cluster`):
-here at once, on the other nodes when the control message reaches them (the
-reply does not wait for them). ``channels`` gathers every node's channels
-(waiting up to ``node_request_timeout`` seconds for each; a node that does not
-answer in time is left out), and ``info`` lists every live node.
-
-Parameters are read with :class:`hubbub.validation.Params`, so every invalid
-input is the client's fault: HTTP 400 (:class:`~hubbub.errors.BadRequest`),
-or, inside ``batch`` and per channel of ``broadcast``, an error reply with
-code 107 while the other commands go on. HTTP 500 is only the last resort for
-a bug (logged with its traceback).
+See ``docs/design.md``, "The server API" (statuses and errors) and "The
+cluster" (what reaches the other nodes).
 """
 
 from __future__ import annotations

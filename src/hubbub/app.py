@@ -28,13 +28,11 @@ endpoints (``/connection/websocket``, ``/ws/{channel}``, ``/api/...``,
 Hub hooks, each ``async``:
 
 * ``@app.on_connect``: ``fn(request: ConnectRequest) -> ConnectResult | str | None``,
-  for every client (protocol, relay, and the app's own endpoints, at their
-  handshake: ``request.transport`` is ``"endpoint"``).
-  Return the user (a ``ConnectResult``, or just the user id), ``None`` to keep
-  what the token said, or raise ``Disconnect``/``ProtocolError`` to reject
-  (an endpoint or relay handshake then gets HTTP 401, 403, ...).
-  With this hook, connects without a token reach it even when anonymous
-  clients are not allowed.
+  for every client (``request.transport`` is ``"endpoint"`` for the app's own
+  endpoints). Return the user (a ``ConnectResult``, or just the user id),
+  ``None`` to keep what the token said, or raise ``Disconnect``/``ProtocolError``
+  to reject (a handshake then gets HTTP 401, 403, ...). With this hook,
+  connects without a token reach it even when anonymous clients are not allowed.
 * ``@app.on_subscribe``: ``fn(client, channel, data) -> chan_info | None``; raise
   ``ProtocolError(103)`` to refuse.
 * ``@app.on_publish``: ``fn(client, channel, data) -> data`` (possibly changed);
@@ -42,13 +40,12 @@ Hub hooks, each ``async``:
 * ``@app.rpc("method")``: ``fn(client, data) -> result``; unknown methods get 104.
 * ``@app.on_message``: ``fn(client, data)`` for the ``send`` command.
 
-``client`` is the :class:`~hubbub.core.ClientCore` of the connection, whatever
-its way in (``client.user``, ``client.client_id``, ``client.headers``,
-``client.transport``): the hooks run for protocol and relay clients alike
-(an endpoint's own ``ws.subscribe`` and ``ws.publish`` are the application's
-calls: ``on_subscribe`` and ``on_publish`` are not asked). Errors map to protocol codes:
-``ProtocolError`` becomes an error reply with its code, ``Disconnect`` closes
-the connection, any other exception is logged and answered with error 100.
+``client`` is the connection's :class:`~hubbub.core.ClientCore`, whatever its
+way in (``client.user``, ``client.client_id``, ``client.headers``,
+``client.transport``). ``ProtocolError`` becomes an error reply with its code,
+``Disconnect`` closes the connection, any other exception is logged and
+answered with error 100. Which hooks run for which client: ``docs/design.md``,
+"Choke points: one rule, one place".
 """
 
 from __future__ import annotations

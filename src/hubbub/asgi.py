@@ -1,27 +1,14 @@
 """hubbub as an ASGI application: :class:`ASGIAdapter` serves a
-:class:`~hubbub.server.Server`'s endpoints (framework endpoints, the
-protocol, the relay, streams, the server API, health, metrics) to any ASGI 3
-server (uvicorn, hypercorn, granian) or host application (FastAPI and
-Starlette ``mount``, Django's ASGI router). ``hubbub.App`` is one. The node
-starts with the ASGI lifespan, or at the first request when the host does not
-pass lifespan events to mounted applications (Starlette's ``Mount`` does not).
+:class:`~hubbub.server.Server`'s endpoints to any ASGI 3 server (uvicorn,
+hypercorn, granian) or host application (FastAPI and Starlette ``mount``,
+Django's ASGI router).
 
-Every rule is the same as on hubbub's own server (docs/design.md): sessions
-are the same client-core objects (:mod:`hubbub.core`), and every byte to a
-client (responses, refusals, the accept of an upgrade, messages, close
-frames) goes through the same bounded :class:`~hubbub.writer.Writer` (3008
-for a client that does not read). An ASGI server takes one message per
-``send`` call, so each connection's writer hands its queue to one sender
-task that calls ``send`` in order; pushes are not joined into shared batches
-(:attr:`ASGIFrames.joinable` is false). Measured cost: ``docs/benchmarks.md``
-(ASGI rows).
+The node starts with the ASGI lifespan, or at the first request when the host
+does not pass lifespan events to mounted applications (Starlette's ``Mount``
+does not). Measured cost: ``docs/benchmarks.md`` (ASGI rows).
 
-The exposure rule of ``hubbub serve`` (``Config.check_exposure``) is checked
-for every connection, on the address the ASGI server says it was made to
-(the scope's ``server``): see :meth:`ASGIAdapter.check_exposure`.
-
-Applications inside hubbub (``hubbub.App(http=...)``) are
-:mod:`hubbub.hosting`'s :class:`~hubbub.hosting.HostedApp`.
+See ``docs/design.md``, "Choke points: one rule, one place" (``ASGIConnection``,
+``ASGIStream``, exposure per connection).
 """
 
 from __future__ import annotations

@@ -1,21 +1,12 @@
 """Connection and subscription tokens (JWT), verified with PyJWT.
 
 Claims, as in Centrifugo (centrifugal.dev ``docs/server/authentication.md``
-and ``docs/server/channel_token_auth.md``):
+and ``docs/server/channel_token_auth.md``): a connection token has ``sub``
+(required, may be ``""``), ``exp``, ``info`` and ``channels``; a subscription
+token ``sub`` (the connection's user), ``channel``, ``exp`` and ``info``.
+Keys and algorithms: ``docs/security.md``.
 
-* connection token: ``sub`` (user id, required, may be ``""``), ``exp``
-  (unix seconds), ``info`` (connection info, any JSON), ``channels`` (list of
-  channels to subscribe the connection to on connect);
-* subscription token: ``sub`` (must be the connection's user), ``channel``
-  (must be the channel subscribed to), ``exp``, ``info`` (channel info).
-
-Keys: ``token_hmac_secret`` (HS256/384/512), ``token_rsa_public_key``
-(RS256/384/512), ``token_ecdsa_public_key`` (ES256/384/512), or
-``token_jwks_url`` (keys fetched by ``kid``, cached).
-
-Outcomes: a valid token gives :class:`Claims`; an expired one raises
-:class:`TokenExpired`; anything else raises :class:`InvalidToken`. The token
-itself never appears in an error message or a log line.
+See ``docs/design.md``, "The exception tree" (``TokenExpired``, ``InvalidToken``).
 """
 
 from __future__ import annotations

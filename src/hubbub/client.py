@@ -1,21 +1,16 @@
 """hubbub's own clients, used by ``hubbub consume`` and ``hubbub produce`` (and
 handy in scripts and tests).
 
-A hub serves two WebSocket endpoints, and :func:`endpoint` tells them apart
-by the URL's path:
+:func:`endpoint` tells the two WebSocket endpoints apart by the URL's path,
+under a mount prefix too: the protocol (``ws://host:port`` or
+``.../connection/websocket``: :class:`Client`, JSON protocol v2 over
+``websockets``; replies matched by id, server pings answered, publications
+queued, bounded, for :meth:`Client.publications`) and the relay
+(``.../ws/{channel}``: :class:`RelayClient`, raw messages, no
+acknowledgements). A refused handshake raises :class:`ClientError` naming the
+HTTP status, with a hint.
 
-* **protocol**, ``ws://host:port`` or ``ws://host:port/connection/websocket``:
-  :class:`Client` speaks JSON protocol v2 over ``websockets``' asyncio client:
-  commands are sent with increasing ids and matched to replies; server pings
-  (``{}``) are answered; publications are queued (bounded) for
-  :meth:`Client.publications`.
-* **relay**, ``ws://host:port/ws/{channel}``: :class:`RelayClient` sends and
-  receives raw messages; each message sent is one publication, each
-  publication arrives as one message. There are no acknowledgements.
-
-Both accept the same paths under a mount prefix (``/rt/connection/websocket``,
-``/rt/ws/{channel}``). A refused handshake raises :class:`ClientError` naming
-the HTTP status, with a hint.
+See ``docs/design.md``, "Layers" (command line).
 """
 
 from __future__ import annotations

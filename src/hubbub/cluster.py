@@ -1,45 +1,12 @@
 """One cluster, not a set of strangers: the control channel between nodes.
 
-Every node (a ``hubbub serve`` process, or one worker of ``--workers``) that
-shares a broker joins one cluster. The nodes talk over two reserved internal
-channels of that broker, through its ordinary public contract (``subscribe``
-and ``publish`` without history):
+Every node that shares a broker joins one cluster and talks to the others over
+reserved internal channels (:data:`CONTROL_CHANNEL`, and
+``NODE_CHANNEL_PREFIX + uid`` per node) through the broker's ordinary
+contract.
 
-* :data:`CONTROL_CHANNEL`, which every node subscribes to: heartbeats,
-  departures, broadcast commands and surveys;
-* ``NODE_CHANNEL_PREFIX + uid``, which only node ``uid`` subscribes to:
-  requests sent to that node and replies to its requests.
-
-Their names start with a control character, which no channel name given by a
-client, the server API or an application may hold
-(:func:`hubbub.validation.channel_name`), so no client can publish into them
-or subscribe to them; they have no history, so nothing of them is stored.
-The hub hands their publications to this module instead of subscribers
-(``Hub.internal``); they are not counted as channels anywhere.
-
-Each message is one JSON object, the publication's ``data``::
-
-    {"type": "node", "from": UID, "info": SNAPSHOT}          heartbeat (every node_info_interval s)
-    {"type": "bye", "from": UID}                             the node shuts down cleanly
-    {"type": "request", "from": UID, "kind": K, "payload": P [, "id": RID]}
-    {"type": "reply", "from": UID, "id": RID, "result": R}   or "error": "message"
-
-A request without ``id`` wants no reply (a broadcast). ``SNAPSHOT`` is
-:func:`node_info`'s object. Anyone who can publish into the broker can send
-control messages: the broker is trusted, as it is for publications.
-
-Liveness: a node is listed (``info``, surveys) from its first heartbeat until
-``node_timeout`` seconds pass without one, or until its ``bye``.
-
-Built-in request kinds: ``user`` (the server API's subscribe, unsubscribe,
-disconnect and refresh, applied to the receiving node's sessions of a user,
-in the order the commands were published) and ``channels`` (a node's channels
-and their local subscriber counts). Other features add their own with
-:meth:`Cluster.register` and reach a node with :meth:`Cluster.send` (e.g. an
-HTTP-emulation request forwarded to the node holding its session).
-
-With the memory broker (one process) the node only hears itself: it ignores
-its own messages, its cluster is itself, and every method acts locally.
+See ``docs/design.md``, "The cluster" (messages, liveness, user commands,
+surveys, ``send``/``register``).
 """
 
 from __future__ import annotations

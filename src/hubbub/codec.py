@@ -1,28 +1,11 @@
 """The codec seam: how the Centrifugo protocol's messages become bytes.
 
-A :class:`Codec` turns incoming messages into commands and replies and pushes
-into message payloads. The protocol session (:mod:`hubbub.session`) speaks
-only in commands (``{"id": N, "<method>": {...}}`` as Python values) and
-reply objects, so a new codec (Protobuf, per the Protobuf issue) is one new
-class here, and every rule of the client core applies to it unchanged.
-
-:class:`ProtocolWire` is the hub's :class:`~hubbub.hub.Wire` for protocol
-clients of one codec and one framing: a publication's push is encoded once
-per codec (and framing), whatever the number of subscribers (DESIGN rule 1,
-``docs/design.md``).
-
 JSON (centrifugal.dev ``docs/transports/client_protocol.md``): one WebSocket
 text message carries one or more commands (or replies), separated by ``\\n``;
-``data`` and ``info`` are embedded JSON values.
+``data`` and ``info`` are embedded JSON values. Protobuf is
+:mod:`hubbub.protobuf_codec`.
 
-Protobuf: :class:`~hubbub.protobuf_codec.ProtobufCodec` (binary messages of
-varint-length-delimited ``Command``/``Reply``; its module docstring says what
-JSON and Protobuf subscribers of one channel receive from each other).
-
-:func:`negotiate` picks a connection's codec at the handshake: the
-``centrifuge-protobuf`` or ``centrifuge-json`` WebSocket subprotocol (what the
-SDKs send), or ``?format=`` / ``?cf_protocol=`` (``json`` or ``protobuf``);
-JSON without any of them.
+See ``docs/design.md``, "The codec seam (codec.py, formats.py)".
 """
 
 from __future__ import annotations

@@ -1,35 +1,13 @@
 """Settings of a hub, channel namespaces, and where settings come from.
 
-A :class:`Config` holds every setting of ``hubbub serve``. Sources, from
-lowest to highest precedence:
+A :class:`Config` holds every setting of ``hubbub serve``, from the defaults
+below, a TOML file, ``HUBBUB_<SETTING>`` environment variables (lists are
+comma-separated) and command-line flags, in that order of precedence
+(``README.md``, "Channels, history and presence"; ``docs/security.md``,
+"Settings"). In a file, ``[channels]`` holds the default namespace's options
+(channels without ``:``) and ``[namespaces.NAME]`` those of ``NAME:...``.
 
-1. the defaults below;
-2. a TOML file (``hubbub serve --config FILE``);
-3. environment variables ``HUBBUB_<SETTING>`` (upper-case name, e.g.
-   ``HUBBUB_API_KEY``, ``HUBBUB_PORT``; lists are comma-separated);
-4. command-line flags.
-
-Example file::
-
-    host = "127.0.0.1"
-    port = 8000
-    api_key = "change-me"
-    token_hmac_secret = "change-me-too"
-
-    [channels]            # options of the default namespace (no ``:`` in the name)
-    history_size = 0
-
-    [namespaces.chat]     # channels named ``chat:...``
-    history_size = 100
-    history_ttl = 300
-    presence = true
-    join_leave = true
-    force_recovery = true
-
-A channel ``chat:room1`` is channel ``room1`` of namespace ``chat``; a channel
-without ``:`` is in the default namespace. A channel in a namespace that is not
-configured is unknown (error 102). ``hubbub check-config FILE`` validates a
-file and names every unknown or invalid key with its line.
+See ``docs/design.md``, "Layers" (base) and "Choke points" (exposure).
 """
 
 from __future__ import annotations

@@ -1,28 +1,12 @@
 """One TCP connection: HTTP (h11) or WebSocket (websockets' sans-I/O core).
 
-The connection is an :class:`asyncio.Protocol`. It holds the first request
-until its head is complete. A WebSocket upgrade goes whole to
-:class:`websockets.server.ServerProtocol`, which parses and answers the
-handshake and then does framing, close handling and size limits; plain HTTP
-goes to h11. Before ``101``, the session decides whether the client may
-connect at all (its ``handshake_nowait`` / ``handshake``: tokens and
-permissions of the client core), so a refusal is an HTTP status. Decoded
-messages go to the session through a bounded inbox; output goes through the
-connection's :class:`~hubbub.writer.Writer`, the one bounded queue of
-everything sent (see :mod:`hubbub.writer` for the write path).
+The connection is an :class:`asyncio.Protocol`: a WebSocket upgrade goes whole
+to :class:`websockets.server.ServerProtocol`, plain HTTP to h11. It knows its
+server only through the :class:`Host` interface.
 
-Reading is paused while the inbox holds :data:`MAX_INBOX` messages, so a
-client that sends faster than it is served is slowed down, not buffered:
-input is parsed :data:`WS_SLICE` bytes at a time, and what is left of a
-read when the inbox fills is held raw until it has room.
-Reading is also paused while a request's handler or a handshake's decision
-is awaited: what the client sends meanwhile stays in its socket, and the
-connection holds at most the rest of the read that completed the request
-(one transport read: 256 KiB with asyncio, as much with uvloop). Pipelined requests
-in it are served in order once the pending one is answered
-(:attr:`Connection.buffered` tells what is held).
-
-The connection knows its server only through the :class:`Host` interface.
+See ``docs/design.md``, "The write path" (3: the input bound, :data:`MAX_INBOX`,
+:data:`WS_SLICE`, :attr:`Connection.buffered`) and "Choke points" (the transport
+contract).
 """
 
 from __future__ import annotations

@@ -1,31 +1,11 @@
 """The client core: every rule about a client, in one place.
 
-Every way a client comes in (the Centrifugo protocol over any transport or
-codec, the relay at ``/ws/{channel}``, framework endpoints) is a subclass of
-:class:`ClientCore`. The subclasses do I/O and wire formats only; what a
-client may do is decided here, once:
+Every way a client comes in is a subclass of :class:`ClientCore` that does I/O
+and wire formats only. Codes: centrifugal.dev ``docs/server/codes.md``. The
+core holds no sockets: output goes to an :class:`~hubbub.outbox.Outbox`, time
+comes from the :class:`ClientContext`'s clocks (injectable in tests).
 
-* **Authentication** (:meth:`ClientCore.authenticate`): a connection token
-  (JWT, :mod:`hubbub.auth`), the ``on_connect`` hook, anonymous access
-  (``allow_anonymous``), the per-user connection limit (3504).
-* **Channel permissions** (:meth:`ClientCore.authorize_subscribe` and the
-  checks of publish, history and presence): valid name (107), known namespace
-  (102), anonymous clients only where the namespace allows them (103),
-  ``allow_*_for_client`` (103), subscription tokens for
-  ``require_subscription_token`` namespaces (103, 109), the ``on_subscribe``
-  and ``on_publish`` hooks.
-* **Limits**: ``client_channel_limit`` (106, or 3505 for server-side
-  subscriptions; 0 means no limit) and ``client_command_rate`` (111, then
-  3013 for a sustained flood, :class:`CommandRate`).
-* **Validation**: names and parameters through :mod:`hubbub.validation`,
-  data through :mod:`hubbub.strictjson`.
-
-Refusals are :class:`~hubbub.errors.ProtocolError` (an error reply, or an
-HTTP status at a handshake) or :class:`~hubbub.errors.Disconnect` (a close
-code). Codes: centrifugal.dev ``docs/server/codes.md``.
-
-The core holds no sockets: output goes to an :class:`~hubbub.outbox.Outbox`,
-time comes from the :class:`ClientContext`'s clocks (injectable in tests).
+See ``docs/design.md``, "Choke points: one rule, one place".
 """
 
 from __future__ import annotations

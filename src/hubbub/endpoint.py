@@ -37,36 +37,10 @@ ends with the connection.
 set per path pattern) and :func:`broadcast` sends one message to many
 connections, framing it once.
 
-The :class:`WebSocket` is a client of the hub like any other
-(:class:`~hubbub.core.ClientCore`, the same rules as the relay and the
-protocol), decided at the handshake, before ``101``:
-
-* **authentication**: a connection token (``?token=JWT`` or ``Authorization:
-  Bearer JWT``) is verified and sets :attr:`WebSocket.user`; the App's
-  ``on_connect`` hook runs (``ConnectRequest.transport`` is ``"endpoint"``).
-  A missing, invalid or expired token gets HTTP 401.
-* **anonymous clients** (no token) are accepted where the hub accepts them
-  (``allow_anonymous``; when unset, only on a loopback address with no token
-  key configured), unless the endpoint says otherwise: ``anonymous=True``
-  (``@app.websocket(path, anonymous=True)``, or a class attribute
-  ``anonymous = True`` on an endpoint class) accepts them even when the hub
-  requires tokens, ``anonymous=False`` refuses them even when it does not.
-  An anonymous client's user is ``""``.
-* **connections per user**: ``client_user_connection_limit`` counts endpoint
-  connections with every other of the user's (HTTP 429 over it).
-* **expiry**: a token's ``exp`` closes the connection with 3005 when it
-  passes, unless the handler took a new token with :meth:`WebSocket.refresh
-  <hubbub.core.ClientCore.refresh>` (or the server API's ``refresh`` did).
-* **registration**: the connection counts in ``hub.clients`` and, with a
-  user, the server API's ``disconnect``, ``unsubscribe``, ``subscribe`` and
-  ``refresh`` for that user reach it.
-* **command rate**: each message received counts as one command against
-  ``client_command_rate``; a message over it closes the connection with 3013.
-
-The channels it subscribes to count against ``client_channel_limit``, and
-names are validated the same way. Its ``subscribe`` and ``publish`` are the
-application's own calls, so namespace permissions meant for clients
-(``allow_subscribe_for_client``, ...) do not apply to them.
+A :class:`WebSocket` is a client of the hub like any other, decided at the
+handshake, before ``101`` (tokens, ``anonymous=True/False``, limits, expiry,
+command rate): ``docs/security.md``, "One set of rules for every way in", and
+``docs/design.md``, "Choke points: one rule, one place".
 """
 
 from __future__ import annotations

@@ -1,29 +1,7 @@
-"""hubbub's exception tree.
+"""hubbub's exception tree: everything hubbub raises on purpose derives from
+:class:`HubbubError`.
 
-::
-
-    HubbubError
-    ├── ConfigError            invalid settings; raised before serving
-    │   └── RouteCollision     two routes would match the same paths
-    ├── ProtocolError          a client command failed: becomes an error reply
-    │   │                      ``{"error": {"code", "message", "temporary"}}``
-    │   └── BadRequest         an invalid name or parameter: code 107, and HTTP
-    │                          400 in the server API (hubbub.validation)
-    ├── Disconnect             the connection must close with ``code``/``reason``
-    ├── TokenError             a token was refused (never leaves the client core,
-    │   │                      which turns it into 109 or 3500)
-    │   ├── TokenExpired       its ``exp`` has passed
-    │   └── InvalidToken       malformed, badly signed, or a claim missing
-    ├── BrokerError            the broker backend failed (temporary: retry)
-    │   └── BrokerUnavailable  the backend is unreachable right now
-    ├── ClusterError           a request to another node failed (hubbub.cluster)
-    │   ├── NodeUnavailable    no answer within the timeout
-    │   └── RemoteError        the other node's handler failed
-    └── ClientError            raised by hubbub's own clients (consume/produce)
-        ├── ReplyError         the server answered a command with an error
-        └── EndpointError      a ws:// URL that names no hubbub endpoint
-
-Everything hubbub raises on purpose derives from :class:`HubbubError`.
+See ``docs/design.md``, "The exception tree" (the tree, and what each class means).
 """
 
 from __future__ import annotations

@@ -1,30 +1,11 @@
 """A channel as a plain event stream (``GET /sse/{channel}``), sans-I/O.
 
 Any Server-Sent Events consumer (a browser's ``EventSource``, ``curl -N``)
-receives a channel's publications, one event each, with no SDK and no
-protocol: the event's ``data`` is the publication's JSON ``data``.
+receives a channel's publications, one event each: the event's ``data`` is the
+publication's JSON ``data``, and with history its id is ``<epoch>:<offset>``.
 
-Event ids and resuming (namespaces with history): each publication's event
-id is ``<epoch>:<offset>`` (the channel stream's epoch and the publication's
-offset). A reconnecting ``EventSource`` sends the last id it saw in the
-``Last-Event-ID`` header (``curl`` users send the header themselves, or the
-``?last_event_id=`` parameter, as some EventSource polyfills do); the
-stream then starts with the publications missed since that position, read
-from history, without a gap or a duplicate. When they are gone (history
-expired or trimmed, or another epoch: the stream was lost, e.g. a Redis
-restart without persistence), the stream starts with one ``unrecoverable``
-event (``data: {"epoch": E, "offset": N}``, the stream's current top) and
-goes on live. Without history there are no ids and nothing to resume.
-
-Other events: ``disconnect`` (``data: {"code": C, "reason": "..."}``) just
-before the server ends the stream (3001 shutdown, 3008 slow, 3010 a gap
-this node saw; ``EventSource`` reconnects and resumes); a comment line
-(``:``) at every ping interval keeps proxies from closing an idle stream.
-
-Authentication and permissions are the relay's (:mod:`hubbub.relay`), before
-anything is streamed: ``?token=`` or ``Authorization: Bearer``, ``?sub_token=``
-for namespaces that require one; refusals are 401, 403, 404 (unknown
-namespace) and 400 (invalid channel name).
+See ``docs/design.md``, "Streaming transports" (channel event streams); its
+authentication: ``docs/security.md``.
 """
 
 from __future__ import annotations

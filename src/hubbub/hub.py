@@ -1,22 +1,11 @@
 """The hub: channels, their local subscribers, and fan-out.
 
-The hub sits between the sessions of one node (protocol clients, relay
-clients, framework endpoints) and the broker. It never touches sockets: a
-subscriber is a ``deliver(frame)`` callable and a :class:`Wire` that says how
-to encode a push for it.
+The hub sits between the sessions of one node and the broker. It never touches
+sockets: a subscriber is a ``deliver(frame)`` callable and a :class:`Wire` that
+says how to encode a push for it.
 
-Fan-out follows the write path of docs/design.md: for each publication, each wire
-encodes the push **once**. The first publication of a channel in an event-loop
-iteration is queued to every subscriber of the wire as a shared
-:class:`~hubbub.outbox.FrameBatch`; later ones in the same iteration are
-appended to that batch, so a burst costs one queue operation per subscriber per
-iteration. ``deliver`` only queues (the connection writes its queue once per
-iteration). No task and no ``await`` per subscriber.
-
-A batch is closed (a new one starts) whenever the channel's membership
-changes, a publication must skip some subscribers (exclude-sender, recovery),
-or a join/leave goes out, so every subscriber sees the channel's pushes in
-order and nothing it was not subscribed for.
+See ``docs/design.md``, "The write path" (1 and 2: encode once, shared
+:class:`~hubbub.outbox.FrameBatch` per iteration) and "Layers" (hub).
 """
 
 from __future__ import annotations

@@ -1,47 +1,10 @@
 """A listening TCP socket whose accept loop hubbub owns: :class:`Listener`.
 
-Why it exists: ``loop.create_server`` spins at the file-descriptor limit.
-CPython 3.11's ``BaseSelectorEventLoop._accept_connection``
-(``Lib/asyncio/selector_events.py``) calls ``accept()`` up to ``backlog``
-times per wake-up. On EMFILE/ENFILE/ENOBUFS/ENOMEM it logs "socket.accept()
-out of system resource" with a traceback, removes the reader and schedules
-``_start_serving`` 1 s later, but it does not leave the loop: it goes on for
-all ``backlog`` iterations (4096 for hubbub), logging and scheduling one more
-retry timer each time. Every timer re-adds the reader and starts the same
-loop again. With ``RLIMIT_NOFILE`` 2048 and a connection flood a server took
-both cores, wrote ~680,000 log lines in 10 s, its /health stopped answering
-and a client's round trip went from 2 ms to 2 s.
+It replaces CPython 3.11's ``BaseSelectorEventLoop._accept_connection``
+(``Lib/asyncio/selector_events.py``), which spins at the file-descriptor limit.
+It imports nothing from hubbub (nor websockets or h11).
 
-The rules this module keeps:
-
-1. One wake-up of the listening socket accepts at most :data:`ACCEPT_BATCH`
-   connections, so a connection flood cannot starve the event loop.
-2. On EMFILE, ENFILE, ENOBUFS or ENOMEM the accept loop stops at once: the
-   reader is removed and accepting resumes when :meth:`Listener.resume` is
-   called (the server calls it whenever a connection closes, that is when a
-   descriptor frees up) or when the back-off timer fires (:data:`BACKOFF_INITIAL`,
-   doubling up to :data:`BACKOFF_MAX`; reset by a successful accept). There is
-   at most one timer. While paused the kernel keeps completing handshakes
-   into the listen backlog: the waiting connections are not lost.
-3. Such a refusal is logged as ONE warning line without a traceback, at most
-   once per :data:`LOG_INTERVAL`, with the number of refusals since the last
-   line. Other failures (an unexpected ``accept()`` errno, a failed transport
-   set-up) are rate-limited the same way, with a traceback.
-4. ECONNABORTED, EINTR and the per-connection network errors listed in
-   accept(2) skip that connection; EAGAIN ends the wake-up. Any other
-   ``accept()`` error pauses like rule 2, so no error can make the loop spin.
-5. Accepted sockets are made non-blocking and handed to asyncio with the
-   public ``loop.connect_accepted_socket`` coroutine, in a task owned by the
-   listener. asyncio itself runs one task per accepted connection too; no
-   public API builds a transport without a coroutine, and stepping the
-   coroutine by hand instead of in a task measured ~2 us of ~20 us per
-   connection saved, for a copy of Task without its cancellation.
-   :meth:`Listener.close` cancels the tasks still pending and the timer; a
-   socket no transport has taken is closed by the listener.
-
-This module is part of the transport layer: it imports nothing from hubbub
-(nor websockets or h11), and it needs an event loop with ``add_reader`` (the
-selector loops, uvloop; not the Windows proactor loop).
+See ``docs/design.md``, "The accept loop".
 """
 
 from __future__ import annotations

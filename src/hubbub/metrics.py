@@ -1,12 +1,8 @@
 """Counters of a node and their Prometheus exposition at ``GET /metrics``.
 
-The hot path only adds to plain integers in :class:`Stats` (once per flush,
-per received message, per command); ``prometheus-client`` reads them at scrape
-time through a custom collector, so metrics cost nothing per delivery.
-
-Every worker exposes the same metric names with a ``worker`` label.
-
-Metrics (all prefixed ``hubbub_``):
+The hot path only adds to plain integers in :class:`Stats`; a custom collector
+reads them at scrape time, so metrics cost nothing per delivery. Every worker
+exposes the same names with a ``worker`` label. Metrics (all prefixed ``hubbub_``):
 
 =====================================  ===========================================
 connections{kind}                       open WebSocket connections (protocol, relay, endpoint)
@@ -26,6 +22,8 @@ broker_publish_round_trips_total        the pipelines that carried them (ratio: 
 pending_output_bytes                    output queued in user space and transports
 slow_disconnects_total                  connections closed with 3008
 =====================================  ===========================================
+
+See ``docs/design.md``, "Layers" (transports).
 """
 
 from __future__ import annotations

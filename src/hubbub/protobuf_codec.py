@@ -1,46 +1,11 @@
 """The protocol's Protobuf format: :class:`ProtobufCodec`.
 
-Wire format (centrifugal.dev ``docs/transports/client_protocol.md``,
-schema ``src/hubbub/proto/client.proto``, field numbers as in
-centrifugal/protocol ``client.proto``): a binary WebSocket message carries
-one or more ``Command`` messages (client to server) or ``Reply`` messages
-(server to client), each preceded by its length as a Protobuf varint. An empty
-``Reply`` (the byte ``0x00``) is the server's ping, an empty ``Command`` the
-client's pong.
+Wire format: centrifugal.dev ``docs/transports/client_protocol.md``; schema
+``src/hubbub/proto/client.proto``, field numbers as in centrifugal/protocol
+``client.proto``. What JSON and Protobuf subscribers of one channel receive
+from each other: ``docs/protobuf.md``.
 
-Decoding yields the same command dicts as :class:`~hubbub.codec.JSONCodec`
-(``{"id": N, "<method>": {...}}``; fields at their default value are absent,
-as Protobuf does not send them), so the session and the client core are the
-same for both formats. ``data`` fields are raw bytes on this wire:
-
-* ``publish.data`` stays ``bytes`` and becomes the publication as
-  :func:`publication_from_bytes` says;
-* every other ``data`` (``connect``, ``subscribe``, ``rpc``, ``send``) reaches
-  the application's hooks as its JSON value when the bytes are strict JSON,
-  and as ``bytes`` otherwise, so an App's hooks work for both formats.
-
-Replies take the same result dicts as JSON. A ``bytes`` value of a bytes field
-(``data``, ``conn_info``, ``chan_info``) is sent as it is; any other value is
-sent as its JSON encoding. Result keys the schema does not have are left out.
-
-JSON and Protobuf clients share channels. Publications are stored as JSON
-(:class:`~hubbub.brokers.base.Publication`), and the rules are:
-
-* **JSON publication to a Protobuf subscriber**: ``data`` holds the
-  publication's JSON bytes as they are (``{"n":1}`` arrives as those 7 bytes).
-* **Protobuf publication of strict JSON** (UTF-8, RFC 8259, no NaN, depth
-  limit of :mod:`hubbub.strictjson`): stored as those bytes, unchanged; JSON
-  subscribers receive it as an embedded JSON value, Protobuf subscribers the
-  same bytes.
-* **Protobuf publication that is not JSON** (any other bytes): stored as a
-  binary publication, as the server API's ``b64data`` and the relay's binary
-  messages are. Protobuf subscribers and relay clients receive the bytes
-  exactly; JSON subscribers receive a JSON string holding them in standard
-  base64 (Centrifugo leaves binary data to Protobuf clients and documents that
-  JSON clients cannot carry it; hubbub gives them a lossless form instead of a
-  broken frame). History and recovery follow the same rules.
-* Relay text that is not JSON reaches Protobuf subscribers as the text's
-  UTF-8 bytes.
+See ``docs/design.md``, "The codec seam (codec.py, formats.py)".
 """
 
 from __future__ import annotations

@@ -1,33 +1,13 @@
 """The plain relay at ``/ws/{channel}``, as a sans-I/O session.
 
-Every text or binary message a relay client sends is published to
-``{channel}``; every publication in ``{channel}`` reaches every relay client
-of that channel (the sender too, unless it connected with ``?echo=false``) as
-one WebSocket message:
+Every message a relay client sends is published to ``{channel}``, and every
+publication reaches each relay client of the channel (the sender too, unless
+``?echo=false``) as one WebSocket message: a relay message as it was sent (text
+stays text, binary stays binary), any other publication as its JSON ``data`` in
+a text message. What protocol subscribers see: ``docs/protobuf.md``;
+authentication and refusals: ``docs/security.md``.
 
-* a relay message arrives as it was sent: text stays text, binary stays binary;
-* a publication from a protocol client or the HTTP API arrives as its JSON
-  ``data``, in a text message.
-
-Protocol subscribers of the same channel see relay text as its JSON value when
-it is valid JSON and as a JSON string otherwise; binary messages reach them as
-a JSON string holding the bytes in base64.
-
-A relay client is a client like any other (:class:`~hubbub.core.ClientCore`):
-the same rules decide what it may do, at the handshake, before ``101``:
-
-* **connection token**: ``?token=JWT`` or ``Authorization: Bearer JWT``.
-  Required when anonymous clients are not allowed (hub-wide, or in the
-  channel's namespace).
-* **subscription token**: ``?sub_token=JWT`` for a namespace with
-  ``require_subscription_token``.
-* **permissions**: ``allow_subscribe_for_client`` to connect,
-  ``allow_publish_for_client`` to send (else 3507 on the first message);
-  ``client_command_rate`` limits the messages it sends (3013).
-
-Refusals are HTTP statuses (:data:`REFUSAL_STATUS`): 401 for a missing,
-invalid or expired connection token, 403 for a permission refused, 404 for an
-unknown namespace, 400 for an invalid channel name.
+See ``docs/design.md``, "Choke points: one rule, one place" (``RelaySession``).
 """
 
 from __future__ import annotations

@@ -1,18 +1,10 @@
 """The server: one asyncio listener on one port for WebSocket and HTTP.
 
-Routes:
+Its routes are the README's "What runs where", plus those added with
+:meth:`Server.add_http` and :meth:`Server.add_websocket`.
 
-* ``/connection/websocket``: the Centrifugo client protocol (:mod:`hubbub.session`);
-* ``/ws/{channel}``: the relay (:mod:`hubbub.relay`), ``?echo=false`` to skip
-  one's own messages;
-* ``GET /health``: ``{"status": "ok", ...}`` (503 while the broker is down);
-* ``/admin``: the operator's dashboard (:mod:`hubbub.admin`, see ``Config.admin_enabled``);
-* plus whatever HTTP and WebSocket routes are added with :meth:`Server.add_http`
-  and :meth:`Server.add_websocket`.
-
-Periodic work runs from shared timers: one ping timer for every WebSocket
-connection (and one pong check ``pong_timeout`` later), one housekeeping
-sweep for handshakes and protocol clients that never send ``connect``.
+See ``docs/design.md``, "The write path" (4: shared timers) and "Choke points"
+(the sweep, the origin check).
 """
 
 from __future__ import annotations

@@ -1,29 +1,13 @@
 """The Centrifugo client protocol as a sans-I/O session, over any codec.
 
-One :class:`ClientSession` per connection on ``/connection/websocket``. It
-takes each incoming message (:meth:`ClientSession.handle_message`), decodes
-the commands in it with its :class:`~hubbub.codec.Codec`, runs each through
-the client core (:class:`~hubbub.core.ClientCore`, where every permission
-and limit is checked), and queues the replies on its
-:class:`~hubbub.outbox.Outbox`, several per message.
-
 Wire format (centrifugal/protocol ``client.proto``; centrifugal.dev
-``docs/transports/client_protocol.md``):
+``docs/transports/client_protocol.md``): a command is ``{"id": N, "<method>":
+{...}}`` (``send`` has no id and no reply), a reply ``{"id": N, "<method>":
+{...}}`` or ``{"id": N, "error": {...}}``, a push has no id; the server's ping
+is ``{}``, and a client told ``"pong": true`` answers ``{}``.
 
-* command: ``{"id": N, "<method>": {...}}``; ``send`` has no id and no reply;
-  an empty command ``{}`` is a pong.
-* reply: ``{"id": N, "<method>": {...}}`` or ``{"id": N, "error": {...}}``.
-* push (no id): ``{"push": {"channel": "c", "pub": {...}}}``, and ``join``,
-  ``leave``, ``unsubscribe``, ``subscribe``.
-* ping: the server sends ``{}``; a client told ``"pong": true`` in the connect
-  reply answers ``{}``.
-
-Rules of the session itself: a message that is not a sequence of commands,
-an unknown command shape, any command before ``connect`` and a second
-``connect`` close the connection with 3501; errors of single commands are
-error replies. Replies are flushed to the outbox at the end of each message,
-and sooner once they pass :data:`REPLY_FLUSH_BYTES`, so the connection's
-output bound (3008) holds for replies as for pushes.
+See ``docs/design.md``, "Choke points" (``ClientSession``) and "The write path"
+(3: replies flushed every :data:`REPLY_FLUSH_BYTES`).
 """
 
 from __future__ import annotations

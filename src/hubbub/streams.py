@@ -1,37 +1,9 @@
 """The streaming HTTP endpoints: emulated and one-way protocol clients, channel event streams.
 
-Each handler answers a request with a long response whose body is written by
-the connection's one bounded :class:`~hubbub.writer.Writer`
-(``begin_stream``), framed by :mod:`hubbub.framing`; ``/emulation`` is
-:mod:`hubbub.emulation`. See ``docs/design.md``, "Streaming transports".
+The endpoints and their paths (settings; ``""`` turns one off): ``README.md``,
+"What runs where".
 
-Endpoints (paths are settings; ``""`` turns one off):
-
-* ``POST /connection/http_stream``: centrifuge-js ``http_stream``; the body
-  holds the first commands; replies and pushes stream back newline-delimited
-  (JSON) or varint-delimited (``Content-Type: application/octet-stream``,
-  with the Protobuf codec);
-* ``GET /connection/sse?cf_connect=...`` (or a POST body): centrifuge-js
-  ``sse``; one SSE event per message;
-* ``POST /emulation``: later commands of both, ``{"session", "node",
-  "data"}``; 204, or 404 for an unknown session or node;
-* ``/connection/uni_websocket``: one-way WebSocket, the first message is the
-  connect object;
-* ``GET /connection/uni_sse?cf_connect=...`` (none: ``{}``) or ``POST``:
-  one-way SSE;
-* ``POST /connection/uni_http_stream``: one-way, newline-delimited JSON;
-* ``GET /sse/{channel}``: a channel as plain SSE (:mod:`hubbub.eventstream`).
-
-Bad input is refused before anything streams, with a JSON ``{"error": ...}``:
-400 (a malformed connect object or ``/emulation`` body or id, no
-``cf_connect`` or no body), 405 (wrong method), 406 (``Accept`` without
-``text/event-stream``), 413 (a body or ``data`` over ``max_message_size``),
-401/403/404/429 (authentication, permissions and limits of one-way clients
-and channel streams, as the relay's), 503 (a connect that hooks or key
-lookups did not decide within ``connect_timeout``). The emulated transports
-are the protocol's own: once the stream is open, a malformed command is a
-``disconnect`` push (3501), and a client that does not connect within
-``connect_timeout`` gets a ``disconnect`` push 3502, as on a WebSocket.
+See ``docs/design.md``, "Streaming transports".
 """
 
 from __future__ import annotations

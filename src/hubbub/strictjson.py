@@ -1,22 +1,14 @@
 """Strict JSON: the one place where hubbub encodes and decodes JSON.
 
-Rules (RFC 8259, and what every client's parser accepts):
+RFC 8259 as every client's parser accepts it: no NaN or Infinity (refused both
+ways); nesting bounded (:func:`loads`: :data:`MAX_DEPTH`, :func:`dumps`: the
+recursion limit); output valid UTF-8 (:func:`dumps` refuses lone surrogates,
+which :func:`loads` accepts and :mod:`hubbub.validation` refuses where it
+matters), compact, not ASCII-escaped. :func:`loads` and :func:`dumps` raise
+:class:`ValueError`; :func:`encode_data` raises
+:class:`~hubbub.errors.BadRequest` (107).
 
-* **No NaN or Infinity.** Python's ``json`` writes ``NaN`` and reads it back;
-  no browser or SDK can parse it. :func:`dumps` raises on them and
-  :func:`loads` refuses them.
-* **Nesting is bounded.** :func:`loads` refuses documents that nest arrays
-  and objects deeper than :data:`MAX_DEPTH`; :func:`dumps` refuses values
-  nested beyond the interpreter's recursion limit.
-* **Output is valid UTF-8.** A lone surrogate (``"\\ud800"``) is valid JSON
-  text but cannot be encoded as UTF-8, so :func:`dumps` refuses values that
-  hold one. :func:`loads` accepts it (it is grammatical JSON); the validators
-  of :mod:`hubbub.validation` refuse it where it matters (channel names).
-* Output is compact (``separators=(",", ":")``) UTF-8, not ASCII-escaped.
-
-Errors: :func:`loads` and :func:`dumps` raise :class:`ValueError` (with a
-reason); :func:`encode_data` raises :class:`~hubbub.errors.BadRequest`
-(code 107), for values that come from clients or applications.
+See ``docs/design.md``, "Choke points" (JSON).
 """
 
 from __future__ import annotations

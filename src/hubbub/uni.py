@@ -1,31 +1,11 @@
 """Sessions of the protocol over one-way and emulated transports (sans-I/O).
 
-Two kinds of client speak the Centrifugo protocol without a WebSocket of
-their own; both are :class:`~hubbub.session.ClientSession` subclasses, so
-every rule of the client core (:mod:`hubbub.core`) applies to them unchanged:
+:class:`EmulatedSession` is centrifuge-js's bidirectional emulation
+(``http_stream``, ``sse``; its connect reply carries ``session`` and ``node``, as
+centrifugal/centrifuge ``client.go``); :class:`UniSession` the unidirectional
+transports (centrifugal.dev ``docs/transports/uni_client_protocol.md``).
 
-* :class:`EmulatedSession`: centrifuge-js's bidirectional emulation
-  (``http_stream`` and ``sse`` transports). The first commands come with the
-  request that opens the stream; later ones arrive as ``POST /emulation``
-  requests that name the session (:mod:`hubbub.emulation`). The connect reply
-  carries ``session`` and ``node`` for that (centrifugal/centrifuge
-  ``client.go``: emulation transports set both).
-* :class:`UniSession`: the unidirectional transports (``uni_websocket``,
-  ``uni_sse``, ``uni_http_stream``). The client sends one connect object and
-  then only receives pushes, written as bare ``Push`` objects (no ``push``
-  wrapper, no reply ids): ``{"connect": {...}}``, ``{"channel": "c", "pub":
-  {...}}``, ``{"disconnect": {...}}``; the server's ping is ``{}`` and no pong
-  is expected (centrifugal.dev ``docs/transports/uni_client_protocol.md``).
-
-Connect object of the unidirectional transports (``ConnectRequest``):
-``token``, ``data``, ``name``, ``version`` and ``subs``, a map of channel to
-``{"recover": bool, "offset": int, "epoch": str}``. As in Centrifugo, the
-subscriptions are the token's ``channels`` claim (server-side, no client
-permission needed) plus the channels of ``subs`` that the client could
-subscribe to itself (a channel it may not subscribe to is skipped, an
-unknown namespace or invalid name refuses the connect); ``subs`` also gives
-the recovery position of each. ``client_channel_limit`` counts them all: past
-it the connect is refused (106; HTTP 429 on the HTTP transports).
+See ``docs/design.md``, "Streaming transports" (Emulation, One-way).
 """
 
 from __future__ import annotations

@@ -1,35 +1,10 @@
 """The write path: one bounded output queue per connection, written once per
 event-loop iteration.
 
-Every byte hubbub sends to a client goes through a :class:`Writer`: pushes
-from the hub's fan-out, command replies, pings, close frames, handshake and
-plain HTTP responses, whatever the transport or codec. So the rules of
-``docs/design.md`` ("The write path") hold for all of it:
+Every byte hubbub sends to a client goes through a :class:`Writer`; the
+:class:`Flusher` is shared by every connection of the server.
 
-1. **Encode once.** :meth:`Writer.deliver` takes bytes that the hub encoded
-   once per publication per wire (or a shared
-   :class:`~hubbub.outbox.FrameBatch`) and queues the same object for every
-   subscriber: no copy, no per-connection encoding.
-2. **One write per connection per iteration.** Queuing only appends to a list
-   and registers the connection with the :class:`Flusher` once; the flusher
-   runs at the end of the loop iteration (``call_soon``) and each dirty
-   connection hands its whole list to the transport in one ``writelines``.
-   No task and no ``await`` per delivery.
-3. **Every buffer is bounded.** Pending output (this queue plus what the
-   transport holds) may not pass ``max_pending_output`` bytes. Past it the
-   queue is dropped and the connection closed with 3008 "slow"
-   (:meth:`Writer._on_slow`). The bound applies to replies and pings as to
-   pushes (:meth:`Writer.write`), so a client that sends commands and never
-   reads is closed as soon as the answers pile up. Only the bytes that start
-   or end a connection (handshake, HTTP response, close frame:
-   :meth:`Writer.write_control`) are exempt: one of each per connection or
-   request.
-4. **No timer per connection**: the flusher is shared by every connection of
-   the server.
-
-A single message larger than the bound is still sent when nothing else is
-pending (its size is bounded by ``max_message_size`` or the history size);
-the next write that finds the queue over the bound closes the connection.
+See ``docs/design.md``, "The write path".
 """
 
 from __future__ import annotations
