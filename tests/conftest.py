@@ -21,6 +21,7 @@ import websockets
 from websockets.asyncio.client import ClientConnection
 
 from hubbub.config import Config, NamespaceOptions
+from hubbub.core import ConnectRequest, ConnectResult, SessionHooks
 from hubbub.server import Server
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -67,8 +68,8 @@ async def start_server() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     """Start in-process servers: ``server = await start_server(**config)``."""
     servers: list[Server] = []
 
-    async def start(**kw: Any) -> Server:
-        server = Server(make_config(**kw))
+    async def start(*, hooks: SessionHooks | None = None, **kw: Any) -> Server:
+        server = Server(make_config(**kw), hooks=hooks)
         await server.start()
         servers.append(server)
         return server
@@ -76,6 +77,31 @@ async def start_server() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
     yield start
     for server in servers:
         await server.close()
+
+
+class StuckHooks(SessionHooks):
+    """An ``on_connect`` hook that authenticates by itself and never decides (a hung upstream):
+    the handshake stays pending for as long as the test likes."""
+
+    handles_auth = True
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def on_connect(self, request: ConnectRequest) -> ConnectResult:
+        self.calls += 1
+        await asyncio.Event().wait()
+        raise AssertionError("unreachable")
+
+
+@pytest.fixture
+async def stuck_server(start_server: Callable[..., Awaitable[Server]]) -> Callable[..., Awaitable[Server]]:
+    """Start servers whose ``on_connect`` never decides: ``server = await stuck_server(**config)``."""
+
+    async def start(**kw: Any) -> Server:
+        return await start_server(hooks=StuckHooks(), **kw)
+
+    return start
 
 
 @pytest.fixture

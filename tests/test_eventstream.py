@@ -6,49 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp
 import pytest
 
-from hubbub.core import ConnectRequest, ConnectResult, SessionHooks
 from hubbub.errors import BadRequest
 from hubbub.eventstream import farewell, parse_event_id
-from hubbub.server import Server
 
-from .conftest import TIMEOUT, make_config
+from .conftest import TIMEOUT
 
 SECRET = "eventstream-test-secret-of-at-least-32-bytes"
-
-
-class StuckHooks(SessionHooks):
-    """An ``on_connect`` hook that authenticates by itself and never decides."""
-
-    handles_auth = True
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def on_connect(self, request: ConnectRequest) -> ConnectResult:
-        self.calls += 1
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-
-@pytest.fixture
-async def stuck_server() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
-    servers: list[Server] = []
-
-    async def start(**kw: Any) -> Server:
-        server = Server(make_config(**kw), hooks=StuckHooks())
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 async def test_a_handshake_not_decided_within_connect_timeout_is_refused(stuck_server) -> None:

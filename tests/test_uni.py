@@ -6,48 +6,14 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
 
 import aiohttp
 import pytest
 import websockets
 
-from hubbub.core import ConnectRequest, ConnectResult, SessionHooks
-from hubbub.server import Server
-
-from .conftest import TIMEOUT, make_config, until
+from .conftest import TIMEOUT, until
 
 SECRET = "uni-test-secret-of-at-least-32-bytes-long"
-
-
-class StuckHooks(SessionHooks):
-    """An ``on_connect`` hook that authenticates by itself and never decides (a hung upstream, say)."""
-
-    handles_auth = True
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    async def on_connect(self, request: ConnectRequest) -> ConnectResult:
-        self.calls += 1
-        await asyncio.Event().wait()
-        raise AssertionError("unreachable")
-
-
-@pytest.fixture
-async def stuck_server() -> AsyncIterator[Callable[..., Awaitable[Server]]]:
-    servers: list[Server] = []
-
-    async def start(**kw: Any) -> Server:
-        server = Server(make_config(**kw), hooks=StuckHooks())
-        await server.start()
-        servers.append(server)
-        return server
-
-    yield start
-    for server in servers:
-        await server.close()
 
 
 @pytest.mark.parametrize("transport", ["uni_http_stream", "uni_sse"])
