@@ -80,6 +80,20 @@ async def uvicorn_serving(app: Any, *, sock: socket.socket | None = None,
                 extra.close()
 
 
+@contextlib.asynccontextmanager
+async def app_serving(app: hubbub.App, *, under_uvicorn: bool) -> AsyncIterator[int]:
+    """Serve ``app`` on hubbub's own server, or under uvicorn; yields the port."""
+    if under_uvicorn:
+        async with uvicorn_serving(app) as port:
+            yield port
+        return
+    await app.start()
+    try:
+        yield app.server.port
+    finally:
+        await app.stop()
+
+
 def http(method: str, url: str, body: bytes | None = None,
          headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     req = urllib.request.Request(url, data=body, method=method, headers=headers or {})

@@ -4,8 +4,6 @@ endpoints, on hubbub's own server and under uvicorn (issue 23, defect 1)."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,7 +14,7 @@ from hubbub import App, ConnectResult
 from hubbub.core import PENDING, Handshake
 
 from .conftest import TIMEOUT
-from .test_asgi import uvicorn_serving
+from .test_asgi import app_serving
 
 
 def test_pending_is_one_object() -> None:
@@ -46,24 +44,11 @@ def hooked_app(seen: list[str]) -> App:
     return app
 
 
-@contextlib.asynccontextmanager
-async def serving(app: App, server: str) -> AsyncIterator[int]:
-    if server == "hubbub":
-        await app.start()
-        try:
-            yield app.server.port
-        finally:
-            await app.stop()
-    else:
-        async with uvicorn_serving(app) as port:
-            yield port
-
-
 @pytest.mark.parametrize("server", ["hubbub", "uvicorn"])
 @pytest.mark.parametrize("path", ["/ws/news", "/echo"])
 async def test_awaited_handshake_is_answered(server: str, path: str) -> None:
     seen: list[str] = []
-    async with serving(hooked_app(seen), server) as port:
+    async with app_serving(hooked_app(seen), under_uvicorn=server == "uvicorn") as port:
         async with websockets.connect(f"ws://127.0.0.1:{port}{path}", open_timeout=TIMEOUT) as ws:
             await ws.send("hello")
             got: Any = await asyncio.wait_for(ws.recv(), TIMEOUT)

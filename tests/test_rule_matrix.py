@@ -28,10 +28,9 @@ fixed (strict: a cell that starts passing fails the run until then).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -64,7 +63,7 @@ from tests.matrix_clients import (
     Timeout,
     Unsubscribed,
 )
-from tests.test_asgi import uvicorn_serving
+from tests.test_asgi import app_serving
 
 WAYS = list(ADAPTERS)
 RULES = [
@@ -224,20 +223,6 @@ def make_app(rule: str, calls: list[str]) -> App:
             await asyncio.sleep(0)
             raise ProtocolError(103, "refused by on_publish")
     return app
-
-
-@contextlib.asynccontextmanager
-async def serving(server: str, app: App) -> AsyncIterator[int]:
-    """Serve ``app`` on hubbub's own server or under uvicorn; yields the port."""
-    if server == "own":
-        await app.start()
-        try:
-            yield app.server.port
-        finally:
-            await app.stop()
-    else:
-        async with uvicorn_serving(app) as port:
-            yield port
 
 
 # -- the rules (columns), once for every way in ---------------------------------------------------------
@@ -482,7 +467,7 @@ async def test_rule_matrix(server: str, way: str, rule: str, monkeypatch: pytest
     calls: list[str] = []
     app = make_app(rule, calls)
     adapters: list[Adapter] = []
-    async with serving(server, app) as port:
+    async with app_serving(app, under_uvicorn=server != "own") as port:
         env = Env(app, port)
 
         def make() -> Adapter:
