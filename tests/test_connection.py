@@ -60,6 +60,19 @@ async def flood(sock: socket.socket, data: bytes, total: int = JUNK) -> int:
     return sent
 
 
+async def flood_while_pending(app: Any, sock: socket.socket, what: str) -> tuple[Any, int, int]:
+    """Flood ``sock`` while its request or handshake is pending and check that the server
+    neither read nor held more than one read's rest; returns (connection, bytes_in before, sent)."""
+    conn = connection_of(app, sock)
+    read_before = app.server.stats.bytes_in
+    sent = await flood(sock, b"x" * (1024 * 1024))
+    held, read = conn.buffered, app.server.stats.bytes_in - read_before
+    assert sent < JUNK, "the server took the whole flood"
+    assert held <= HELD_LIMIT, f"{held} bytes held behind a pending {what}"
+    assert read <= HELD_LIMIT, f"{read} bytes read behind a pending {what}"
+    return conn, read_before, sent
+
+
 def connection_of(app: App, sock: socket.socket) -> Connection:
     """The server's end of the client socket ``sock``."""
     here = sock.getsockname()
@@ -155,14 +168,7 @@ async def test_input_behind_a_pending_request_is_not_read() -> None:
         with connect(port) as sock:
             sock.sendall(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\n\r\n")
             await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
-            conn = connection_of(app, sock)
-            read_before = app.server.stats.bytes_in
-            sent = await flood(sock, b"x" * (1024 * 1024))
-            held = conn.buffered
-            read = app.server.stats.bytes_in - read_before
-            assert sent < JUNK, "the server took the whole flood"
-            assert held <= HELD_LIMIT, f"{held} bytes held behind a pending request"
-            assert read <= HELD_LIMIT, f"{read} bytes read behind a pending request"
+            conn, _, _ = await flood_while_pending(app, sock, "request")
             assert not conn.reading
             # once answered, the request gets its response; the junk then is refused
             gate.release.set()
@@ -217,14 +223,7 @@ async def test_input_behind_a_pending_handshake_is_not_read() -> None:
         with connect(port) as sock:
             sock.sendall(UPGRADE)
             await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
-            conn = connection_of(app, sock)
-            read_before = app.server.stats.bytes_in
-            sent = await flood(sock, b"x" * (1024 * 1024))
-            held = conn.buffered
-            read = app.server.stats.bytes_in - read_before
-            assert sent < JUNK, "the server took the whole flood"
-            assert held <= HELD_LIMIT, f"{held} bytes held behind a pending handshake"
-            assert read <= HELD_LIMIT, f"{read} bytes read behind a pending handshake"
+            conn, _, _ = await flood_while_pending(app, sock, "handshake")
             assert not conn.reading
             gate.release.set()
             buffer = bytearray()
@@ -325,13 +324,7 @@ async def test_input_behind_a_pending_channel_sse_request_is_not_read() -> None:
         with connect(port) as sock:
             sock.sendall(b"GET /sse/news HTTP/1.1\r\nHost: t\r\n\r\n")
             await asyncio.wait_for(gate.entered.wait(), TIMEOUT)
-            conn = connection_of(app, sock)
-            read_before = app.server.stats.bytes_in
-            sent = await flood(sock, b"x" * (1024 * 1024))
-            held, read = conn.buffered, app.server.stats.bytes_in - read_before
-            assert sent < JUNK, "the server took the whole flood"
-            assert held <= HELD_LIMIT, f"{held} bytes held behind a pending request"
-            assert read <= HELD_LIMIT, f"{read} bytes read behind a pending request"
+            conn, read_before, sent = await flood_while_pending(app, sock, "request")
             gate.release.set()
             head = await read_until(sock, b"\r\n\r\n", bytearray())
             assert head.startswith(b"HTTP/1.1 200")
