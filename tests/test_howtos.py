@@ -670,6 +670,9 @@ def test_install_from_a_git_url_with_the_redis_extra(tmp_path: Path) -> None:
     assert "Provides-Extra: redis" in metadata
     assert re.search(r'^Requires-Dist: redis\[hiredis\]>=\S+; extra == "redis"$', metadata, re.M)
     assert {"hubbub/static/hubbub.js", "hubbub/static/index.html"} <= set(names)
+    # the licence: named in the metadata (PEP 639) and carried in the wheel
+    assert re.search(r"^License-Expression: MIT$", metadata, re.M), metadata
+    assert f"hubbub-{__version__}.dist-info/licenses/LICENSE" in names
 
 
 # -- docs/howto/http-routes.md ---------------------------------------------------------------------
