@@ -316,3 +316,30 @@ def test_registry_rejects_bad_endpoints() -> None:
     app.add_websocket("/ok", type("E", (), {"connect": None}))
     with pytest.raises(ConfigError, match="collides"):
         app.add_websocket("/ok", type("E", (), {"connect": None}))
+
+
+async def test_publishing_from_an_app_that_is_not_running_raises_not_started(running: list[App]) -> None:
+    """``App().hub.publish(...)`` on an app never started returned ``StreamPosition(offset=0, epoch='')``
+    and the Django how-to's view answered ``{"published": "lost"}`` (issue 28): now it says what to start."""
+    from hubbub.errors import NotStarted
+
+    app = new_app()
+    with pytest.raises(NotStarted) as raised:
+        await app.hub.publish("news", {"headline": "lost"})
+    message = str(raised.value)
+    assert "not running" in message and "hubbub run MODULE:APP" in message and "lifespan" in message
+    url = await start(app, running)
+    async with websockets.connect(f"{url}/ws/news") as relay:
+        await until_subscribed(app, "news")
+        await app.hub.publish("news", {"headline": "kept"})
+        assert await asyncio.wait_for(relay.recv(), TIMEOUT) == '{"headline":"kept"}'
+    await app.stop()
+    running.remove(app)
+    with pytest.raises(NotStarted, match="stopped"):
+        await app.hub.publish("news", 1)
+
+
+async def until_subscribed(app: App, channel: str) -> None:
+    from .conftest import until
+
+    await until(lambda: app.hub.channels().get(channel, 0) > 0, f"a subscriber of {channel}")

@@ -127,3 +127,25 @@ async def test_published_through_the_broker_reaches_local_subscribers(hub: Hub) 
     inbox = await subscribe(hub, "news", "c1", wire)
     await hub.publish("news", Publication(b'"hi"'))
     assert inbox.received() == [b'j:"hi";']
+
+
+async def test_publishing_on_a_hub_that_is_not_running_raises_not_started() -> None:
+    """A never-started hub answered ``StreamPosition(offset=0, epoch='')``, as if
+    published, and nobody received anything (issue 28). Now it raises, saying what to start."""
+    from hubbub.errors import HubbubError, NotStarted
+
+    hub = Hub(Config(), MemoryBroker())
+    with pytest.raises(NotStarted, match="never started") as raised:
+        await hub.publish("news", {"headline": "lost"})
+    assert isinstance(raised.value, HubbubError)
+    assert "hubbub run" in str(raised.value) and "await hub.start()" in str(raised.value)
+    with pytest.raises(NotStarted):
+        hub.publish_nowait("news", Publication(b"1"), lambda position, exc: None)
+    await hub.start()
+    wire = CountingWire("j")
+    inbox = await subscribe(hub, "news", "c1", wire)
+    await hub.publish("news", {"headline": "kept"})
+    assert inbox.received() == [b'j:{"headline":"kept"};']
+    await hub.close()
+    with pytest.raises(NotStarted, match="was stopped"):
+        await hub.publish("news", 1)

@@ -15,6 +15,17 @@ class HubbubError(Exception):
     """Base class of every error hubbub raises on purpose."""
 
 
+class NotStarted(HubbubError, RuntimeError):
+    """The hub is not running (never started, or stopped): a publish would reach nobody.
+
+    Raised by :meth:`hubbub.hub.Hub.publish` (and ``publish_nowait``,
+    ``history``) instead of pretending to succeed. The message says what to
+    start: serve the app (``hubbub run MODULE:APP``, ``App.serve()``, ``await
+    App.start()``), run it under an ASGI server that sends lifespan events, or
+    ``await hub.start()`` for a hub of your own.
+    """
+
+
 class ConfigError(HubbubError):
     """A setting is missing or invalid. The message names the setting."""
 

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 from .brokers.base import Broker, ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .config import Config, NamespaceOptions
-from .errors import BrokerError, ProtocolError
+from .errors import BrokerError, NotStarted, ProtocolError
 from .outbox import FrameBatch
 from .stats import Stats
 from .strictjson import encode_data
@@ -29,6 +29,13 @@ log = logging.getLogger("hubbub.hub")
 
 #: A subscriber whose recovery buffer passes this many publications is told 3010.
 MAX_RECOVERY_BUFFER = 10_000
+
+#: What to start, in :class:`~hubbub.errors.NotStarted`'s message.
+_START_HINT = (
+    "start it first: serve the app (`hubbub run MODULE:APP`, `app.serve()`, or `await app.start()`), or "
+    "serve it with an ASGI server that sends lifespan events (uvicorn, hypercorn; "
+    "`FastAPI(lifespan=app.lifespan)`, `async with app.lifespan():`); a Hub of your own: `await hub.start()`"
+)
 
 
 class Wire(Hashable, Protocol):
@@ -132,16 +139,22 @@ class Hub:
         #: reserved internal channels (the cluster's control channels, :mod:`hubbub.cluster`):
         #: their publications go to the handler, never to subscribers
         self.internal: dict[str, Callable[[Publication], None]] = {}
+        #: between :meth:`start` and :meth:`close`: publishing works only then
+        self.running = False
+        self._stopped = False
 
     # -- life cycle ---------------------------------------------------------
 
     async def start(self) -> None:
         """Start the broker and the shared presence refresh timer."""
         await self.broker.start(self)
+        self.running, self._stopped = True, False
         self._schedule_presence_refresh()
 
     async def close(self) -> None:
         """Finish background work and close the broker."""
+        if self.running:
+            self.running, self._stopped = False, True
         if self._presence_timer is not None:
             self._presence_timer.cancel()
         if self._tasks:
@@ -164,6 +177,13 @@ class Hub:
         task = asyncio.get_running_loop().create_task(run())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+
+    def _check_running(self, what: str) -> None:
+        """Raise :class:`NotStarted` (what to start) unless the hub runs."""
+        if not self.running:
+            state = "was stopped" if self._stopped else "was never started"
+            raise NotStarted(f"cannot {what}: the hub is not running (it {state}), so nothing would receive "
+                             f"or store it; {_START_HINT}")
 
     # -- namespaces ---------------------------------------------------------
 
@@ -206,7 +226,10 @@ class Hub:
                 strict JSON (NaN, Infinity, a lone surrogate).
             ProtocolError: 102 unknown namespace; 100 (temporary) when the
                 broker failed, in which case the publication was not accepted.
+            NotStarted: the hub is not running (never started, or stopped);
+                the message says what to start.
         """
+        self._check_running(f"publish to {channel!r}")
         ns = self.namespace(channel)
         if not isinstance(pub, Publication):
             pub = Publication(encode_data(pub))
@@ -225,9 +248,10 @@ class Hub:
         temporary, when the broker failed).
 
         Raises:
-            BadRequest, ProtocolError: as :meth:`publish`, before anything is
-                sent (``done`` is not called).
+            BadRequest, ProtocolError, NotStarted: as :meth:`publish`, before
+                anything is sent (``done`` is not called).
         """
+        self._check_running(f"publish to {channel!r}")
         ns = self.namespace(channel)
         stats = self.stats
 
@@ -280,7 +304,9 @@ class Hub:
             ProtocolError: 108 without history in the namespace; 112 when
                 ``since`` names another epoch; 100 (temporary, caused by a
                 ``BrokerError``) when the broker failed.
+            NotStarted: the hub is not running (never started, or stopped).
         """
+        self._check_running(f"read the history of {channel!r}")
         ns = self.namespace(channel)
         if not ns.history:
             raise ProtocolError(ErrorCode.NOT_AVAILABLE)
