@@ -7,22 +7,29 @@ directory, serves them for real (``hubbub run``, uvicorn, a WSGI server, all on 
 real clients as the page says, and checks what the page says comes out. The one change made to a
 block is the port: a client script that connects to ``127.0.0.1:8000`` is pointed at the port
 the server got. :data:`FILES` lists the files each page defines, so a new block fails
-:func:`test_every_python_block_is_a_file_a_test_runs` until a test runs it.
+:func:`test_every_python_block_is_a_file_a_test_runs` until a test runs it. Each how-to starts
+with its install line (``pip install -e ".[fastapi]"``), and
+:func:`test_each_howto_starts_with_an_install_line_that_provides_what_it_uses` checks that the
+extras it names exist and install every module the page imports and every command it runs.
 """
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import importlib
+import importlib.metadata
 import importlib.util
 import json
 import os
 import queue
 import re
+import shlex
 import subprocess
 import sys
 import threading
 import time
+import tomllib
 import urllib.request
 import zipfile
 from collections.abc import Iterator
@@ -31,6 +38,8 @@ from typing import Any
 
 import pytest
 import websockets
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 import hubbub
 from hubbub._version import __version__
@@ -100,6 +109,113 @@ def test_every_python_block_is_a_file_a_test_runs() -> None:
     assert pages == set(FILES), "a page without a test in tests/test_howtos.py, or a test without its page"
     for doc, names in FILES.items():
         assert set(doc_files(doc)) == names, doc
+
+
+# -- install lines -------------------------------------------------------------------------------
+#
+# Every how-to starts with its install line: a ```sh block with `pip install` before its first
+# section, naming hubbub (`.`, `../hubbub` or `hubbub`) with the extras the page needs, plus any
+# other package. The suite's environment is made by `pip install -e ".[test]"` (dev.py), and the
+# test extra pulls in `hubbub[...]` with the same extras: the pages' packages are installed here
+# the way each page says, so checking the line against what is installed checks the page.
+
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+HUBBUB_REQUIREMENT = re.compile(r"(?:\.|\.\./hubbub|hubbub)(?:\[([\w,-]+)\])?")
+
+
+def install_line(doc: str) -> tuple[set[str], list[Requirement]]:
+    """The page's install line: hubbub's extras, and the other packages it names."""
+    head = (DOCS / doc).read_text().split("\n## ", 1)[0]
+    commands = [line.split(" #")[0].strip() for block in re.findall(r"^```sh\n(.*?)^```", head, re.S | re.M)
+                for line in block.splitlines() if "pip install" in line]
+    assert commands, f"{doc} does not start with its install line (```sh with `pip install`, before its first section)"
+    words = shlex.split(commands[0])
+    extras: set[str] | None = None
+    others = []
+    for word in words[words.index("install") + 1:]:
+        if word.startswith("-"):
+            continue
+        m = HUBBUB_REQUIREMENT.fullmatch(word)
+        if m:
+            extras = set(filter(None, (m.group(1) or "").split(",")))
+        else:
+            others.append(Requirement(word))
+    assert extras is not None, f"{doc}: the install line does not install hubbub: {commands[0]!r}"
+    return extras, others
+
+
+def hubbub_requirements(extras: set[str]) -> list[Requirement]:
+    """hubbub's own requirements with ``extras``, from pyproject.toml (each extra must exist)."""
+    optional = PYPROJECT["optional-dependencies"]
+    unknown = extras - set(optional)
+    assert not unknown, f"no such extra in pyproject.toml: {sorted(unknown)} (there are {sorted(optional)})"
+    return [Requirement(r) for r in PYPROJECT["dependencies"]] + [Requirement(r) for e in sorted(extras)
+                                                                 for r in optional[e]]
+
+
+def resolve(requirements: list[Requirement]) -> set[str]:
+    """Every distribution ``requirements`` bring, with their own requirements (as installed here)."""
+    seen: set[str] = set()
+    todo = list(requirements)
+    while todo:
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        if name == "hubbub":
+            todo += hubbub_requirements(set(req.extras))
+            continue
+        try:
+            dist = importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            raise AssertionError(f"{req} is not installed: the test extra must install it") from None
+        assert req.specifier.contains(dist.version, prereleases=True), f"{req}: {dist.version} installed"
+        if name in seen:
+            continue
+        seen.add(name)
+        for text in dist.requires or []:
+            sub = Requirement(text)
+            if sub.marker is None or any(sub.marker.evaluate({"extra": e}) for e in req.extras | {""}):
+                todo.append(sub)
+    return seen
+
+
+def page_imports(doc: str) -> set[str]:
+    """The top-level modules the page's code imports, other than its own files."""
+    files = doc_files(doc)
+    own = {name.split("/")[0].removesuffix(".py") for name in files}
+    found: set[str] = set()
+    for code in files.values():
+        for node in ast.walk(ast.parse(code)):
+            if isinstance(node, ast.Import):
+                found |= {alias.name.split(".")[0] for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                found.add(node.module.split(".")[0])
+    return found - own - set(sys.stdlib_module_names)
+
+
+HOWTOS = sorted(doc for doc in FILES if doc.startswith("howto/"))
+
+
+@pytest.mark.parametrize("doc", HOWTOS)
+def test_each_howto_starts_with_an_install_line_that_provides_what_it_uses(doc: str) -> None:
+    extras, others = install_line(doc)
+    provided = resolve([Requirement(f"hubbub[{','.join(sorted(extras))}]" if extras else "hubbub"), *others])
+    provided.add("hubbub")
+    owners = importlib.metadata.packages_distributions()
+    for module in sorted(page_imports(doc)):
+        dists = {canonicalize_name(d) for d in owners.get(module, [])}
+        assert dists & provided, f"{doc} imports {module}, which its install line does not install (from {dists})"
+    # the commands the page runs from the virtual environment: .venv/bin/NAME
+    scripts = {"python", "pip", *PYPROJECT["scripts"]}
+    for name in provided - {"hubbub"}:
+        scripts |= {ep.name for ep in importlib.metadata.distribution(name).entry_points
+                    if ep.group == "console_scripts"}
+    for command in sorted(set(re.findall(r"\.venv/bin/([\w.-]+)", (DOCS / doc).read_text()))):
+        assert command in scripts, f"{doc} runs .venv/bin/{command}, which its install line does not install"
+    # and the suite installs them the same way: the test extra names hubbub with these extras
+    test_extra = [Requirement(r) for r in PYPROJECT["optional-dependencies"]["test"]]
+    in_test = set().union(*(r.extras for r in test_extra if canonicalize_name(r.name) == "hubbub"))
+    assert extras <= in_test, f"the test extra does not install hubbub[{','.join(sorted(extras - in_test))}]"
+    assert {canonicalize_name(r.name) for r in others} <= {canonicalize_name(r.name) for r in test_extra}
 
 
 # -- processes ---------------------------------------------------------------------------------
