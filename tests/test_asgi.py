@@ -616,3 +616,41 @@ async def test_hubbub_run_hosts_a_flask_app(tmp_path: Path, serve_process: Any) 
     assert (status, body) == (200, b"QUIET PLEASE")
     await check_echo(server.port)
     assert server.stop() == 0, server.output()
+
+
+def http_headers(url: str) -> tuple[int, dict[str, str], str]:
+    """A plain GET: status, lower-cased headers, body text (any status)."""
+    try:
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as resp:
+            return resp.status, {k.lower(): v for k, v in resp.headers.items()}, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, {k.lower(): v for k, v in exc.headers.items()}, exc.read().decode()
+
+
+@pytest.mark.parametrize("mount", ["", "/rt"])
+async def test_a_plain_get_on_a_websocket_path_under_asgi_is_426(mount: str) -> None:
+    """Under uvicorn (the app itself, or mounted in FastAPI at /rt) a plain GET on a WebSocket
+    path answered 404 (issue 28): now 426 with ``Upgrade: websocket``, naming the event stream
+    a plain HTTP client can read, under the mount."""
+    hub_app = echo_app()
+    served: Any = hub_app
+    if mount:
+        served = fastapi.FastAPI(lifespan=hub_app.lifespan)
+        served.mount(mount, hub_app)
+    async with uvicorn_serving(served) as port:
+        base = f"http://127.0.0.1:{port}{mount}"
+        status, headers, body = await asyncio.to_thread(http_headers, f"{base}/ws/news")
+        assert status == 426, body
+        assert headers["upgrade"] == "websocket"
+        assert f"{mount}/ws/news is a WebSocket endpoint" in body and "channel news" in body
+        assert f"GET {mount}/sse/news" in body
+        for path in ("/connection/websocket", "/echo"):
+            status, headers, body = await asyncio.to_thread(http_headers, f"{base}{path}")
+            assert (status, headers["upgrade"]) == (426, "websocket"), body
+            assert f"{mount}/sse/{{channel}}" in body
+        status, _, _ = await asyncio.to_thread(http_headers, f"{base}/nowhere")
+        assert status == 404
+        # the WebSocket path itself still upgrades
+        async with websockets.connect(f"ws://127.0.0.1:{port}{mount}/echo") as ws:
+            await ws.send("hi")
+            assert await asyncio.wait_for(ws.recv(), TIMEOUT) == "hi"

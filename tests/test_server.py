@@ -84,3 +84,55 @@ async def test_one_port_serves_the_protocol_the_relay_and_http(server: Server) -
         await relay.send('{"x":1}')
         push = json.loads(str(await asyncio.wait_for(proto.recv(), TIMEOUT)))
         assert push["push"]["pub"]["data"] == {"x": 1}
+
+
+async def http_with_headers(server: Server, path: str) -> tuple[int, dict[str, str], str]:
+    """A plain GET (Connection: close): status, lower-cased headers, body."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(get(path))
+        raw = await asyncio.wait_for(reader.read(), TIMEOUT)  # until the server closes
+    finally:
+        writer.close()
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ", 2)[1]), headers, body.decode()
+
+
+async def test_a_plain_get_on_a_websocket_path_is_426_pointing_to_the_event_stream(server: Server) -> None:
+    """A plain GET on /ws/news or /connection/websocket answered 404 "not found" (issue 28): now
+    426 Upgrade Required, with what the path expects and the /sse/ path a plain client can read."""
+    status, headers, body = await http_with_headers(server, "/ws/news")
+    assert status == 426, body
+    assert headers["upgrade"] == "websocket"
+    assert "/ws/news is a WebSocket endpoint" in body and "channel news" in body
+    assert "GET /sse/news" in body
+    status, headers, body = await http_with_headers(server, "/connection/websocket")
+    assert status == 426 and headers["upgrade"] == "websocket"
+    assert "protocol" in body and "/sse/{channel}" in body
+
+    async def echo(conn: Any, request: HTTPRequest) -> Any:
+        raise AssertionError("never called for a plain GET")
+
+    server.add_websocket("/rooms/{room}", echo, "endpoint /rooms/{room}")
+    status, headers, body = await http_with_headers(server, "/rooms/lobby")
+    assert status == 426 and headers["upgrade"] == "websocket" and "/sse/{channel}" in body
+    status, _, _ = await http_with_headers(server, "/no/such/path")
+    assert status == 404  # other paths are still not found
+    # and the path the 426 names does stream the channel
+    status, headers, _ = await http_with_headers_first(server, "/sse/news")
+    assert status == 200 and headers["content-type"].startswith("text/event-stream")
+
+
+async def http_with_headers_first(server: Server, path: str) -> tuple[int, dict[str, str], bytes]:
+    """The status and headers of a streaming response (the connection stays open)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), TIMEOUT)
+    finally:
+        writer.close()
+    status_line, *lines = head.decode("latin-1").strip().split("\r\n")
+    headers = {name.strip().lower(): value.strip() for name, _, value in (line.partition(":") for line in lines)}
+    return int(status_line.split(" ", 2)[1]), headers, b""

@@ -564,7 +564,7 @@ class ASGIAdapter:
             if isinstance(body, HTTPResponse):
                 stream.respond(body)
             else:
-                await self._answer(_request(scope, body), stream)
+                await self._answer(_request(scope, body), stream, scope.get("root_path", ""))
             await stream.serve_until_done(receive)
         finally:
             await stream.release()
@@ -587,10 +587,10 @@ class ASGIAdapter:
             more = message.get("more_body", False)
         return b"".join(chunks)
 
-    async def _answer(self, request: HTTPRequest, stream: ASGIStream) -> None:
+    async def _answer(self, request: HTTPRequest, stream: ASGIStream, root_path: str = "") -> None:
         request.stream = stream
-        try:
-            response = await self.server.handle_http(request)
+        try:  # a plain request on a WebSocket route: 426, naming paths under root_path
+            response = await self.server.handle_http(request, root_path=root_path)
         except Exception:
             log.exception("error in HTTP handler for %s", request.path)
             response = HTTPResponse.json({"error": "internal server error"}, 500)

@@ -17,6 +17,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote, unquote
 
 from ._version import __version__
 from .admin import Admin
@@ -290,16 +291,55 @@ class Server:
         _, _, origin_host = origin.partition("://")
         return bool(host) and origin_host.lower() == host.lower()
 
-    async def handle_http(self, request: HTTPRequest) -> HTTPResponse:
-        """Answer a plain HTTP request: hubbub's routes first, then the hosted
-        application (:attr:`fallback`), else 404."""
+    async def handle_http(self, request: HTTPRequest, *, root_path: str = "") -> HTTPResponse:
+        """Answer a plain HTTP request: hubbub's routes first; on a WebSocket
+        endpoint's path, 426 Upgrade Required (:meth:`upgrade_required`); then
+        the hosted application (:attr:`fallback`), else 404.
+
+        ``root_path``: the prefix the node is mounted under (an ASGI scope's
+        ``root_path``), for the paths named in a 426 answer."""
         found = self.http_routes.match(request.path)
         if found is None:
+            upgrade = self.upgrade_required(request.path, root_path)
+            if upgrade is not None:
+                return upgrade
             if self.fallback is not None:
                 return await self.fallback(request)
             return HTTPResponse.json({"error": "not found"}, 404)
         handler, request.params = found
         return await handler(request)
+
+    def upgrade_required(self, path: str, root_path: str = "") -> HTTPResponse | None:
+        """The answer to a plain HTTP request on a WebSocket endpoint's ``path``:
+        426 Upgrade Required with ``Upgrade: websocket``, and a text body saying
+        what the path expects and where a plain HTTP client reads a channel
+        (``/sse/{channel}``; for the relay, that channel's). ``None`` when no
+        WebSocket endpoint serves ``path``."""
+        route = next((r for r in self.websocket_routes if r.regex.match(path)), None)
+        if route is None:
+            return None
+        match = route.regex.match(path)
+        channel = unquote(match.group("channel")) if match is not None and route.target == self._relay_endpoint \
+            else ""
+        what = route.name
+        if route.target == self._protocol_endpoint:
+            what = "the Centrifugo client protocol: centrifuge-js or another Centrifugo SDK"
+        elif channel:
+            what = f"the relay of channel {channel}: hubbub consume ws://HOST{root_path}{path}"
+        lines = [f"{root_path}{path} is a WebSocket endpoint ({what}). It answers only a WebSocket upgrade "
+                 "(GET with Upgrade: websocket and Connection: Upgrade), sent by a WebSocket client "
+                 "(a browser's new WebSocket(url), websocat, hubbub consume)."]
+        sse = self.config.channel_sse_path
+        if sse:
+            name = quote(channel, safe="/:") if channel else "{channel}"
+            target = root_path + sse.replace("{channel:path}", name).replace("{channel}", name)
+            subject = "this channel" if channel else "a channel"
+            lines.append(f"A plain HTTP client can follow {subject} as server-sent events: GET {target} "
+                         f"(curl -N http://HOST{target}).")
+        else:
+            lines.append("This server serves no channel event streams (channel_sse_path is off).")
+        return HTTPResponse(426, ("\n".join(lines) + "\n").encode(), "text/plain; charset=utf-8",
+                            [("upgrade", "websocket")])
 
     @property
     def slow_closed(self) -> int:
