@@ -177,3 +177,48 @@ async def test_exclude_client_in_api_publish(api_server: Server, clients: list) 
     assert (await b.next_push())["pub"]["data"] == 1
     await a.call("ping")
     assert not a.pushes
+
+
+def post_url(server: Server, target: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, Any]:
+    req = urllib.request.Request(f"http://127.0.0.1:{server.port}{target}", data=body, method="POST",
+                                 headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=TIMEOUT) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+async def test_the_key_may_come_in_the_query_as_centrifugo_documents(api_server: Server, clients: list) -> None:
+    """``?api_key=KEY`` was refused with 401 (issue 28); Centrifugo documents it. Headers still work."""
+    sub = await proto_client(api_server)
+    clients.append(sub)
+    await sub.call("subscribe", {"channel": "news"})
+    body = b'{"channel": "news", "data": {"via": "query"}}'
+    status, reply = await asyncio.to_thread(post_url, api_server, f"/api/publish?api_key={KEY}", body)
+    assert (status, json.loads(reply)) == (200, {"result": {}})
+    assert (await sub.next_push())["pub"]["data"] == {"via": "query"}
+    status, _ = await asyncio.to_thread(post_url, api_server, "/api/publish?api_key=wrong", body)
+    assert status == 401
+    status, _ = await asyncio.to_thread(post_url, api_server, "/api/publish?api_key=", body)
+    assert status == 401
+    status, _ = await asyncio.to_thread(post_url, api_server, "/api/publish", b'{"channel": "news", "data": 1}',
+                                        {"Authorization": f"apikey {KEY}"})
+    assert status == 200
+    assert (await sub.next_push())["pub"]["data"] == 1
+    command = b'{"method": "publish", "params": {"channel": "news", "data": 2}}'
+    status, reply = await asyncio.to_thread(post_url, api_server, f"/api?api_key={KEY}", command)
+    assert (status, json.loads(reply)) == (200, {"result": {}})  # the legacy form too
+    assert (await sub.next_push())["pub"]["data"] == 2
+
+
+async def test_401_says_how_to_set_and_send_the_key(api_server: Server, server: Server) -> None:
+    """``401 the HTTP API needs api_key to be set`` did not say how (issue 28)."""
+    status, body = await asyncio.to_thread(post, server, "publish", '{"channel":"x","data":1}', "anything")
+    assert status == 401
+    for how in ("HUBBUB_API_KEY", "--api-key", "api_key =", "X-API-Key"):
+        assert how in body["error"], (how, body)
+    status, body = await asyncio.to_thread(post, api_server, "publish", '{"channel":"x","data":1}', "wrong")
+    assert status == 401
+    for how in ("X-API-Key", "?api_key="):
+        assert how in body["error"], (how, body)

@@ -139,3 +139,62 @@ def test_bad_config_value_is_a_clear_error(tmp_path) -> None:
     cfg.write_text("port = 8000\nnonsense = 1\n")
     out = hubbub("serve", "--config", str(cfg))
     assert out.returncode == 2 and "nonsense" in out.stderr
+
+
+def readme_block(heading: str) -> str:
+    """The first ``sh`` block after ``heading`` in the README."""
+    text = (ROOT / "README.md").read_text().split(heading, 1)[1]
+    return text.split("```sh\n", 1)[1].split("```", 1)[0]
+
+
+def curl_publish(block: str, port: int, key: str) -> subprocess.CompletedProcess[str]:
+    """Run the block's ``curl`` line as written, against ``port``, with ``HUBBUB_API_KEY=key``."""
+    (line,) = [line for line in block.splitlines() if line.startswith("curl ")]
+    import os
+
+    return subprocess.run(["bash", "-c", line.replace("127.0.0.1:8000", f"127.0.0.1:{port}")], capture_output=True,
+                          text=True, timeout=TIMEOUT, env={**os.environ, "HUBBUB_API_KEY": key})
+
+
+def test_the_readme_curl_publish_reaches_a_consumer(serve_process) -> None:
+    """Issue 28, defect 4: the README had no curl example of publishing. This runs the README's
+    commands: the key as the README makes it, the hub with it in HUBBUB_API_KEY, the curl line as written."""
+    block = readme_block("## Publishing with curl")
+    assert "python3 dev.py serve" in block
+    (export,) = [line for line in block.splitlines() if line.startswith("export HUBBUB_API_KEY=")]
+    key = subprocess.run(["bash", "-c", f"{export} && printf %s \"$HUBBUB_API_KEY\""], capture_output=True,
+                         text=True, timeout=TIMEOUT, check=True).stdout
+    assert len(key) == 32
+    server = serve_process(env={"HUBBUB_API_KEY": key})
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "hubbub", "consume", server.url, "news", "--count", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert consumer.stderr is not None
+        assert consumer.stderr.readline().strip() == "hubbub: subscribed to news"
+        out = curl_publish(block, server.port, key)
+        assert (out.returncode, out.stdout) == (0, '{"result":{}}'), out.stderr
+        stdout, stderr = consumer.communicate(timeout=TIMEOUT)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+    assert stdout == '{"headline":"from curl"}\n', stderr
+    refused = curl_publish(block, server.port, "wrong")
+    assert "unauthorized" in refused.stdout and "X-API-Key" in refused.stdout
+
+
+def test_api_key_flag_turns_the_api_on(serve_process, tmp_path) -> None:
+    """``hubbub serve --api-key KEY`` and ``hubbub run --api-key KEY`` (issue 28, defect 4); without a
+    key the 401 says how to set one."""
+    block = readme_block("## Publishing with curl")
+    server = serve_process()
+    refused = curl_publish(block, server.port, "anything")
+    assert "HUBBUB_API_KEY" in refused.stdout and "--api-key" in refused.stdout, refused.stdout
+    server.stop()
+    for command, args in (("serve", ()), ("run", ("examples.echo:app",))):
+        server = serve_process(*args, "--api-key", "flag-key-" + "k" * 20, command=command)
+        assert "API key set" in server.wait_for_output("API key set")
+        out = curl_publish(block, server.port, "flag-key-" + "k" * 20)
+        assert (out.returncode, out.stdout) == (0, '{"result":{}}'), (command, out.stdout, out.stderr)
+        assert server.stop() == 0

@@ -67,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="processes sharing the port (SO_REUSEPORT); needs the Redis broker")
     serve.add_argument("--event-loop", choices=["asyncio", "uvloop"], default=None,
                        help="the event loop (default asyncio; uvloop needs the uvloop package)")
+    serve.add_argument("--api-key", default=None, metavar="KEY",
+                       help="turn on the HTTP API (POST /api/{method}) with this key, sent as X-API-Key: KEY; "
+                       "the command line is visible to other users (ps): HUBBUB_API_KEY or api_key in the "
+                       "config file keep it private")
     serve.add_argument("--allow-anonymous", action="store_true", default=None,
                        help="accept clients without a token, even on a non-loopback address")
     serve.add_argument("--no-page", dest="page", action="store_false", default=None,
@@ -86,6 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("target", metavar="MODULE:APP", help="e.g. examples.echo:app (APP defaults to 'app')")
     run.add_argument("--host", default=None, help="override the app's host")
     run.add_argument("--port", type=int, default=None, help="override the app's port (0 picks a free one)")
+    run.add_argument("--api-key", default=None, metavar="KEY",
+                     help="override the app's api_key: turns on the HTTP API (POST /api/{method}) with this key")
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     run.add_argument("--log-format", default="text", choices=["text", "json"])
 

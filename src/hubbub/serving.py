@@ -40,6 +40,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         max_pending_output=args.max_pending_output,
         allow_anonymous=args.allow_anonymous,
         page=args.page,
+        api_key=args.api_key,
     )
 
 
@@ -93,6 +94,8 @@ def run(args: argparse.Namespace) -> int:
     from .app import load_app
 
     app = load_app(args.target)
+    if args.api_key is not None:
+        app.config.api_key = args.api_key
     try:
         app.serve(host=args.host, port=args.port)
     except OSError as exc:
@@ -158,6 +161,8 @@ def _serve_workers(config: Config, args: argparse.Namespace) -> int:
     if args.allow_anonymous:
         argv.append("--allow-anonymous")
     env = dict(os.environ)
+    if args.api_key is not None:  # to the workers through their environment, not their command lines (ps)
+        env["HUBBUB_API_KEY"] = args.api_key
     if config.admin_enabled and not config.admin_secret:  # one made-up secret for every worker's /admin
         env["HUBBUB_ADMIN_SECRET"] = secrets.token_urlsafe(24)
         log.info("admin dashboard at /admin; its secret for these workers is %s (set admin_secret to choose one)",
