@@ -130,8 +130,9 @@ async def test_a_path_that_is_no_endpoint_is_refused_before_connecting() -> None
         assert code == 2, (args, err)
         assert HINT in err and "cannot connect" not in err
         assert len(err.strip().splitlines()) == 1, err
-    # a relay URL's channel is its path's: a different CHANNEL is a usage error, as is --recover
-    code, _, err = await cli("produce", "ws://127.0.0.1:9/ws/news", "sports", "hi")
+    # a relay URL's channel is its path's: for consume a different CHANNEL is a usage error, as is
+    # --recover (for produce it is the first DATA: test_produce_on_a_relay_url_names_the_channel_once)
+    code, _, err = await cli("consume", "ws://127.0.0.1:9/ws/news", "sports")
     assert code == 2 and "'sports'" in err and "'news'" in err
     code, _, err = await cli("consume", "ws://127.0.0.1:9/ws/news", "--recover")
     assert code == 2 and "--recover" in err
@@ -171,3 +172,40 @@ async def test_endpoints_at_other_paths_need_protocol_or_relay(start_server, cli
     code, _, err = await cli("produce", protocol_url, "lobby", "published", "--protocol")
     assert code == 0, err
     assert await asyncio.wait_for(relay.recv(), TIMEOUT) == '"published"'
+
+
+async def test_produce_on_a_relay_url_names_the_channel_once(start_server, clients) -> None:
+    """``hubbub produce ws://host/ws/news news hi`` needed the channel twice (issue 28, defect 7):
+    the path names it, so every argument after the URL is DATA; the older form still works."""
+    server = await start_server()
+    relay = await websockets.connect(ws_url(server, "/ws/news"), ping_interval=None)
+    clients.append(relay)
+    code, _, err = await cli("produce", ws_url(server, "/ws/news"), "hello", "second message")
+    assert code == 0, err
+    assert [await asyncio.wait_for(relay.recv(), TIMEOUT) for _ in range(2)] == ["hello", "second message"]
+    code, _, err = await cli("produce", ws_url(server, "/ws/news"), "news", "older form")
+    assert code == 0, err
+    assert await asyncio.wait_for(relay.recv(), TIMEOUT) == "older form"
+    code, _, err = await cli("produce", ws_url(server, "/ws/news"), input="from stdin\n")
+    assert code == 0, err
+    assert await asyncio.wait_for(relay.recv(), TIMEOUT) == "from stdin"
+    usage = hubbub("produce", "--help").stdout
+    assert "hubbub produce ws://127.0.0.1:8000/ws/news hello" in usage
+    code, _, err = await cli("produce", ws_url(server, ""))  # the protocol still needs CHANNEL
+    assert code == 2 and "CHANNEL is required" in err
+
+
+async def test_an_undeclared_namespace_says_to_declare_it(start_server, clients) -> None:
+    """``produce ... chat:x hi`` answered ``102: unknown channel`` with no hint that the namespace
+    must be declared (issue 28, defect 7): produce and consume, protocol and relay, now say how."""
+    server = await start_server()
+    for args in (("produce", ws_url(server, ""), "chat:x", "hi"),
+                 ("consume", ws_url(server, ""), "chat:x", "--count", "1"),
+                 ("produce", ws_url(server, "/ws/chat:x"), "hi"),
+                 ("consume", ws_url(server, "/ws/chat:x"), "--count", "1")):
+        code, _, err = await cli(*args)
+        assert code == 1, (args, err)
+        assert "unknown channel" in err and "namespace 'chat'" in err and "[namespaces.chat]" in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, err
+    code, _, err = await cli("produce", ws_url(server, ""), "news", "hi")  # no namespace, no hint needed
+    assert code == 0, err

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -560,3 +561,21 @@ async def test_a_request_is_forwarded_to_the_node_that_holds_it(serve_process: A
     assert status == 200 and reply["node"] == uid_b
     status, reply = await asyncio.to_thread(get, b, "/forward/no-such-node")
     assert status == 504 and "did not answer" in reply["error"]
+
+
+async def test_each_node_logs_its_own_joining_once(trio: Any, caplog: pytest.LogCaptureFixture) -> None:
+    """With ``--workers 4`` every worker logged every node's "joined the cluster": 4 x 3 lines at
+    INFO (issue 28, defect 7). Now each node logs its own joining at INFO, once; the others' at DEBUG."""
+    caplog.set_level(logging.DEBUG, logger="hubbub.cluster")
+    nodes = [(await trio(name))[1] for name in ("a", "b", "c", "d")]
+    for node in nodes:
+        node.tick()  # a heartbeat from everyone: each node hears of every other
+    await until(lambda: all(len(node.nodes()) == 4 for node in nodes), "every node knows every node")
+    joined = [r for r in caplog.records if r.name == "hubbub.cluster" and "joined the cluster" in r.getMessage()]
+    info = sorted(r.getMessage().split()[1] for r in joined if r.levelno == logging.INFO)
+    assert info == ["a", "b", "c", "d"]  # one line per node, naming itself
+    assert sum(r.levelno == logging.DEBUG for r in joined) == 4 * 3
+    caplog.clear()
+    await nodes[3].close()
+    left = [r for r in caplog.records if "left the cluster" in r.getMessage()]
+    assert [(r.levelno, r.getMessage().split()[1]) for r in left if r.levelno == logging.INFO] == [(logging.INFO, "d")]

@@ -27,7 +27,9 @@ from .client import (
     backoff,
     display_url,
     endpoint,
+    namespace_hint,
 )
+from .codes import ErrorCode
 from .config import check_file
 from .errors import ClientError, ConfigError, EndpointError, ReplyError
 
@@ -130,6 +132,10 @@ examples:
   hubbub consume ws://127.0.0.1:8000/ws/news          relay: raw messages
   hubbub consume ws://127.0.0.1:8000/ws/news --count 1 --token "$JWT"
 
+A channel with a namespace (chat:room) needs that namespace declared on the server
+([namespaces.chat] in its config file); otherwise the server answers 102 "unknown
+channel" (protocol) or HTTP 404 (relay).
+
 exit codes: 0 after --count N messages, 1 refused or connection lost (the message
 names the HTTP status or close code), 2 usage error, 130 interrupted.""",
     )
@@ -162,7 +168,9 @@ protocol  URL is ws://HOST:PORT (or .../connection/websocket). Publishes each DA
 relay     URL is ws://HOST:PORT/ws/CHANNEL. Sends each DATA as one text message, as
           it is (relay consumers get it unchanged; protocol subscribers get it as its
           JSON value, or as a JSON string if it is not JSON), with ?echo=false, then
-          closes. CHANNEL must be the path's channel (it is checked, not used). The
+          closes. The channel is the path's: leave CHANNEL out (hubbub produce
+          ws://HOST:PORT/ws/news hello); a first argument equal to the path's channel
+          is still taken as CHANNEL, as older versions required it. The
           relay does not acknowledge messages: exit 0 means the server accepted the
           connection and answered the close with 1000 after everything was sent,
           without closing first (it closes first, exit 1, when it refuses
@@ -174,15 +182,20 @@ Any other path is refused (exit 2), unless --protocol or --relay says which it i
         epilog="""\
 examples:
   hubbub produce ws://127.0.0.1:8000 news '{"headline": "hi"}' "plain text" 42
-  hubbub produce ws://127.0.0.1:8000/ws/news news hello "second message"
-  tail -f app.log | hubbub produce ws://127.0.0.1:8000/ws/logs logs --token "$JWT"
+  hubbub produce ws://127.0.0.1:8000/ws/news hello "second message"
+  tail -f app.log | hubbub produce ws://127.0.0.1:8000/ws/logs --token "$JWT"
+
+A channel with a namespace (chat:room) needs that namespace declared on the server
+([namespaces.chat] in its config file); otherwise the server answers 102 "unknown
+channel" (protocol) or HTTP 404 (relay).
 
 exit codes: 0 sent (see above), 1 refused or connection lost (the message names the
 HTTP status, e.g. 401 with a hint, or the close code), 2 usage error.""",
     )
     produce.add_argument("url", metavar="URL",
                          help="ws://HOST:PORT (protocol) or ws://HOST:PORT/ws/CHANNEL (relay)")
-    produce.add_argument("channel", metavar="CHANNEL", help="channel to publish to (relay: must match the path)")
+    produce.add_argument("channel", metavar="CHANNEL", nargs="?", default=None,
+                         help="channel to publish to (protocol: required; relay: leave it out, the path names it)")
     produce.add_argument("data", metavar="DATA", nargs="*")
     produce.add_argument("--token", default="", metavar="JWT",
                          help="connection token: the connect command's token (protocol), "
@@ -266,7 +279,10 @@ def _endpoint(args: argparse.Namespace) -> Endpoint:
     if found.kind == "relay":
         if not found.channel:  # a relay at another path: CHANNEL, if given, names it
             return Endpoint("relay", found.url, args.channel or urlsplit(found.url).path)
-        if args.channel is not None and args.channel != found.channel:
+        if args.channel is not None and args.channel != found.channel and args.command == "produce":
+            args.data = [args.channel, *args.data]  # the path names the channel: this is the first DATA
+            args.channel = None
+        elif args.channel is not None and args.channel != found.channel:
             raise _Usage(f"CHANNEL {args.channel!r} is not the relay URL's channel {found.channel!r}: "
                          f"with a relay URL the channel is the path's (ws://HOST:PORT/ws/CHANNEL)")
     elif not args.channel:
@@ -328,7 +344,10 @@ async def _consume_protocol(args: argparse.Namespace, channel: str) -> int:
                 params["recoverable"] = True
                 if epoch:
                     params.update(recover=True, offset=offset, epoch=epoch)
-            reply = await client.subscribe(channel, **params)
+            try:
+                reply = await client.subscribe(channel, **params)
+            except ReplyError as exc:
+                raise _with_namespace_hint(exc, channel) from None
             print(f"hubbub: subscribed to {channel}", file=sys.stderr, flush=True)
             attempt = 0
             if epoch and not reply.get("recovered", False):
@@ -364,6 +383,12 @@ async def _consume_protocol(args: argparse.Namespace, channel: str) -> int:
         attempt += 1
         print(f"hubbub: {message}; reconnecting in {delay:.1f}s", file=sys.stderr)
         await asyncio.sleep(delay)
+
+
+def _with_namespace_hint(exc: ReplyError, channel: str) -> ReplyError:
+    """``exc``, with what to do about it when it is 102 "unknown channel" in a namespace."""
+    hint = namespace_hint(channel) if exc.code == ErrorCode.UNKNOWN_CHANNEL else ""
+    return ReplyError(exc.code, f"{exc.message} ({hint})") if hint else exc
 
 
 def _parse_data(text: str) -> Any:
@@ -476,7 +501,10 @@ async def _produce_protocol(args: argparse.Namespace) -> int:
 
         async def wait_for(futures: list[asyncio.Future[dict[str, Any]]]) -> None:
             for fut in futures:
-                await fut
+                try:
+                    await fut
+                except ReplyError as exc:
+                    raise _with_namespace_hint(exc, args.channel) from None
 
         async for item in _items(args):
             pending.append(client.send_command("publish", {"channel": args.channel, "data": _parse_data(item)}))

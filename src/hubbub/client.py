@@ -134,6 +134,17 @@ _REFUSAL_HINTS: dict[int, str] = {
 }
 
 
+def namespace_hint(channel: str) -> str:
+    """What to do about error 102 "unknown channel" (or a relay's HTTP 404) for ``channel``:
+    declare its namespace on the server; ``""`` for a channel without one (``news``)."""
+    namespace, sep, _ = channel.partition(":")
+    if not sep:
+        return ""
+    return (f"the namespace {namespace!r} (the part of {channel!r} before ':') is not declared on the server: "
+            f"add [namespaces.{namespace}] to its config file (hubbub serve --config FILE; an empty table "
+            f"will do), or namespaces={{{namespace!r}: ...}} to hubbub.App; a channel without ':' needs none")
+
+
 def _connect_error(url: str, exc: BaseException) -> ClientError:
     """A one-line :class:`ClientError` for a failed opening handshake."""
     if isinstance(exc, websockets.InvalidStatus):
@@ -144,6 +155,8 @@ def _connect_error(url: str, exc: BaseException) -> ClientError:
         if body:
             text += f" ({body})"
         hint = _REFUSAL_HINTS.get(status)
+        if status == 404 and "unknown channel" in body:  # the relay's answer for an undeclared namespace
+            hint = namespace_hint(_relay_channel(urlsplit(url).path) or "") or hint
         return ClientError(f"{text}; {hint}" if hint else text)
     return ClientError(f"cannot connect to {display_url(url)}: {exc}")
 

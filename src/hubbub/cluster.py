@@ -195,6 +195,7 @@ class Cluster:
         self._publish_failing = False
         self._subscribe_failing = False
         self._closed = False
+        self._announced = False  # this node logged that it joined other nodes
         self.register("user", self._on_user_command, ordered=True)
         self.register("channels", self._on_channels)
 
@@ -218,6 +219,8 @@ class Cluster:
         if self._timer is not None:
             self._timer.cancel()
         if self._subscribed:
+            if self._announced:  # as for joining, the node logs its own leaving; the others at DEBUG
+                log.info("node %s (%s) left the cluster", self.name, self.uid)
             try:
                 async with asyncio.timeout(BYE_TIMEOUT):
                     await self._publish(CONTROL_CHANNEL, {"type": "bye"})
@@ -460,12 +463,18 @@ class Cluster:
             new = sender not in self._peers
             self._peers[sender] = _Peer(info, self._clock())
             if new:
-                log.info("node %s (%s) joined the cluster", info.get("name"), sender)
+                # each node logs its own joining at INFO, once (N lines for N nodes, not N x N);
+                # the others' at DEBUG
+                log.debug("node %s (%s) joined the cluster", info.get("name"), sender)
+                if not self._announced:
+                    self._announced = True
+                    log.info("node %s (%s) joined the cluster: %d other node(s) there", self.name, self.uid,
+                             len(self._peers))
                 self._heartbeat_soon()
         elif kind == "bye":
             peer = self._peers.pop(sender, None)
             if peer is not None:
-                log.info("node %s (%s) left the cluster", peer.info.get("name"), sender)
+                log.debug("node %s (%s) left the cluster", peer.info.get("name"), sender)
         elif kind == "request":
             self._on_request(sender, message)
         elif kind == "reply":
