@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -11,7 +13,7 @@ import urllib.request
 
 import websockets
 
-from .conftest import ROOT, TIMEOUT
+from .conftest import ROOT, TIMEOUT, ProtoClient
 from .redis_server import RedisServer, redis_server  # noqa: F401
 
 
@@ -23,7 +25,7 @@ def hubbub(*args: str, input: str | None = None, timeout: float = TIMEOUT) -> su
 def test_help_lists_commands() -> None:
     out = hubbub("--help")
     assert out.returncode == 0
-    for command in ("serve", "consume", "produce"):
+    for command in ("serve", "consume", "produce", "gentoken", "genconfig", "check-config"):
         assert command in out.stdout
     assert "--count" in hubbub("consume", "--help").stdout
 
@@ -150,8 +152,6 @@ def readme_block(heading: str) -> str:
 def curl_publish(block: str, port: int, key: str) -> subprocess.CompletedProcess[str]:
     """Run the block's ``curl`` line as written, against ``port``, with ``HUBBUB_API_KEY=key``."""
     (line,) = [line for line in block.splitlines() if line.startswith("curl ")]
-    import os
-
     return subprocess.run(["bash", "-c", line.replace("127.0.0.1:8000", f"127.0.0.1:{port}")], capture_output=True,
                           text=True, timeout=TIMEOUT, env={**os.environ, "HUBBUB_API_KEY": key})
 
@@ -198,3 +198,75 @@ def test_api_key_flag_turns_the_api_on(serve_process, tmp_path) -> None:
         out = curl_publish(block, server.port, "flag-key-" + "k" * 20)
         assert (out.returncode, out.stdout) == (0, '{"result":{}}'), (command, out.stdout, out.stderr)
         assert server.stop() == 0
+
+
+def test_genconfig_writes_a_private_file_that_checks_and_serves(serve_process, tmp_path) -> None:
+    """``hubbub genconfig`` (issue 28): a commented starter file with fresh secrets, mode 600, never
+    overwriting; check-config passes it and a server starts with it, its API key and secrets set."""
+    path = tmp_path / "hubbub.toml"
+    out = hubbub("genconfig", str(path))
+    assert out.returncode == 0, out.stderr
+    text = path.read_text()
+    assert os.stat(path).st_mode & 0o777 == 0o600
+    assert text.startswith("# hubbub settings") and "[namespaces.chat]" in text
+    from hubbub.config import Config
+
+    config = Config.load(path, env={})
+    assert len(config.token_hmac_secret) >= 32 and config.api_key and config.admin_secret
+    other = tmp_path / "other.toml"
+    assert hubbub("genconfig", str(other)).returncode == 0
+    again = Config.load(other, env={})
+    assert (again.token_hmac_secret, again.api_key, again.admin_secret) != (
+        config.token_hmac_secret, config.api_key, config.admin_secret)  # fresh each time
+    refused = hubbub("genconfig", str(path))
+    assert refused.returncode == 2 and "exists" in refused.stderr and path.read_text() == text
+    checked = hubbub("check-config", str(path))
+    assert checked.returncode == 0 and "ok" in checked.stdout, checked.stderr
+    server = serve_process("--config", str(path))
+    assert "API key set" in server.wait_for_output("API key set")
+    req = urllib.request.Request(f"http://127.0.0.1:{server.port}/api/publish", method="POST",
+                                 data=b'{"channel": "chat:room", "data": 1}', headers={"X-API-Key": config.api_key})
+    with urllib.request.urlopen(req, timeout=TIMEOUT) as response:
+        reply = json.loads(response.read())
+    assert reply["result"]["offset"] == 1  # the starter namespace keeps history
+    assert server.stop() == 0
+
+
+def test_gentoken_makes_tokens_a_real_server_accepts(serve_process, tmp_path) -> None:
+    """``hubbub gentoken USER [--ttl] [--channel]`` (issue 28): signed with the configured
+    token_hmac_secret; a server with the same file accepts the connection token for USER and the
+    subscription token for its channel, and refuses a client without one."""
+    path = tmp_path / "hubbub.toml"
+    assert hubbub("genconfig", str(path)).returncode == 0
+    with path.open("a") as f:
+        f.write("\n[namespaces.private]\nrequire_subscription_token = true\n")
+    missing = hubbub("gentoken", "alice")  # no --config and no HUBBUB_TOKEN_HMAC_SECRET
+    assert missing.returncode == 2 and "token_hmac_secret" in missing.stderr and "genconfig" in missing.stderr
+    made = hubbub("gentoken", "alice", "--ttl", "600", "--config", str(path))
+    assert made.returncode == 0, made.stderr
+    token = made.stdout.strip()
+    made = hubbub("gentoken", "alice", "--channel", "private:room", "--config", str(path))
+    assert made.returncode == 0, made.stderr
+    sub_token = made.stdout.strip()
+    server = serve_process("--config", str(path))
+
+    async def check() -> None:
+        url = f"ws://127.0.0.1:{server.port}/connection/websocket"
+        async with websockets.connect(url, ping_interval=None) as ws:
+            client = ProtoClient(ws)
+            client._buffer = []
+            reply = await client.call("connect", {"token": token})
+            assert "connect" in reply, reply
+            reply = await client.call("subscribe", {"channel": "private:room", "token": sub_token})
+            assert "subscribe" in reply, reply
+            reply = await client.call("subscribe", {"channel": "private:other", "token": sub_token})
+            assert reply.get("error", {}).get("code") == 103, reply  # the token is for private:room only
+        async with websockets.connect(url, ping_interval=None) as ws:
+            anonymous = ProtoClient(ws)
+            anonymous._buffer = []
+            await anonymous.send({"id": 1, "connect": {}})
+            code, _ = await anonymous.closed()
+            assert code == 3500  # no token: refused, so the accepted one proves the signature
+
+    asyncio.run(check())
+    assert server.stop() == 0

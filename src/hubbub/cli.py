@@ -1,5 +1,6 @@
-"""The ``hubbub`` command: argument parsing and dispatch, and ``consume``/``produce``
-(``serve`` and ``run`` live in :mod:`hubbub.serving`).
+"""The ``hubbub`` command: argument parsing and dispatch, ``consume``/``produce``,
+``gentoken``/``genconfig`` and ``check-config`` (``serve`` and ``run`` live in
+:mod:`hubbub.serving`).
 
 Exit codes: 0 success, 1 runtime error (server refused, connection lost),
 2 usage or configuration error.
@@ -12,8 +13,10 @@ import asyncio
 import base64
 import json
 import os
+import secrets
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,7 +33,7 @@ from .client import (
     namespace_hint,
 )
 from .codes import ErrorCode
-from .config import check_file
+from .config import Config, check_file
 from .errors import ClientError, ConfigError, EndpointError, ReplyError
 
 
@@ -103,6 +106,43 @@ def _parser() -> argparse.ArgumentParser:
         description="Validate a TOML settings file; print every unknown or invalid key with its line.",
     )
     check.add_argument("file", metavar="FILE")
+
+    gentoken = sub.add_parser(
+        "gentoken",
+        help="print a connection (or subscription) token signed with the configured key",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="""\
+Print a JWT (HS256) for USER on stdout, signed with token_hmac_secret: the settings
+file given with --config, then HUBBUB_TOKEN_HMAC_SECRET (as hubbub serve reads them).
+Without --channel it is a connection token (claims sub, exp); with --channel CHANNEL,
+a subscription token for that channel (claims sub, channel, exp), for namespaces with
+require_subscription_token; repeat --channel for several, one token per line in order.
+token_audience and token_issuer, when set, become the aud and iss claims.""",
+        epilog="""\
+examples:
+  hubbub gentoken alice --config hubbub.toml
+  hubbub consume ws://127.0.0.1:8000 news --token "$(hubbub gentoken alice --config hubbub.toml)"
+  hubbub gentoken alice --channel private:room --ttl 600 --config hubbub.toml
+
+exit codes: 0 printed, 2 no token_hmac_secret configured or invalid settings.""",
+    )
+    gentoken.add_argument("user", metavar="USER", help="the sub claim: the user id (\"\" for an anonymous user)")
+    gentoken.add_argument("--ttl", type=int, default=DEFAULT_TOKEN_TTL, metavar="SECONDS",
+                          help=f"seconds until the token expires (default {DEFAULT_TOKEN_TTL}, a week; "
+                          "0: no exp claim, never expires)")
+    gentoken.add_argument("--channel", action="append", default=[], metavar="CHANNEL",
+                          help="make a subscription token for CHANNEL instead (repeatable)")
+    gentoken.add_argument("--config", metavar="FILE", help="TOML settings file holding token_hmac_secret")
+
+    genconfig = sub.add_parser(
+        "genconfig",
+        help="write a commented starter hubbub.toml with fresh secrets",
+        description="Write a commented starter settings file to PATH (default hubbub.toml) with fresh random "
+        "token_hmac_secret, api_key and admin_secret, readable only by its owner (mode 600). An existing "
+        "file is never overwritten (exit 2). Then: hubbub check-config PATH; hubbub serve --config PATH.",
+    )
+    genconfig.add_argument("path", metavar="PATH", nargs="?", default="hubbub.toml",
+                           help="where to write it (default hubbub.toml)")
 
     consume = sub.add_parser(
         "consume",
@@ -222,6 +262,10 @@ def main(argv: list[str] | None = None) -> int:
             return serving.run(args)
         if args.command == "check-config":
             return _check_config(args.file)
+        if args.command == "gentoken":
+            return _gentoken(args)
+        if args.command == "genconfig":
+            return _genconfig(args.path)
         if args.command == "consume":
             return asyncio.run(_consume(args))
         if args.command == "produce":
@@ -250,6 +294,127 @@ def _check_config(path: str) -> int:
     if problems:
         return 2
     print(f"{path}: ok")
+    return 0
+
+
+# -- gentoken, genconfig ---------------------------------------------------------------
+
+#: ``hubbub gentoken``'s default lifetime in seconds: a week, as Centrifugo's ``gentoken``.
+DEFAULT_TOKEN_TTL = 7 * 24 * 3600
+
+
+def make_token(config: Config, user: str, *, ttl: int = DEFAULT_TOKEN_TTL, channel: str | None = None,
+               now: float | None = None) -> str:
+    """A JWT (HS256) signed with ``config.token_hmac_secret``: a connection token
+    for ``user``, or with ``channel`` a subscription token for that channel.
+
+    Args:
+        config: the settings (``token_hmac_secret``; ``token_audience`` and
+            ``token_issuer`` become ``aud`` and ``iss`` when set).
+        user: the ``sub`` claim.
+        ttl: seconds until ``exp``; 0 for no ``exp`` (never expires).
+        channel: the ``channel`` claim of a subscription token.
+        now: the current Unix time in seconds (default: the clock).
+
+    Raises:
+        ConfigError: no ``token_hmac_secret`` is configured (the message says how to set one),
+            or ``ttl`` is negative.
+    """
+    import jwt
+
+    if not config.token_hmac_secret:
+        raise ConfigError(
+            "gentoken signs with token_hmac_secret, and none is configured: set token_hmac_secret = \"...\" in "
+            "the settings file given with --config, or HUBBUB_TOKEN_HMAC_SECRET in the environment (the same "
+            "setting as the server's); hubbub genconfig writes a file with a fresh one")
+    if ttl < 0:
+        raise ConfigError(f"--ttl must be 0 (no expiry) or more seconds, got {ttl}")
+    claims: dict[str, Any] = {"sub": user}
+    if ttl:
+        claims["exp"] = int((time.time() if now is None else now) + ttl)
+    if channel is not None:
+        claims["channel"] = channel
+    if config.token_audience:
+        claims["aud"] = config.token_audience
+    if config.token_issuer:
+        claims["iss"] = config.token_issuer
+    return jwt.encode(claims, config.token_hmac_secret, algorithm="HS256")
+
+
+def _gentoken(args: argparse.Namespace) -> int:
+    config = Config.load(args.config)
+    channels: list[str | None] = list(args.channel) or [None]
+    for channel in channels:
+        token = make_token(config, args.user, ttl=args.ttl, channel=channel)
+        kind = f"subscription token for channel {channel!r}" if channel else "connection token"
+        expiry = f"expires in {args.ttl} s" if args.ttl else "never expires"
+        print(f"hubbub: HS256 {kind}, user {args.user!r}, {expiry}", file=sys.stderr)
+        print(token)
+    return 0
+
+
+#: ``hubbub genconfig``'s file; ``{...}`` are filled in.
+STARTER_CONFIG = """\
+# hubbub settings: hubbub serve --config {path}
+# Made by `hubbub genconfig` with fresh random secrets: keep this file private (it is
+# readable by its owner only). Check it with `hubbub check-config {path}`.
+# Every setting, its default, unit and environment variable: docs/configuration.md.
+# Precedence: command-line flags > HUBBUB_* environment variables > this file > defaults.
+
+# Where to listen. On an address other than loopback (0.0.0.0 behind a proxy), hubbub
+# serves only with a token key (below) or allow_anonymous = true.
+host = "127.0.0.1"
+port = 8000
+
+# Clients connect with a JWT (HS256) signed with this secret; your backend makes them, or
+#   hubbub gentoken USER --config {path}
+# With a token key set, clients without a token are refused; allow_anonymous = true lets
+# them in on purpose.
+token_hmac_secret = "{token_hmac_secret}"
+# allow_anonymous = true
+
+# The server API, POST /api/{{method}}, for your backends; send the key as X-API-Key:
+#   curl -X POST http://127.0.0.1:8000/api/publish -H "X-API-Key: KEY" -d '{{"channel": "news", "data": 1}}'
+api_key = "{api_key}"
+
+# The operator's dashboard at /admin logs in with this secret.
+admin_secret = "{admin_secret}"
+
+# Several processes or machines share channels through Redis (docs/scaling.md):
+# broker = "redis://127.0.0.1:6379/0"
+# workers = 4
+
+# Channels without a namespace (news) use these options.
+[channels]
+history_size = 0                 # publications kept per channel (0: no history)
+
+# A channel in a namespace (chat:room) needs its namespace declared, or clients get
+# 102 "unknown channel". This one keeps history for recovery and presence.
+[namespaces.chat]
+history_size = 100               # publications kept per channel
+history_ttl = 600                # seconds after the last publication
+force_recovery = true            # clients resubscribe from their last offset
+presence = true
+join_leave = true
+"""
+
+
+def _genconfig(path: str) -> int:
+    text = STARTER_CONFIG.format(path=path, token_hmac_secret=secrets.token_urlsafe(32),
+                                 api_key=secrets.token_urlsafe(24), admin_secret=secrets.token_urlsafe(24))
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        print(f"hubbub genconfig: {path} exists: not overwritten (remove it, or name another PATH)",
+              file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"hubbub genconfig: cannot write {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    with os.fdopen(fd, "w", encoding="utf-8") as out:
+        out.write(text)
+    print(f"hubbub: wrote {path} with fresh secrets (token_hmac_secret, api_key, admin_secret); "
+          f"serve it with: hubbub serve --config {path}", file=sys.stderr)
     return 0
 
 
