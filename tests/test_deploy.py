@@ -17,11 +17,14 @@ import datetime
 import ipaddress
 import json
 import os
+import re
+import shlex
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -31,6 +34,8 @@ from typing import Any
 import aiohttp
 import pytest
 import websockets
+
+from hubbub.config import Config
 
 from .conftest import ROOT, TIMEOUT, ServeProcess, until
 from .jsdeps import missing, node_modules
@@ -509,3 +514,226 @@ async def test_rolling_restart_of_one_node_behind_nginx(deployment, http) -> Non
             await relay.close()
         for stream in streams:
             stream.release()
+
+
+# -- systemd ------------------------------------------------------------------------------------
+
+UNIT = DEPLOY / "systemd" / "hubbub.service"
+
+
+def unit_settings(path: Path) -> dict[str, dict[str, list[str]]]:
+    """A unit file as {section: {key: [values, in order]}} (a key may repeat, as systemd allows)."""
+    sections: dict[str, dict[str, list[str]]] = {}
+    current: dict[str, list[str]] | None = None
+    pending = ""
+    for raw in path.read_text().splitlines():
+        line = pending + raw.strip()
+        pending = ""
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("["):
+            current = sections.setdefault(line.strip("[]"), {})
+            continue
+        assert current is not None, f"{line!r} before any section"
+        key, sep, value = line.partition("=")
+        assert sep, f"not a setting: {line!r}"
+        current.setdefault(key.strip(), []).append(value.strip())
+    return sections
+
+
+def seconds(value: str) -> float:
+    """A systemd time span (``30s``, ``1min 30s``, ``90``) in seconds."""
+    units = {"ms": 0.001, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]*)", value):
+        total += float(number) * units[unit or "s"]
+    return total
+
+
+def test_systemd_unit_has_the_hardening_and_the_stop_settings() -> None:
+    service = unit_settings(UNIT)["Service"]
+
+    def one(key: str) -> str:
+        assert len(service.get(key, [])) == 1, f"{key} should be set once in {UNIT.name}"
+        return service[key][0]
+
+    for key, value in {"DynamicUser": "yes", "NoNewPrivileges": "yes", "ProtectSystem": "strict",
+                       "ProtectHome": "yes", "PrivateTmp": "yes", "Restart": "on-failure",
+                       "KillSignal": "SIGTERM", "KillMode": "mixed"}.items():
+        assert one(key) == value, key
+    assert int(one("LimitNOFILE")) >= 200_000  # 100,000 connections and more
+    assert one("EnvironmentFile").lstrip("-").startswith("/etc/hubbub/")  # the secrets
+    assert one("CapabilityBoundingSet") == ""  # no capabilities at all
+    # systemd waits longer than hubbub's drain (close_timeout, then leaving the broker) before SIGKILL
+    assert seconds(one("TimeoutStopSec")) >= 2 * Config().close_timeout + 10
+    command = shlex.split(one("ExecStart"))
+    assert command[1:3] == ["serve", "--config"] and command[0].endswith("/bin/hubbub")
+
+
+def test_systemd_analyze_verify_and_security(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not on this machine (it comes with systemd)")
+    hubbub = Path(sys.executable).with_name("hubbub")  # verify wants ExecStart's program to exist
+    assert hubbub.exists(), hubbub
+    text = UNIT.read_text()
+    assert text.count("/opt/hubbub/bin/hubbub ") == 1
+    unit = tmp_path / "hubbub.service"
+    unit.write_text(text.replace("/opt/hubbub/bin/hubbub ", f"{hubbub} "))
+    verify = subprocess.run([analyze, "verify", "--man=no", str(unit)], capture_output=True, text=True,
+                            timeout=60, cwd=tmp_path)
+    complaints = [line for line in (verify.stdout + verify.stderr).splitlines() if "hubbub.service" in line]
+    assert verify.returncode == 0 and not complaints, verify.stdout + verify.stderr  # unknown keys are warnings
+    security = subprocess.run([analyze, "security", "--offline=yes", "--no-pager", str(unit)],
+                              capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    found = re.search(r"Overall exposure level for hubbub\.service: (\d+\.\d+)", security.stdout + security.stderr)
+    if found is None and "offline" in security.stderr:  # systemd < 250: no offline security report
+        pytest.skip("systemd-analyze verify passed; this systemd has no `security --offline`")
+    assert found is not None, security.stdout + security.stderr
+    assert float(found.group(1)) <= 2.0, security.stdout  # systemd calls up to 3.9 "OK"
+
+
+# -- the container recipe -----------------------------------------------------------------------
+
+DOCKERFILE = DEPLOY / "docker" / "Dockerfile"
+
+
+@dataclass
+class Stage:
+    """One stage of a Dockerfile: its base and its instructions, in order."""
+
+    base: str
+    instructions: list[tuple[str, str]] = field(default_factory=list)
+
+    def all(self, name: str) -> list[str]:
+        return [arg for instruction, arg in self.instructions if instruction == name]
+
+    def env(self) -> dict[str, str]:
+        """The stage's ENV, in the ``KEY=VALUE ...`` form (shell-quoted values)."""
+        found: dict[str, str] = {}
+        for arg in self.all("ENV"):
+            for word in shlex.split(arg):
+                key, sep, value = word.partition("=")
+                assert sep, f"ENV {arg!r}: use the KEY=VALUE form"
+                found[key] = value
+        return found
+
+
+def dockerfile_stages(path: Path) -> list[Stage]:
+    stages: list[Stage] = []
+    pending = ""
+    for raw in path.read_text().splitlines():
+        if raw.lstrip().startswith("#"):  # docker drops comment lines, inside a continuation too
+            continue
+        line = pending + raw.strip()
+        if line.endswith("\\"):
+            pending = line[:-1] + " "
+            continue
+        pending = ""
+        if not line or line.startswith("#"):
+            continue
+        instruction, _, arg = line.partition(" ")
+        if instruction.upper() == "FROM":
+            stages.append(Stage(arg.split()[0]))
+        else:
+            assert stages, f"{line!r} before FROM"
+            stages[-1].instructions.append((instruction.upper(), arg.strip()))
+    return stages
+
+
+def test_dockerfile_is_small_non_root_and_checks_its_health() -> None:
+    stages = dockerfile_stages(DOCKERFILE)
+    image = stages[-1]
+    assert all(stage.base == "python:3.11-slim" for stage in stages)
+    users = image.all("USER")
+    assert users and users[-1] not in ("root", "0", "0:0")
+    port = image.env()["HUBBUB_PORT"]
+    assert image.all("EXPOSE") == [port]
+    healthcheck = image.all("HEALTHCHECK")
+    assert len(healthcheck) == 1 and "/health" in healthcheck[0] and " CMD [" in f" {healthcheck[0]}"
+    assert json.loads(image.all("CMD")[0])[:2] == ["hubbub", "serve"]
+    # the final image takes only the built environment from the build stage: no source, no pip cache
+    assert [arg for arg in image.all("COPY")] == ["--from=build /opt/hubbub /opt/hubbub"]
+
+
+@pytest.mark.slow
+async def test_dockerfile_install_and_start_commands_work_in_a_clean_venv(tmp_path: Path) -> None:
+    """What ``docker build`` and ``docker run`` would do, without docker: the build stage's COPY
+    and RUN lines into a directory that stands for the image's root, then the image's CMD with
+    its ENV (and a free port, as ``docker run -p`` maps one), /health, and the HEALTHCHECK."""
+    build, image = dockerfile_stages(DOCKERFILE)
+    root = tmp_path / "root"  # the container's / : /src and /opt/hubbub are under it
+
+    def here(text: str) -> str:
+        return re.sub(r"(?<![\w.])(/src|/opt/hubbub)(?![\w.-])", lambda m: f"{root}{m.group(1)}", text)
+
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.egg-info")  # Dockerfile.dockerignore
+    for arg in build.all("COPY"):
+        *sources, destination = shlex.split(arg)
+        target = Path(here(destination))
+        for source in sources:
+            if (ROOT / source).is_dir():
+                shutil.copytree(ROOT / source, target, ignore=ignore)
+            else:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(ROOT / source, target / source)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBBUB_", "VIRTUAL_ENV", "PYTHON"))}
+    env.update(build.env())
+    for command in build.all("RUN"):
+        assert not command.startswith("["), "RUN in shell form"
+        command = here(re.sub(r"^python ", f"{shlex.quote(sys.executable)} ", command))
+        done = await asyncio.to_thread(subprocess.run, ["sh", "-c", command], env=env, cwd=tmp_path,
+                                       capture_output=True, text=True, timeout=240)
+        assert done.returncode == 0, f"RUN {command}\n{done.stdout}\n{done.stderr}"
+    # what COPY brought in reached the package: its README as the description, its licence file
+    metadata = subprocess.run(
+        [str(root / "opt/hubbub/bin/python"), "-c", "import importlib.metadata as m, json; d = m.distribution('hubbub'); "
+         "print(json.dumps([d.metadata.get_payload() or '', [f.name for f in d.files or ()]]))"],
+        capture_output=True, text=True, timeout=TIMEOUT, cwd=tmp_path, env=env, check=True)
+    description, files = json.loads(metadata.stdout)
+    assert description.startswith("# hubbub") and "LICENSE" in files, metadata.stdout[:300]
+
+    # docker run -p PORT:8000 -e HUBBUB_TOKEN_HMAC_SECRET=... -e HUBBUB_API_KEY=... (the Dockerfile's comment)
+    run_env = {k: v for k, v in os.environ.items() if not k.startswith(("HUBBUB_", "VIRTUAL_ENV", "PYTHON"))}
+    for key, value in image.env().items():
+        run_env[key] = here(value).replace("$PATH", os.environ["PATH"])
+    port = free_port()
+    run_env.update(HUBBUB_PORT=str(port), HUBBUB_TOKEN_HMAC_SECRET="docker-test-secret-of-at-least-32-bytes",
+                   HUBBUB_API_KEY="docker-test-key")
+    cmd = json.loads(image.all("CMD")[0])
+    program = shutil.which(cmd[0], path=run_env["PATH"])
+    assert program == str(root / "opt/hubbub/bin" / cmd[0]), program  # the environment's, not the checkout's
+    server = subprocess.Popen([program, *cmd[1:]], env=run_env, cwd=tmp_path, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    healthcheck = json.loads(image.all("HEALTHCHECK")[0].split(" CMD ", 1)[1])
+    try:
+        async def healthy() -> bool:
+            assert server.poll() is None, "hubbub serve exited"
+            try:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except OSError:
+                return False
+            writer.write(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+            answer = await reader.read()
+            writer.close()
+            return answer.startswith(b"HTTP/1.1 200")
+
+        await until(healthy, "/health of the image's command", timeout=3 * TIMEOUT)
+        check = await asyncio.to_thread(subprocess.run, [shutil.which(healthcheck[0], path=run_env["PATH"]),
+                                                         *healthcheck[1:]], env=run_env, capture_output=True,
+                                        timeout=TIMEOUT)
+        assert check.returncode == 0, check.stderr  # docker would call the container healthy
+        server.send_signal(signal.SIGTERM)  # docker stop
+        assert await asyncio.to_thread(server.wait, TIMEOUT) == 0
+        check = await asyncio.to_thread(subprocess.run, [shutil.which(healthcheck[0], path=run_env["PATH"]),
+                                                         *healthcheck[1:]], env=run_env, capture_output=True,
+                                        timeout=TIMEOUT)
+        assert check.returncode != 0  # and unhealthy once it is gone
+    finally:
+        if server.poll() is None:
+            server.kill()
+        out = server.communicate(timeout=TIMEOUT)[0]
+    assert "listening on http://0.0.0.0:" in out, out
