@@ -46,7 +46,7 @@ MODULES = {
     "hubbub.cluster": ["Cluster", "node_info", "apply_user_command"],
     "hubbub.errors": ["HubbubError", "ConfigError", "RouteCollision", "ProtocolError", "BadRequest", "Disconnect",
                       "TokenError", "TokenExpired", "InvalidToken", "BrokerError", "BrokerUnavailable", "ClusterError",
-                      "NodeUnavailable", "RemoteError", "ClientError", "ReplyError", "EndpointError"],
+                      "NodeUnavailable", "RemoteError", "ClientError", "ReplyError", "EndpointError", "NotStarted"],
     "hubbub.asgi": ["ASGIAdapter", "ASGIFrames"],
     "hubbub.hosting": ["HostedApp"],
     "hubbub.api": ["ServerAPI"],

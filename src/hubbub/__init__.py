@@ -39,6 +39,7 @@ _EXPORTS = {
     "HubbubError": "errors",
     "ProtocolError": "errors",
     "ReplyError": "errors",
+    "NotStarted": "errors",
 }
 
 __all__ = [*_EXPORTS, "__version__"]
@@ -57,6 +58,7 @@ if TYPE_CHECKING:  # names for type checkers; loaded lazily at run time
         ConfigError,
         Disconnect,
         HubbubError,
+        NotStarted,
         ProtocolError,
         ReplyError,
     )
