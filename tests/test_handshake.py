@@ -200,3 +200,43 @@ async def test_replies_to_commands_before_a_close_are_sent(server: Server) -> No
     opcode, payload = await read_frame(reader)
     assert opcode == 8 and int.from_bytes(payload[:2], "big") == 1000
     writer.close()
+
+
+async def read_response_body(reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
+    head = await read_head(reader)
+    length = int(next(line.split(b":", 1)[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length:")))
+    return head, await asyncio.wait_for(reader.readexactly(length), TIMEOUT)
+
+
+async def test_an_upgrade_on_a_later_keep_alive_request_is_accepted(server: Server) -> None:
+    """A proxy reuses its pooled connections for upgrades (nginx with upstream ``keepalive``):
+    after plain HTTP requests, an upgrade on the same connection is a WebSocket as if it came
+    first, frames in the same write included (before: 400 "it must be the connection's first
+    request")."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        head, _ = await read_response_body(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        # a pipelined request, then the upgrade with a frame right behind it, in one write
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n" + upgrade_request("/ws/later")
+                     + client_text_frame("hello"))
+        head, _ = await read_response_body(reader)
+        assert head.startswith(b"HTTP/1.1 200")
+        assert (await read_head(reader)).startswith(b"HTTP/1.1 101")
+        assert await read_text_frame(reader) == "hello"  # the relay echoes to its sender
+    finally:
+        writer.close()
+
+
+async def test_a_later_request_that_is_no_valid_upgrade_is_refused(server: Server) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    try:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await read_response_body(reader)
+        writer.write(b"GET /ws/x HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
+        head = await read_head(reader)
+        assert head.startswith(b"HTTP/1.1 400"), head  # no Sec-WebSocket-Key: websockets refuses it
+    finally:
+        writer.close()

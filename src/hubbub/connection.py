@@ -276,6 +276,9 @@ class Connection(Writer, asyncio.Protocol):
             except h11.RemoteProtocolError as exc:
                 self._http_error(exc.error_status_hint, str(exc))
                 return
+            if event is h11.PAUSED and self._http_request is not None and _is_upgrade(self._http_request):
+                self._upgrade_later_request(self._http_request)
+                return
             if event is h11.NEED_DATA or event is h11.PAUSED:
                 return
             if isinstance(event, h11.Request):
@@ -285,10 +288,6 @@ class Connection(Writer, asyncio.Protocol):
                     return
                 self._http_request = event
                 self._http_body, self._http_body_size = [], 0
-                if _is_upgrade(event):
-                    # websockets took every valid handshake that came first
-                    self._http_error(400, "invalid WebSocket handshake (it must be the connection's first request)")
-                    return
             elif isinstance(event, h11.Data):
                 self._http_body_size += len(event.data)
                 if self._http_body_size > self.config.max_http_body:
@@ -298,6 +297,8 @@ class Connection(Writer, asyncio.Protocol):
             elif isinstance(event, h11.EndOfMessage):
                 req = self._http_request
                 assert req is not None
+                if _is_upgrade(req):
+                    continue  # h11 pauses next: the upgrade is websockets' (_upgrade_later_request)
                 self._http_task = asyncio.get_running_loop().create_task(
                     self._serve_http(req, b"".join(self._http_body or ()))
                 )
@@ -306,6 +307,19 @@ class Connection(Writer, asyncio.Protocol):
             elif isinstance(event, h11.ConnectionClosed):
                 self._close_after_flush()  # after the response just queued, if any
                 return
+
+    def _upgrade_later_request(self, req: h11.Request) -> None:
+        """A WebSocket upgrade on a later request of a keep-alive connection (a proxy such
+        as nginx with upstream ``keepalive`` reuses its pooled connections for upgrades):
+        the head h11 parsed goes to websockets' handshake, as a first request's does, with
+        the bytes h11 holds after it (frames)."""
+        assert self.http is not None
+        rest, _ = self.http.trailing_data
+        head = b"%s %s HTTP/1.1\r\n%s\r\n" % (
+            req.method, req.target, b"".join(b"%s: %s\r\n" % (name, value) for name, value in req.headers.raw_items()))
+        self._http_request = None
+        if not self._start_websocket(head, bytes(rest)):
+            self._http_error(400, "invalid WebSocket handshake")
 
     async def _serve_http(self, req: h11.Request, body: bytes) -> None:
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in req.headers}
