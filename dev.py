@@ -7,7 +7,7 @@
 
 The virtual environment lives in .venv (override with HUBBUB_VENV). Installing is skipped when
 pyproject.toml has not changed since the last install. `test` also installs what the tests need
-outside Python when it can (redis-server, chromium, node and npm from Debian's packages, as root;
+outside Python when it can (redis-server, chromium, node, npm and nginx from Debian's packages, as root;
 centrifuge-js from npm); tests that need a
 missing tool are skipped, unless CI=true, where they fail.
 """
@@ -85,6 +85,7 @@ def main() -> int:
         ensure_debian_package("chromium", "chromium")
         ensure_debian_package("node", "nodejs")
         ensure_debian_package("npm", "npm")
+        ensure_debian_package("nginx", "nginx")  # tests/test_deploy.py runs the deploy/nginx recipe
         ensure_npm_packages(ROOT / "tests" / "js")
         return subprocess.call([str(PY), "-m", "pytest", *args], cwd=ROOT)
     return subprocess.call([str(PY), str(ROOT / "bench" / "run.py"), *args], cwd=ROOT)
