@@ -57,6 +57,22 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> Generator[None
     return result
 
 
+#: Modules whose tests start other processes (Redis, Node, Chromium, ``hubbub serve``, pip),
+#: run load or failure scenarios, or fuzz: the fast run (``-m "not slow"``) leaves them out.
+SLOW_MODULES = frozenset((
+    "test_api_fuzz", "test_admin_browser", "test_broker_contract", "test_browser", "test_cli", "test_cli_relay",
+    "test_cluster", "test_examples", "test_fastgen", "test_faults", "test_fuzz", "test_howtos", "test_protobuf",
+    "test_redis", "test_redis_scale", "test_redis_topologies", "test_streams_browser", "test_streams_js",
+))
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark every test of :data:`SLOW_MODULES` ``slow`` (tests elsewhere mark themselves)."""
+    for item in items:
+        if item.module is not None and item.module.__name__.rpartition(".")[2] in SLOW_MODULES:
+            item.add_marker(pytest.mark.slow)
+
+
 def make_config(**kw: Any) -> Config:
     kw.setdefault("host", "127.0.0.1")
     kw.setdefault("port", 0)

@@ -185,6 +185,7 @@ async def test_producer_and_consumer_cancel_each_other(running: list[App]) -> No
     await asyncio.wait_for(produced_cancelled.wait(), TIMEOUT)
 
 
+@pytest.mark.slow
 async def test_no_task_outlives_its_connection(running: list[App]) -> None:
     app = new_app()
 

@@ -397,6 +397,7 @@ async def test_broadcast_is_bounded_like_any_push(running: list[App]) -> None:
 # -- no task outlives its connection --------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_guide_handlers_leave_no_task_after_1000_connections(running: list[App]) -> None:
     """1,000 connections (50 at a time) to the guide's two consumer+producer
     handlers: ``gather``, and ``create_task`` + ``asyncio.wait``. Each client

@@ -80,6 +80,7 @@ async def test_centrifuge_python_connects_with_rs256_token(start_server, tmp_pat
     assert (await c.closed())[0] == 3500
 
 
+@pytest.mark.slow
 async def test_centrifuge_python_refreshes_an_expiring_token(token_server: Server) -> None:
     from centrifuge import Client
 

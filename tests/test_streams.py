@@ -173,6 +173,7 @@ async def test_uni_connect_obeys_the_channel_limit_and_skips_channels_it_may_not
     assert server.hub.clients == 1  # the refused one left nothing behind
 
 
+@pytest.mark.slow
 async def test_emulated_sessions_are_pinged_and_closed_3012_without_a_pong(start_server, session) -> None:
     server = await start_server(ping_interval=1.0, pong_timeout=0.5)
     url = http(server, "/connection/http_stream")
