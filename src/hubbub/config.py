@@ -92,7 +92,21 @@ class Config:
             (needs the ``uvloop`` package: ``pip install hubbub[uvloop]``); used by
             ``hubbub serve`` and ``App.serve``.
         max_message_size: largest incoming WebSocket message (bytes); larger
-            ones close the connection with 1009.
+            ones close the connection with 1009. With permessage-deflate this
+            bounds the message once decompressed.
+        websocket_compression: offer permessage-deflate (RFC 7692) on every
+            WebSocket way in of hubbub's own server (protocol, relay,
+            ``uni_websocket``, framework endpoints). The server answers with
+            ``server_no_context_takeover`` and ``client_no_context_takeover``:
+            each outgoing message is compressed alone, so a publication is
+            compressed once and the bytes shared by every subscriber that
+            negotiated it. Off by default, as in Centrifugo. Under ASGI the
+            ASGI server frames and compresses (uvicorn negotiates
+            permessage-deflate itself): this setting has no effect there.
+        websocket_compression_min_size: messages shorter than this (bytes) are
+            sent uncompressed even when compression is negotiated.
+        websocket_compression_level: zlib compression level of outgoing
+            messages, 1 (fastest) to 9 (smallest).
         max_pending_output: output a connection may have waiting to be sent
             (bytes); past it the connection is closed with 3008 "slow".
         ping_interval: seconds between server pings (0 disables them).
@@ -174,6 +188,9 @@ class Config:
     workers: int = 1
     event_loop: str = "asyncio"
     max_message_size: int = 65536
+    websocket_compression: bool = False
+    websocket_compression_min_size: int = 128
+    websocket_compression_level: int = 1
     max_pending_output: int = 1024 * 1024
     ping_interval: float = 25.0
     pong_timeout: float = 8.0
@@ -328,6 +345,10 @@ class Config:
                           f"or a redis+sentinel:// URL, got {self.broker!r}")
         if self.workers < 1:
             errors.append("workers must be at least 1")
+        if not 1 <= self.websocket_compression_level <= 9:
+            errors.append(f"websocket_compression_level must be 1-9, got {self.websocket_compression_level}")
+        if self.websocket_compression_min_size < 0:
+            errors.append(f"websocket_compression_min_size must be >= 0, got {self.websocket_compression_min_size}")
         if self.event_loop not in ("asyncio", "uvloop"):
             errors.append(f"event_loop must be 'asyncio' or 'uvloop', got {self.event_loop!r}")
         for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path", *STREAM_PATHS):

@@ -22,6 +22,7 @@ import uuid
 from typing import Any, cast
 
 import h11
+from websockets.exceptions import InvalidHandshake
 from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request, Response
 from websockets.protocol import Protocol as Protocol_
@@ -30,8 +31,10 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from .codes import DisconnectCode
+from .compression import deflate_frames, extension_factories
 from .core import PENDING
 from .http import HTTPRequest, HTTPResponse
+from .outbox import FrameEncoder
 from .transport import Host, WebSocketSession
 from .writer import Writer
 
@@ -57,8 +60,9 @@ MAX_CLOSE_REASON = 123
 class WebSocketFrames:
     """Encodes unmasked server frames with ``websockets``' frame serializer.
 
-    One instance is shared by every connection without per-connection
-    compression, so a push is framed once for all of them.
+    One instance is shared by every connection that did not negotiate
+    permessage-deflate, so a push is framed once for all of them (those that
+    did share a :class:`~hubbub.compression.DeflateFrames`).
     """
 
     __slots__ = ()
@@ -106,15 +110,12 @@ class Connection(Writer, asyncio.Protocol):
     """One accepted TCP connection. Implements :class:`~hubbub.outbox.Outbox`
     (its queue is the :class:`~hubbub.writer.Writer` it extends)."""
 
-    #: how pushes are framed for this kind of connection (shared by all)
-    frames = WebSocketFrames()
-
     # slots: an idle connection's memory is mostly this object (see docs/benchmarks.md)
     __slots__ = (
         "host", "config", "stats", "peer", "http", "_head", "_scanned", "_http_request", "_http_body",
         "_http_body_size", "_http_task", "ws", "session", "request", "_inbox", "_worker", "_paused", "_fragments",
         "_fragments_binary", "_utf8", "_close_timer", "_close_counted", "deadline", "ping_slot", "_held",
-        "chunked",
+        "chunked", "frames",
     )
 
     def __init__(self, host: Host) -> None:
@@ -149,6 +150,9 @@ class Connection(Writer, asyncio.Protocol):
         self._held: list[bytes] | None = None
         #: a streaming response is under way (None: not streaming); its body is chunked
         self.chunked: bool | None = None
+        #: how messages are framed for this connection: one encoder shared by every connection
+        #: of its kind (compressing once set at the handshake, when permessage-deflate is agreed)
+        self.frames: FrameEncoder = PLAIN_FRAMES
 
     # -- asyncio.Protocol -------------------------------------------------------
 
@@ -434,9 +438,13 @@ class Connection(Writer, asyncio.Protocol):
         Returns False, having changed nothing, when websockets does not parse
         ``head`` as a WebSocket upgrade (h11 answers it as plain HTTP then).
         """
+        config = self.config
         ws = ServerProtocol(
             origins=self.host.origins,
-            max_size=self.config.max_message_size,
+            # permessage-deflate: websockets negotiates it and inflates incoming messages
+            # (within max_size: a compression bomb gets 1009); hubbub deflates its own frames
+            extensions=extension_factories() if config.websocket_compression else None,
+            max_size=config.max_message_size,
             logger=_WS_LOGGER,
         )
         ws.id = _SHARED_WS_ID  # websockets' per-connection UUID is only for its logs; ours are quiet
@@ -458,6 +466,8 @@ class Connection(Writer, asyncio.Protocol):
         self.request = request
         self.ws = ws
         self._head = bytearray(rest)  # held until the handshake is decided
+        if config.websocket_compression and "Sec-WebSocket-Extensions" in req.headers:
+            self.frames = self._negotiated_frames(ws, req)  # before the session picks its wire
         found = self.host.websocket_session(self, request)
         if isinstance(found, tuple):
             self._answer_handshake(None, found)
@@ -483,6 +493,18 @@ class Connection(Writer, asyncio.Protocol):
             return True
         self._answer_handshake(response, decision)
         return True
+
+    def _negotiated_frames(self, ws: ServerProtocol, req: Request) -> FrameEncoder:
+        """The framing that ``ws.accept(req)`` will agree on: the shared compressing
+        encoder when the client's offer of permessage-deflate is accepted (websockets'
+        own negotiation, the same that answers the handshake), else the plain one."""
+        try:
+            _, extensions = ws.process_extensions(req.headers)
+        except InvalidHandshake:
+            return PLAIN_FRAMES  # a malformed offer: accept() answers it with 400
+        if not extensions:
+            return PLAIN_FRAMES
+        return deflate_frames(self.config.websocket_compression_level, self.config.websocket_compression_min_size)
 
     async def _decide_handshake(self, response: Response) -> None:
         session = self.session
@@ -708,8 +730,9 @@ class Connection(Writer, asyncio.Protocol):
 
     def send_text(self, payload: bytes) -> None:
         """Queue one text message (a reply, an endpoint's message): bounded.
-        Framed here (no extensions are negotiated), so it also works while a
-        client's close waits for the messages before it."""
+        Framed (and compressed, with permessage-deflate) here by :attr:`frames`,
+        not by websockets, so it also works while a client's close waits for
+        the messages before it."""
         if self.open and self.ws is not None:
             self.write(self.frames.text(payload))
 
@@ -844,6 +867,9 @@ def _release_transport(transport: asyncio.BaseTransport | None) -> None:
 
 
 _PING_FRAME = Frame(Opcode.PING, b"").serialize(mask=False)
+
+#: the framing of every connection without compression
+PLAIN_FRAMES = WebSocketFrames()
 
 _REASONS = {s.value: s.phrase for s in http.HTTPStatus}
 
