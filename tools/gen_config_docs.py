@@ -44,7 +44,8 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
     "Connections: sizes and timeouts": (
         "Bounds on every connection, whatever its transport: what a peer may send, what may wait "
         "for it, and how long each step may take.",
-        ["max_message_size", "max_pending_output", "ping_interval", "pong_timeout", "handshake_timeout",
+        ["max_message_size", "websocket_compression", "websocket_compression_min_size",
+         "websocket_compression_level", "max_pending_output", "ping_interval", "pong_timeout", "handshake_timeout",
          "connect_timeout", "close_timeout", "max_handshake_size", "max_request_line", "max_http_body",
          "channel_max_length"],
     ),
@@ -84,7 +85,8 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
 UNITS: dict[str, str] = {
     "host": "", "port": "", "workers": "processes", "event_loop": "",
     "broker": "", "node_info_interval": "seconds", "node_timeout": "seconds", "node_request_timeout": "seconds",
-    "max_message_size": "bytes", "max_pending_output": "bytes", "ping_interval": "seconds",
+    "max_message_size": "bytes", "websocket_compression": "", "websocket_compression_min_size": "bytes",
+    "websocket_compression_level": "", "max_pending_output": "bytes", "ping_interval": "seconds",
     "pong_timeout": "seconds", "handshake_timeout": "seconds", "connect_timeout": "seconds",
     "close_timeout": "seconds", "max_handshake_size": "bytes", "max_request_line": "bytes",
     "max_http_body": "bytes", "channel_max_length": "bytes",
