@@ -105,7 +105,7 @@ UNITS: dict[str, str] = {
     "history_size": "publications per channel", "history_ttl": "seconds", "force_recovery": "",
     "presence": "", "join_leave": "", "allow_publish_for_client": "", "allow_subscribe_for_client": "",
     "allow_history_for_client": "", "allow_presence_for_client": "", "require_subscription_token": "",
-    "exclude_publisher": "",
+    "exclude_publisher": "", "force_recovery_mode": "",
 }
 
 #: the dataclass field type -> how a TOML file writes it

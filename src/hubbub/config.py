@@ -30,6 +30,9 @@ ENV_PREFIX = "HUBBUB_"
 #: ``HUBBUB_*`` variables that are not settings: the worker index that ``--workers``
 #: gives each process, and dev.py's virtual environment.
 RESERVED_ENV = frozenset({"HUBBUB_WORKER_INDEX", "HUBBUB_VENV"})
+#: ``NamespaceOptions.force_recovery_mode`` values; the cache mode recovers the latest publication only
+RECOVERY_MODE_CACHE = "cache"
+RECOVERY_MODES = ("", "stream", RECOVERY_MODE_CACHE)
 #: the settings that place the streaming and unidirectional transports (hubbub.streams)
 STREAM_PATHS = ("http_stream_path", "sse_path", "emulation_path", "uni_websocket_path", "uni_sse_path",
                 "uni_http_stream_path", "channel_sse_path")
@@ -46,6 +49,13 @@ class NamespaceOptions:
         force_recovery: every subscription is recoverable (the reply says
             ``recoverable: true``), so clients resubscribe with their position.
             Without it a client must ask with ``recoverable: true``.
+        force_recovery_mode: what a subscribe with ``recover: true`` gets, as
+            Centrifugo's option of that name: ``""`` or ``"stream"`` the
+            publications missed since the client's offset; ``"cache"`` only the
+            channel's latest publication (none if it has none), on subscribe and
+            on every resubscribe (a centrifuge-js client asks with ``since: {}``).
+            ``"cache"`` needs history (``history_size`` and ``history_ttl``);
+            ``history_size = 1`` is enough. Other values raise ``ConfigError``.
         presence: keep presence (who is subscribed) for channels.
         join_leave: send ``join``/``leave`` pushes on subscribe/unsubscribe.
         allow_publish_for_client: clients may publish with the ``publish`` command.
@@ -71,6 +81,15 @@ class NamespaceOptions:
     allow_anonymous: bool | None = None
     require_subscription_token: bool = False
     exclude_publisher: bool = False
+    force_recovery_mode: str = ""
+
+    def __post_init__(self) -> None:
+        if self.force_recovery_mode not in RECOVERY_MODES:
+            raise ConfigError(f"force_recovery_mode must be one of {', '.join(map(repr, RECOVERY_MODES))}, "
+                              f"got {self.force_recovery_mode!r}")
+        if self.force_recovery_mode == RECOVERY_MODE_CACHE and not self.history:
+            raise ConfigError("force_recovery_mode = 'cache' needs history (history_size and history_ttl > 0): "
+                              "the latest publication is read from it")
 
     @property
     def history(self) -> bool:

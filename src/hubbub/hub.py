@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 from .brokers.base import Broker, ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import DisconnectCode, ErrorCode
-from .config import Config, NamespaceOptions
+from .config import RECOVERY_MODE_CACHE, Config, NamespaceOptions
 from .errors import BrokerError, NotStarted, ProtocolError
 from .outbox import FrameBatch
 from .stats import Stats
@@ -88,7 +88,9 @@ class SubscribeResult:
         position: the stream's top after the subscription started.
         publications: missed publications to include in the subscribe reply
             (recovery), oldest first.
-        recovered: whether ``publications`` are all that the client missed.
+        recovered: whether ``publications`` are all that the client missed
+            (cache recovery mode: whether ``publications`` hold the channel's
+            latest publication, or the client's position is the top already).
         late: publications that arrived while the stream was read and that
             the client must get as pushes right after the subscribe reply.
     """
@@ -449,7 +451,8 @@ class Hub:
         positioned: bool = False,
     ) -> SubscribeResult:
         """Add ``sub`` to ``channel`` and, for a channel with history, read
-        the stream position and (with ``recover_since``) the missed publications.
+        the stream position and (with ``recover_since``) the missed publications,
+        or only the latest one when ``ns.force_recovery_mode`` is ``"cache"``.
 
         Raises:
             ProtocolError: 105 if ``sub.client_id`` is already subscribed; 100
@@ -478,7 +481,8 @@ class Hub:
         result = SubscribeResult()
         try:
             if ns.history:
-                result = await self._read_stream(channel, state, client_id, recover_since)
+                result = await self._read_stream(channel, state, client_id, recover_since,
+                                                 cache=ns.force_recovery_mode == RECOVERY_MODE_CACHE)
         except BaseException:
             state.count -= 1
             self._maybe_drop(channel, state)
@@ -536,12 +540,16 @@ class Hub:
             self._spawn(self.broker.publish_join(channel, info), "join")
 
     async def _read_stream(
-        self, channel: str, state: _Channel, client_id: str, since: StreamPosition | None
+        self, channel: str, state: _Channel, client_id: str, since: StreamPosition | None, *, cache: bool = False
     ) -> SubscribeResult:
         buffer: list[Publication] = []
         state.buffering[client_id] = buffer
         try:
-            history = await self.broker.history(channel, since=since, limit=None if since else 0)
+            if since is not None and cache:
+                # Cache recovery: the newest publication only, whatever the client's offset.
+                history = await self.broker.history(channel, limit=1, reverse=True)
+            else:
+                history = await self.broker.history(channel, since=since, limit=None if since else 0)
         except BrokerError as exc:
             raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
         finally:
@@ -550,7 +558,18 @@ class Hub:
         if any(p.epoch and p.epoch != top.epoch for p in buffer):  # the stream was replaced meanwhile
             raise ProtocolError(ErrorCode.INTERNAL, "the channel's stream changed while subscribing", temporary=True)
         result = SubscribeResult(position=top)
-        if since is not None:
+        if since is not None and cache:
+            # As Centrifugo's cache mode: the latest publication if the stream still holds
+            # it (its offset is the top); none when the channel has none, recovered then
+            # only if the client's position is the top already.
+            latest = history.publications[0] if history.publications else None
+            if latest is not None:
+                result.recovered = latest.offset == top.offset
+                if result.recovered:
+                    result.publications = [latest]
+            else:
+                result.recovered = 0 < since.offset == top.offset and since.epoch == top.epoch
+        elif since is not None:
             pubs = history.publications
             missed = top.offset - since.offset
             result.recovered = (
