@@ -11,6 +11,7 @@ import subprocess
 from typing import Any
 
 import pytest
+import websockets
 
 import hubbub
 from hubbub.config import Config, NamespaceOptions
@@ -133,3 +134,17 @@ async def test_centrifuge_js_gets_the_latest_on_subscribe_and_resubscribe(
     assert result["got"] == [{"data": {"n": 2}, "offset": 2}, {"data": {"n": 2}, "offset": 2}]
     assert result["subscribed"] == [{"recovered": True, "wasRecovering": True}] * 2
     assert 3011 in result["codes"]
+
+
+async def test_uni_websocket_subs_with_recover_get_the_latest(start_server: Any) -> None:
+    """The one-way transports join through the same hub: a ``subs`` entry with ``recover``
+    gets the latest publication in its connect push."""
+    server: Server = await start_server(uni_websocket_path="/connection/uni_websocket",
+                                        namespaces={"doc": history_ns(**CACHE)})
+    for n in (1, 2, 3):
+        await server.hub.publish("doc:u", {"n": n})
+    async with websockets.connect(f"ws://127.0.0.1:{server.port}/connection/uni_websocket") as ws:
+        await ws.send(json.dumps({"subs": {"doc:u": {"recover": True}}}))
+        push = json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT))
+    sub = push["connect"]["subs"]["doc:u"]
+    assert sub["recovered"] is True and [p["data"] for p in sub["publications"]] == [{"n": 3}]
