@@ -23,13 +23,15 @@ from .jsdeps import node_modules
 from .redis_server import redis_server  # noqa: F401
 
 CACHE = {"force_recovery": True, "force_recovery_mode": "cache"}
+#: the memory broker, and a real redis-server (a process started: slow, as conftest.SLOW_MODULES)
+BROKERS = ["memory", pytest.param("redis", marks=pytest.mark.slow)]
 
 
 def broker_url(request: pytest.FixtureRequest, broker: str) -> str:
     return "memory" if broker == "memory" else request.getfixturevalue("redis_server").url
 
 
-@pytest.mark.parametrize("broker", ["memory", "redis"])
+@pytest.mark.parametrize("broker", BROKERS)
 async def test_subscribe_with_recover_gets_the_latest_publication(
     start_server: Any, clients: list, request: pytest.FixtureRequest, broker: str
 ) -> None:
@@ -70,7 +72,7 @@ async def test_subscribe_with_recover_gets_the_latest_publication(
     assert push["channel"] == "doc:a" and push["pub"]["data"] == {"n": 4} and push["pub"]["offset"] == 4
 
 
-@pytest.mark.parametrize("broker", ["memory", "redis"])
+@pytest.mark.parametrize("broker", BROKERS)
 async def test_cache_mode_after_history_is_removed_gives_no_publication(
     start_server: Any, clients: list, request: pytest.FixtureRequest, broker: str
 ) -> None:
@@ -105,6 +107,7 @@ def test_force_recovery_mode_is_validated() -> None:
         Config.from_dict({"channels": {"force_recovery_mode": 1}})
 
 
+@pytest.mark.slow  # starts node (and redis-server)
 @pytest.mark.parametrize(("codec", "broker"), [("json", "memory"), ("json", "redis"), ("protobuf", "memory")])
 async def test_centrifuge_js_gets_the_latest_on_subscribe_and_resubscribe(
     request: pytest.FixtureRequest, codec: str, broker: str
