@@ -254,18 +254,29 @@ async def test_small_messages_go_uncompressed_and_large_ones_with_rsv1(start_ser
         sock.close()
 
 
-async def test_an_offer_that_narrows_our_window_gets_no_compression(start_server, clients: list) -> None:
-    """DeflateFrames compresses with a 32 KiB window for everyone: an offer of a smaller
-    server window is declined (the connection goes on uncompressed), never broken."""
+async def test_an_offer_of_a_smaller_window_gets_an_encoder_of_that_window(start_server) -> None:
+    """A client's ``server_max_window_bits`` is honoured: its connection shares an encoder
+    of that window (a type of its own, so no wire mixes it with 32 KiB-window bytes)."""
     server = await start_server(websocket_compression=True)
+    config = server.config
+    full = deflate_frames(config.websocket_compression_level, config.websocket_compression_min_size)
+    small = deflate_frames(config.websocket_compression_level, config.websocket_compression_min_size, 10)
+    assert type(small) is not type(full) and small.window_bits == 10
     sock, head = await asyncio.to_thread(_raw_handshake, server.port, "/ws/narrow",
                                          "permessage-deflate; server_max_window_bits=10")
     try:
-        assert b" 101 " in head.split(b"\r\n")[0] and b"permessage-deflate" not in head.lower()
+        assert b" 101 " in head.split(b"\r\n")[0] and b"server_max_window_bits=10" in head
         rest = bytearray(head.partition(b"\r\n\r\n")[2])
         await until(lambda: server.hub.channels().get("narrow", 0) >= 1, "subscribed")
-        sock.sendall(_masked(0x81, BIG.encode()))
-        assert await asyncio.to_thread(_read_frame, sock, rest) == (0x81, BIG.encode())
+        before_full, before_small = full.compressions, small.compressions
+        payload = os.urandom(600).hex().encode() * 3  # repeats 1,200 bytes apart: beyond a 1 KiB window
+        sock.sendall(_masked(0x81, payload))
+        first, data = await asyncio.to_thread(_read_frame, sock, rest)
+        assert first == 0xC1
+        assert zlib.decompressobj(-10).decompress(data + b"\x00\x00\xff\xff") == payload
+        # the repeats were not found (a 32 KiB window finds them: about 700 bytes instead)
+        assert len(data) > len(payload) / 2
+        assert (full.compressions, small.compressions) == (before_full, before_small + 1)
     finally:
         sock.close()
 

@@ -16,10 +16,8 @@ import struct
 import zlib
 from collections.abc import Sequence
 
-from websockets.exceptions import NegotiationError
 from websockets.extensions import Extension, ServerExtensionFactory
 from websockets.extensions.permessage_deflate import PerMessageDeflate, ServerPerMessageDeflateFactory
-from websockets.typing import ExtensionParameter
 
 #: what a sync or full flush ends with, and RFC 7692 7.2.1 has the sender drop
 _FLUSH_TAIL = b"\x00\x00\xff\xff"
@@ -53,12 +51,20 @@ class DeflateFrames:
     One instance is shared by every connection of a server that negotiated compression
     (:func:`deflate_frames`), so a publication is compressed once for all of them.
 
+    A client may ask for a smaller window (``server_max_window_bits``, 9 to 15): each
+    window size has its own subclass (:func:`deflate_frames`), since the server's wires
+    and :func:`hubbub.endpoint.broadcast` share frames per encoder *type*, and bytes
+    compressed with a 32 KiB window cannot be inflated with a smaller one.
+
     Args:
         level: zlib compression level, 1 (fastest) to 9 (smallest).
         min_size: payloads shorter than this (bytes) are sent uncompressed.
     """
 
     __slots__ = ("level", "min_size", "compressions", "_compressor")
+
+    #: the deflate window, as ``server_max_window_bits`` (9-15): set per subclass
+    window_bits = 15
 
     #: whole frames, so frames of one connection may be written back to back (FrameBatch)
     joinable = True
@@ -68,7 +74,7 @@ class DeflateFrames:
         self.min_size = min_size
         #: messages compressed so far (tests and benchmarks count encode-once with it)
         self.compressions = 0
-        self._compressor = zlib.compressobj(level, zlib.DEFLATED, -15)
+        self._compressor = zlib.compressobj(level, zlib.DEFLATED, -self.window_bits)
 
     def text(self, payload: bytes) -> bytes:
         return self._frame(_TEXT, payload)
@@ -87,17 +93,39 @@ class DeflateFrames:
         return _header(_FIN | _RSV1 | opcode, len(data)) + data
 
 
-#: one encoder per (level, min_size): every connection of those settings shares it
-_SHARED: dict[tuple[int, int], DeflateFrames] = {}
+#: one encoder per (level, min_size, window bits): every connection of those settings shares it
+_SHARED: dict[tuple[int, int, int], DeflateFrames] = {}
+#: the encoder type of each window size (15: DeflateFrames itself)
+_TYPES: dict[int, type[DeflateFrames]] = {15: DeflateFrames}
 
 
-def deflate_frames(level: int, min_size: int) -> DeflateFrames:
-    """The shared :class:`DeflateFrames` for ``level`` and ``min_size`` (made once)."""
-    key = (level, min_size)
+def deflate_frames(level: int, min_size: int, window_bits: int = 15) -> DeflateFrames:
+    """The shared :class:`DeflateFrames` for ``level``, ``min_size`` and ``window_bits``
+    (9 to 15; made once, of a type of its own per window size).
+
+    Raises:
+        ValueError: ``window_bits`` is not 9 to 15.
+    """
+    key = (level, min_size, window_bits)
     frames = _SHARED.get(key)
     if frames is None:
-        frames = _SHARED[key] = DeflateFrames(level, min_size)
+        if not 9 <= window_bits <= 15:
+            raise ValueError(f"window_bits must be 9-15, got {window_bits}")
+        kind = _TYPES.get(window_bits)
+        if kind is None:
+            kind = _TYPES[window_bits] = type(f"DeflateFrames{window_bits}", (DeflateFrames,),
+                                              {"__slots__": (), "window_bits": window_bits})
+        frames = _SHARED[key] = kind(level, min_size)
     return frames
+
+
+def negotiated_frames(extensions: Sequence[Extension], level: int, min_size: int) -> DeflateFrames | None:
+    """The shared encoder for the extensions websockets agreed on (``ServerProtocol.
+    process_extensions``), or None when permessage-deflate is not among them."""
+    for extension in extensions:
+        if isinstance(extension, PerMessageDeflate):
+            return deflate_frames(level, min_size, extension.local_max_window_bits)
+    return None
 
 
 def extension_factories() -> Sequence[ServerExtensionFactory]:
@@ -105,27 +133,13 @@ def extension_factories() -> Sequence[ServerExtensionFactory]:
     with ``server_no_context_takeover`` (required of our side: each message is compressed
     alone, see :class:`DeflateFrames`) and ``client_no_context_takeover`` (asked of the
     client, as Centrifugo's server does: no inflate window is kept per idle connection).
+    A client's ``server_max_window_bits`` is honoured (:func:`negotiated_frames`).
     websockets inflates incoming messages with it, within ``max_size``."""
     return _FACTORIES
 
 
-class _FullWindowDeflateFactory(ServerPerMessageDeflateFactory):
-    """websockets' factory, declining an offer that limits our window
-    (``server_max_window_bits`` below 15): :class:`DeflateFrames` compresses with a
-    32 KiB window, shared by every connection. The client then gets no compression
-    (or its next offer)."""
-
-    def process_request_params(
-        self, params: Sequence[ExtensionParameter], accepted_extensions: Sequence[Extension],
-    ) -> tuple[list[ExtensionParameter], PerMessageDeflate]:
-        response, extension = super().process_request_params(params, accepted_extensions)
-        if extension.local_max_window_bits != 15:
-            raise NegotiationError("hubbub compresses with server_max_window_bits=15 only")
-        return response, extension
-
-
 _FACTORIES: Sequence[ServerExtensionFactory] = (
-    _FullWindowDeflateFactory(server_no_context_takeover=True, client_no_context_takeover=True),
+    ServerPerMessageDeflateFactory(server_no_context_takeover=True, client_no_context_takeover=True),
 )
 
-__all__ = ["DeflateFrames", "deflate_frames", "extension_factories"]
+__all__ = ["DeflateFrames", "deflate_frames", "extension_factories", "negotiated_frames"]

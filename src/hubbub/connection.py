@@ -31,7 +31,7 @@ from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
 from .codes import DisconnectCode
-from .compression import deflate_frames, extension_factories
+from .compression import extension_factories, negotiated_frames
 from .core import PENDING
 from .http import HTTPRequest, HTTPResponse
 from .outbox import FrameEncoder
@@ -496,15 +496,17 @@ class Connection(Writer, asyncio.Protocol):
 
     def _negotiated_frames(self, ws: ServerProtocol, req: Request) -> FrameEncoder:
         """The framing that ``ws.accept(req)`` will agree on: the shared compressing
-        encoder when the client's offer of permessage-deflate is accepted (websockets'
-        own negotiation, the same that answers the handshake), else the plain one."""
+        encoder (of the window the client asked for) when the client's offer of
+        permessage-deflate is accepted (websockets' own negotiation, the same that
+        answers the handshake), else the plain one."""
         try:
             _, extensions = ws.process_extensions(req.headers)
         except InvalidHandshake:
             return PLAIN_FRAMES  # a malformed offer: accept() answers it with 400
-        if not extensions:
-            return PLAIN_FRAMES
-        return deflate_frames(self.config.websocket_compression_level, self.config.websocket_compression_min_size)
+        config = self.config
+        frames = negotiated_frames(extensions, config.websocket_compression_level,
+                                   config.websocket_compression_min_size)
+        return PLAIN_FRAMES if frames is None else frames
 
     async def _decide_handshake(self, response: Response) -> None:
         session = self.session
