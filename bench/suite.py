@@ -1611,6 +1611,7 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
     )
     lines += ["", rep.table_w6(), ""]
     lines += where_the_time_goes(suite)
+    lines += compression_section()
     lines += [
         "## Caveats",
         "",
@@ -1724,6 +1725,15 @@ def target_context(suite: Suite) -> list[str]:
                     "(on 2 cores, server and generator share the machine either way)."
                 )
     return out + [""] if out else []
+
+
+def compression_section() -> list[str]:
+    """The permessage-deflate figures of ``bench/compression.py --docs-section``
+    (``bench/results/compression.md``), as they are; nothing if there are none."""
+    path = Path(__file__).resolve().parent / "results" / "compression.md"
+    if not path.is_file():
+        return []
+    return path.read_text().rstrip("\n").split("\n") + [""]
 
 
 def where_the_time_goes(suite: Suite) -> list[str]:
