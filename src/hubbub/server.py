@@ -223,7 +223,9 @@ class Server:
             raise ConfigError(_collision_message(exc)) from None
 
     def wires(self, conn: Any) -> tuple[ProtocolWire, RelayWire]:
-        """The protocol and relay wires for ``conn``'s framing (its ``frames``)."""
+        """The protocol and relay wires for ``conn``'s framing (its ``frames``: plain,
+        compressing per window size (:mod:`hubbub.compression`), or ASGI), one pair per
+        encoder type: a push is framed, and compressed, once per wire."""
         frames = conn.frames
         found = self._wires.get(type(frames))
         if found is None:
