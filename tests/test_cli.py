@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 
 import websockets
 
@@ -22,6 +23,25 @@ def hubbub(*args: str, input: str | None = None, timeout: float = TIMEOUT) -> su
                           text=True, timeout=timeout, cwd=ROOT)
 
 
+def consume_while(url: str, channel: str, count: int, produce: Callable[[], None]) -> str:
+    """Run ``hubbub consume URL CHANNEL --count COUNT``, call ``produce`` once it has subscribed,
+    and return what it printed (it must exit 0)."""
+    consumer = subprocess.Popen(
+        [sys.executable, "-m", "hubbub", "consume", url, channel, "--count", str(count)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        assert consumer.stderr is not None
+        assert consumer.stderr.readline().strip() == f"hubbub: subscribed to {channel}"
+        produce()
+        stdout, stderr = consumer.communicate(timeout=TIMEOUT)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+    assert consumer.returncode == 0, stderr
+    return stdout
+
+
 def test_help_lists_commands() -> None:
     out = hubbub("--help")
     assert out.returncode == 0
@@ -32,41 +52,23 @@ def test_help_lists_commands() -> None:
 
 def test_consume_prints_what_produce_publishes(serve_process) -> None:
     server = serve_process()
-    consumer = subprocess.Popen(
-        [sys.executable, "-m", "hubbub", "consume", server.url, "news", "--count", "4"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    try:
-        assert consumer.stderr is not None
-        assert consumer.stderr.readline().strip() == "hubbub: subscribed to news"
+
+    def produce() -> None:
         out = hubbub("produce", server.url, "news", '{"a": 1}', "hello", "42", "[1, 2]")
         assert out.returncode == 0, out.stderr
-        stdout, stderr = consumer.communicate(timeout=TIMEOUT)
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-    assert consumer.returncode == 0, stderr
-    assert stdout.splitlines() == ['{"a":1}', '"hello"', "42", "[1,2]"]
+
+    assert consume_while(server.url, "news", 4, produce).splitlines() == ['{"a":1}', '"hello"', "42", "[1,2]"]
 
 
 def test_produce_reads_stdin(serve_process) -> None:
     """Each line of stdin is one publication: a consumer receives them, in order."""
     server = serve_process()
-    consumer = subprocess.Popen(
-        [sys.executable, "-m", "hubbub", "consume", server.url, "lines", "--count", "2"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    try:
-        assert consumer.stderr is not None
-        assert consumer.stderr.readline().strip() == "hubbub: subscribed to lines"
+
+    def produce() -> None:
         out = hubbub("produce", server.url, "lines", input='{"x": 1}\nsecond line\n')
         assert out.returncode == 0, out.stderr
-        stdout, stderr = consumer.communicate(timeout=TIMEOUT)
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-    assert consumer.returncode == 0, stderr
-    assert stdout.splitlines() == ['{"x":1}', '"second line"']
+
+    assert consume_while(server.url, "lines", 2, produce).splitlines() == ['{"x":1}', '"second line"']
 
 
 def test_produce_reports_server_errors(serve_process) -> None:
@@ -166,20 +168,12 @@ def test_the_readme_curl_publish_reaches_a_consumer(serve_process) -> None:
                          text=True, timeout=TIMEOUT, check=True).stdout
     assert len(key) == 32
     server = serve_process(env={"HUBBUB_API_KEY": key})
-    consumer = subprocess.Popen(
-        [sys.executable, "-m", "hubbub", "consume", server.url, "news", "--count", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
-    )
-    try:
-        assert consumer.stderr is not None
-        assert consumer.stderr.readline().strip() == "hubbub: subscribed to news"
+
+    def produce() -> None:
         out = curl_publish(block, server.port, key)
         assert (out.returncode, out.stdout) == (0, '{"result":{}}'), out.stderr
-        stdout, stderr = consumer.communicate(timeout=TIMEOUT)
-    finally:
-        if consumer.poll() is None:
-            consumer.kill()
-    assert stdout == '{"headline":"from curl"}\n', stderr
+
+    assert consume_while(server.url, "news", 1, produce) == '{"headline":"from curl"}\n'
     refused = curl_publish(block, server.port, "wrong")
     assert "unauthorized" in refused.stdout and "X-API-Key" in refused.stdout
 
