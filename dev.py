@@ -7,8 +7,8 @@
 
 The virtual environment lives in .venv (override with HUBBUB_VENV). Installing is skipped when
 pyproject.toml has not changed since the last install. `test` also installs what the tests need
-outside Python when it can (redis-server, chromium, node, npm and nginx from Debian's packages, as root;
-centrifuge-js from npm); tests that need a
+outside Python when it can (redis-server, chromium, node, npm, nginx and postgresql from Debian's
+packages, as root; centrifuge-js from npm); tests that need a
 missing tool are skipped, unless CI=true, where they fail.
 """
 
@@ -63,6 +63,13 @@ def ensure_debian_package(command: str, package: str) -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], check=True, env=env)
 
 
+def ensure_postgresql() -> None:
+    """Debian's postgresql (initdb and postgres in /usr/lib/postgresql/*/bin, for tests/postgres_server.py)."""
+    if list(Path("/usr/lib/postgresql").glob("*/bin/initdb")):
+        return
+    ensure_debian_package("initdb", "postgresql")
+
+
 def ensure_npm_packages(folder: Path) -> None:
     """npm install the test's JavaScript packages (centrifuge-js) from the registry."""
     if (folder / "node_modules" / "centrifuge").exists() or not shutil.which("npm"):
@@ -86,6 +93,7 @@ def main() -> int:
         ensure_debian_package("node", "nodejs")
         ensure_debian_package("npm", "npm")
         ensure_debian_package("nginx", "nginx")  # tests/test_deploy.py runs the deploy/nginx recipe
+        ensure_postgresql()  # tests/test_consumer_postgresql.py: the outbox on a real PostgreSQL
         ensure_npm_packages(ROOT / "tests" / "js")
         return subprocess.call([str(PY), "-m", "pytest", *args], cwd=ROOT)
     return subprocess.call([str(PY), str(ROOT / "bench" / "run.py"), *args], cwd=ROOT)

@@ -73,6 +73,13 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
         ["page", "protocol_path", "relay_path", "health_path", "metrics_path", "http_stream_path", "sse_path",
          "emulation_path", "uni_websocket_path", "uni_sse_path", "uni_http_stream_path", "channel_sse_path"],
     ),
+    "PostgreSQL consumer (transactional outbox)": (
+        "Server API commands read from a PostgreSQL table, with the shape of Centrifugo's outbox table "
+        "(docs/howto/outbox.md). Off until `postgresql_consumer_dsn` is set; needs the `postgresql` extra.",
+        ["postgresql_consumer_dsn", "postgresql_consumer_outbox_table_name", "postgresql_consumer_num_partitions",
+         "postgresql_consumer_partition_select_limit", "postgresql_consumer_partition_poll_interval",
+         "postgresql_consumer_partition_notification_channel", "postgresql_consumer_command_attempts"],
+    ),
     "Channels and namespaces": (
         "Tables, not single values: `[channels]` holds the options of channels without `:`, "
         "`[namespaces.NAME]` those of `NAME:...` (see [Namespace options](#namespace-options)). A channel "
@@ -101,6 +108,10 @@ UNITS: dict[str, str] = {
     "http_stream_path": "", "sse_path": "", "emulation_path": "", "uni_websocket_path": "", "uni_sse_path": "",
     "uni_http_stream_path": "", "channel_sse_path": "",
     "channels": "", "namespaces": "",
+    "postgresql_consumer_dsn": "", "postgresql_consumer_outbox_table_name": "",
+    "postgresql_consumer_num_partitions": "partitions", "postgresql_consumer_partition_select_limit": "rows",
+    "postgresql_consumer_partition_poll_interval": "seconds", "postgresql_consumer_partition_notification_channel": "",
+    "postgresql_consumer_command_attempts": "attempts",
     # NamespaceOptions
     "history_size": "publications per channel", "history_ttl": "seconds", "force_recovery": "",
     "presence": "", "join_leave": "", "allow_publish_for_client": "", "allow_subscribe_for_client": "",

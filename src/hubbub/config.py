@@ -34,6 +34,8 @@ RESERVED_ENV = frozenset({"HUBBUB_WORKER_INDEX", "HUBBUB_VENV"})
 RECOVERY_MODE_CACHE = "cache"
 RECOVERY_MODES = ("", "stream", RECOVERY_MODE_CACHE)
 #: the settings that place the streaming and unidirectional transports (hubbub.streams)
+#: a PostgreSQL table name (``NAME`` or ``SCHEMA.NAME``) or LISTEN channel, unquoted
+SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
 STREAM_PATHS = ("http_stream_path", "sse_path", "emulation_path", "uni_websocket_path", "uni_sse_path",
                 "uni_http_stream_path", "channel_sse_path")
 
@@ -197,6 +199,28 @@ class Config:
             unidirectional transports (pushes only, no SDK); ``""``: off.
         channel_sse_path: a channel as a plain event stream; must hold
             ``{channel}`` or ``{channel:path}`` (``""``: off).
+        postgresql_consumer_dsn: where the PostgreSQL consumer (the
+            transactional outbox, :mod:`hubbub.consumers.postgresql`) reads server
+            API commands, as ``postgresql://USER:PASSWORD@HOST:PORT/DATABASE``
+            (libpq's URL form); ``""`` (the default): no consumer. Needs the
+            ``postgresql`` extra (asyncpg). As Centrifugo's consumer
+            (centrifugal.dev ``docs/server/consumers``).
+        postgresql_consumer_outbox_table_name: the outbox table (``name`` or
+            ``schema.name``), with Centrifugo's shape: ``id bigserial``, ``method
+            text``, ``payload jsonb``, ``partition bigint``, ``created_at
+            timestamptz`` (``docs/howto/outbox.md``).
+        postgresql_consumer_num_partitions: partitions read in parallel, rows
+            ``0 <= partition < num_partitions``; order holds within a partition.
+        postgresql_consumer_partition_select_limit: rows claimed per partition
+            per transaction (at most).
+        postgresql_consumer_partition_poll_interval: seconds between reads of
+            a partition that had nothing to do (the fallback to notifications).
+        postgresql_consumer_partition_notification_channel: a ``LISTEN``
+            channel; a ``NOTIFY`` with the partition number as payload (or none:
+            every partition) wakes the consumer at once. ``""``: poll only.
+        postgresql_consumer_command_attempts: times a command that failed for a
+            temporary reason (the broker unavailable) is tried before its row is
+            skipped (deleted, logged and counted).
         channels: options of the default namespace.
         namespaces: options per namespace name.
     """
@@ -255,6 +279,13 @@ class Config:
     uni_sse_path: str = "/connection/uni_sse"
     uni_http_stream_path: str = "/connection/uni_http_stream"
     channel_sse_path: str = "/sse/{channel:path}"
+    postgresql_consumer_dsn: str = ""
+    postgresql_consumer_outbox_table_name: str = "hubbub_outbox"
+    postgresql_consumer_num_partitions: int = 1
+    postgresql_consumer_partition_select_limit: int = 100
+    postgresql_consumer_partition_poll_interval: float = 0.3
+    postgresql_consumer_partition_notification_channel: str = ""
+    postgresql_consumer_command_attempts: int = 5
     channels: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
@@ -386,6 +417,28 @@ class Config:
         if self.node_timeout <= self.node_info_interval:
             errors.append(f"node_timeout ({self.node_timeout}) must be longer than node_info_interval "
                           f"({self.node_info_interval}): a live node must get a heartbeat in before it")
+        errors += self._consumer_checks()
+        return errors
+
+    def _consumer_checks(self) -> list[str]:
+        errors = []
+        if self.postgresql_consumer_dsn and not self.postgresql_consumer_dsn.startswith(("postgresql://",
+                                                                                         "postgres://")):
+            errors.append("postgresql_consumer_dsn must be a postgresql:// URL")
+        if not SQL_NAME.fullmatch(self.postgresql_consumer_outbox_table_name):
+            errors.append(f"postgresql_consumer_outbox_table_name must be a table name (NAME or SCHEMA.NAME: "
+                          f"letters, digits, _), got {self.postgresql_consumer_outbox_table_name!r}")
+        channel = self.postgresql_consumer_partition_notification_channel
+        if channel and not SQL_NAME.fullmatch(channel):
+            errors.append(f"postgresql_consumer_partition_notification_channel must be a name (letters, "
+                          f"digits, _), got {channel!r}")
+        if self.postgresql_consumer_num_partitions < 1 or self.postgresql_consumer_partition_select_limit < 1:
+            errors.append("postgresql_consumer_num_partitions and postgresql_consumer_partition_select_limit "
+                          "must be at least 1")
+        if not self.postgresql_consumer_partition_poll_interval > 0:
+            errors.append("postgresql_consumer_partition_poll_interval must be > 0")
+        if self.postgresql_consumer_command_attempts < 1:
+            errors.append("postgresql_consumer_command_attempts must be at least 1")
         return errors
 
     @classmethod

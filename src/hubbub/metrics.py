@@ -21,6 +21,10 @@ broker_publish_round_trips_total        the pipelines that carried them (ratio: 
                                         per publication)
 pending_output_bytes                    output queued in user space and transports
 slow_disconnects_total                  connections closed with 3008
+consumer_rows_total{consumer,outcome}   rows an async consumer took (processed, malformed,
+                                        failed: skipped after its attempts)
+consumer_errors_total{consumer,kind}    its errors: source (the database failed) and command
+                                        (a temporary failure, retried)
 =====================================  ===========================================
 
 See ``docs/design.md``, "Layers" (transports).
@@ -111,6 +115,16 @@ class _Collector:
                       stats.broker_publish_round_trips)
         yield gauge("pending_output_bytes", "Output queued for clients", node.pending_output())
         yield counter("slow_disconnects", "Connections closed with 3008 slow", stats.slow)
+        rows = CounterMetricFamily("hubbub_consumer_rows", "Rows (commands) an async consumer took",
+                                   labels=["worker", "consumer", "outcome"])
+        for (consumer, outcome), n in sorted(stats.consumer_rows.items()):
+            rows.add_metric([w, consumer, outcome], n)
+        yield rows
+        errors = CounterMetricFamily("hubbub_consumer_errors", "Errors of an async consumer (retried)",
+                                     labels=["worker", "consumer", "kind"])
+        for (consumer, kind), n in sorted(stats.consumer_errors.items()):
+            errors.add_metric([w, consumer, kind], n)
+        yield errors
 
 
 def render(node: Node) -> bytes:

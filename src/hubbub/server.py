@@ -29,6 +29,7 @@ from .codec import JSON, Codec, ProtocolWire
 from .codes import DisconnectCode
 from .config import Config
 from .connection import Connection, WebSocketFrames
+from .consumers import Consumer, configured
 from .core import ClientContext, Refusal, SessionHooks
 from .errors import BadRequest, ConfigError, RouteCollision
 from .formats import negotiate
@@ -160,6 +161,8 @@ class Server:
         self.cluster = Cluster(self.hub, started_at=self.started_at, interval=config.node_info_interval,
                                timeout=config.node_timeout, request_timeout=config.node_request_timeout)
         self.api = ServerAPI(self.hub, config, cluster=self.cluster)
+        #: async consumers running server API commands from a queue (``postgresql_consumer_dsn``)
+        self.consumers: list[Consumer] = configured(config, self.api)
         if config.protocol_path:
             self.websocket_routes.add(config.protocol_path, self._protocol_endpoint, "the protocol endpoint")
         if config.relay_path:
@@ -532,6 +535,8 @@ class Server:
             self._flusher = Flusher(loop)
             await self.hub.start()
             await self.cluster.start()
+            for consumer in self.consumers:
+                await consumer.start()
             if self.config.ping_interval > 0:
                 self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
             self._every("sweep", SWEEP_INTERVAL, self._sweep)
@@ -553,6 +558,8 @@ class Server:
         if self.closing:
             return
         self.closing = True
+        for consumer in self.consumers:  # no new commands; the rows at hand are finished
+            await consumer.close()
         for timer in self._timers.values():
             timer.cancel()
         if self._server is not None:

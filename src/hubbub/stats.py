@@ -54,6 +54,12 @@ class Stats:
         self.broker_publications = 0
         self.broker_publish_round_trips = 0
         self.slow = 0
+        #: rows (messages) of the async consumers (hubbub.consumers) by (consumer, outcome):
+        #: processed, malformed (skipped), failed (skipped after its attempts)
+        self.consumer_rows: collections.Counter[tuple[str, str]] = collections.Counter()
+        #: errors of the async consumers by (consumer, kind): source (the database
+        #: failed: retried with backoff), command (a command failed for a temporary reason: retried)
+        self.consumer_errors: collections.Counter[tuple[str, str]] = collections.Counter()
 
     def items(self) -> dict[str, int]:
         """The cumulative counters by name, for the cluster's node snapshots
