@@ -45,6 +45,7 @@ import hubbub
 from hubbub._version import __version__
 
 from .conftest import ROOT, TIMEOUT, ProtoClient, ServeProcess
+from .postgres_server import PostgresServer, postgres_server  # noqa: F401
 from .redis_server import redis_server  # noqa: F401
 from .test_asgi import CentrifugeSubscriber, ahttp, until, uvicorn_serving
 
@@ -58,6 +59,8 @@ FILES = {
     "howto/publish-from-views.md": {"shop_flask.py", "shop/hub.py", "shop/views.py", "shop/urls.py"},
     "howto/install.md": {"check_install.py"},
     "howto/http-routes.md": {"routes.py", "collide.py"},
+    "howto/outbox.md": {"shop/settings.py", "shop/models.py", "shop/views.py", "shop/urls.py",
+                        "orders_sqlalchemy.py"},
 }
 
 _MARK = re.compile(r"^# ([\w./-]+\.py)(, continued)?$")
@@ -742,6 +745,40 @@ async def test_publish_from_flask_and_django_views(tmp_path: Path, procs: Any, s
 async def test_hub_without_api_key_says_the_api_is_off(serve_process: Any) -> None:
     hub = serve_process()
     assert "API disabled (no api_key)" in hub.wait_for_output("API disabled")
+
+
+# -- docs/howto/outbox.md ------------------------------------------------------------------------
+
+
+async def test_outbox_from_django_and_sqlalchemy(tmp_path: Path, procs: Any, serve_process: Any,
+                                                 postgres_server: PostgresServer) -> None:  # noqa: F811
+    """The page's table (its SQL as written), ``hubbub serve`` with the page's settings, the
+    Django project and the SQLAlchemy script: the committed orders reach ``hubbub consume``,
+    in order, and the rolled-back one never does."""
+    page = (DOCS / "howto/outbox.md").read_text()
+    dsn = postgres_server.create_database(f"shop_{os.getpid()}_{time.monotonic_ns()}")
+    postgres_server.psql("".join(re.findall(r"^```sql\n(.*?)^```", page, re.S | re.M)), database=dsn.rsplit("/", 1)[1])
+    directory = write_doc("howto/outbox.md", tmp_path)
+    env = python_env(directory, DATABASE_URL=dsn, SQLALCHEMY_URL=dsn.replace("postgresql://", "postgresql+psycopg://"))
+    for command in ("makemigrations shop", "migrate"):  # the page's django-admin commands
+        await run_python(directory, "-m", "django", *command.split(), "--settings", "shop.settings", "--pythonpath", ".",
+                         env=env)
+    settings = dict(re.findall(r"^export (HUBBUB_\w+)=(\S+)$", page, re.M))
+    assert set(settings) == {"HUBBUB_POSTGRESQL_CONSUMER_DSN", "HUBBUB_POSTGRESQL_CONSUMER_PARTITION_NOTIFICATION_CHANNEL"}
+    hub = serve_process(env={**settings, "HUBBUB_POSTGRESQL_CONSUMER_DSN": dsn})
+    hub.wait_for_output("PostgreSQL consumer: reading hubbub_outbox (1 partitions, LISTEN hubbub_outbox)")
+    consumer = await Consumer(hub.url, "orders", 2).start()
+    try:
+        web = wsgi_serve(procs, directory, "django", DJANGO_SETTINGS_MODULE="shop.settings", DATABASE_URL=dsn)
+        assert await ahttp("POST", f"{web.http}/orders", b'{"item": "tea"}') == (201, b'{"order": 1}')
+        status, body = await ahttp("POST", f"{web.http}/orders", b'{"item": "coffee", "quantity": 0}')
+        assert (status, json.loads(body)) == (400, {"error": "quantity must be at least 1"})
+        assert await run_python(directory, "orders_sqlalchemy.py", "cake", env=env) == "1\n"
+        assert await consumer.lines() == ['{"id":1,"item":"tea"}', '{"id":1,"via":"sqlalchemy","item":"cake"}']
+    finally:
+        consumer.kill()
+    assert postgres_server.psql("SELECT count(*) FROM hubbub_outbox", database=dsn.rsplit("/", 1)[1]) == "0"
+    assert postgres_server.psql("SELECT item FROM shop_order ORDER BY id", database=dsn.rsplit("/", 1)[1]) == "tea"
 
 
 # -- docs/howto/install.md -------------------------------------------------------------------------
