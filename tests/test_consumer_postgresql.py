@@ -11,6 +11,7 @@ publishes exactly when its transaction commits, to centrifuge-js subscribers.
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import logging
@@ -344,5 +345,50 @@ async def _history(port: int, channel: str) -> list[dict[str, Any]]:
     return publications
 
 
-# keep the imports used by the Django tests below visible to linters
-_ = (ROOT, subprocess, sys)
+# -- a Django backend (tests/django_outbox) and centrifuge-js subscribers ------------------------------------
+
+
+@pytest.mark.slow
+async def test_a_django_view_publishes_to_centrifuge_js_exactly_when_it_commits(
+        start_server: Any, postgres_server: PostgresServer, tmp_path: Path) -> None:  # noqa: F811
+    """A Django view (under a real WSGI server) saves an order and its outbox row in one
+    ``transaction.atomic()``; a centrifuge-js subscriber under Node gets the committed orders.
+    The order whose transaction rolled back publishes nothing: the next committed order is the
+    next publication the subscriber gets."""
+    from .jsdeps import node_modules
+    from .test_howtos import WSGI_RUNNER, Proc
+
+    modules = node_modules()
+    dsn = postgres_server.create_database(f"django_outbox_{os.getpid()}_{next(_names)}")
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "tests"), "DJANGO_SETTINGS_MODULE": "django_outbox.settings",
+           "OUTBOX_DSN": dsn}
+    migrate = await asyncio.create_subprocess_exec(sys.executable, "-m", "django", "migrate", "--run-syncdb", env=env,
+                                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out, err = await asyncio.wait_for(migrate.communicate(), 3 * TIMEOUT)
+    assert migrate.returncode == 0, err.decode()
+    server: Server = await start_server(postgresql_consumer_dsn=dsn, postgresql_consumer_partition_poll_interval=0.05)
+    runner = tmp_path / "wsgi_runner.py"
+    runner.write_text(WSGI_RUNNER)
+    web = Proc([sys.executable, str(runner), "django"], tmp_path, env)
+    node = await asyncio.create_subprocess_exec(
+        "node", str(modules.parent / "outbox.cjs"), f"ws://127.0.0.1:{server.port}/connection/websocket", "orders", "2",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert node.stdout is not None
+        assert await asyncio.wait_for(node.stdout.readline(), TIMEOUT) == b"subscribed\n"
+        from .test_asgi import ahttp
+
+        assert await ahttp("POST", f"{web.http}/orders", b'{"item": "tea"}') == (201, b'{"order": 1}')
+        status, _ = await ahttp("POST", f"{web.http}/orders", b'{"item": "coffee", "fail": true}')
+        assert status == 409
+        assert await ahttp("POST", f"{web.http}/orders", b'{"item": "cake"}') == (201, b'{"order": 3}')
+        out, err = await asyncio.wait_for(node.communicate(), 3 * TIMEOUT)
+        assert node.returncode == 0, err.decode()
+    finally:
+        if node.returncode is None:
+            node.kill()
+            await node.wait()
+        web.stop()
+    assert [json.loads(line) for line in out.decode().splitlines()] == [{"id": 1, "item": "tea"},
+                                                                        {"id": 3, "item": "cake"}]
+    assert rows(server, "processed") == 2
