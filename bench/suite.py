@@ -1612,6 +1612,7 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
     lines += ["", rep.table_w6(), ""]
     lines += where_the_time_goes(suite)
     lines += compression_section()
+    lines += results_section("outbox.md")
     lines += [
         "## Caveats",
         "",
@@ -1730,7 +1731,13 @@ def target_context(suite: Suite) -> list[str]:
 def compression_section() -> list[str]:
     """The permessage-deflate figures of ``bench/compression.py --docs-section``
     (``bench/results/compression.md``), as they are; nothing if there are none."""
-    path = Path(__file__).resolve().parent / "results" / "compression.md"
+    return results_section("compression.md")
+
+
+def results_section(name: str) -> list[str]:
+    """A section another bench script wrote with ``--docs-section bench/results/NAME``
+    (``compression.py``, ``outbox.py``), as it is; nothing if there is none."""
+    path = Path(__file__).resolve().parent / "results" / name
     if not path.is_file():
         return []
     return path.read_text().rstrip("\n").split("\n") + [""]

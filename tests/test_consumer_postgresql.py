@@ -27,6 +27,7 @@ import pytest
 
 from hubbub.config import Config
 from hubbub.consumers.base import APIDispatcher, Outcome, backoff
+from hubbub.consumers.postgresql import APPLICATION_NAME, PostgresConsumer
 from hubbub.errors import ConfigError
 from hubbub.metrics import render
 from hubbub.server import Server
@@ -271,6 +272,33 @@ async def test_a_retried_command_succeeds_once_the_broker_is_back(
     assert rows(server, "failed") == 0
 
 
+async def test_close_ends_the_tasks_and_the_connections(start_server: Any, outbox: Outbox) -> None:
+    """Server.close() stops the consumer: its tasks end and its connections (partitions and
+    LISTEN) are gone from pg_stat_activity."""
+    async def connections() -> int:
+        return int(await outbox.connection.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND datname = current_database()",
+            APPLICATION_NAME))
+
+    await outbox.notify_trigger()
+    server: Server = await start_server(**outbox.settings(
+        postgresql_consumer_num_partitions=3, postgresql_consumer_partition_notification_channel=outbox.channel))
+    client = await subscribed(server, "news")
+    await outbox.insert("publish", {"channel": "news", "data": 1})
+    assert await received(client, 1) == [1]
+    await until(lambda: _count_equals(connections(), 4), "3 partition connections and the LISTEN one")
+    consumer = server.consumers[0]
+    assert isinstance(consumer, PostgresConsumer)
+    tasks = consumer.tasks
+    await server.close()
+    assert len(tasks) == 4 and all(task.done() for task in tasks) and consumer.tasks == ()
+    await until(lambda: _count_equals(connections(), 0), "the connections closed")
+
+
+async def _count_equals(count: Any, n: int) -> bool:
+    return bool(await count == n)
+
+
 # -- several nodes ------------------------------------------------------------------------------------------
 
 
@@ -324,6 +352,7 @@ async def test_hubbub_killed_in_a_burst_loses_and_duplicates_nothing(
     try:
         await until(lambda: _count_below(outbox, 1), "the rest of the burst done", timeout=12 * TIMEOUT)
         history = await _history(second.port, "burst")
+        assert second.stop() == 0, second.output()  # SIGTERM: the consumer stops cleanly with the node
     finally:
         second.stop()
     values = [p["data"]["n"] for p in history]

@@ -63,6 +63,8 @@ log = logging.getLogger("hubbub.consumers.postgresql")
 CONNECT_TIMEOUT = 10.0
 #: Seconds between checks that the LISTEN connection is alive.
 LISTEN_CHECK_INTERVAL = 5.0
+#: How the consumer's connections name themselves (``pg_stat_activity.application_name``).
+APPLICATION_NAME = "hubbub outbox consumer"
 #: Seconds ``close()`` waits for the rows at hand before cancelling.
 CLOSE_TIMEOUT = 5.0
 
@@ -159,7 +161,13 @@ class PostgresConsumer:
 
     @property
     def closing(self) -> bool:
+        """Whether :meth:`close` was called."""
         return self._closing.is_set()
+
+    @property
+    def tasks(self) -> tuple[asyncio.Task[None], ...]:
+        """The running tasks: one per partition, and the LISTEN one (none once closed)."""
+        return tuple(self._tasks)
 
     async def _pause(self, seconds: float, wake: asyncio.Event | None = None) -> None:
         """Sleep ``seconds``, less if closing (or ``wake`` is set)."""
@@ -175,7 +183,8 @@ class PostgresConsumer:
     async def _connect(self) -> asyncpg.Connection:
         import asyncpg
 
-        connection: asyncpg.Connection = await asyncpg.connect(self.dsn, timeout=CONNECT_TIMEOUT)
+        connection: asyncpg.Connection = await asyncpg.connect(
+            self.dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": APPLICATION_NAME})
         return connection
 
     def _source_failed(self, what: str, exc: BaseException, failures: int) -> float:
