@@ -54,6 +54,9 @@ MODULES = {
     "hubbub.client": ["Client", "RelayClient", "protocol_url", "endpoint"],
     "hubbub.codes": ["ErrorCode", "DisconnectCode", "should_reconnect"],
     "hubbub.metrics": [],
+    "hubbub.consumers": ["configured"],
+    "hubbub.consumers.base": ["Consumer", "CommandDispatcher", "APIDispatcher", "Outcome", "Result", "backoff"],
+    "hubbub.consumers.postgresql": ["PostgresConsumer"],
 }
 
 

@@ -384,6 +384,10 @@ admin_secret = "{admin_secret}"
 # broker = "redis://127.0.0.1:6379/0"
 # workers = 4
 
+# Publish from your backend's database transactions: a PostgreSQL outbox table (docs/howto/outbox.md).
+# postgresql_consumer_dsn = "postgresql://app:secret@127.0.0.1:5432/shop"
+# postgresql_consumer_partition_notification_channel = "hubbub_outbox"
+
 # Channels without a namespace (news) use these options.
 [channels]
 history_size = 0                 # publications kept per channel (0: no history)

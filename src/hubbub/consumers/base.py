@@ -3,8 +3,8 @@
 A consumer (:class:`Consumer`) owns its tasks: ``start()`` starts them and never
 fails because its source is down (it retries), ``close()`` stops them. It hands
 each message to a :class:`CommandDispatcher`, whose :class:`Result` says what to
-do with the message: drop it as done, skip it as malformed, try it again later,
-or skip it as failed. :class:`APIDispatcher` is the dispatcher over the server
+do with the message: drop it as done, skip it as malformed or refused, or try it
+again later. :class:`APIDispatcher` is the dispatcher over the server
 API (:meth:`hubbub.api.ServerAPI.call`); the outcomes follow Centrifugo's
 consuming dispatcher: an internal (temporary) error is retried, any other
 command error is logged and the message dropped. A message still failing after
