@@ -128,7 +128,8 @@ class APIDispatcher:
         except ValueError as exc:
             return Result(Outcome.MALFORMED, f"the payload is not JSON: {exc}")
         if not isinstance(body, dict):
-            return Result(Outcome.MALFORMED, "the payload is not a JSON object")
+            hint = " (a JSON string: was the payload encoded twice?)" if isinstance(body, str) else ""
+            return Result(Outcome.MALFORMED, f"the payload is not a JSON object{hint}")
         if idempotency_key and method in PUBLISHING and not body.get("idempotency_key"):
             body["idempotency_key"] = idempotency_key
         status, reply = await self.api.call(method, body)
