@@ -61,6 +61,8 @@ log = logging.getLogger("hubbub.consumers.postgresql")
 
 #: Seconds to connect to PostgreSQL before the attempt counts as a failure.
 CONNECT_TIMEOUT = 10.0
+#: Seconds a query may take before it counts as a database failure (a silent network, a lock held).
+QUERY_TIMEOUT = 30.0
 #: Seconds between checks that the LISTEN connection is alive.
 LISTEN_CHECK_INTERVAL = 5.0
 #: How the consumer's connections name themselves (``pg_stat_activity.application_name``).
@@ -184,7 +186,8 @@ class PostgresConsumer:
         import asyncpg
 
         connection: asyncpg.Connection = await asyncpg.connect(
-            self.dsn, timeout=CONNECT_TIMEOUT, server_settings={"application_name": APPLICATION_NAME})
+            self.dsn, timeout=CONNECT_TIMEOUT, command_timeout=QUERY_TIMEOUT,
+            server_settings={"application_name": APPLICATION_NAME})
         return connection
 
     def _source_failed(self, what: str, exc: BaseException, failures: int) -> float:
