@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from . import fossil
 from .brokers.base import Broker, ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .config import RECOVERY_MODE_CACHE, Config, NamespaceOptions
@@ -60,6 +61,46 @@ class Wire(Hashable, Protocol):
     def encode_leave(self, channel: str, info: ClientInfo) -> bytes | None: ...
 
 
+class DeltaWire(Wire, Protocol):
+    """The wire of subscribers that negotiated a Fossil delta (the protocol's
+    ``delta: "fossil"``). ``encode_publication`` gives a publication in full, in
+    the form these subscribers read (``delta`` false); :meth:`encode_delta` the
+    delta from the previous one.
+    """
+
+    def encode_publication(self, channel: str, pub: Publication) -> bytes: ...
+
+    def encode_delta(self, channel: str, pub: Publication, prev: Publication,
+                     patch: Callable[[bytes, bytes], bytes | None]) -> bytes:
+        """``pub`` as the delta from ``prev``. ``patch(old, new)`` is the Fossil delta
+        of two byte strings, or ``None`` when it is not smaller than ``new`` (then
+        ``pub`` goes in full); the hub makes each delta once per publication,
+        whatever the number of wires asking."""
+        ...
+
+
+class _Patcher:
+    """``patch(old, new)`` for one publication: the Fossil delta, made once per
+    pair of byte strings (a JSON and a Protobuf wire share it), ``None`` when not
+    smaller than ``new`` (Centrifugo sends the publication in full then: hub.go)."""
+
+    __slots__ = ("_made",)
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[int, int], bytes | None] = {}
+
+    def __call__(self, old: bytes, new: bytes) -> bytes | None:
+        key = (id(old), id(new))  # both alive while the publication is fanned out
+        try:
+            return self._made[key]
+        except KeyError:
+            delta: bytes | None = fossil.create(old, new)
+            if delta is not None and len(delta) >= len(new):
+                delta = None
+            self._made[key] = delta
+            return delta
+
+
 @dataclass(eq=False, slots=True)
 class Subscriber:
     """One local subscription: who, how to encode for it, where to queue.
@@ -71,6 +112,8 @@ class Subscriber:
         disconnect: closes the connection with a code (used on stream gaps).
         recoverable: the subscriber tracks the stream position; if this node
             misses publications it is disconnected with 3010 to recover.
+        delta: the wire of a subscriber that negotiated a Fossil delta (then
+            ``wire`` is it too), ``None`` for the others.
     """
 
     client_id: str
@@ -78,6 +121,7 @@ class Subscriber:
     deliver: Callable[[bytes | FrameBatch], None]
     disconnect: Callable[[int], None]
     recoverable: bool = False
+    delta: DeltaWire | None = None
 
 
 @dataclass(slots=True)
@@ -114,6 +158,18 @@ class _Channel:
     skip: dict[str, int] = field(default_factory=dict)
     #: the open FrameBatch per wire: publications of this iteration are appended to it
     batches: dict[Wire, FrameBatch] = field(default_factory=dict)
+    #: delta subscribers that hold the channel's previous publication: they get deltas
+    delta: dict[DeltaWire, dict[str, Subscriber]] = field(default_factory=dict)
+    #: delta subscribers whose next publication is sent in full (just subscribed, or missed one)
+    pending: dict[DeltaWire, dict[str, Subscriber]] = field(default_factory=dict)
+    #: the last publication fanned out, kept while there are delta subscribers
+    prev: Publication | None = None
+
+    def groups(self) -> Iterator[tuple[Wire, dict[str, Subscriber]]]:
+        """Every subscriber group: plain by wire, then delta, then pending delta."""
+        yield from self.by_wire.items()
+        yield from self.delta.items()
+        yield from self.pending.items()
 
 
 class Hub:
@@ -221,6 +277,10 @@ class Hub:
                 and publishes nothing.
             source: client, api, relay or app; labels the publication in metrics.
 
+        A publication marked ``delta`` (or any, in a namespace with
+        ``delta_publish``) reaches subscribers that negotiated a Fossil delta as
+        the delta from the channel's previous publication.
+
         Returns the publication's stream position (offset 0 without history).
 
         Raises:
@@ -235,6 +295,8 @@ class Hub:
         ns = self.namespace(channel)
         if not isinstance(pub, Publication):
             pub = Publication(encode_data(pub))
+        if ns.delta_publish:
+            pub.delta = True
         try:
             position = await self.broker.publish(channel, pub, **self._stream_options(ns, idempotency_key))
         except BrokerError as exc:
@@ -255,6 +317,8 @@ class Hub:
         """
         self._check_running(f"publish to {channel!r}")
         ns = self.namespace(channel)
+        if ns.delta_publish:
+            pub.delta = True
         stats = self.stats
 
         def finished(position: StreamPosition | None, exc: BaseException | None) -> None:
@@ -383,16 +447,76 @@ class Hub:
             batch = batches[wire] = FrameBatch(frame)
             for sub in subs.values():
                 sub.deliver(batch)
+        if state.delta or state.pending:
+            self._fan_out_delta(channel, state, pub, skipped)
         if state.buffering:
             for buffer in state.buffering.values():
                 buffer.append(pub)
+
+    def _fan_out_delta(self, channel: str, state: _Channel, pub: Publication, skipped: set[str] | None) -> None:
+        """Fan ``pub`` out to the delta subscribers: one delta per publication
+        (against the previous one, when the stream's offsets say it is the one
+        before), one frame per wire, shared as the plain path shares them.
+        A subscriber that does not get ``pub`` (excluded, or it had it from the
+        stream read) is sent the next one in full; pending ones get ``pub`` in
+        full and hold it from then on. Centrifugo: hub.go (getDeltaPub),
+        client.go (flagDeltaAllowed)."""
+        prev, state.prev = state.prev, pub
+        usable = (pub.delta and prev is not None and pub.offset > 0 and prev.offset == pub.offset - 1
+                  and prev.epoch == pub.epoch)
+        patch = _Patcher() if usable else None
+        batches = state.batches
+        stats = self.stats
+        full: dict[DeltaWire, bytes] = {}
+        for wire, subs in list(state.delta.items()):
+            if patch is not None and prev is not None:
+                frame = wire.encode_delta(channel, pub, prev, patch)
+            else:
+                frame = full[wire] = wire.encode_publication(channel, pub)
+            stats.deliveries += len(subs)
+            if skipped and not skipped.isdisjoint(subs):
+                batches.pop(wire, None)
+                for client_id, sub in list(subs.items()):
+                    if client_id in skipped:  # it misses pub: it cannot apply the next delta
+                        del subs[client_id]
+                        state.pending.setdefault(wire, {})[client_id] = sub
+                    else:
+                        sub.deliver(frame)
+                if not subs:
+                    del state.delta[wire]
+                continue
+            if not wire.joinable:
+                for sub in subs.values():
+                    sub.deliver(frame)
+                continue
+            batch = batches.get(wire)
+            if batch is not None and not batch.closed:
+                batch.append(frame)
+                continue
+            batch = batches[wire] = FrameBatch(frame)
+            for sub in subs.values():
+                sub.deliver(batch)
+        for wire, subs in list(state.pending.items()):
+            frame = full.get(wire) or wire.encode_publication(channel, pub)
+            ready = state.delta.setdefault(wire, {})
+            for client_id, sub in list(subs.items()):
+                if skipped and client_id in skipped:
+                    continue
+                sub.deliver(frame)
+                stats.deliveries += 1
+                ready[client_id] = subs.pop(client_id)
+            if not subs:
+                del state.pending[wire]
+            if not ready:
+                del state.delta[wire]
+            batches.pop(wire, None)  # the group changed: the next publication opens a batch for all of it
 
     def _fan_out_event(self, channel: str, encode: Callable[[Wire], bytes | None]) -> None:
         state = self._channels.get(channel)
         if state is None:
             return
         state.batches.clear()  # after the publications already queued
-        for wire, subs in state.by_wire.items():
+        for wire, subs in state.groups():
             frame = encode(wire)
             if frame is not None:
                 for sub in subs.values():
@@ -413,12 +537,13 @@ class Hub:
         """This node missed publications of ``channel``: its recoverable
         subscribers must resubscribe to recover them (3010)."""
         log.warning("missed publications in channel %r; recoverable subscribers reconnect", channel)
-        for subs in state.by_wire.values():
+        for _, subs in list(state.groups()):
             for sub in list(subs.values()):
                 if sub.recoverable:
                     sub.disconnect(DisconnectCode.INSUFFICIENT_STATE)
         state.last_offset = 0
         state.epoch = ""
+        state.prev = None  # the next publication goes in full to delta subscribers
         state.batches.clear()  # what follows must not reach them through a batch they hold
 
     def on_broker_reconnect(self) -> None:
@@ -513,7 +638,7 @@ class Hub:
 
     @staticmethod
     def _check_not_subscribed(state: _Channel, client_id: str) -> None:
-        if client_id in state.buffering or any(client_id in subs for subs in state.by_wire.values()):
+        if client_id in state.buffering or any(client_id in subs for _, subs in state.groups()):
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
 
     def _add_subscriber(
@@ -523,7 +648,10 @@ class Hub:
         client_id = sub.client_id
         if result.position.epoch and state.epoch and result.position.epoch != state.epoch:
             self._gap(channel, state)  # a new stream: the others hold positions in the old one
-        state.by_wire.setdefault(sub.wire, {})[client_id] = sub
+        if sub.delta is not None:  # its first publication goes in full
+            state.pending.setdefault(sub.delta, {})[client_id] = sub
+        else:
+            state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         state.batches.clear()  # the new subscriber is in none of them
         if result.position.offset > state.last_offset:
             # The stream is ahead of this node's pub/sub delivery (Redis: history is
@@ -597,13 +725,19 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return False
-        for wire, subs in state.by_wire.items():
-            if subs.pop(client_id, None) is not None:
-                if not subs:
-                    del state.by_wire[wire]
-                break
+        for group in (state.by_wire, state.delta, state.pending):
+            for wire, subs in group.items():
+                if subs.pop(client_id, None) is not None:
+                    if not subs:
+                        del group[wire]  # type: ignore[arg-type]  # the wire is the group's key type
+                    break
+            else:
+                continue
+            break
         else:
             return False
+        if not state.delta and not state.pending:
+            state.prev = None
         state.skip.pop(client_id, None)
         state.batches.clear()  # later publications must not reach it through a queued batch
         state.count -= 1
@@ -662,7 +796,7 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return []
-        return [sub for subs in state.by_wire.values() for sub in subs.values()]
+        return [sub for _, subs in state.groups() for sub in subs.values()]
 
     # -- presence refresh (one shared timer) ----------------------------------
 
