@@ -6,12 +6,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import urllib.request
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import hubbub
 from hubbub import fossil
 from hubbub.brokers.base import Publication
 from hubbub.brokers.memory import MemoryBroker
@@ -25,7 +29,11 @@ from hubbub.protobuf_codec import PROTOBUF
 from hubbub.server import Server
 
 from .conftest import TIMEOUT, history_ns, proto_client, until
+from .jsdeps import node_modules
 from .redis_server import redis_server  # noqa: F401
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+import feed  # noqa: E402
 
 DELTA_NS = NamespaceOptions(history_size=10, history_ttl=300.0, allowed_delta_types=("fossil",))
 BROKERS = ["memory", pytest.param("redis", marks=pytest.mark.slow)]
@@ -329,3 +337,58 @@ async def test_api_publish_delta_flag(start_server: Any, clients: list) -> None:
         assert "error" not in reply, reply
     kinds = [bool((await sub.next_push())["pub"].get("delta")) for _ in versions]
     assert kinds == [False, True, True]
+
+
+@pytest.mark.slow  # starts node (and redis-server)
+@pytest.mark.parametrize(("codec", "broker"), [("json", "memory"), ("protobuf", "memory"), ("json", "redis"),
+                                               ("protobuf", "redis")])
+async def test_centrifuge_js_applies_deltas_across_a_reconnect_with_recovery(
+        request: pytest.FixtureRequest, codec: str, broker: str) -> None:
+    """centrifuge-js with ``delta: "fossil"`` (tests/js/delta.cjs): the documents it hands the
+    application are the ones published (30 states of the match feed), across a reconnect that
+    recovers the publications made meanwhile; most arrived as deltas."""
+    modules = node_modules()
+    states = [json.loads(s) for s in feed.match_feed(seed=5, updates=30)]
+    app = hubbub.App(port=0, broker=broker_url(request, broker), namespaces={
+        "doc": {"history_size": 100, "history_ttl": 600, "force_recovery": True,
+                "allowed_delta_types": ["fossil"], "delta_publish": True}})
+
+    async def publish(data: Any) -> None:
+        for n in range(data["from"], data["to"]):
+            await app.server.hub.publish("doc:match", states[n])
+
+    @app.rpc("publish")
+    async def publish_rpc(client: hubbub.ClientSession, data: Any) -> Any:
+        await publish(data)
+        return {}
+
+    away: list[asyncio.Task[None]] = []
+
+    @app.rpc("kick")
+    async def kick(client: hubbub.ClientSession, data: Any) -> Any:
+        client.disconnect(3011, "kicked by test")
+        # while the client is away (it recovers them); in a task of the test's: the closed
+        # connection's command does not outlive it
+        away.append(asyncio.create_task(publish(data)))
+        return {}
+
+    await app.start()
+    try:
+        url = f"ws://127.0.0.1:{app.server.port}/connection/websocket"
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(modules.parent / "delta.cjs"), url, "doc:match", codec, str(len(states)),
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 8 * TIMEOUT)
+        await asyncio.gather(*away)
+    finally:
+        await app.stop()
+    assert proc.returncode == 0, err.decode() + out.decode()[-5000:]
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert [g["offset"] for g in result["got"]] == list(range(1, len(states) + 1))
+    assert [g["data"] for g in result["got"]] == states
+    assert result["subscribed"][1] == {"recovered": True, "wasRecovering": True}
+    assert 3011 in result["codes"]
+    stats = result["stats"]
+    # full: the first after each subscribe (live), and the recovered ones (never deltas)
+    assert stats["numFullPayloads"] == 1 + 10 + 1 and stats["numDeltaPayloads"] == len(states) - 12
+    assert stats["bytesReceived"] * 2 < stats["bytesDecoded"]  # 12 of 30 in full, the rest tiny
