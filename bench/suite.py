@@ -1729,11 +1729,14 @@ def target_context(suite: Suite) -> list[str]:
 
 def compression_section() -> list[str]:
     """The permessage-deflate figures of ``bench/compression.py --docs-section``
-    (``bench/results/compression.md``), as they are; nothing if there are none."""
-    path = Path(__file__).resolve().parent / "results" / "compression.md"
-    if not path.is_file():
-        return []
-    return path.read_text().rstrip("\n").split("\n") + [""]
+    (``bench/results/compression.md``) and the delta figures of ``bench/delta.py
+    --docs-section`` (``bench/results/delta.md``), as they are; nothing for a missing one."""
+    out: list[str] = []
+    for name in ("compression.md", "delta.md"):
+        path = Path(__file__).resolve().parent / "results" / name
+        if path.is_file():
+            out += path.read_text().rstrip("\n").split("\n") + [""]
+    return out
 
 
 def where_the_time_goes(suite: Suite) -> list[str]:
