@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from . import fossil
 from .brokers.base import Broker, ClientInfo, Publication, PublishCallback, StreamPosition
@@ -101,6 +101,21 @@ class _Patcher:
             return delta
 
 
+_W = TypeVar("_W", bound=Hashable)
+
+
+def _remove(group: dict[_W, dict[str, Subscriber]] | None, client_id: str) -> bool:
+    """Take ``client_id`` out of a subscriber group (and an emptied wire's entry); whether it was there."""
+    if not group:
+        return False
+    for wire, subs in group.items():
+        if subs.pop(client_id, None) is not None:
+            if not subs:
+                del group[wire]
+            return True
+    return False
+
+
 @dataclass(eq=False, slots=True)
 class Subscriber:
     """One local subscription: who, how to encode for it, where to queue.
@@ -159,17 +174,20 @@ class _Channel:
     #: the open FrameBatch per wire: publications of this iteration are appended to it
     batches: dict[Wire, FrameBatch] = field(default_factory=dict)
     #: delta subscribers that hold the channel's previous publication: they get deltas
-    delta: dict[DeltaWire, dict[str, Subscriber]] = field(default_factory=dict)
+    #: (``None`` until the channel has delta subscribers: memory per channel)
+    delta: dict[DeltaWire, dict[str, Subscriber]] | None = None
     #: delta subscribers whose next publication is sent in full (just subscribed, or missed one)
-    pending: dict[DeltaWire, dict[str, Subscriber]] = field(default_factory=dict)
+    pending: dict[DeltaWire, dict[str, Subscriber]] | None = None
     #: the last publication fanned out, kept while there are delta subscribers
     prev: Publication | None = None
 
     def groups(self) -> Iterator[tuple[Wire, dict[str, Subscriber]]]:
         """Every subscriber group: plain by wire, then delta, then pending delta."""
         yield from self.by_wire.items()
-        yield from self.delta.items()
-        yield from self.pending.items()
+        if self.delta:
+            yield from self.delta.items()
+        if self.pending:
+            yield from self.pending.items()
 
 
 class Hub:
@@ -462,13 +480,19 @@ class Hub:
         full and hold it from then on. Centrifugo: hub.go (getDeltaPub),
         client.go (flagDeltaAllowed)."""
         prev, state.prev = state.prev, pub
+        ready_groups = state.delta
+        if ready_groups is None:
+            ready_groups = state.delta = {}
+        pending = state.pending
+        if pending is None:
+            pending = state.pending = {}
         usable = (pub.delta and prev is not None and pub.offset > 0 and prev.offset == pub.offset - 1
                   and prev.epoch == pub.epoch)
         patch = _Patcher() if usable else None
         batches = state.batches
         stats = self.stats
         full: dict[DeltaWire, bytes] = {}
-        for wire, subs in list(state.delta.items()):
+        for wire, subs in list(ready_groups.items()):
             if patch is not None and prev is not None:
                 frame = wire.encode_delta(channel, pub, prev, patch)
             else:
@@ -479,11 +503,11 @@ class Hub:
                 for client_id, sub in list(subs.items()):
                     if client_id in skipped:  # it misses pub: it cannot apply the next delta
                         del subs[client_id]
-                        state.pending.setdefault(wire, {})[client_id] = sub
+                        pending.setdefault(wire, {})[client_id] = sub
                     else:
                         sub.deliver(frame)
                 if not subs:
-                    del state.delta[wire]
+                    del ready_groups[wire]
                 continue
             if not wire.joinable:
                 for sub in subs.values():
@@ -496,9 +520,9 @@ class Hub:
             batch = batches[wire] = FrameBatch(frame)
             for sub in subs.values():
                 sub.deliver(batch)
-        for wire, subs in list(state.pending.items()):
+        for wire, subs in list(pending.items()):
             frame = full.get(wire) or wire.encode_publication(channel, pub)
-            ready = state.delta.setdefault(wire, {})
+            ready = ready_groups.setdefault(wire, {})
             for client_id, sub in list(subs.items()):
                 if skipped and client_id in skipped:
                     continue
@@ -506,9 +530,9 @@ class Hub:
                 stats.deliveries += 1
                 ready[client_id] = subs.pop(client_id)
             if not subs:
-                del state.pending[wire]
+                del pending[wire]
             if not ready:
-                del state.delta[wire]
+                del ready_groups[wire]
             batches.pop(wire, None)  # the group changed: the next publication opens a batch for all of it
 
     def _fan_out_event(self, channel: str, encode: Callable[[Wire], bytes | None]) -> None:
@@ -649,6 +673,8 @@ class Hub:
         if result.position.epoch and state.epoch and result.position.epoch != state.epoch:
             self._gap(channel, state)  # a new stream: the others hold positions in the old one
         if sub.delta is not None:  # its first publication goes in full
+            if state.pending is None:
+                state.pending = {}
             state.pending.setdefault(sub.delta, {})[client_id] = sub
         else:
             state.by_wire.setdefault(sub.wire, {})[client_id] = sub
@@ -725,19 +751,11 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return False
-        for group in (state.by_wire, state.delta, state.pending):
-            for wire, subs in group.items():
-                if subs.pop(client_id, None) is not None:
-                    if not subs:
-                        del group[wire]  # type: ignore[arg-type]  # the wire is the group's key type
-                    break
-            else:
-                continue
-            break
-        else:
+        if not (_remove(state.by_wire, client_id) or _remove(state.delta, client_id)
+                or _remove(state.pending, client_id)):
             return False
         if not state.delta and not state.pending:
-            state.prev = None
+            state.prev = state.delta = state.pending = None
         state.skip.pop(client_id, None)
         state.batches.clear()  # later publications must not reach it through a queued batch
         state.count -= 1
