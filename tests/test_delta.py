@@ -17,7 +17,7 @@ import pytest
 
 import hubbub
 from hubbub import fossil
-from hubbub.brokers.base import Publication
+from hubbub.brokers.base import ClientInfo, Publication
 from hubbub.brokers.memory import MemoryBroker
 from hubbub.codec import JSON, ProtocolWire
 from hubbub.config import Config, NamespaceOptions
@@ -392,3 +392,23 @@ async def test_centrifuge_js_applies_deltas_across_a_reconnect_with_recovery(
     # full: the first after each subscribe (live), and the recovered ones (never deltas)
     assert stats["numFullPayloads"] == 1 + 10 + 1 and stats["numDeltaPayloads"] == len(states) - 12
     assert stats["bytesReceived"] * 2 < stats["bytesDecoded"]  # 12 of 30 in full, the rest tiny
+
+
+async def test_join_and_leave_reach_delta_subscribers_encoded_once_per_wire(monkeypatch: pytest.MonkeyPatch) -> None:
+    hub = Hub(Config(namespaces={"d": history_ns(allowed_delta_types=("fossil",), join_leave=True)}), MemoryBroker())
+    await hub.start()
+    try:
+        json_wire, _ = wires()
+        ready = await join(hub, "d:j", "ready", json_wire, True)
+        await hub.publish("d:j", Publication(b'{"a":1}', delta=True))  # "ready" now holds it
+        pending = await join(hub, "d:j", "pending", json_wire, True)
+        calls: list[str] = []
+        original = type(JSON).encode_join
+        monkeypatch.setattr(type(JSON), "encode_join",
+                            lambda self, channel, info: calls.append(channel) or original(self, channel, info))
+        hub.on_join("d:j", ClientInfo("x", "u"))
+        assert calls == ["d:j"]  # one encode for the wire's two groups
+        assert json.loads(ready.messages()[-1])["push"]["join"]["info"]["client"] == "x"
+        assert json.loads(pending.messages()[-1])["push"]["join"]["info"]["client"] == "x"
+    finally:
+        await hub.close()

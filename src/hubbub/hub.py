@@ -540,8 +540,11 @@ class Hub:
         if state is None:
             return
         state.batches.clear()  # after the publications already queued
+        frames: dict[Wire, bytes | None] = {}  # a delta wire's ready and pending groups: one encode
         for wire, subs in state.groups():
-            frame = encode(wire)
+            if wire not in frames:
+                frames[wire] = encode(wire)
+            frame = frames[wire]
             if frame is not None:
                 for sub in subs.values():
                     sub.deliver(frame)
