@@ -412,3 +412,37 @@ async def test_join_and_leave_reach_delta_subscribers_encoded_once_per_wire(monk
         assert json.loads(pending.messages()[-1])["push"]["join"]["info"]["client"] == "x"
     finally:
         await hub.close()
+
+
+@pytest.mark.slow  # starts redis-server
+async def test_two_nodes_on_redis_each_know_the_previous_publication(start_server: Any, clients: list,
+                                                                     redis_server: Any) -> None:  # noqa: F811
+    """A delta subscriber on one node, the publisher on another: the subscriber's node knows each
+    publication's predecessor from Redis pub/sub (contiguous offsets), so deltas flow; a second delta
+    subscriber joining late on the publisher's node starts in full."""
+    namespaces = {"doc": history_ns(allowed_delta_types=("fossil",), delta_publish=True)}
+    a: Server = await start_server(broker=redis_server.url, namespaces=namespaces)
+    b: Server = await start_server(broker=redis_server.url, namespaces=namespaces)
+    sub_b = await proto_client(b)
+    pub_a = await proto_client(a)
+    clients += [sub_b, pub_a]
+    assert (await sub_b.call("subscribe", {"channel": "doc:n", "delta": "fossil"}))["subscribe"]["delta"] is True
+    versions = [json.loads(v) for v in docs(5)]
+    late = None
+    for n, doc in enumerate(versions):
+        if n == 2:
+            late = await proto_client(a)
+            clients.append(late)
+            await late.call("subscribe", {"channel": "doc:n", "delta": "fossil"})
+        assert "publish" in await pub_a.call("publish", {"channel": "doc:n", "data": doc})
+    for client, expected, kinds in ((sub_b, versions, [False, True, True, True, True]),
+                                    (late, versions[2:], [False, True, True])):
+        assert client is not None
+        prev, got = b"", []
+        for doc in expected:
+            push = (await client.next_push())["pub"]
+            data = fossil.apply(prev, push["data"].encode()) if push.get("delta") else push["data"].encode()
+            got.append(bool(push.get("delta")))
+            prev = data
+            assert json.loads(data) == doc
+        assert got == kinds
