@@ -1730,8 +1730,9 @@ def target_context(suite: Suite) -> list[str]:
 
 def compression_section() -> list[str]:
     """The permessage-deflate figures of ``bench/compression.py --docs-section``
-    (``bench/results/compression.md``), as they are; nothing if there are none."""
-    return results_section("compression.md")
+    (``bench/results/compression.md``) and the delta figures of ``bench/delta.py
+    --docs-section`` (``bench/results/delta.md``), as they are; nothing for a missing one."""
+    return results_section("compression.md") + results_section("delta.md")
 
 
 def results_section(name: str) -> list[str]:

@@ -348,3 +348,134 @@ async def test_chromium_negotiates_compression_and_receives_intact_data(start_se
             assert await tab.evaluate("window.got") == [BIG, "small"]
         finally:
             await browser.close()
+
+
+# -- centrifuge-js with compression negotiated -------------------------------------------------------
+
+
+def _feed_app(states: list[Any], **options: Any) -> hubbub.App:
+    """An App with compression on, a delta namespace ``doc`` and an rpc "publish" {from, to}
+    that publishes ``states[from:to]`` to ``doc:feed``."""
+    app = hubbub.App(port=0, websocket_compression=True, namespaces={
+        "doc": {"history_size": 10, "history_ttl": 600, "allowed_delta_types": ["fossil"], "delta_publish": True}},
+        **options)
+
+    @app.rpc("publish")
+    async def publish(client: hubbub.ClientSession, data: Any) -> Any:
+        for n in range(data["from"], data["to"]):
+            await app.server.hub.publish("doc:feed", states[n])
+        return {}
+
+    return app
+
+
+def _states(count: int) -> list[Any]:
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
+    import feed
+
+    return [json.loads(s) for s in feed.order_book_feed(seed=2, updates=count)]
+
+
+@pytest.mark.slow  # starts node
+@pytest.mark.parametrize(("codec", "delta"), [("json", "none"), ("protobuf", "none"), ("json", "fossil"),
+                                              ("protobuf", "fossil")])
+async def test_centrifuge_js_under_node_negotiates_deflate_and_gets_intact_data(codec: str, delta: str) -> None:
+    """centrifuge-js over Node's `ws` (which offers permessage-deflate) agrees on it with hubbub,
+    and the documents it hands the application are the published ones (2 KB order books:
+    compressed frames), with and without Fossil deltas."""
+    import subprocess
+
+    from .jsdeps import node_modules
+
+    modules = node_modules()
+    states = _states(20)
+    app = _feed_app(states)
+    await app.start()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "node", str(modules.parent / "deflate.cjs"), f"ws://127.0.0.1:{app.server.port}/connection/websocket",
+            "doc:feed", codec, delta, str(len(states)), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        out, err = await asyncio.wait_for(proc.communicate(), 4 * TIMEOUT)
+    finally:
+        await app.stop()
+    assert proc.returncode == 0, err.decode()
+    result = json.loads(out.decode().strip().splitlines()[-1])
+    assert result["extensions"] == ["permessage-deflate"]  # ws names the extensions it agreed to
+    assert result["got"] == states
+    if delta == "fossil":
+        assert result["stats"]["numDeltaPayloads"] == len(states) - 1
+
+
+@pytest.mark.slow
+async def test_centrifuge_js_in_chromium_negotiates_deflate_and_applies_deltas() -> None:
+    """centrifuge-js in Chromium, over the browser's own WebSocket (which always offers
+    permessage-deflate): compression agreed, and the documents equal the published ones,
+    with ``delta: "fossil"`` and without."""
+    from playwright.async_api import async_playwright
+
+    from hubbub.http import HTTPRequest, HTTPResponse
+
+    from .jsdeps import CHROMIUM_ARGS, chromium, node_modules
+
+    script = (node_modules() / "centrifuge" / "dist" / "centrifuge.js").read_bytes()
+    states = _states(20)
+    app = _feed_app(states)
+    page_html = """<!doctype html><title>loading</title><script src="/test/centrifuge.js"></script><script>
+      window.result = {extensions: [], plain: [], delta: []};
+      class RecordingWebSocket extends WebSocket {
+        constructor(url, protocols) {
+          super(url, protocols);
+          this.addEventListener("open", () => window.result.extensions.push(this.extensions));
+        }
+      }
+      (async () => {
+        const url = "ws://" + location.host + "/connection/websocket";
+        const one = new Centrifuge(url, {websocket: RecordingWebSocket});
+        const two = new Centrifuge(url, {websocket: RecordingWebSocket});
+        const plain = one.newSubscription("doc:feed");
+        const delta = two.newSubscription("doc:feed", {delta: "fossil"});
+        plain.on("publication", (ctx) => window.result.plain.push(ctx.data));
+        delta.on("publication", (ctx) => window.result.delta.push(ctx.data));
+        one.connect();
+        two.connect();
+        plain.subscribe();
+        delta.subscribe();
+        await plain.ready(5000);
+        await delta.ready(5000);
+        await one.rpc("publish", {from: 0, to: COUNT});
+        while (window.result.delta.length < COUNT || window.result.plain.length < COUNT) {
+          await new Promise((r) => setTimeout(r, 10));
+        }
+        window.result.stats = delta.deltaStats();
+        document.title = "done";
+      })().catch((e) => { document.title = "failed " + e; });
+    </script>""".replace("COUNT", str(len(states)))
+
+    async def centrifuge_js(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(200, script, "text/javascript")
+
+    async def page(request: HTTPRequest) -> HTTPResponse:
+        return HTTPResponse(200, page_html.encode(), "text/html")
+
+    await app.start()
+    try:
+        app.server.add_http("/test/centrifuge.js", centrifuge_js)
+        app.server.add_http("/test/page", page)
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=chromium(), args=CHROMIUM_ARGS, headless=True)
+            try:
+                tab = await browser.new_page()
+                await tab.goto(f"http://127.0.0.1:{app.server.port}/test/page")
+                await tab.wait_for_function("document.title !== 'loading'", timeout=int(4 * TIMEOUT * 1000))
+                assert await tab.title() == "done"
+                result = await tab.evaluate("window.result")
+            finally:
+                await browser.close()
+    finally:
+        await app.stop()
+    assert result["extensions"] == [AGREED, AGREED]
+    assert result["plain"] == states and result["delta"] == states
+    assert result["stats"]["numDeltaPayloads"] == len(states) - 1

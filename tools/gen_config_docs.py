@@ -116,7 +116,7 @@ UNITS: dict[str, str] = {
     "history_size": "publications per channel", "history_ttl": "seconds", "force_recovery": "",
     "presence": "", "join_leave": "", "allow_publish_for_client": "", "allow_subscribe_for_client": "",
     "allow_history_for_client": "", "allow_presence_for_client": "", "require_subscription_token": "",
-    "exclude_publisher": "", "force_recovery_mode": "",
+    "exclude_publisher": "", "force_recovery_mode": "", "allowed_delta_types": "", "delta_publish": "",
 }
 
 #: the dataclass field type -> how a TOML file writes it
@@ -127,6 +127,7 @@ TYPES = {
     "bool | None": "boolean",
     "str": "string",
     "list[str]": "list of strings",
+    "tuple[str, ...]": "list of strings",
     "NamespaceOptions": "table",
     "dict[str, NamespaceOptions]": "table of tables",
 }
@@ -196,7 +197,7 @@ def toml_value(value: Any) -> str:
         return f"`{str(value).lower()}`"
     if isinstance(value, str):
         return f'`"{value}"`'
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return "`[]`" if not value else "`[" + ", ".join(f'"{v}"' for v in value) + "]`"
     if isinstance(value, dict):
         return "`{}`"

@@ -203,8 +203,10 @@ class ServerAPI:
 
     @staticmethod
     def _publication(params: Params) -> Callable[[], Publication]:
-        """Read ``data`` or ``b64data``, ``tags`` and ``exclude_client``; returns a
-        factory of fresh publications (the broker sets each one's offset)."""
+        """Read ``data`` or ``b64data``, ``tags``, ``exclude_client`` and ``delta``
+        (Centrifugo's publish API: the publication may go as a Fossil delta to
+        subscribers that negotiated one); returns a factory of fresh
+        publications (the broker sets each one's offset)."""
         raw: bytes | None = None
         if params.raw.get("b64data") is not None:
             b64 = params.str("b64data")
@@ -221,6 +223,7 @@ class ServerAPI:
             Publication, data, raw=raw, binary=raw is not None,
             tags=params.string_map("tags") or None,
             exclude_client=params.str("exclude_client") or None,
+            delta=params.bool("delta"),
         )
 
     async def _publish(self, channel: str, pub: Publication, key: str | None) -> dict[str, Any]:

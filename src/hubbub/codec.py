@@ -10,7 +10,7 @@ See ``docs/design.md``, "The codec seam (codec.py, formats.py)".
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
 from .brokers.base import ClientInfo, Publication
@@ -56,6 +56,27 @@ class Codec(Protocol):
         ...
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes: ...
+
+    def publication_bytes(self, pub: Publication) -> bytes:
+        """The bytes this format sends as ``pub``'s data: what a Fossil delta is made of."""
+        ...
+
+    def encode_publication_delta(self, channel: str, pub: Publication, data: bytes, delta: bool) -> bytes:
+        """A ``pub`` push for a subscriber that negotiated a delta: ``data`` is
+        :meth:`publication_bytes` (``delta`` false) or the Fossil delta from the
+        previous publication's (``delta`` true, the publication says
+        ``delta: true``). JSON sends ``data`` as a JSON string of those bytes
+        (UTF-8), both full and delta, as Centrifugo does (centrifuge-js parses it).
+
+        Raises:
+            UnicodeDecodeError: JSON only, ``data`` is not UTF-8.
+        """
+        ...
+
+    def delta_reply_publication(self, pub: Publication) -> Any:
+        """``pub`` as a subscribe reply's ``publications`` carry it to a subscriber
+        that negotiated a delta (in full: JSON's data as a JSON string)."""
+        ...
 
     def decode_emulation_request(self, body: bytes) -> tuple[str, str, bytes]:
         """``(node, session, data)`` of a ``POST /emulation`` body in this format (ids not
@@ -137,6 +158,28 @@ class JSONCodec:
         parts.append(b"}}}")
         return b"".join(parts)
 
+    def publication_bytes(self, pub: Publication) -> bytes:
+        return pub.data
+
+    def encode_publication_delta(self, channel: str, pub: Publication, data: bytes, delta: bool) -> bytes:
+        """As :meth:`encode_publication`, with ``data`` a JSON string (and ``"delta":true``)."""
+        parts = [b'{"push":{"channel":', dumps(channel), b',"pub":{"data":', dumps(data.decode("utf-8"))]
+        if pub.offset:
+            parts.append(b',"offset":%d' % pub.offset)
+        if pub.info is not None:
+            parts.append(b',"info":' + dumps(pub.info.to_json()))
+        if pub.tags:
+            parts.append(b',"tags":' + dumps(pub.tags))
+        if delta:
+            parts.append(b',"delta":true')
+        parts.append(b"}}}")
+        return b"".join(parts)
+
+    def delta_reply_publication(self, pub: Publication) -> Any:
+        out = pub.to_json()
+        out["data"] = pub.data.decode("utf-8")
+        return out
+
     def publication(self, data: Any) -> Publication:
         return Publication(encode_data(data))
 
@@ -172,7 +215,7 @@ class ProtocolWire:
         frames: the transport's framing (a WebSocket frame encoder).
     """
 
-    __slots__ = ("codec", "joinable", "_frame", "ping")
+    __slots__ = ("codec", "joinable", "_frame", "ping", "_delta")
 
     def __init__(self, codec: Codec, frames: FrameEncoder) -> None:
         self.codec = codec
@@ -180,6 +223,16 @@ class ProtocolWire:
         self._frame = frames.binary if codec.binary else frames.text
         #: the server's ping (an empty reply), framed once for every connection
         self.ping = self._frame(codec.ping)
+        self._delta: DeltaProtocolWire | None = None
+
+    @property
+    def delta(self) -> DeltaProtocolWire:
+        """The wire of this codec and framing for subscribers that negotiated a
+        Fossil delta (one per wire, shared by them all)."""
+        wire = self._delta
+        if wire is None:
+            wire = self._delta = DeltaProtocolWire(self)
+        return wire
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes:
         return self._frame(self.codec.encode_publication(channel, pub))
@@ -191,7 +244,50 @@ class ProtocolWire:
         return self._frame(self.codec.encode_leave(channel, info))
 
 
+class DeltaProtocolWire:
+    """Pushes for protocol subscribers that negotiated a Fossil delta
+    (:class:`hubbub.hub.DeltaWire`): publications through
+    :meth:`Codec.encode_publication_delta`, joins and leaves as the plain wire's.
+
+    Args:
+        plain: the wire of the same codec and framing.
+    """
+
+    __slots__ = ("plain", "codec", "joinable", "_frame")
+
+    def __init__(self, plain: ProtocolWire) -> None:
+        self.plain = plain
+        self.codec = plain.codec
+        self.joinable = plain.joinable
+        self._frame = plain._frame
+
+    def encode_publication(self, channel: str, pub: Publication) -> bytes:
+        """``pub`` in full, in the delta form (JSON: data as a JSON string)."""
+        return self._frame(self.codec.encode_publication_delta(channel, pub, self.codec.publication_bytes(pub), False))
+
+    def encode_delta(self, channel: str, pub: Publication, prev: Publication,
+                     patch: Callable[[bytes, bytes], bytes | None]) -> bytes:
+        """``pub`` as the delta from ``prev``: ``patch(prev_bytes, bytes)`` gives
+        the Fossil delta (the hub's, made once per publication), or ``None``
+        when it would not be smaller; then ``pub`` goes in full."""
+        codec = self.codec
+        data = codec.publication_bytes(pub)
+        delta = patch(codec.publication_bytes(prev), data)
+        if delta is not None:
+            try:
+                return self._frame(codec.encode_publication_delta(channel, pub, delta, True))
+            except UnicodeDecodeError:  # JSON only: a delta that is no text (the data was not UTF-8)
+                pass
+        return self.encode_publication(channel, pub)
+
+    def encode_join(self, channel: str, info: ClientInfo) -> bytes:
+        return self.plain.encode_join(channel, info)
+
+    def encode_leave(self, channel: str, info: ClientInfo) -> bytes:
+        return self.plain.encode_leave(channel, info)
+
+
 #: The JSON codec (stateless: one for the process).
 JSON = JSONCodec()
 
-__all__ = ["JSON", "Codec", "JSONCodec", "ProtocolWire"]
+__all__ = ["JSON", "Codec", "DeltaProtocolWire", "JSONCodec", "ProtocolWire"]

@@ -33,6 +33,9 @@ RESERVED_ENV = frozenset({"HUBBUB_WORKER_INDEX", "HUBBUB_VENV"})
 #: ``NamespaceOptions.force_recovery_mode`` values; the cache mode recovers the latest publication only
 RECOVERY_MODE_CACHE = "cache"
 RECOVERY_MODES = ("", "stream", RECOVERY_MODE_CACHE)
+#: the delta types a subscribe may ask for (``SubscribeRequest.delta``): Fossil's only, as in Centrifugo
+DELTA_FOSSIL = "fossil"
+DELTA_TYPES = (DELTA_FOSSIL,)
 #: the settings that place the streaming and unidirectional transports (hubbub.streams)
 #: a PostgreSQL table name (``NAME`` or ``SCHEMA.NAME``) or LISTEN channel, unquoted
 SQL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?")
@@ -69,6 +72,17 @@ class NamespaceOptions:
         require_subscription_token: subscribing needs a subscription token
             whose ``channel`` claim is the channel (a private channel).
         exclude_publisher: a client's own publications skip its connection.
+        allowed_delta_types: the delta types a subscriber may ask for with
+            ``delta`` in its subscribe request (``["fossil"]``, or none); as
+            Centrifugo's option (centrifugal.dev ``docs/server/delta_compression``).
+            A subscriber that negotiated a delta gets publications marked for
+            delta as Fossil deltas against the channel's previous publication
+            (``delta: true`` on the publication), the first one after its
+            subscribe in full. Deltas need the stream's offsets: in a namespace
+            without history every publication is sent in full.
+        delta_publish: every publication of the namespace is marked for delta,
+            as if published with ``delta: true`` (the server API's ``publish``
+            sets it per publication).
     """
 
     history_size: int = 0
@@ -84,8 +98,18 @@ class NamespaceOptions:
     require_subscription_token: bool = False
     exclude_publisher: bool = False
     force_recovery_mode: str = ""
+    allowed_delta_types: tuple[str, ...] = ()
+    delta_publish: bool = False
 
     def __post_init__(self) -> None:
+        types = self.allowed_delta_types
+        if isinstance(types, str) or not all(isinstance(t, str) for t in types):
+            raise ConfigError(f"allowed_delta_types must be a list of strings, got {types!r}")
+        unknown = [t for t in types if t not in DELTA_TYPES]
+        if unknown:
+            raise ConfigError(f"allowed_delta_types: unknown delta type(s) {', '.join(map(repr, unknown))}; "
+                              f"known: {', '.join(map(repr, DELTA_TYPES))}")
+        object.__setattr__(self, "allowed_delta_types", tuple(types))
         if self.force_recovery_mode not in RECOVERY_MODES:
             raise ConfigError(f"force_recovery_mode must be one of {', '.join(map(repr, RECOVERY_MODES))}, "
                               f"got {self.force_recovery_mode!r}")
@@ -494,7 +518,7 @@ def _type_ok(type_name: str, value: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0
     if type_name == "str":
         return isinstance(value, str)
-    if type_name == "list[str]":
+    if type_name in ("list[str]", "tuple[str, ...]"):
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     return True
 
@@ -506,6 +530,7 @@ _TYPE_WORDS = {
     "float": "a non-negative number",
     "str": "a string",
     "list[str]": "a list of strings",
+    "tuple[str, ...]": "a list of strings",
 }
 
 

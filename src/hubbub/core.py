@@ -25,7 +25,7 @@ from .brokers.base import ClientInfo, Publication, PublishCallback, StreamPositi
 from .codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
 from .config import Config, NamespaceOptions
 from .errors import BadRequest, BrokerError, Disconnect, InvalidToken, ProtocolError, TokenExpired
-from .hub import Hub, Subscriber, SubscribeResult, Wire
+from .hub import DeltaWire, Hub, Subscriber, SubscribeResult, Wire
 from .outbox import FrameBatch, Outbox
 from .strictjson import encode_data
 
@@ -620,12 +620,12 @@ class ClientCore:
             return self.info if ns.presence or ns.join_leave else None
         return ClientInfo(self.client_id, self.user, self.conn_info, encode_data(chan_info))
 
-    def _subscriber(self, recoverable: bool) -> Subscriber:
+    def _subscriber(self, recoverable: bool, delta: DeltaWire | None = None) -> Subscriber:
         # a new Subscriber per subscription, held by the hub only: no reference cycle;
         # the outbox's own deliver when the session adds nothing to it (one call less
         # per delivery on the fan-out path)
         deliver = self._deliver if type(self)._deliver is not ClientCore._deliver else self.out.deliver
-        return Subscriber(self.client_id, self.wire, deliver, self._disconnect_code, recoverable)
+        return Subscriber(self.client_id, delta or self.wire, deliver, self._disconnect_code, recoverable, delta)
 
     def subscribe_nowait(self, channel: str, ns: NamespaceOptions, chan_info: Any = None) -> SubscribeResult | None:
         """Join ``channel`` at once when the hub can (no history to read, the
@@ -639,8 +639,9 @@ class ClientCore:
 
     async def join(self, channel: str, ns: NamespaceOptions, chan_info: Any = None, *,
                    recover_since: StreamPosition | None = None, recoverable: bool = False,
-                   positioned: bool = False) -> SubscribeResult:
-        """Join ``channel`` (authorized by :meth:`authorize_subscribe`) in the hub.
+                   positioned: bool = False, delta: DeltaWire | None = None) -> SubscribeResult:
+        """Join ``channel`` (authorized by :meth:`authorize_subscribe`) in the hub;
+        with ``delta`` (a negotiated Fossil delta) publications come through that wire.
 
         Raises:
             ProtocolError: 105 already subscribed; 100 (temporary) broker failure.
@@ -649,7 +650,7 @@ class ClientCore:
         self._remember(channel, info)  # reserve: a second subscribe meanwhile gets 105
         try:
             result = await self.hub.subscribe(
-                channel, self._subscriber(recoverable or positioned), ns=ns, info=info,
+                channel, self._subscriber(recoverable or positioned, delta), ns=ns, info=info,
                 recover_since=recover_since, positioned=positioned,
             )
         except BaseException:

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+from . import fossil
 from .brokers.base import Broker, ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .config import RECOVERY_MODE_CACHE, Config, NamespaceOptions
@@ -60,6 +61,61 @@ class Wire(Hashable, Protocol):
     def encode_leave(self, channel: str, info: ClientInfo) -> bytes | None: ...
 
 
+class DeltaWire(Wire, Protocol):
+    """The wire of subscribers that negotiated a Fossil delta (the protocol's
+    ``delta: "fossil"``). ``encode_publication`` gives a publication in full, in
+    the form these subscribers read (``delta`` false); :meth:`encode_delta` the
+    delta from the previous one.
+    """
+
+    def encode_publication(self, channel: str, pub: Publication) -> bytes: ...
+
+    def encode_delta(self, channel: str, pub: Publication, prev: Publication,
+                     patch: Callable[[bytes, bytes], bytes | None]) -> bytes:
+        """``pub`` as the delta from ``prev``. ``patch(old, new)`` is the Fossil delta
+        of two byte strings, or ``None`` when it is not smaller than ``new`` (then
+        ``pub`` goes in full); the hub makes each delta once per publication,
+        whatever the number of wires asking."""
+        ...
+
+
+class _Patcher:
+    """``patch(old, new)`` for one publication: the Fossil delta, made once per
+    pair of byte strings (a JSON and a Protobuf wire share it), ``None`` when not
+    smaller than ``new`` (Centrifugo sends the publication in full then: hub.go)."""
+
+    __slots__ = ("_made",)
+
+    def __init__(self) -> None:
+        self._made: dict[tuple[int, int], bytes | None] = {}
+
+    def __call__(self, old: bytes, new: bytes) -> bytes | None:
+        key = (id(old), id(new))  # both alive while the publication is fanned out
+        try:
+            return self._made[key]
+        except KeyError:
+            delta: bytes | None = fossil.create(old, new)
+            if delta is not None and len(delta) >= len(new):
+                delta = None
+            self._made[key] = delta
+            return delta
+
+
+_W = TypeVar("_W", bound=Hashable)
+
+
+def _remove(group: dict[_W, dict[str, Subscriber]] | None, client_id: str) -> bool:
+    """Take ``client_id`` out of a subscriber group (and an emptied wire's entry); whether it was there."""
+    if not group:
+        return False
+    for wire, subs in group.items():
+        if subs.pop(client_id, None) is not None:
+            if not subs:
+                del group[wire]
+            return True
+    return False
+
+
 @dataclass(eq=False, slots=True)
 class Subscriber:
     """One local subscription: who, how to encode for it, where to queue.
@@ -71,6 +127,8 @@ class Subscriber:
         disconnect: closes the connection with a code (used on stream gaps).
         recoverable: the subscriber tracks the stream position; if this node
             misses publications it is disconnected with 3010 to recover.
+        delta: the wire of a subscriber that negotiated a Fossil delta (then
+            ``wire`` is it too), ``None`` for the others.
     """
 
     client_id: str
@@ -78,6 +136,7 @@ class Subscriber:
     deliver: Callable[[bytes | FrameBatch], None]
     disconnect: Callable[[int], None]
     recoverable: bool = False
+    delta: DeltaWire | None = None
 
 
 @dataclass(slots=True)
@@ -114,6 +173,21 @@ class _Channel:
     skip: dict[str, int] = field(default_factory=dict)
     #: the open FrameBatch per wire: publications of this iteration are appended to it
     batches: dict[Wire, FrameBatch] = field(default_factory=dict)
+    #: delta subscribers that hold the channel's previous publication: they get deltas
+    #: (``None`` until the channel has delta subscribers: memory per channel)
+    delta: dict[DeltaWire, dict[str, Subscriber]] | None = None
+    #: delta subscribers whose next publication is sent in full (just subscribed, or missed one)
+    pending: dict[DeltaWire, dict[str, Subscriber]] | None = None
+    #: the last publication fanned out, kept while there are delta subscribers
+    prev: Publication | None = None
+
+    def groups(self) -> Iterator[tuple[Wire, dict[str, Subscriber]]]:
+        """Every subscriber group: plain by wire, then delta, then pending delta."""
+        yield from self.by_wire.items()
+        if self.delta:
+            yield from self.delta.items()
+        if self.pending:
+            yield from self.pending.items()
 
 
 class Hub:
@@ -221,6 +295,10 @@ class Hub:
                 and publishes nothing.
             source: client, api, relay or app; labels the publication in metrics.
 
+        A publication marked ``delta`` (or any, in a namespace with
+        ``delta_publish``) reaches subscribers that negotiated a Fossil delta as
+        the delta from the channel's previous publication.
+
         Returns the publication's stream position (offset 0 without history).
 
         Raises:
@@ -235,6 +313,8 @@ class Hub:
         ns = self.namespace(channel)
         if not isinstance(pub, Publication):
             pub = Publication(encode_data(pub))
+        if ns.delta_publish:
+            pub.delta = True
         try:
             position = await self.broker.publish(channel, pub, **self._stream_options(ns, idempotency_key))
         except BrokerError as exc:
@@ -255,6 +335,8 @@ class Hub:
         """
         self._check_running(f"publish to {channel!r}")
         ns = self.namespace(channel)
+        if ns.delta_publish:
+            pub.delta = True
         stats = self.stats
 
         def finished(position: StreamPosition | None, exc: BaseException | None) -> None:
@@ -383,17 +465,86 @@ class Hub:
             batch = batches[wire] = FrameBatch(frame)
             for sub in subs.values():
                 sub.deliver(batch)
+        if state.delta or state.pending:
+            self._fan_out_delta(channel, state, pub, skipped)
         if state.buffering:
             for buffer in state.buffering.values():
                 buffer.append(pub)
+
+    def _fan_out_delta(self, channel: str, state: _Channel, pub: Publication, skipped: set[str] | None) -> None:
+        """Fan ``pub`` out to the delta subscribers: one delta per publication
+        (against the previous one, when the stream's offsets say it is the one
+        before), one frame per wire, shared as the plain path shares them.
+        A subscriber that does not get ``pub`` (excluded, or it had it from the
+        stream read) is sent the next one in full; pending ones get ``pub`` in
+        full and hold it from then on. Centrifugo: hub.go (getDeltaPub),
+        client.go (flagDeltaAllowed)."""
+        prev, state.prev = state.prev, pub
+        ready_groups = state.delta
+        if ready_groups is None:
+            ready_groups = state.delta = {}
+        pending = state.pending
+        if pending is None:
+            pending = state.pending = {}
+        usable = (pub.delta and prev is not None and pub.offset > 0 and prev.offset == pub.offset - 1
+                  and prev.epoch == pub.epoch)
+        patch = _Patcher() if usable else None
+        batches = state.batches
+        stats = self.stats
+        full: dict[DeltaWire, bytes] = {}
+        for wire, subs in list(ready_groups.items()):
+            if patch is not None and prev is not None:
+                frame = wire.encode_delta(channel, pub, prev, patch)
+            else:
+                frame = full[wire] = wire.encode_publication(channel, pub)
+            stats.deliveries += len(subs)
+            if skipped and not skipped.isdisjoint(subs):
+                batches.pop(wire, None)
+                for client_id, sub in list(subs.items()):
+                    if client_id in skipped:  # it misses pub: it cannot apply the next delta
+                        del subs[client_id]
+                        pending.setdefault(wire, {})[client_id] = sub
+                    else:
+                        sub.deliver(frame)
+                if not subs:
+                    del ready_groups[wire]
+                continue
+            if not wire.joinable:
+                for sub in subs.values():
+                    sub.deliver(frame)
+                continue
+            batch = batches.get(wire)
+            if batch is not None and not batch.closed:
+                batch.append(frame)
+                continue
+            batch = batches[wire] = FrameBatch(frame)
+            for sub in subs.values():
+                sub.deliver(batch)
+        for wire, subs in list(pending.items()):
+            frame = full.get(wire) or wire.encode_publication(channel, pub)
+            ready = ready_groups.setdefault(wire, {})
+            for client_id, sub in list(subs.items()):
+                if skipped and client_id in skipped:
+                    continue
+                sub.deliver(frame)
+                stats.deliveries += 1
+                ready[client_id] = subs.pop(client_id)
+            if not subs:
+                del pending[wire]
+            if not ready:
+                del ready_groups[wire]
+            batches.pop(wire, None)  # the group changed: the next publication opens a batch for all of it
 
     def _fan_out_event(self, channel: str, encode: Callable[[Wire], bytes | None]) -> None:
         state = self._channels.get(channel)
         if state is None:
             return
         state.batches.clear()  # after the publications already queued
-        for wire, subs in state.by_wire.items():
-            frame = encode(wire)
+        frames: dict[Wire, bytes | None] = {}  # a delta wire's ready and pending groups: one encode
+        for wire, subs in state.groups():
+            if wire not in frames:
+                frames[wire] = encode(wire)
+            frame = frames[wire]
             if frame is not None:
                 for sub in subs.values():
                     sub.deliver(frame)
@@ -413,12 +564,13 @@ class Hub:
         """This node missed publications of ``channel``: its recoverable
         subscribers must resubscribe to recover them (3010)."""
         log.warning("missed publications in channel %r; recoverable subscribers reconnect", channel)
-        for subs in state.by_wire.values():
+        for _, subs in list(state.groups()):
             for sub in list(subs.values()):
                 if sub.recoverable:
                     sub.disconnect(DisconnectCode.INSUFFICIENT_STATE)
         state.last_offset = 0
         state.epoch = ""
+        state.prev = None  # the next publication goes in full to delta subscribers
         state.batches.clear()  # what follows must not reach them through a batch they hold
 
     def on_broker_reconnect(self) -> None:
@@ -513,7 +665,7 @@ class Hub:
 
     @staticmethod
     def _check_not_subscribed(state: _Channel, client_id: str) -> None:
-        if client_id in state.buffering or any(client_id in subs for subs in state.by_wire.values()):
+        if client_id in state.buffering or any(client_id in subs for _, subs in state.groups()):
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
 
     def _add_subscriber(
@@ -523,7 +675,12 @@ class Hub:
         client_id = sub.client_id
         if result.position.epoch and state.epoch and result.position.epoch != state.epoch:
             self._gap(channel, state)  # a new stream: the others hold positions in the old one
-        state.by_wire.setdefault(sub.wire, {})[client_id] = sub
+        if sub.delta is not None:  # its first publication goes in full
+            if state.pending is None:
+                state.pending = {}
+            state.pending.setdefault(sub.delta, {})[client_id] = sub
+        else:
+            state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         state.batches.clear()  # the new subscriber is in none of them
         if result.position.offset > state.last_offset:
             # The stream is ahead of this node's pub/sub delivery (Redis: history is
@@ -597,13 +754,11 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return False
-        for wire, subs in state.by_wire.items():
-            if subs.pop(client_id, None) is not None:
-                if not subs:
-                    del state.by_wire[wire]
-                break
-        else:
+        if not (_remove(state.by_wire, client_id) or _remove(state.delta, client_id)
+                or _remove(state.pending, client_id)):
             return False
+        if not state.delta and not state.pending:
+            state.prev = state.delta = state.pending = None
         state.skip.pop(client_id, None)
         state.batches.clear()  # later publications must not reach it through a queued batch
         state.count -= 1
@@ -662,7 +817,7 @@ class Hub:
         state = self._channels.get(channel)
         if state is None:
             return []
-        return [sub for subs in state.by_wire.values() for sub in subs.values()]
+        return [sub for _, subs in state.groups() for sub in subs.values()]
 
     # -- presence refresh (one shared timer) ----------------------------------
 

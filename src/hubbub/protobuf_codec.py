@@ -263,6 +263,24 @@ class ProtobufCodec:
         _set_publication(push.pub, pub)
         return _delimited(reply.SerializeToString())
 
+    def publication_bytes(self, pub: Publication) -> bytes:
+        return pub.data if pub.raw is None else pub.raw
+
+    def encode_publication_delta(self, channel: str, pub: Publication, data: bytes, delta: bool) -> bytes:
+        """As :meth:`encode_publication` with ``data`` (bytes) and ``delta``."""
+        reply = pb.Reply()
+        push = reply.push
+        push.channel = channel
+        msg = push.pub
+        _set_publication(msg, pub)
+        msg.data = data
+        if delta:
+            msg.delta = True
+        return _delimited(reply.SerializeToString())
+
+    def delta_reply_publication(self, pub: Publication) -> Any:
+        return pub
+
     def encode_join(self, channel: str, info: ClientInfo) -> bytes:
         reply = pb.Reply()
         reply.push.channel = channel

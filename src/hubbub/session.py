@@ -20,12 +20,12 @@ from typing import Any
 
 from ._version import __version__
 from .brokers.base import Publication, StreamPosition
-from .codec import Codec, ProtocolWire
+from .codec import Codec, DeltaProtocolWire, ProtocolWire
 from .codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
-from .config import NamespaceOptions
+from .config import DELTA_TYPES, NamespaceOptions
 from .core import ClientContext, ClientCore, ConnectRequest, ConnectResult, Refusal, SessionHooks
 from .errors import BadRequest, Disconnect, ProtocolError
-from .hub import SubscribeResult
+from .hub import SubscribeResult, Wire
 from .outbox import FrameBatch, Outbox
 from .validation import Params
 
@@ -91,7 +91,8 @@ class ClientSession(ClientCore):
         self.created_at = time.monotonic()
         self._replies: list[bytes] | None = None  # created when a reply waits (memory per connection)
         self._reply_bytes = 0
-        self._late: tuple[str, list[Publication]] | None = None
+        #: publications of a subscribe's stream read that follow its reply: channel, them, the wire
+        self._late: tuple[str, list[Publication], Wire] | None = None
         self._commands = 0
         self._slice_start = 0.0
         #: publishes in flight on a pipelined broker and the replies queued behind
@@ -207,10 +208,12 @@ class ClientSession(ClientCore):
         self._reply(self.codec.encode_reply(cid, method, result))
         if method == "subscribe" and self._late:
             self._flush_replies()
-            channel, late = self._late
+            channel, late, wire = self._late
             self._late = None
-            for pub in late:
-                self._deliver(self.wire.encode_publication(channel, pub))  # type: ignore[arg-type]
+            for pub in late:  # in full: the hub sends the next one in full too
+                frame = wire.encode_publication(channel, pub)
+                if frame is not None:
+                    self._deliver(frame)
 
     async def _guard_hook(self, data: Any) -> None:
         try:
@@ -378,11 +381,14 @@ class ClientSession(ClientCore):
         since: StreamPosition | None = None
         if recover and recoverable:
             since = StreamPosition(p.int("offset", minimum=0), p.str("epoch"))
+        delta = self._delta_wire(p.str("delta"), ns)
         result = await self.join(channel, ns, chan_info, recover_since=since, recoverable=recoverable,
-                                 positioned=positioned)
+                                 positioned=positioned, delta=delta)
         if self.closed:
             return {}
         reply = _subscribe_reply(ns, result, recoverable, positioned)
+        if delta is not None:
+            reply["delta"] = True
         reply.update(self._expiry(self.subscription_expires(channel)))
         if since is not None:
             reply["was_recovering"] = True
@@ -392,14 +398,39 @@ class ClientSession(ClientCore):
                 # publications advance it (client.go, res.Offset = req.Offset).
                 reply["offset"] = since.offset
                 if result.publications:
-                    reply["publications"] = (result.publications if self.codec.publication_objects
-                                             else [pub.to_json() for pub in result.publications])
+                    # never deltas: in full (in the delta form when a delta was negotiated)
+                    if delta is not None:
+                        reply["publications"] = [self.codec.delta_reply_publication(pub)
+                                                 for pub in result.publications]
+                    else:
+                        reply["publications"] = (result.publications if self.codec.publication_objects
+                                                 else [pub.to_json() for pub in result.publications])
             elif _flag(params.get("flag")) & FLAG_REJECT_UNRECOVERED:
                 self.leave(channel)
                 raise ProtocolError(ErrorCode.UNRECOVERABLE_POSITION)
         if result.late:
-            self._late = (channel, result.late)
+            self._late = (channel, result.late, delta or self.wire)
         return reply
+
+    def _delta_wire(self, kind: str, ns: NamespaceOptions) -> DeltaProtocolWire | None:
+        """The wire for a subscribe that asked for delta ``kind`` (``""``: none asked).
+
+        As Centrifugo (client.go): a type it does not know closes the connection
+        with 3501 (bad request); a known type the namespace does not allow
+        (``allowed_delta_types``) is not negotiated (the reply has no ``delta``)
+        and publications come in full.
+
+        Raises:
+            Disconnect: 3501, an unknown delta type.
+        """
+        if not kind:
+            return None
+        if kind not in DELTA_TYPES:
+            raise Disconnect(DisconnectCode.BAD_REQUEST, f"unknown delta type in subscribe request: {kind}")
+        wire = self.wire
+        if kind not in ns.allowed_delta_types or not isinstance(wire, ProtocolWire):
+            return None
+        return wire.delta
 
     async def _cmd_unsubscribe(self, params: dict[str, Any]) -> dict[str, Any]:
         channel: Any = params.get("channel")

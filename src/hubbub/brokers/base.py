@@ -70,6 +70,9 @@ class Publication:
             history). Brokers carry it with every delivered publication, so a
             node can tell a new stream's offsets from the old one's (an
             offset alone cannot: a restarted Redis counts from 1 again).
+        delta: the publication may reach delta subscribers as a Fossil delta
+            against the channel's previous publication (the publish API's
+            ``delta``, or the namespace's ``delta_publish``).
     """
 
     data: bytes
@@ -80,6 +83,7 @@ class Publication:
     exclude_client: str | None = None
     tags: dict[str, str] | None = None
     epoch: str = ""
+    delta: bool = False
 
     def value(self) -> Any:
         """``data`` decoded (a JSON value; relay text that is not JSON is a string)."""

@@ -2,7 +2,7 @@
 a channel's topic and in its history list. Pure functions, no I/O.
 
 The header's fields: ``{"i": info, "r": base64 raw, "t": 1 if text, "b": 1 if
-binary, "x": exclude_client, "g": tags}``; ``info`` is ``{"c": client, "u":
+binary, "x": exclude_client, "g": tags, "d": 1 if delta}``; ``info`` is ``{"c": client, "u":
 user, "ci": conn_info, "hi": chan_info}`` with the JSON infos as strings, or
 ``"cb"``/``"hb"`` in base64 when they are not UTF-8.
 
@@ -140,7 +140,7 @@ def info_from_wire(raw: dict[str, str]) -> ClientInfo:
 #: at most this many of each are kept, then the caches start again.
 HEADER_CACHE = 4096
 _encoded_headers: dict[tuple[Any, ...], bytes] = {}
-_decoded_headers: dict[bytes, tuple[ClientInfo | None, bool, str | None, bool]] = {}
+_decoded_headers: dict[bytes, tuple[ClientInfo | None, bool, str | None, bool, bool]] = {}
 
 
 def encode_body(pub: Publication) -> bytes:
@@ -150,7 +150,7 @@ def encode_body(pub: Publication) -> bytes:
     the JSON string of the text ``raw``) ``raw`` itself, so that it travels
     once. The header is compact JSON: ``i`` the publisher's info, ``r`` other
     ``raw`` in base64, ``t``, ``b`` binary, ``x`` the excluded client, ``g``
-    tags. Headers without ``r`` or ``g`` are the same for every message of a
+    tags, ``d`` marked for delta. Headers without ``r`` or ``g`` are the same for every message of a
     publisher, and encoded once.
 
     Raises:
@@ -159,7 +159,7 @@ def encode_body(pub: Publication) -> bytes:
     text = pub.raw is not None and not pub.binary and _is_text_of(pub.data, pub.raw)
     payload = pub.raw if text and pub.raw is not None else pub.data
     if pub.tags is None and (pub.raw is None or text):
-        key = (pub.info, pub.binary, pub.exclude_client, text)
+        key = (pub.info, pub.binary, pub.exclude_client, text, pub.delta)
         head = _encoded_headers.get(key)
         if head is None:
             head = _encode_header(pub, text)
@@ -194,6 +194,8 @@ def _encode_header(pub: Publication, text: bool) -> bytes:
         header["x"] = pub.exclude_client
     if pub.tags:
         header["g"] = pub.tags
+    if pub.delta:
+        header["d"] = 1
     return dumps(header) if header else b"{}"
 
 
@@ -224,7 +226,7 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
     payload = msg[newline + 1 :]
     known = _decoded_headers.get(head)
     if known is not None:  # a header seen lately: no JSON parse
-        info, binary, exclude, text = known
+        info, binary, exclude, text, delta = known
         return kind, Publication(
             data=dumps(payload.decode("utf-8")) if text else payload,
             offset=int(position),
@@ -233,6 +235,7 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
             binary=binary,
             exclude_client=exclude,
             epoch=epoch,
+            delta=delta,
         )
     header: dict[str, Any] = loads(head) if head != b"{}" else {}
     raw = header.get("r")
@@ -241,10 +244,11 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
     binary = bool(header.get("b"))
     exclude = header.get("x")
     text = bool(header.get("t"))
+    delta = bool(header.get("d"))
     if raw is None and "g" not in header:
         if len(_decoded_headers) >= HEADER_CACHE:
             _decoded_headers.clear()
-        _decoded_headers[head] = (info, binary, exclude, text)
+        _decoded_headers[head] = (info, binary, exclude, text, delta)
     return kind, Publication(
         data=dumps(payload.decode("utf-8")) if text else payload,
         offset=int(position),
@@ -254,4 +258,5 @@ def decode_message(msg: bytes) -> tuple[bytes, Publication | ClientInfo]:
         exclude_client=exclude,
         tags=header.get("g"),
         epoch=epoch,
+        delta=delta,
     )
