@@ -21,6 +21,8 @@ broker_publish_round_trips_total        the pipelines that carried them (ratio: 
                                         per publication)
 pending_output_bytes                    output queued in user space and transports
 slow_disconnects_total                  connections closed with 3008
+proxy_call_duration_seconds{event}      backend proxy call latency (histogram; hubbub.proxy)
+proxy_errors_total{event}               backend proxy calls that failed (the client got error 100)
 =====================================  ===========================================
 
 See ``docs/design.md``, "Layers" (transports).
@@ -100,6 +102,20 @@ class _Collector:
                 cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
             hist.add_metric([w, method], cumulative, h.total)
         yield hist
+        calls = HistogramMetricFamily("hubbub_proxy_call_duration_seconds", "Backend proxy call latency",
+                                      labels=["worker", "event"])
+        for event, h in sorted(stats.proxy_calls.items()):
+            cumulative, running = [], 0
+            for bound, n in zip((*BUCKETS, float("inf")), h.counts, strict=True):
+                running += n
+                cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+            calls.add_metric([w, event], cumulative, h.total)
+        yield calls
+        proxy_errors = CounterMetricFamily("hubbub_proxy_errors", "Backend proxy calls that failed (error 100)",
+                                           labels=["worker", "event"])
+        for event, n in sorted(stats.proxy_errors.items()):
+            proxy_errors.add_metric([w, event], n)
+        yield proxy_errors
         yield counter("broker_errors", "Failed broker operations", stats.broker_errors)
         yield counter("broker_reconnects", "Times the broker came back", stats.broker_reconnects)
         yield gauge("broker_up", "1 while the broker is reachable", 1 if hub.broker.healthy else 0)

@@ -54,6 +54,9 @@ class Stats:
         self.broker_publications = 0
         self.broker_publish_round_trips = 0
         self.slow = 0
+        #: backend proxy calls by event: their durations, and the calls that failed (hubbub.proxy)
+        self.proxy_calls: dict[str, Histogram] = collections.defaultdict(Histogram)
+        self.proxy_errors: collections.Counter[str] = collections.Counter()
 
     def items(self) -> dict[str, int]:
         """The cumulative counters by name, for the cluster's node snapshots
