@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import socket
 import time
@@ -404,3 +405,22 @@ async def test_relay_uses_the_proxies(hub: Any, backend: Backend) -> None:
     assert info.value.response.status_code == 403
     assert [body["transport"] for _, body, _ in backend.calls] == ["relay", "relay", "relay", "relay"]
     assert backend.calls[0][2]["Cookie"] == "s=1"
+
+
+@pytest.mark.parametrize(("path", "body"), [("/connection/http_stream", b'{"id": 1, "connect": {}}'),
+                                             ("/connection/uni_http_stream", b"{}")])
+async def test_headers_of_streaming_requests_are_forwarded(hub: Any, backend: Backend, path: str, body: bytes) -> None:
+    import aiohttp
+
+    backend.answers["connect"] = {"result": {"user": "8"}}
+    server = await hub()
+    async with aiohttp.ClientSession() as session, session.post(
+            f"http://127.0.0.1:{server.port}{path}", data=body,
+            headers={"Cookie": "sessionid=s1", "Authorization": "Bearer b", "X-Not": "n",
+                         "Content-Type": "application/json"}) as response:
+        assert response.status == 200
+        line = await asyncio.wait_for(response.content.readline(), TIMEOUT)
+        assert "connect" in json.loads(line), line
+    [(_, request, headers)] = backend.calls
+    assert headers["Cookie"] == "sessionid=s1" and headers["Authorization"] == "Bearer b" and "X-Not" not in headers
+    assert request["transport"] == path.rpartition("/")[2]
