@@ -10,19 +10,20 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import socket
 import subprocess
 import sys
+import tomllib
 import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import AsyncIterator, Iterator
-from typing import Any
 
 import pytest
 import websockets
 
-from hubbub.config import Config, NamespaceOptions
+from hubbub.config import Config
 from hubbub.http import HTTPRequest, HTTPResponse
 from hubbub.server import Server
 
@@ -72,21 +73,17 @@ async def login(backend: str, user: str) -> str:
     return cookie
 
 
-def hub_settings(backend: str) -> dict[str, Any]:
-    return {
-        "host": "127.0.0.1", "port": 0, "ping_interval": 0, "allow_anonymous": False,
-        "proxy_connect_endpoint": backend + "/proxy/connect",
-        "proxy_subscribe_endpoint": backend + "/proxy/subscribe",
-        "proxy_rpc_endpoint": backend + "/proxy/rpc",
-        "proxy_http_headers": ["Cookie"],
-        "channels": NamespaceOptions(subscribe_proxy="default"),
-        "namespaces": {"staff": NamespaceOptions(subscribe_proxy="default")},
-    }
+def hub_settings(backend: str) -> Config:
+    """The settings of docs/howto/proxy.md's hubbub.toml, as written, pointed at the backend's port."""
+    page = (ROOT / "docs" / "howto" / "proxy.md").read_text()
+    [toml] = re.findall(r"^```toml\n# hubbub.toml\n(.*?)^```", page, re.S | re.M)
+    raw = tomllib.loads(toml.replace("http://127.0.0.1:8001", backend))
+    return Config.from_dict({**raw, "port": 0, "ping_interval": 0})
 
 
 @pytest.fixture
 async def hub(django_backend: str) -> AsyncIterator[Server]:
-    server = Server(Config(**hub_settings(django_backend)))
+    server = Server(hub_settings(django_backend))
     await server.start()
     yield server
     await server.close()

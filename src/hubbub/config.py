@@ -248,14 +248,12 @@ class Config:
         proxy_refresh_endpoint: URL of the refresh proxy, asked when a
             connection reaches its ``expire_at`` (instead of closing it with
             3005).
-        proxy_subscribe_endpoint, proxy_publish_endpoint,
-            proxy_sub_refresh_endpoint: URLs of the proxies that namespaces
-            name ``"default"`` (``subscribe_proxy = "default"``, ...).
+        proxy_subscribe_endpoint, proxy_publish_endpoint, proxy_sub_refresh_endpoint: URLs of the
+            proxies that namespaces name ``"default"`` (``subscribe_proxy = "default"``, ...).
         proxy_rpc_endpoint: URL of the proxy that answers every ``rpc``
             method not named in ``rpc_proxies``.
-        proxy_connect_timeout, proxy_refresh_timeout, proxy_subscribe_timeout,
-            proxy_publish_timeout, proxy_sub_refresh_timeout, proxy_rpc_timeout:
-            seconds each proxy has to answer; then error 100 (temporary).
+        proxy_connect_timeout, proxy_refresh_timeout, proxy_subscribe_timeout, proxy_publish_timeout, proxy_sub_refresh_timeout, proxy_rpc_timeout: seconds
+            each proxy has to answer; then the client gets error 100 (temporary).
         proxy_http_headers: request headers of the client's connection (its
             WebSocket upgrade, or the HTTP request that opened its SSE or
             HTTP stream) forwarded to every proxy, e.g. ``["Cookie",
@@ -613,13 +611,13 @@ def _check_fields(cls: type, raw: Mapping[str, Any], prefix: str) -> list[tuple[
     return problems
 
 
-#: settings that are tables (not set by ``HUBBUB_*`` variables)
-_TABLES = ("channels", "namespaces", "proxies", "rpc_proxies")
+#: the settings that are TOML tables (no ``HUBBUB_*`` variable sets them)
+TABLE_SETTINGS = ("channels", "namespaces", "proxies", "rpc_proxies")
 
 
 def check_dict(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Every problem in a raw settings mapping, as ``(dotted.key, message)``."""
-    problems = [p for p in _check_fields(Config, raw, "") if p[0] not in _TABLES]
+    problems = [p for p in _check_fields(Config, raw, "") if p[0] not in TABLE_SETTINGS]
     channels = raw.get("channels")
     if channels is not None:
         if isinstance(channels, dict):
@@ -672,7 +670,7 @@ def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
     Raises:
         ConfigError: a variable names no setting, or its value has the wrong type.
     """
-    fields = {f.name: f for f in dataclasses.fields(Config) if f.name not in _TABLES}
+    fields = {f.name: f for f in dataclasses.fields(Config) if f.name not in TABLE_SETTINGS}
     out: dict[str, Any] = {}
     for name, text in env.items():
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:

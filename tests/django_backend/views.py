@@ -1,4 +1,5 @@
-# views.py: hubbub's proxy hooks, answered by Django (the same body as Centrifugo's HTTP proxy)
+# views.py
+# hubbub's proxy hooks, answered by Django (the requests and answers of Centrifugo's HTTP proxy)
 import json
 
 from django.contrib.auth import authenticate, login
@@ -44,6 +45,6 @@ def subscribe(request):
 @require_POST
 def rpc(request):
     body = json.loads(request.body)
-    if body["method"] == "whoami":
-        return JsonResponse({"result": {"data": {"user": body["user"], "name": request.user.username}}})
+    if body["method"] == "whoami":  # the user as the session cookie says, not as the body says
+        return JsonResponse({"result": {"data": {"user": str(request.user.pk), "name": request.user.username}}})
     return JsonResponse({"error": {"code": 104, "message": "method not found"}})
