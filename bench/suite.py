@@ -1612,6 +1612,7 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
     lines += ["", rep.table_w6(), ""]
     lines += where_the_time_goes(suite)
     lines += compression_section()
+    lines += proxy_section()
     lines += [
         "## Caveats",
         "",
@@ -1731,6 +1732,15 @@ def compression_section() -> list[str]:
     """The permessage-deflate figures of ``bench/compression.py --docs-section``
     (``bench/results/compression.md``), as they are; nothing if there are none."""
     path = Path(__file__).resolve().parent / "results" / "compression.md"
+    if not path.is_file():
+        return []
+    return path.read_text().rstrip("\n").split("\n") + [""]
+
+
+def proxy_section() -> list[str]:
+    """The proxy-hook figures of ``bench/proxy.py --docs-section`` (``bench/results/proxy.md``),
+    as they are; nothing if there are none."""
+    path = Path(__file__).resolve().parent / "results" / "proxy.md"
     if not path.is_file():
         return []
     return path.read_text().rstrip("\n").split("\n") + [""]
