@@ -424,3 +424,29 @@ async def test_headers_of_streaming_requests_are_forwarded(hub: Any, backend: Ba
     [(_, request, headers)] = backend.calls
     assert headers["Cookie"] == "sessionid=s1" and headers["Authorization"] == "Bearer b" and "X-Not" not in headers
     assert request["transport"] == path.rpartition("/")[2]
+
+
+async def test_protobuf_client_binary_data_goes_as_b64data(hub: Any, backend: Backend) -> None:
+    from centrifuge.protocol import client_pb2 as pb
+
+    from tests.pbframes import frame, read_replies
+
+    backend.answers["connect"] = {"result": {"user": "5"}}
+    backend.answers["publish"] = {"result": {"b64data": base64.b64encode(b"\x01\x02 from backend").decode()}}
+    server = await hub(events=("connect", "publish"), channels=NamespaceOptions(publish_proxy="default"))
+    async with websockets.connect(ws_url(server), subprotocols=["centrifuge-protobuf"],  # type: ignore[list-item]
+                                  additional_headers={"Cookie": "c=pb"}) as ws:
+        await ws.send(frame(pb.Command(id=1, connect=pb.ConnectRequest()),
+                            pb.Command(id=2, subscribe=pb.SubscribeRequest(channel="chat")),
+                            pb.Command(id=3, publish=pb.PublishRequest(channel="chat", data=b"\x00\xff raw"))))
+        replies: list[Any] = []
+        while not any(r.id == 3 for r in replies) or not any(r.push.pub.data for r in replies):
+            replies += read_replies(await asyncio.wait_for(ws.recv(), TIMEOUT), pb.Reply)  # type: ignore[arg-type]
+        assert not any(r.HasField("error") for r in replies), replies
+        [pub] = [r.push.pub for r in replies if r.push.pub.data]
+        assert pub.data == b"\x01\x02 from backend"
+    [connect] = backend.events("connect")
+    assert (connect["protocol"], connect["encoding"]) == ("protobuf", "json")
+    [publish] = backend.events("publish")
+    assert (publish["encoding"], "data" in publish) == ("binary", False)
+    assert base64.b64decode(publish["b64data"]) == b"\x00\xff raw"
