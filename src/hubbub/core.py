@@ -757,9 +757,10 @@ class ClientCore:
     async def refresh_by_proxy(self, channel: str = "") -> None:
         """Extend the connection (or the subscription to ``channel``) from the
         server side through the refresh (``sub_refresh``) proxy, when it
-        expired: the backend's ``expired`` closes the connection with 3005 (the
-        subscription ends with 2501 / 3006); a backend that fails closes the
-        connection with 3004 (the connect proxy is asked again on reconnect).
+        expired: the backend's ``expired`` closes the connection with 3005 (a
+        subscription it refuses or says ``expired`` ends with 2501, 3006 on the
+        relay); a backend that fails closes the connection with 3004 (the SDK
+        reconnects, and the connect proxy is asked again).
         Called in a task owned by the proxy (:meth:`Proxy.refresh_later`)."""
         proxy = self.context.proxy
         if proxy is None or self.closed:
@@ -773,12 +774,10 @@ class ClientCore:
         except Disconnect as exc:
             self.disconnect(exc.code, exc.reason)
         except ProtocolError as exc:
-            if channel and exc.code == ErrorCode.TOKEN_EXPIRED:
-                if self.leave(channel):
-                    self._push_unsubscribed(channel, UnsubscribeCode.EXPIRED,
-                                            UNSUBSCRIBE_REASONS[UnsubscribeCode.EXPIRED])
-            elif exc.code != ErrorCode.PERMISSION_DENIED or not channel:
+            if not channel or exc.code == ErrorCode.INTERNAL:
                 self.disconnect(DisconnectCode.SERVER_ERROR)
+            elif self.leave(channel):  # expired, or refused by the backend: the SDK subscribes again
+                self._push_unsubscribed(channel, UnsubscribeCode.EXPIRED, UNSUBSCRIBE_REASONS[UnsubscribeCode.EXPIRED])
 
     async def rpc(self, method: str, data: Any) -> Any:
         """Answer the client's ``rpc``: the backend's rpc proxy when it serves
