@@ -29,8 +29,6 @@ from hubbub.server import Server
 
 from .conftest import ROOT, TIMEOUT
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def django_backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
