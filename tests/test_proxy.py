@@ -450,3 +450,22 @@ async def test_protobuf_client_binary_data_goes_as_b64data(hub: Any, backend: Ba
     [publish] = backend.events("publish")
     assert (publish["encoding"], "data" in publish) == ("binary", False)
     assert base64.b64decode(publish["b64data"]) == b"\x00\xff raw"
+
+
+async def test_relay_messages_go_to_the_publish_proxy(hub: Any, backend: Backend) -> None:
+    async def check(body: dict[str, Any]) -> dict[str, Any]:
+        if body["data"] == "forbidden":
+            return {"error": {"code": 103, "message": "permission denied"}}
+        return {"result": {"data": {"checked": body["data"]}}}
+
+    backend.answers["connect"] = {"result": {"user": "r"}}
+    backend.answers["publish"] = check
+    server = await hub(events=("connect", "publish"), channels=NamespaceOptions(publish_proxy="default"))
+    async with websockets.connect(ws_url(server, "/ws/room")) as ws:
+        await ws.send("hello")
+        assert json.loads(await asyncio.wait_for(ws.recv(), TIMEOUT)) == {"checked": "hello"}
+        await ws.send("forbidden")
+        with pytest.raises(websockets.ConnectionClosed):
+            await asyncio.wait_for(ws.recv(), TIMEOUT)
+        assert ws.close_code == 3507
+    assert [b["transport"] for b in backend.events("publish")] == ["relay", "relay"]
