@@ -27,7 +27,7 @@ import hubbub.server
 from hubbub.config import Config, NamespaceOptions, ProxyOptions
 from hubbub.errors import ConfigError
 from hubbub.server import Server
-from tests.conftest import TIMEOUT, proto_client, ws_url
+from tests.conftest import TIMEOUT, proto_client, until, ws_url
 
 SECRET = "proxy-test-secret-of-thirty-two-bytes!"
 
@@ -280,8 +280,9 @@ async def test_rpc_proxy_per_method(hub: Any, backend: Backend) -> None:
 
 
 async def test_refresh_proxy_extends_then_expires(hub: Any, backend: Backend) -> None:
-    backend.answers["connect"] = {"result": {"user": "5", "expire_at": int(time.time()) + 1}}
-    answers = [{"result": {"expire_at": int(time.time()) + 2}}, {"result": {"expired": True}}]
+    now = time.time()
+    backend.answers["connect"] = {"result": {"user": "5", "expire_at": int(now) + 100}}
+    answers = [{"result": {"expire_at": int(now) + 300}}, {"result": {"expired": True}}]
 
     async def refresh(body: dict[str, Any]) -> dict[str, Any]:
         return answers.pop(0)
@@ -290,19 +291,25 @@ async def test_refresh_proxy_extends_then_expires(hub: Any, backend: Backend) ->
     server = await hub(events=("connect", "refresh"))
     client, reply = await connect(server)
     assert "expires" not in reply["connect"]  # the server refreshes, not the client
+    # time passes on the hub's injected wall clock: the sweep finds the connection expired
+    server.context.wall = lambda: now + 200
+    await until(lambda: len(backend.events("refresh")) == 1, "the first refresh")
+    server.context.wall = lambda: now + 400
     assert (await client.closed())[0] == 3005
     assert [b["user"] for b in backend.events("refresh")] == ["5", "5"]
 
 
 async def test_sub_refresh_proxy(hub: Any, backend: Backend) -> None:
     backend.answers["connect"] = {"result": {"user": "5"}}
-    backend.answers["subscribe"] = {"result": {"expire_at": int(time.time()) + 1}}
+    now = time.time()
+    backend.answers["subscribe"] = {"result": {"expire_at": int(now) + 100}}
     backend.answers["sub_refresh"] = {"result": {"expired": True}}
     server = await hub(events=("connect", "subscribe", "sub_refresh"), client_expired_sub_close_delay=0,
                        channels=NamespaceOptions(subscribe_proxy="default", sub_refresh_proxy="default"))
     client, _ = await connect(server)
     reply = await client.call("subscribe", {"channel": "c"})
-    assert "expires" not in reply["subscribe"]
+    assert "expires" not in reply["subscribe"]  # the server refreshes, not the client
+    server.context.wall = lambda: now + 200  # the subscription expired: the sweep asks sub_refresh
     push = await client.next_push()
     assert push["channel"] == "c" and push["unsubscribe"]["code"] == 2501
     assert backend.events("sub_refresh")[0]["channel"] == "c"
