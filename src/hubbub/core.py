@@ -23,7 +23,7 @@ from typing import Any, Final, Literal, Protocol
 from .auth import TokenVerifier
 from .brokers.base import ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
-from .config import Config, NamespaceOptions
+from .config import DEFAULT_PROXY, Config, NamespaceOptions
 from .errors import BadRequest, BrokerError, Disconnect, InvalidToken, ProtocolError, TokenExpired
 from .hub import Hub, Subscriber, SubscribeResult, Wire
 from .outbox import FrameBatch, Outbox
@@ -145,7 +145,7 @@ class Proxy(Protocol):
     ``disconnect``); nothing else.
     """
 
-    def handles(self, event: str, name: str = "default") -> bool:
+    def handles(self, event: str, name: str = DEFAULT_PROXY) -> bool:
         """Whether proxy ``name`` (a namespace's ``subscribe_proxy``, ...) is set for
         ``event`` (``"connect"``, ``"refresh"``, ``"subscribe"``, ``"publish"``,
         ``"sub_refresh"``); for ``"rpc"``, ``name`` is the method."""
