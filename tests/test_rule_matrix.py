@@ -20,6 +20,10 @@ the 3008 arrives; ``slow_release`` keeps not reading: within ``close_timeout``
 (0.2 s) the server lets the client go (the hub no longer holds it), while
 publications go on.
 
+The ``proxy_*`` columns point the App's connect or subscribe proxy at a fake backend
+(``tests.test_proxy.Backend``, aiohttp on port 0) that refuses as the ``hook_*`` columns'
+hooks do, and expect the same outcome on every way in.
+
 Cells that fail on main today carry ``xfail(strict=True)`` with the defect of
 issue 23 that explains them (:data:`XFAIL`): remove an entry once its defect is
 fixed (strict: a cell that starts passing fails the run until then).
