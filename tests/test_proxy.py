@@ -476,3 +476,18 @@ async def test_relay_messages_go_to_the_publish_proxy(hub: Any, backend: Backend
             await asyncio.wait_for(ws.recv(), TIMEOUT)
         assert ws.close_code == 3507
     assert [b["transport"] for b in backend.events("publish")] == ["relay", "relay"]
+
+
+async def test_large_answers_are_read_whole_and_bounded(hub: Any, backend: Backend) -> None:
+    from hubbub.proxy import MAX_ANSWER
+
+    blob = "x" * 300_000
+    backend.answers["connect"] = {"result": {"user": "5"}}
+    backend.answers["rpc"] = {"result": {"data": {"blob": blob}}}
+    backend.answers["rpc2"] = {"result": {"data": "y" * MAX_ANSWER}}
+    server = await hub(events=("connect", "rpc"), proxies={"big": ProxyOptions(backend.url("rpc2"))},
+                       rpc_proxies={"too_big": "big"}, max_message_size=1 << 20, max_pending_output=4 << 20)
+    client, _ = await connect(server)
+    assert (await client.call("rpc", {"method": "fine"}))["rpc"]["data"] == {"blob": blob}
+    assert (await client.call("rpc", {"method": "too_big"}))["error"]["code"] == 100
+    await client.ws.close()

@@ -307,7 +307,7 @@ class HTTPProxy:
                                                            headers=self._headers(client, options)) as response:
                         if response.status != 200:
                             raise ProxyFailure(f"HTTP status {response.status}")
-                        answer = await response.content.read(MAX_ANSWER + 1)
+                        answer = await _read_answer(response)
             except TimeoutError:
                 raise self._failed(event, options, client, f"no answer within {options.timeout:g} s") from None
             except (aiohttp.ClientError, OSError) as exc:
@@ -323,8 +323,6 @@ class HTTPProxy:
 
     @staticmethod
     def _answer(answer: bytes) -> dict[str, Any] | None:
-        if len(answer) > MAX_ANSWER:
-            raise ProxyFailure(f"answer larger than {MAX_ANSWER} bytes")
         try:
             reply = loads(answer)
         except ValueError:
@@ -368,6 +366,18 @@ def http_proxy(config: Config, stats: Stats | None = None) -> HTTPProxy | None:
 
 
 # -- reading results ---------------------------------------------------------------------
+
+
+async def _read_answer(response: aiohttp.ClientResponse) -> bytes:
+    """The body of ``response``, at most :data:`MAX_ANSWER` bytes."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > MAX_ANSWER:
+            raise ProxyFailure(f"answer larger than {MAX_ANSWER} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def _str(result: dict[str, Any], key: str) -> str:
