@@ -224,8 +224,13 @@ class Worker:
             f"Sec-WebSocket-Key: {key.decode()}\r\n"
             "Sec-WebSocket-Version: 13\r\n"
             + ("Sec-WebSocket-Protocol: centrifuge-protobuf\r\n" if self.protobuf else "")
+            + "".join(f"{header}\r\n" for header in args.header)
             + "\r\n"
         ).encode()
+        self.subscribe_frame = CENTRIFUGO_SUBSCRIBE
+        if args.token:
+            connect = json.dumps({"id": 1, "connect": {"token": args.token}}, separators=(",", ":")).encode()
+            self.subscribe_frame = client_frame(connect + b"\n" + CENTRIFUGO_COMMANDS[1])
         self.clients = [Client(first + k) for k in range(count)]
         self.count = count
         self.ep = select.epoll()
@@ -466,7 +471,7 @@ class Worker:
         else:
             c.state = SUBSCRIBING
             if self.mode == "centrifugo":
-                self._send(c, PROTOBUF_SUBSCRIBE if self.protobuf else CENTRIFUGO_SUBSCRIBE)
+                self._send(c, PROTOBUF_SUBSCRIBE if self.protobuf else self.subscribe_frame)
         if rest and c.sock is not None:
             self._frames(c, rest)
 
@@ -909,6 +914,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--path", default="/", help="WebSocket request path")
     parser.add_argument("--mode", choices=["raw", "centrifugo", "socketio"], default="raw",
                         help="subscribe exchange after the handshake (as in loadgen.py)")
+    parser.add_argument("--token", default="", help="centrifugo mode: the connection token sent in connect")
+    parser.add_argument("--header", action="append", default=[], metavar="'NAME: VALUE'",
+                        help="a header added to every upgrade request (repeatable), e.g. 'Cookie: sessionid=x'")
     parser.add_argument("--sub-format", choices=["json", "protobuf"], default="json",
                         help="centrifugo: JSON or Protobuf (centrifuge-protobuf) commands")
     parser.add_argument("--subscribers", type=int, default=1000, help="clients")

@@ -1613,6 +1613,7 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
     lines += where_the_time_goes(suite)
     lines += compression_section()
     lines += results_section("outbox.md")
+    lines += proxy_section()
     lines += [
         "## Caveats",
         "",
@@ -1739,6 +1740,15 @@ def results_section(name: str) -> list[str]:
     """A section another bench script wrote with ``--docs-section bench/results/NAME``
     (``compression.py``, ``outbox.py``), as it is; nothing if there is none."""
     path = Path(__file__).resolve().parent / "results" / name
+    if not path.is_file():
+        return []
+    return path.read_text().rstrip("\n").split("\n") + [""]
+
+
+def proxy_section() -> list[str]:
+    """The proxy-hook figures of ``bench/proxy.py --docs-section`` (``bench/results/proxy.md``),
+    as they are; nothing if there are none."""
+    path = Path(__file__).resolve().parent / "results" / "proxy.md"
     if not path.is_file():
         return []
     return path.read_text().rstrip("\n").split("\n") + [""]

@@ -61,6 +61,7 @@ FILES = {
     "howto/http-routes.md": {"routes.py", "collide.py"},
     "howto/outbox.md": {"shop/settings.py", "shop/models.py", "shop/views.py", "shop/urls.py",
                         "orders_sqlalchemy.py"},
+    "howto/proxy.md": {"views.py", "urls.py"},
 }
 
 _MARK = re.compile(r"^# ([\w./-]+\.py)(, continued)?$")
@@ -909,3 +910,10 @@ async def test_hug_example(serve_process: Any) -> None:
     status, body = await ahttp("GET", f"{http}/health")  # hubbub's own routes alongside
     assert status == 200
     assert server.stop() == 0, server.output()
+
+
+def test_proxy_howto_is_the_django_backend_the_proxy_tests_serve() -> None:
+    # tests/test_proxy_django.py serves tests/django_backend/ under uvicorn (with the page's
+    # hubbub.toml) and meets it with centrifuge-python, the relay and centrifuge-js in Chromium
+    for name, code in doc_files("howto/proxy.md").items():
+        assert code == (ROOT / "tests" / "django_backend" / name).read_text(), f"howto/proxy.md: {name} differs"

@@ -20,6 +20,10 @@ the 3008 arrives; ``slow_release`` keeps not reading: within ``close_timeout``
 (0.2 s) the server lets the client go (the hub no longer holds it), while
 publications go on.
 
+The ``proxy_*`` columns point the App's connect or subscribe proxy at a fake backend
+(``tests.test_proxy.Backend``, aiohttp on port 0) that refuses as the ``hook_*`` columns'
+hooks do, and expect the same outcome on every way in.
+
 Cells that fail on main today carry ``xfail(strict=True)`` with the defect of
 issue 23 that explains them (:data:`XFAIL`): remove an entry once its defect is
 fixed (strict: a cell that starts passing fails the run until then).
@@ -28,6 +32,7 @@ fixed (strict: a cell that starts passing fails the run until then).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -64,11 +69,13 @@ from tests.matrix_clients import (
     Unsubscribed,
 )
 from tests.test_asgi import app_serving
+from tests.test_proxy import Backend
 
 WAYS = list(ADAPTERS)
 RULES = [
     "anonymous", "expired", "expires_live", "user_limit", "namespace", "hook_connect", "hook_subscribe", "hook_publish",
     "command_rate", "output_bound", "slow_release", "connect_timeout", "max_message_size", "api_disconnect", "api_unsubscribe",
+    "proxy_connect", "proxy_subscribe",
 ]
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -157,6 +164,12 @@ ROWS: dict[str, dict[str, Outcome | NotApplicable]] = {
     },
 }
 
+# the backend's proxy refuses as the Python hooks do (a disconnect 4403 at connect, error 103 at
+# subscribe): every way in gives the same outcome for both (hubbub.proxy runs inside ClientCore)
+for _row in ROWS.values():
+    _row["proxy_connect"] = _row["hook_connect"]
+    _row["proxy_subscribe"] = _row["hook_subscribe"]
+
 #: (way, rule) -> the one expected outcome of every cell, on either server
 EXPECTED: dict[tuple[str, str], Outcome | NotApplicable] = {
     (way, rule): row[rule] for way, row in ROWS.items() for rule in RULES
@@ -197,10 +210,29 @@ class Chat:
         await ws.send(message)
 
 
-def make_app(rule: str, calls: list[str]) -> App:
+def proxy_settings(rule: str, backend: Backend | None) -> dict[str, Any]:
+    """The settings of a ``proxy_*`` cell: its proxy pointed at the fake backend, which
+    refuses as the hook of the same event does."""
+    if backend is None:
+        return {}
+    if rule == "proxy_connect":
+        backend.answers["connect"] = {"disconnect": {"code": 4403, "reason": "refused by the connect proxy"}}
+        return {"proxy_connect_endpoint": backend.url("connect")}
+
+    async def subscribe(body: dict[str, Any]) -> dict[str, Any]:
+        if body["channel"] == CHANNEL:
+            return {"error": {"code": 103, "message": "refused by the subscribe proxy"}}
+        return {"result": {}}
+
+    backend.answers["subscribe"] = subscribe
+    return {"proxy_subscribe_endpoint": backend.url("subscribe"), "channels": {"subscribe_proxy": "default"}}
+
+
+def make_app(rule: str, calls: list[str], backend: Backend | None = None) -> App:
     """The App of one cell: the base settings, the rule's own, and its hook (each
-    awaits before it refuses, and notes the client's transport in ``calls``)."""
-    app = App(**BASE_SETTINGS, **RULE_SETTINGS.get(rule, {}))
+    awaits before it refuses, and notes the client's transport in ``calls``); a
+    ``proxy_*`` rule's proxy points at ``backend``."""
+    app = App(**BASE_SETTINGS, **RULE_SETTINGS.get(rule, {}), **proxy_settings(rule, backend))
     app.add_websocket(ENDPOINT, Chat)
     if rule == "hook_connect":
         @app.on_connect
@@ -274,6 +306,14 @@ async def rule_hook_connect(env: Env, make: Callable[[], Adapter]) -> Outcome:
 
 
 async def rule_hook_subscribe(env: Env, make: Callable[[], Adapter]) -> Outcome:
+    return await make().start(env.token())  # type: ignore[return-value]
+
+
+async def rule_proxy_connect(env: Env, make: Callable[[], Adapter]) -> Outcome:
+    return await make().start(None)  # type: ignore[return-value]  # without a token: the connect proxy decides
+
+
+async def rule_proxy_subscribe(env: Env, make: Callable[[], Adapter]) -> Outcome:
     return await make().start(env.token())  # type: ignore[return-value]
 
 
@@ -436,6 +476,8 @@ RULE_RUNS: dict[str, Callable[[Env, Callable[[], Adapter]], Awaitable[Outcome]]]
     "max_message_size": rule_max_message_size,
     "api_disconnect": rule_api_disconnect,
     "api_unsubscribe": rule_api_unsubscribe,
+    "proxy_connect": rule_proxy_connect,
+    "proxy_subscribe": rule_proxy_subscribe,
 }
 assert set(RULE_RUNS) == set(RULES)
 
@@ -465,9 +507,15 @@ async def test_rule_matrix(server: str, way: str, rule: str, monkeypatch: pytest
     # the housekeeping sweep (connect deadlines, token expiry) every 50 ms instead of every second
     monkeypatch.setattr(hubbub.server, "SWEEP_INTERVAL", 0.05)
     calls: list[str] = []
-    app = make_app(rule, calls)
+    backend = Backend() if rule.startswith("proxy_") else None
+    if backend is not None:
+        await backend.start()
+    app = make_app(rule, calls, backend)
     adapters: list[Adapter] = []
-    async with app_serving(app, under_uvicorn=server != "own") as port:
+    async with contextlib.AsyncExitStack() as stack:
+        if backend is not None:
+            stack.push_async_callback(backend.stop)
+        port = await stack.enter_async_context(app_serving(app, under_uvicorn=server != "own"))
         env = Env(app, port)
 
         def make() -> Adapter:
@@ -484,3 +532,5 @@ async def test_rule_matrix(server: str, way: str, rule: str, monkeypatch: pytest
     assert outcome == expected, f"{server} {way} {rule}: got {outcome}, expected {expected}"
     if rule.startswith("hook_"):
         assert calls, f"the {rule} hook was not called"
+    if backend is not None:
+        assert backend.calls, f"the {rule} backend was not asked"

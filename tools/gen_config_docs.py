@@ -29,7 +29,11 @@ OUT = ROOT / "docs" / "configuration.md"
 sys.path.insert(0, str(ROOT / "src"))
 
 from hubbub import cli, config  # noqa: E402
-from hubbub.config import Config, NamespaceOptions  # noqa: E402
+from hubbub.config import Config, NamespaceOptions, ProxyOptions  # noqa: E402
+
+#: settings that are TOML tables, and how the reference writes their key
+TABLE_KEYS = {"channels": "`[channels]`", "namespaces": "`[namespaces.NAME]`", "proxies": "`[proxies.NAME]`",
+              "rpc_proxies": "`[rpc_proxies]`"}
 
 #: topic -> (what the topic is about, the settings in it, in order)
 GROUPS: dict[str, tuple[str, list[str]]] = {
@@ -80,6 +84,16 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
          "postgresql_consumer_partition_select_limit", "postgresql_consumer_partition_poll_interval",
          "postgresql_consumer_partition_notification_channel", "postgresql_consumer_command_attempts"],
     ),
+    "Proxy hooks": (
+        "The backend decides over HTTP who connects, subscribes and publishes, and answers RPCs, with the "
+        "requests and results of Centrifugo's HTTP proxy ([howto/proxy.md](howto/proxy.md)). Needs "
+        "`pip install hubbub[proxy]`. Named proxies are `[proxies.NAME]` tables "
+        "(see [Proxy options](#proxy-options)).",
+        ["proxy_connect_endpoint", "proxy_refresh_endpoint", "proxy_subscribe_endpoint", "proxy_publish_endpoint",
+         "proxy_sub_refresh_endpoint", "proxy_rpc_endpoint", "proxy_connect_timeout", "proxy_refresh_timeout",
+         "proxy_subscribe_timeout", "proxy_publish_timeout", "proxy_sub_refresh_timeout", "proxy_rpc_timeout",
+         "proxy_http_headers", "proxy_binary_encoding", "proxy_max_connections", "proxies", "rpc_proxies"],
+    ),
     "Channels and namespaces": (
         "Tables, not single values: `[channels]` holds the options of channels without `:`, "
         "`[namespaces.NAME]` those of `NAME:...` (see [Namespace options](#namespace-options)). A channel "
@@ -112,11 +126,21 @@ UNITS: dict[str, str] = {
     "postgresql_consumer_num_partitions": "partitions", "postgresql_consumer_partition_select_limit": "rows",
     "postgresql_consumer_partition_poll_interval": "seconds", "postgresql_consumer_partition_notification_channel": "",
     "postgresql_consumer_command_attempts": "attempts",
+    "proxy_connect_endpoint": "", "proxy_refresh_endpoint": "", "proxy_subscribe_endpoint": "",
+    "proxy_publish_endpoint": "", "proxy_sub_refresh_endpoint": "", "proxy_rpc_endpoint": "",
+    "proxy_connect_timeout": "seconds", "proxy_refresh_timeout": "seconds", "proxy_subscribe_timeout": "seconds",
+    "proxy_publish_timeout": "seconds", "proxy_sub_refresh_timeout": "seconds", "proxy_rpc_timeout": "seconds",
+    "proxy_http_headers": "", "proxy_binary_encoding": "", "proxy_max_connections": "connections",
+    "proxies": "", "rpc_proxies": "",
     # NamespaceOptions
     "history_size": "publications per channel", "history_ttl": "seconds", "force_recovery": "",
     "presence": "", "join_leave": "", "allow_publish_for_client": "", "allow_subscribe_for_client": "",
     "allow_history_for_client": "", "allow_presence_for_client": "", "require_subscription_token": "",
     "exclude_publisher": "", "force_recovery_mode": "", "allowed_delta_types": "", "delta_publish": "",
+    "allow_user_limited_channels": "",
+    "subscribe_proxy": "", "publish_proxy": "", "sub_refresh_proxy": "",
+    # ProxyOptions
+    "endpoint": "", "timeout": "seconds", "http_headers": "", "binary_encoding": "",
 }
 
 #: the dataclass field type -> how a TOML file writes it
@@ -130,6 +154,8 @@ TYPES = {
     "tuple[str, ...]": "list of strings",
     "NamespaceOptions": "table",
     "dict[str, NamespaceOptions]": "table of tables",
+    "dict[str, ProxyOptions]": "table of tables",
+    "dict[str, str]": "table",
 }
 
 
@@ -294,7 +320,7 @@ def render() -> str:
         "",
     ]
     out += [f"- [{title}](#{_anchor(title)})" for title in GROUPS]
-    out += ["- [Namespace options](#namespace-options)", "- [Flags that are not settings](#flags-that-are-not-settings)",
+    out += ["- [Namespace options](#namespace-options)", "- [Proxy options](#proxy-options)", "- [Flags that are not settings](#flags-that-are-not-settings)",
             ""]
     for title, (about, names) in GROUPS.items():
         out += [f"## {title}", "", about, "",
@@ -302,8 +328,8 @@ def render() -> str:
                 "|---|---|---|---|---|---|"]
         for name in names:
             f = fields[name]
-            table = name in ("channels", "namespaces")
-            key = "`[channels]`" if name == "channels" else "`[namespaces.NAME]`" if name == "namespaces" else f"`{name}`"
+            table = name in TABLE_KEYS
+            key = TABLE_KEYS.get(name, f"`{name}`")
             variable = "none" if table else f"`{env}{name.upper()}`"
             flag = f"`{flags[name]}`" if name in flags else "none"
             out.append(f"| {key} | {TYPES[str(f.type)]} | {with_size(getattr(defaults, name), UNITS[name])} "
@@ -327,6 +353,24 @@ def render() -> str:
                    f"| {UNITS[name]} |")
     out.append("")
     out += describe(NamespaceOptions, list(ns_fields), ns_docs)
+    px_fields = {f.name: f for f in dataclasses.fields(ProxyOptions)}
+    px_defaults = ProxyOptions()
+    out += [
+        "",
+        "## Proxy options",
+        "",
+        "The keys of each `[proxies.NAME]` table (`hubbub.config.ProxyOptions`): a proxy that namespaces "
+        "(`subscribe_proxy = \"NAME\"`, ...) and `rpc_proxies` name. The name `default` is reserved: it "
+        "means the `proxy_<event>_endpoint` setting.",
+        "",
+        "| key | type | default | unit |",
+        "|---|---|---|---|",
+    ]
+    for name, f in px_fields.items():
+        out.append(f"| `{name}` | {TYPES[str(f.type)]} | {with_size(getattr(px_defaults, name), UNITS[name])} "
+                   f"| {UNITS[name]} |")
+    out.append("")
+    out += describe(ProxyOptions, list(px_fields), attributes(ProxyOptions))
     out += ["", "## Flags that are not settings", "",
             "Flags of `hubbub serve` that set no setting (`hubbub serve --help` lists them all):", ""]
     out += [f"- `{flag}`: {text}" if text else f"- `{flag}`" for flag, text in other_flags]

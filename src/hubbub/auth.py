@@ -2,7 +2,8 @@
 
 Claims, as in Centrifugo (centrifugal.dev ``docs/server/authentication.md``
 and ``docs/server/channel_token_auth.md``): a connection token has ``sub``
-(required, may be ``""``), ``exp``, ``info`` and ``channels``; a subscription
+(required, may be ``""``), ``exp``, ``info``, ``channels`` and ``subs`` (its
+channels subscribed as those of ``channels``; the per-channel options are not used); a subscription
 token ``sub`` (the connection's user), ``channel``, ``exp`` and ``info``.
 Keys and algorithms: ``docs/security.md``.
 
@@ -38,7 +39,7 @@ class Claims:
         user: the ``sub`` claim.
         expire_at: the ``exp`` claim (unix seconds), or ``None``.
         info: the ``info`` claim (any JSON value), or ``None``.
-        channels: the ``channels`` claim (connection tokens).
+        channels: the ``channels`` claim and the keys of ``subs`` (connection tokens).
         channel: the ``channel`` claim (subscription tokens).
     """
 
@@ -163,7 +164,13 @@ class TokenVerifier:
         channels = claims.get("channels") or ()
         if not isinstance(channels, (list, tuple)) or not all(isinstance(c, str) for c in channels):
             raise InvalidToken("channels claim must be a list of strings")
-        return Claims(_sub(claims), _exp(claims), claims.get("info"), tuple(channels))
+        subs = claims.get("subs") or {}
+        if not isinstance(subs, dict) or not all(isinstance(v, dict) for v in subs.values()):
+            raise InvalidToken("subs claim must be an object of channel: options")
+        # Centrifugo's subs claim (channel -> {info, data, override}): its channels are
+        # subscribed on connect like those of the channels claim; the options are not used.
+        return Claims(_sub(claims), _exp(claims), claims.get("info"),
+                      tuple(channels) + tuple(c for c in subs if c not in channels))
 
     async def subscription(self, token: str) -> Claims:
         """Verify a subscription token (same errors as :meth:`connection`)."""

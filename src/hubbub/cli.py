@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
                        "config file keep it private")
     serve.add_argument("--allow-anonymous", action="store_true", default=None,
                        help="accept clients without a token, even on a non-loopback address")
+    serve.add_argument("--proxy-connect-endpoint", default=None, metavar="URL",
+                       help="authenticate clients without a token by POSTing to this backend URL "
+                       "(Centrifugo's connect proxy; docs/howto/proxy.md)")
     serve.add_argument("--no-page", dest="page", action="store_false", default=None,
                        help="do not serve the live demo page at /")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])

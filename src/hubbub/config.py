@@ -83,6 +83,19 @@ class NamespaceOptions:
         delta_publish: every publication of the namespace is marked for delta,
             as if published with ``delta: true`` (the server API's ``publish``
             sets it per publication).
+        allow_user_limited_channels: a channel whose name holds ``#`` is
+            user-limited: only the users listed after the last ``#``, separated
+            by ``,``, may subscribe (``dialog#42,43``: users 42 and 43), and
+            the subscribe proxy is not asked (Centrifugo's option of that name).
+        subscribe_proxy: the backend proxy asked whether a client may
+            subscribe (docs/howto/proxy.md): ``"default"`` is
+            ``proxy_subscribe_endpoint``, another name a ``[proxies.NAME]``
+            table; ``""``: none.
+        publish_proxy: the proxy asked whether a client may publish (and
+            what), named as ``subscribe_proxy``.
+        sub_refresh_proxy: the proxy asked to extend a subscription when it
+            expires (a client's ``sub_refresh`` without token), named as
+            ``subscribe_proxy``.
     """
 
     history_size: int = 0
@@ -100,6 +113,10 @@ class NamespaceOptions:
     force_recovery_mode: str = ""
     allowed_delta_types: tuple[str, ...] = ()
     delta_publish: bool = False
+    allow_user_limited_channels: bool = False
+    subscribe_proxy: str = ""
+    publish_proxy: str = ""
+    sub_refresh_proxy: str = ""
 
     def __post_init__(self) -> None:
         types = self.allowed_delta_types
@@ -121,6 +138,34 @@ class NamespaceOptions:
     def history(self) -> bool:
         """Whether channels of this namespace keep a stream with history."""
         return self.history_size > 0 and self.history_ttl > 0
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyOptions:
+    """A named backend proxy, ``[proxies.NAME]`` (docs/howto/proxy.md).
+
+    Attributes:
+        endpoint: the ``http://`` or ``https://`` URL hubbub POSTs the
+            event's JSON request to (Centrifugo's HTTP proxy format).
+        timeout: seconds the backend has to answer; then the client gets
+            error 100 (temporary).
+        http_headers: request headers of the client's connection forwarded
+            to the backend (``Cookie``, ``Authorization``, ...); empty: the
+            hub-wide ``proxy_http_headers``.
+        binary_encoding: send ``b64data`` (base64) instead of ``data`` (JSON)
+            in requests, and say ``"encoding": "binary"``.
+    """
+
+    endpoint: str = ""
+    timeout: float = 1.0
+    http_headers: list[str] = field(default_factory=list)
+    binary_encoding: bool = False
+
+
+#: the proxy events (settings ``proxy_<event>_endpoint`` and ``proxy_<event>_timeout``)
+PROXY_EVENTS = ("connect", "refresh", "subscribe", "publish", "sub_refresh", "rpc")
+#: the proxy name that means the ``proxy_<event>_endpoint`` setting
+DEFAULT_PROXY = "default"
 
 
 @dataclass(slots=True)
@@ -245,6 +290,31 @@ class Config:
         postgresql_consumer_command_attempts: times a command that failed for a
             temporary reason (the broker unavailable) is tried before its row is
             skipped (deleted, logged and counted).
+        proxy_connect_endpoint: URL of the backend's connect proxy: a
+            client connecting without a token is authenticated by the backend
+            (docs/howto/proxy.md); ``""``: none.
+        proxy_refresh_endpoint: URL of the refresh proxy, asked when a
+            connection reaches its ``expire_at`` (instead of closing it with
+            3005).
+        proxy_subscribe_endpoint, proxy_publish_endpoint, proxy_sub_refresh_endpoint: URLs of the
+            proxies that namespaces name ``"default"`` (``subscribe_proxy = "default"``, ...).
+        proxy_rpc_endpoint: URL of the proxy that answers every ``rpc``
+            method not named in ``rpc_proxies``.
+        proxy_connect_timeout, proxy_refresh_timeout, proxy_subscribe_timeout, proxy_publish_timeout, proxy_sub_refresh_timeout, proxy_rpc_timeout: seconds
+            each proxy has to answer; then the client gets error 100 (temporary).
+        proxy_http_headers: request headers of the client's connection (its
+            WebSocket upgrade, or the HTTP request that opened its SSE or
+            HTTP stream) forwarded to every proxy, e.g. ``["Cookie",
+            "Authorization"]``.
+        proxy_binary_encoding: the default proxies send ``b64data`` instead
+            of ``data`` (Centrifugo's ``binary_encoding``).
+        proxy_max_connections: HTTP connections open to the backends at once
+            (all proxies together); more calls wait for one.
+        proxies: named proxies (``[proxies.NAME]``, see :class:`ProxyOptions`)
+            for namespaces' ``subscribe_proxy``, ``publish_proxy``,
+            ``sub_refresh_proxy`` and for ``rpc_proxies``.
+        rpc_proxies: ``rpc`` method -> proxy name (``"default"``, a
+            ``[proxies.NAME]``, or ``""``: the application's ``on_rpc``).
         channels: options of the default namespace.
         namespaces: options per namespace name.
     """
@@ -310,6 +380,23 @@ class Config:
     postgresql_consumer_partition_poll_interval: float = 0.3
     postgresql_consumer_partition_notification_channel: str = ""
     postgresql_consumer_command_attempts: int = 5
+    proxy_connect_endpoint: str = ""
+    proxy_refresh_endpoint: str = ""
+    proxy_subscribe_endpoint: str = ""
+    proxy_publish_endpoint: str = ""
+    proxy_sub_refresh_endpoint: str = ""
+    proxy_rpc_endpoint: str = ""
+    proxy_connect_timeout: float = 1.0
+    proxy_refresh_timeout: float = 1.0
+    proxy_subscribe_timeout: float = 1.0
+    proxy_publish_timeout: float = 1.0
+    proxy_sub_refresh_timeout: float = 1.0
+    proxy_rpc_timeout: float = 1.0
+    proxy_http_headers: list[str] = field(default_factory=list)
+    proxy_binary_encoding: bool = False
+    proxy_max_connections: int = 100
+    proxies: dict[str, ProxyOptions] = field(default_factory=dict)
+    rpc_proxies: dict[str, str] = field(default_factory=dict)
     channels: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
@@ -321,6 +408,27 @@ class Config:
         if not sep:
             return self.channels
         return self.namespaces.get(name)
+
+    def proxy_options(self, event: str, name: str = DEFAULT_PROXY) -> ProxyOptions | None:
+        """The proxy ``name`` for ``event`` (one of :data:`PROXY_EVENTS`):
+        ``"default"`` is ``proxy_<event>_endpoint`` with its timeout (``None``
+        when that is not set), another name ``proxies[name]``, ``""`` none."""
+        if not name:
+            return None
+        if name == DEFAULT_PROXY:
+            endpoint = getattr(self, f"proxy_{event}_endpoint")
+            if not endpoint:
+                return None
+            return ProxyOptions(endpoint, getattr(self, f"proxy_{event}_timeout"), self.proxy_http_headers,
+                                self.proxy_binary_encoding)
+        return self.proxies.get(name)
+
+    @property
+    def proxy_enabled(self) -> bool:
+        """Whether any backend proxy is set (connect, refresh, rpc, or one a namespace names)."""
+        return bool(self.proxy_connect_endpoint or self.proxy_refresh_endpoint or self.proxy_rpc_endpoint
+                    or self.rpc_proxies or any(ns.subscribe_proxy or ns.publish_proxy or ns.sub_refresh_proxy
+                                               for ns in (self.channels, *self.namespaces.values())))
 
     @property
     def token_auth(self) -> bool:
@@ -438,6 +546,7 @@ class Config:
                           f"({self.ping_interval}): a pong is checked before the next ping")
         if not self.node_info_interval > 0 or not self.node_request_timeout > 0:
             errors.append("node_info_interval and node_request_timeout must be > 0")
+        errors += self._proxy_checks()
         if self.node_timeout <= self.node_info_interval:
             errors.append(f"node_timeout ({self.node_timeout}) must be longer than node_info_interval "
                           f"({self.node_info_interval}): a live node must get a heartbeat in before it")
@@ -465,6 +574,34 @@ class Config:
             errors.append("postgresql_consumer_command_attempts must be at least 1")
         return errors
 
+    def _proxy_checks(self) -> list[str]:
+        errors = []
+        endpoints = [(f"proxy_{event}_endpoint", getattr(self, f"proxy_{event}_endpoint")) for event in PROXY_EVENTS]
+        endpoints += [(f"proxies.{name}.endpoint", options.endpoint) for name, options in self.proxies.items()]
+        for name, url in endpoints:
+            if (url or name.startswith("proxies.")) and not url.startswith(("http://", "https://")):
+                errors.append(f"{name} must be an http:// or https:// URL, got {url!r}")
+        for event in PROXY_EVENTS:
+            if not getattr(self, f"proxy_{event}_timeout") > 0:
+                errors.append(f"proxy_{event}_timeout must be > 0")
+        for name, options in self.proxies.items():
+            if name == DEFAULT_PROXY or not name:
+                errors.append(f"proxies.{name}: the name {name!r} is reserved")
+            elif not options.timeout > 0:
+                errors.append(f"proxies.{name}.timeout must be > 0")
+        if self.proxy_max_connections < 1:
+            errors.append("proxy_max_connections must be at least 1")
+        named = [(f"channels.{event}_proxy", event, getattr(self.channels, f"{event}_proxy"))
+                 for event in ("subscribe", "publish", "sub_refresh")]
+        named += [(f"namespaces.{ns}.{event}_proxy", event, getattr(opts, f"{event}_proxy"))
+                  for ns, opts in self.namespaces.items() for event in ("subscribe", "publish", "sub_refresh")]
+        named += [(f"rpc_proxies.{method}", "rpc", name) for method, name in self.rpc_proxies.items()]
+        for where, event, name in named:
+            if name and self.proxy_options(event, name) is None:
+                errors.append(f"{where} names proxy {name!r}, which is not set "
+                              f"(set proxy_{event}_endpoint for 'default', or a [proxies.{name}] table)")
+        return errors
+
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], *, source: str = "config") -> Config:
         """Build a config from a parsed TOML document.
@@ -480,6 +617,11 @@ class Config:
             values["channels"] = NamespaceOptions(**values["channels"])
         if "namespaces" in values:
             values["namespaces"] = {k: NamespaceOptions(**v) for k, v in values["namespaces"].items()}
+        if "proxies" in values:
+            values["proxies"] = {k: ProxyOptions(**{**v, **({"timeout": float(v["timeout"])} if "timeout" in v else {})})
+                                 for k, v in values["proxies"].items()}
+        if "rpc_proxies" in values:
+            values["rpc_proxies"] = dict(values["rpc_proxies"])
         for f in dataclasses.fields(cls):
             if f.name in values and f.type == "float" and isinstance(values[f.name], int):
                 values[f.name] = float(values[f.name])
@@ -547,9 +689,13 @@ def _check_fields(cls: type, raw: Mapping[str, Any], prefix: str) -> list[tuple[
     return problems
 
 
+#: the settings that are TOML tables (no ``HUBBUB_*`` variable sets them)
+TABLE_SETTINGS = ("channels", "namespaces", "proxies", "rpc_proxies")
+
+
 def check_dict(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
     """Every problem in a raw settings mapping, as ``(dotted.key, message)``."""
-    problems = [p for p in _check_fields(Config, raw, "") if p[0] not in ("channels", "namespaces")]
+    problems = [p for p in _check_fields(Config, raw, "") if p[0] not in TABLE_SETTINGS]
     channels = raw.get("channels")
     if channels is not None:
         if isinstance(channels, dict):
@@ -568,6 +714,20 @@ def check_dict(raw: Mapping[str, Any]) -> list[tuple[str, str]]:
                     problems.append((f"namespaces.{name}", f"invalid namespace name {name!r}"))
                 else:
                     problems += _check_fields(NamespaceOptions, options, f"namespaces.{name}.")
+    proxies = raw.get("proxies")
+    if proxies is not None:
+        if not isinstance(proxies, dict):
+            problems.append(("proxies", "proxies must be a table of tables"))
+        else:
+            for name, options in proxies.items():
+                if not isinstance(options, dict):
+                    problems.append((f"proxies.{name}", f"proxies.{name} must be a table"))
+                else:
+                    problems += _check_fields(ProxyOptions, options, f"proxies.{name}.")
+    rpc_proxies = raw.get("rpc_proxies")
+    if rpc_proxies is not None and (not isinstance(rpc_proxies, dict)
+                                    or not all(isinstance(v, str) for v in rpc_proxies.values())):
+        problems.append(("rpc_proxies", "rpc_proxies must be a table of method = \"proxy name\""))
     return problems
 
 
@@ -588,7 +748,7 @@ def env_settings(env: Mapping[str, str]) -> dict[str, Any]:
     Raises:
         ConfigError: a variable names no setting, or its value has the wrong type.
     """
-    fields = {f.name: f for f in dataclasses.fields(Config) if f.name not in ("channels", "namespaces")}
+    fields = {f.name: f for f in dataclasses.fields(Config) if f.name not in TABLE_SETTINGS}
     out: dict[str, Any] = {}
     for name, text in env.items():
         if not name.startswith(ENV_PREFIX) or name in RESERVED_ENV:

@@ -18,12 +18,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, Protocol
 
 from .auth import TokenVerifier
 from .brokers.base import ClientInfo, Publication, PublishCallback, StreamPosition
 from .codes import UNSUBSCRIBE_REASONS, DisconnectCode, ErrorCode, UnsubscribeCode
-from .config import Config, NamespaceOptions
+from .config import DEFAULT_PROXY, Config, NamespaceOptions
 from .errors import BadRequest, BrokerError, Disconnect, InvalidToken, ProtocolError, TokenExpired
 from .hub import DeltaWire, Hub, Subscriber, SubscribeResult, Wire
 from .outbox import FrameBatch, Outbox
@@ -133,6 +133,66 @@ class SessionHooks:
         return None
 
 
+class Proxy(Protocol):
+    """The backend's proxy hooks, as :class:`ClientCore` calls them: the events
+    of Centrifugo's proxy (centrifugal.dev ``docs/server/proxy.md``). The core
+    holds no sockets: the HTTP implementation is :class:`hubbub.proxy.HTTPProxy`,
+    given to the :class:`ClientContext`.
+
+    Every call raises :class:`~hubbub.errors.ProtocolError` (the backend's
+    ``error``, or 100 temporary when the backend is down, slow past its timeout
+    or answers garbage) or :class:`~hubbub.errors.Disconnect` (the backend's
+    ``disconnect``); nothing else.
+    """
+
+    def handles(self, event: str, name: str = DEFAULT_PROXY) -> bool:
+        """Whether proxy ``name`` (a namespace's ``subscribe_proxy``, ...) is set for
+        ``event`` (``"connect"``, ``"refresh"``, ``"subscribe"``, ``"publish"``,
+        ``"sub_refresh"``); for ``"rpc"``, ``name`` is the method."""
+        ...
+
+    async def connect(self, client: ClientCore, request: ConnectRequest) -> ConnectResult: ...
+
+    async def refresh(self, client: ClientCore) -> float | None:
+        """The connection's new ``expire_at`` (unix seconds; ``None``: never).
+
+        Raises:
+            Disconnect: 3005 when the backend says ``expired``.
+        """
+        ...
+
+    async def subscribe(self, client: ClientCore, channel: str, name: str, token: str,
+                        data: Any) -> tuple[Any, float | None]:
+        """The channel info (``None``: none) and the subscription's ``expire_at``."""
+        ...
+
+    async def publish(self, client: ClientCore, channel: str, name: str, data: Any,
+                      publication: Publication | None) -> Publication | None:
+        """The publication the backend returned in place of the client's; ``None``: the client's."""
+        ...
+
+    async def sub_refresh(self, client: ClientCore, channel: str, name: str) -> float | None:
+        """The subscription's new ``expire_at``.
+
+        Raises:
+            ProtocolError: 109 when the backend says ``expired``.
+        """
+        ...
+
+    async def rpc(self, client: ClientCore, method: str, data: Any) -> Any:
+        """The RPC's result data (``None``: none)."""
+        ...
+
+    def refresh_later(self, client: ClientCore, channel: str = "") -> None:
+        """Run ``client.refresh_by_proxy(channel)`` (:meth:`ClientCore.refresh_by_proxy`)
+        in a task the proxy owns."""
+        ...
+
+    async def close(self) -> None:
+        """Cancel the calls in flight and close the connection pool."""
+        ...
+
+
 class ClientContext:
     """What every client of one node shares: settings, hub, token verifier,
     hooks and clocks.
@@ -143,16 +203,20 @@ class ClientContext:
         hooks: application hooks.
         clock: monotonic seconds (rate limits); injectable in tests.
         wall: unix seconds (token expiry); injectable in tests.
+        proxy: the backend's proxy hooks (``None``: none); they run before the
+            Python hooks of the same event (docs/howto/proxy.md).
     """
 
-    __slots__ = ("hub", "config", "verifier", "hooks", "anonymous", "clock", "wall", "_exposed")
+    __slots__ = ("hub", "config", "verifier", "hooks", "anonymous", "clock", "wall", "_exposed", "proxy")
 
     def __init__(self, hub: Hub, *, verifier: TokenVerifier | None = None, hooks: SessionHooks | None = None,
-                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time,
+                 proxy: Proxy | None = None) -> None:
         self.hub = hub
         self.config: Config = hub.config
         self.verifier = verifier or TokenVerifier(hub.config)
         self.hooks = hooks or SessionHooks()
+        self.proxy = proxy
         self.clock = clock
         self.wall = wall
         self._exposed: ClientContext | None = None
@@ -173,7 +237,7 @@ class ClientContext:
         exposed = self._exposed
         if exposed is None:
             exposed = self._exposed = ClientContext(self.hub, verifier=self.verifier, hooks=self.hooks,
-                                                    clock=self.clock, wall=self.wall)
+                                                    clock=self.clock, wall=self.wall, proxy=self.proxy)
         exposed.hooks = self.hooks  # the application may set its hooks after the first connection
         exposed.anonymous = anonymous
         return exposed
@@ -190,9 +254,9 @@ class ClientContext:
 
     @property
     def hooks_active(self) -> bool:
-        """Whether the hooks do anything (read live: an App registers hooks after
-        its server exists)."""
-        return self.hooks.active
+        """Whether the hooks or a backend proxy do anything (read live: an App
+        registers hooks after its server exists)."""
+        return self.hooks.active or self.proxy is not None
 
 
 class CommandRate:
@@ -315,6 +379,11 @@ class ClientCore:
         self._rate = CommandRate(rate, self.config.client_command_burst, context.clock()) if rate > 0 else None
 
     @property
+    def protocol(self) -> str:
+        """The client's protocol format, as proxy requests name it: ``"json"`` or ``"protobuf"``."""
+        return "json"
+
+    @property
     def info(self) -> ClientInfo:
         """Who this client is, as presence, join/leave and publications show it."""
         info = self._info
@@ -387,6 +456,8 @@ class ClientCore:
             except (TokenExpired, InvalidToken) as exc:
                 raise _map_token_errors(exc) from None
             request.result = ConnectResult(claims.user, claims.info, None, claims.channels, claims.expire_at)
+        elif context.proxy is not None and context.proxy.handles("connect"):
+            request.result = await context.proxy.connect(self, request)
         elif not context.anonymous and not context.hooks.handles_auth:
             raise Disconnect(DisconnectCode.INVALID_TOKEN, "connection token required")
         result = await context.hooks.on_connect(request)
@@ -442,8 +513,12 @@ class ClientCore:
         if self.closed:
             return
         if self.expire_at is not None and now >= self.expire_at:
-            self.disconnect(DisconnectCode.EXPIRED)
-            return
+            proxy = self.context.proxy
+            if proxy is None or not proxy.handles("refresh"):
+                self.disconnect(DisconnectCode.EXPIRED)
+                return
+            self.expire_at = None  # until the backend answers
+            proxy.refresh_later(self)
         expiring = self.sub_expire_at
         if not expiring:
             return
@@ -465,7 +540,12 @@ class ClientCore:
         """End a subscription whose token expired: unsubscribe push 2501, after
         which an SDK subscribes again with a new token (centrifugal/centrifuge
         ``client.go``, ``checkSubscriptionExpiration``). Transports that cannot
-        tell a client about one subscription override this."""
+        tell a client about one subscription override this. With a
+        ``sub_refresh_proxy``, the backend is asked instead."""
+        if self._sub_refresh_proxy(channel):
+            assert self.context.proxy is not None
+            self.context.proxy.refresh_later(self, channel)
+            return
         if self.leave(channel):
             self._push_unsubscribed(channel, UnsubscribeCode.EXPIRED, UNSUBSCRIBE_REASONS[UnsubscribeCode.EXPIRED])
 
@@ -482,6 +562,8 @@ class ClientCore:
         self.hub.namespace(channel)  # validates the name (107)
         if channel not in self.channels:
             raise ProtocolError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+        if not token and self._sub_refresh_proxy(channel):
+            return await self._proxy_sub_refresh(channel)
         if not token:
             raise BadRequest("sub_refresh without token")
         with self._subscription_token(token) as verifier:
@@ -576,6 +658,8 @@ class ClientCore:
             with self._subscription_token(token) as verifier:
                 claims = verifier.subscription_nowait(token)
             chan_info = self._check_subscription_claims(channel, claims)
+        else:
+            self._check_user_limited(channel, ns)
         return ns, chan_info
 
     async def authorize_subscribe(self, channel: Any, token: str = "", params: dict[str, Any] | None = None, *,
@@ -602,6 +686,12 @@ class ClientCore:
             with self._subscription_token(token) as verifier:
                 claims = await verifier.subscription(token)
             chan_info = self._check_subscription_claims(channel, claims)
+        elif not self._check_user_limited(channel, ns):
+            proxy = self.context.proxy
+            if ns.subscribe_proxy and proxy is not None and proxy.handles("subscribe", ns.subscribe_proxy):
+                chan_info, expire_at = await proxy.subscribe(self, channel, ns.subscribe_proxy, token,
+                                                             (params or {}).get("data"))
+                self._note_sub_expiry(channel, expire_at)
         hooks = self.context.hooks
         if self.context.hooks_active:
             hooked = await hooks.on_subscribe(self, channel, params or {})
@@ -610,6 +700,97 @@ class ClientCore:
             if channel in self.channels:  # subscribed meanwhile
                 raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
         return ns, chan_info
+
+    def _check_user_limited(self, channel: str, ns: NamespaceOptions) -> bool:
+        """Whether ``channel`` is user-limited (``allow_user_limited_channels`` and a
+        ``#`` in its name, centrifugal.dev ``docs/server/channels.md``, "user channel
+        boundary"): then only the users listed after its last ``#`` (separated by
+        ``,``) may subscribe.
+
+        Raises:
+            ProtocolError: 103 for a user not listed.
+        """
+        if not ns.allow_user_limited_channels or USER_BOUNDARY not in channel:
+            return False
+        if not self.user or self.user not in channel.rpartition(USER_BOUNDARY)[2].split(USER_SEPARATOR):
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED)
+        return True
+
+    def _note_sub_expiry(self, channel: str, expire_at: float | None) -> None:
+        """Note when the subscription about to be made to ``channel`` expires (``None``: never)."""
+        if expire_at is not None:
+            expiring = self.sub_expire_at
+            if expiring is None:
+                expiring = self.sub_expire_at = {}
+            expiring[channel] = expire_at
+        elif self.sub_expire_at:
+            self.sub_expire_at.pop(channel, None)
+
+    def _sub_refresh_proxy(self, channel: str) -> str:
+        """The ``sub_refresh_proxy`` of ``channel``'s namespace when the node's proxy serves it, else ``""``."""
+        proxy = self.context.proxy
+        if proxy is None:
+            return ""
+        ns = self.hub.config.namespace(channel)
+        name = ns.sub_refresh_proxy if ns is not None else ""
+        return name if name and proxy.handles("sub_refresh", name) else ""
+
+    async def _proxy_sub_refresh(self, channel: str) -> float | None:
+        """Ask the ``sub_refresh`` proxy to extend the subscription to ``channel``; its new ``expire_at``."""
+        assert self.context.proxy is not None
+        expire_at = await self.context.proxy.sub_refresh(self, channel, self._sub_refresh_proxy(channel))
+        if channel not in self.channels:  # unsubscribed meanwhile
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "not subscribed")
+        self._note_sub_expiry(channel, expire_at)
+        return expire_at
+
+    def client_refreshes(self, channel: str = "") -> bool:
+        """Whether the client refreshes the connection (``channel == ""``) or the
+        subscription to ``channel`` itself when its ``expire_at`` nears (the replies
+        tell it ``expires`` and ``ttl``); not when a refresh or ``sub_refresh`` proxy
+        extends it from the server side, as Centrifugo's ``ClientSideRefresh``."""
+        if channel:
+            return not self._sub_refresh_proxy(channel)
+        proxy = self.context.proxy
+        return proxy is None or not proxy.handles("refresh")
+
+    async def refresh_by_proxy(self, channel: str = "") -> None:
+        """Extend the connection (or the subscription to ``channel``) from the
+        server side through the refresh (``sub_refresh``) proxy, when it
+        expired: the backend's ``expired`` closes the connection with 3005 (a
+        subscription it refuses or says ``expired`` ends with 2501, 3006 on the
+        relay); a backend that fails closes the connection with 3004 (the SDK
+        reconnects, and the connect proxy is asked again).
+        Called in a task owned by the proxy (:meth:`Proxy.refresh_later`)."""
+        proxy = self.context.proxy
+        if proxy is None or self.closed:
+            return
+        try:
+            if channel:
+                if channel in self.channels:
+                    await self._proxy_sub_refresh(channel)
+            else:
+                self.expire_at = await proxy.refresh(self)
+        except Disconnect as exc:
+            self.disconnect(exc.code, exc.reason)
+        except ProtocolError as exc:
+            if not channel or exc.code == ErrorCode.INTERNAL:
+                self.disconnect(DisconnectCode.SERVER_ERROR)
+            elif self.leave(channel):  # expired, or refused by the backend: the SDK subscribes again
+                self._push_unsubscribed(channel, UnsubscribeCode.EXPIRED, UNSUBSCRIBE_REASONS[UnsubscribeCode.EXPIRED])
+
+    async def rpc(self, method: str, data: Any) -> Any:
+        """Answer the client's ``rpc``: the backend's rpc proxy when it serves
+        ``method``, else the ``on_rpc`` hook. Returns the result's data.
+
+        Raises:
+            ProtocolError: 104 unknown method; what the proxy or hook raises.
+            Disconnect: the backend's ``disconnect``.
+        """
+        proxy = self.context.proxy
+        if proxy is not None and proxy.handles("rpc", method):
+            return await proxy.rpc(self, method, data)
+        return await self.context.hooks.on_rpc(self, method, data)
 
     # -- subscriptions -------------------------------------------------------------------
 
@@ -712,6 +893,11 @@ class ClientCore:
             ProtocolError: 102, 103 (not allowed), 100 (temporary) broker failure.
         """
         ns = self._publish_check(channel)
+        proxy = self.context.proxy
+        if ns.publish_proxy and proxy is not None and proxy.handles("publish", ns.publish_proxy):
+            answered = await proxy.publish(self, channel, ns.publish_proxy, data, publication)
+            if answered is not None:
+                publication, data = answered, None
         if self.context.hooks_active:
             hooks = self.context.hooks
             original = data if publication is None else publication.value()
@@ -820,6 +1006,10 @@ class ClientCore:
         for channel, info in channels.items():
             self.hub.unsubscribe(channel, self.client_id, info=info)
 
+
+#: Centrifugo's user channel boundary and separator: ``dialog#42,43`` (``allow_user_limited_channels``).
+USER_BOUNDARY: Final = "#"
+USER_SEPARATOR: Final = ","
 
 #: The result of a connect without token or hook (read only).
 _ANONYMOUS = ConnectResult()

@@ -671,6 +671,6 @@ def _with_anonymous(context: ClientContext, anonymous: bool) -> ClientContext:
     same hub, verifier, hooks and clocks, with :attr:`ClientContext.anonymous` set (read by
     :meth:`ClientCore.authenticate` at the handshake)."""
     own = ClientContext(context.hub, verifier=context.verifier, hooks=context.hooks, clock=context.clock,
-                        wall=context.wall)
+                        wall=context.wall, proxy=context.proxy)
     own.anonymous = anonymous
     return own

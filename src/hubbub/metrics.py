@@ -25,6 +25,8 @@ consumer_rows_total{consumer,outcome}   rows an async consumer took (processed, 
                                         failed: skipped after its attempts)
 consumer_errors_total{consumer,kind}    its errors: source (the database failed) and command
                                         (a temporary failure, retried)
+proxy_call_duration_seconds{event}      backend proxy call latency (histogram; hubbub.proxy)
+proxy_errors_total{event}               backend proxy calls that failed (the client got error 100)
 =====================================  ===========================================
 
 See ``docs/design.md``, "Layers" (transports).
@@ -104,6 +106,20 @@ class _Collector:
                 cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
             hist.add_metric([w, method], cumulative, h.total)
         yield hist
+        calls = HistogramMetricFamily("hubbub_proxy_call_duration_seconds", "Backend proxy call latency",
+                                      labels=["worker", "event"])
+        for event, h in sorted(stats.proxy_calls.items()):
+            cumulative, running = [], 0
+            for bound, n in zip((*BUCKETS, float("inf")), h.counts, strict=True):
+                running += n
+                cumulative.append(("+Inf" if bound == float("inf") else str(bound), running))
+            calls.add_metric([w, event], cumulative, h.total)
+        yield calls
+        proxy_errors = CounterMetricFamily("hubbub_proxy_errors", "Backend proxy calls that failed (error 100)",
+                                           labels=["worker", "event"])
+        for event, n in sorted(stats.proxy_errors.items()):
+            proxy_errors.add_metric([w, event], n)
+        yield proxy_errors
         yield counter("broker_errors", "Failed broker operations", stats.broker_errors)
         yield counter("broker_reconnects", "Times the broker came back", stats.broker_reconnects)
         yield gauge("broker_up", "1 while the broker is reachable", 1 if hub.broker.healthy else 0)

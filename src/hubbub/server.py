@@ -37,6 +37,7 @@ from .http import HTTPRequest, HTTPResponse
 from .hub import Hub
 from .listener import Listener
 from .metrics import render
+from .proxy import http_proxy
 from .relay import RelaySession, RelayWire
 from .routing import Router
 from .session import ClientSession
@@ -138,7 +139,8 @@ class Server:
         self._codec_wires: dict[tuple[type, str], ProtocolWire] = {}
         self.verifier = TokenVerifier(self.config)
         #: what every client session of this node shares (hub, rules, hooks)
-        self.context = ClientContext(self.hub, verifier=self.verifier, hooks=hooks or SessionHooks())
+        self.context = ClientContext(self.hub, verifier=self.verifier, hooks=hooks or SessionHooks(),
+                                     proxy=http_proxy(self.config, self.hub.stats))
         self.origins: list[Any] | None = None
         self.connections: set[ClientTransport] = set()
         self.websockets: set[ClientTransport] = set()
@@ -583,6 +585,8 @@ class Server:
         if self.admin is not None:
             await self.admin.close()
         await self.cluster.close()
+        if self.context.proxy is not None:
+            await self.context.proxy.close()
         await self.hub.close()
 
     async def serve(self, *, ready: Callable[[Server], None] | None = None, reuse_port: bool = False) -> None:

@@ -41,6 +41,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         allow_anonymous=args.allow_anonymous,
         page=args.page,
         api_key=args.api_key,
+        proxy_connect_endpoint=args.proxy_connect_endpoint,
     )
 
 
@@ -155,7 +156,8 @@ def _serve_workers(config: Config, args: argparse.Namespace) -> int:
     if args.config:
         argv += ["--config", args.config]
     for flag, value in (("--ping-interval", args.ping_interval), ("--max-message-size", args.max_message_size),
-                        ("--max-pending-output", args.max_pending_output)):
+                        ("--max-pending-output", args.max_pending_output),
+                        ("--proxy-connect-endpoint", args.proxy_connect_endpoint)):
         if value is not None:
             argv += [flag, str(value)]
     if args.allow_anonymous:

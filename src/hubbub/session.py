@@ -105,6 +105,11 @@ class ClientSession(ClientCore):
     def hooks(self) -> SessionHooks:
         return self.context.hooks
 
+    @property
+    def protocol(self) -> str:
+        """The session's codec: ``"json"`` or ``"protobuf"``."""
+        return self.codec.name
+
     # -- handshake and messages ---------------------------------------------------
 
     def handshake_nowait(self) -> Refusal | None:
@@ -357,7 +362,8 @@ class ClientSession(ClientCore):
             reply["pong"] = True
         if result.data is not None:
             reply["data"] = result.data
-        reply.update(self._expiry(result.expire_at))
+        if self.client_refreshes():
+            reply.update(self._expiry(result.expire_at))
         subs: dict[str, Any] = {}
         for channel in result.channels:
             try:
@@ -389,7 +395,8 @@ class ClientSession(ClientCore):
         reply = _subscribe_reply(ns, result, recoverable, positioned)
         if delta is not None:
             reply["delta"] = True
-        reply.update(self._expiry(self.subscription_expires(channel)))
+        if self.client_refreshes(channel):
+            reply.update(self._expiry(self.subscription_expires(channel)))
         if since is not None:
             reply["was_recovering"] = True
             reply["recovered"] = result.recovered
@@ -464,7 +471,7 @@ class ClientSession(ClientCore):
 
     async def _cmd_rpc(self, params: dict[str, Any]) -> dict[str, Any]:
         method = Params(params, "rpc.").str("method")
-        data = await self.hooks.on_rpc(self, method, params.get("data"))
+        data = await self.rpc(method, params.get("data"))
         return {} if data is None else {"data": data}
 
     async def _cmd_refresh(self, params: dict[str, Any]) -> dict[str, Any]:

@@ -60,6 +60,9 @@ class Stats:
         #: errors of the async consumers by (consumer, kind): source (the database
         #: failed: retried with backoff), command (a command failed for a temporary reason: retried)
         self.consumer_errors: collections.Counter[tuple[str, str]] = collections.Counter()
+        #: backend proxy calls by event: their durations, and the calls that failed (hubbub.proxy)
+        self.proxy_calls: dict[str, Histogram] = collections.defaultdict(Histogram)
+        self.proxy_errors: collections.Counter[str] = collections.Counter()
 
     def items(self) -> dict[str, int]:
         """The cumulative counters by name, for the cluster's node snapshots
