@@ -13,8 +13,9 @@ Its settings come from ``HUBBUB_*`` environment variables (``Config.load()``; an
 ``App``'s own settings do not read them), which ``tools/autobahn.py`` sets as it
 sets ``hubbub serve``'s flags for the relay: ``HUBBUB_MAX_MESSAGE_SIZE`` (case
 group 9 sends messages of up to 16 MiB), ``HUBBUB_MAX_PENDING_OUTPUT`` (a 16 MiB
-echo must fit in one connection's pending output) and
-``HUBBUB_WEBSOCKET_COMPRESSION`` (case groups 12 and 13, permessage-deflate).
+echo must fit in one connection's pending output), ``HUBBUB_PING_INTERVAL``
+(0: no server pings) and ``HUBBUB_WEBSOCKET_COMPRESSION`` (case groups 12 and
+13, permessage-deflate).
 """
 
 from __future__ import annotations
