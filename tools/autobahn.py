@@ -1,15 +1,46 @@
 #!/usr/bin/env python3
-"""Autobahn|Testsuite conformance run against hubbub's relay.
+"""Autobahn|Testsuite conformance run against hubbub's WebSocket endpoints.
 
-A single client on ``/ws/{channel}`` receives its own messages back (the relay
-echoes to the sender by default), so the relay *is* an echo server, and the
-suite's ``fuzzingclient`` mode can test hubbub's WebSocket layer end to end:
-h11 handshake, websockets' sans-I/O framing, hubbub's own UTF-8 fail-fast
-check, the inbox, the hub's fan-out and the flusher's write path.
+The suite's ``fuzzingclient`` needs a server that echoes every message to its
+sender. ``--target`` chooses what it connects to:
+
+``relay`` (the default)
+    ``/ws/{channel}``: a client alone on a channel receives its own messages
+    back (the relay echoes to the sender by default). Covers the h11
+    handshake, websockets' sans-I/O framing, :mod:`hubbub.compression`,
+    hubbub's own UTF-8 fail-fast check, the connection's inbox, and then the
+    relay session (:class:`hubbub.relay.RelaySession`), the hub's fan-out and
+    the flusher's write path of a push.
+``endpoint``
+    a framework endpoint of a ``hubbub.App`` that echoes every message, text
+    and binary (``tools/autobahn_echo.py``, served by ``hubbub run`` on
+    hubbub's own server, at ``/autobahn/{case}``). The same connection code
+    (one :class:`hubbub.connection.Connection` class is the
+    ``WebSocketTransport`` of every WebSocket route, whatever the session
+    behind it: handshake, framing, compression, UTF-8 check, inbox, closing
+    handshake), and then what the relay target does not reach: the endpoint
+    session (:class:`hubbub.endpoint.WebSocket`): its ``handle_message`` (the
+    command rate, the handler's bounded queue that pauses reading), the
+    handler's own task (``recv``/``async for``), ``send`` straight to the
+    connection's bounded output (an application's message, not a hub push),
+    and the close state a handler sees (``ConnectionClosedOK``/``Error``,
+    a client's close held until the messages before it are handled).
+``protocol``
+    the Centrifugo protocol endpoint ``/connection/websocket``
+    (:class:`hubbub.session.ClientSession`). It is no echo server: a message
+    that is not a protocol command closes the connection with 3501, and the
+    suite's payloads are fixed bytes, so no RPC or publication can be made to
+    echo them. This target runs only :data:`PROTOCOL_CASES`: the 140 cases of
+    groups 2-7 whose expected outcomes contain no echoed message (pings,
+    refused frames and fragments, invalid UTF-8, the closing handshake), with
+    the protocol session behind the connection (``--quick`` does not narrow
+    them: about 10 s). Cases 12 and 13 all expect an echo: not run on this target.
 
 Usage::
 
-    python3 tools/autobahn.py            # case groups 1-7, 9, 10 (about 30 s)
+    python3 tools/autobahn.py            # the relay: case groups 1-7, 9, 10 (about 30 s)
+    python3 tools/autobahn.py --target endpoint                 # the same cases, on a framework endpoint
+    python3 tools/autobahn.py --target protocol                 # PROTOCOL_CASES (about 10 s)
     python3 tools/autobahn.py --quick    # a subset (a few seconds)
     python3 tools/autobahn.py --cases '6.*' '7.1.*' --keep-reports reports/
     python3 tools/autobahn.py --setup ~/.cache/hubbub-autobahn   # make the Python 2.7 virtualenv
@@ -20,15 +51,22 @@ What it does:
    ``$AUTOBAHN_PYTHON``, the interpreter of a ``wstest`` on ``PATH``, then a few
    usual virtualenv places). If there is none it prints why and exits **0**
    (skipped): the suite needs Python 2.7, which CI machines may not have;
-2. starts ``hubbub serve --port 0`` itself, with
-   ``--max-message-size 16777216`` (case group 9 sends messages of up to
-   16 MiB; the default limit, 64 KiB, would close them with 1009) and
+2. starts ``hubbub serve --port 0`` itself (``hubbub run autobahn_echo:app
+   --port 0`` for ``--target endpoint``, with the same limits as ``HUBBUB_*``
+   variables), with ``--max-message-size 16777216`` (case group 9 sends
+   messages of up to 16 MiB; the default limit, 64 KiB, would close them with 1009) and
    ``--max-pending-output 67108864`` (the 16 MiB echo must fit in one
-   connection's pending output; the default, 1 MiB, would close it with 3008);
+   connection's pending output; the default, 1 MiB, would close it with 3008)
+   and ``--ping-interval 0``: the suite does not test keepalive, and on a
+   loaded machine a server ping queued behind a 8 MiB echo (case 9.1.5) was
+   answered later than ``pong_timeout`` and closed the case with 1011
+   ("keepalive ping timeout"; seen once on the relay);
 3. runs ``wstest -m fuzzingclient`` through a small Python 2 driver that gives
    every test case its own channel: case 6.4.3 connects to
    ``ws://127.0.0.1:PORT/ws/echo-6.4.3``, so a connection of an earlier case
-   that is still closing can never receive a later case's messages;
+   that is still closing can never receive a later case's messages (its own
+   URL on the other targets: ``/autobahn/6.4.3``,
+   ``/connection/websocket?case=6.4.3``);
 4. reads the suite's JSON report and prints the counts OK / NON-STRICT /
    INFORMATIONAL / UNIMPLEMENTED / FAILED and the reason of every case that is
    not OK.
@@ -42,9 +80,8 @@ Case groups 12 and 13 test permessage-deflate (``websocket_compression``, off
 by default). ``--compression-cases`` runs them, with the hub's
 ``HUBBUB_WEBSOCKET_COMPRESSION=true``; ``--compression-only`` runs only them
 (``--cases`` narrows them to a subset; with ``--quick``, a subset of every
-subgroup: :data:`COMPRESSION_QUICK_CASES`, a few minutes). The protocol endpoint is no echo server
-(it answers Centrifugo commands only), so the suite targets the relay; both
-endpoints share the same connection code (framing, compression, inflation).
+subgroup: :data:`COMPRESSION_QUICK_CASES`, a few minutes), on the relay or
+the framework endpoint.
 
 Setting up the suite (Python 2.7 only; ``--setup DIR`` does these steps)::
 
@@ -115,6 +152,31 @@ KNOWN = {
     "7.13.1": "INFORMATIONAL: close code 5000 (out of range) is answered with 1002",
     "7.13.2": "INFORMATIONAL: close code 65535 (out of range) is answered with 1002",
 }
+
+#: What ``--target`` names, and the URL each case connects to (the case id is appended).
+TARGET_NAMES = {"relay": "relay", "endpoint": "framework endpoint", "protocol": "protocol endpoint"}
+TARGETS = list(TARGET_NAMES)
+CASE_PATHS = {"relay": "/ws/echo-", "endpoint": "/autobahn/", "protocol": "/connection/websocket?case="}
+
+#: ``--target protocol``: the cases of groups 1-7 and 10 whose expected outcomes (every outcome
+#: a case accepts, OK or NON-STRICT) contain no echoed message: control frames (pings, pongs),
+#: frames and fragments the server must refuse, invalid UTF-8, the closing handshake. Derived
+#: from the suite's own expectations (autobahntestsuite 25.10.1: each case's ``expected``
+#: after ``onOpen``, with no ``("message", ...)`` entry), not from which cases pass. No complete
+#: valid message reaches the session in these cases, so the protocol endpoint's rule (a frame
+#: that is not a protocol command closes with 3501) never comes into play.
+PROTOCOL_CASES = (
+    [f"2.{n}" for n in range(1, 12)] + ["3.1", "3.5", "3.6", "3.7", "4.1.1", "4.1.2", "4.2.1", "4.2.2"]
+    + ["5.1", "5.2"] + [f"5.{n}" for n in range(9, 15)] + ["5.16", "5.17", "5.18"]
+    + ["6.3.1", "6.3.2", "6.4.1", "6.4.2", "6.4.3", "6.4.4", "6.6.1", "6.6.3", "6.6.4", "6.6.6", "6.6.8",
+       "6.6.10", "6.8.1", "6.8.2", "6.10.1", "6.10.2", "6.10.3", "6.11.5"]
+    + [f"6.12.{n}" for n in range(1, 9)] + [f"6.13.{n}" for n in range(1, 6)]
+    + [f"6.14.{n}" for n in range(1, 11)] + ["6.15.1"] + [f"6.16.{n}" for n in range(1, 4)]
+    + [f"6.{g}.{n}" for g in (17, 18, 19) for n in range(1, 6)] + [f"6.20.{n}" for n in range(1, 8)]
+    + [f"6.21.{n}" for n in range(1, 9)]
+    + ["7.1.2", "7.1.3", "7.1.4", "7.1.5"] + [f"7.3.{n}" for n in range(1, 7)] + ["7.5.1"]
+    + [f"7.7.{n}" for n in range(1, 14)] + [f"7.9.{n}" for n in range(1, 10)] + ["7.13.1", "7.13.2"]
+)
 
 STATUSES = ["OK", "NON-STRICT", "INFORMATIONAL", "UNIMPLEMENTED", "FAILED"]
 
@@ -224,15 +286,29 @@ def setup(directory: Path) -> int:
 # -- the hub ---------------------------------------------------------------------------------
 
 
-class Hub:
-    """``hubbub serve --port 0`` in a subprocess; its port is read from its log."""
+def hub_command(target: str) -> tuple[list[str], dict[str, str]]:
+    """The command (and environment) that serves ``target`` on a free port: ``hubbub serve``
+    for the relay and the protocol endpoint; ``hubbub run autobahn_echo:app`` (tools/ is on
+    ``PYTHONPATH``) for the framework endpoint, whose app reads the same limits from
+    ``HUBBUB_*`` variables."""
+    if target == "endpoint":
+        return ([sys.executable, "-m", "hubbub", "run", "autobahn_echo:app", "--port", "0"],
+                {"HUBBUB_MAX_MESSAGE_SIZE": str(MAX_MESSAGE_SIZE),
+                 "HUBBUB_MAX_PENDING_OUTPUT": str(MAX_PENDING_OUTPUT), "HUBBUB_PING_INTERVAL": "0"})
+    return ([sys.executable, "-m", "hubbub", "serve", "--port", "0", "--max-message-size", str(MAX_MESSAGE_SIZE),
+             "--max-pending-output", str(MAX_PENDING_OUTPUT), "--ping-interval", "0"], {})
 
-    def __init__(self, extra: list[str], env: dict[str, str] | None = None) -> None:
-        args = [sys.executable, "-m", "hubbub", "serve", "--port", "0",
-                "--max-message-size", str(MAX_MESSAGE_SIZE),
-                "--max-pending-output", str(MAX_PENDING_OUTPUT), *extra]
-        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
+
+class Hub:
+    """``hubbub serve --port 0`` (or another ``command``) in a subprocess; its port is read from its log."""
+
+    def __init__(self, extra: list[str], env: dict[str, str] | None = None, *, target: str = "relay") -> None:
+        args, target_env = hub_command(target)
+        args += extra
+        env = {**target_env, **(env or {})}
+        path = os.pathsep.join(filter(None, [str(ROOT / "tools"), os.environ.get("PYTHONPATH")]))
+        self.proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=ROOT,
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path, **(env or {})})
         self.lines: list[str] = []
         self.port = 0
         deadline = time.monotonic() + 20
@@ -308,6 +384,9 @@ def summarize(index: dict, report_dir: Path) -> tuple[collections.Counter, list[
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--target", choices=TARGETS, default="relay",
+                        help="what the suite connects to: the relay (default), a framework endpoint that echoes "
+                        "(tools/autobahn_echo.py), or the protocol endpoint (only the cases that need no echo)")
     parser.add_argument("--quick", action="store_true", help="a subset of the cases (a few seconds)")
     parser.add_argument("--cases", nargs="+", metavar="PATTERN", help="case patterns, e.g. '6.*' 7.1.5")
     parser.add_argument("--compression-cases", action="store_true",
@@ -335,14 +414,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     compression = args.compression_cases or args.compression_only
-    if args.compression_only:
+    if args.target == "protocol":
+        if compression:
+            print("autobahn: --target protocol runs no case of groups 12 and 13: each of them expects its "
+                  "messages echoed, and the protocol endpoint echoes none", file=sys.stderr)
+            return 2
+        cases = list(args.cases or PROTOCOL_CASES)
+    elif args.compression_only:
         cases = list(args.cases or (COMPRESSION_QUICK_CASES if args.quick else COMPRESSION_CASES))
     else:
         cases = list(args.cases or (QUICK_CASES if args.quick else DEFAULT_CASES))
         if args.compression_cases and not args.cases:
             cases += COMPRESSION_CASES
     compression = compression or any(c.startswith(("12.", "13.")) for c in cases)
-    if not compression:
+    if not compression and args.target != "protocol":
         print("autobahn: case groups 12 and 13 (permessage-deflate) are not run "
               "(--compression-cases or --compression-only runs them)")
 
@@ -351,23 +436,24 @@ def main(argv: list[str] | None = None) -> int:
     report_dir = (args.keep_reports.resolve() if args.keep_reports else work / "reports")
     report_dir.mkdir(parents=True, exist_ok=True)
     try:
-        hub = Hub([], {"HUBBUB_WEBSOCKET_COMPRESSION": "true" if compression else "false"})
+        hub = Hub([], {"HUBBUB_WEBSOCKET_COMPRESSION": "true" if compression else "false"}, target=args.target)
     except RuntimeError as exc:
         print(f"autobahn: {exc}", file=sys.stderr)
         return 2
     started = time.monotonic()
+    base = f"ws://127.0.0.1:{hub.port}{CASE_PATHS[args.target]}"
     try:
         spec = {
             "outdir": str(report_dir),
-            "servers": [{"agent": "hubbub", "url": f"ws://127.0.0.1:{hub.port}/ws/echo"}],
-            "hubbub_base_url": f"ws://127.0.0.1:{hub.port}/ws/echo-",
+            "servers": [{"agent": "hubbub", "url": base + "1"}],
+            "hubbub_base_url": base,
             "cases": cases,
             "exclude-cases": [],
             "exclude-agent-cases": {},
         }
         (work / "spec.json").write_text(json.dumps(spec))
         (work / "driver.py").write_text(DRIVER)
-        print(f"autobahn: hubbub on port {hub.port}; wstest ({python}) runs cases {' '.join(cases)}", flush=True)
+        print(f"autobahn: hubbub ({TARGET_NAMES[args.target]}) on port {hub.port}; wstest ({python}) runs cases {' '.join(cases)}", flush=True)
         with open(work / "wstest.log", "w") as log:
             try:
                 run = subprocess.run([python, str(work / "driver.py"), str(work / "spec.json")],
@@ -389,7 +475,7 @@ def main(argv: list[str] | None = None) -> int:
 
     counts, notes = summarize(index, report_dir)
     total = sum(counts.values())
-    print(f"\nAutobahn|Testsuite against hubbub's relay: {total} cases in {elapsed:.0f} s"
+    print(f"\nAutobahn|Testsuite against hubbub's {TARGET_NAMES[args.target]}: {total} cases in {elapsed:.0f} s"
           + (" (websocket_compression on)" if compression else ""))
     print("  " + "  ".join(f"{s}: {counts.get(s, 0)}" for s in STATUSES))
     unimplemented = [case for case, status, _ in notes if status == "UNIMPLEMENTED"]
