@@ -617,9 +617,10 @@ class Connection(Writer, asyncio.Protocol):
         """Send ``response`` (the 101 that websockets made, or the bytes of
         :func:`accept_response`) or, with a ``refusal``, an HTTP error instead."""
         ws = self._ws
-        if ws is None:
+        if ws is None and refusal is not None:
             ws = self._ws = self._new_protocol(State.CONNECTING)  # websockets writes the refusal
         if refusal is not None:
+            assert ws is not None
             if self.session is not None:
                 self.session.closed = True
                 self.session.on_closed()
@@ -635,6 +636,7 @@ class Connection(Writer, asyncio.Protocol):
             self.write_control(response)
             self._ws = None  # made in the OPEN state when frames arrive (ws)
         else:
+            assert ws is not None
             ws.send_response(response)
             self._pull_ws_writes(control=True)
             # A fresh parser in the OPEN state starts with frame parsing
@@ -655,7 +657,7 @@ class Connection(Writer, asyncio.Protocol):
         rest, self._head = self._head, None
         if rest:
             self._feed_ws(bytes(rest))
-        else:
+        elif self._ws is not None:
             self._process_ws_events()
         self._resume(_PAUSED_PENDING)
 
