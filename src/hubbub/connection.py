@@ -199,6 +199,13 @@ class Connection(Writer, asyncio.Protocol):
         ws.id = _SHARED_WS_ID
         return ws
 
+    def _drop_protocol(self) -> None:
+        """Let go of websockets' protocol object: its parser generator's suspended frame
+        holds the protocol (a cycle); closing it frees both by reference counting."""
+        ws, self._ws = self._ws, None
+        if ws is not None:
+            ws.parser.close()
+
     def _new_http(self) -> h11.Connection:
         """h11's connection, made for the first request that is not a WebSocket upgrade."""
         if self.http is None:
@@ -634,7 +641,7 @@ class Connection(Writer, asyncio.Protocol):
         assert response is not None
         if isinstance(response, bytes):
             self.write_control(response)
-            self._ws = None  # made in the OPEN state when frames arrive (ws)
+            self._drop_protocol()  # made in the OPEN state when frames arrive (ws)
         else:
             assert ws is not None
             ws.send_response(response)
@@ -714,7 +721,7 @@ class Connection(Writer, asyncio.Protocol):
             self.open = False
             self._arm_close_timer()
         elif events and self._ws is ws and _quiet(ws):
-            self._ws = None  # a fresh one is the same parser (ws): memory per idle connection
+            self._drop_protocol()  # a fresh one is the same parser (ws): memory per idle connection
 
     def _handle_frames(self, events: list[Any]) -> None:
         for frame in events:
