@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import collections
 import gc
-import os
 import resource
 import subprocess
 import sys

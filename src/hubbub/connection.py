@@ -41,6 +41,7 @@ from .compression import extension_factories, negotiated_frames
 from .core import PENDING
 from .http import HTTPRequest, HTTPResponse
 from .outbox import FrameEncoder
+from .stats import Stats
 from .transport import Host, WebSocketSession
 from .writer import Writer
 
@@ -95,6 +96,36 @@ _PARSE_CODE = Protocol_.parse.__code__
 _AT_EOF_CODE = StreamReader.at_eof.__code__
 
 
+class _Partial:
+    """A fragmented message under way (RFC 6455 5.4): its kind, its fragments so far,
+    and for text the incremental UTF-8 check."""
+
+    __slots__ = ("binary", "parts", "utf8")
+
+    def __init__(self, binary: bool) -> None:
+        self.binary = binary
+        self.parts: list[bytes] = []
+        self.utf8: codecs.IncrementalDecoder | None = None
+
+
+def _valid_utf8(partial: _Partial | None, data: bytes | bytearray | memoryview, fin: bool) -> bool:
+    """Whether text is valid UTF-8 so far: a whole message at once; the first fragment
+    of a message is checked where its :class:`_Partial` is made; a later one by the
+    message's incremental decoder."""
+    try:
+        if partial is None:
+            if fin:
+                codecs.utf_8_decode(data, "strict", True)
+            else:
+                codecs.getincrementaldecoder("utf-8")().decode(data, False)
+            return True
+        assert partial.utf8 is not None
+        partial.utf8.decode(data, fin)
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
 def _at_frame_boundary(ws: ServerProtocol) -> bool:
     """Whether websockets' parser waits for the next frame with nothing buffered."""
     parser = ws.parser  # ServerProtocol.parse -> Protocol.parse -> StreamReader.at_eof
@@ -131,9 +162,9 @@ class Connection(Writer, asyncio.Protocol):
 
     # slots: an idle connection's memory is mostly this object (see docs/benchmarks.md)
     __slots__ = (
-        "host", "config", "stats", "peer", "http", "_head", "_scanned", "_http_request", "_http_body",
-        "_http_body_size", "_http_task", "session", "request", "_inbox", "_worker", "_paused", "_fragments",
-        "_fragments_binary", "_utf8", "_close_timer", "_close_counted", "deadline", "ping_slot", "_held",
+        "host", "config", "peer", "http", "_head", "_scanned", "_http_request", "_http_body",
+        "_http_body_size", "_http_task", "session", "request", "_inbox", "_worker", "_paused", "_partial",
+        "_close_timer", "_close_counted", "deadline", "ping_slot", "_held",
         "chunked", "frames", "_ws", "_upgraded",
     )
 
@@ -142,7 +173,6 @@ class Connection(Writer, asyncio.Protocol):
         super().__init__(host.flusher, config.max_pending_output, host.stats)
         self.host = host
         self.config = config
-        self.stats = host.stats
         self.peer: tuple[str, int] | None = None
         # h11 only for plain HTTP: made when a request is not a WebSocket upgrade (_h11)
         self.http: h11.Connection | None = None
@@ -162,9 +192,7 @@ class Connection(Writer, asyncio.Protocol):
         self._inbox: collections.deque[tuple[bytes, bool] | None] | None = None
         self._worker: asyncio.Task[None] | None = None
         self._paused = 0  # why reading is paused: _PAUSED_INBOX | _PAUSED_PENDING bits
-        self._fragments: list[bytes] | None = None  # only while a fragmented message arrives
-        self._fragments_binary = False
-        self._utf8: codecs.IncrementalDecoder | None = None  # only for fragmented text
+        self._partial: _Partial | None = None  # only while a fragmented message arrives
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_counted = False
         self.deadline = time.monotonic() + config.handshake_timeout
@@ -187,6 +215,11 @@ class Connection(Writer, asyncio.Protocol):
         if ws is None and self._upgraded:
             ws = self._ws = self._new_protocol(State.OPEN)
         return ws
+
+    @property
+    def stats(self) -> Stats:
+        """The server's counters (the :class:`~hubbub.writer.Writer`'s)."""
+        return self._stats
 
     def _protocol(self) -> ServerProtocol:
         """:attr:`ws` of a WebSocket connection (never ``None``)."""
@@ -223,7 +256,7 @@ class Connection(Writer, asyncio.Protocol):
         self.host.connection_opened(self)
 
     def data_received(self, data: bytes) -> None:
-        self.stats.bytes_in += len(data)
+        self._stats.bytes_in += len(data)
         if self.chunked is not None:
             return  # a streaming response is under way: nothing more is read (and nothing kept)
         if self._upgraded:
@@ -716,7 +749,7 @@ class Connection(Writer, asyncio.Protocol):
         self._pull_ws_writes(control=True)
         if ws.close_sent is not None and ws.close_rcvd is None and not self._close_counted:
             self._close_counted = True  # the protocol layer failed the connection (1002, 1007, 1009)
-            self.stats.disconnects[ws.close_sent.code] += 1
+            self._stats.disconnects[ws.close_sent.code] += 1
         if ws.state is State.CLOSED or ws.close_expected():
             self.open = False
             self._arm_close_timer()
@@ -728,51 +761,41 @@ class Connection(Writer, asyncio.Protocol):
             if not isinstance(frame, Frame):
                 continue
             op = frame.opcode
+            partial = self._partial
             if op is Opcode.TEXT or op is Opcode.BINARY:
-                self._fragments_binary = op is Opcode.BINARY
-                self._fragments = None
-            elif op is not Opcode.CONT:
+                binary = op is Opcode.BINARY
+                partial = self._partial = None
+            elif op is Opcode.CONT and partial is not None:
+                binary = partial.binary
+            else:
                 if op is Opcode.PONG and self.session is not None:
                     self.session.pong()
                 continue
             data = frame.data
-            if not self._fragments_binary and not self._valid_utf8(data, op is Opcode.TEXT, frame.fin):
+            if not binary and not _valid_utf8(partial, data, frame.fin):
                 self._protocol().fail(1007, "invalid UTF-8")
                 return
             if not frame.fin:
-                if self._fragments is None:
-                    self._fragments = []
-                self._fragments.append(bytes(data))
+                if partial is None:
+                    partial = self._partial = _Partial(binary)
+                    if not binary:  # check text as it arrives, failing inside the fragment that breaks it
+                        partial.utf8 = codecs.getincrementaldecoder("utf-8")()
+                        partial.utf8.decode(data, False)
+                partial.parts.append(bytes(data))
                 continue
-            if self._fragments:
-                self._fragments.append(bytes(data))
-                payload = b"".join(self._fragments)
-                self._fragments = None
+            if partial is not None:
+                partial.parts.append(bytes(data))
+                payload = b"".join(partial.parts)
+                self._partial = None
             else:
                 payload = bytes(data)
-            self._receive(payload, self._fragments_binary)
-
-    def _valid_utf8(self, data: bytes | bytearray | memoryview, first: bool, fin: bool) -> bool:
-        """Check text as it arrives: a whole message at once, a fragmented one
-        incrementally (failing fast, inside the fragment that breaks it)."""
-        try:
-            if first and fin:
-                codecs.utf_8_decode(data, "strict", True)
-                return True
-            if first or self._utf8 is None:
-                self._utf8 = codecs.getincrementaldecoder("utf-8")()
-            self._utf8.decode(data, fin)
-            if fin:
-                self._utf8 = None
-            return True
-        except UnicodeDecodeError:
-            return False
+            self._receive(payload, binary)
 
     def _receive(self, payload: bytes, binary: bool) -> None:
         session = self.session
         if session is None or session.closed:
             return
-        self.stats.messages_in += 1
+        self._stats.messages_in += 1
         if payload == b"{}" and not binary and session.inline_pong:
             session.pong()  # a protocol pong: no task, no queueing
             return
@@ -856,14 +879,14 @@ class Connection(Writer, asyncio.Protocol):
             return
         if self._held is not None:  # the client closed; answer with our code instead
             self._close_counted = True
-            self.stats.disconnects[code] += 1
+            self._stats.disconnects[code] += 1
             data = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
             self._release_close(Frame(Opcode.CLOSE, Close(code, data).serialize()).serialize(mask=False))
             return
         self.open = False
         if self._protocol().state is State.OPEN:
             self._close_counted = True
-            self.stats.disconnects[code] += 1
+            self._stats.disconnects[code] += 1
             data = reason.encode()[:MAX_CLOSE_REASON].decode(errors="ignore")
             self._protocol().send_close(code, data)
             self._pull_ws_writes(control=True)
@@ -1061,9 +1084,10 @@ def parse_upgrade(head: bytes, compression: bool) -> tuple[str, dict[str, str], 
             parse_subprotocol(headers["sec-websocket-protocol"])  # websockets' check: a malformed one is a 400
     except (binascii.Error, InvalidHandshake):
         return None
-    for name in _UPGRADE_HEADERS:
-        headers.pop(name, None)
-    return found.url.decode("ascii"), headers, key
+    # a dict of its own size (the parser's grew with the upgrade's headers), values interned:
+    # every client of a deployment sends the same Host and Origin (memory per connection)
+    kept = {name: sys.intern(value) for name, value in headers.items() if name not in _UPGRADE_HEADERS}
+    return found.url.decode("ascii"), kept, key
 
 
 _date: list[Any] = [0, b""]
