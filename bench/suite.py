@@ -1780,6 +1780,7 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
     lines += ["", rep.table_w6(), ""]
     lines += sustained_section(suite)
     lines += storm_section(suite)
+    lines += per_connection_section()
     lines += where_the_time_goes(suite)
     lines += compression_section()
     lines += [
@@ -1976,6 +1977,17 @@ def compression_section() -> list[str]:
     """The permessage-deflate figures of ``bench/compression.py --docs-section``
     (``bench/results/compression.md``), as they are; nothing if there are none."""
     path = Path(__file__).resolve().parent / "results" / "compression.md"
+    if not path.is_file():
+        return []
+    return path.read_text().rstrip("\n").split("\n") + [""]
+
+
+def per_connection_section() -> list[str]:
+    """What a connection costs (issue 24: connect CPU, idle bytes, the profiles before and
+    after, every candidate tried), from ``bench/results/per-connection.md`` as it is
+    (written from ``bench/connect_cpu.py`` and ``bench/idle_bytes.py`` runs); nothing if
+    there is none."""
+    path = Path(__file__).resolve().parent / "results" / "per-connection.md"
     if not path.is_file():
         return []
     return path.read_text().rstrip("\n").split("\n") + [""]

@@ -38,6 +38,7 @@ from websockets.streams import StreamReader
 
 from .codes import DisconnectCode
 from .compression import extension_factories, negotiated_frames
+from .config import Config
 from .core import PENDING
 from .http import HTTPRequest, HTTPResponse
 from .outbox import FrameEncoder
@@ -162,7 +163,7 @@ class Connection(Writer, asyncio.Protocol):
 
     # slots: an idle connection's memory is mostly this object (see docs/benchmarks.md)
     __slots__ = (
-        "host", "config", "peer", "http", "_head", "_scanned", "_http_request", "_http_body",
+        "host", "peer", "http", "_head", "_scanned", "_http_request", "_http_body",
         "_http_body_size", "_http_task", "session", "request", "_inbox", "_worker", "_paused", "_partial",
         "_close_timer", "_close_counted", "deadline", "ping_slot", "_held",
         "chunked", "frames", "_ws", "_upgraded",
@@ -172,7 +173,6 @@ class Connection(Writer, asyncio.Protocol):
         config = host.config
         super().__init__(host.flusher, config.max_pending_output, host.stats)
         self.host = host
-        self.config = config
         self.peer: tuple[str, int] | None = None
         # h11 only for plain HTTP: made when a request is not a WebSocket upgrade (_h11)
         self.http: h11.Connection | None = None
@@ -215,6 +215,11 @@ class Connection(Writer, asyncio.Protocol):
         if ws is None and self._upgraded:
             ws = self._ws = self._new_protocol(State.OPEN)
         return ws
+
+    @property
+    def config(self) -> Config:
+        """The server's settings."""
+        return self.host.config
 
     @property
     def stats(self) -> Stats:
@@ -348,7 +353,7 @@ class Connection(Writer, asyncio.Protocol):
                 session.on_closed()
             except Exception:
                 log.exception("error while closing a session")
-        self._out.clear()
+        self._out = None
         self.host.connection_closed(self)
         # Drop what refers back to this connection, so it is freed by reference
         # counting alone, without waiting for the cyclic garbage collector
