@@ -109,7 +109,7 @@ HUBBUB_TEXT = Peer(
     "through the hub as relay messages",
     requires=("hubbub",),
     packages=("hubbub",),
-    workloads=("1", "2", "3", "4"),
+    workloads=("1", "2", "3", "4", "7"),
 )
 WEBSOCKETS = Peer(
     name="websockets",
@@ -156,7 +156,7 @@ TRIVIAL_CENTRIFUGO = Peer(
     channels=Target("/connection/websocket", "centrifugo"),
     what="the load generator's ceiling in Centrifugo JSON mode: trivial answers connect/subscribe/publish "
     "commands and sends each push, encoded once, to every member",
-    workloads=("1", "3"),
+    workloads=("1", "3", "7"),
 )
 TRIVIAL_PROTOBUF = Peer(
     name="trivial-protobuf",

@@ -216,6 +216,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--timeout", type=float, default=120.0, help="delivery phase limit per run, s")
     parser.add_argument("--python", default=sys.executable, help="interpreter for the server processes")
     parser.add_argument("--json-out", type=Path, help="also write all results to this JSON file")
+    parser.add_argument("--w7-seconds", type=float, default=None,
+                        help="suite: seconds per run of workload 7 (sustained load; full: 10)")
+    parser.add_argument("--w7-subscribers", default=None,
+                        help="suite: workload 7's subscriber counts on one channel, comma separated (full: 1000,10000)")
+    parser.add_argument("--w8-clients", type=int, default=None,
+                        help="suite: clients of workload 8 (reconnect storm; full: 15000)")
     args = parser.parse_args(argv)
     names = args.servers.split(",") if args.servers else (
         list(PEERS) if (args.suite or args.quick) else list(DEFAULT_SERVERS)

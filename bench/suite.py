@@ -1,4 +1,4 @@
-"""The benchmark suite: six workloads against every peer, one after another.
+"""The benchmark suite: eight workloads against every peer, one after another.
 
 Run it with ``python bench/run.py --suite`` (full) or ``--quick`` (a small
 version of every workload, under a minute).  Every server runs alone in its
@@ -29,6 +29,12 @@ Workloads (figures at full scale; ``--quick`` shrinks them):
 6. Redis: workload 1 against ``hubbub serve --workers 2 --broker redis://``
    (and one process with the Redis broker) vs one process with the memory
    broker.
+7. Sustained load: for 1,000 and 10,000 subscribers on one channel and for
+   workload 3's many channels, the highest publication rate that keeps p99
+   latency at or under 50 ms for 10 s (doubling, then bisection).
+8. Reconnect storm: 15,000 clients, the server SIGKILLed and restarted on the
+   same port; clients reconnect as the SDKs do (first try within 0-500 ms,
+   jittered backoff) -> kill to all back, server CPU, peak RSS.
 
 Then a profile of hubbub under workload 1 (py-spy attached to the server)
 gives "Where the time goes".  The results, the machine and the package
@@ -110,6 +116,16 @@ class Scale:
     w6_runs: int = 1
     #: workload 6's many-channels rows: publications (0: w3_messages)
     w6_many_messages: int = 0
+    #: workload 7 (sustained load): subscriber counts on one channel, clients of the many-channels
+    #: row (0: none), seconds per trial, first rate tried (publications/s), trials per search
+    w7_subscribers: tuple[int, ...] = (1000, 10_000)
+    w7_many_clients: int = 10_000
+    w7_seconds: float = 10.0
+    w7_start_rate: float = 100.0
+    w7_trials: int = 9
+    #: workload 8 (reconnect storm): clients, and the longest wait for all to be back (s)
+    w8_clients: int = 15_000
+    w8_timeout: float = 60.0
 
     def skips(self, workload: str, name: str) -> bool:
         return any(w == workload and name in names for w, names in self.skip)
@@ -159,6 +175,12 @@ QUICK = Scale(
     ),
     w2_own_for=("hubbub",),
     w6_variants=("hubbub-memory", "hubbub-redis-2p", "hubbub-redis-2w"),
+    w7_subscribers=(500,),
+    w7_many_clients=1000,
+    w7_seconds=1.0,
+    w7_trials=4,
+    w8_clients=1000,
+    w8_timeout=20.0,
 )
 
 
@@ -488,7 +510,7 @@ class Suite:
     def from_results(cls, args: argparse.Namespace, results: dict) -> Suite:
         """A suite holding the results of an earlier run (``--render``)."""
         scale_fields = dict(results["scale"])
-        for key in ("w1_subscribers", "w6_subscribers", "w6_variants", "w2_own_for"):
+        for key in ("w1_subscribers", "w6_subscribers", "w6_variants", "w2_own_for", "w7_subscribers"):
             if isinstance(scale_fields.get(key), list):
                 scale_fields[key] = tuple(scale_fields[key])
         scale_fields["skip"] = tuple((w, tuple(n)) for w, n in scale_fields.get("skip", ()))
@@ -532,6 +554,142 @@ class Suite:
             chosen["runs"] = [_connect_rate(o) for o in outcomes]
             section[peer.name] = chosen
         self.results["workloads"]["5"] = section
+
+    #: workload 7's servers (those not in --servers are left out)
+    W7_PEERS = ("hubbub", "hubbub-protocol", "hubbub-protobuf", "hubbub-text", "socketify", "websockets",
+                "trivial", "trivial-centrifugo")
+    #: workload 7's latency bound (ms) on p99
+    W7_P99_MS = 50.0
+
+    def w7(self) -> None:
+        """Workload 7, sustained load: for each row (``w7_subscribers`` on one channel, and
+        workload 3's many channels) and server, the highest publication rate whose run of
+        ``w7_seconds`` keeps p99 publish-to-receive latency at or under 50 ms, found by
+        doubling from ``w7_start_rate`` until a rate fails, then bisecting (at most
+        ``w7_trials`` runs per search; each run starts the server afresh)."""
+        s = self.scale
+        section: dict = {"p99_ms": self.W7_P99_MS, "seconds": s.w7_seconds, "rows": {}}
+        self.results["workloads"]["7"] = section
+        rows: list[tuple[str, str, int]] = [(str(n), "fanout", n) for n in s.w7_subscribers]
+        if s.w7_many_clients:
+            rows.append(("many", "channels", s.w7_many_clients))
+        for row, kind, clients in rows:
+            out: dict = {}
+            for peer in self.runs("7"):
+                if peer.name not in self.W7_PEERS:
+                    continue
+                target = peer.fanout if kind == "fanout" else peer.channels
+                if target is None or (kind == "fanout" and peer.name == "trivial-centrifugo") \
+                        or (kind == "channels" and peer.name == "hubbub-protocol"):
+                    continue  # hubbub's many-channels row is already the protocol endpoint
+                log(f"- workload 7: {peer.name}, {row} ({clients} clients), search for p99 <= {self.W7_P99_MS:g} ms")
+                out[peer.name] = self.sustained(peer, target.path, target.mode, kind, clients)
+            section["rows"][row] = out
+
+    def sustained(self, peer: Peer, path: str, mode: str, kind: str, clients: int) -> dict:
+        """One search of workload 7: the highest passing rate, and every trial."""
+        s = self.scale
+        trials: list[dict] = []
+        passed: float | None = None
+        failed: float | None = None
+        rate = s.w7_start_rate
+        while len(trials) < s.w7_trials:
+            messages = max(10, int(rate * s.w7_seconds))
+            args = ["--subscribers", str(clients), "--messages", str(messages), "--rate", f"{rate:g}",
+                    "--size", "100", "--sample-every", "10", "--timeout", str(s.w7_seconds + 30)]
+            if kind == "channels":
+                args += ["--groups", str(max(1, clients // 100))]
+            args += _window(mode)
+            outcome = self.measure(peer, path, mode, args, timeout=s.w7_seconds + 30)
+            rep = outcome.get("report") or {}
+            p99 = (rep.get("latency_ms") or {}).get("p99")
+            took = (rep.get("publish_duration_s") or rep.get("publish_s") or 0.0)
+            ok = bool(rep.get("complete")) and p99 is not None and p99 <= self.W7_P99_MS
+            trials.append({"rate": rate, "ok": ok, "p99_ms": p99, "complete": bool(rep.get("complete")),
+                           "deliveries_per_s": rep.get("deliveries_per_s"), "publish_s": took or None,
+                           "error": outcome.get("error"), "generator_busy": rep.get("subscriber_cpu_share")})
+            if ok:
+                passed = rate
+            else:
+                failed = rate
+            if failed is None:
+                rate *= 2
+            elif passed is None:
+                rate /= 4
+                if rate < 1:
+                    break
+            else:
+                if failed / passed <= 1.15:
+                    break
+                rate = round((passed + failed) / 2, 1)
+        best = max((t for t in trials if t["ok"]), key=lambda t: t["rate"], default=None)
+        return {"server": peer.name, "max_rate": passed, "first_failed": failed, "trials": trials,
+                "best": best, "deliveries_per_s_at_max": best["deliveries_per_s"] if best else None}
+
+    #: workload 8's servers
+    W8_PEERS = ("hubbub", "hubbub-protocol", "socketify", "websockets", "trivial")
+    #: workload 8: connection attempts in flight at once (the listen backlog of the servers is 4096 or less)
+    W8_IN_FLIGHT = 2000
+
+    def w8(self) -> None:
+        """Workload 8, reconnect storm: ``w8_clients`` clients connect (and subscribe), the
+        server is SIGKILLed and started again on the same port, and every client reconnects
+        as the SDKs do (first try within 0-500 ms, then jittered backoff) and subscribes
+        again. Kill -> all back, the new server process's CPU during the storm (from its
+        start until the last client is back) and its peak RSS."""
+        s = self.scale
+        section: dict = {"clients": s.w8_clients}
+        self.results["workloads"]["8"] = section
+        for peer in self.runs("8"):
+            if peer.name not in self.W8_PEERS:
+                continue
+            log(f"- workload 8: {peer.name}, {s.w8_clients} clients, SIGKILL and restart")
+            section[peer.name] = self.storm(peer, s.w8_clients, s.w8_timeout)
+
+    def storm(self, peer: Peer, clients: int, timeout: float) -> dict:
+        outcome: dict = {"server": peer.name}
+        started = time.monotonic()
+        meter = CpuMeter()
+        server = None
+        try:
+            with self.server(peer) as server:
+                argv = connectgen_argv(server.port, peer.fanout.path, peer.fanout.mode, clients, timeout, server.pid)
+                # every client on its own, as SDKs are: up to W8_IN_FLIGHT attempts at once (not workload 5's 100)
+                argv += ["--reconnect-delay", "0.5", "--connect-timeout", str(timeout + 60),
+                         "--connect-concurrency", str(self.W8_IN_FLIGHT)]
+                proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
+                try:
+                    line = _read_line(proc, timeout + 120)
+                    if line is None or '"event"' not in line:
+                        raise RuntimeError(f"no ready event from connectgen: {line!r}")
+                    kill_ns = time.time_ns()
+                    server.restart()
+                    outcome["restart_listening_s"] = round(server.wait_listening(), 3)
+                    listening_ns = time.time_ns()
+                    out, _ = proc.communicate(timeout=timeout + 60)
+                    cpu = _proc_cpu_s(server.pid)
+                    outcome["server_cpu_s"] = None if cpu is None else round(cpu, 3)
+                    outcome["peak_rss_mb"] = server.peak_rss_mb()
+                finally:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+                lines = out.strip().splitlines()
+                if not lines:
+                    raise RuntimeError("connectgen produced no report")
+                report = json.loads(lines[-1])
+                if report.get("last_ready_ns"):
+                    report["reconnect_from_kill_s"] = round((report["last_ready_ns"] - kill_ns) / 1e9, 3)
+                    report["reconnect_from_listening_s"] = round((report["last_ready_ns"] - listening_ns) / 1e9, 3)
+                outcome["report"] = report
+        except (RuntimeError, subprocess.TimeoutExpired, ValueError, OSError) as exc:
+            outcome["error"] = f"{type(exc).__name__}: {exc}"
+        if "error" in outcome and server is not None:
+            outcome["log_tail"] = server.log_tail(8)
+            log(f"  {peer.name}: {outcome['error']}\n{outcome['log_tail']}")
+        outcome["foreign_cpu_percent"] = meter.foreign_percent()
+        _log_outcome(outcome, time.monotonic() - started)
+        return outcome
 
     def w6(self) -> None:
         s = self.scale
@@ -758,6 +916,16 @@ def _log_outcome(outcome: dict, seconds: float) -> None:
     if outcome.get("foreign_cpu_percent") is not None:
         bits.append(f"other processes {outcome['foreign_cpu_percent']:.0f} % CPU")
     log("    " + ", ".join(bits))
+
+
+def _proc_cpu_s(pid: int) -> float | None:
+    """User + system CPU seconds of process ``pid`` so far (``/proc/PID/stat``)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _read_line(proc: subprocess.Popen, timeout: float) -> str | None:
@@ -1610,6 +1778,9 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
            "lasts a fraction of a second, and single runs swing widely." if s.w6_runs > 1 else ".")
     )
     lines += ["", rep.table_w6(), ""]
+    lines += sustained_section(suite)
+    lines += storm_section(suite)
+    lines += per_connection_section()
     lines += where_the_time_goes(suite)
     lines += compression_section()
     lines += results_section("outbox.md")
@@ -1642,6 +1813,81 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
         "",
     ]
     path.write_text("\n".join(lines))
+
+
+def sustained_section(suite: Suite) -> list[str]:
+    """Workload 7's section of the report."""
+    w7 = suite.results["workloads"].get("7")
+    if not w7:
+        return []
+    s = suite.scale
+    lines = ["## 7. Sustained load", "",
+             f"The highest publication rate (publications/s, 100 B each) that keeps the p99 publish-to-receive "
+             f"latency at or under {w7['p99_ms']:g} ms over a run of {w7['seconds']:g} s, found by doubling from "
+             f"{s.w7_start_rate:g}/s until a rate fails, then bisecting (at most {s.w7_trials} runs per search, the "
+             "server started afresh for each). Rows: subscribers on one channel, and workload 3's many channels "
+             "(each client in its personal channel and one group of 100; publications to random channels). "
+             "Latency is sampled on every 10th delivery. `trivial` shows the load generator's own limit: where "
+             "`trivial` itself stops holding 50 ms, the generator (producer pacing, subscriber process) is the "
+             "limit of that row, and a server at or above `trivial` is marked 'generator-bound'.", ""]
+    for row, peers in w7.get("rows", {}).items():
+        title = f"{int(row):,} subscribers on one channel" if row.isdigit() else "many channels"
+        trivial_row = peers.get("trivial") or {}
+        limit = trivial_row.get("max_rate")
+        if trivial_row.get("trials") and limit is None:
+            lines += [f"**{title}**: `trivial` missed 50 ms at every rate tried (down to "
+                      f"{min(t['rate'] for t in trivial_row['trials']):g}/s): the load generator is the limit of "
+                      "this row on this machine, and no server's figure here is its own.", ""]
+        limit_c = (peers.get("trivial-centrifugo") or {}).get("max_rate")
+        socketify = (peers.get("socketify") or {}).get("max_rate")
+        table = []
+        for name, res in peers.items():
+            best = res.get("best") or {}
+            ceiling = limit_c if name.startswith(("hubbub-protocol", "hubbub-protobuf")) and limit_c else limit
+            if row == "many" and name == "hubbub":
+                ceiling = limit_c or limit
+            rate = res.get("max_rate")
+            bound = "generator-bound" if rate and ceiling and rate >= ceiling else ""
+            if rate and res.get("first_failed") is None:
+                bound = (bound + "; " if bound else "") + "no run failed: a lower bound"
+            tried = ", ".join(f"{t['rate']:g}{'✓' if t['ok'] else '✗'}"
+                              + (f" ({t['p99_ms']:.0f} ms)" if t.get("p99_ms") is not None else "")
+                              for t in res.get("trials", []))
+            table.append([f"`{name}`", _num(rate), _ratio(rate, limit), _ratio(rate, socketify),
+                          _num(best.get("deliveries_per_s")), _num(best.get("p99_ms"), 1), bound, tried])
+        lines += [f"**{title}**", "",
+                  md_table(["server", "max publications/s (p99 <= 50 ms)", "vs trivial", "vs socketify",
+                            "deliveries/s at max", "p99 ms at max", "limit", "runs: rate ✓/✗ (p99)"], table), ""]
+    return lines
+
+
+def storm_section(suite: Suite) -> list[str]:
+    """Workload 8's section of the report."""
+    w8 = suite.results["workloads"].get("8")
+    if not w8:
+        return []
+    lines = ["## 8. Reconnect storm", "",
+             f"{w8['clients']:,} clients connect (`connectgen.py`, 100 in flight; hubbub relay `/ws/bench`, "
+             "`hubbub-protocol`: connect + subscribe commands; the others subscribe on connect), then the server "
+             "is killed with SIGKILL and the same command is started on the same port. Every client reconnects "
+             "as the SDKs do: first try within 0-500 ms (uniform), then a jittered backoff (x0.5-1.5, doubling "
+             "up to 0.5 s), at most 2,000 attempts in flight, and subscribes again. 'all back' is measured from "
+             "the kill and from the moment the new process listens; server CPU is the new process's CPU time "
+             "from its start until the last client is back (start-up included); peak RSS is its VmHWM. "
+             "Recovery (history) is not exercised here (see the notes under the targets).", ""]
+    table = []
+    for name, row in w8.items():
+        if not isinstance(row, dict) or "server" not in row:
+            continue
+        rep = row.get("report") or {}
+        table.append([f"`{name}`", _num(row.get("restart_listening_s"), 2), _num(rep.get("reconnect_from_kill_s"), 2),
+                      _num(rep.get("reconnect_from_listening_s"), 2),
+                      f"{rep.get('reconnected', 0):,}/{rep.get('subscribers', 0):,}" if rep else "-",
+                      _num(row.get("server_cpu_s"), 2), _num(row.get("peak_rss_mb"), 0),
+                      row.get("error") or _notes(row)])
+    lines += [md_table(["server", "listening after s", "all back after kill s", "all back after listening s",
+                        "reconnected", "server CPU s", "peak RSS MiB", "notes"], table), ""]
+    return lines
 
 
 def w5_generator_note(w5: dict) -> str:
@@ -1749,6 +1995,17 @@ def proxy_section() -> list[str]:
     """The proxy-hook figures of ``bench/proxy.py --docs-section`` (``bench/results/proxy.md``),
     as they are; nothing if there are none."""
     path = Path(__file__).resolve().parent / "results" / "proxy.md"
+    if not path.is_file():
+        return []
+    return path.read_text().rstrip("\n").split("\n") + [""]
+
+
+def per_connection_section() -> list[str]:
+    """What a connection costs (issue 24: connect CPU, idle bytes, the profiles before and
+    after, every candidate tried), from ``bench/results/per-connection.md`` as it is
+    (written from ``bench/connect_cpu.py`` and ``bench/idle_bytes.py`` runs); nothing if
+    there is none."""
+    path = Path(__file__).resolve().parent / "results" / "per-connection.md"
     if not path.is_file():
         return []
     return path.read_text().rstrip("\n").split("\n") + [""]
@@ -1878,7 +2135,13 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
     if getattr(args, "render", None):
         return render(args)
     scale = QUICK if args.quick else FULL
-    chosen = {"1", "2", "3", "4", "5", "6"}
+    if getattr(args, "w7_seconds", None):
+        scale = replace(scale, w7_seconds=args.w7_seconds)
+    if getattr(args, "w7_subscribers", None):
+        scale = replace(scale, w7_subscribers=tuple(int(n) for n in args.w7_subscribers.split(",") if n))
+    if getattr(args, "w8_clients", None):
+        scale = replace(scale, w8_clients=args.w8_clients)
+    chosen = {"1", "2", "3", "4", "5", "6", "7", "8"}
     if args.workloads:
         chosen = {w.strip() for w in args.workloads.split(",") if w.strip()}
     started = time.monotonic()
@@ -1890,7 +2153,7 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         log(f"suite ({scale.name}): servers {', '.join(p.name for p in suite.peers)}; "
             f"workloads {', '.join(sorted(chosen))}; {os.cpu_count()} CPUs")
         for key, step in (("1", suite.w1), ("2", suite.w2), ("3", suite.w3), ("4", suite.w4),
-                          ("5", suite.w5), ("6", suite.w6)):
+                          ("5", suite.w5), ("6", suite.w6), ("7", suite.w7), ("8", suite.w8)):
             if key in chosen:
                 step()
         if not args.no_profile and "1" in chosen:

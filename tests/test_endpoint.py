@@ -286,3 +286,59 @@ def test_closed_exceptions_are_plain_classes() -> None:
     assert issubclass(ConnectionClosedOK, ConnectionError) and issubclass(ConnectionClosedError, ConnectionError)
     assert endpoint.ConnectionClosedOK is ConnectionClosedOK
     assert not hasattr(endpoint, "EndpointSession")
+
+
+async def test_an_idle_class_endpoint_connection_holds_no_task() -> None:
+    """A class endpoint without ``produce`` has a task only while a hook runs (issue 24):
+    ``connect`` at the start, ``handle_message`` per burst of messages, ``disconnect`` at the end."""
+    import websockets
+
+    from hubbub import App
+
+    events: list[str] = []
+    app = App(host="127.0.0.1", port=0)
+
+    @app.websocket("/quiet")
+    class Quiet:
+        async def connect(self, ws):
+            events.append("connect")
+
+        async def handle_message(self, ws, message):
+            events.append(message)
+            await ws.send(message.upper())
+
+        async def disconnect(self, ws):
+            events.append("disconnect")
+
+    await app.start()
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            while any(t.get_coro().__qualname__.startswith("WebSocket.") for t in asyncio.all_tasks()):
+                await asyncio.sleep(0.01)
+        clients = [await websockets.connect(f"ws://127.0.0.1:{app.server.port}/quiet") for _ in range(5)]
+        try:
+            async with asyncio.timeout(TIMEOUT):
+                while events.count("connect") < 5:
+                    await asyncio.sleep(0.01)
+
+            def endpoint_tasks() -> list[asyncio.Task]:
+                return [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.startswith("WebSocket.")]
+
+            async with asyncio.timeout(TIMEOUT):
+                while endpoint_tasks():
+                    await asyncio.sleep(0.01)  # connect returned: nothing runs for an idle connection
+            for n in range(3):
+                await clients[0].send(f"m{n}")
+                assert await asyncio.wait_for(clients[0].recv(), TIMEOUT) == f"M{n}"
+            async with asyncio.timeout(TIMEOUT):
+                while endpoint_tasks():
+                    await asyncio.sleep(0.01)  # handled: idle again
+            assert [e for e in events if e.startswith("m")] == ["m0", "m1", "m2"]
+        finally:
+            for client in clients:
+                await client.close()
+        async with asyncio.timeout(TIMEOUT):
+            while events.count("disconnect") < 5:
+                await asyncio.sleep(0.01)
+    finally:
+        await app.stop()

@@ -240,3 +240,90 @@ async def test_a_later_request_that_is_no_valid_upgrade_is_refused(server: Serve
         assert head.startswith(b"HTTP/1.1 400"), head  # no Sec-WebSocket-Key: websockets refuses it
     finally:
         writer.close()
+
+
+# -- the usual upgrade, answered without websockets' handshake machinery -------------------
+
+USUAL = (b"GET /ws/fast?x=1 HTTP/1.1\r\nHost: 127.0.0.1:8000\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+         b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\nOrigin: http://x\r\n\r\n")
+
+
+def test_a_usual_upgrade_is_parsed_with_its_headers_less_the_upgrade_ones() -> None:
+    from hubbub.connection import parse_upgrade
+
+    assert parse_upgrade(USUAL, False) == (
+        "/ws/fast?x=1", {"host": "127.0.0.1:8000", "origin": "http://x"}, "dGhlIHNhbXBsZSBub25jZQ==")
+    firefox = USUAL.replace(b"Connection: Upgrade", b"Connection: keep-alive, Upgrade")
+    assert parse_upgrade(firefox, False) is not None
+
+
+def test_an_unusual_upgrade_is_left_to_websockets() -> None:
+    from hubbub.connection import parse_upgrade
+
+    for change in (
+        (b"Connection: Upgrade", b"Connection: Upgrade, HTTP2-Settings"),  # other forms: websockets parses them
+        (b"Origin: http://x", b"Origin: http://x\r\nOrigin: http://y"),  # a repeated header
+        (b"GET", b"POST"),
+        (b"HTTP/1.1", b"HTTP/1.0"),
+        (b"Sec-WebSocket-Version: 13", b"Sec-WebSocket-Version: 8"),
+        (b"dGhlIHNhbXBsZSBub25jZQ==", b"dGhlIHNhbXBsZSBub25jZQ"),  # not 16 bytes
+        (b"dGhlIHNhbXBsZSBub25jZQ==", b"dGhlIHNhbXBsZSBub25jZ!="),  # not base64
+        (b"Origin: http://x", b"Origin: http://\xc3\xa9"),  # not ASCII
+        (b"Origin: http://x", b"Content-Length: 3"),  # a body
+        (b"Origin: http://x", b"Sec-WebSocket-Protocol: a b"),  # malformed: websockets answers 400
+        (b"Origin: http://x", b"Bad Header: x"),  # malformed head
+        (b"Upgrade: websocket", b"Upgrade: websocket, h2c"),
+    ):
+        assert parse_upgrade(USUAL.replace(*change), False) is None, change
+    offer = USUAL.replace(b"Origin: http://x", b"Sec-WebSocket-Extensions: permessage-deflate")
+    assert parse_upgrade(offer, True) is None  # compression on: websockets negotiates
+    assert parse_upgrade(offer, False) is not None  # off: websockets would ignore the offer too
+
+
+def test_the_101_is_the_one_websockets_makes() -> None:
+    from websockets.http11 import Request
+    from websockets.server import ServerProtocol
+    from websockets.streams import StreamReader
+
+    from hubbub.connection import accept_response
+
+    for subprotocol in (None, "centrifuge-protobuf"):
+        reader = StreamReader()
+        reader.feed_data(USUAL)
+        parser = Request.parse(reader.read_line)
+        try:
+            next(parser)
+        except StopIteration as done:
+            request = done.value
+        expected = ServerProtocol().accept(request)
+        if subprotocol:
+            expected.headers["Sec-WebSocket-Protocol"] = subprotocol
+        ours = accept_response("dGhlIHNhbXBsZSBub25jZQ==", subprotocol)
+        assert ours.startswith(b"HTTP/1.1 101 Switching Protocols\r\n") and ours.endswith(b"\r\n\r\n")
+        lines = dict(line.split(": ", 1) for line in ours.decode().split("\r\n")[1:-2])
+        theirs = dict(expected.headers.raw_items())
+        assert lines.keys() == theirs.keys()
+        assert {k: v for k, v in lines.items() if k != "Date"} == {k: v for k, v in theirs.items() if k != "Date"}
+
+
+async def test_an_idle_connection_lets_go_of_the_frame_parser(server: Server) -> None:
+    reader, writer = await raw_relay(server, "quiet")
+    try:
+        await subscribed(server, "quiet", 1)
+        conn = next(c for c in server.websockets if c.session is not None)
+        assert conn._ws is None  # none made at the handshake
+        half = client_text_frame('"half"')
+        writer.write(half[:4])  # a frame under way: the parser keeps its place
+        await writer.drain()
+        async with asyncio.timeout(TIMEOUT):
+            while conn._ws is None:
+                await asyncio.sleep(0.01)
+        writer.write(half[4:])
+        assert await read_text_frame(reader) == '"half"'
+        async with asyncio.timeout(TIMEOUT):
+            while conn._ws is not None:  # quiet again: let go
+                await asyncio.sleep(0.01)
+        writer.write(client_text_frame('"again"'))  # a fresh parser reads the next frame
+        assert await read_text_frame(reader) == '"again"'
+    finally:
+        writer.close()

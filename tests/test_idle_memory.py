@@ -146,7 +146,7 @@ async def test_endpoint_queue_is_bounded_in_bytes_not_in_messages():
                 await ws.send(f"small {i}")
             ws_session = None
             for _ in range(200):
-                if sessions and sessions[0]._messages.qsize() >= 499:
+                if sessions and sessions[0]._messages is not None and sessions[0]._messages.qsize() >= 499:
                     ws_session = sessions[0]
                     break
                 await asyncio.sleep(0.01)

@@ -10,10 +10,14 @@ An endpoint is either
   connection (typically ``async for message in ws: ...``).
 
 Life cycle (the consumer/producer pattern of the ``websockets`` docs, built
-in): one task per connection runs ``connect``, then ``handle_message`` for each
-message in order, alongside ``produce`` if the class has one. When the client
-goes away the task is cancelled (``disconnect`` still runs); when the handler
-returns, or ``produce`` ends, the connection is closed with 1000. An exception
+in): ``connect``, then ``handle_message`` for each message in order, alongside
+``produce`` if the class has one. A function endpoint, or a class with
+``produce``, runs in one task for the connection's life; a class without
+``produce`` has a task only while one of its hooks runs (``connect``, a burst of
+``handle_message`` calls, ``disconnect``), so an idle connection holds none.
+When the client goes away a running hook is cancelled (``disconnect`` still
+runs); when the handler returns, or ``produce`` ends, the connection is closed
+with 1000. An exception
 in a handler is logged with its traceback and closes that connection with
 1011; :class:`~hubbub.errors.Disconnect` closes with its code. No task
 outlives its connection.
@@ -296,7 +300,7 @@ class WebSocket(ClientCore):
     out: EndpointOut
 
     __slots__ = ("request", "state", "_endpoint", "_messages", "_queued", "_room", "_task", "_token", "_group",
-                 "_sent", "_final", "_gone")
+                 "_sent", "_final", "_gone", "_instance", "_reactive", "_ended", "_connected_hook", "_connect_done")
 
     def __init__(self, context: ClientContext, out: EndpointOut, wire: RelayWire, request: HTTPRequest,
                  endpoint: Any = None, *, registry: Registry | None = None, route: str | None = None,
@@ -307,7 +311,8 @@ class WebSocket(ClientCore):
         self.request = request
         self.state: dict[str, Any] = {}
         self._endpoint = endpoint
-        self._messages: asyncio.Queue[Message | None] = asyncio.Queue()  # bounded by handle_message
+        # made on first use, dropped again while a reactive endpoint is idle (memory per connection)
+        self._messages: asyncio.Queue[Message | None] | None = None  # bounded by handle_message
         self._queued = 0  # bytes (characters of text) of the queued messages
         self._room: asyncio.Future[None] | None = None  # handle_message waits on it while the queue is full
         self._task: asyncio.Task[None] | None = None
@@ -316,6 +321,13 @@ class WebSocket(ClientCore):
         self._sent: _Close | None = None  # the close frame the server asked for (without a protocol object)
         self._final: tuple[_Close | None, _Close | None, bool | None] | None = None  # close frames, once gone
         self._gone: asyncio.Event | bool = False  # True once gone; an Event while wait_closed() waits
+        #: a class endpoint without ``produce`` has a task only while a handler runs (see _react)
+        self._instance: Any = None
+        self._reactive = not inspect.iscoroutinefunction(endpoint) and endpoint is not None \
+            and getattr(endpoint, "produce", None) is None
+        self._ended = False  # the endpoint's end (disconnect hook) has run
+        self._connected_hook = False  # the connect hook was started
+        self._connect_done = False  # ... and returned
 
     @property
     def params(self) -> dict[str, str]:
@@ -396,7 +408,7 @@ class WebSocket(ClientCore):
             ConnectionClosedError: the connection is closed with an error code,
                 or dropped. Both are ``ConnectionError`` too.
         """
-        messages = self._messages
+        messages = self._queue()
         if messages.empty() and self._ending():
             raise self._closed_error()
         message = await messages.get()
@@ -411,6 +423,12 @@ class WebSocket(ClientCore):
             if not room.done():
                 room.set_result(None)
         return message
+
+    def _queue(self) -> asyncio.Queue[Message | None]:
+        messages = self._messages
+        if messages is None:
+            messages = self._messages = asyncio.Queue()
+        return messages
 
     def __aiter__(self) -> AsyncIterator[Message]:
         """``async for message in ws``: ends when the connection closes
@@ -519,10 +537,18 @@ class WebSocket(ClientCore):
             self._group._discard(self)
 
     def _wake_readers(self) -> None:
-        self._messages.put_nowait(None)
+        self._queue().put_nowait(None)
         room, self._room = self._room, None
         if room is not None and not room.done():
             room.set_result(None)  # nothing more will be read for the handler
+        self._kick()  # a reactive endpoint's end (disconnect hook) runs now, as the handler's would
+
+    def _kick(self) -> None:
+        """Start a reactive endpoint's task if it has work and none runs."""
+        task = self._task
+        if self._reactive and (task is None or task.done()) and not self._ended and self._instance is not None:
+            self._task = asyncio.get_running_loop().create_task(self._react())
+            self._task.add_done_callback(self._task_done)
 
     # -- the session side (called by the connection) -----------------------------------
 
@@ -555,16 +581,31 @@ class WebSocket(ClientCore):
         self.open_nowait()
 
     def open_nowait(self) -> bool:
-        """Start the endpoint's task (it runs the ``connect`` hook); the
-        connection joins its endpoint's :class:`Connections`."""
+        """Start the endpoint: the connection joins its endpoint's :class:`Connections`.
+        A function endpoint, or a class with ``produce``, gets its task now (it runs for
+        the connection's life). A class without ``produce`` is made now and gets a task
+        only while a hook runs: ``connect`` now, if it has one; ``handle_message`` when
+        messages arrive; ``disconnect`` at the end. An idle connection holds no task."""
         if self._group is not None and not self.closed:
             self._group._add(self)
-        self._task = asyncio.get_running_loop().create_task(self._run())
-        self._task.add_done_callback(self._task_done)
+        if not self._reactive:
+            self._task = asyncio.get_running_loop().create_task(self._run())
+            self._task.add_done_callback(self._task_done)
+            return True
+        try:
+            self._instance = self._endpoint()
+        except Exception:
+            log.exception("error in WebSocket endpoint %s", self.request.path)
+            self._ended = True
+            self.disconnect(DisconnectCode.INTERNAL_ERROR, "internal error")
+            return True
+        if getattr(self._instance, "connect", None) is not None:
+            self._kick()
         return True
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
-        self._task = None
+        if self._task is task:  # a reactive endpoint may have started its next run already
+            self._task = None
 
     async def handle_message(self, payload: bytes, binary: bool) -> None:
         """Queue one message for the handler. Each counts as a command against
@@ -580,9 +621,10 @@ class WebSocket(ClientCore):
             self.disconnect(exc.code, exc.reason)
             return
         message: Message = payload if binary else payload.decode()
-        messages = self._messages
+        messages = self._queue()
         messages.put_nowait(message)
         self._queued += len(message)
+        self._kick()
         if (self._queued > MAX_QUEUED_BYTES or messages.qsize() > MAX_QUEUED_MESSAGES) and not self.closed:
             # full: wait for the handler (the connection's inbox fills, then reading pauses)
             self._room = room = asyncio.get_running_loop().create_future()
@@ -596,13 +638,73 @@ class WebSocket(ClientCore):
         if self._final is None:
             self._final = self._close_frames()
         super().on_closed()
+        running = self._task  # cancelled below; a reactive endpoint's end runs in a task of its own
         self._leave_registry()
         self._wake_readers()
         gone, self._gone = self._gone, True
         if gone is not True and gone is not False:
             gone.set()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
+        if running is not None and not running.done():
+            running.cancel()
+
+    async def _react(self) -> None:
+        """One run of a class endpoint without ``produce``: its ``connect`` hook (the
+        first run), then the messages queued; it ends once they are handled (the next
+        message starts another run) or, once the connection is closing, with the
+        endpoint's end (``disconnect`` hook), as :meth:`_run` does for the others."""
+        instance = self._instance
+        final = True
+        try:
+            if not self._connected_hook:
+                self._connected_hook = True
+                connect = getattr(instance, "connect", None)
+                if connect is not None:
+                    await connect(self)
+                self._connect_done = True
+            handle: Callable[[WebSocket, Message], Awaitable[None]] | None = getattr(instance, "handle_message", None)
+            while True:
+                messages = self._messages
+                if (messages is None or messages.empty()) and not self._ending():
+                    break
+                message = await self.recv()  # raises once the connection is closing and all are read
+                if handle is not None:
+                    await handle(self, message)
+            if self._messages is not None and self._messages.empty() and self._room is None:
+                self._messages = None  # idle: nothing held (the next message makes another)
+            final = False
+        except asyncio.CancelledError:
+            pass
+        except Disconnect as exc:
+            await self.close(exc.code, exc.reason)
+        except Exception as exc:
+            from .endpoint_errors import ConnectionClosedError, ConnectionClosedOK
+
+            if isinstance(exc, ConnectionClosedOK) and self._ending():
+                if not self.closed:
+                    await self.close(1000)
+            elif isinstance(exc, ConnectionClosedError) and self._ending():
+                pass  # the connection closed under the handler: a normal end
+            else:
+                log.exception("error in WebSocket endpoint %s", self.request.path)
+                await self.close(DisconnectCode.INTERNAL_ERROR, "internal error")
+        finally:
+            if final:
+                await self._end(instance)
+
+    async def _end(self, instance: Any) -> None:
+        """A reactive endpoint's end: leave its channels, run its ``disconnect`` hook
+        (once ``connect`` has returned), as :meth:`_run`'s ``finally`` does."""
+        if self._ended:
+            return
+        self._ended = True
+        for channel in list(self.channels):
+            self.leave(channel)
+        disconnect = getattr(instance, "disconnect", None)
+        if disconnect is not None and self._connect_done:
+            try:
+                await disconnect(self)
+            except Exception:
+                log.exception("error in disconnect() of endpoint %s", self.request.path)
 
     async def _run(self) -> None:
         endpoint = self._endpoint

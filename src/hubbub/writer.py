@@ -69,7 +69,8 @@ class Writer:
         self._flusher = flusher
         self._limit = limit
         self._stats = stats
-        self._out: list[bytes | FrameBatch] = []
+        #: the queue; ``None`` while empty (an idle connection holds no list: memory per connection)
+        self._out: list[bytes | FrameBatch] | None = None
         self._out_size = 0
         self._buffered = 0  # the transport's buffer size at the last flush
         self._dirty = False
@@ -93,7 +94,11 @@ class Writer:
         if not self.open:
             return
         before = self._out_size + self._buffered
-        self._out.append(frame)
+        out = self._out
+        if out is None:
+            self._out = [frame]
+        else:
+            out.append(frame)
         self._out_size += len(frame)
         if type(frame) is not bytes:
             self._batched = True
@@ -108,7 +113,11 @@ class Writer:
         if not self.open:
             return
         before = self._out_size + self._buffered
-        self._out.append(data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
         self._out_size += len(data)
         if before + len(data) > self._limit and before:  # one message alone may pass the bound
             self._check_slow()
@@ -121,7 +130,11 @@ class Writer:
         response, close frame): not refused by the bound."""
         if self.lost:
             return
-        self._out.append(data)
+        out = self._out
+        if out is None:
+            self._out = [data]
+        else:
+            out.append(data)
         self._out_size += len(data)
         self._mark_dirty()
 
@@ -144,7 +157,7 @@ class Writer:
             self._mark_dirty()
             return
         pending = self._out_size + self._buffered
-        self._out.clear()
+        self._out = None
         self._out_size = 0
         self._batched = False
         self.open = False
@@ -185,7 +198,7 @@ class Writer:
             stats = self._stats
             stats.messages_out += len(out)
             stats.bytes_out += size
-            self._out = []
+            self._out = None
             self._out_size = 0
             chunks = cast("list[bytes]", out)  # every FrameBatch was joined above
             if len(chunks) == 1:
