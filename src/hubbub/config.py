@@ -197,6 +197,17 @@ class Config:
             unidirectional transports (pushes only, no SDK); ``""``: off.
         channel_sse_path: a channel as a plain event stream; must hold
             ``{channel}`` or ``{channel:path}`` (``""``: off).
+        socketio_path: where Socket.IO clients connect (Engine.IO v4
+            long-polling and WebSocket; ``""``: off). Rooms are channels of the
+            ``socketio`` namespace (``socketio:{namespace}:{room}``); see
+            docs/howto/socketio.md.
+        socketio_max_attachments: binary attachments one Socket.IO packet may
+            announce; more closes the connection.
+        socketio_attachment_timeout: seconds a Socket.IO binary packet may wait
+            for its attachments; then the connection closes (3501).
+        socketio_recovery_window: seconds a Socket.IO client that lost its
+            connection may come back with its ``pid`` and ``offset`` and get
+            what it missed (needs history on the ``socketio`` namespace).
         channels: options of the default namespace.
         namespaces: options per namespace name.
     """
@@ -255,6 +266,10 @@ class Config:
     uni_sse_path: str = "/connection/uni_sse"
     uni_http_stream_path: str = "/connection/uni_http_stream"
     channel_sse_path: str = "/sse/{channel:path}"
+    socketio_path: str = "/socket.io/"
+    socketio_max_attachments: int = 10
+    socketio_attachment_timeout: float = 10.0
+    socketio_recovery_window: float = 120.0
     channels: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
