@@ -34,7 +34,15 @@ from ..http import HTTPRequest, HTTPResponse
 from ..transport import WebSocketSession, WebSocketTransport
 from . import engineio
 from .engineio import EngineError, decode_payload, encode_payload, error_body
-from .session import CHANNEL_PREFIX, NoHandlers, PollingOut, SocketIOHandlers, SocketIOSession, SocketIOWire, _Recoverable
+from .session import (
+    CHANNEL_PREFIX,
+    NoHandlers,
+    PollingOut,
+    SocketIOHandlers,
+    SocketIOSession,
+    SocketIOWire,
+    _Recoverable,
+)
 
 __all__ = ["SOCKETIO_KIND", "SocketIOService"]
 

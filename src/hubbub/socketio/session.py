@@ -112,8 +112,9 @@ class SocketIOHandlers(Protocol):
         ...
 
     async def event(self, session: SocketIOSession, namespace: str, sid: str, event: str,
-                    args: list[Any]) -> list[Any]:
-        """Run the handler of ``event``; returns the acknowledgement's arguments."""
+                    args: list[Any]) -> list[Any] | None:
+        """Run the handler of ``event``; returns the acknowledgement's arguments (``None``: no
+        handler, no acknowledgement)."""
         ...
 
     async def disconnect(self, session: SocketIOSession, namespace: str, sid: str, reason: str) -> None: ...
@@ -121,7 +122,7 @@ class SocketIOHandlers(Protocol):
 
 class NoHandlers:
     """The handlers of ``hubbub serve`` without an application: namespace ``/`` only, events ignored
-    (acknowledged with no arguments)."""
+    (as a Socket.IO server without a listener does: no acknowledgement)."""
 
     def has_namespace(self, namespace: str) -> bool:
         return namespace == "/"
@@ -130,8 +131,8 @@ class NoHandlers:
         return None
 
     async def event(self, session: SocketIOSession, namespace: str, sid: str, event: str,
-                    args: list[Any]) -> list[Any]:
-        return []
+                    args: list[Any]) -> list[Any] | None:
+        return None
 
     async def disconnect(self, session: SocketIOSession, namespace: str, sid: str, reason: str) -> None:
         return None
@@ -162,6 +163,8 @@ class SocketIOWire:
             value = loads(pub.data)
         except ValueError:
             return None
+        if isinstance(value, dict) and value.get("close_room") is True:
+            return _CLOSE_ROOM + channel.encode()
         if isinstance(value, dict) and isinstance(value.get("event"), str) and isinstance(value.get("args"), list):
             event, args = value["event"], list(value["args"])
             attachments = value.get("attachments")
@@ -178,8 +181,13 @@ class SocketIOWire:
             args.append(f"{pub.epoch}:{pub.offset}:{channel}")
         parts = encode(PacketType.EVENT, namespace, [event, *args])
         if len(parts) == 1:
-            return engineio.MESSAGE + parts[0]
-        return pack_messages([(engineio.MESSAGE + parts[0], False), *((b, True) for b in parts[1:])])
+            encoded = engineio.MESSAGE + parts[0]
+        else:
+            encoded = pack_messages([(engineio.MESSAGE + parts[0], False), *((b, True) for b in parts[1:])])
+        skip = value.get("skip") if isinstance(value, dict) else None
+        if isinstance(skip, list) and skip:
+            return _SKIP + dumps([str(sid) for sid in skip]) + b"\n" + encoded
+        return encoded
 
     def encode_join(self, channel: str, info: ClientInfo) -> None:
         return None
@@ -191,6 +199,10 @@ class SocketIOWire:
 #: The first byte of several messages packed into one delivery (a binary event): a text
 #: packet starts with an Engine.IO type digit, never with it.
 _PACKED = 0
+#: The first byte of a delivery that some sids skip: their JSON list, a line break, the delivery.
+_SKIP = b"\x01"
+#: The delivery of ``{"close_room": true}``: the room's channel follows; its members leave it.
+_CLOSE_ROOM = b"\x02"
 
 
 def pack_messages(messages: list[engineio.Packet]) -> bytes:
@@ -386,7 +398,20 @@ class SocketIOSession(ClientCore):
 
     def _deliver(self, frame: bytes | FrameBatch) -> None:
         data = frame if isinstance(frame, bytes) else frame.join()
-        if data[:1] == b"\x00":
+        first = data[:1]
+        if first == _SKIP:
+            head, _, data = data.partition(b"\n")
+            skip = loads(head[1:])
+            if any(conn.sid in skip for conn in self.namespaces.values()):
+                return
+            first = data[:1]
+        elif first == _CLOSE_ROOM:
+            found = channel_room(data[1:].decode())
+            conn = self.namespaces.get(found[0]) if found is not None else None
+            if conn is not None and found is not None:  # not during the hub's fan-out
+                asyncio.get_running_loop().call_soon(self.leave_room, conn, found[1])
+            return
+        if first == b"\x00":
             for message, binary in unpack_messages(data):
                 if binary:
                     self.out.send_binary(message)
@@ -561,7 +586,7 @@ class SocketIOSession(ClientCore):
         except Exception:
             log.exception("error in socket.io event handler %r", event)
             return
-        if ack is not None and not self.closed:
+        if ack is not None and reply is not None and not self.closed:
             try:
                 self.send_packet(PacketType.ACK, conn.namespace, reply, ack)
             except ValueError:
