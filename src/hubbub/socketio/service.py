@@ -156,7 +156,8 @@ class SocketIOService:
 
     def _arm(self) -> None:
         if self._timer is None and not self.host.closing:
-            self._timer = asyncio.get_running_loop().call_later(TICK, self._tick)
+            tick = min(TICK, self._ping_interval() / 5, self.config.pong_timeout / 2)
+            self._timer = asyncio.get_running_loop().call_later(tick, self._tick)
 
     def _tick(self) -> None:
         self._timer = None
