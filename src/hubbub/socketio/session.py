@@ -531,8 +531,9 @@ class SocketIOSession(ClientCore):
                 self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": message, "data": {"code": code}})
                 return
         recovered = self._recover(namespace, auth)
+        auth = {key: value for key, value in auth.items() if key not in ("pid", "offset")}
         if recovered is not None:
-            await self._resume(recovered, namespace)
+            await self._resume(recovered, namespace, auth)
             return
         conn = NamespaceConnection(namespace, _new_id())
         if self._history():
@@ -553,6 +554,15 @@ class SocketIOSession(ClientCore):
             self.namespaces.pop(namespace, None)
             self._forget_rooms(conn)
             self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": exc.message, "data": {"code": exc.code}})
+            return
+        except Disconnect:
+            self.namespaces.pop(namespace, None)
+            raise
+        except Exception:
+            log.exception("error in socket.io connect handler")
+            self.namespaces.pop(namespace, None)
+            self._forget_rooms(conn)
+            self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": "internal server error"})
             return
         if self.namespaces.get(namespace) is not conn:  # the handler disconnected it
             return
@@ -629,8 +639,8 @@ class SocketIOSession(ClientCore):
             self.leave_room(conn, room)
 
     async def _left(self, conn: NamespaceConnection, reason: str) -> None:
-        """A namespace connection ended: keep it for recovery, leave its rooms, tell the application."""
-        self._keep_for_recovery(conn)
+        """The client ended a namespace (``DISCONNECT``): leave its rooms (nothing kept for
+        recovery: it left on purpose), tell the application."""
         self._forget_rooms(conn)
         try:
             await self.handlers.disconnect(self, conn.namespace, conn.sid, reason)
@@ -640,7 +650,9 @@ class SocketIOSession(ClientCore):
     # -- connection state recovery ------------------------------------------------------------
 
     def _keep_for_recovery(self, conn: NamespaceConnection) -> None:
-        if not conn.pid or self._closing_reason in (CLIENT_DISCONNECT, SERVER_DISCONNECT):
+        """Keep what recovery needs of a namespace whose connection was lost (not one the
+        server ended: then the client does not come back)."""
+        if not conn.pid or self._closing_reason == SERVER_DISCONNECT:
             return
         positions = {}
         for room in conn.rooms:
@@ -669,7 +681,9 @@ class SocketIOSession(ClientCore):
         kept.positions["\x00pid"] = StreamPosition(0, pid)
         return kept
 
-    async def _resume(self, kept: _Recoverable, namespace: str) -> None:
+    async def _resume(self, kept: _Recoverable, namespace: str, auth: dict[str, Any]) -> None:
+        """Connection state recovery: the same sid, rooms and session, then what was missed
+        (the application's ``connect`` runs again, as Socket.IO's ``connection`` event does)."""
         pid = kept.positions.pop("\x00pid").epoch
         conn = NamespaceConnection(namespace, kept.sid, pid, data=kept.data)
         self.namespaces[namespace] = conn
@@ -681,6 +695,19 @@ class SocketIOSession(ClientCore):
                     missed.append((room, pub))
             except (ProtocolError, BadRequest, Disconnect) as exc:
                 log.info("socket.io recovery of room %r failed: %s", room, exc)
+        try:
+            await self.handlers.connect(self, namespace, conn.sid, auth)
+        except ConnectRefused as exc:
+            self.namespaces.pop(namespace, None)
+            self._forget_rooms(conn)
+            self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": exc.message, "data": exc.data})
+            return
+        except Exception:
+            log.exception("error in socket.io connect handler")
+            self.namespaces.pop(namespace, None)
+            self._forget_rooms(conn)
+            self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": "internal server error"})
+            return
         self.send_packet(PacketType.CONNECT, namespace, {"sid": conn.sid, "pid": pid})
         wire = self.wire
         assert isinstance(wire, SocketIOWire)
