@@ -36,7 +36,7 @@ from . import engineio
 from .engineio import EngineError, decode_payload, encode_payload, error_body
 from .session import (
     CHANNEL_PREFIX,
-    NoHandlers,
+    HubHandlers,
     PollingOut,
     SocketIOHandlers,
     SocketIOSession,
@@ -100,7 +100,7 @@ class SocketIOService:
         self.config = host.context.config
         self.cluster = cluster
         self.node = cluster.uid if cluster is not None else str(uuid.uuid4())
-        self.handlers: SocketIOHandlers = NoHandlers()
+        self.handlers: SocketIOHandlers = HubHandlers()
         self.wire = SocketIOWire()
         self.sessions: dict[str, SocketIOSession] = {}
         self._locks: dict[str, asyncio.Lock] = {}

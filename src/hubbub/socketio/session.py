@@ -28,15 +28,17 @@ from typing import Any, Final, Protocol
 
 from ..brokers.base import ClientInfo, Publication, StreamPosition
 from ..codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
+from ..config import NamespaceOptions
 from ..core import ClientContext, ClientCore, HandshakeDecision, Refusal
 from ..errors import BadRequest, Disconnect, HubbubError, ProtocolError
+from ..hub import SubscribeResult
 from ..outbox import FrameBatch, Outbox
 from ..strictjson import dumps, loads
 from . import engineio
 from .packets import RESERVED_EVENTS, Decoder, PacketError, PacketType, SocketIOPacket, encode
 
 __all__ = [
-    "CHANNEL_PREFIX", "ConnectRefused", "PollingOut", "SocketIOHandlers", "SocketIOSession", "SocketIOWire",
+    "CHANNEL_PREFIX", "ConnectRefused", "HubHandlers", "PollingOut", "SocketIOHandlers", "SocketIOSession", "SocketIOWire",
     "publication_data", "room_channel",
 ]
 
@@ -97,7 +99,7 @@ class ConnectRefused(HubbubError):
 
 class SocketIOHandlers(Protocol):
     """What a :class:`SocketIOSession` needs of the application (:class:`hubbub.socketio.AsyncServer`,
-    or :class:`NoHandlers` under ``hubbub serve``)."""
+    or :class:`HubHandlers` without one)."""
 
     def has_namespace(self, namespace: str) -> bool:
         """Whether clients may connect to ``namespace``."""
@@ -120,9 +122,20 @@ class SocketIOHandlers(Protocol):
     async def disconnect(self, session: SocketIOSession, namespace: str, sid: str, reason: str) -> None: ...
 
 
-class NoHandlers:
-    """The handlers of ``hubbub serve`` without an application: namespace ``/`` only, events ignored
-    (as a Socket.IO server without a listener does: no acknowledgement)."""
+class HubHandlers:
+    """The handlers of a node without a Python Socket.IO application (``hubbub serve``, a
+    :class:`hubbub.App` with no :class:`~hubbub.socketio.AsyncServer`): namespace ``/``, where a
+    client uses hub channels itself, under the client's permissions and hooks, as a Centrifugo
+    client does:
+
+    - ``emit("subscribe", channel[, {"token": subscription JWT}], ack)``,
+      ``emit("unsubscribe", channel, ack)``, ``emit("publish", channel, data, ack)``;
+      the acknowledgement is ``{"ok": true}`` (``publish``: ``{"ok": true, "offset": N}``) or
+      ``{"error": {"code": C, "message": text}}`` (the protocol's error codes: 102, 103, 106, 107, ...);
+    - a publication of a subscribed channel arrives as event ``"publication"`` with
+      ``(channel, data)``; a server-side unsubscribe as ``"unsubscribe"`` with
+      ``(channel, {"code", "reason"})``. Other events are ignored (no acknowledgement).
+    """
 
     def has_namespace(self, namespace: str) -> bool:
         return namespace == "/"
@@ -132,7 +145,24 @@ class NoHandlers:
 
     async def event(self, session: SocketIOSession, namespace: str, sid: str, event: str,
                     args: list[Any]) -> list[Any] | None:
-        return None
+        if event not in ("subscribe", "unsubscribe", "publish"):
+            return None
+        try:
+            if not args or not isinstance(args[0], str):
+                raise BadRequest(f"{event} takes a channel name first")
+            channel = args[0]
+            if event == "subscribe":
+                options = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+                token = options.get("token")
+                await session.subscribe_channel(channel, token if isinstance(token, str) else "")
+                return [{"ok": True}]
+            if event == "unsubscribe":
+                session.leave(channel)
+                return [{"ok": True}]
+            position = await session.publish(channel, args[1] if len(args) > 1 else None)
+            return [{"ok": True, "offset": position.offset} if position.offset else {"ok": True}]
+        except ProtocolError as exc:
+            return [{"error": {"code": exc.code, "message": exc.message}}]
 
     async def disconnect(self, session: SocketIOSession, namespace: str, sid: str, reason: str) -> None:
         return None
@@ -156,13 +186,14 @@ class SocketIOWire:
 
     def encode_publication(self, channel: str, pub: Publication) -> bytes | None:
         found = channel_room(channel)
-        if found is None:
-            return None
-        namespace = found[0]
         try:
             value = loads(pub.data)
         except ValueError:
             return None
+        if found is None:  # a hub channel a client subscribed to itself (HubHandlers)
+            data = pub.raw if pub.binary and pub.raw is not None else value
+            return self._packed(encode(PacketType.EVENT, "/", ["publication", channel, data]))
+        namespace = found[0]
         if isinstance(value, dict) and value.get("close_room") is True:
             return _CLOSE_ROOM + channel.encode()
         if isinstance(value, dict) and isinstance(value.get("event"), str) and isinstance(value.get("args"), list):
@@ -179,15 +210,17 @@ class SocketIOWire:
             event, args = "message", [value]
         if pub.offset:
             args.append(f"{pub.epoch}:{pub.offset}:{channel}")
-        parts = encode(PacketType.EVENT, namespace, [event, *args])
-        if len(parts) == 1:
-            encoded = engineio.MESSAGE + parts[0]
-        else:
-            encoded = pack_messages([(engineio.MESSAGE + parts[0], False), *((b, True) for b in parts[1:])])
+        encoded = self._packed(encode(PacketType.EVENT, namespace, [event, *args]))
         skip = value.get("skip") if isinstance(value, dict) else None
         if isinstance(skip, list) and skip:
             return _SKIP + dumps([str(sid) for sid in skip]) + b"\n" + encoded
         return encoded
+
+    @staticmethod
+    def _packed(parts: list[bytes]) -> bytes:
+        if len(parts) == 1:
+            return engineio.MESSAGE + parts[0]
+        return pack_messages([(engineio.MESSAGE + parts[0], False), *((b, True) for b in parts[1:])])
 
     def encode_join(self, channel: str, info: ClientInfo) -> None:
         return None
@@ -330,6 +363,7 @@ class SocketIOSession(ClientCore):
     awaits_connect = True
 
     __slots__ = ("handlers", "sid", "namespaces", "decoder", "polling", "request", "recovery", "_tasks",
+                 "_token_channels",
                  "_pending_since", "_closing_reason", "websocket", "on_gone", "last_seen", "deadline")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: SocketIOWire, handlers: SocketIOHandlers, *,
@@ -350,6 +384,7 @@ class SocketIOSession(ClientCore):
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending_since = 0.0
         self._closing_reason = TRANSPORT_CLOSE
+        self._token_channels: tuple[str, ...] = ()
         #: called once when the session ends (the node's registry forgets it)
         self.on_gone: Callable[[SocketIOSession], None] | None = None
         #: monotonic seconds of the last request or message (the polling sweep)
@@ -523,13 +558,14 @@ class SocketIOSession(ClientCore):
         if not self.connected:
             token = auth.get("token")
             try:
-                await self.authenticate(token if isinstance(token, str) else "", data=auth)
+                result = await self.authenticate(token if isinstance(token, str) else "", data=auth)
             except (ProtocolError, Disconnect) as exc:
                 code = exc.code
                 message = exc.message if isinstance(exc, ProtocolError) else (exc.reason or DISCONNECT_REASONS.get(
                     code, "refused"))
                 self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": message, "data": {"code": code}})
                 return
+            self._token_channels = result.channels
         recovered = self._recover(namespace, auth)
         auth = {key: value for key, value in auth.items() if key not in ("pid", "offset")}
         if recovered is not None:
@@ -566,6 +602,13 @@ class SocketIOSession(ClientCore):
             return
         if self.namespaces.get(namespace) is not conn:  # the handler disconnected it
             return
+        channels, self._token_channels = self._token_channels, ()
+        for channel in channels:  # the connection token's channels: server-side subscriptions
+            try:
+                ns, _ = await self.authorize_subscribe(channel, server_side=True)
+                await self.join(channel, ns)
+            except (ProtocolError, BadRequest) as exc:
+                log.warning("server-side subscription to %r failed: %s", channel, exc.message)
         reply: dict[str, Any] = {"sid": conn.sid}
         if conn.pid:
             reply["pid"] = conn.pid
@@ -581,8 +624,8 @@ class SocketIOSession(ClientCore):
             raise PacketError("invalid event name")
         if not self.allow_command():
             if packet.id is not None:
-                self.send_packet(PacketType.ACK, packet.namespace,
-                                 [{"error": "too many requests", "code": int(ErrorCode.TOO_MANY_REQUESTS)}], packet.id)
+                self.send_packet(PacketType.ACK, packet.namespace, [{"error": {
+                    "code": int(ErrorCode.TOO_MANY_REQUESTS), "message": "too many requests"}}], packet.id)
             return
         while len(self._tasks) >= MAX_HANDLERS:
             await asyncio.wait(set(self._tasks), return_when=asyncio.FIRST_COMPLETED)
@@ -601,6 +644,36 @@ class SocketIOSession(ClientCore):
                 self.send_packet(PacketType.ACK, conn.namespace, reply, ack)
             except ValueError:
                 log.error("socket.io ack of %r is not JSON", event)
+
+    # -- hub channels the client uses itself (HubHandlers) ----------------------------------
+
+    async def subscribe_channel(self, channel: Any, token: str = "") -> None:
+        """Subscribe to hub channel ``channel`` as this client (its permissions, subscription
+        token, ``on_subscribe``, ``client_channel_limit``); room channels (``socketio:``) are
+        the application's, not the client's.
+
+        Raises:
+            ProtocolError: 102, 103, 105, 106, 107, 109 as the protocol's ``subscribe``.
+        """
+        if isinstance(channel, str) and channel.startswith(CHANNEL_PREFIX + ":"):
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "rooms are joined by the server")
+        ns, info = await self.authorize_subscribe(channel, token)
+        await self.join(channel, ns, info)
+
+    async def publish(self, channel: Any, data: Any = None, *, publication: Publication | None = None,
+                      source: str = "client") -> StreamPosition:
+        """:meth:`~hubbub.core.ClientCore.publish`; room channels are the application's."""
+        if isinstance(channel, str) and channel.startswith(CHANNEL_PREFIX + ":"):
+            raise ProtocolError(ErrorCode.PERMISSION_DENIED, "rooms are emitted to by the server")
+        return await super().publish(channel, data, publication=publication, source=source)
+
+    def _push_subscribed(self, channel: str, result: SubscribeResult, ns: NamespaceOptions) -> None:
+        if "/" in self.namespaces and channel_room(channel) is None:
+            self.send_packet(PacketType.EVENT, "/", ["subscribe", channel])
+
+    def _push_unsubscribed(self, channel: str, code: int, reason: str) -> None:
+        if "/" in self.namespaces and channel_room(channel) is None:
+            self.send_packet(PacketType.EVENT, "/", ["unsubscribe", channel, {"code": code, "reason": reason}])
 
     # -- rooms ----------------------------------------------------------------------------
 
@@ -743,7 +816,11 @@ class SocketIOSession(ClientCore):
                 self.send_packet(PacketType.DISCONNECT, namespace)
         self.closed = True
         self.out.close(code, reason or "")
-        self._end()
+        # the end runs soon, not now: this may be called during the hub's fan-out (a slow client)
+        try:
+            asyncio.get_running_loop().call_soon(self._end)
+        except RuntimeError:
+            self._end()
 
     def disconnect_namespace(self, namespace: str) -> None:
         """End one namespace from the server side (``DISCONNECT``): the application's ``disconnect``."""
