@@ -9,6 +9,7 @@ python-socketio: docs/howto/socketio.md.
 from __future__ import annotations
 
 import asyncio
+import builtins
 import contextlib
 import inspect
 import logging
@@ -20,11 +21,11 @@ from typing import Any, TypeVar
 
 from ..app import App
 from ..brokers.base import Publication
+from ..errors import ConnectionRefusedError, ConnectRefused
 from ..http import HTTPRequest, HTTPResponse
 from ..strictjson import dumps
 from . import exceptions
-from .exceptions import ConnectionRefusedError
-from .session import ConnectRefused, SocketIOSession, publication_data, room_channel
+from .session import SocketIOSession, publication_data, room_channel
 
 __all__ = ["ASGIApp", "AsyncNamespace", "AsyncServer", "ConnectionRefusedError", "exceptions"]
 
@@ -391,6 +392,9 @@ class _Handlers:
         except ConnectionRefusedError as exc:
             server._sids.pop((namespace, sid), None)
             raise ConnectRefused(exc.error_args["message"], exc.error_args.get("data")) from None
+        except builtins.ConnectionRefusedError:  # the built-in one, as python-socketio takes it too
+            server._sids.pop((namespace, sid), None)
+            raise ConnectRefused("Connection refused by server") from None
         if success is False:
             server._sids.pop((namespace, sid), None)
             raise ConnectRefused()

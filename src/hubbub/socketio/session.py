@@ -30,7 +30,7 @@ from ..brokers.base import ClientInfo, Publication, StreamPosition
 from ..codes import DISCONNECT_REASONS, DisconnectCode, ErrorCode
 from ..config import NamespaceOptions
 from ..core import ClientContext, ClientCore, HandshakeDecision, Refusal
-from ..errors import BadRequest, Disconnect, HubbubError, ProtocolError
+from ..errors import BadRequest, ConnectRefused, Disconnect, ProtocolError
 from ..hub import SubscribeResult
 from ..outbox import FrameBatch, Outbox
 from ..strictjson import dumps, loads
@@ -85,16 +85,6 @@ def publication_data(event: str, args: list[Any]) -> Any:
         payload = loads(text[text.index(b"-") + 1:])
         return {"event": event, "args": payload[1:], "attachments": [base64.b64encode(b).decode() for b in buffers]}
     return {"event": event, "args": list(args)}
-
-
-class ConnectRefused(HubbubError):
-    """The application refused a namespace ``CONNECT``: the client gets ``CONNECT_ERROR``
-    with ``message`` (and ``data`` when given)."""
-
-    def __init__(self, message: str = "Connection rejected by server", data: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.data = data
 
 
 class SocketIOHandlers(Protocol):
