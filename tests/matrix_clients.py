@@ -796,7 +796,7 @@ class SocketIO(WebSocketAdapter):
     """Socket.IO over its WebSocket transport (``/socket.io/?EIO=4&transport=websocket``), raw
     Engine.IO/Socket.IO v5 text: the connect token is ``auth.token`` in ``CONNECT``; with no Python
     application the client uses hub channels itself (``subscribe``/``publish`` events with
-    acknowledgements, ``publication``/``unsubscribe`` events; hubbub.socketio.session.HubHandlers).
+    acknowledgements, ``publication``/``unsubscribe`` events; hubbub.sio.session.HubHandlers).
     A refused ``CONNECT`` is ``CONNECT_ERROR`` with the code in its data: :class:`Error`, the
     connection stays open."""
 

@@ -1,13 +1,13 @@
-"""The Socket.IO protocol core without I/O: Engine.IO payloads (hubbub.socketio.engineio) and
-Socket.IO packets with binary attachments (hubbub.socketio.packets), against the examples of
+"""The Socket.IO protocol core without I/O: Engine.IO payloads (hubbub.sio.engineio) and
+Socket.IO packets with binary attachments (hubbub.sio.packets), against the examples of
 the protocol documents (socketio/engine.io-protocol and socket.io-protocol, README.md)."""
 
 from __future__ import annotations
 
 import pytest
 
-from hubbub.socketio import engineio
-from hubbub.socketio.packets import Decoder, PacketError, PacketType, decode_text, encode
+from hubbub.sio import engineio
+from hubbub.sio.packets import Decoder, PacketError, PacketType, decode_text, encode
 
 
 def test_engineio_payloads_join_packets_with_the_record_separator() -> None:

@@ -46,7 +46,9 @@ MODULES = {
     "hubbub.cluster": ["Cluster", "node_info", "apply_user_command"],
     "hubbub.errors": ["HubbubError", "ConfigError", "RouteCollision", "ProtocolError", "BadRequest", "Disconnect",
                       "TokenError", "TokenExpired", "InvalidToken", "BrokerError", "BrokerUnavailable", "ClusterError",
-                      "NodeUnavailable", "RemoteError", "ClientError", "ReplyError", "EndpointError", "NotStarted"],
+                      "NodeUnavailable", "RemoteError", "ClientError", "ReplyError", "EndpointError", "NotStarted",
+                      "SocketIOError", "ConnectRefused", "SocketIOConnectionError", "ConnectionRefusedError",
+                      "SocketIOTimeoutError", "BadNamespaceError", "DisconnectedError"],
     "hubbub.asgi": ["ASGIAdapter", "ASGIFrames"],
     "hubbub.hosting": ["HostedApp"],
     "hubbub.api": ["ServerAPI"],
@@ -54,6 +56,12 @@ MODULES = {
     "hubbub.client": ["Client", "RelayClient", "protocol_url", "endpoint"],
     "hubbub.codes": ["ErrorCode", "DisconnectCode", "should_reconnect"],
     "hubbub.metrics": [],
+    "hubbub.socketio.server": ["AsyncServer", "AsyncNamespace", "ASGIApp", "static_file"],
+    "hubbub.sio.session": ["SocketIOSession", "SocketIOHandlers", "HubHandlers", "SocketIOWire", "PollingOut",
+                                "room_channel", "publication_data"],
+    "hubbub.sio.service": ["SocketIOService", "UpgradeProbe"],
+    "hubbub.sio.engineio": ["encode_payload", "decode_payload", "error_body", "EngineError"],
+    "hubbub.sio.packets": ["PacketType", "SocketIOPacket", "Decoder", "encode", "decode_text"],
 }
 
 

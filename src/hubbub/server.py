@@ -39,7 +39,7 @@ from .metrics import render
 from .relay import RelaySession, RelayWire
 from .routing import Router
 from .session import ClientSession
-from .socketio.service import SocketIOService
+from .sio.service import SocketIOService
 from .streams import Streams
 from .transport import ClientTransport, WebSocketSession, WebSocketTransport
 from .writer import Flusher

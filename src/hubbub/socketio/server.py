@@ -23,9 +23,9 @@ from ..app import App
 from ..brokers.base import Publication
 from ..errors import ConnectionRefusedError, ConnectRefused
 from ..http import HTTPRequest, HTTPResponse
+from ..sio.session import SocketIOSession, publication_data, room_channel
 from ..strictjson import dumps
 from . import exceptions
-from .session import SocketIOSession, publication_data, room_channel
 
 __all__ = ["ASGIApp", "AsyncNamespace", "AsyncServer", "ConnectionRefusedError", "exceptions"]
 
@@ -367,7 +367,7 @@ class AsyncServer:
 
 
 class _Handlers:
-    """The :class:`~hubbub.socketio.session.SocketIOHandlers` of an :class:`AsyncServer`."""
+    """The :class:`~hubbub.sio.session.SocketIOHandlers` of an :class:`AsyncServer`."""
 
     def __init__(self, server: AsyncServer) -> None:
         self.server = server

@@ -89,7 +89,7 @@ class SocketIOService:
         cluster: the control channel, for polls that reach the wrong node (``None``: one node).
 
     Attributes:
-        handlers: the application's :class:`~hubbub.socketio.session.SocketIOHandlers`
+        handlers: the application's :class:`~hubbub.sio.session.SocketIOHandlers`
             (:class:`hubbub.socketio.AsyncServer` sets itself); by default namespace ``/``
             only, events acknowledged with nothing.
     """

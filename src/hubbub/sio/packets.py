@@ -23,7 +23,7 @@ from typing import Any, Final
 
 from ..strictjson import dumps, loads
 
-__all__ = ["PacketError", "PacketType", "SocketIOPacket", "Decoder", "encode", "has_binary"]
+__all__ = ["PacketError", "PacketType", "SocketIOPacket", "Decoder", "encode", "has_binary", "reconstruct"]
 
 
 class PacketType(enum.IntEnum):
@@ -92,16 +92,21 @@ def _deconstruct(value: Any, buffers: list[bytes]) -> Any:
     return value
 
 
-def _reconstruct(value: Any, buffers: list[bytes]) -> Any:
+def reconstruct(value: Any, buffers: list[bytes]) -> Any:
+    """``value`` with each ``{"_placeholder": true, "num": N}`` replaced by ``buffers[N]``.
+
+    Raises:
+        PacketError: a placeholder whose ``num`` is out of range.
+    """
     if isinstance(value, list):
-        return [_reconstruct(item, buffers) for item in value]
+        return [reconstruct(item, buffers) for item in value]
     if isinstance(value, dict):
         if value.get("_placeholder") is True and len(value) == 2:
             num = value.get("num")
             if type(num) is not int or not 0 <= num < len(buffers):
                 raise PacketError("attachment placeholder out of range")
             return buffers[num]
-        return {key: _reconstruct(item, buffers) for key, item in value.items()}
+        return {key: reconstruct(item, buffers) for key, item in value.items()}
     return value
 
 
@@ -226,7 +231,7 @@ class Decoder:
             self.pending, self._size = packet, 0
             return None
         if packet.type in (PacketType.BINARY_EVENT, PacketType.BINARY_ACK):
-            packet.data = _reconstruct(packet.data, [])
+            packet.data = reconstruct(packet.data, [])
         return packet
 
     def binary(self, data: bytes) -> SocketIOPacket | None:
@@ -247,7 +252,7 @@ class Decoder:
         if len(packet.buffers) < packet.attachments:
             return None
         self.pending = None
-        packet.data = _reconstruct(packet.data, packet.buffers)
+        packet.data = reconstruct(packet.data, packet.buffers)
         packet.buffers = []
         packet.attachments = 0
         return packet

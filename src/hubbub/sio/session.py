@@ -12,7 +12,7 @@ channel ``socketio:/N:R``, and each namespace connection's ``sid`` is a room of 
 Emitting to a room publishes ``{"event": name, "args": [...]}`` to its channel, so it
 reaches every node through the broker, and the server API can publish the same.
 
-Protocol sources: :mod:`hubbub.socketio.engineio` and :mod:`hubbub.socketio.packets`.
+Protocol sources: :mod:`hubbub.sio.engineio` and :mod:`hubbub.sio.packets`.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from ..hub import SubscribeResult
 from ..outbox import FrameBatch, Outbox
 from ..strictjson import dumps, loads
 from . import engineio
-from .packets import RESERVED_EVENTS, Decoder, PacketError, PacketType, SocketIOPacket, encode
+from .packets import RESERVED_EVENTS, Decoder, PacketError, PacketType, SocketIOPacket, encode, reconstruct
 
 __all__ = [
     "CHANNEL_PREFIX", "ConnectRefused", "HubHandlers", "PollingOut", "SocketIOHandlers", "SocketIOSession", "SocketIOWire",
@@ -192,8 +192,7 @@ class SocketIOWire:
             if isinstance(attachments, list) and attachments:
                 try:
                     buffers = [base64.b64decode(str(item), validate=True) for item in attachments]
-                    from .packets import _reconstruct
-                    args = _reconstruct(args, buffers)
+                    args = reconstruct(args, buffers)
                 except (ValueError, PacketError):
                     return None
         else:
