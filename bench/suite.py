@@ -259,6 +259,8 @@ class Suite:
             reason = missing_module(peer.requires, self.python)
             if reason is None and peer.name == "socketify":
                 reason = self._socketify_problem()
+            if reason is None and peer.problem is not None:
+                reason = peer.problem()
             if reason:
                 self.skipped[peer.name] = reason
                 log(f"  {peer.name}: skipped: {reason}")
