@@ -1614,6 +1614,7 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
     lines += ["", rep.table_w6(), ""]
     lines += where_the_time_goes(suite)
     lines += compression_section()
+    lines += socketio_section()
     lines += [
         "## Caveats",
         "",
@@ -1733,6 +1734,16 @@ def compression_section() -> list[str]:
     """The permessage-deflate figures of ``bench/compression.py --docs-section``
     (``bench/results/compression.md``), as they are; nothing if there are none."""
     path = Path(__file__).resolve().parent / "results" / "compression.md"
+    if not path.is_file():
+        return []
+    return path.read_text().rstrip("\n").split("\n") + [""]
+
+
+def socketio_section() -> list[str]:
+    """The Socket.IO rows (``hubbub-socketio``, python-socketio, Node's ``socket.io``) of their own
+    same-run suite (``bench/results/socketio.md``, raw results ``socketio.json``), as they are;
+    nothing if there are none."""
+    path = Path(__file__).resolve().parent / "results" / "socketio.md"
     if not path.is_file():
         return []
     return path.read_text().rstrip("\n").split("\n") + [""]

@@ -371,3 +371,21 @@ async def test_polling_sessions_are_pinged_and_dropped_without_pong(sio_app: Any
         assert (await http.get(url, params=params, timeout=TIMEOUT)).text == "2"  # the next one
         # no pong this time: closed
         await until(lambda: app.server.socketio.sessions == {}, "the session without pong to end")
+
+
+async def test_output_waiting_for_a_poll_is_bounded(sio_app: Any) -> None:
+    sio = make_server()
+    app = await sio_app(sio, max_pending_output=4096)
+    async with Http() as http:
+        url = f"{app.server.url}/socket.io/"
+        sid = json.loads((await http.get(url, params={"EIO": "4", "transport": "polling"})).text[1:])["sid"]
+        params = {"EIO": "4", "transport": "polling", "sid": sid}
+        await http.post(url, params=params, content=b"40")
+        connected = (await http.get(url, params=params)).text
+        assert connected.startswith("40{")
+        client_sid = json.loads(connected[2:])["sid"]
+        for n in range(100):  # the client does not poll meanwhile: 100 x ~120 bytes > 4 KiB
+            await sio.emit("flood", {"n": n, "blob": "x" * 100}, to=client_sid)
+        assert app.server.socketio.sessions == {}  # closed with 3008, what waited dropped
+        reply = await http.get(url, params=params)
+        assert (reply.status_code, reply.json()["code"]) == (400, 1)

@@ -56,6 +56,9 @@ TRANSPORT_ERROR: Final = "transport error"
 
 #: Event handlers of one connection running at once; past it, reading waits (backpressure).
 MAX_HANDLERS = 64
+#: Lost namespace connections a node keeps for connection state recovery at once (the oldest
+#: go first past it; each is kept ``socketio_recovery_window`` seconds at most).
+MAX_RECOVERABLE = 100_000
 #: Server-to-client acknowledgements one namespace connection may wait for at once
 #: (the oldest is dropped past it).
 MAX_PENDING_ACKS = 1024
@@ -722,9 +725,12 @@ class SocketIOSession(ClientCore):
             if position is not None:
                 positions[room] = position
         now = time.monotonic()
-        for pid in [pid for pid, kept in self.recovery.items() if kept.until < now]:
-            del self.recovery[pid]
-        self.recovery[conn.pid] = _Recoverable(conn.sid, conn.namespace, self.user, set(conn.rooms), conn.data,
+        recovery = self.recovery
+        for pid in [pid for pid, kept in recovery.items() if kept.until < now]:
+            del recovery[pid]
+        while len(recovery) >= MAX_RECOVERABLE:  # the oldest first (insertion order)
+            del recovery[next(iter(recovery))]
+        recovery[conn.pid] = _Recoverable(conn.sid, conn.namespace, self.user, set(conn.rooms), conn.data,
                                                positions, now + self.config.socketio_recovery_window)
 
     def _recover(self, namespace: str, auth: dict[str, Any]) -> _Recoverable | None:
