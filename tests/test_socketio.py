@@ -386,6 +386,6 @@ async def test_output_waiting_for_a_poll_is_bounded(sio_app: Any) -> None:
         client_sid = json.loads(connected[2:])["sid"]
         for n in range(100):  # the client does not poll meanwhile: 100 x ~120 bytes > 4 KiB
             await sio.emit("flood", {"n": n, "blob": "x" * 100}, to=client_sid)
-        assert app.server.socketio.sessions == {}  # closed with 3008, what waited dropped
+        await until(lambda: app.server.socketio.sessions == {}, "the session over the bound to end")  # 3008
         reply = await http.get(url, params=params)
         assert (reply.status_code, reply.json()["code"]) == (400, 1)
