@@ -38,6 +38,7 @@ class Peer:
     packages: tuple[str, ...] = ()  # distributions whose versions the docs list
     env: dict[str, str] = field(default_factory=dict)
     workloads: tuple[str, ...] | None = None  # the suite's workloads it takes part in (None: all)
+    problem: Callable[[], str | None] | None = None  # why it cannot run here (a non-Python peer), or None
 
 
 def _script(name: str) -> Callable[[str, int], list[str]]:
@@ -131,6 +132,45 @@ SOCKETIO = Peer(
     requires=("socketio", "uvicorn"),
     packages=("python-socketio", "python-engineio", "uvicorn"),
 )
+HUBBUB_SOCKETIO = Peer(
+    name="hubbub-socketio",
+    argv=_script("hubbub_socketio.py"),
+    fanout=Target(SOCKETIO_PATH, "socketio"),
+    channels=Target(SOCKETIO_PATH, "socketio"),
+    what="the `socketio` peer's application with `import hubbub.socketio as socketio`, on hubbub's own "
+    "server (`bench/servers/hubbub_socketio.py`); rooms are hub channels",
+    requires=("hubbub",),
+    packages=("hubbub",),
+    workloads=("1", "3", "4", "5"),
+)
+def _node_socketio_problem() -> str | None:
+    """Why the Node ``socket.io`` peer cannot run: no ``node``, or ``socket.io`` not installed in
+    tests/js/node_modules (``npm install`` there)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None:
+        return "node is not installed"
+    script = ("require('node:module').createRequire(require('node:path').resolve('tests/js/package.json'))"
+              "('socket.io')")
+    proc = subprocess.run(["node", "-e", script], cwd=BENCH.parent, capture_output=True, text=True, timeout=60,
+                          check=False)
+    if proc.returncode != 0:
+        return "socket.io (npm) is not installed in tests/js/node_modules: npm install there"
+    return None
+
+
+SOCKETIO_NODE = Peer(
+    name="socketio-node",
+    argv=lambda py, port: ["node", str(BENCH / "servers" / "socketio_node.mjs"), "--host", HOST, "--port", str(port)],
+    fanout=Target(SOCKETIO_PATH, "socketio"),
+    channels=Target(SOCKETIO_PATH, "socketio"),
+    what="the reference Node.js `socket.io` server (npm, `bench/servers/socketio_node.mjs`): the same "
+    "application, an anchor for the Socket.IO rows",
+    packages=(),
+    workloads=("1", "3", "4", "5"),
+    problem=_node_socketio_problem,
+)
 SOCKETIFY = Peer(
     name="socketify",
     argv=_script("socketify_server.py"),
@@ -170,6 +210,6 @@ TRIVIAL_PROTOBUF = Peer(
 PEERS: dict[str, Peer] = {
     peer.name: peer
     for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_PROTOBUF, HUBBUB_TEXT, HUBBUB_UNI_SSE, HUBBUB_ASGI, WEBSOCKETS,
-                 SOCKETIO, SOCKETIFY, TRIVIAL, TRIVIAL_CENTRIFUGO, TRIVIAL_PROTOBUF)
+                 SOCKETIO, HUBBUB_SOCKETIO, SOCKETIO_NODE, SOCKETIFY, TRIVIAL, TRIVIAL_CENTRIFUGO, TRIVIAL_PROTOBUF)
 }
 BASELINE = "websockets"

@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     for peer in peers:
         reason = missing_module(peer.requires, args.python)
+        if reason is None and peer.problem is not None:
+            reason = peer.problem()
         if reason:
             skipped[peer.name] = f"skipped: {reason}"
             print(f"  {peer.name}: {skipped[peer.name]}", file=sys.stderr)

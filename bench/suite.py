@@ -281,6 +281,8 @@ class Suite:
             reason = missing_module(peer.requires, self.python)
             if reason is None and peer.name == "socketify":
                 reason = self._socketify_problem()
+            if reason is None and peer.problem is not None:
+                reason = peer.problem()
             if reason:
                 self.skipped[peer.name] = reason
                 log(f"  {peer.name}: skipped: {reason}")
@@ -1785,6 +1787,7 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
     lines += compression_section()
     lines += results_section("outbox.md")
     lines += proxy_section()
+    lines += socketio_section()
     lines += [
         "## Caveats",
         "",
@@ -2006,6 +2009,16 @@ def per_connection_section() -> list[str]:
     (written from ``bench/connect_cpu.py`` and ``bench/idle_bytes.py`` runs); nothing if
     there is none."""
     path = Path(__file__).resolve().parent / "results" / "per-connection.md"
+    if not path.is_file():
+        return []
+    return path.read_text().rstrip("\n").split("\n") + [""]
+
+
+def socketio_section() -> list[str]:
+    """The Socket.IO rows (``hubbub-socketio``, python-socketio, Node's ``socket.io``) of their own
+    same-run suite (``bench/results/socketio.md``, raw results ``socketio.json``), as they are;
+    nothing if there are none."""
+    path = Path(__file__).resolve().parent / "results" / "socketio.md"
     if not path.is_file():
         return []
     return path.read_text().rstrip("\n").split("\n") + [""]

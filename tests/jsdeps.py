@@ -32,7 +32,8 @@ def node_modules() -> Path:
     if not shutil.which("node") or not shutil.which("npm"):
         missing("node and npm")
     modules = JS / "node_modules"
-    if not (modules / "centrifuge" / "dist" / "centrifuge.js").exists() or not (modules / "eventsource").exists():
+    if (not (modules / "centrifuge" / "dist" / "centrifuge.js").exists() or not (modules / "eventsource").exists()
+            or not (modules / "socket.io-client").exists()):
         out = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=JS,
                              capture_output=True, text=True, timeout=300)
         if out.returncode != 0:

@@ -414,8 +414,11 @@ class MuteWebSocket:
             protocol.send_request(protocol.connect())
             await ws._flush()
             while True:
-                for event in await ws._read():
+                events = await ws._read()
+                for index, event in enumerate(events):
                     if isinstance(event, Response):
+                        # frames that came in the same read as the 101 (a server that speaks first)
+                        ws.frames.extend(e for e in events[index + 1:] if isinstance(e, Frame))
                         if event.status_code != 101:
                             sock.close()
                             return Refused(event.status_code)
@@ -789,6 +792,110 @@ def uni_event(message: dict[str, Any]) -> Event:
     return Pub(None)
 
 
+class SocketIO(WebSocketAdapter):
+    """Socket.IO over its WebSocket transport (``/socket.io/?EIO=4&transport=websocket``), raw
+    Engine.IO/Socket.IO v5 text: the connect token is ``auth.token`` in ``CONNECT``; with no Python
+    application the client uses hub channels itself (``subscribe``/``publish`` events with
+    acknowledgements, ``publication``/``unsubscribe`` events; hubbub.sio.session.HubHandlers).
+    A refused ``CONNECT`` is ``CONNECT_ERROR`` with the code in its data: :class:`Error`, the
+    connection stays open."""
+
+    def path(self) -> str:
+        return "/socket.io/?EIO=4&transport=websocket"
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self.next_ack = 0
+        self.pending: list[str] = []
+
+    async def _packet(self) -> str | Closed | Timeout:
+        if self.pending:
+            return self.pending.pop(0)
+        while True:
+            raw = await self._recv()
+            if isinstance(raw, (Closed, Timeout)):
+                return raw
+            if isinstance(raw, bytes):
+                continue  # an attachment: the matrix sends no binary
+            if raw == "2":
+                await self._send("3")
+                continue
+            return raw
+
+    async def emit(self, *args: Any) -> tuple[int, Closed | None]:
+        self.next_ack += 1
+        return self.next_ack, await self._send(f"42{self.next_ack}" + json.dumps(list(args)))
+
+    async def acked(self, ack: int) -> Event:
+        """:class:`Ok`, or the acknowledgement's error, or what ended the wait."""
+        while True:
+            packet = await self._packet()
+            if isinstance(packet, (Closed, Timeout)):
+                return packet
+            if packet.startswith(f"43{ack}["):
+                reply = json.loads(packet[len(f"43{ack}"):])
+                error = reply[0].get("error") if reply and isinstance(reply[0], dict) else None
+                return Error(error["code"]) if error else Ok()
+            self.pending.append(packet)
+
+    async def start(self, token: str | None, channel: str = CHANNEL, *, small_rcvbuf: bool = False) -> Event:
+        refused = await self._open(self.path(), small_rcvbuf=small_rcvbuf)
+        if refused is not None:
+            return refused
+        opened = await self._packet()
+        if isinstance(opened, (Closed, Timeout)) or not opened.startswith("0{"):
+            return opened if isinstance(opened, (Closed, Timeout)) else Broken(f"no open packet: {opened!r}")
+        closed = await self._send("40" + ("" if token is None else json.dumps({"token": token})))
+        if closed is not None:
+            return closed
+        connected = await self._packet()
+        if isinstance(connected, (Closed, Timeout)):
+            return connected
+        if connected.startswith("44"):
+            return Error(json.loads(connected[2:])["data"]["code"])
+        if not connected.startswith("40{"):
+            return Broken(f"not a CONNECT reply: {connected!r}")
+        ack, closed = await self.emit("subscribe", channel)
+        return closed if closed is not None else await self.acked(ack)
+
+    async def publish(self, data: Any) -> Outcome | None:
+        return (await self.emit("publish", CHANNEL, data))[1]
+
+    async def flood(self, n: int) -> Outcome | None:
+        for _ in range(n):
+            closed = (await self.emit("publish", "nowhere"))[1]
+            if closed is not None:
+                return closed
+        return None
+
+    async def send_oversized(self) -> Outcome | None:
+        started = await self.start(self.env.token())
+        if not isinstance(started, Ok):
+            return Broken(f"could not start: {started}")
+        return await self.publish({"blob": "x" * OVERSIZED})
+
+    async def open_idle(self) -> Outcome | None:
+        return await self._open(self.path())
+
+    async def next_event(self) -> Event:
+        packet = await self._packet()
+        if isinstance(packet, (Closed, Timeout)):
+            return packet
+        if packet.startswith("42["):
+            event = json.loads(packet[2:])
+            if event[0] == "publication":
+                return Pub(event[2])
+            if event[0] == "unsubscribe":
+                return Unsubscribed(event[2]["code"])
+        elif packet.startswith("43"):
+            digits = len(packet) - len(packet[2:].lstrip("0123456789"))
+            reply = json.loads(packet[digits:])
+            error = reply[0].get("error") if reply and isinstance(reply[0], dict) else None
+            if error:
+                return Error(error["code"])
+        return Pub(None)  # the open packet, a DISCONNECT before the close, another ack: not decisive
+
+
 # -- streaming HTTP ways ---------------------------------------------------------------------------------
 
 
@@ -1002,4 +1109,5 @@ ADAPTERS: dict[str, Callable[[Env], Adapter]] = {
     "channel_sse": ChannelSSE,
     "relay": Relay,
     "endpoint": Endpoint,
+    "socketio": SocketIO,
 }

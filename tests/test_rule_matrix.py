@@ -162,6 +162,15 @@ ROWS: dict[str, dict[str, Outcome | NotApplicable]] = {
         "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": AT_HANDSHAKE,
         "max_message_size": Closed(1009), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(None),
     },
+    # Socket.IO (WebSocket transport) without a Python application: the client uses hub channels
+    # itself (subscribe/publish events); a refused CONNECT is CONNECT_ERROR with the code (the
+    # Engine.IO connection stays open); refusals of subscribe/publish are acknowledgement errors
+    "socketio": {
+        "anonymous": Error(3500), "expired": Error(109), "expires_live": Closed(3005), "user_limit": Error(3504), "namespace": Error(103),
+        "hook_connect": Error(4403), "hook_subscribe": Error(103), "hook_publish": Error(103),
+        "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": Closed(3502),
+        "max_message_size": Closed(1009), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
+    },
 }
 
 # the backend's proxy refuses as the Python hooks do (a disconnect 4403 at connect, error 103 at
@@ -183,6 +192,7 @@ XFAIL: dict[tuple[str, str, str], str] = {}
 # -- the served App --------------------------------------------------------------------------------
 
 BASE_SETTINGS: dict[str, Any] = {
+    "port": 0,  # a free port: parallel runs (and other processes) may hold 8000
     "token_hmac_secret": SECRET,
     "api_key": API_KEY,
     "ping_interval": 0,

@@ -46,7 +46,9 @@ MODULES = {
     "hubbub.cluster": ["Cluster", "node_info", "apply_user_command"],
     "hubbub.errors": ["HubbubError", "ConfigError", "RouteCollision", "ProtocolError", "BadRequest", "Disconnect",
                       "TokenError", "TokenExpired", "InvalidToken", "BrokerError", "BrokerUnavailable", "ClusterError",
-                      "NodeUnavailable", "RemoteError", "ClientError", "ReplyError", "EndpointError", "NotStarted"],
+                      "NodeUnavailable", "RemoteError", "ClientError", "ReplyError", "EndpointError", "NotStarted",
+                      "SocketIOError", "ConnectRefused", "SocketIOConnectionError", "ConnectionRefusedError",
+                      "SocketIOTimeoutError", "BadNamespaceError", "DisconnectedError"],
     "hubbub.asgi": ["ASGIAdapter", "ASGIFrames"],
     "hubbub.hosting": ["HostedApp"],
     "hubbub.api": ["ServerAPI"],
@@ -57,6 +59,12 @@ MODULES = {
     "hubbub.consumers": ["configured"],
     "hubbub.consumers.base": ["Consumer", "CommandDispatcher", "APIDispatcher", "Outcome", "Result", "backoff"],
     "hubbub.consumers.postgresql": ["PostgresConsumer"],
+    "hubbub.socketio.server": ["AsyncServer", "AsyncNamespace", "ASGIApp", "static_file"],
+    "hubbub.sio.session": ["SocketIOSession", "SocketIOHandlers", "HubHandlers", "SocketIOWire", "PollingOut",
+                                "room_channel", "publication_data"],
+    "hubbub.sio.service": ["SocketIOService", "UpgradeProbe"],
+    "hubbub.sio.engineio": ["encode_payload", "decode_payload", "error_body", "EngineError"],
+    "hubbub.sio.packets": ["PacketType", "SocketIOPacket", "Decoder", "encode", "decode_text"],
 }
 
 

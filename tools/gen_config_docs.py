@@ -94,6 +94,11 @@ GROUPS: dict[str, tuple[str, list[str]]] = {
          "proxy_subscribe_timeout", "proxy_publish_timeout", "proxy_sub_refresh_timeout", "proxy_rpc_timeout",
          "proxy_http_headers", "proxy_binary_encoding", "proxy_max_connections", "proxies", "rpc_proxies"],
     ),
+    "Socket.IO": (
+        "Socket.IO clients (socket.io-client, python-socketio) at `socketio_path`; rooms are channels of "
+        "the `socketio` namespace. See [docs/howto/socketio.md](howto/socketio.md).",
+        ["socketio_path", "socketio_max_attachments", "socketio_attachment_timeout", "socketio_recovery_window"],
+    ),
     "Channels and namespaces": (
         "Tables, not single values: `[channels]` holds the options of channels without `:`, "
         "`[namespaces.NAME]` those of `NAME:...` (see [Namespace options](#namespace-options)). A channel "
@@ -121,6 +126,8 @@ UNITS: dict[str, str] = {
     "page": "", "protocol_path": "", "relay_path": "", "health_path": "", "metrics_path": "",
     "http_stream_path": "", "sse_path": "", "emulation_path": "", "uni_websocket_path": "", "uni_sse_path": "",
     "uni_http_stream_path": "", "channel_sse_path": "",
+    "socketio_path": "", "socketio_max_attachments": "attachments", "socketio_attachment_timeout": "seconds",
+    "socketio_recovery_window": "seconds",
     "channels": "", "namespaces": "",
     "postgresql_consumer_dsn": "", "postgresql_consumer_outbox_table_name": "",
     "postgresql_consumer_num_partitions": "partitions", "postgresql_consumer_partition_select_limit": "rows",

@@ -315,6 +315,17 @@ class Config:
             ``sub_refresh_proxy`` and for ``rpc_proxies``.
         rpc_proxies: ``rpc`` method -> proxy name (``"default"``, a
             ``[proxies.NAME]``, or ``""``: the application's ``on_rpc``).
+        socketio_path: where Socket.IO clients connect (Engine.IO v4
+            long-polling and WebSocket; ``""``: off). Rooms are channels of the
+            ``socketio`` namespace (``socketio:{namespace}:{room}``); see
+            docs/howto/socketio.md.
+        socketio_max_attachments: binary attachments one Socket.IO packet may
+            announce; more closes the connection.
+        socketio_attachment_timeout: seconds a Socket.IO binary packet may wait
+            for its attachments; then the connection closes (3501).
+        socketio_recovery_window: seconds a Socket.IO client that lost its
+            connection may come back with its ``pid`` and ``offset`` and get
+            what it missed (needs history on the ``socketio`` namespace).
         channels: options of the default namespace.
         namespaces: options per namespace name.
     """
@@ -397,6 +408,10 @@ class Config:
     proxy_max_connections: int = 100
     proxies: dict[str, ProxyOptions] = field(default_factory=dict)
     rpc_proxies: dict[str, str] = field(default_factory=dict)
+    socketio_path: str = "/socket.io/"
+    socketio_max_attachments: int = 10
+    socketio_attachment_timeout: float = 10.0
+    socketio_recovery_window: float = 120.0
     channels: NamespaceOptions = field(default_factory=NamespaceOptions)
     namespaces: dict[str, NamespaceOptions] = field(default_factory=dict)
 
@@ -533,7 +548,8 @@ class Config:
             errors.append(f"websocket_compression_min_size must be >= 0, got {self.websocket_compression_min_size}")
         if self.event_loop not in ("asyncio", "uvloop"):
             errors.append(f"event_loop must be 'asyncio' or 'uvloop', got {self.event_loop!r}")
-        for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path", *STREAM_PATHS):
+        for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path", "socketio_path",
+                     *STREAM_PATHS):
             value = getattr(self, name)
             if value and (not value.startswith("/") or (value != "/" and value.endswith("/") and name == "api_path")):
                 errors.append(f"{name} must start with '/' (or be empty to turn it off), got {value!r}")

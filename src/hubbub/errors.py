@@ -139,3 +139,48 @@ class ReplyError(ClientError):
 
 class EndpointError(ClientError):
     """A ``ws://`` URL whose path is no hubbub endpoint (a usage error)."""
+
+
+class SocketIOError(HubbubError):
+    """The base of the Socket.IO errors (python-socketio's ``socketio.exceptions`` names,
+    re-exported by :mod:`hubbub.socketio.exceptions`)."""
+
+
+class ConnectRefused(SocketIOError):
+    """A Socket.IO namespace ``CONNECT`` is refused: the client gets ``CONNECT_ERROR`` with
+    ``{"message": message}`` (and ``"data"`` when given)."""
+
+    def __init__(self, message: str = "Connection rejected by server", data: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.data = data
+
+
+class SocketIOConnectionError(SocketIOError):
+    """python-socketio's ``socketio.exceptions.ConnectionError``."""
+
+
+class ConnectionRefusedError(SocketIOConnectionError):  # noqa: A001  # python-socketio's name
+    """Raise it in a Socket.IO ``connect`` handler to refuse the client: ``CONNECT_ERROR`` with
+    ``{"message": args[0]}`` (``"Connection rejected by server"`` without arguments) and
+    ``"data"``: ``args[1]`` (``args[1:]`` when there are more). python-socketio's name."""
+
+    def __init__(self, *args: Any) -> None:
+        self.error_args: dict[str, Any] = {"message": str(args[0]) if args else "Connection rejected by server"}
+        if len(args) == 2:
+            self.error_args["data"] = args[1]
+        elif len(args) > 2:
+            self.error_args["data"] = list(args[1:])
+        super().__init__(*args)
+
+
+class SocketIOTimeoutError(SocketIOError):
+    """No acknowledgement within the timeout (python-socketio's ``exceptions.TimeoutError``)."""
+
+
+class BadNamespaceError(SocketIOError):
+    """python-socketio's ``exceptions.BadNamespaceError``."""
+
+
+class DisconnectedError(SocketIOError):
+    """The Socket.IO client is not connected (python-socketio's ``exceptions.DisconnectedError``)."""

@@ -367,6 +367,14 @@ class Hub:
         self.stats.broker_errors += 1
         return ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True)
 
+    def position(self, channel: str) -> StreamPosition | None:
+        """The last stream position of ``channel`` this node delivered (``None``: the node
+        is not subscribed, or the channel has no stream)."""
+        state = self._channels.get(channel)
+        if state is None or not state.epoch:
+            return None
+        return StreamPosition(state.last_offset, state.epoch)
+
     async def history(
         self,
         channel: str,

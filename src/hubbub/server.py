@@ -41,6 +41,7 @@ from .proxy import http_proxy
 from .relay import RelaySession, RelayWire
 from .routing import Router
 from .session import ClientSession
+from .sio.service import SocketIOService
 from .streams import Streams
 from .transport import ClientTransport, WebSocketSession, WebSocketTransport
 from .writer import Flusher
@@ -60,7 +61,7 @@ _BUILTIN_SETTING = {
     "the http_stream transport": "http_stream_path", "the sse transport": "sse_path",
     "the emulation endpoint": "emulation_path", "the uni_sse transport": "uni_sse_path",
     "the uni_http_stream transport": "uni_http_stream_path", "channel event streams": "channel_sse_path",
-    "the uni_websocket transport": "uni_websocket_path",
+    "the uni_websocket transport": "uni_websocket_path", "Socket.IO": "socketio_path",
 }
 
 
@@ -181,6 +182,12 @@ class Server:
         #: SSE, HTTP streaming, one-way transports and channel event streams (hubbub.streams)
         self.streams = Streams(self)
         self.streams.install()
+        #: Socket.IO at ``socketio_path`` (``None`` when off; hubbub.socketio)
+        self.socketio: SocketIOService | None = None
+        if config.socketio_path:
+            self.socketio = SocketIOService(self, self.cluster)
+            self.http_routes.add(config.socketio_path, self.socketio.handle_http, "Socket.IO")
+            self.websocket_routes.add(config.socketio_path, self.socketio.websocket, "Socket.IO")
         if config.page:
             self.http_routes.add("/", self._page, "the demo page")
         #: the operator's dashboard at /admin (``None`` with ``admin = false``; it
@@ -355,7 +362,7 @@ class Server:
 
     def session_kinds(self) -> dict[str, int]:
         """Open WebSocket connections by kind: protocol, relay, endpoint."""
-        kinds = {"protocol": 0, "relay": 0, "endpoint": 0}
+        kinds = {"protocol": 0, "relay": 0, "endpoint": 0, "socketio": 0}
         for conn in self.websockets:
             session = conn.session
             if session is not None:
@@ -567,6 +574,8 @@ class Server:
         if self._server is not None:
             self._server.close()
         self._stopped = asyncio.Event()
+        if self.socketio is not None:
+            self.socketio.close(code, reason)
         for conn in list(self.connections):
             if conn.session is not None:
                 conn.session.disconnect(code, reason)
