@@ -920,8 +920,9 @@ def test_proxy_howto_is_the_django_backend_the_proxy_tests_serve() -> None:
         assert code == (ROOT / "tests" / "django_backend" / name).read_text(), f"howto/proxy.md: {name} differs"
 # -- docs/howto/socketio.md ------------------------------------------------------------------------
 
-#: python-socketio's own ASGI examples, as published (tests/socketio_examples/README.md)
-SOCKETIO_EXAMPLES = ROOT / "tests" / "socketio_examples"
+#: a python-socketio application written for these tests (tests/socketio_apps/board.py): served
+#: unchanged by python-socketio, and by hubbub with its import changed, it must give one transcript
+SOCKETIO_APPS = ROOT / "tests" / "socketio_apps"
 
 
 async def test_socketio_chat_runs_as_the_page_says(tmp_path: Path, procs: Any) -> None:
@@ -945,89 +946,139 @@ async def test_socketio_chat_runs_as_the_page_says(tmp_path: Path, procs: Any) -
     assert server.stop() == 0
 
 
-def unchanged_but_the_import(name: str, directory: Path) -> Path:
-    """Copy python-socketio's example ``name`` (and its pages) to ``directory`` with ``import
-    socketio`` changed to ``import hubbub.socketio as socketio``: the one change."""
-    for path in SOCKETIO_EXAMPLES.rglob("*"):
-        if path.is_file() and path.suffix in (".html", ".js", ".css"):
-            target = directory / path.relative_to(SOCKETIO_EXAMPLES)
+def board(directory: Path, *, hubbub: bool) -> Path:
+    """Copy tests/socketio_apps to ``directory``; with ``hubbub``, ``import socketio`` in
+    board.py becomes ``import hubbub.socketio as socketio``: the one change."""
+    for path in SOCKETIO_APPS.rglob("*"):
+        if path.is_file() and "__pycache__" not in path.parts:
+            target = directory / path.relative_to(SOCKETIO_APPS)
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(path.read_bytes())
-    original = (SOCKETIO_EXAMPLES / name).read_text()
-    changed = original.replace("\nimport socketio\n", "\nimport hubbub.socketio as socketio\n")
-    assert changed.count("import hubbub.socketio as socketio") == 1
-    diff = [(a, b) for a, b in zip(original.splitlines(), changed.splitlines(), strict=True) if a != b]
-    assert diff == [("import socketio", "import hubbub.socketio as socketio")]
-    (directory / name).write_text(changed)
+    if hubbub:
+        original = (SOCKETIO_APPS / "board.py").read_text()
+        changed = original.replace("\nimport socketio\n", "\nimport hubbub.socketio as socketio\n")
+        diff = [(a, b) for a, b in zip(original.splitlines(), changed.splitlines(), strict=True) if a != b]
+        assert diff == [("import socketio", "import hubbub.socketio as socketio")]
+        (directory / "board.py").write_text(changed)
     return directory
 
 
-async def drive_fiddle(url: str) -> None:
-    """What fiddle.py does: a ``hello`` with three arguments to each client that connects."""
+async def board_transcript(url: str) -> list[Any]:
+    """Drive board.py with python-socketio's client over WebSocket, polling and the upgrade;
+    what the clients saw, in order per client."""
     import socketio as pysio
 
-    for transports in (["websocket"], ["polling"], ["polling", "websocket"]):
-        client = pysio.AsyncClient(reconnection=False)
-        hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        client.on("hello", lambda *args, f=hello: f.done() or f.set_result(args))
-        await client.connect(url, transports=transports, auth={"token": "t"}, wait_timeout=TIMEOUT)
-        assert await asyncio.wait_for(hello, TIMEOUT) == (1, 2, {"hello": "you"})
-        await client.disconnect()
-    status, body = await ahttp("GET", url + "/")
-    assert status == 200 and b"socket.io" in body.lower()
-    status, body = await ahttp("GET", url + "/static/fiddle.js")
-    assert status == 200 and b"io(" in body
+    seen: list[Any] = []
+    events: dict[str, asyncio.Queue[Any]] = {}
 
-
-async def drive_app(url: str) -> None:
-    """What app.py does: responses to its events, rooms, a broadcast, a server-side disconnect."""
-    import socketio as pysio
-
-    a, b = pysio.AsyncClient(reconnection=False), pysio.AsyncClient(reconnection=False)
-    got: dict[str, asyncio.Queue[Any]] = {"a": asyncio.Queue(), "b": asyncio.Queue()}
-    for name, client in (("a", a), ("b", b)):
-        client.on("my_response", lambda data, q=got[name]: q.put_nowait(data))
+    def client(name: str) -> Any:
+        c = pysio.AsyncClient(reconnection=False)
+        q = events[name] = asyncio.Queue()
+        for event in ("status", "heard", "posted", "tick"):
+            c.on(event, lambda data, event=event: q.put_nowait((event, data)))
+        c.on("question", lambda data: "yes to " + data["q"])
+        return c
 
     async def next_of(name: str) -> Any:
-        return await asyncio.wait_for(got[name].get(), TIMEOUT)
+        got = await asyncio.wait_for(events[name].get(), TIMEOUT)
+        seen.append((name, *got))
+        return got
 
-    await a.connect(url, transports=["websocket"], wait_timeout=TIMEOUT)
-    await b.connect(url, transports=["polling"], wait_timeout=TIMEOUT)
-    assert await next_of("a") == {"data": "Connected", "count": 0}
-    assert await next_of("b") == {"data": "Connected", "count": 0}
-    await a.emit("my_event", {"data": "echo me"})
-    assert await next_of("a") == {"data": "echo me"}
-    await a.emit("join", {"room": "r1"})
-    assert await next_of("a") == {"data": "Entered room: r1"}
-    await b.emit("join", {"room": "r1"})
-    assert await next_of("b") == {"data": "Entered room: r1"}
-    await b.emit("my_room_event", {"room": "r1", "data": "to r1"})
-    assert (await next_of("a"), await next_of("b")) == ({"data": "to r1"}, {"data": "to r1"})
-    await a.emit("my_broadcast_event", {"data": "everyone"})
-    assert (await next_of("a"), await next_of("b")) == ({"data": "everyone"}, {"data": "everyone"})
-    await b.emit("leave", {"room": "r1"})
-    assert await next_of("b") == {"data": "Left room: r1"}
-    await a.emit("close room", {"room": "r1"})
-    assert await next_of("a") == {"data": "Room r1 is closing."}
-    await a.emit("disconnect request")
-    await until(lambda: not a.connected, "the server to disconnect a")
-    assert got["b"].empty()
-    await b.disconnect()
+    refused = client("nobody")
+    errors: list[Any] = []
+    refused.on("connect_error", errors.append)
+    with pytest.raises(pysio.exceptions.ConnectionError):
+        await refused.connect(url, wait_timeout=TIMEOUT)
+    seen.append(("nobody", "connect_error", errors))
+    a, b = client("ann"), client("bob")
+    await a.connect(url, transports=["websocket"], auth={"name": "ann"}, wait_timeout=TIMEOUT)
+    await next_of("ann")
+    await b.connect(url, transports=["polling", "websocket"], auth={"name": "bob"}, wait_timeout=TIMEOUT)
+    await next_of("bob")
+    for text in ("milk", "eggs"):
+        await a.emit("note", {"text": text})
+        await next_of("ann")
+    await a.emit("shout", {"text": "hey"})
+    await next_of("bob")
+    seen.append(("ann", "join", await a.call("join", {"room": "r"}, timeout=TIMEOUT)))
+    seen.append(("bob", "join", await b.call("join", {"room": "r"}, timeout=TIMEOUT)))
+    seen.append(("bob", "join", await b.call("join", {"room": "s"}, timeout=TIMEOUT)))
+    await a.emit("post", {"room": "r", "text": "hi"})
+    await next_of("ann")
+    await next_of("bob")
+    seen.append(("bob", "leave", await b.call("leave", {"room": "s"}, timeout=TIMEOUT)))
+    seen.append(("ann", "ask", await a.call("ask", {"q": "tea?"}, timeout=TIMEOUT)))
+    await a.emit("countdown", {"from": 3})
+    for _ in range(3):
+        await next_of("ann")
+    admin, outsider = client("admin"), client("outsider")
+    await admin.connect(url, namespaces=["/admin"], auth={"key": "k"}, wait_timeout=TIMEOUT)
+    seen.append(("admin", "count", await admin.call("count", namespace="/admin", timeout=TIMEOUT)))
+    errors = []
+    outsider.on("connect_error", errors.append, namespace="/admin")
+    with pytest.raises(pysio.exceptions.ConnectionError):
+        await outsider.connect(url, namespaces=["/admin"], auth={"key": "no"}, wait_timeout=TIMEOUT)
+    seen.append(("outsider", "connect_error", errors))
+    await a.emit("close", {"room": "r"})
+    await next_of("ann")
+    await next_of("bob")
+    seen.append(("bob", "join", await b.call("join", {"room": "t"}, timeout=TIMEOUT)))  # r is gone
+    await a.emit("bye")
+    await until(lambda: not a.connected, "the server to disconnect ann")
+    assert events["ann"].empty() and events["bob"].empty(), "skip_sid or a closed room let an event through"
+    for c in (b, admin, refused, outsider):
+        await c.disconnect()
+    return seen
 
 
-@pytest.mark.parametrize("name", ["fiddle.py", "app.py"])
-async def test_python_socketio_examples_under_uvicorn(name: str, tmp_path: Path,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
-    directory = unchanged_but_the_import(name, tmp_path)
+#: what board.py's clients see, from python-socketio and from hubbub alike
+BOARD_TRANSCRIPT = [
+    ("nobody", "connect_error", [{"message": "who are you?"}]),
+    ("ann", "status", {"text": "welcome ann"}),
+    ("bob", "status", {"text": "welcome bob"}),
+    ("ann", "status", {"text": "note 1: milk"}),
+    ("ann", "status", {"text": "note 2: eggs"}),
+    ("bob", "heard", {"from": "ann", "text": "hey"}),
+    ("ann", "join", ["r"]),
+    ("bob", "join", ["r"]),
+    ("bob", "join", ["r", "s"]),
+    ("ann", "posted", {"room": "r", "text": "hi"}),
+    ("bob", "posted", {"room": "r", "text": "hi"}),
+    ("bob", "leave", ["r"]),
+    ("ann", "ask", {"you said": "yes to tea?"}),
+    ("ann", "tick", 3),
+    ("ann", "tick", 2),
+    ("ann", "tick", 1),
+    ("admin", "count", 2),
+    ("outsider", "connect_error", [{"message": "admins only"}]),
+    ("ann", "posted", {"room": "r", "text": "closing"}),
+    ("bob", "posted", {"room": "r", "text": "closing"}),
+    ("bob", "join", ["t"]),
+]
+
+
+async def check_board_page(url: str) -> None:
+    status, body = await ahttp("GET", url + "/")
+    assert status == 200 and b"board.js" in body
+    status, body = await ahttp("GET", url + "/static/board.js")
+    assert status == 200 and b'console.log("board")' in body
+
+
+@pytest.mark.parametrize("server", ["python-socketio", "hubbub.socketio"])
+async def test_board_app_under_uvicorn(server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # python-socketio itself is the reference: the same client script must see the same transcript
+    directory = board(tmp_path, hubbub=server == "hubbub.socketio")
     monkeypatch.chdir(directory)  # static_files are relative paths, as when run from their folder
-    (module,) = fresh_import(monkeypatch, directory, name.removesuffix(".py"))
+    (module,) = fresh_import(monkeypatch, directory, "board")
     async with uvicorn_serving(module.app) as port:
-        await (drive_fiddle if name == "fiddle.py" else drive_app)(f"http://127.0.0.1:{port}")
+        url = f"http://127.0.0.1:{port}"
+        assert await board_transcript(url) == BOARD_TRANSCRIPT
+        await check_board_page(url)
 
 
-@pytest.mark.parametrize("name", ["fiddle.py", "app.py"])
-async def test_python_socketio_examples_with_hubbub_run(name: str, tmp_path: Path, procs: Any) -> None:
-    directory = unchanged_but_the_import(name, tmp_path)
-    server = hubbub_run(procs, directory, name.removesuffix(".py") + ":app")
-    await (drive_fiddle if name == "fiddle.py" else drive_app)(server.http)
+async def test_board_app_with_hubbub_run(tmp_path: Path, procs: Any) -> None:
+    directory = board(tmp_path, hubbub=True)
+    server = hubbub_run(procs, directory, "board:app")
+    assert await board_transcript(server.http) == BOARD_TRANSCRIPT
+    await check_board_page(server.http)
     assert server.stop() == 0
