@@ -9,10 +9,12 @@ how it subscribes to its personal and group channels and publishes to them
 
 from __future__ import annotations
 
+import shutil
+import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import BENCH, HOST
+from harness import BENCH, HOST, missing_module
 
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 
@@ -38,6 +40,8 @@ class Peer:
     packages: tuple[str, ...] = ()  # distributions whose versions the docs list
     env: dict[str, str] = field(default_factory=dict)
     workloads: tuple[str, ...] | None = None  # the suite's workloads it takes part in (None: all)
+    #: a peer outside Python: why it cannot run here (None: it can), after its set-up
+    problem: Callable[[], str | None] | None = None
 
 
 def _script(name: str) -> Callable[[str, int], list[str]]:
@@ -47,6 +51,30 @@ def _script(name: str) -> Callable[[str, int], list[str]]:
 def hubbub_argv(*extra: str) -> Callable[[str, int], list[str]]:
     """``python -m hubbub serve`` on ``port`` with ``extra`` flags."""
     return lambda py, port: [py, "-m", "hubbub", "serve", "--host", HOST, "--port", str(port), *extra]
+
+
+def unavailable(peer: Peer, python: str) -> str | None:
+    """Why ``peer`` cannot run with ``python`` on this machine (the report's note), or None."""
+    return missing_module(peer.requires, python) or (peer.problem() if peer.problem else None)
+
+
+def node_socketio_problem() -> str | None:
+    """The Node peer needs ``node`` and npm's ``socket.io`` in bench/node_modules: installs it
+    from bench/package.json (``npm install``) when npm is here and it is missing."""
+    if shutil.which("node") is None:
+        return "`node` is not on the PATH (Debian: apt-get install nodejs npm)"
+    if not (BENCH / "node_modules" / "socket.io" / "package.json").is_file():
+        if shutil.which("npm") is None:
+            return "npm's socket.io is not installed in bench/node_modules and `npm` is not on the PATH"
+        proc = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=BENCH,
+                              capture_output=True, text=True, timeout=600, check=False)
+        if proc.returncode != 0:
+            return f"`npm install` in bench/ failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
+    return None
+
+
+def _node_script(name: str) -> Callable[[str, int], list[str]]:
+    return lambda py, port: ["node", str(BENCH / "servers" / name), "--host", HOST, "--port", str(port)]
 
 
 HUBBUB = Peer(
@@ -131,6 +159,28 @@ SOCKETIO = Peer(
     requires=("socketio", "uvicorn"),
     packages=("python-socketio", "python-engineio", "uvicorn"),
 )
+HUBBUB_SOCKETIO = Peer(
+    name="hubbub-socketio",
+    argv=_script("hubbub_socketio.py"),
+    fanout=Target(SOCKETIO_PATH, "socketio"),
+    channels=Target(SOCKETIO_PATH, "socketio"),
+    what="the python-socketio peer's application with the import changed (`import hubbub.socketio as "
+    "socketio`), its `ASGIApp` served by hubbub's own server (`app.serve()`, as `hubbub run` does); "
+    "rooms are hub channels",
+    requires=("hubbub",),
+    packages=("hubbub",),
+    workloads=("1", "3", "4", "5"),
+)
+SOCKETIO_NODE = Peer(
+    name="socketio-node",
+    argv=_node_script("socketio_node.cjs"),
+    fanout=Target(SOCKETIO_PATH, "socketio"),
+    channels=Target(SOCKETIO_PATH, "socketio"),
+    what="anchor: the reference Node `socket.io` server (npm, v4, `ws` engine, one process), the same "
+    "application: `socket.join(room)`, `io.to(room).emit(\"msg\", data)`",
+    workloads=("1", "3", "4", "5"),
+    problem=node_socketio_problem,
+)
 SOCKETIFY = Peer(
     name="socketify",
     argv=_script("socketify_server.py"),
@@ -170,6 +220,6 @@ TRIVIAL_PROTOBUF = Peer(
 PEERS: dict[str, Peer] = {
     peer.name: peer
     for peer in (HUBBUB, HUBBUB_PROTOCOL, HUBBUB_PROTOBUF, HUBBUB_TEXT, HUBBUB_UNI_SSE, HUBBUB_ASGI, WEBSOCKETS,
-                 SOCKETIO, SOCKETIFY, TRIVIAL, TRIVIAL_CENTRIFUGO, TRIVIAL_PROTOBUF)
+                 SOCKETIO, HUBBUB_SOCKETIO, SOCKETIO_NODE, SOCKETIFY, TRIVIAL, TRIVIAL_CENTRIFUGO, TRIVIAL_PROTOBUF)
 }
 BASELINE = "websockets"

@@ -49,11 +49,10 @@ from harness import (
     PUBLISH_WINDOW,
     ServerProcess,
     loadgen_argv,
-    missing_module,
     raise_nofile_limit,
     run_loadgen,
 )
-from peers import BASELINE, PEERS, Peer
+from peers import BASELINE, PEERS, Peer, unavailable
 
 DEFAULT_SERVERS = ("websockets", "trivial", "hubbub")
 
@@ -256,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
     peers = [PEERS[name] for name in args.servers]
     skipped: dict[str, str] = {}
     for peer in peers:
-        reason = missing_module(peer.requires, args.python)
+        reason = unavailable(peer, args.python)
         if reason:
             skipped[peer.name] = f"skipped: {reason}"
             print(f"  {peer.name}: {skipped[peer.name]}", file=sys.stderr)

@@ -65,12 +65,11 @@ from harness import (
     ServerProcess,
     free_port,
     loadgen_argv,
-    missing_module,
     mode_args,
     read_rss_kib,
     run_loadgen,
 )
-from peers import BASELINE, HUBBUB, PEERS, Peer, hubbub_argv
+from peers import BASELINE, HUBBUB, PEERS, Peer, hubbub_argv, unavailable
 
 DOCS = REPO / "docs"
 #: A server whose RSS passes this is killed (the run is reported as such).
@@ -256,7 +255,7 @@ class Suite:
             return  # filled in by from_results()
         for name in args.servers:
             peer = PEERS[name]
-            reason = missing_module(peer.requires, self.python)
+            reason = unavailable(peer, self.python)
             if reason is None and peer.name == "socketify":
                 reason = self._socketify_problem()
             if reason:
