@@ -328,6 +328,7 @@ class Suite:
                 args = [*loadgen_args, "--settle", str(self.scale.settle)]
                 if rss:
                     args += ["--rss-pid", str(server.pid)]
+                args += ["--cpu-pid", str(server.pid)]  # server CPU per connect and per delivery
                 ports = [srv.port for srv in servers]
                 with RssWatchdog(server) as dog:
                     outcome["report"] = run_loadgen(loadgen_argv(ports, path, mode, args), timeout + 180)
@@ -1611,6 +1612,7 @@ def write_docs(suite: Suite, path: Path, command: str, machine: dict, elapsed: f
     lines += ["", rep.table_w6(), ""]
     lines += where_the_time_goes(suite)
     lines += compression_section()
+    lines += socketio_section()
     lines += [
         "## Caveats",
         "",
@@ -1730,6 +1732,15 @@ def compression_section() -> list[str]:
     """The permessage-deflate figures of ``bench/compression.py --docs-section``
     (``bench/results/compression.md``), as they are; nothing if there are none."""
     path = Path(__file__).resolve().parent / "results" / "compression.md"
+    if not path.is_file():
+        return []
+    return path.read_text().rstrip("\n").split("\n") + [""]
+
+
+def socketio_section() -> list[str]:
+    """The Socket.IO figures of ``bench/socketio_report.py --out`` (``bench/results/socketio.md``:
+    hubbub-socketio, python-socketio and Node's socket.io over repeated runs), as they are."""
+    path = Path(__file__).resolve().parent / "results" / "socketio.md"
     if not path.is_file():
         return []
     return path.read_text().rstrip("\n").split("\n") + [""]
