@@ -63,12 +63,11 @@ def ensure_debian_package(command: str, package: str) -> None:
     subprocess.run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", package], check=True, env=env)
 
 
-def ensure_npm_packages(folder: Path, marker: str = "centrifuge") -> None:
-    """npm install ``folder``'s package.json from the registry (the tests' centrifuge-js; the
-    benchmark's socket.io server), unless its ``marker`` package is there or npm is missing."""
-    if (folder / "node_modules" / marker).exists() or not shutil.which("npm"):
+def ensure_npm_packages(folder: Path) -> None:
+    """npm install the test's JavaScript packages (centrifuge-js) from the registry."""
+    if (folder / "node_modules" / "centrifuge").exists() or not shutil.which("npm"):
         return
-    say(f"installing JavaScript packages in {folder}")
+    say(f"installing JavaScript test packages in {folder}")
     subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=folder, check=True)
 
 
@@ -89,7 +88,6 @@ def main() -> int:
         ensure_debian_package("nginx", "nginx")  # tests/test_deploy.py runs the deploy/nginx recipe
         ensure_npm_packages(ROOT / "tests" / "js")
         return subprocess.call([str(PY), "-m", "pytest", *args], cwd=ROOT)
-    ensure_npm_packages(ROOT / "bench", "socket.io")  # the socketio-node peer (skipped without node)
     return subprocess.call([str(PY), str(ROOT / "bench" / "run.py"), *args], cwd=ROOT)
 
 

@@ -9,12 +9,10 @@ how it subscribes to its personal and group channels and publishes to them
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from harness import BENCH, HOST, missing_module
+from harness import BENCH, HOST
 
 SOCKETIO_PATH = "/socket.io/?EIO=4&transport=websocket"
 
@@ -40,8 +38,7 @@ class Peer:
     packages: tuple[str, ...] = ()  # distributions whose versions the docs list
     env: dict[str, str] = field(default_factory=dict)
     workloads: tuple[str, ...] | None = None  # the suite's workloads it takes part in (None: all)
-    #: a peer outside Python: why it cannot run here (None: it can), after its set-up
-    problem: Callable[[], str | None] | None = None
+    problem: Callable[[], str | None] | None = None  # why it cannot run here (a non-Python peer), or None
 
 
 def _script(name: str) -> Callable[[str, int], list[str]]:
@@ -51,30 +48,6 @@ def _script(name: str) -> Callable[[str, int], list[str]]:
 def hubbub_argv(*extra: str) -> Callable[[str, int], list[str]]:
     """``python -m hubbub serve`` on ``port`` with ``extra`` flags."""
     return lambda py, port: [py, "-m", "hubbub", "serve", "--host", HOST, "--port", str(port), *extra]
-
-
-def unavailable(peer: Peer, python: str) -> str | None:
-    """Why ``peer`` cannot run with ``python`` on this machine (the report's note), or None."""
-    return missing_module(peer.requires, python) or (peer.problem() if peer.problem else None)
-
-
-def node_socketio_problem() -> str | None:
-    """The Node peer needs ``node`` and npm's ``socket.io`` in bench/node_modules: installs it
-    from bench/package.json (``npm install``) when npm is here and it is missing."""
-    if shutil.which("node") is None:
-        return "`node` is not on the PATH (Debian: apt-get install nodejs npm)"
-    if not (BENCH / "node_modules" / "socket.io" / "package.json").is_file():
-        if shutil.which("npm") is None:
-            return "npm's socket.io is not installed in bench/node_modules and `npm` is not on the PATH"
-        proc = subprocess.run(["npm", "install", "--no-audit", "--no-fund", "--silent"], cwd=BENCH,
-                              capture_output=True, text=True, timeout=600, check=False)
-        if proc.returncode != 0:
-            return f"`npm install` in bench/ failed: {(proc.stderr.strip().splitlines() or ['?'])[-1]}"
-    return None
-
-
-def _node_script(name: str) -> Callable[[str, int], list[str]]:
-    return lambda py, port: ["node", str(BENCH / "servers" / name), "--host", HOST, "--port", str(port)]
 
 
 HUBBUB = Peer(
@@ -164,22 +137,39 @@ HUBBUB_SOCKETIO = Peer(
     argv=_script("hubbub_socketio.py"),
     fanout=Target(SOCKETIO_PATH, "socketio"),
     channels=Target(SOCKETIO_PATH, "socketio"),
-    what="the python-socketio peer's application with the import changed (`import hubbub.socketio as "
-    "socketio`), its `ASGIApp` served by hubbub's own server (`app.serve()`, as `hubbub run` does); "
-    "rooms are hub channels",
+    what="the `socketio` peer's application with `import hubbub.socketio as socketio`, on hubbub's own "
+    "server (`bench/servers/hubbub_socketio.py`); rooms are hub channels",
     requires=("hubbub",),
     packages=("hubbub",),
     workloads=("1", "3", "4", "5"),
 )
+def _node_socketio_problem() -> str | None:
+    """Why the Node ``socket.io`` peer cannot run: no ``node``, or ``socket.io`` not installed in
+    tests/js/node_modules (``npm install`` there)."""
+    import shutil
+    import subprocess
+
+    if shutil.which("node") is None:
+        return "node is not installed"
+    script = ("require('node:module').createRequire(require('node:path').resolve('tests/js/package.json'))"
+              "('socket.io')")
+    proc = subprocess.run(["node", "-e", script], cwd=BENCH.parent, capture_output=True, text=True, timeout=60,
+                          check=False)
+    if proc.returncode != 0:
+        return "socket.io (npm) is not installed in tests/js/node_modules: npm install there"
+    return None
+
+
 SOCKETIO_NODE = Peer(
     name="socketio-node",
-    argv=_node_script("socketio_node.cjs"),
+    argv=lambda py, port: ["node", str(BENCH / "servers" / "socketio_node.mjs"), "--host", HOST, "--port", str(port)],
     fanout=Target(SOCKETIO_PATH, "socketio"),
     channels=Target(SOCKETIO_PATH, "socketio"),
-    what="anchor: the reference Node `socket.io` server (npm, v4, `ws` engine, one process), the same "
-    "application: `socket.join(room)`, `io.to(room).emit(\"msg\", data)`",
+    what="the reference Node.js `socket.io` server (npm, `bench/servers/socketio_node.mjs`): the same "
+    "application, an anchor for the Socket.IO rows",
+    packages=(),
     workloads=("1", "3", "4", "5"),
-    problem=node_socketio_problem,
+    problem=_node_socketio_problem,
 )
 SOCKETIFY = Peer(
     name="socketify",

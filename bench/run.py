@@ -49,10 +49,11 @@ from harness import (
     PUBLISH_WINDOW,
     ServerProcess,
     loadgen_argv,
+    missing_module,
     raise_nofile_limit,
     run_loadgen,
 )
-from peers import BASELINE, PEERS, Peer, unavailable
+from peers import BASELINE, PEERS, Peer
 
 DEFAULT_SERVERS = ("websockets", "trivial", "hubbub")
 
@@ -255,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     peers = [PEERS[name] for name in args.servers]
     skipped: dict[str, str] = {}
     for peer in peers:
-        reason = unavailable(peer, args.python)
+        reason = missing_module(peer.requires, args.python)
+        if reason is None and peer.problem is not None:
+            reason = peer.problem()
         if reason:
             skipped[peer.name] = f"skipped: {reason}"
             print(f"  {peer.name}: {skipped[peer.name]}", file=sys.stderr)

@@ -65,11 +65,12 @@ from harness import (
     ServerProcess,
     free_port,
     loadgen_argv,
+    missing_module,
     mode_args,
     read_rss_kib,
     run_loadgen,
 )
-from peers import BASELINE, HUBBUB, PEERS, Peer, hubbub_argv, unavailable
+from peers import BASELINE, HUBBUB, PEERS, Peer, hubbub_argv
 
 DOCS = REPO / "docs"
 #: A server whose RSS passes this is killed (the run is reported as such).
@@ -255,9 +256,11 @@ class Suite:
             return  # filled in by from_results()
         for name in args.servers:
             peer = PEERS[name]
-            reason = unavailable(peer, self.python)
+            reason = missing_module(peer.requires, self.python)
             if reason is None and peer.name == "socketify":
                 reason = self._socketify_problem()
+            if reason is None and peer.problem is not None:
+                reason = peer.problem()
             if reason:
                 self.skipped[peer.name] = reason
                 log(f"  {peer.name}: skipped: {reason}")
@@ -1738,8 +1741,9 @@ def compression_section() -> list[str]:
 
 
 def socketio_section() -> list[str]:
-    """The Socket.IO figures of ``bench/socketio_report.py --out`` (``bench/results/socketio.md``:
-    hubbub-socketio, python-socketio and Node's socket.io over repeated runs), as they are."""
+    """The Socket.IO rows (``hubbub-socketio``, python-socketio, Node's ``socket.io``) of their own
+    same-run suite (``bench/results/socketio.md``, raw results ``socketio.json``), as they are;
+    nothing if there are none."""
     path = Path(__file__).resolve().parent / "results" / "socketio.md"
     if not path.is_file():
         return []

@@ -62,7 +62,8 @@ def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> Generator[None
 SLOW_MODULES = frozenset((
     "test_api_fuzz", "test_admin_browser", "test_broker_contract", "test_browser", "test_cli", "test_cli_relay",
     "test_cluster", "test_examples", "test_fastgen", "test_faults", "test_fuzz", "test_howtos", "test_protobuf",
-    "test_redis", "test_redis_scale", "test_redis_topologies", "test_socketio_js", "test_streams_browser",
+    "test_redis", "test_redis_scale", "test_redis_topologies", "test_socketio_browser", "test_socketio_js",
+    "test_streams_browser",
     "test_streams_js",
 ))
 

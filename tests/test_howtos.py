@@ -58,6 +58,7 @@ FILES = {
     "howto/publish-from-views.md": {"shop_flask.py", "shop/hub.py", "shop/views.py", "shop/urls.py"},
     "howto/install.md": {"check_install.py"},
     "howto/http-routes.md": {"routes.py", "collide.py"},
+    "howto/socketio.md": {"chat.py", "chat_client.py"},
 }
 
 _MARK = re.compile(r"^# ([\w./-]+\.py)(, continued)?$")
@@ -872,3 +873,118 @@ async def test_hug_example(serve_process: Any) -> None:
     status, body = await ahttp("GET", f"{http}/health")  # hubbub's own routes alongside
     assert status == 200
     assert server.stop() == 0, server.output()
+
+
+# -- docs/howto/socketio.md ------------------------------------------------------------------------
+
+#: python-socketio's own ASGI examples, as published (tests/socketio_examples/README.md)
+SOCKETIO_EXAMPLES = ROOT / "tests" / "socketio_examples"
+
+
+async def test_socketio_chat_runs_as_the_page_says(tmp_path: Path, procs: Any) -> None:
+    directory = write_doc("howto/socketio.md", tmp_path)
+    server = hubbub_run(procs, directory, "chat:app")
+    client = directory / "chat_client_here.py"
+    client.write_text(with_port((directory / "chat_client.py").read_text(), server.port))
+    out = await run_python(directory, client.name)
+    lines = out.splitlines()
+    assert len(lines) == 2 and lines[0].startswith("rooms: ['") and "'lobby'" in lines[0], out
+    assert lines[1] == "ann said hello", out
+    import socketio as pysio  # python-socketio's client: a client without a name is refused
+
+    refused = pysio.AsyncClient(reconnection=False)
+    errors: list[Any] = []
+    refused.on("connect_error", errors.append)
+    with pytest.raises(pysio.exceptions.ConnectionError):
+        await refused.connect(server.http, wait_timeout=TIMEOUT)
+    await refused.disconnect()
+    assert errors == [{"message": "a name, please"}]
+    assert server.stop() == 0
+
+
+def unchanged_but_the_import(name: str, directory: Path) -> Path:
+    """Copy python-socketio's example ``name`` (and its pages) to ``directory`` with ``import
+    socketio`` changed to ``import hubbub.socketio as socketio``: the one change."""
+    for path in SOCKETIO_EXAMPLES.rglob("*"):
+        if path.is_file() and path.suffix in (".html", ".js", ".css"):
+            target = directory / path.relative_to(SOCKETIO_EXAMPLES)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(path.read_bytes())
+    original = (SOCKETIO_EXAMPLES / name).read_text()
+    changed = original.replace("\nimport socketio\n", "\nimport hubbub.socketio as socketio\n")
+    assert changed.count("import hubbub.socketio as socketio") == 1
+    diff = [(a, b) for a, b in zip(original.splitlines(), changed.splitlines(), strict=True) if a != b]
+    assert diff == [("import socketio", "import hubbub.socketio as socketio")]
+    (directory / name).write_text(changed)
+    return directory
+
+
+async def drive_fiddle(url: str) -> None:
+    """What fiddle.py does: a ``hello`` with three arguments to each client that connects."""
+    import socketio as pysio
+
+    for transports in (["websocket"], ["polling"], ["polling", "websocket"]):
+        client = pysio.AsyncClient(reconnection=False)
+        hello: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        client.on("hello", lambda *args, f=hello: f.done() or f.set_result(args))
+        await client.connect(url, transports=transports, auth={"token": "t"}, wait_timeout=TIMEOUT)
+        assert await asyncio.wait_for(hello, TIMEOUT) == (1, 2, {"hello": "you"})
+        await client.disconnect()
+    status, body = await ahttp("GET", url + "/")
+    assert status == 200 and b"socket.io" in body.lower()
+    status, body = await ahttp("GET", url + "/static/fiddle.js")
+    assert status == 200 and b"io(" in body
+
+
+async def drive_app(url: str) -> None:
+    """What app.py does: responses to its events, rooms, a broadcast, a server-side disconnect."""
+    import socketio as pysio
+
+    a, b = pysio.AsyncClient(reconnection=False), pysio.AsyncClient(reconnection=False)
+    got: dict[str, asyncio.Queue[Any]] = {"a": asyncio.Queue(), "b": asyncio.Queue()}
+    for name, client in (("a", a), ("b", b)):
+        client.on("my_response", lambda data, q=got[name]: q.put_nowait(data))
+
+    async def next_of(name: str) -> Any:
+        return await asyncio.wait_for(got[name].get(), TIMEOUT)
+
+    await a.connect(url, transports=["websocket"], wait_timeout=TIMEOUT)
+    await b.connect(url, transports=["polling"], wait_timeout=TIMEOUT)
+    assert await next_of("a") == {"data": "Connected", "count": 0}
+    assert await next_of("b") == {"data": "Connected", "count": 0}
+    await a.emit("my_event", {"data": "echo me"})
+    assert await next_of("a") == {"data": "echo me"}
+    await a.emit("join", {"room": "r1"})
+    assert await next_of("a") == {"data": "Entered room: r1"}
+    await b.emit("join", {"room": "r1"})
+    assert await next_of("b") == {"data": "Entered room: r1"}
+    await b.emit("my_room_event", {"room": "r1", "data": "to r1"})
+    assert (await next_of("a"), await next_of("b")) == ({"data": "to r1"}, {"data": "to r1"})
+    await a.emit("my_broadcast_event", {"data": "everyone"})
+    assert (await next_of("a"), await next_of("b")) == ({"data": "everyone"}, {"data": "everyone"})
+    await b.emit("leave", {"room": "r1"})
+    assert await next_of("b") == {"data": "Left room: r1"}
+    await a.emit("close room", {"room": "r1"})
+    assert await next_of("a") == {"data": "Room r1 is closing."}
+    await a.emit("disconnect request")
+    await until(lambda: not a.connected, "the server to disconnect a")
+    assert got["b"].empty()
+    await b.disconnect()
+
+
+@pytest.mark.parametrize("name", ["fiddle.py", "app.py"])
+async def test_python_socketio_examples_under_uvicorn(name: str, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    directory = unchanged_but_the_import(name, tmp_path)
+    monkeypatch.chdir(directory)  # static_files are relative paths, as when run from their folder
+    (module,) = fresh_import(monkeypatch, directory, name.removesuffix(".py"))
+    async with uvicorn_serving(module.app) as port:
+        await (drive_fiddle if name == "fiddle.py" else drive_app)(f"http://127.0.0.1:{port}")
+
+
+@pytest.mark.parametrize("name", ["fiddle.py", "app.py"])
+async def test_python_socketio_examples_with_hubbub_run(name: str, tmp_path: Path, procs: Any) -> None:
+    directory = unchanged_but_the_import(name, tmp_path)
+    server = hubbub_run(procs, directory, name.removesuffix(".py") + ":app")
+    await (drive_fiddle if name == "fiddle.py" else drive_app)(server.http)
+    assert server.stop() == 0

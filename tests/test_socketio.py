@@ -371,3 +371,35 @@ async def test_polling_sessions_are_pinged_and_dropped_without_pong(sio_app: Any
         assert (await http.get(url, params=params, timeout=TIMEOUT)).text == "2"  # the next one
         # no pong this time: closed
         await until(lambda: app.server.socketio.sessions == {}, "the session without pong to end")
+
+
+async def test_output_waiting_for_a_poll_is_bounded(sio_app: Any) -> None:
+    sio = make_server()
+    app = await sio_app(sio, max_pending_output=4096)
+    async with Http() as http:
+        url = f"{app.server.url}/socket.io/"
+        sid = json.loads((await http.get(url, params={"EIO": "4", "transport": "polling"})).text[1:])["sid"]
+        params = {"EIO": "4", "transport": "polling", "sid": sid}
+        await http.post(url, params=params, content=b"40")
+        connected = (await http.get(url, params=params)).text
+        assert connected.startswith("40{")
+        client_sid = json.loads(connected[2:])["sid"]
+        for n in range(100):  # the client does not poll meanwhile: 100 x ~120 bytes > 4 KiB
+            await sio.emit("flood", {"n": n, "blob": "x" * 100}, to=client_sid)
+        await until(lambda: app.server.socketio.sessions == {}, "the session over the bound to end")  # 3008
+        reply = await http.get(url, params=params)
+        assert (reply.status_code, reply.json()["code"]) == (400, 1)
+
+
+async def test_websocket_sessions_are_pinged_and_closed_without_pong(sio_app: Any, clients: Any) -> None:
+    app = await sio_app(ping_interval=0.4, pong_timeout=0.2)
+    answering = await clients(app.server.url)  # python-socketio answers every ping
+    ws_url = f"ws://127.0.0.1:{app.server.port}/socket.io/?EIO=4&transport=websocket"
+    async with websockets.connect(ws_url) as ws:
+        opened = json.loads((await ws.recv())[1:])
+        assert (opened["pingInterval"], opened["pingTimeout"], opened["upgrades"]) == (400, 200, [])
+        await ws.send("40")
+        assert (await ws.recv()).startswith("40{")
+        code, messages = await close_code(ws)  # it never answers "2"
+    assert (code, messages) == (3012, ["2"])
+    assert await answering.call("echo", "alive", timeout=TIMEOUT) == "alive"  # pinged too, and still here

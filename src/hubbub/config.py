@@ -385,7 +385,8 @@ class Config:
             errors.append(f"websocket_compression_min_size must be >= 0, got {self.websocket_compression_min_size}")
         if self.event_loop not in ("asyncio", "uvloop"):
             errors.append(f"event_loop must be 'asyncio' or 'uvloop', got {self.event_loop!r}")
-        for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path", *STREAM_PATHS):
+        for name in ("protocol_path", "relay_path", "api_path", "health_path", "metrics_path", "socketio_path",
+                     *STREAM_PATHS):
             value = getattr(self, name)
             if value and (not value.startswith("/") or (value != "/" and value.endswith("/") and name == "api_path")):
                 errors.append(f"{name} must start with '/' (or be empty to turn it off), got {value!r}")

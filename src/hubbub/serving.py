@@ -76,6 +76,8 @@ def serve(args: argparse.Namespace) -> int:
             ("sse", config.sse_path)) if path]
         if streams:
             log.info("streams: %s", "  ".join(streams).replace("{channel:path}", "{channel}"))
+        if config.socketio_path:
+            log.info("socket.io: %s%s", s.url, config.socketio_path)
         if config.page:
             log.info("live page: %s/", s.url)
 

@@ -367,11 +367,13 @@ class SocketIOService:
             return 400, "transport unknown"
         sid = query.get("sid")
         if not sid:
-            return self._new_session(conn, request, polling=False)
-        session = self.sessions.get(sid)
-        if session is None or session.closed or not session.polling:
+            session = self._new_session(conn, request, polling=False)
+            session.frames = conn.frames
+            return session
+        polling = self.sessions.get(sid)
+        if polling is None or polling.closed or not polling.polling:
             return 400, "Session ID unknown"
-        return UpgradeProbe(session, conn)
+        return UpgradeProbe(polling, conn)
 
 
 class UpgradeProbe:
@@ -447,6 +449,7 @@ class UpgradeProbe:
             self.upgraded = True
             out = session.out
             session.out = self.conn
+            session.frames = self.conn.frames
             session.polling = False
             session.websocket = True
             if isinstance(out, PollingOut):

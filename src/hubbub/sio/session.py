@@ -32,7 +32,7 @@ from ..config import NamespaceOptions
 from ..core import ClientContext, ClientCore, HandshakeDecision, Refusal
 from ..errors import BadRequest, ConnectRefused, Disconnect, ProtocolError
 from ..hub import SubscribeResult
-from ..outbox import FrameBatch, Outbox
+from ..outbox import FrameBatch, FrameEncoder, Outbox
 from ..strictjson import dumps, loads
 from . import engineio
 from .packets import RESERVED_EVENTS, Decoder, PacketError, PacketType, SocketIOPacket, encode, reconstruct
@@ -56,6 +56,9 @@ TRANSPORT_ERROR: Final = "transport error"
 
 #: Event handlers of one connection running at once; past it, reading waits (backpressure).
 MAX_HANDLERS = 64
+#: Lost namespace connections a node keeps for connection state recovery at once (the oldest
+#: go first past it; each is kept ``socketio_recovery_window`` seconds at most).
+MAX_RECOVERABLE = 100_000
 #: Server-to-client acknowledgements one namespace connection may wait for at once
 #: (the oldest is dropped past it).
 MAX_PENDING_ACKS = 1024
@@ -352,7 +355,7 @@ class SocketIOSession(ClientCore):
     awaits_connect = True
 
     __slots__ = ("handlers", "sid", "namespaces", "decoder", "polling", "request", "recovery", "_tasks",
-                 "_token_channels",
+                 "_token_channels", "frames",
                  "_pending_since", "_closing_reason", "websocket", "on_gone", "last_seen", "deadline")
 
     def __init__(self, context: ClientContext, out: Outbox, wire: SocketIOWire, handlers: SocketIOHandlers, *,
@@ -368,6 +371,8 @@ class SocketIOSession(ClientCore):
         self.polling = polling
         #: whether a WebSocket carries it (from the start, or since the upgrade)
         self.websocket = not polling
+        #: the WebSocket's frame encoder, once one carries it (room events are framed once per encoder)
+        self.frames: FrameEncoder | None = None
         self.request = request or {}
         self.recovery = recovery
         self._tasks: set[asyncio.Task[None]] = set()
@@ -422,6 +427,13 @@ class SocketIOSession(ClientCore):
 
     def _deliver(self, frame: bytes | FrameBatch) -> None:
         data = frame if isinstance(frame, bytes) else frame.join()
+        if data[:1] == engineio.MESSAGE:  # one text message: the hot path of a room's fan-out
+            frames = self.frames
+            if frames is None:
+                self.out.send_text(data)
+            else:
+                self.out.deliver(_framed(frames, data))
+            return
         first = data[:1]
         if first == _SKIP:
             head, _, data = data.partition(b"\n")
@@ -722,9 +734,12 @@ class SocketIOSession(ClientCore):
             if position is not None:
                 positions[room] = position
         now = time.monotonic()
-        for pid in [pid for pid, kept in self.recovery.items() if kept.until < now]:
-            del self.recovery[pid]
-        self.recovery[conn.pid] = _Recoverable(conn.sid, conn.namespace, self.user, set(conn.rooms), conn.data,
+        recovery = self.recovery
+        for pid in [pid for pid, kept in recovery.items() if kept.until < now]:
+            del recovery[pid]
+        while len(recovery) >= MAX_RECOVERABLE:  # the oldest first (insertion order)
+            del recovery[next(iter(recovery))]
+        recovery[conn.pid] = _Recoverable(conn.sid, conn.namespace, self.user, set(conn.rooms), conn.data,
                                                positions, now + self.config.socketio_recovery_window)
 
     def _recover(self, namespace: str, auth: dict[str, Any]) -> _Recoverable | None:
@@ -885,6 +900,22 @@ def _current_task() -> asyncio.Task[Any] | None:
         return asyncio.current_task()
     except RuntimeError:
         return None
+
+
+#: The last message framed for a WebSocket: ``[payload, encoder, frame]``. The hub hands every
+#: subscriber of a publication the same payload object in a row, so it is framed once per encoder
+#: (plain, compressing, ASGI), not once per subscriber.
+_LAST_FRAMED: list[Any] = [None, None, b""]
+
+
+def _framed(frames: FrameEncoder, payload: bytes) -> bytes:
+    last = _LAST_FRAMED
+    if last[0] is payload and last[1] is frames:
+        frame: bytes = last[2]
+        return frame
+    frame = frames.text(payload)
+    last[0], last[1], last[2] = payload, frames, frame
+    return frame
 
 
 def _new_id() -> str:

@@ -553,6 +553,10 @@ class ASGIApp(App):
         super().__init__(config, http=other_asgi_app, **settings)
         socketio_server.attach(self)
         self.socketio_server = socketio_server
+        if not self.config.page and not self.config.admin:
+            # hubbub's own /static/ serves its demo page and dashboard, both off here: the
+            # application's static files and routes keep /static/
+            self.server.http_routes.remove("/static/{name}")
         self._static = dict(static_files or {})
         self._fallback_after_static = self.server.fallback
         if self._static:
