@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The Socket.IO section of docs/benchmarks.md, from repeated suite runs.
+"""Repeated runs of the Socket.IO servers: medians, same-run ratios, server CPU per operation, targets.
 
 Each input is the ``--json-out`` file of one suite run of workloads 1, 3, 4 and 5
 with the three Socket.IO servers (hubbub-socketio, python-socketio on uvicorn,
@@ -8,17 +8,18 @@ the reference Node socket.io server)::
     for run in 1 2 3; do
       python bench/run.py --suite --workloads 1,3,4,5 --no-profile \\
           --servers socketio,hubbub-socketio,socketio-node \\
-          --docs /tmp/socketio-run$run.md --json-out bench/results/socketio-run$run.json
+          --docs /tmp/socketio-run$run.md --json-out /tmp/socketio-run$run.json
     done
-    python bench/socketio_report.py bench/results/socketio-run*.json --out bench/results/socketio.md
+    python bench/socketio_report.py /tmp/socketio-run*.json --out bench/results/socketio-repeats.md
 
-Every figure is the median over the runs (workload 5: over every run of every
-suite run); ratios are taken of the medians. Server CPU per operation (the
-server process's user + system time from ``/proc``, during the delivery phase
-or the connect phase) is steadier than rates on a shared machine and is shown
-beside them. The suite's report (``bench/suite.py``) includes the section as
-it is, like the permessage-deflate one; ``results/socketio-notes.md`` (the profile)
-is appended to it.
+``--connects-only FILE`` adds runs whose workloads 4 and 5 count but whose
+workloads 1 and 3 do not (runs of an older fan-out path). Every figure is the
+median over the runs (workload 5: over every run of every suite run); ratios
+are taken of the medians. Server CPU per operation (the server process's user
++ system time from ``/proc``, during the delivery phase or the connect phase) is
+steadier than rates on a shared machine and is shown beside them. The suite's
+report (``socketio_section`` in ``bench/suite.py``) appends the file to the
+Socket.IO section, and ``results/socketio-notes.md`` (the profile) to this.
 """
 
 from __future__ import annotations
@@ -50,17 +51,18 @@ def _report(row: dict | None) -> dict:
     return (row or {}).get("report") or {}
 
 
-def collect(runs: list[dict]) -> dict[str, dict[str, list]]:
-    """metric -> server -> the values of every run."""
+def collect(runs: list[dict], connects_only: list[dict] = ()) -> dict[str, dict[str, list]]:
+    """metric -> server -> the values of every run (``connects_only``: workloads 4 and 5 only)."""
     out: dict[str, dict[str, list]] = {}
 
     def add(metric: str, server: str, value: float | None) -> None:
         if value is not None:
             out.setdefault(metric, {}).setdefault(server, []).append(value)
 
-    for run in runs:
+    for run in [*runs, *connects_only]:
         w = run.get("workloads", {})
-        for subs, section in (w.get("1") or {}).items():
+        fanout = not any(run is other for other in connects_only)
+        for subs, section in ((w.get("1") or {}) if fanout else {}).items():
             for server in SERVERS:
                 rep = _report(section.get(server))
                 if rep.get("deliveries_per_s"):
@@ -68,7 +70,7 @@ def collect(runs: list[dict]) -> dict[str, dict[str, list]]:
                     add(f"w1_{subs}_complete", server, 1.0 if rep.get("complete") else 0.0)
                 add(f"w1_{subs}_cpu", server, rep.get("server_cpu_per_delivery_us"))
         for server in SERVERS:
-            rep = _report((w.get("3") or {}).get(server))
+            rep = _report((w.get("3") or {}).get(server) if fanout else None)
             if rep.get("deliveries_per_s"):
                 add("w3_rate", server, rep["deliveries_per_s"])
                 add("w3_complete", server, 1.0 if rep.get("complete") else 0.0)
@@ -93,8 +95,9 @@ def _x(value: float | None, digits: int = 1) -> str:
     return "-" if value is None else f"{value:,.{digits}f}x"
 
 
-def section(runs: list[dict], sources: list[str]) -> str:
-    data = collect(runs)
+def section(runs: list[dict], sources: list[str], connects_only: list[dict] = (),
+            connects_sources: list[str] = ()) -> str:
+    data = collect(runs, connects_only)
     med = {metric: {s: _median(v) for s, v in by.items()} for metric, by in data.items()}
 
     def m(metric: str, server: str) -> float | None:
@@ -105,21 +108,13 @@ def section(runs: list[dict], sources: list[str]) -> str:
 
     subs = sorted({k.split("_")[1] for k in med if k.startswith("w1_") and k.endswith("_rate")}, key=int)
     scale = runs[0].get("scale", {}) if runs else {}
-    lines = ["## Socket.IO", ""]
+    lines = ["### Repeated runs", ""]
     lines.append(
-        "The socket.io-client wire (Engine.IO v4 WebSocket, Socket.IO v5 events), driven by the suite's load "
-        "generator (`--mode socketio`: subscribers answer the open packet with `40`, are ready on the connect "
-        "acknowledgement, and count `42[\"msg\",...]` events; the producer emits `42[\"pub\",...]`), against "
-        "one application in three servers: python-socketio's bench app (`bench/servers/socketio_server.py`: "
-        "every client joins room `bench`, `pub` emits `msg` to a room, `sub` joins rooms), the same file "
-        "with `import hubbub.socketio as socketio` and served by hubbub's own server "
-        "(`bench/servers/hubbub_socketio.py`), and the reference Node `socket.io` 4 server with the same "
-        "events (`bench/servers/socketio_node.cjs`, npm's `socket.io` from `bench/package.json`)."
-    )
-    lines.append("")
-    lines.append(
-        f"{len(runs)} suite run{'s' if len(runs) != 1 else ''} ({', '.join(f'`{s}`' for s in sources)}), "
-        "the three servers one after another in each; every figure is the median over "
+        f"{len(runs)} suite run{'s' if len(runs) != 1 else ''} ({', '.join(f'`{s}`' for s in sources)})"
+        + (f", and for workloads 4 and 5 (idle memory, connects) also {', '.join(f'`{s}`' for s in connects_sources)} "
+           "(runs before room events were framed once per encoder, which does not touch connects or idle "
+           "connections)" if connects_sources else "")
+        + "; the three servers one after another in each; every figure is the median over "
         "the runs (connects: over every run of every suite run), ratios are of the medians. Server CPU is "
         "the server process's user + system time (`/proc`) from the first publication to the last delivery "
         "(or while connecting) divided by the deliveries (or connections): on two shared cores it is steadier "
@@ -134,8 +129,8 @@ def section(runs: list[dict], sources: list[str]) -> str:
     cpu_runs = sum(1 for r in runs if any(_report(row).get("server_cpu_per_delivery_us") is not None
                                           for section in (r.get("workloads", {}).get("1") or {}).values()
                                           for row in section.values()))
-    foreign = [r["foreign_cpu_percent"] for r in runs if r.get("foreign_cpu_percent") is not None]
-    finished = ", ".join(str(r.get("finished", "?")) for r in runs)
+    foreign = [r["foreign_cpu_percent"] for r in [*runs, *connects_only] if r.get("foreign_cpu_percent") is not None]
+    finished = ", ".join(str(r.get("finished", "?")) for r in [*runs, *connects_only])
     lines.append(
         f"Runs finished {finished}"
         + (f"; other processes used {min(foreign):.0f}-{max(foreign):.0f} % of the machine's CPU during them "
@@ -153,9 +148,9 @@ def section(runs: list[dict], sources: list[str]) -> str:
         "for run in 1 2 3; do",
         "  python bench/run.py --suite --workloads 1,3,4,5 --no-profile \\",
         "      --servers socketio,hubbub-socketio,socketio-node \\",
-        "      --docs /tmp/socketio-run$run.md --json-out bench/results/socketio-run$run.json",
+        "      --docs /tmp/socketio-run$run.md --json-out /tmp/socketio-run$run.json",
         "done",
-        "python bench/socketio_report.py bench/results/socketio-run*.json --out bench/results/socketio.md",
+        "python bench/socketio_report.py /tmp/socketio-run*.json --out bench/results/socketio-repeats.md",
         "```",
         "",
     ]
@@ -244,10 +239,13 @@ def _table(header: list[str], rows: list[list[str]], numeric: bool = True) -> li
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("runs", nargs="+", type=Path, help="suite --json-out files")
+    parser.add_argument("--connects-only", type=Path, nargs="*", default=[],
+                        help="suite --json-out files counted for workloads 4 and 5 only")
     parser.add_argument("--out", type=Path, default=None, help="write the section here (default: print it)")
     args = parser.parse_args()
     runs = [json.loads(path.read_text()) for path in args.runs]
-    text = section(runs, [str(path) for path in args.runs])
+    older = [json.loads(path.read_text()) for path in args.connects_only]
+    text = section(runs, [str(path) for path in args.runs], older, [str(path) for path in args.connects_only])
     if args.out:
         args.out.write_text(text)
     else:

@@ -1747,7 +1747,9 @@ def socketio_section() -> list[str]:
     path = Path(__file__).resolve().parent / "results" / "socketio.md"
     if not path.is_file():
         return []
-    return path.read_text().rstrip("\n").split("\n") + [""]
+    repeats = path.with_name("socketio-repeats.md")  # bench/socketio_report.py: medians of repeated runs
+    more = repeats.read_text().rstrip("\n").split("\n") + [""] if repeats.is_file() else []
+    return path.read_text().rstrip("\n").split("\n") + [""] + more
 
 
 def where_the_time_goes(suite: Suite) -> list[str]:
