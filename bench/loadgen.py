@@ -1327,7 +1327,11 @@ def run(cfg: Config) -> dict:
         if cfg.idle:
             return _report(cfg, opened, connect_s, phase, errors, _hold(cfg, pipes, opened, extra), extra)
         # 2. Publish, then 3. collect the workers' results.
+        cpu_before = read_cpu_s(cfg.cpu_pid) if cfg.cpu_pid else None
         produced = asyncio.run(_produce(cfg, pipes))
+        cpu_after = read_cpu_s(cfg.cpu_pid) if cfg.cpu_pid else None
+        if cpu_before is not None and cpu_after is not None:
+            extra["server_cpu_deliver_s"] = round(cpu_after - cpu_before, 3)
         return _report(cfg, opened, connect_s, phase, errors, produced, extra)
     finally:
         for proc, pipe in workers:
@@ -1455,6 +1459,8 @@ def _report(
         report["duration_s"] = round(duration, 4)
         report["deliveries_per_s"] = round(report["delivered"] / duration, 1)
     report["complete"] = report["delivered"] >= expected and not errors
+    if report.get("server_cpu_deliver_s") is not None and report["delivered"]:
+        report["server_cpu_per_delivery_us"] = round(1e6 * report["server_cpu_deliver_s"] / report["delivered"], 3)
     latencies.sort()
     if latencies:
         report["latency_ms"] = {
@@ -1583,7 +1589,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Config, bool]:
     parser.add_argument("--idle", action="store_true", help="connect and hold; publish nothing")
     parser.add_argument("--rss-pid", type=int, default=None, help="--idle: report this process's RSS")
     parser.add_argument("--cpu-pid", type=int, default=None,
-                        help="report this process's CPU time spent while the subscribers connect")
+                        help="report this process's CPU time spent while the subscribers connect, and "
+                        "from the first publication to the last delivery (server CPU µs per delivery)")
     parser.add_argument("--warmup", type=int, default=0,
                         help="--idle: connections opened before the first RSS reading")
     parser.add_argument("--hold", type=float, default=1.0, help="--idle: seconds to hold before measuring")

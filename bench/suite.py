@@ -353,6 +353,7 @@ class Suite:
                 args = [*loadgen_args, "--settle", str(self.scale.settle)]
                 if rss:
                     args += ["--rss-pid", str(server.pid)]
+                args += ["--cpu-pid", str(server.pid)]  # server CPU per connect and per delivery
                 ports = [srv.port for srv in servers]
                 with RssWatchdog(server) as dog:
                     outcome["report"] = run_loadgen(loadgen_argv(ports, path, mode, args), timeout + 180)
@@ -2021,7 +2022,9 @@ def socketio_section() -> list[str]:
     path = Path(__file__).resolve().parent / "results" / "socketio.md"
     if not path.is_file():
         return []
-    return path.read_text().rstrip("\n").split("\n") + [""]
+    repeats = path.with_name("socketio-repeats.md")  # bench/socketio_report.py: medians of repeated runs
+    more = repeats.read_text().rstrip("\n").split("\n") + [""] if repeats.is_file() else []
+    return path.read_text().rstrip("\n").split("\n") + [""] + more
 
 
 def where_the_time_goes(suite: Suite) -> list[str]:

@@ -123,12 +123,14 @@ def _serve(argv: list[str], port: int) -> subprocess.Popen:
 
 @pytest.fixture(scope="module")
 def servers():
-    trivial_port, hubbub_port = _free_port(), _free_port()
+    trivial_port, hubbub_port, socketio_port = _free_port(), _free_port(), _free_port()
     procs = [
         _serve([sys.executable, str(BENCH / "servers" / "trivial.py")], trivial_port),
         _serve([sys.executable, "-m", "hubbub", "serve"], hubbub_port),
+        _serve([sys.executable, str(BENCH / "servers" / "hubbub_socketio.py")], socketio_port),
     ]
-    yield {"trivial": trivial_port, "hubbub": hubbub_port}
+    yield {"trivial": trivial_port, "hubbub": hubbub_port, "hubbub-socketio": socketio_port,
+           "hubbub-socketio-pid": procs[2].pid}
     for proc in procs:
         proc.terminate()
         proc.wait(10)
@@ -165,6 +167,18 @@ def test_every_subscriber_gets_exactly_its_publications(servers, server, args):
     assert report["latency_ms"]["samples"] >= report["delivered"] // 7 - 1
     assert 0 < report["latency_ms"]["p50"] < 20_000
     assert report["subscriber_cpu_s"] >= 0
+
+
+@pytest.mark.parametrize("args", [(), ("--groups", "4")])
+def test_socketio_peer_and_server_cpu_per_delivery(servers, args):
+    """The hubbub-socketio bench peer (python-socketio's bench app, the import changed) on the
+    socket.io-client wire, and the server CPU the report takes from ``--cpu-pid``."""
+    report = _fastgen(servers["hubbub-socketio"], "--path", "/socket.io/?EIO=4&transport=websocket",
+                      "--mode", "socketio", "--cpu-pid", str(servers["hubbub-socketio-pid"]), *args)
+    assert report["complete"], report["errors"]
+    assert report["delivered"] == report["expected"] > 0
+    assert report["server_cpu_deliver_s"] >= 0 and report["server_cpu_per_delivery_us"] >= 0
+    assert report["server_cpu_per_connect_us"] >= 0
 
 
 def test_idle_connections_and_memory_reading(servers):
