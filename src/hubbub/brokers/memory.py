@@ -46,6 +46,8 @@ class MemoryBroker(Broker):
         clock: monotonic clock in seconds (tests pass their own).
     """
 
+    local = True
+
     name = "memory"
 
     def __init__(
