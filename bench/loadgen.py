@@ -1327,8 +1327,20 @@ def run(cfg: Config) -> dict:
         if cfg.idle:
             return _report(cfg, opened, connect_s, phase, errors, _hold(cfg, pipes, opened, extra), extra)
         # 2. Publish, then 3. collect the workers' results.
+        cpu_before = read_cpu_s(cfg.cpu_pid) if cfg.cpu_pid else None
         produced = asyncio.run(_produce(cfg, pipes))
-        return _report(cfg, opened, connect_s, phase, errors, produced, extra)
+        cpu_after = read_cpu_s(cfg.cpu_pid) if cfg.cpu_pid else None
+        report = _report(cfg, opened, connect_s, phase, errors, produced, extra)
+        if cpu_before is not None and cpu_after is not None:
+            # the server's CPU from the first publication until the subscribers' results
+            # (the settle wait included: an idle server adds next to nothing)
+            cpu = cpu_after - cpu_before
+            report["server_cpu_publish_s"] = round(cpu, 3)
+            if report.get("delivered"):
+                report["server_cpu_per_delivery_us"] = round(1e6 * cpu / report["delivered"], 3)
+            if cfg.messages:
+                report["server_cpu_per_publication_us"] = round(1e6 * cpu / cfg.messages, 1)
+        return report
     finally:
         for proc, pipe in workers:
             proc.join(5)
