@@ -23,7 +23,6 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Coroutine, Generator
 from typing import Any, cast
 
 import h11
@@ -144,36 +143,6 @@ def _quiet(ws: ServerProtocol) -> bool:
     return (ws.state is State.OPEN and ws.close_rcvd is None and ws.close_sent is None and ws.current_size is None
             and not ws.writes and not ws.extensions and not ws.eof_sent and ws.parser_exc is None
             and not ws.expect_continuation_frame and _at_frame_boundary(ws))
-
-
-class _Suspended:
-    """The rest of a coroutine that was started outside a task and suspended on
-    ``waiting`` (what its first ``send`` yielded): awaiting this in a task goes
-    on where it stopped, as ``yield from`` would (the task waits on ``waiting``,
-    then sends results and throws exceptions, cancellation included, into it)."""
-
-    __slots__ = ("coro", "waiting")
-
-    def __init__(self, coro: Coroutine[Any, Any, None], waiting: Any) -> None:
-        self.coro = coro
-        self.waiting = waiting
-
-    def __await__(self) -> Generator[Any, Any, None]:
-        coro, waiting = self.coro, self.waiting
-        self.waiting = None
-        while True:
-            try:
-                sent = yield waiting
-            except BaseException as exc:  # noqa: BLE001 - everything goes to the coroutine, as yield from
-                try:
-                    waiting = coro.throw(exc)
-                except StopIteration:
-                    return
-            else:
-                try:
-                    waiting = coro.send(sent)
-                except StopIteration:
-                    return
 
 
 def _release_last_frame(ws: ServerProtocol) -> None:
@@ -835,9 +804,6 @@ class Connection(Writer, asyncio.Protocol):
         if payload == b"{}" and not binary and session.inline_pong:
             session.pong()  # a protocol pong: no task, no queueing
             return
-        if self._worker is None and not self._inbox and session.runs_inline():
-            self._run_inline(session, payload, binary)
-            return
         if self._inbox is None:
             self._inbox = collections.deque()
         self._inbox.append((payload, binary))
@@ -845,37 +811,16 @@ class Connection(Writer, asyncio.Protocol):
             self._pause(_PAUSED_INBOX)
         self._start_worker()
 
-    def _run_inline(self, session: WebSocketSession, payload: bytes, binary: bool) -> None:
-        """Handle a message in this callback, without a task (connect and
-        subscribe of a protocol client, most of the time); if the handler
-        suspends, the rest of it, and the messages after it, run in the worker."""
-        handler = session.handle_message(payload, binary)
-        try:
-            waiting = handler.send(None)
-        except StopIteration:
-            return
-        except Exception:
-            log.exception("error in WebSocket handler (%s)", type(session).__name__)
-            self.close(DisconnectCode.INTERNAL_ERROR)
-            return
-        if self._inbox is None:
-            self._inbox = collections.deque()
-        self._worker = asyncio.get_running_loop().create_task(self._drain(_Suspended(handler, waiting)))
-
     def _start_worker(self) -> None:
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._drain())
 
-    async def _drain(self, suspended: _Suspended | None = None) -> None:
-        """Handle queued messages in order (after the rest of a handler that
-        :meth:`_run_inline` started). Runs only while there is work."""
+    async def _drain(self) -> None:
+        """Handle queued messages in order. Runs only while there is work."""
         session = self.session
         inbox = self._inbox
         assert session is not None and inbox is not None
         try:
-            if suspended is not None:
-                await suspended
-                suspended = None
             while inbox:
                 item = inbox.popleft()
                 if self._paused & _PAUSED_INBOX and len(inbox) < MAX_INBOX // 2:

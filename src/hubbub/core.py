@@ -412,13 +412,6 @@ class ClientCore:
         """The client's protocol format, as proxy requests name it: ``"json"`` or ``"protobuf"``."""
         return "json"
 
-    def runs_inline(self) -> bool:
-        """Whether the transport may start ``handle_message`` in its own callback,
-        outside a task, and make a task only if it suspends (then for the rest):
-        true only where nothing it may await before suspending needs a task of
-        its own (``asyncio.timeout``, ``current_task``). Default: no."""
-        return False
-
     @property
     def info(self) -> ClientInfo:
         """Who this client is, as presence, join/leave and publications show it."""

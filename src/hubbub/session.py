@@ -110,13 +110,6 @@ class ClientSession(ClientCore):
         """The session's codec: ``"json"`` or ``"protobuf"``."""
         return self.codec.name
 
-    def runs_inline(self) -> bool:
-        """Commands run in the connection's callback (no task per message) while
-        no hook or proxy is set, tokens need no key fetch (JWKS) and the broker is
-        :attr:`~hubbub.brokers.base.Broker.local`: then connect and subscribe never suspend."""
-        context = self.context
-        return self.hub.broker.local and not context.hooks_active and not context.verifier.needs_lookup
-
     # -- handshake and messages ---------------------------------------------------
 
     def handshake_nowait(self) -> Refusal | None:

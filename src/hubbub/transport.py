@@ -52,10 +52,6 @@ class WebSocketSession(Protocol):
 
     async def handle_message(self, payload: bytes, binary: bool) -> None: ...
 
-    def runs_inline(self) -> bool:
-        """Whether ``handle_message`` may start outside a task (see :meth:`hubbub.core.ClientCore.runs_inline`)."""
-        ...
-
     @property
     def expires(self) -> bool:
         """Whether the client's token has an expiry for the sweep to check."""

@@ -147,12 +147,6 @@ class Broker(abc.ABC):
     #: waiting a round trip for each; per-channel order is the call order.
     pipelined: bool = False
 
-    #: Whether every operation runs in this process without I/O, needing no
-    #: task of its own (no ``asyncio.timeout``, no ``current_task``): a session
-    #: may then run a client's commands in the connection's callback, without
-    #: a task per message (:meth:`hubbub.core.ClientCore.runs_inline`).
-    local: bool = False
-
     _stats: Stats | None = None
 
     @property

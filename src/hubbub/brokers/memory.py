@@ -46,8 +46,6 @@ class MemoryBroker(Broker):
         clock: monotonic clock in seconds (tests pass their own).
     """
 
-    local = True
-
     name = "memory"
 
     def __init__(
