@@ -169,6 +169,7 @@ class Client:
         "frag_op",
         "index",
         "out",
+        "pos",
         "reconnecting",
         "sock",
         "state",
@@ -189,6 +190,8 @@ class Client:
         self.reconnecting = False  # lost after the initial phase, not back yet
         self.back = False  # reconnected at least once
         self.backoff = 0.0
+        #: --recover: [last offset, epoch, ended] of the client's stream (None until subscribed once)
+        self.pos: list | None = None
 
 
 # ---------------------------------------------------------------------------
@@ -231,6 +234,12 @@ class Worker:
         if args.token:
             connect = json.dumps({"id": 1, "connect": {"token": args.token}}, separators=(",", ":")).encode()
             self.subscribe_frame = client_frame(connect + b"\n" + CENTRIFUGO_COMMANDS[1])
+        self.recover_channel = args.recover_channel
+        if self.recover_channel:
+            self.subscribe_frame = self._subscribe_frame(None)
+        #: --recover counts: offsets skipped, offsets seen twice, recover replies with recovered false,
+        #: epoch changes, publications seen
+        self.rec = collections.Counter()
         self.clients = [Client(first + k) for k in range(count)]
         self.count = count
         self.ep = select.epoll()
@@ -263,6 +272,53 @@ class Worker:
         self.reconnect_errors: collections.Counter[str] = collections.Counter()
         self.lost_connections = 0  # without --reconnect
         self.cpu_hold_start = 0.0
+
+    def _subscribe_frame(self, pos: list | None) -> bytes:
+        """--recover: connect, then subscribe recoverable; after a loss with the last offset and epoch."""
+        sub: dict = {"channel": self.recover_channel, "recoverable": True}
+        if pos is not None:
+            sub.update(recover=True, offset=pos[0], epoch=pos[1])
+        connect = {"token": self.args.token} if self.args.token else {}
+        return client_frame(json.dumps({"id": 1, "connect": connect}, separators=(",", ":")).encode() + b"\n"
+                            + json.dumps({"id": 2, "subscribe": sub}, separators=(",", ":")).encode())
+
+    def _ended(self) -> bool:
+        return all(c.pos is not None and c.pos[2] for c in self.clients if c.state == READY)
+
+    def _publication(self, c: Client, pub: dict) -> None:
+        """--recover: one publication of the channel, live or recovered: count gaps and repeats."""
+        pos = c.pos
+        offset = pub.get("offset")
+        if pos is None or not isinstance(offset, int):
+            return
+        self.rec["publications"] += 1
+        if offset <= pos[0]:
+            self.rec["duplicated"] += 1
+            return
+        if offset > pos[0] + 1:
+            self.rec["lost"] += offset - pos[0] - 1
+        pos[0] = offset
+        data = pub.get("data")
+        if isinstance(data, dict) and data.get("end"):
+            pos[2] = True
+
+    def _subscribed(self, c: Client, result: dict) -> None:
+        """--recover: the subscribe reply: the stream position, and the recovered publications."""
+        epoch, offset = result.get("epoch", ""), result.get("offset", 0)
+        pos = c.pos
+        if pos is None:
+            c.pos = [offset, epoch, False]
+            return
+        if result.get("was_recovering") and not result.get("recovered"):
+            self.rec["unrecovered"] += 1
+            if epoch == pos[1] and isinstance(offset, int) and offset > pos[0]:
+                self.rec["lost"] += offset - pos[0]  # the client starts again from the top
+                pos[0] = offset
+        if epoch != pos[1]:
+            self.rec["epoch_changed"] += 1
+            pos[0], pos[1] = offset, epoch
+        for pub in result.get("publications") or ():
+            self._publication(c, pub)
 
     # -- the loop ------------------------------------------------------------
 
@@ -320,7 +376,7 @@ class Worker:
                     self._flush(c)
             if self.initial and self.ready_count + self.gave_up >= self.count:
                 self._initial_done(cpu0)
-            if self.stop or (self.go and self._all_back()):
+            if self.stop or (self.go and self._all_back() and (not self.recover_channel or self._ended())):
                 break
         self._finish()
 
@@ -471,7 +527,10 @@ class Worker:
         else:
             c.state = SUBSCRIBING
             if self.mode == "centrifugo":
-                self._send(c, PROTOBUF_SUBSCRIBE if self.protobuf else self.subscribe_frame)
+                if self.recover_channel and c.pos is not None:
+                    self._send(c, self._subscribe_frame(c.pos))
+                else:
+                    self._send(c, PROTOBUF_SUBSCRIBE if self.protobuf else self.subscribe_frame)
         if rest and c.sock is not None:
             self._frames(c, rest)
 
@@ -640,6 +699,13 @@ class Worker:
                 line = line.strip()
                 if line == b"{}":
                     self._send(c, CENTRIFUGO_PONG)
+                elif self.recover_channel and c.state == READY and line:
+                    try:
+                        push = json.loads(line).get("push") or {}
+                    except (ValueError, AttributeError):
+                        continue
+                    if isinstance(push.get("pub"), dict):
+                        self._publication(c, push["pub"])
                 elif c.state == SUBSCRIBING and line and line not in CENTRIFUGO_COMMANDS:  # not an echo
                     try:
                         reply = json.loads(line)
@@ -651,6 +717,8 @@ class Worker:
                         self._fail(c, f"command refused: {line[:80].decode(errors='replace')}")
                         return
                     if reply["id"] == 2:
+                        if self.recover_channel:
+                            self._subscribed(c, reply.get("subscribe") or {})
                         self._ready(c)
                 if c.sock is None:
                     return
@@ -679,6 +747,8 @@ class Worker:
             "lost_connections": self.lost_connections,
             "ready_at_end": self.ready_count,
             "cpu_after_connect_s": own_cpu_s() - self.cpu_hold_start,
+            "recover": dict(self.rec, not_ended=sum(1 for c in self.clients if c.pos is None or not c.pos[2]))
+            if self.recover_channel else None,
         }))
         self.stop = True
         self.timers.clear()
@@ -841,6 +911,11 @@ def run(args: argparse.Namespace) -> dict:
             reconnect_errors.update(result["reconnect_errors"])
             report["lost_connections"] += result["lost_connections"]
             cpu_after += result["cpu_after_connect_s"]
+            if result.get("recover") is not None:
+                recover = report.setdefault("recover", collections.Counter())
+                recover.update(result["recover"])
+        if "recover" in report:
+            report["recover"] = dict(report["recover"])
         if args.reconnect:
             report["reconnected"] = reconnected
             report["losses"] = losses
@@ -938,6 +1013,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="report this process's CPU time used while the clients connect")
     parser.add_argument("--idle", action="store_true",
                         help="accepted for loadgen.py compatibility (connectgen always holds idle clients)")
+    parser.add_argument("--recover-channel", default="",
+                        help="centrifugo JSON: subscribe to this channel (a namespace with history) recoverable, "
+                        "resubscribe with recover from the last offset and epoch after a loss, and count "
+                        "publications lost (offsets skipped), duplicated and unrecovered; with --reconnect the "
+                        "phase ends once every client is back and has seen a publication with data {\"end\": true}")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line, last on stdout")
     args = parser.parse_args(argv)
     if args.subscribers < 1 or args.procs < 1 or args.connect_concurrency < 1:

@@ -1461,6 +1461,8 @@ def _report(
     report["complete"] = report["delivered"] >= expected and not errors
     if report.get("server_cpu_deliver_s") is not None and report["delivered"]:
         report["server_cpu_per_delivery_us"] = round(1e6 * report["server_cpu_deliver_s"] / report["delivered"], 3)
+    if report.get("server_cpu_deliver_s") is not None and cfg.messages:
+        report["server_cpu_per_publication_us"] = round(1e6 * report["server_cpu_deliver_s"] / cfg.messages, 1)
     latencies.sort()
     if latencies:
         report["latency_ms"] = {

@@ -222,6 +222,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="suite: workload 7's subscriber counts on one channel, comma separated (full: 1000,10000)")
     parser.add_argument("--w8-clients", type=int, default=None,
                         help="suite: clients of workload 8 (reconnect storm; full: 15000)")
+    parser.add_argument("--w8-recover-clients", type=int, default=None,
+                        help="suite: clients of workload 8 with recovery (hubbub-protocol-recover; full: 5000)")
     args = parser.parse_args(argv)
     names = args.servers.split(",") if args.servers else (
         list(PEERS) if (args.suite or args.quick) else list(DEFAULT_SERVERS)

@@ -76,7 +76,7 @@ from harness import (
     read_rss_kib,
     run_loadgen,
 )
-from peers import BASELINE, HUBBUB, PEERS, Peer, hubbub_argv
+from peers import BASELINE, HUBBUB, HUBBUB_PROTOCOL, PEERS, Peer, hubbub_argv
 
 DOCS = REPO / "docs"
 #: A server whose RSS passes this is killed (the run is reported as such).
@@ -126,6 +126,10 @@ class Scale:
     #: workload 8 (reconnect storm): clients, and the longest wait for all to be back (s)
     w8_clients: int = 15_000
     w8_timeout: float = 60.0
+    #: workload 8 with recovery (hubbub protocol endpoint, Redis broker, a namespace with
+    #: history): clients (each parses every publication: the generator's limit), publications/s
+    w8_recover_clients: int = 5_000
+    w8_recover_rate: float = 20.0
 
     def skips(self, workload: str, name: str) -> bool:
         return any(w == workload and name in names for w, names in self.skip)
@@ -180,6 +184,7 @@ QUICK = Scale(
     w7_seconds=1.0,
     w7_trials=4,
     w8_clients=1000,
+    w8_recover_clients=500,
     w8_timeout=20.0,
 )
 
@@ -338,6 +343,7 @@ class Suite:
         *,
         timeout: float,
         rss: bool = False,
+        cpu: bool = False,
         settle: float = 0.0,
         replicas: int = 1,
     ) -> dict:
@@ -506,6 +512,7 @@ class Suite:
                         *(["--window", str(window)] if window else []),
                     ],
                     timeout=s.timeout,
+                    cpu=True,
                 )
         self.results["workloads"]["3"] = section
 
@@ -648,8 +655,82 @@ class Suite:
                 continue
             log(f"- workload 8: {peer.name}, {s.w8_clients} clients, SIGKILL and restart")
             section[peer.name] = self.storm(peer, s.w8_clients, s.w8_timeout)
+        if "hubbub-protocol" in [p.name for p in self.runs("8")]:
+            log(f"- workload 8: hubbub-protocol-recover, {s.w8_recover_clients} clients, Redis broker, "
+                f"{s.w8_recover_rate:g} publications/s across SIGKILL and restart")
+            section["hubbub-protocol-recover"] = self.storm_recover(s.w8_recover_clients, s.w8_timeout)
 
-    def storm(self, peer: Peer, clients: int, timeout: float) -> dict:
+    #: workload 8 with recovery: the channel (its namespace keeps history), and the API key
+    W8_RECOVER_CHANNEL = "rec:bench"
+    W8_API_KEY = "w8-bench-key"
+
+    def storm_recover(self, clients: int, timeout: float) -> dict:
+        """Workload 8 with recovery: the protocol endpoint with the Redis broker (history
+        survives the SIGKILL) and a namespace with history; clients subscribe recoverable
+        and, after the restart, resubscribe with ``recover`` from their last offset and
+        epoch. A publisher calls the HTTP API at ``w8_recover_rate``/s from before the kill
+        until 3 s after the restarted server listens, then publishes ``{"end": true}``;
+        every client's offsets must then run without a gap or a repeat up to it
+        (``connectgen.py --recover-channel``: lost, duplicated, unrecovered)."""
+        redis = shutil.which("redis-server")
+        if redis is None:
+            return {"error": "redis-server is not installed (apt-get install redis-server)"}
+        port = free_port()
+        url = f"redis://{HOST}:{port}/0"
+        proc = subprocess.Popen(
+            [redis, "--port", str(port), "--bind", HOST, "--save", "", "--appendonly", "no"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        try:
+            _wait_port(port, 10)
+            config = Path(self.log_dir) / "w8-recover.toml"
+            config.write_text(f'broker = "{url}"\napi_key = "{self.W8_API_KEY}"\n'
+                              "[namespaces.rec]\nhistory_size = 100000\nhistory_ttl = 600\n")
+            peer = replace(HUBBUB_PROTOCOL, name="hubbub-protocol-recover",
+                           argv=hubbub_argv("--config", str(config)), workloads=("8",))
+            outcome = self.storm(peer, clients, timeout, extra=["--recover-channel", self.W8_RECOVER_CHANNEL],
+                                 publish_rate=self.scale.w8_recover_rate)
+            outcome["broker"] = "redis"
+            return outcome
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+    def _publisher(self, port: int, rate: float, stop: threading.Event, counts: dict) -> None:
+        """Publish ``{"n": i}`` to the recovery channel through the HTTP API at ``rate``/s
+        until ``stop``, then ``{"end": true}`` (retried until the server takes it)."""
+        import urllib.request
+
+        def publish(data: dict) -> bool:
+            body = json.dumps({"channel": self.W8_RECOVER_CHANNEL, "data": data}).encode()
+            request = urllib.request.Request(f"http://{HOST}:{port}/api/publish", data=body, method="POST",
+                                             headers={"X-API-Key": self.W8_API_KEY,
+                                                      "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=2) as response:
+                    ok = response.status == 200 and "error" not in json.loads(response.read())
+            except (OSError, ValueError):
+                ok = False
+            counts["published" if ok else "failed"] += 1
+            return ok
+
+        n = 0
+        next_at = time.monotonic()
+        while not stop.is_set():
+            n += 1
+            publish({"n": n})
+            next_at += 1 / rate
+            stop.wait(max(0.0, next_at - time.monotonic()))
+        deadline = time.monotonic() + 60
+        while not publish({"end": True}) and time.monotonic() < deadline:
+            time.sleep(0.1)
+
+    def storm(self, peer: Peer, clients: int, timeout: float, *, extra: list[str] | None = None,
+              publish_rate: float = 0.0) -> dict:
         outcome: dict = {"server": peer.name}
         started = time.monotonic()
         meter = CpuMeter()
@@ -659,21 +740,37 @@ class Suite:
                 argv = connectgen_argv(server.port, peer.fanout.path, peer.fanout.mode, clients, timeout, server.pid)
                 # every client on its own, as SDKs are: up to W8_IN_FLIGHT attempts at once (not workload 5's 100)
                 argv += ["--reconnect-delay", "0.5", "--connect-timeout", str(timeout + 60),
-                         "--connect-concurrency", str(self.W8_IN_FLIGHT)]
+                         "--connect-concurrency", str(self.W8_IN_FLIGHT), *(extra or [])]
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
+                stop_publishing = threading.Event()
+                publisher = None
                 try:
                     line = _read_line(proc, timeout + 120)
                     if line is None or '"event"' not in line:
                         raise RuntimeError(f"no ready event from connectgen: {line!r}")
+                    if publish_rate:
+                        counts: dict = collections.Counter()
+                        outcome["publisher"] = counts
+                        publisher = threading.Thread(target=self._publisher, daemon=True,
+                                                     args=(server.port, publish_rate, stop_publishing, counts))
+                        publisher.start()
+                        time.sleep(1.0)  # publications flow live before the kill
                     kill_ns = time.time_ns()
                     server.restart()
                     outcome["restart_listening_s"] = round(server.wait_listening(), 3)
                     listening_ns = time.time_ns()
+                    if publisher is not None:
+                        time.sleep(3.0)
+                        stop_publishing.set()
                     out, _ = proc.communicate(timeout=timeout + 60)
+                    if publisher is not None:
+                        publisher.join(60)
+                        outcome["publisher"] = dict(outcome["publisher"])
                     cpu = _proc_cpu_s(server.pid)
                     outcome["server_cpu_s"] = None if cpu is None else round(cpu, 3)
                     outcome["peak_rss_mb"] = server.peak_rss_mb()
                 finally:
+                    stop_publishing.set()
                     if proc.poll() is None:
                         proc.kill()
                         proc.wait()
@@ -1286,12 +1383,14 @@ class Report:
                 name, _num(rate), _ratio(rate, base),
                 f"{rep.get('delivered', 0):,}/{rep.get('expected', 0):,}" if rep else "-",
                 _num(lat.get("p50"), 1), _num(lat.get("p99"), 1), _num(lat.get("p99.9"), 1),
+                _num(rep.get("server_cpu_per_delivery_us"), 2), _num(rep.get("server_cpu_per_publication_us"), 0),
                 _num(rep.get("connect_s"), 1) if rep else "-",
                 *_generator_cells(rep),
                 _notes(row),
             ])
         return md_table(
             ["server", "deliveries/s", f"vs {BASELINE}", "delivered", "p50 ms", "p99 ms", "p99.9 ms",
+             "server CPU µs per delivery", "server CPU µs per publication",
              "connect+subscribe s", "generator busy", "generator capacity/s per core", "notes"],
             rows,
         )
@@ -1878,19 +1977,30 @@ def storm_section(suite: Suite) -> list[str]:
              "up to 0.5 s), at most 2,000 attempts in flight, and subscribes again. 'all back' is measured from "
              "the kill and from the moment the new process listens; server CPU is the new process's CPU time "
              "from its start until the last client is back (start-up included); peak RSS is its VmHWM. "
-             "Recovery (history) is not exercised here (see the notes under the targets).", ""]
+             f"`hubbub-protocol-recover` ({w8.get('hubbub-protocol-recover', {}).get('report', {}).get('subscribers', 0):,} "
+             "clients: each parses every publication, the generator's limit): the protocol endpoint with the Redis "
+             "broker (history survives the kill) and a namespace with history; clients subscribe recoverable and "
+             "resubscribe with `recover` from their last offset and epoch. A publisher calls the HTTP API (20/s) "
+             "from 1 s before the kill until 3 s after the new process listens, then publishes `{\"end\": true}`; "
+             "the run ends when every client is back and has it. Lost: offsets a client skipped (live or recovered); "
+             "duplicated: offsets it got twice; unrecovered: `recovered: false` replies.", ""]
     table = []
     for name, row in w8.items():
         if not isinstance(row, dict) or "server" not in row:
             continue
         rep = row.get("report") or {}
+        rec = rep.get("recover")
         table.append([f"`{name}`", _num(row.get("restart_listening_s"), 2), _num(rep.get("reconnect_from_kill_s"), 2),
                       _num(rep.get("reconnect_from_listening_s"), 2),
                       f"{rep.get('reconnected', 0):,}/{rep.get('subscribers', 0):,}" if rep else "-",
                       _num(row.get("server_cpu_s"), 2), _num(row.get("peak_rss_mb"), 0),
+                      "-" if rec is None else f"{rec.get('lost', 0):,} / {rec.get('duplicated', 0):,} / "
+                      f"{rec.get('unrecovered', 0):,} of {rec.get('publications', 0):,} "
+                      f"({(row.get('publisher') or {}).get('published', 0):,} published)",
                       row.get("error") or _notes(row)])
     lines += [md_table(["server", "listening after s", "all back after kill s", "all back after listening s",
-                        "reconnected", "server CPU s", "peak RSS MiB", "notes"], table), ""]
+                        "reconnected", "server CPU s", "peak RSS MiB",
+                        "recovery: lost / duplicated / unrecovered of received", "notes"], table), ""]
     return lines
 
 
@@ -2157,6 +2267,8 @@ def main(args: argparse.Namespace, argv: list[str]) -> int:
         scale = replace(scale, w7_subscribers=tuple(int(n) for n in args.w7_subscribers.split(",") if n))
     if getattr(args, "w8_clients", None):
         scale = replace(scale, w8_clients=args.w8_clients)
+    if getattr(args, "w8_recover_clients", None):
+        scale = replace(scale, w8_recover_clients=args.w8_recover_clients)
     chosen = {"1", "2", "3", "4", "5", "6", "7", "8"}
     if args.workloads:
         chosen = {w.strip() for w in args.workloads.split(",") if w.strip()}

@@ -167,6 +167,9 @@ class _Channel:
     ready: asyncio.Future[None] | None = None
     count: int = 0
     last_offset: int = 0  # last offset this node saw (detects broker gaps)
+    #: last offset this node's pub/sub delivered (``last_offset`` also moves with stream
+    #: reads at subscribe time, which may run ahead of delivery)
+    delivered: int = 0
     epoch: str = ""  # the stream's epoch when last_offset was read ("" after a gap)
     #: client -> offset it already has from the stream read at subscribe time while
     #: this node's pub/sub delivery lagged behind; publications up to it are skipped
@@ -435,6 +438,7 @@ class Hub:
             elif state.last_offset and pub.offset > state.last_offset + 1:
                 self._gap(channel, state)
             state.last_offset = max(state.last_offset, pub.offset)
+            state.delivered = max(state.delivered, pub.offset)
             if not state.epoch:
                 state.epoch = pub.epoch
         exclude = pub.exclude_client
@@ -577,6 +581,7 @@ class Hub:
                 if sub.recoverable:
                     sub.disconnect(DisconnectCode.INSUFFICIENT_STATE)
         state.last_offset = 0
+        state.delivered = 0
         state.epoch = ""
         state.prev = None  # the next publication goes in full to delta subscribers
         state.batches.clear()  # what follows must not reach them through a batch they hold
@@ -690,12 +695,14 @@ class Hub:
         else:
             state.by_wire.setdefault(sub.wire, {})[client_id] = sub
         state.batches.clear()  # the new subscriber is in none of them
-        if result.position.offset > state.last_offset:
+        if result.position.offset > state.delivered:
             # The stream is ahead of this node's pub/sub delivery (Redis: history is
             # read on another connection). What the client got from the read must not
-            # reach it again when pub/sub catches up.
+            # reach it again when pub/sub catches up; compared with what pub/sub
+            # delivered, not with what other subscribers' reads saw (several
+            # subscribers may read the same top before pub/sub delivers it).
             state.skip[client_id] = result.position.offset
-            state.last_offset = result.position.offset
+            state.last_offset = max(state.last_offset, result.position.offset)
         if not state.epoch:
             state.epoch = result.position.epoch
         if info is not None and ns.presence:
