@@ -387,6 +387,9 @@ async def test_output_waiting_for_a_poll_is_bounded(sio_app: Any) -> None:
         for n in range(100):  # the client does not poll meanwhile: 100 x ~120 bytes > 4 KiB
             await sio.emit("flood", {"n": n, "blob": "x" * 100}, to=client_sid)
         await until(lambda: app.server.socketio.sessions == {}, "the session over the bound to end")  # 3008
+        assert (app.hub.stats.slow, app.hub.stats.disconnects[3008]) == (1, 1)  # counted as a slow WebSocket is
+        reply = await http.get(url, params=params)  # what waited is dropped: the close packet alone
+        assert (reply.status_code, reply.text) == (200, "1")
         reply = await http.get(url, params=params)
         assert (reply.status_code, reply.json()["code"]) == (400, 1)
 
