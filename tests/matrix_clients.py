@@ -12,6 +12,8 @@ the adapters' common primitives (:class:`Adapter`).
 from __future__ import annotations
 
 import asyncio
+import base64
+import contextlib
 import json
 import socket
 import time
@@ -234,8 +236,9 @@ class HTTPResponse:
 
 
 async def http_request(port: int, method: str, target: str, body: bytes = b"",
-                       headers: dict[str, str] | None = None, *, rcvbuf: int | None = None) -> HTTPResponse:
-    """Send one request on a new connection and read the response head.
+                       headers: dict[str, str] | None = None, *, rcvbuf: int | None = None,
+                       timeout: float = WAIT) -> HTTPResponse:
+    """Send one request on a new connection and read the response head (within ``timeout`` seconds).
 
     ``rcvbuf``: the socket's receive buffer (a client that stops reading fills it soon).
     """
@@ -244,7 +247,7 @@ async def http_request(port: int, method: str, target: str, body: bytes = b"",
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
     sock.setblocking(False)
     loop = asyncio.get_running_loop()
-    async with asyncio.timeout(WAIT):
+    async with asyncio.timeout(timeout):
         await loop.sock_connect(sock, ("127.0.0.1", port))
         reader, writer = await asyncio.open_connection(sock=sock, limit=16384)
         head = [f"{method} {target} HTTP/1.1", f"Host: 127.0.0.1:{port}", f"Content-Length: {len(body)}"]
@@ -896,6 +899,129 @@ class SocketIO(WebSocketAdapter):
         return Pub(None)  # the open packet, a DISCONNECT before the close, another ack: not decisive
 
 
+class SocketIOPolling(SocketIO):
+    """Socket.IO over Engine.IO's HTTP long-polling (``/socket.io/?EIO=4&transport=polling``): the
+    handshake ``GET`` opens the session, each ``POST`` carries packets, one ``GET`` at a time waits
+    for some (kept pending across waits: a second poll while one waits would end the session).
+
+    Engine.IO's close packet (``1``) carries no code: :class:`Closed` holds the code the hub counted
+    for the close (``stats.disconnects``, the ``hubbub_disconnects_total{code}`` metric) since this
+    client started. A ``POST`` answered 413 (over ``maxPayload``) is :class:`Refused`; a request
+    for a session that is gone (400) ends the client as the close packet does."""
+
+    PATH = "/socket.io/?EIO=4&transport=polling"
+
+    def __init__(self, env: Env) -> None:
+        super().__init__(env)
+        self.sid = ""
+        self.inbox: list[str] = []
+        self.poll: asyncio.Task[tuple[int, bytes]] | None = None
+        self.ended: Closed | None = None
+        self.counted = dict(env.hub.stats.disconnects)
+
+    async def _get(self, target: str) -> tuple[int, bytes]:
+        response = await http_request(self.env.port, "GET", target, timeout=40)
+        try:
+            return response.status, await _read_body(response)
+        finally:
+            response.close()
+
+    async def _open(self, path: str, *, small_rcvbuf: bool = False) -> Outcome | None:
+        try:
+            status, body = await self._get(self.PATH)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError) as exc:
+            return Broken(f"handshake: {exc!r}")
+        if status != 200:
+            return Refused(status)
+        opened = body.decode()
+        if not opened.startswith("0{"):
+            return Broken(f"no open packet: {opened!r}")
+        self.sid = json.loads(opened[1:])["sid"]
+        self.inbox.append(opened)
+        return None
+
+    async def _end(self) -> Closed:
+        """The session ended: :class:`Closed` with the code the hub counted for it."""
+        if self.ended is None:
+            stats = self.env.hub.stats
+
+            def new_codes() -> list[int]:
+                return [code for code, n in stats.disconnects.items() if n > self.counted.get(code, 0)]
+
+            await self.env.wait_for(new_codes, timeout=1.0)
+            codes = new_codes()
+            self.ended = Closed(codes[-1] if codes else 1006)
+        return self.ended
+
+    async def _recv(self) -> str | bytes | Closed | Timeout:
+        if self.inbox:
+            return self.inbox.pop(0)
+        if self.ended is not None:
+            return self.ended
+        if self.poll is None:
+            target = f"{self.PATH}&sid={urllib.parse.quote(self.sid)}"
+            self.poll = asyncio.ensure_future(asyncio.wait_for(self._get(target), 40))
+        done, _ = await asyncio.wait({self.poll}, timeout=WAIT)
+        if not done:
+            return Timeout("no message")
+        poll, self.poll = self.poll, None
+        try:
+            status, body = poll.result()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            return await self._end()
+        if status != 200:
+            return await self._end()
+        for packet in body.decode().split("\x1e"):
+            if packet == "1":
+                self.inbox.append("")  # the close packet: what came before it is read first
+                break
+            if packet != "6":
+                self.inbox.append(packet)
+        packet = self.inbox.pop(0) if self.inbox else "6"
+        if packet == "":
+            self.inbox.clear()
+            return await self._end()
+        return packet if packet != "6" else await self._recv()
+
+    async def _send(self, message: str | bytes) -> Closed | None:
+        if self.ended is not None:
+            return self.ended
+        text = message if isinstance(message, str) else "b" + base64.b64encode(message).decode()
+        target = f"{self.PATH}&sid={urllib.parse.quote(self.sid)}"
+        try:
+            response = await http_request(self.env.port, "POST", target, text.encode(),
+                                          {"Content-Type": "text/plain;charset=UTF-8"})
+            await _read_body(response)
+            response.close()
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError):
+            return await self._end()
+        if response.status == 413:
+            return Refused(413)  # type: ignore[return-value]  # SocketIO's callers pass any Outcome on
+        return None if response.status == 200 else await self._end()
+
+    async def publish(self, data: Any) -> Outcome | None:
+        ack, sent = await self.emit("publish", CHANNEL, data)
+        return sent
+
+    async def close(self) -> None:
+        if self.poll is not None:
+            self.poll.cancel()
+            with contextlib.suppress(BaseException):
+                await self.poll
+        if self.sid and self.ended is None:
+            with contextlib.suppress(Exception):
+                response = await http_request(self.env.port, "POST", f"{self.PATH}&sid={self.sid}", b"1")
+                await _read_body(response)
+                response.close()
+
+
+async def _read_body(response: HTTPResponse) -> bytes:
+    out = []
+    while piece := await response.piece():
+        out.append(piece)
+    return b"".join(out)
+
+
 # -- streaming HTTP ways ---------------------------------------------------------------------------------
 
 
@@ -1110,4 +1236,5 @@ ADAPTERS: dict[str, Callable[[Env], Adapter]] = {
     "relay": Relay,
     "endpoint": Endpoint,
     "socketio": SocketIO,
+    "socketio_polling": SocketIOPolling,
 }

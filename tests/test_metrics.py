@@ -63,3 +63,18 @@ async def test_metrics_count_a_known_workload(start_server, clients: list) -> No
     assert (await bad.closed())[0] == 3501
     m = await asyncio.to_thread(scrape, server)
     assert m['hubbub_disconnects_total{code="3501"}'] == 1
+
+
+async def test_metrics_count_socketio_sessions_on_either_transport(start_server, clients: list) -> None:
+    server = await start_server()
+    m = await asyncio.to_thread(scrape, server)
+    assert m['hubbub_connections{kind="socketio"}'] == 0
+    on_ws = await websockets.connect(ws_url(server, "/socket.io/?EIO=4&transport=websocket"), ping_interval=None)
+    clients.append(on_ws)
+    assert (await on_ws.recv()).startswith("0{")
+    polling = f"http://127.0.0.1:{server.port}/socket.io/?EIO=4&transport=polling"
+    opened = await asyncio.to_thread(lambda: urllib.request.urlopen(polling, timeout=TIMEOUT).read())
+    assert opened.startswith(b"0{")
+    m = await asyncio.to_thread(scrape, server)
+    assert m['hubbub_connections{kind="socketio"}'] == 2
+    assert m['hubbub_connections{kind="protocol"}'] == 0  # a Socket.IO WebSocket is not a protocol one

@@ -171,6 +171,15 @@ ROWS: dict[str, dict[str, Outcome | NotApplicable]] = {
         "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": Closed(3502),
         "max_message_size": Closed(1009), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
     },
+    # Socket.IO over Engine.IO's HTTP long-polling: the same rules as its WebSocket transport;
+    # Engine.IO's close packet has no code (the adapter reads the one the hub counted); a POST
+    # over maxPayload (max_message_size) is answered 413 and ends the session (1009)
+    "socketio_polling": {
+        "anonymous": Error(3500), "expired": Error(109), "expires_live": Closed(3005), "user_limit": Error(3504), "namespace": Error(103),
+        "hook_connect": Error(4403), "hook_subscribe": Error(103), "hook_publish": Error(103),
+        "command_rate": Closed(3013), "output_bound": Closed(3008), "slow_release": Released(), "connect_timeout": Closed(3502),
+        "max_message_size": Refused(413), "api_disconnect": Closed(3503), "api_unsubscribe": Unsubscribed(2000),
+    },
 }
 
 # the backend's proxy refuses as the Python hooks do (a disconnect 4403 at connect, error 103 at

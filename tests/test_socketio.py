@@ -20,6 +20,7 @@ import websockets
 import hubbub.socketio as socketio
 
 from .conftest import TIMEOUT, until
+from .redis_server import RedisServer, redis_server  # noqa: F401
 
 SECRET = "socketio-test-secret-of-at-least-32-bytes!"
 
@@ -387,6 +388,9 @@ async def test_output_waiting_for_a_poll_is_bounded(sio_app: Any) -> None:
         for n in range(100):  # the client does not poll meanwhile: 100 x ~120 bytes > 4 KiB
             await sio.emit("flood", {"n": n, "blob": "x" * 100}, to=client_sid)
         await until(lambda: app.server.socketio.sessions == {}, "the session over the bound to end")  # 3008
+        assert (app.hub.stats.slow, app.hub.stats.disconnects[3008]) == (1, 1)  # counted as a slow WebSocket is
+        reply = await http.get(url, params=params)  # what waited is dropped: the close packet alone
+        assert (reply.status_code, reply.text) == (200, "1")
         reply = await http.get(url, params=params)
         assert (reply.status_code, reply.json()["code"]) == (400, 1)
 
@@ -403,3 +407,29 @@ async def test_websocket_sessions_are_pinged_and_closed_without_pong(sio_app: An
         code, messages = await close_code(ws)  # it never answers "2"
     assert (code, messages) == (3012, ["2"])
     assert await answering.call("echo", "alive", timeout=TIMEOUT) == "alive"  # pinged too, and still here
+
+
+@pytest.mark.slow  # two nodes on a real Redis
+async def test_an_upgrade_that_reaches_another_node_is_refused_and_polling_goes_on(
+        sio_app: Any, redis_server: RedisServer) -> None:  # noqa: F811
+    """No sticky sessions: node ``b`` does not hold node ``a``'s session, so its WebSocket upgrade
+    is refused (400: Engine.IO clients then stay on long-polling), while polls on either node still
+    reach the session (forwarded to ``a``)."""
+    a = await sio_app(broker=redis_server.url)
+    b = await sio_app(broker=redis_server.url)
+    await until(lambda: a.server.cluster.peers() and b.server.cluster.peers(), "the nodes to know each other")
+    async with Http() as http:
+        opened = (await http.get(f"{a.server.url}/socket.io/", params={"EIO": "4", "transport": "polling"})).text
+        sid = json.loads(opened[1:])["sid"]
+        params = {"EIO": "4", "transport": "polling", "sid": sid}
+        assert (await http.post(f"{b.server.url}/socket.io/", params=params, content=b"40")).text == "ok"
+        assert (await http.get(f"{b.server.url}/socket.io/", params=params)).text.startswith("40{")
+        upgrade = f"ws://127.0.0.1:{b.server.port}/socket.io/?EIO=4&transport=websocket&sid={sid}"
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            await websockets.connect(upgrade, open_timeout=TIMEOUT)
+        assert refused.value.response.status_code == 400
+        session = a.server.socketio.sessions[sid]
+        assert session.polling and not session.closed  # the refused upgrade left it as it was
+        for node in (b, a):  # polling goes on, through either node
+            await http.post(f"{node.server.url}/socket.io/", params=params, content=b'421["echo","on"]')
+            assert (await http.get(f"{node.server.url}/socket.io/", params=params)).text == '431["on"]'

@@ -5,7 +5,9 @@ reads them at scrape time, so metrics cost nothing per delivery. Every worker
 exposes the same names with a ``worker`` label. Metrics (all prefixed ``hubbub_``):
 
 =====================================  ===========================================
-connections{kind}                       open WebSocket connections (protocol, relay, endpoint)
+connections{kind}                       open connections: WebSocket ones (protocol, relay,
+                                        endpoint) and Socket.IO sessions on either transport
+                                        (socketio)
 subscriptions / channels                local subscriptions and active channels
 messages_received_total / _sent_total   WebSocket messages in / frames out
 bytes_received_total / bytes_sent_total bytes read from / written to sockets
@@ -49,7 +51,8 @@ class Node(Protocol):
     hub: Hub
 
     def session_kinds(self) -> dict[str, int]:
-        """Open WebSocket connections by kind (protocol, relay, endpoint)."""
+        """Open connections by kind: WebSocket ones (protocol, relay, endpoint) and Socket.IO
+        sessions on WebSocket or long-polling (socketio)."""
         ...
 
     def pending_output(self) -> int:
@@ -78,8 +81,9 @@ class _Collector:
             return c
 
         kinds = node.session_kinds()
-        conns = GaugeMetricFamily("hubbub_connections", "Open WebSocket connections", labels=["worker", "kind"])
-        for kind in ("protocol", "relay", "endpoint"):
+        conns = GaugeMetricFamily("hubbub_connections", "Open connections (socketio: Socket.IO sessions)",
+                                  labels=["worker", "kind"])
+        for kind in ("protocol", "relay", "endpoint", "socketio"):
             conns.add_metric([w, kind], kinds.get(kind, 0))
         yield conns
         channels = hub.channels()

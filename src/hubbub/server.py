@@ -361,12 +361,14 @@ class Server:
         return self.stats.slow
 
     def session_kinds(self) -> dict[str, int]:
-        """Open WebSocket connections by kind: protocol, relay, endpoint."""
-        kinds = {"protocol": 0, "relay": 0, "endpoint": 0, "socketio": 0}
+        """Open connections by kind: protocol, relay, endpoint (WebSocket connections), and
+        socketio (Socket.IO sessions, on WebSocket or HTTP long-polling)."""
+        kinds = {"protocol": 0, "relay": 0, "endpoint": 0}
         for conn in self.websockets:
             session = conn.session
-            if session is not None:
+            if session is not None and session.kind in kinds:
                 kinds[session.kind] += 1
+        kinds["socketio"] = len(self.socketio.sessions) if self.socketio is not None else 0
         return kinds
 
     def pending_output(self) -> int:

@@ -11,7 +11,8 @@ transports, the upgrade between them, and the node's Socket.IO sessions.
   no sticky sessions are needed. A WebSocket upgrade of another node's session is refused (400) and
   the client stays on long-polling.
 - One timer per node (not one per connection) pings the sessions on long-polling, ends those that
-  do not answer, those that never connect a namespace (``connect_timeout``) and those whose binary
+  do not answer, those whose connection token expired (3005; the server's sweep checks those on a
+  WebSocket), those that never connect a namespace (``connect_timeout``) and those whose binary
   packet waits too long for its attachments (``socketio_attachment_timeout``).
 
 Errors are Engine.IO's (``{"code", "message"}``, HTTP 400; 413 for a body over ``maxPayload``),
@@ -171,9 +172,14 @@ class SocketIOService:
     def _sweep(self, now: float) -> None:
         config = self.config
         interval = self._ping_interval()
+        wall = self.context.wall()
         for sid, session in list(self.sessions.items()):
             if session.closed:
                 continue
+            if session.polling and session.expires:  # on a WebSocket, the server's sweep checks
+                session.check_expiry(wall)
+                if session.closed:
+                    continue
             if not session.connected and now >= session.deadline:
                 session.disconnect(DisconnectCode.STALE, "connect timeout")
                 continue
@@ -238,7 +244,7 @@ class SocketIOService:
             if self.host.closing:
                 return HTTPResponse.json(error_body(engineio.FORBIDDEN, "server is shutting down"), 503)
             made: list[SocketIOSession] = []
-            out = PollingOut(self.config.max_pending_output, lambda: self._slow(made[0]))
+            out = PollingOut(self.config.max_pending_output, lambda: self._slow(made[0]), self.context.hub.stats)
             session = self._new_session(out, request, polling=True)
             made.append(session)
             return self._packets([(session.open_packet(["websocket"]), False)])

@@ -33,6 +33,7 @@ from ..core import ClientContext, ClientCore, HandshakeDecision, Refusal
 from ..errors import BadRequest, ConnectRefused, Disconnect, ProtocolError
 from ..hub import SubscribeResult
 from ..outbox import FrameBatch, FrameEncoder, Outbox
+from ..stats import Stats
 from ..strictjson import dumps, loads
 from . import engineio
 from .packets import RESERVED_EVENTS, Decoder, PacketError, PacketType, SocketIOPacket, encode, reconstruct
@@ -252,12 +253,16 @@ def unpack_messages(packed: bytes) -> list[engineio.Packet]:
 
 class PollingOut:
     """The :class:`~hubbub.outbox.Outbox` of a session on HTTP long-polling: the Engine.IO packets
-    waiting for the next ``GET``, bounded by ``limit`` bytes (past it the session is closed
-    with 3008, as a slow WebSocket is)."""
+    waiting for the next ``GET``, bounded by ``limit`` bytes (past it what waits is dropped, the
+    close packet queued and the session closed with 3008, as a slow WebSocket is).
 
-    __slots__ = ("packets", "size", "limit", "open", "waiter", "on_slow", "closing")
+    ``stats``: the node's :class:`~hubbub.stats.Stats`: a session closed over the bound counts in
+    ``slow``, and every close in ``disconnects`` by its code (Engine.IO's close packet carries no
+    code; the WebSocket transports count theirs where they send the close frame)."""
 
-    def __init__(self, limit: int, on_slow: Callable[[], None]) -> None:
+    __slots__ = ("packets", "size", "limit", "open", "waiter", "on_slow", "closing", "stats")
+
+    def __init__(self, limit: int, on_slow: Callable[[], None], stats: Stats) -> None:
         self.packets: list[engineio.Packet] = []
         self.size = 0
         self.limit = limit
@@ -267,6 +272,7 @@ class PollingOut:
         self.on_slow = on_slow
         #: the close packet is queued: the session ends after the poll that carries it
         self.closing = False
+        self.stats = stats
 
     def _add(self, data: bytes, binary: bool) -> None:
         if not self.open:
@@ -277,6 +283,7 @@ class PollingOut:
             self.open = False
             self.packets.clear()
             self.size = 0
+            self.stats.slow += 1
             self.on_slow()
             return
         self.wake()
@@ -299,10 +306,12 @@ class PollingOut:
         self._add(engineio.PING, False)
 
     def close(self, code: int, reason: str = "") -> None:
-        if self.open:
-            self.packets.append((engineio.CLOSE, False))
-            self.open = False
+        if self.closing:
+            return
+        self.packets.append((engineio.CLOSE, False))  # after the bound: the close packet alone
+        self.open = False
         self.closing = True
+        self.stats.disconnects[code] += 1
         self.wake()
 
     def take(self) -> list[engineio.Packet]:
