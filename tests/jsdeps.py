@@ -8,12 +8,11 @@ it fails them.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
 
-import pytest
+from . import required
 
 JS = Path(__file__).resolve().parent / "js"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -22,9 +21,7 @@ CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-q
 
 
 def missing(what: str) -> None:
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"{what} is required in CI")
-    pytest.skip(f"{what} not available")
+    required.missing(f"{what} not available")
 
 
 def node_modules() -> Path:

@@ -27,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from .required import missing
+
 #: Upper bound for starting or stopping the server (seconds).
 TIMEOUT = 10.0
 
@@ -161,9 +163,7 @@ def _binary() -> str:
     binary = find_redis_server()
     if binary is None:
         message = "redis-server is not installed (apt-get install redis-server)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
     return binary
 
 
@@ -171,9 +171,7 @@ def _redis_cli(binary: str) -> str:
     found = shutil.which("redis-cli") or str(Path(binary).parent / "redis-cli")
     if not os.access(found, os.X_OK):
         message = "redis-cli is not installed (apt-get install redis-tools)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(message)
-        pytest.skip(message)
+        missing(message)
     return found
 
 

@@ -35,11 +35,12 @@ from hubbub.server import Server
 from .conftest import ROOT, TIMEOUT, ServeProcess, history_ns, proto_client, until
 from .postgres_server import PostgresServer, postgres_server  # noqa: F401
 from .redis_server import redis_server  # noqa: F401
+from .required import in_ci
 
 try:
     import asyncpg
 except ImportError:  # the postgresql extra (in the test extra): required under CI=true
-    if os.environ.get("CI", "").lower() == "true":
+    if in_ci():
         raise
     pytest.skip("asyncpg is not installed (pip install -e '.[postgresql]')", allow_module_level=True)
 
