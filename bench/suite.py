@@ -394,6 +394,9 @@ class Suite:
                         raise RuntimeError(f"no ready event from connectgen: {line!r}")
                     kill_ns = time.time_ns()
                     server.restart()
+                    if profile is not None:
+                        spy = _attach_pyspy(server.pid, profile)
+                    sampler = _CpuSampler(server.pid)
                     outcome["restart_listening_s"] = round(server.wait_listening(), 3)
                     out, _ = proc.communicate(timeout=timeout + 60)
                 finally:
@@ -730,8 +733,12 @@ class Suite:
             time.sleep(0.1)
 
     def storm(self, peer: Peer, clients: int, timeout: float, *, extra: list[str] | None = None,
-              publish_rate: float = 0.0) -> dict:
+              publish_rate: float = 0.0, profile: Path | None = None) -> dict:
+        """One reconnect storm (see :meth:`w8`). With ``profile``, py-spy is attached to the
+        restarted server as soon as it runs (start-up mostly included) and writes its raw
+        samples there."""
         outcome: dict = {"server": peer.name}
+        spy = None
         started = time.monotonic()
         meter = CpuMeter()
         server = None
@@ -757,6 +764,9 @@ class Suite:
                         time.sleep(1.0)  # publications flow live before the kill
                     kill_ns = time.time_ns()
                     server.restart()
+                    if profile is not None:
+                        spy = _attach_pyspy(server.pid, profile)
+                    sampler = _CpuSampler(server.pid)
                     outcome["restart_listening_s"] = round(server.wait_listening(), 3)
                     listening_ns = time.time_ns()
                     if publisher is not None:
@@ -766,14 +776,18 @@ class Suite:
                     if publisher is not None:
                         publisher.join(60)
                         outcome["publisher"] = dict(outcome["publisher"])
+                    sampler.stop()
                     cpu = _proc_cpu_s(server.pid)
-                    outcome["server_cpu_s"] = None if cpu is None else round(cpu, 3)
+                    # with the clients' closing (close frames, 15,000 connection_lost) once all are back
+                    outcome["server_cpu_with_close_s"] = None if cpu is None else round(cpu, 3)
                     outcome["peak_rss_mb"] = server.peak_rss_mb()
                 finally:
                     stop_publishing.set()
                     if proc.poll() is None:
                         proc.kill()
                         proc.wait()
+                    if spy is not None:
+                        _stop_pyspy(spy)
                 lines = out.strip().splitlines()
                 if not lines:
                     raise RuntimeError("connectgen produced no report")
@@ -781,6 +795,9 @@ class Suite:
                 if report.get("last_ready_ns"):
                     report["reconnect_from_kill_s"] = round((report["last_ready_ns"] - kill_ns) / 1e9, 3)
                     report["reconnect_from_listening_s"] = round((report["last_ready_ns"] - listening_ns) / 1e9, 3)
+                    # the server's CPU from its start until the last client was back (not their closing after)
+                    cpu_back = sampler.at(report["last_ready_ns"])
+                    outcome["server_cpu_s"] = None if cpu_back is None else round(cpu_back, 3)
                 outcome["report"] = report
         except (RuntimeError, subprocess.TimeoutExpired, ValueError, OSError) as exc:
             outcome["error"] = f"{type(exc).__name__}: {exc}"
@@ -1016,6 +1033,58 @@ def _log_outcome(outcome: dict, seconds: float) -> None:
     if outcome.get("foreign_cpu_percent") is not None:
         bits.append(f"other processes {outcome['foreign_cpu_percent']:.0f} % CPU")
     log("    " + ", ".join(bits))
+
+
+class _CpuSampler:
+    """The CPU time of process ``pid``, sampled every ``interval`` seconds from a thread
+    (``/proc/PID/stat``: user + system, clock ticks of 10 ms), for :meth:`at` a moment."""
+
+    def __init__(self, pid: int, interval: float = 0.01) -> None:
+        self.pid = pid
+        self.interval = interval
+        self.samples: list[tuple[int, float]] = []  # (time.time_ns(), CPU s)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            cpu = _proc_cpu_s(self.pid)
+            if cpu is None:
+                return
+            self.samples.append((time.time_ns(), cpu))
+            self._stop.wait(self.interval)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+    def at(self, when_ns: int) -> float | None:
+        """The first sample at or after ``when_ns`` (at most one interval late), or None."""
+        for t, cpu in self.samples:
+            if t >= when_ns:
+                return cpu
+        return None
+
+
+def _attach_pyspy(pid: int, raw: Path) -> subprocess.Popen:
+    """py-spy sampling process ``pid`` (raw format, into ``raw``) until :func:`_stop_pyspy`."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [pyspy, "record", "--pid", str(pid), "--rate", str(PROFILE_HZ), "--format", "raw",
+         "--nonblocking", "--duration", "600", "-o", str(raw)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop_pyspy(spy: subprocess.Popen) -> None:
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
 
 
 def _proc_cpu_s(pid: int) -> float | None:
