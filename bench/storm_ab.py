@@ -51,7 +51,7 @@ def main() -> None:
     variants = []
     for spec in args.variant:
         name, _, src = spec.partition("=")
-        env = {"PYTHONPATH": str(Path(src).resolve())}
+        env = {"PYTHONPATH": ":".join(str(Path(part).resolve()) for part in src.split(":"))}
         for extra in args.env:
             who, _, kv = extra.partition(":")
             if who == name:

@@ -130,6 +130,9 @@ class Scale:
     #: history): clients (each parses every publication: the generator's limit), publications/s
     w8_recover_clients: int = 5_000
     w8_recover_rate: float = 20.0
+    #: clients per load-generator process with recovery (each process parses every
+    #: publication of its clients): 15,000 clients run in 3 processes
+    w8_recover_per_proc: int = 5_000
 
     def skips(self, workload: str, name: str) -> bool:
         return any(w == workload and name in names for w, names in self.skip)
@@ -396,7 +399,6 @@ class Suite:
                     server.restart()
                     if profile is not None:
                         spy = _attach_pyspy(server.pid, profile)
-                    sampler = _CpuSampler(server.pid)
                     outcome["restart_listening_s"] = round(server.wait_listening(), 3)
                     out, _ = proc.communicate(timeout=timeout + 60)
                 finally:
@@ -667,7 +669,7 @@ class Suite:
     W8_RECOVER_CHANNEL = "rec:bench"
     W8_API_KEY = "w8-bench-key"
 
-    def storm_recover(self, clients: int, timeout: float) -> dict:
+    def storm_recover(self, clients: int, timeout: float, *, profile: Path | None = None) -> dict:
         """Workload 8 with recovery: the protocol endpoint with the Redis broker (history
         survives the SIGKILL) and a namespace with history; clients subscribe recoverable
         and, after the restart, resubscribe with ``recover`` from their last offset and
@@ -691,8 +693,11 @@ class Suite:
                               "[namespaces.rec]\nhistory_size = 100000\nhistory_ttl = 600\n")
             peer = replace(HUBBUB_PROTOCOL, name="hubbub-protocol-recover",
                            argv=hubbub_argv("--config", str(config)), workloads=("8",))
-            outcome = self.storm(peer, clients, timeout, extra=["--recover-channel", self.W8_RECOVER_CHANNEL],
-                                 publish_rate=self.scale.w8_recover_rate)
+            procs = max(1, -(-clients // self.scale.w8_recover_per_proc))
+            outcome = self.storm(peer, clients, timeout,
+                                 extra=["--recover-channel", self.W8_RECOVER_CHANNEL, "--procs", str(procs)],
+                                 publish_rate=self.scale.w8_recover_rate, profile=profile)
+            outcome["generator_procs"] = procs
             outcome["broker"] = "redis"
             return outcome
         finally:
@@ -747,7 +752,7 @@ class Suite:
                 argv = connectgen_argv(server.port, peer.fanout.path, peer.fanout.mode, clients, timeout, server.pid)
                 # every client on its own, as SDKs are: up to W8_IN_FLIGHT attempts at once (not workload 5's 100)
                 argv += ["--reconnect-delay", "0.5", "--connect-timeout", str(timeout + 60),
-                         "--connect-concurrency", str(self.W8_IN_FLIGHT), *(extra or [])]
+                         "--connect-concurrency", str(self.W8_IN_FLIGHT), "--linger", "1.0", *(extra or [])]
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
                 stop_publishing = threading.Event()
                 publisher = None
@@ -766,17 +771,23 @@ class Suite:
                     server.restart()
                     if profile is not None:
                         spy = _attach_pyspy(server.pid, profile)
-                    sampler = _CpuSampler(server.pid)
                     outcome["restart_listening_s"] = round(server.wait_listening(), 3)
                     listening_ns = time.time_ns()
                     if publisher is not None:
                         time.sleep(3.0)
                         stop_publishing.set()
+                    # every client back: the server's CPU from its start until now, before the
+                    # clients close (--linger; their 15,000 closes cost the server ~1 s more)
+                    line = _read_line(proc, timeout + 60)
+                    if line is not None and '"back"' in line:
+                        cpu = _proc_cpu_s(server.pid)
+                        outcome["server_cpu_s"] = None if cpu is None else round(cpu, 3)
+                    if spy is not None:
+                        _stop_pyspy(spy)
                     out, _ = proc.communicate(timeout=timeout + 60)
                     if publisher is not None:
                         publisher.join(60)
                         outcome["publisher"] = dict(outcome["publisher"])
-                    sampler.stop()
                     cpu = _proc_cpu_s(server.pid)
                     # with the clients' closing (close frames, 15,000 connection_lost) once all are back
                     outcome["server_cpu_with_close_s"] = None if cpu is None else round(cpu, 3)
@@ -795,9 +806,6 @@ class Suite:
                 if report.get("last_ready_ns"):
                     report["reconnect_from_kill_s"] = round((report["last_ready_ns"] - kill_ns) / 1e9, 3)
                     report["reconnect_from_listening_s"] = round((report["last_ready_ns"] - listening_ns) / 1e9, 3)
-                    # the server's CPU from its start until the last client was back (not their closing after)
-                    cpu_back = sampler.at(report["last_ready_ns"])
-                    outcome["server_cpu_s"] = None if cpu_back is None else round(cpu_back, 3)
                 outcome["report"] = report
         except (RuntimeError, subprocess.TimeoutExpired, ValueError, OSError) as exc:
             outcome["error"] = f"{type(exc).__name__}: {exc}"
@@ -1033,38 +1041,6 @@ def _log_outcome(outcome: dict, seconds: float) -> None:
     if outcome.get("foreign_cpu_percent") is not None:
         bits.append(f"other processes {outcome['foreign_cpu_percent']:.0f} % CPU")
     log("    " + ", ".join(bits))
-
-
-class _CpuSampler:
-    """The CPU time of process ``pid``, sampled every ``interval`` seconds from a thread
-    (``/proc/PID/stat``: user + system, clock ticks of 10 ms), for :meth:`at` a moment."""
-
-    def __init__(self, pid: int, interval: float = 0.01) -> None:
-        self.pid = pid
-        self.interval = interval
-        self.samples: list[tuple[int, float]] = []  # (time.time_ns(), CPU s)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            cpu = _proc_cpu_s(self.pid)
-            if cpu is None:
-                return
-            self.samples.append((time.time_ns(), cpu))
-            self._stop.wait(self.interval)
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(5)
-
-    def at(self, when_ns: int) -> float | None:
-        """The first sample at or after ``when_ns`` (at most one interval late), or None."""
-        for t, cpu in self.samples:
-            if t >= when_ns:
-                return cpu
-        return None
 
 
 def _attach_pyspy(pid: int, raw: Path) -> subprocess.Popen:
