@@ -753,6 +753,12 @@ class Worker:
         self.stop = True
         self.timers.clear()
         self.queue.clear()
+        linger_until = time.monotonic() + self.args.linger
+        while time.monotonic() < linger_until:  # --linger: still holding (pings answered)
+            for fd, _ev in self.ep.poll(0.05):
+                c = self.by_fd.get(fd)
+                if c is not None:
+                    self._on_frames(c)
         for c in self.clients:
             if c.state == READY:
                 c.state = CLOSING
@@ -891,6 +897,8 @@ def run(args: argparse.Namespace) -> dict:
             for pipe in pipes:
                 _send_quietly(pipe, ("go", deadline_ns))
             results = _collect(pipes, "result", args.timeout + 30)
+            if args.linger:
+                print(json.dumps({"event": "back"}), flush=True)
         else:
             for pipe in pipes:
                 _send_quietly(pipe, ("stop",))
@@ -1018,6 +1026,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "resubscribe with recover from the last offset and epoch after a loss, and count "
                         "publications lost (offsets skipped), duplicated and unrecovered; with --reconnect the "
                         "phase ends once every client is back and has seen a publication with data {\"end\": true}")
+    parser.add_argument("--linger", type=float, default=0.0,
+                        help="--reconnect: once every client is back, print the line {\"event\": \"back\"} and "
+                        "hold the clients this many seconds more before closing them (the caller reads the "
+                        "server's CPU at the event, without the closing)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON line, last on stdout")
     args = parser.parse_args(argv)
     if args.subscribers < 1 or args.procs < 1 or args.connect_concurrency < 1:

@@ -130,6 +130,9 @@ class Scale:
     #: history): clients (each parses every publication: the generator's limit), publications/s
     w8_recover_clients: int = 5_000
     w8_recover_rate: float = 20.0
+    #: clients per load-generator process with recovery (each process parses every
+    #: publication of its clients): 15,000 clients run in 3 processes
+    w8_recover_per_proc: int = 5_000
 
     def skips(self, workload: str, name: str) -> bool:
         return any(w == workload and name in names for w, names in self.skip)
@@ -394,6 +397,8 @@ class Suite:
                         raise RuntimeError(f"no ready event from connectgen: {line!r}")
                     kill_ns = time.time_ns()
                     server.restart()
+                    if profile is not None:
+                        spy = _attach_pyspy(server.pid, profile)
                     outcome["restart_listening_s"] = round(server.wait_listening(), 3)
                     out, _ = proc.communicate(timeout=timeout + 60)
                 finally:
@@ -664,11 +669,11 @@ class Suite:
     W8_RECOVER_CHANNEL = "rec:bench"
     W8_API_KEY = "w8-bench-key"
 
-    def storm_recover(self, clients: int, timeout: float) -> dict:
+    def storm_recover(self, clients: int, timeout: float, *, profile: Path | None = None) -> dict:
         """Workload 8 with recovery: the protocol endpoint with the Redis broker (history
         survives the SIGKILL) and a namespace with history; clients subscribe recoverable
         and, after the restart, resubscribe with ``recover`` from their last offset and
-        epoch. A publisher calls the HTTP API at ``w8_recover_rate``/s from before the kill
+        epoch. A publisher calls the HTTP API of a second node at ``w8_recover_rate``/s from before the kill
         until 3 s after the restarted server listens, then publishes ``{"end": true}``;
         every client's offsets must then run without a gap or a repeat up to it
         (``connectgen.py --recover-channel``: lost, duplicated, unrecovered)."""
@@ -688,8 +693,17 @@ class Suite:
                               "[namespaces.rec]\nhistory_size = 100000\nhistory_ttl = 600\n")
             peer = replace(HUBBUB_PROTOCOL, name="hubbub-protocol-recover",
                            argv=hubbub_argv("--config", str(config)), workloads=("8",))
-            outcome = self.storm(peer, clients, timeout, extra=["--recover-channel", self.W8_RECOVER_CHANNEL],
-                                 publish_rate=self.scale.w8_recover_rate)
+            procs = max(1, -(-clients // self.scale.w8_recover_per_proc))
+            # the publications go through a second node on the same Redis: they go on while the
+            # clients' node is down and busy (its own API timed out for most of them at 15,000)
+            publisher_peer = replace(peer, name="hubbub-protocol-recover-publisher")
+            with self.server(publisher_peer) as publisher_node:
+                outcome = self.storm(peer, clients, timeout,
+                                     extra=["--recover-channel", self.W8_RECOVER_CHANNEL, "--procs", str(procs)],
+                                     publish_rate=self.scale.w8_recover_rate, profile=profile,
+                                     publish_port=publisher_node.port)
+            outcome["generator_procs"] = procs
+            outcome["publisher_node"] = "a second hubbub node on the same Redis"
             outcome["broker"] = "redis"
             return outcome
         finally:
@@ -730,8 +744,12 @@ class Suite:
             time.sleep(0.1)
 
     def storm(self, peer: Peer, clients: int, timeout: float, *, extra: list[str] | None = None,
-              publish_rate: float = 0.0) -> dict:
+              publish_rate: float = 0.0, profile: Path | None = None, publish_port: int | None = None) -> dict:
+        """One reconnect storm (see :meth:`w8`). With ``profile``, py-spy is attached to the
+        restarted server as soon as it runs (start-up mostly included) and writes its raw
+        samples there."""
         outcome: dict = {"server": peer.name}
+        spy = None
         started = time.monotonic()
         meter = CpuMeter()
         server = None
@@ -740,7 +758,7 @@ class Suite:
                 argv = connectgen_argv(server.port, peer.fanout.path, peer.fanout.mode, clients, timeout, server.pid)
                 # every client on its own, as SDKs are: up to W8_IN_FLIGHT attempts at once (not workload 5's 100)
                 argv += ["--reconnect-delay", "0.5", "--connect-timeout", str(timeout + 60),
-                         "--connect-concurrency", str(self.W8_IN_FLIGHT), *(extra or [])]
+                         "--connect-concurrency", str(self.W8_IN_FLIGHT), "--linger", "1.0", *(extra or [])]
                 proc = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, cwd=REPO)
                 stop_publishing = threading.Event()
                 publisher = None
@@ -752,28 +770,42 @@ class Suite:
                         counts: dict = collections.Counter()
                         outcome["publisher"] = counts
                         publisher = threading.Thread(target=self._publisher, daemon=True,
-                                                     args=(server.port, publish_rate, stop_publishing, counts))
+                                                     args=(publish_port or server.port, publish_rate, stop_publishing,
+                                                           counts))
                         publisher.start()
                         time.sleep(1.0)  # publications flow live before the kill
                     kill_ns = time.time_ns()
                     server.restart()
+                    if profile is not None:
+                        spy = _attach_pyspy(server.pid, profile)
                     outcome["restart_listening_s"] = round(server.wait_listening(), 3)
                     listening_ns = time.time_ns()
                     if publisher is not None:
                         time.sleep(3.0)
                         stop_publishing.set()
+                    # every client back: the server's CPU from its start until now, before the
+                    # clients close (--linger; their 15,000 closes cost the server ~1 s more)
+                    line = _read_line(proc, timeout + 60)
+                    if line is not None and '"back"' in line:
+                        cpu = _proc_cpu_s(server.pid)
+                        outcome["server_cpu_s"] = None if cpu is None else round(cpu, 3)
+                    if spy is not None:
+                        _stop_pyspy(spy)
                     out, _ = proc.communicate(timeout=timeout + 60)
                     if publisher is not None:
                         publisher.join(60)
                         outcome["publisher"] = dict(outcome["publisher"])
                     cpu = _proc_cpu_s(server.pid)
-                    outcome["server_cpu_s"] = None if cpu is None else round(cpu, 3)
+                    # with the clients' closing (close frames, 15,000 connection_lost) once all are back
+                    outcome["server_cpu_with_close_s"] = None if cpu is None else round(cpu, 3)
                     outcome["peak_rss_mb"] = server.peak_rss_mb()
                 finally:
                     stop_publishing.set()
                     if proc.poll() is None:
                         proc.kill()
                         proc.wait()
+                    if spy is not None:
+                        _stop_pyspy(spy)
                 lines = out.strip().splitlines()
                 if not lines:
                     raise RuntimeError("connectgen produced no report")
@@ -1016,6 +1048,26 @@ def _log_outcome(outcome: dict, seconds: float) -> None:
     if outcome.get("foreign_cpu_percent") is not None:
         bits.append(f"other processes {outcome['foreign_cpu_percent']:.0f} % CPU")
     log("    " + ", ".join(bits))
+
+
+def _attach_pyspy(pid: int, raw: Path) -> subprocess.Popen:
+    """py-spy sampling process ``pid`` (raw format, into ``raw``) until :func:`_stop_pyspy`."""
+    pyspy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    return subprocess.Popen(
+        [pyspy, "record", "--pid", str(pid), "--rate", str(PROFILE_HZ), "--format", "raw",
+         "--nonblocking", "--duration", "600", "-o", str(raw)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+
+
+def _stop_pyspy(spy: subprocess.Popen) -> None:
+    if spy.poll() is None:
+        spy.send_signal(signal.SIGINT)
+    try:
+        spy.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        spy.kill()
+        spy.wait()
 
 
 def _proc_cpu_s(pid: int) -> float | None:
@@ -1976,12 +2028,13 @@ def storm_section(suite: Suite) -> list[str]:
              "as the SDKs do: first try within 0-500 ms (uniform), then a jittered backoff (x0.5-1.5, doubling "
              "up to 0.5 s), at most 2,000 attempts in flight, and subscribes again. 'all back' is measured from "
              "the kill and from the moment the new process listens; server CPU is the new process's CPU time "
-             "from its start until the last client is back (start-up included); peak RSS is its VmHWM. "
+             "from its start until the last client is back (start-up included; not the clients' closing after, "
+             "which `connectgen.py --linger` holds back); peak RSS is its VmHWM. "
              f"`hubbub-protocol-recover` ({w8.get('hubbub-protocol-recover', {}).get('report', {}).get('subscribers', 0):,} "
-             "clients: each parses every publication, the generator's limit): the protocol endpoint with the Redis "
+             "clients, one generator process per 5,000: each parses every publication): the protocol endpoint with the Redis "
              "broker (history survives the kill) and a namespace with history; clients subscribe recoverable and "
-             "resubscribe with `recover` from their last offset and epoch. A publisher calls the HTTP API (20/s) "
-             "from 1 s before the kill until 3 s after the new process listens, then publishes `{\"end\": true}`; "
+             "resubscribe with `recover` from their last offset and epoch. A publisher calls the HTTP API (20/s) of a "
+             "second node on the same Redis (publications go on while the clients' node is down) from 1 s before the kill until 3 s after the new process listens, then publishes `{\"end\": true}`; "
              "the run ends when every client is back and has it. Lost: offsets a client skipped (live or recovered); "
              "duplicated: offsets it got twice; unrecovered: `recovered: false` replies.", ""]
     table = []

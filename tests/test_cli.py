@@ -50,6 +50,34 @@ def test_help_lists_commands() -> None:
     assert "--count" in hubbub("consume", "--help").stdout
 
 
+#: what a serving process without token keys must not import (each costs start-up time:
+#: workload 8, a restart under a reconnect storm)
+NOT_FOR_SERVING = ("jwt", "cryptography", "hubbub.client", "websockets.asyncio.client")
+
+SERVE_AND_LIST_MODULES = """
+import asyncio, json, sys
+from hubbub import cli  # what `hubbub serve` imports first
+from hubbub.config import Config
+from hubbub.server import Server
+
+async def main():
+    server = Server(Config(host="127.0.0.1", port=0))
+    await server.start()
+    await server.close()
+
+asyncio.run(main())
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_serving_without_token_keys_imports_neither_pyjwt_nor_the_client() -> None:
+    out = subprocess.run([sys.executable, "-c", SERVE_AND_LIST_MODULES], capture_output=True, text=True,
+                         timeout=TIMEOUT, cwd=ROOT, check=True).stdout
+    loaded = set(json.loads(out))
+    assert "hubbub.server" in loaded
+    assert [name for name in NOT_FOR_SERVING if name in loaded] == []
+
+
 def test_consume_prints_what_produce_publishes(serve_process) -> None:
     server = serve_process()
 

@@ -235,3 +235,21 @@ async def test_wire_frames_once_for_every_subscriber() -> None:
         assert next(iter(got.values()))[0].join() == b"T:" + frames.text_calls[0]
     finally:
         await hub.close()
+
+
+def test_json_replies_take_publication_objects_and_keep_their_data_bytes() -> None:
+    """History and recovery replies: each publication's JSON data goes into the reply as it came
+    (no decode and encode per client), and the reply reads as the ``to_json()`` form would."""
+    assert JSON.publication_objects
+    info = ClientInfo("c1", "alice", conn_info=b'{"n":1}')
+    pubs = [Publication(b'{"a": [1, 2.50]}', offset=7, info=info, tags={"k": "v"}), Publication(b'"x"', offset=8)]
+    encoded = JSON.encode_reply(3, "subscribe", {"recoverable": True, "epoch": "e", "offset": 6,
+                                                 "publications": pubs, "recovered": True})
+    assert b'"data":{"a": [1, 2.50]}' in encoded  # the bytes as published
+    assert json.loads(encoded) == {"id": 3, "subscribe": {
+        "recoverable": True, "epoch": "e", "offset": 6, "recovered": True,
+        "publications": [pub.to_json() for pub in pubs]}}
+    only = JSON.encode_reply(4, "history", {"publications": pubs[1:]})
+    assert json.loads(only) == {"id": 4, "history": {"publications": [{"data": "x", "offset": 8}]}}
+    assert json.loads(JSON.encode_reply(5, "history", {"publications": [], "offset": 0})) == {
+        "id": 5, "history": {"publications": [], "offset": 0}}

@@ -16,13 +16,18 @@ import asyncio
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import jwt
-from jwt.types import Options
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .errors import InvalidToken, TokenExpired
+
+if TYPE_CHECKING:
+    import jwt
+    from jwt.types import Options
+
+# PyJWT (and the cryptography package it loads, ~40 ms) is imported where a token is
+# verified, not with this module: a server without token keys never loads it
+# (``hubbub serve`` starts faster: workload 8, the reconnect storm).
 
 log = logging.getLogger("hubbub.auth")
 
@@ -76,7 +81,11 @@ class TokenVerifier:
             self._keys.append((_read_key(config.token_rsa_public_key), RSA_ALGORITHMS))
         if config.token_ecdsa_public_key:
             self._keys.append((_read_key(config.token_ecdsa_public_key), ECDSA_ALGORITHMS))
-        self._jwks = jwt.PyJWKClient(config.token_jwks_url, cache_keys=True) if config.token_jwks_url else None
+        self._jwks: jwt.PyJWKClient | None = None
+        if config.token_jwks_url:
+            import jwt
+
+            self._jwks = jwt.PyJWKClient(config.token_jwks_url, cache_keys=True)
 
     @property
     def enabled(self) -> bool:
@@ -99,6 +108,8 @@ class TokenVerifier:
     def _algorithm(self, token: str) -> str:
         if not self.enabled:
             raise InvalidToken("token authentication is not configured")
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -109,6 +120,8 @@ class TokenVerifier:
     def _verify(self, token: str, candidates: list[tuple[Any, list[str]]], alg: str) -> dict[str, Any]:
         if not candidates:
             raise InvalidToken(f"no key for algorithm {alg!r}")
+        import jwt
+
         options, kwargs = self._options()
         last: Exception | None = None
         for key, algorithms in candidates:
@@ -129,6 +142,8 @@ class TokenVerifier:
         alg = self._algorithm(token)
         candidates = [(key, algs) for key, algs in self._keys if alg in algs]
         if self._jwks is not None and alg in RSA_ALGORITHMS + ECDSA_ALGORITHMS:
+            import jwt
+
             try:
                 signing_key = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
             except jwt.PyJWKClientError as exc:

@@ -18,23 +18,20 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from . import serving
 from ._version import __version__
-from .client import (
-    Client,
-    Endpoint,
-    RelayClient,
-    backoff,
-    display_url,
-    endpoint,
-    namespace_hint,
-)
 from .codes import ErrorCode
 from .config import Config, check_file
 from .errors import ClientError, ConfigError, EndpointError, ReplyError
+
+if TYPE_CHECKING:
+    from .client import Endpoint
+
+# The client commands (sub, pub, ...) import hubbub.client (websockets' client, urllib)
+# where they run: ``hubbub serve`` does not load it (it starts faster: workload 8).
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -444,6 +441,8 @@ def _endpoint(args: argparse.Namespace) -> Endpoint:
         _Usage: no hubbub endpoint, no channel, or a CHANNEL that is not the relay path's.
         ClientError: not a ``ws://`` URL (exit 1, as before).
     """
+    from .client import Endpoint, display_url, endpoint
+
     try:
         found = endpoint(args.url, args.mode)
     except EndpointError as exc:
@@ -483,6 +482,8 @@ async def _consume(args: argparse.Namespace) -> int:
 
 
 async def _consume_relay(args: argparse.Namespace, found: Endpoint) -> int:
+    from .client import RelayClient
+
     client = RelayClient(found.url, token=args.token)
     await client.connect()
     seen = 0
@@ -504,6 +505,8 @@ async def _consume_relay(args: argparse.Namespace, found: Endpoint) -> int:
 
 
 async def _consume_protocol(args: argparse.Namespace, channel: str) -> int:
+    from .client import Client, backoff
+
     seen = 0
     offset, epoch = 0, ""
     attempt = 0
@@ -559,6 +562,8 @@ async def _consume_protocol(args: argparse.Namespace, channel: str) -> int:
 
 def _with_namespace_hint(exc: ReplyError, channel: str) -> ReplyError:
     """``exc``, with what to do about it when it is 102 "unknown channel" in a namespace."""
+    from .client import namespace_hint
+
     hint = namespace_hint(channel) if exc.code == ErrorCode.UNKNOWN_CHANNEL else ""
     return ReplyError(exc.code, f"{exc.message} ({hint})") if hint else exc
 
@@ -638,6 +643,8 @@ async def _produce(args: argparse.Namespace) -> int:
 
 
 async def _produce_relay(args: argparse.Namespace, found: Endpoint) -> int:
+    from .client import RelayClient
+
     """Send each item as one text message, then close; see ``hubbub produce --help``."""
     client = RelayClient(found.url, token=args.token, echo=False)
     await client.connect()
@@ -668,6 +675,8 @@ async def _produce_relay(args: argparse.Namespace, found: Endpoint) -> int:
 
 
 async def _produce_protocol(args: argparse.Namespace) -> int:
+    from .client import Client
+
     async with Client(args.url, token=args.token) as client:
         pending: list[asyncio.Future[dict[str, Any]]] = []
 
