@@ -643,9 +643,9 @@ async def _produce(args: argparse.Namespace) -> int:
 
 
 async def _produce_relay(args: argparse.Namespace, found: Endpoint) -> int:
+    """Send each item as one text message, then close; see ``hubbub produce --help``."""
     from .client import RelayClient
 
-    """Send each item as one text message, then close; see ``hubbub produce --help``."""
     client = RelayClient(found.url, token=args.token, echo=False)
     await client.connect()
     sent = 0

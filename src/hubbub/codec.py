@@ -140,13 +140,14 @@ class JSONCodec:
         # {"id":N,"METHOD":{...the rest...,"publications":[...]}}: each publication built
         # from its JSON bytes, as encode_publication builds a push
         rest = dumps({key: value for key, value in result.items() if key != "publications"})
-        listed = b",".join(self._reply_publication(pub) for pub in pubs)
+        listed = b",".join(self._publication_json(pub) for pub in pubs)
         body = b'%s%s"publications":[%s]}' % (rest[:-1], b"" if rest == b"{}" else b",", listed)
         return b'{"id":%d,%s:%s}' % (command_id, dumps(method), body)
 
     @staticmethod
-    def _reply_publication(pub: Publication) -> bytes:
-        """``pub.to_json()`` encoded, from the publication's JSON bytes without decoding them."""
+    def _publication_json(pub: Publication) -> bytes:
+        """``pub`` as the protocol's ``Publication`` object (``pub.to_json()`` encoded), built
+        from its JSON bytes without decoding them: a push's ``pub`` and a reply's ``publications``."""
         parts = [b'{"data":', pub.data]
         if pub.offset:
             parts.append(b',"offset":%d' % pub.offset)
@@ -172,15 +173,7 @@ class JSONCodec:
     def encode_publication(self, channel: str, pub: Publication) -> bytes:
         """``{"push":{"channel":..,"pub":{"data":..,"offset":..,"info":..}}}``:
         built from the publication's JSON bytes without decoding them."""
-        parts = [b'{"push":{"channel":', dumps(channel), b',"pub":{"data":', pub.data]
-        if pub.offset:
-            parts.append(b',"offset":%d' % pub.offset)
-        if pub.info is not None:
-            parts.append(b',"info":' + dumps(pub.info.to_json()))
-        if pub.tags:
-            parts.append(b',"tags":' + dumps(pub.tags))
-        parts.append(b"}}}")
-        return b"".join(parts)
+        return b'{"push":{"channel":%s,"pub":%s}}' % (dumps(channel), self._publication_json(pub))
 
     def publication_bytes(self, pub: Publication) -> bytes:
         return pub.data
