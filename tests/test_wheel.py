@@ -3,6 +3,7 @@ ping tick driven by hand (no sockets, an injected loop time)."""
 
 from __future__ import annotations
 
+import weakref
 from collections import Counter
 from typing import Any
 
@@ -33,13 +34,16 @@ def test_a_burst_of_items_is_spread_evenly_and_each_is_visited_once_per_period()
     assert set(Counter(slots.values()).values()) == {40}  # 40 per slot, never a round of thousands
     visited: Counter[int] = Counter()
     largest = 0
-    for _ in range(wheel.slots):
-        batch = wheel.turn()
+    for turn in range(wheel.slots):
+        slot = wheel.turn()
+        assert slot == turn
+        batch = wheel.items(slot)
         largest = max(largest, len(batch))
         visited.update(batch)
     assert largest == 40
     assert visited == Counter(range(10_000))  # every item exactly once per turn of the wheel
-    assert Counter(wheel.turn()) == Counter(item for item, slot in slots.items() if slot == 0)  # round two
+    assert wheel.turn() == 0  # round two
+    assert Counter(wheel.items(0)) == Counter(item for item, slot in slots.items() if slot == 0)
 
 
 def test_discarded_items_are_not_visited_and_discard_is_idempotent() -> None:
@@ -50,7 +54,7 @@ def test_discarded_items_are_not_visited_and_discard_is_idempotent() -> None:
     wheel.discard("a", slot_a)
     wheel.discard("b", 7)  # a slot the wheel does not have: nothing happens
     assert len(wheel) == 1
-    assert [wheel.turn(), wheel.turn(), wheel.turn()] == [[], ["b"], []]
+    assert [wheel.items(wheel.turn()) for _ in range(3)] == [[], ["b"], []]
 
 
 def test_deadlines_come_due_in_order_once() -> None:
@@ -129,6 +133,17 @@ def test_the_server_pings_one_slot_per_tick_and_closes_3012_pong_timeout_later()
         now += wheel.tick
         server._ping_tick(now)
     assert all(c.session.pings == 1 for c in conns)  # each connection once per ping_interval
+
+
+def test_a_connection_closed_after_its_ping_is_not_held_until_its_pong_check() -> None:
+    server, conns = wheel_server(ping_interval=1.0, pong_timeout=0.5, conns=1)
+    server._ping_tick(0.0)
+    assert conns[0].session.pings == 1
+    ref = weakref.ref(conns[0].session)
+    server.connection_closed(conns[0])
+    del conns[:]
+    assert ref() is None  # nothing of the wheel (nor the pong check due at 0.5 s) keeps it
+    server._ping_tick(0.6)  # the check finds the slot empty
 
 
 def test_closed_connections_leave_the_wheel_and_closed_ones_are_not_pinged() -> None:

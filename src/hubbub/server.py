@@ -161,7 +161,7 @@ class Server:
         #: the WebSocket (and stream) connections in the slots of the ping timer (made by
         #: :meth:`start`; ``None`` before, and with ``ping_interval = 0``)
         self.ping_wheel: Wheel[ClientTransport] | None = None
-        self._pong_checks: Deadlines[list[WebSocketSession]] = Deadlines()
+        self._pong_checks: Deadlines[int] = Deadlines()  # slots pinged, due pong_timeout later
         self._ping_round = 0  # ticks of the ping wheel so far
         self._stopped: asyncio.Event | None = None
         config = self.config
@@ -485,18 +485,20 @@ class Server:
         if now is None:
             now = asyncio.get_running_loop().time()
         self._ping_round += 1
-        for batch in self._pong_checks.pop_due(now):
-            for session in batch:
-                if not session.closed:
+        for slot in self._pong_checks.pop_due(now):  # the slot's members now: the closed have left
+            for conn in wheel.items(slot):
+                session = conn.session
+                if session is not None and not session.closed:
                     session.check_pong()
-        pinged: list[WebSocketSession] = []
-        for conn in wheel.turn():
+        slot = wheel.turn()
+        pinged = False
+        for conn in wheel.items(slot):
             target = conn.session
             if conn.open and target is not None:
                 target.ping()
-                pinged.append(target)
+                pinged = True
         if pinged:
-            self._pong_checks.add(now + self.config.pong_timeout, pinged)
+            self._pong_checks.add(now + self.config.pong_timeout, slot)
 
     def _sweep(self) -> None:
         wall = self.context.wall()

@@ -71,11 +71,14 @@ class Wheel(Generic[T]):
                 bucket.remove(item)
                 self._size -= 1
 
-    def turn(self) -> list[T]:
-        """Advance one slot; the items of the slot visited (a list the caller may keep,
-        while the items come and go from the wheel)."""
+    def turn(self) -> int:
+        """Advance one slot; returns the slot visited (its items: :meth:`items`)."""
         slot = self._next
         self._next = (slot + 1) % self.slots
+        return slot
+
+    def items(self, slot: int) -> list[T]:
+        """The items in ``slot`` now (a copy: they may come and go while the caller walks it)."""
         return list(self._buckets[slot])
 
     def __len__(self) -> int:
@@ -84,8 +87,9 @@ class Wheel(Generic[T]):
 
 class Deadlines(Generic[D]):
     """Batches due at a time, taken in order once due: the pong checks of the ping
-    wheel's ticks. Times are the caller's clock (``loop.time()``); batches must be
-    added in order of due time (a fixed delay after each tick is)."""
+    wheel's ticks (the slot pinged, so that nothing holds a closed connection).
+    Times are the caller's clock (``loop.time()``); batches must be added in order
+    of due time (a fixed delay after each tick is)."""
 
     __slots__ = ("_due",)
 
