@@ -31,30 +31,42 @@ def test_a_burst_of_items_is_spread_evenly_and_each_is_visited_once_per_period()
     wheel: Wheel[int] = Wheel(25.0, 0.1)
     slots = {item: wheel.add(item) for item in range(10_000)}
     assert len(wheel) == 10_000
-    assert set(Counter(slots.values()).values()) == {40}  # 40 per slot, never a round of thousands
+    per_slot = Counter(slots.values())
+    assert set(per_slot) == set(range(125, 250))  # the far half of the wheel ...
+    assert set(per_slot.values()) == {80}  # ... evenly: 80 per slot, never a round of thousands
     visited: Counter[int] = Counter()
     largest = 0
     for turn in range(wheel.slots):
         slot = wheel.turn()
         assert slot == turn
         batch = wheel.items(slot)
+        if turn < 125:
+            assert batch == []  # nothing is visited within half a period of joining
         largest = max(largest, len(batch))
         visited.update(batch)
-    assert largest == 40
+    assert largest == 80
     assert visited == Counter(range(10_000))  # every item exactly once per turn of the wheel
-    assert wheel.turn() == 0  # round two
-    assert Counter(wheel.items(0)) == Counter(item for item, slot in slots.items() if slot == 0)
+    assert wheel.turn() == 0 and wheel.items(0) == []  # round two: the same slots again
+
+
+def test_items_added_later_join_the_far_half_from_where_the_wheel_is() -> None:
+    wheel: Wheel[int] = Wheel(1.0, 0.1)
+    for _ in range(3):
+        wheel.turn()  # the next turn visits slot 3
+    assert [wheel.add(item) for item in range(6)] == [8, 9, 0, 1, 2, 8]  # 5-9 slots ahead of slot 3
+    single: Wheel[int] = Wheel(0.05, 0.1)  # one slot: visited every turn
+    assert single.add(1) == 0 and single.items(single.turn()) == [1]
 
 
 def test_discarded_items_are_not_visited_and_discard_is_idempotent() -> None:
     wheel: Wheel[str] = Wheel(0.3, 0.1)
     slot_a, slot_b = wheel.add("a"), wheel.add("b")
-    assert (slot_a, slot_b) == (0, 1)
+    assert (slot_a, slot_b) == (1, 2)
     wheel.discard("a", slot_a)
     wheel.discard("a", slot_a)
     wheel.discard("b", 7)  # a slot the wheel does not have: nothing happens
     assert len(wheel) == 1
-    assert [wheel.items(wheel.turn()) for _ in range(3)] == [[], ["b"], []]
+    assert [wheel.items(wheel.turn()) for _ in range(3)] == [[], [], ["b"]]
 
 
 def test_deadlines_come_due_in_order_once() -> None:
@@ -110,26 +122,41 @@ def wheel_server(ping_interval: float, pong_timeout: float, conns: int) -> tuple
     return server, fakes
 
 
+def first_pings(server: Server, conns: list[Any], now: float) -> tuple[float, list[Any]]:
+    """Tick until a slot pings; the time of that tick and the connections pinged."""
+    wheel = server.ping_wheel
+    assert wheel is not None
+    for _ in range(wheel.slots):
+        server._ping_tick(now)
+        pinged = [c for c in conns if c.session.pings]
+        if pinged:
+            return now, pinged
+        now += wheel.tick
+    raise AssertionError("a whole round pinged nothing")
+
+
 def test_the_server_pings_one_slot_per_tick_and_closes_3012_pong_timeout_later() -> None:
     server, conns = wheel_server(ping_interval=1.0, pong_timeout=0.35, conns=100)
     wheel = server.ping_wheel
     assert wheel is not None and wheel.slots == 10
-    now = 0.0
-    server._ping_tick(now)
-    pinged = [c for c in conns if c.session.pings]
-    assert len(pinged) == 10  # one slot of ten, not every connection
-    quiet, answering = pinged[:5], pinged[5:]
+    now, pinged = first_pings(server, conns, 0.0)
+    assert now >= 0.5  # not at once: half a ping interval after they joined, at the earliest
+    assert len(pinged) == 20  # one slot (of the five in the far half), not every connection
+    quiet, answering = pinged[:10], pinged[10:]
     for conn in answering:
         conn.session.pong()
-    for _ in range(3):  # 0.1 .. 0.3 s: the pongs are not due yet
+    ticks = 1
+    for _ in range(3):  # +0.1 .. +0.3 s: the pongs are not due yet
         now += wheel.tick
         server._ping_tick(now)
+        ticks += 1
     assert not any(c.session.closed for c in pinged)
-    now += wheel.tick  # 0.4 s: the first tick after pong_timeout checks the first slot's pongs
+    now += wheel.tick  # +0.4 s: the first tick after pong_timeout checks that slot's pongs
     server._ping_tick(now)
-    assert [c.session.code for c in quiet] == [DisconnectCode.NO_PONG] * 5
+    ticks += 1
+    assert [c.session.code for c in quiet] == [DisconnectCode.NO_PONG] * 10
     assert not any(c.session.closed for c in answering)
-    for _ in range(wheel.slots - 5):  # the rest of the round (five ticks so far)
+    for _ in range(wheel.slots - ticks):  # the rest of the round
         now += wheel.tick
         server._ping_tick(now)
     assert all(c.session.pings == 1 for c in conns)  # each connection once per ping_interval
@@ -137,13 +164,14 @@ def test_the_server_pings_one_slot_per_tick_and_closes_3012_pong_timeout_later()
 
 def test_a_connection_closed_after_its_ping_is_not_held_until_its_pong_check() -> None:
     server, conns = wheel_server(ping_interval=1.0, pong_timeout=0.5, conns=1)
-    server._ping_tick(0.0)
-    assert conns[0].session.pings == 1
+    now, pinged = first_pings(server, conns, 0.0)
+    assert pinged == conns and conns[0].session.pings == 1
+    del pinged
     ref = weakref.ref(conns[0].session)
     server.connection_closed(conns[0])
     del conns[:]
     assert ref() is None  # nothing of the wheel (nor the pong check due at 0.5 s) keeps it
-    server._ping_tick(0.6)  # the check finds the slot empty
+    server._ping_tick(now + 0.6)  # the check finds the slot empty
 
 
 def test_closed_connections_leave_the_wheel_and_closed_ones_are_not_pinged() -> None:

@@ -8,8 +8,11 @@ only the connections of its slot. With 10,000 connections, a ping interval of
 where one ping round at once would stall the event loop for tens of
 milliseconds.
 
-Slots are given round-robin in the order items are added, so a burst of
-connections (a reconnect storm) is spread evenly over the period.
+An item added goes into the far half of the wheel (round-robin over the slots
+half a period to a period ahead), so its first visit comes at least half a period
+after it joins (a connection that has just shaken hands is not pinged at once)
+and a burst of connections (a reconnect storm) is spread evenly over half the
+period: 80 per slot for 10,000 connections with 250 slots.
 """
 
 from __future__ import annotations
@@ -48,15 +51,18 @@ class Wheel(Generic[T]):
         #: seconds between two calls of :meth:`turn` for each item to be visited once per ``period``
         self.tick = period / self.slots
         self._buckets: list[set[T]] = [set() for _ in range(self.slots)]
-        self._added = 0  # round-robin: the slot of the next item added
+        self._added = 0  # round-robin over the far half of the wheel
         self._next = 0  # the slot the next turn visits
         self._size = 0
 
     def add(self, item: T) -> int:
-        """Put ``item`` in the next slot (round-robin); returns its slot, which
-        :meth:`discard` needs (the caller keeps it, e.g. ``conn.ping_slot``)."""
-        slot = self._added
-        self._added = (slot + 1) % self.slots
+        """Put ``item`` in a slot half a period to a period ahead (round-robin over
+        them); returns its slot, which :meth:`discard` needs (the caller keeps it,
+        e.g. ``conn.ping_slot``)."""
+        near = self.slots // 2  # slots visited in less than half a period: not these
+        far = self.slots - near
+        slot = (self._next + near + self._added % far) % self.slots
+        self._added = (self._added + 1) % far
         bucket = self._buckets[slot]
         if item not in bucket:
             bucket.add(item)
