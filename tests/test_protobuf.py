@@ -577,8 +577,6 @@ async def test_protobuf_through_asgi_under_uvicorn() -> None:
 async def test_centrifuge_python_protobuf_answers_pings_and_gets_server_side_subscriptions(start_server) -> None:
     from centrifuge import Client, ClientEventHandler, ServerSubscribedContext
 
-    from hubbub.server import PING_SLICES
-
     server = await start_server(ping_interval=0.5, pong_timeout=0.3, api_key=API_KEY)
     subscribed: asyncio.Queue = asyncio.Queue()
 
@@ -594,7 +592,7 @@ async def test_centrifuge_python_protobuf_answers_pings_and_gets_server_side_sub
         # three full ping rounds: each ping (an empty Reply) must be answered, else 3012
         start = server._ping_round
         async with asyncio.timeout(TIMEOUT):
-            while server._ping_round < start + 3 * PING_SLICES + 1:
+            while server._ping_round < start + 3 * server.ping_wheel.slots + 1:
                 await asyncio.sleep(0.05)
         assert conn in server.websockets and not conn.session.closed
         # a server-side subscription (server API) reaches the SDK as a subscribe push

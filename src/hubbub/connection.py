@@ -196,7 +196,7 @@ class Connection(Writer, asyncio.Protocol):
         self._close_timer: asyncio.TimerHandle | None = None
         self._close_counted = False
         self.deadline = time.monotonic() + config.handshake_timeout
-        self.ping_slot = 0  # which slice of the shared ping timer pings this connection
+        self.ping_slot = 0  # which slot of the server's ping wheel pings this connection
         #: the answer to a client's close, held while its earlier messages are handled
         self._held: list[bytes] | None = None
         #: a streaming response is under way (None: not streaming); its body is chunked

@@ -44,6 +44,7 @@ from .session import ClientSession
 from .sio.service import SocketIOService
 from .streams import Streams
 from .transport import ClientTransport, WebSocketSession, WebSocketTransport
+from .wheel import Deadlines, Wheel
 from .writer import Flusher
 
 log = logging.getLogger("hubbub.server")
@@ -106,9 +107,10 @@ def tune_gc() -> None:
     gc.set_threshold(*GC_THRESHOLDS)
 
 
-#: The connections are pinged in this many slices, one slice per
-#: ``ping_interval / PING_SLICES`` seconds.
-PING_SLICES = 10
+#: Longest gap between two ticks of the ping wheel, seconds: the connections are
+#: pinged in ``ceil(ping_interval / PING_TICK)`` slots, one slot per tick (25 s: 250
+#: slots of 100 ms, 40 pings per tick with 10,000 connections).
+PING_TICK = 0.1
 
 #: Seconds between housekeeping sweeps (handshake and connect deadlines).
 SWEEP_INTERVAL = 1.0
@@ -156,8 +158,11 @@ class Server:
         self.fallback: HTTPHandler | None = None
         self._server: Listener | None = None
         self._timers: dict[str, asyncio.TimerHandle] = {}
-        self._accepted = 0
-        self._ping_round = 0
+        #: the WebSocket (and stream) connections in the slots of the ping timer (made by
+        #: :meth:`start`; ``None`` before, and with ``ping_interval = 0``)
+        self.ping_wheel: Wheel[ClientTransport] | None = None
+        self._pong_checks: Deadlines[int] = Deadlines()  # slots pinged, due pong_timeout later
+        self._ping_round = 0  # ticks of the ping wheel so far
         self._stopped: asyncio.Event | None = None
         config = self.config
         #: this node in the cluster of nodes sharing the broker (control channel, node info)
@@ -409,15 +414,13 @@ class Server:
     # -- connection bookkeeping ----------------------------------------------------------
 
     def connection_opened(self, conn: ClientTransport) -> None:
-        conn.ping_slot = self._accepted % PING_SLICES
-        self._accepted += 1
         self.connections.add(conn)
         self._pending.add(conn)
 
     def stream_opened(self, conn: ClientTransport) -> None:
         """``conn`` answers with a stream (hubbub.streams): pinged and swept like a WebSocket
         (a protocol client on it has ``connect_timeout`` to connect, then 3502)."""
-        self.websockets.add(conn)
+        self._pinged(conn)
         if conn.session is not None and conn.session.awaits_connect:  # swept as websocket_opened does
             conn.deadline = time.monotonic() + self.config.connect_timeout
             self._pending.add(conn)
@@ -425,17 +428,27 @@ class Server:
             self._pending.discard(conn)
 
     def websocket_opened(self, conn: ClientTransport) -> None:
-        self.websockets.add(conn)
+        self._pinged(conn)
         if conn.session is None or not conn.session.awaits_connect:
             self._pending.discard(conn)
         else:
             conn.deadline = time.monotonic() + self.config.connect_timeout
 
+    def _pinged(self, conn: ClientTransport) -> None:
+        """``conn`` joins :attr:`websockets` and a slot of the ping wheel (once)."""
+        if conn not in self.websockets:
+            self.websockets.add(conn)
+            if self.ping_wheel is not None:
+                conn.ping_slot = self.ping_wheel.add(conn)
+
     def connection_closed(self, conn: ClientTransport) -> None:
         if self._server is not None:
             self._server.resume()  # a descriptor is free: accept again if the limit had paused it
         self.connections.discard(conn)
-        self.websockets.discard(conn)
+        if conn in self.websockets:
+            self.websockets.discard(conn)
+            if self.ping_wheel is not None:
+                self.ping_wheel.discard(conn, conn.ping_slot)
         self._pending.discard(conn)
         if self._stopped is not None and not self.connections:
             self._stopped.set()
@@ -456,24 +469,36 @@ class Server:
 
         self._timers[name] = loop.call_later(interval, tick)
 
-    def _ping_slice(self) -> None:
-        """Ping one slice of the connections (each slice once per ``ping_interval``)
-        and check that slice's pongs ``pong_timeout`` later. Slicing keeps a ping
-        round from stalling the loop with thousands of connections at once."""
-        current = self._ping_round % PING_SLICES
-        self._ping_round += 1
-        batch = [conn.session for conn in self.websockets
-                 if conn.ping_slot == current and conn.open and conn.session is not None]
-        for session in batch:
-            session.ping()
-        if batch:
-            loop = asyncio.get_running_loop()
-            self._timers[f"pong{current}"] = loop.call_later(self.config.pong_timeout, self._check_pongs, batch)
+    def _ping_tick(self, now: float | None = None) -> None:
+        """One tick of the ping wheel: ping the connections of the next slot (each
+        connection once per ``ping_interval``), and check the pongs of the ticks
+        ``pong_timeout`` ago (at the first tick after: up to :data:`PING_TICK` later).
+        A tick touches only its slot: a few dozen connections, not a round of
+        thousands at once (and their pongs coming back at once).
 
-    def _check_pongs(self, batch: list[WebSocketSession]) -> None:
-        for session in batch:
-            if not session.closed:
-                session.check_pong()
+        Args:
+            now: the loop's time (``loop.time()``; given by tests).
+        """
+        wheel = self.ping_wheel
+        if wheel is None:
+            return
+        if now is None:
+            now = asyncio.get_running_loop().time()
+        self._ping_round += 1
+        for slot in self._pong_checks.pop_due(now):  # the slot's members now: the closed have left
+            for conn in wheel.items(slot):
+                session = conn.session
+                if session is not None and not session.closed:
+                    session.check_pong()
+        slot = wheel.turn()
+        pinged = False
+        for conn in wheel.items(slot):
+            target = conn.session
+            if conn.open and target is not None:
+                target.ping()
+                pinged = True
+        if pinged:
+            self._pong_checks.add(now + self.config.pong_timeout, slot)
 
     def _sweep(self) -> None:
         wall = self.context.wall()
@@ -549,7 +574,10 @@ class Server:
             for consumer in self.consumers:
                 await consumer.start()
             if self.config.ping_interval > 0:
-                self._every("ping", self.config.ping_interval / PING_SLICES, self._ping_slice)
+                self.ping_wheel = Wheel(self.config.ping_interval, PING_TICK)
+                for conn in self.websockets:
+                    conn.ping_slot = self.ping_wheel.add(conn)
+                self._every("ping", self.ping_wheel.tick, self._ping_tick)
             self._every("sweep", SWEEP_INTERVAL, self._sweep)
             if self.admin is not None:
                 self.admin.start()
@@ -573,6 +601,7 @@ class Server:
             await consumer.close()
         for timer in self._timers.values():
             timer.cancel()
+        self._pong_checks.clear()
         if self._server is not None:
             self._server.close()
         self._stopped = asyncio.Event()

@@ -83,7 +83,7 @@ class ClientTransport(Protocol):
 
     #: the session behind it, once there is one
     session: WebSocketSession | None
-    #: the slice of the shared ping timer that pings it
+    #: the slot of the server's ping wheel that pings it (set by the server)
     ping_slot: int
     #: ``time.monotonic()`` by which its client must have connected (``connect_timeout``)
     deadline: float
