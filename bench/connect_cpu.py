@@ -7,7 +7,9 @@
 Each run starts the server of a workload (``hubbub serve`` for relay/protocol/protobuf,
 ``bench/servers/hubbub_text.py`` for the framework endpoint ``text``, ``bench/servers/trivial.py``
 for ``trivial``) and opens ``--clients`` clients with ``bench/connectgen.py --cpu-pid``
-(protocol: connect + subscribe in one frame, ready on the subscribe reply); the figure is the
+(protocol: connect + subscribe in one frame, ready on the subscribe reply; ``trivial-centrifugo`` and
+``trivial-protobuf`` are ``trivial`` answering that same exchange by hand, the floor of the protocol
+workloads); the figure is the
 server's CPU time (user + system) during the connect phase divided by the connects. Runs are
 interleaved (every workload once, then again), so noise from other processes on the machine is
 shared; compare medians. With ``--profile DIR`` py-spy is attached to the server of each
@@ -42,6 +44,8 @@ WORKLOADS = {
     "protobuf": ("hubbub", "/connection/websocket", "centrifugo", "protobuf"),
     "text": ("text", "/text", "raw", "json"),
     "trivial": ("trivial", "/", "raw", "json"),
+    "trivial-centrifugo": ("trivial", "/connection/websocket", "centrifugo", "json"),
+    "trivial-protobuf": ("trivial", "/connection/websocket", "centrifugo", "protobuf"),
 }
 
 
