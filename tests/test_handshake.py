@@ -327,3 +327,50 @@ async def test_an_idle_connection_lets_go_of_the_frame_parser(server: Server) ->
         assert await read_text_frame(reader) == '"again"'
     finally:
         writer.close()
+
+
+def test_a_plain_head_is_split_as_llhttp_parses_it() -> None:
+    """The regular-expression split of a plain head gives what httptools (llhttp) gives,
+    for heads of every shape around the plain one: where it declines, llhttp parses."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from hubbub.connection import _llhttp_head, _plain_head
+
+    plain = st.from_regex(r"[!-~](?:[ -~]{0,10}[!-~])?", fullmatch=True).filter(str.isascii)
+    tricky = st.text(alphabet="aZ09-._~:/?#[]@!$&'()*+,;=%\"<>\\^`{|} \t\x7f\x01", max_size=12)
+    text = st.one_of(plain, plain, plain, tricky)
+    names = st.sampled_from(["Host", "Origin", "X-A", "x_b", "Cookie", "User-Agent", "Upgrade", "Sec-WebSocket-Key",
+                             "Connection", "A!#$%&'*+.^_`|~", "A B", "", "A\x7f", "A:"])
+    line = st.tuples(names, st.sampled_from(["", " ", " ", "  ", "\t"]), text, st.sampled_from(["", "", "", " ", "\t"]))
+    heads = st.tuples(st.sampled_from(["GET", "GET", "GET", "POST", "get"]), st.sampled_from(["/", "/", "/ws/", "", "*"]),
+                      st.one_of(plain, tricky), st.sampled_from(["HTTP/1.1", "HTTP/1.1", "HTTP/1.0"]),
+                      st.lists(line, min_size=1, max_size=4), st.sampled_from(["", "", "x"]))
+    taken = []
+
+    @settings(max_examples=800, deadline=None, derandomize=True)
+    @given(heads)
+    def check(parts: Any) -> None:
+        method, prefix, target, version, lines, tail = parts
+        head = (f"{method} {prefix}{target} {version}\r\n"
+                + "".join(f"{name}:{ows}{value}{trail}\r\n" for name, ows, value, trail in lines) + "\r\n" + tail)
+        raw = head.encode("ascii")
+        split = _plain_head(raw)
+        if split is not None:
+            taken.append(raw)
+            assert split == _llhttp_head(raw), raw
+
+    check()
+    assert len(taken) >= 20, f"only {len(taken)} plain heads generated"
+    assert _plain_head(USUAL) == _llhttp_head(USUAL) == (
+        "/ws/fast?x=1", {"host": "127.0.0.1:8000", "upgrade": "websocket", "connection": "Upgrade",
+                         "sec-websocket-key": "dGhlIHNhbXBsZSBub25jZQ==", "sec-websocket-version": "13",
+                         "origin": "http://x"})
+    browser = USUAL.replace(b"Origin: http://x", b"Origin: http://x\r\nUser-Agent: Mozilla/5.0 (X11; Linux x86_64) "
+                            b"Gecko/20100101\r\nAccept-Language: en-US,en;q=0.5\r\nCookie: a=1; b=\"2\"")
+    assert _plain_head(browser) is not None and _plain_head(browser) == _llhttp_head(browser)
+    # what it declines, llhttp still parses: a value ending in whitespace, an empty one, a repeated header
+    for change in (b"Origin: http://x ", b"Origin:", b"Host: a\r\nHost: b"):
+        odd = USUAL.replace(b"Origin: http://x", change)
+        assert _plain_head(odd) is None, odd
+    assert _llhttp_head(USUAL.replace(b"Origin: http://x", b"Origin: http://x ")) is not None
