@@ -20,7 +20,6 @@ import email.utils
 import hashlib
 import http
 import logging
-import re
 import sys
 import time
 import uuid
@@ -1117,10 +1116,18 @@ def parse_upgrade(head: bytes, compression: bool) -> tuple[str, dict[str, str], 
     """
     if len(head) > _MAX_FAST_HEAD or not head.isascii():
         return None
-    parsed = _plain_head(head) or _llhttp_head(head)
-    if parsed is None:
+    found = _UpgradeHead()
+    parser = httptools.HttpRequestParser(found)
+    try:
+        parser.feed_data(head)
+    except httptools.HttpParserUpgrade:
+        pass
+    except (httptools.HttpParserError, UnicodeDecodeError):
         return None
-    target, headers = parsed
+    if not found.done or found.repeated or found.count > _MAX_FAST_HEADERS or parser.get_method() != b"GET" \
+            or parser.get_http_version() != "1.1":
+        return None
+    headers = found.headers
     key = headers.get("sec-websocket-key", "")
     if (headers.get("upgrade", "").lower() != "websocket"
             or headers.get("connection", "").lower() not in _CONNECTION_UPGRADE
@@ -1138,54 +1145,7 @@ def parse_upgrade(head: bytes, compression: bool) -> tuple[str, dict[str, str], 
     # a dict of its own size (the parser's grew with the upgrade's headers), values interned:
     # every client of a deployment sends the same Host and Origin (memory per connection)
     kept = {name: sys.intern(value) for name, value in headers.items() if name not in _UPGRADE_HEADERS}
-    return target, kept, key
-
-
-#: a request head of the plainest shape: ``GET``, an origin-form target of URI characters,
-#: HTTP/1.1, header lines ``token: value`` with a value of visible ASCII characters and
-#: spaces, not ending in whitespace (RFC 9110 5.5, 5.6.2), and nothing after the blank line
-_HEADER_NAME = rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+"
-_HEADER_VALUE = rb"[!-~](?:[ -~]*[!-~])?"
-_PLAIN_HEAD = re.compile(rb"GET (/[A-Za-z0-9\-._~:/?@!$&'()*+,;=%]*) HTTP/1\.1\r\n((?:" + _HEADER_NAME + rb":[ \t]*"
-                         + _HEADER_VALUE + rb"\r\n)+)\r\n")
-_PLAIN_HEADER = re.compile(rb"(" + _HEADER_NAME + rb"):[ \t]*(" + _HEADER_VALUE + rb")\r\n")
-
-
-def _plain_head(head: bytes) -> tuple[str, dict[str, str]] | None:
-    """``(target, headers)`` of a head of the plainest shape (:data:`_PLAIN_HEAD`: what
-    browsers and SDKs send), split with two regular expressions, at a fraction of the
-    cost of a parser object and its callbacks; ``None`` for any other head (and for one
-    with a repeated header or too many), which :func:`_llhttp_head` then parses. For a
-    head it accepts, llhttp gives the same target and headers (``tests/test_handshake.py``)."""
-    found = _PLAIN_HEAD.fullmatch(head)
-    if found is None:
-        return None
-    headers: dict[str, str] = {}
-    for name, value in _PLAIN_HEADER.findall(found.group(2)):
-        key = sys.intern(name.decode("ascii").lower())
-        if key in headers:
-            return None
-        headers[key] = value.decode("ascii")
-    if len(headers) > _MAX_FAST_HEADERS:
-        return None
-    return found.group(1).decode("ascii"), headers
-
-
-def _llhttp_head(head: bytes) -> tuple[str, dict[str, str]] | None:
-    """``(target, headers)`` of a ``GET`` HTTP/1.1 head parsed by httptools (llhttp),
-    or ``None``: malformed, a repeated header, too many headers, another method or version."""
-    found = _UpgradeHead()
-    parser = httptools.HttpRequestParser(found)
-    try:
-        parser.feed_data(head)
-    except httptools.HttpParserUpgrade:
-        pass
-    except (httptools.HttpParserError, UnicodeDecodeError):
-        return None
-    if not found.done or found.repeated or found.count > _MAX_FAST_HEADERS or parser.get_method() != b"GET" \
-            or parser.get_http_version() != "1.1":
-        return None
-    return found.url.decode("ascii"), found.headers
+    return found.url.decode("ascii"), kept, key
 
 
 _date: list[Any] = [0, b""]
