@@ -9,8 +9,8 @@ Each run starts the server of a workload (``hubbub serve`` for relay/protocol/pr
 for ``trivial``) and opens ``--clients`` clients with ``bench/connectgen.py --cpu-pid``
 (protocol: connect + subscribe in one frame, ready on the subscribe reply; ``trivial-centrifugo`` and
 ``trivial-protobuf`` are ``trivial`` answering that same exchange by hand, the floor of the protocol
-workloads); the figure is the
-server's CPU time (user + system) during the connect phase divided by the connects. Runs are
+workloads); the figure is the server's CPU time (user + system; the system part is printed too)
+during the connect phase divided by the connects. Runs are
 interleaved (every workload once, then again), so noise from other processes on the machine is
 shared; compare medians. With ``--profile DIR`` py-spy is attached to the server of each
 workload's first run and DIR/<workload>.txt gets the top functions (self and inclusive, % of
