@@ -7,8 +7,10 @@
 Each run starts the server of a workload (``hubbub serve`` for relay/protocol/protobuf,
 ``bench/servers/hubbub_text.py`` for the framework endpoint ``text``, ``bench/servers/trivial.py``
 for ``trivial``) and opens ``--clients`` clients with ``bench/connectgen.py --cpu-pid``
-(protocol: connect + subscribe in one frame, ready on the subscribe reply); the figure is the
-server's CPU time (user + system) during the connect phase divided by the connects. Runs are
+(protocol: connect + subscribe in one frame, ready on the subscribe reply; ``trivial-centrifugo`` and
+``trivial-protobuf`` are ``trivial`` answering that same exchange by hand, the floor of the protocol
+workloads); the figure is the server's CPU time (user + system; the system part is printed too)
+during the connect phase divided by the connects. Runs are
 interleaved (every workload once, then again), so noise from other processes on the machine is
 shared; compare medians. With ``--profile DIR`` py-spy is attached to the server of each
 workload's first run and DIR/<workload>.txt gets the top functions (self and inclusive, % of
@@ -42,6 +44,8 @@ WORKLOADS = {
     "protobuf": ("hubbub", "/connection/websocket", "centrifugo", "protobuf"),
     "text": ("text", "/text", "raw", "json"),
     "trivial": ("trivial", "/", "raw", "json"),
+    "trivial-centrifugo": ("trivial", "/connection/websocket", "centrifugo", "json"),
+    "trivial-protobuf": ("trivial", "/connection/websocket", "centrifugo", "protobuf"),
 }
 
 
@@ -79,7 +83,7 @@ def _wait_listening(port: int) -> None:
     raise RuntimeError("server did not listen")
 
 
-def one(workload: str, src: str, clients: int, profile: Path | None = None) -> tuple[float, float]:
+def one(workload: str, src: str, clients: int, profile: Path | None = None) -> tuple[float, float, float]:
     kind, path, mode, fmt = WORKLOADS[workload]
     port = _port()
     server = _server(kind, src, port)
@@ -102,7 +106,7 @@ def one(workload: str, src: str, clients: int, profile: Path | None = None) -> t
         report = json.loads(out.strip().splitlines()[-1])
         if report.get("subscribers", clients) < clients:
             print(f"  {workload}: only {report.get('subscribers')} of {clients} connected", file=sys.stderr)
-        return report["server_cpu_per_connect_us"], report["connects_per_s"]
+        return report["server_cpu_per_connect_us"], report["connects_per_s"], report.get("server_sys_per_connect_us", 0.0)
     finally:
         if spy is not None:
             spy.send_signal(signal.SIGINT)
@@ -162,7 +166,7 @@ def main() -> None:
     names = args.workloads.split(",")
     if args.profile:
         args.profile.mkdir(parents=True, exist_ok=True)
-    results: dict[tuple[str, str], list[tuple[float, float]]] = collections.defaultdict(list)
+    results: dict[tuple[str, str], list[tuple[float, float, float]]] = collections.defaultdict(list)
     for run in range(args.runs):
         for name in names:
             for src in srcs if WORKLOADS[name][0] != "trivial" else srcs[:1]:
@@ -171,9 +175,10 @@ def main() -> None:
     for (name, src), runs in results.items():
         cpu = statistics.median(r[0] for r in runs)
         rate = statistics.median(r[1] for r in runs)
+        kernel = statistics.median(r[2] for r in runs)
         tag = f" [{src}]" if len(srcs) > 1 else ""
-        print(f"{name}{tag}: median {cpu:.0f} µs of server CPU per connect, {rate:,.0f} connects/s "
-              f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})")
+        print(f"{name}{tag}: median {cpu:.0f} µs of server CPU per connect (system {kernel:.0f}), {rate:,.0f} connects/s "
+              f"(runs: {', '.join(f'{r[0]:.0f}' for r in runs)})", flush=True)
 
 
 if __name__ == "__main__":

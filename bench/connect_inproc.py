@@ -1,10 +1,12 @@
 """In-process CPU per protocol connect + subscribe, without sockets: µs of process CPU time.
 
     PYTHONPATH=src python bench/connect_inproc.py 5000
+    PYTHONPATH=src python bench/connect_inproc.py 5000 text    # the framework endpoint: upgrade only
 
 A real ``Server`` (memory broker, ``ping_interval = 0``) and real ``Connection`` objects fed
 the upgrade request and one frame with connect + subscribe through a fake transport (writes
-counted, nothing sent), three loop turns each. No kernel, no client in the figure: it resolves
+counted, nothing sent), three loop turns each. With ``text``: the framework endpoint of
+``bench/servers/hubbub_text.py`` (its ``App``; default settings), the upgrade request only. No kernel, no client in the figure: it resolves
 differences of a few µs that ``connect_cpu.py`` (sockets, a loaded machine) cannot. Run it
 interleaved over two trees (``PYTHONPATH=/tmp/base/src`` and ``src``) and compare medians.
 """
@@ -69,16 +71,25 @@ REQUEST = (b"GET /connection/websocket HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: w
 FRAME = client_frame(b'{"id":1,"connect":{}}\n{"id":2,"subscribe":{"channel":"bench"}}')
 
 
-async def main(n: int) -> None:
-    server = Server(Config(ping_interval=0))
+async def main(n: int, kind: str = "protocol") -> None:
+    if kind == "text":
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "servers"))
+        import hubbub_text  # bench/servers/hubbub_text.py
+
+        server = hubbub_text.build("127.0.0.1", 0).server
+        request, frame = REQUEST.replace(b"/connection/websocket", hubbub_text.PATH.encode()), b""
+    else:
+        server = Server(Config(ping_interval=0))
+        request, frame = REQUEST, FRAME
     await server.start(listen=False)
     conns: list[tuple[Connection, FakeTransport]] = []
 
     async def one() -> None:
         conn, transport = Connection(server), FakeTransport()
         conn.connection_made(transport)
-        conn.data_received(REQUEST)
-        conn.data_received(FRAME)
+        conn.data_received(request)
+        if frame:
+            conn.data_received(frame)
         for _ in range(3):
             await asyncio.sleep(0)
         conns.append((conn, transport))
@@ -93,11 +104,11 @@ async def main(n: int) -> None:
     for _ in range(n):
         await one()
     t1 = time.process_time()
-    assert all(transport.out > 200 for _, transport in conns), "no 101 + replies written"
+    assert all(transport.out > (200 if frame else 100) for _, transport in conns), "no 101 (+ replies) written"
     for conn, _ in conns:
         conn.connection_lost(None)
     print(f"{(t1 - t0) / n * 1e6:.1f}")
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000))
+    asyncio.run(main(int(sys.argv[1]) if len(sys.argv) > 1 else 5000, sys.argv[2] if len(sys.argv) > 2 else "protocol"))

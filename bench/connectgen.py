@@ -819,6 +819,17 @@ def _collect(pipes: list[Connection], kind: str, timeout: float) -> list[tuple]:
     return [replies[i] for i in range(len(pipes))]
 
 
+def _read_sys_s(pid: int) -> float | None:
+    """System (kernel) CPU time of process ``pid``, s: the part of :func:`read_cpu_s` spent in
+    system calls (accept, reads, writes, close of the sockets)."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return int(fields[12]) / os.sysconf("SC_CLK_TCK")
+
+
 def run(args: argparse.Namespace) -> dict:
     raise_nofile_limit()
     host_ip = socket.getaddrinfo(args.host, args.port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0]
@@ -847,6 +858,7 @@ def run(args: argparse.Namespace) -> dict:
     }
     parent_cpu0 = own_cpu_s()
     server_cpu0 = read_cpu_s(args.cpu_pid) if args.cpu_pid else None
+    server_sys0 = _read_sys_s(args.cpu_pid) if args.cpu_pid else None
     workers = []
     first = 0
     for share, gate in zip(shares, gates):
@@ -860,6 +872,7 @@ def run(args: argparse.Namespace) -> dict:
     try:
         ready = _collect(pipes, "ready", args.connect_timeout + 30)
         server_cpu1 = read_cpu_s(args.cpu_pid) if args.cpu_pid else None
+        server_sys1 = _read_sys_s(args.cpu_pid) if args.cpu_pid else None
         parent_cpu_connect = own_cpu_s() - parent_cpu0
         infos = [r[1] for r in ready if r[0] == "ready"]
         errors.extend(str(r[1]) for r in ready if r[0] != "ready")
@@ -883,6 +896,8 @@ def run(args: argparse.Namespace) -> dict:
         if server_cpu0 is not None and server_cpu1 is not None and opened:
             report["server_cpu_connect_s"] = round(server_cpu1 - server_cpu0, 3)
             report["server_cpu_per_connect_us"] = round(1e6 * (server_cpu1 - server_cpu0) / opened, 1)
+            if server_sys0 is not None and server_sys1 is not None:  # the kernel's share of it
+                report["server_sys_per_connect_us"] = round(1e6 * (server_sys1 - server_sys0) / opened, 1)
         log(f"{opened}/{args.subscribers} clients ready in {report['connect_s']} s "
             f"({report['connects_per_s']}/s, {procs} process(es))")
         if opened == 0 or errors:

@@ -253,3 +253,19 @@ def test_json_replies_take_publication_objects_and_keep_their_data_bytes() -> No
     assert json.loads(only) == {"id": 4, "history": {"publications": [{"data": "x", "offset": 8}]}}
     assert json.loads(JSON.encode_reply(5, "history", {"publications": [], "offset": 0})) == {
         "id": 5, "history": {"publications": [], "offset": 0}}
+
+
+_REPLY_METHODS = ("connect", "subscribe", "unsubscribe", "publish", "presence", "presence_stats", "history",
+                  "ping", "rpc", "refresh", "sub_refresh")
+
+
+@pytest.mark.parametrize("method", _REPLY_METHODS)
+def test_a_reply_with_an_empty_result_is_the_bytes_json_makes(method: str) -> None:
+    """Empty results (a subscribe without history, ping, unsubscribe...) are
+    answered from a tail made once per method: byte for byte what encoding the
+    reply object gives, for any command id."""
+    for cid in (1, 2, 9, 10, 127, 128, 65535, 2**31, 2**63 + 5):
+        expected = json.dumps({"id": cid, method: {}}, separators=(",", ":")).encode()
+        assert JSON.encode_reply(cid, method, {}) == expected
+        assert JSON.encode_reply(cid, method, {}) == expected  # from the tail made the first time
+    assert JSON.encode_reply(3, method, {"a": 1}) == b'{"id":3,"%s":{"a":1}}' % method.encode()

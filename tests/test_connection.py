@@ -365,3 +365,85 @@ def test_the_same_on_uvloop(scenario: Callable[[], Awaitable[None]]) -> None:
     before the flush of a response queued just before it)."""
     pytest.importorskip("uvloop")
     run_loop(scenario(), "uvloop")
+
+
+async def read_frame(sock: socket.socket, buffer: bytearray) -> tuple[int, bytes]:
+    """One unmasked server frame (7- or 16-bit length): ``(opcode, payload)``."""
+    loop = asyncio.get_running_loop()
+    async with asyncio.timeout(TIMEOUT):
+        while True:
+            if len(buffer) >= 2:
+                length, start = buffer[1] & 0x7F, 2
+                if length == 126 and len(buffer) >= 4:
+                    length, start = int.from_bytes(buffer[2:4], "big"), 4
+                if length != 126 and len(buffer) >= start + length:
+                    opcode, payload = buffer[0] & 0x0F, bytes(buffer[start:start + length])
+                    del buffer[:start + length]
+                    return opcode, payload
+            chunk = await loop.sock_recv(sock, 65536)
+            if not chunk:
+                raise AssertionError(f"closed; got {bytes(buffer)!r}")
+            buffer += chunk
+
+
+async def test_whole_messages_on_a_quiet_connection_need_no_websockets_protocol(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whole single-frame messages that start a read are taken without
+    websockets' protocol object; from the first frame that is anything else (a
+    ping, a partial frame, bad UTF-8, too large) websockets parses the rest,
+    in order, with the close codes it always answered."""
+    made = 0
+
+    class Counted(hubbub.connection.ServerProtocol):  # type: ignore[misc]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            nonlocal made
+            made += 1
+            super().__init__(*args, **kwargs)
+
+    monkeypatch.setattr(hubbub.connection, "ServerProtocol", Counted)
+    app = App(port=0, max_message_size=1000)
+
+    @app.websocket("/echo")
+    async def echo(ws: hubbub.WebSocket) -> None:
+        async for message in ws:
+            await ws.send(message)
+
+    def text(payload: bytes) -> bytes:
+        return Frame(Opcode.TEXT, payload).serialize(mask=True)
+
+    async with started(app) as port:
+        with connect(port) as sock:
+            sock.sendall(UPGRADE.replace(b"/ws/news", b"/echo"))
+            buffer = bytearray()
+            assert (await read_until(sock, b"\r\n\r\n", buffer)).startswith(b"HTTP/1.1 101")
+            # whole messages in one read: text, binary, empty, a 16-bit length
+            long = "é".encode() * 150
+            sock.sendall(text(b"one") + Frame(Opcode.BINARY, b"\x00\xff").serialize(mask=True) + text(b"")
+                         + text(long))
+            assert [await read_frame(sock, buffer) for _ in range(4)] == [
+                (1, b"one"), (2, b"\x00\xff"), (1, b""), (1, long)]
+            assert made == 0, "a protocol object made for whole messages"
+            # a whole message, then a ping and half a frame: websockets takes over at the ping
+            rest = text(b"three")
+            sock.sendall(text(b"two") + Frame(Opcode.PING, b"p").serialize(mask=True) + rest[:4])
+            # (the pong is websockets' answer at once; the echo comes from the handler's task)
+            assert sorted([await read_frame(sock, buffer) for _ in range(2)]) == [(1, b"two"), (Opcode.PONG.value, b"p")]
+            sock.sendall(rest[4:])
+            assert await read_frame(sock, buffer) == (1, b"three")
+            assert made == 1
+            # once quiet again, whole messages skip it again
+            sock.sendall(text(b"four"))
+            assert await read_frame(sock, buffer) == (1, b"four")
+            assert made == 1
+        for bad, code in ((text(b"ok") + text(b"\xff\xfe"), 1007), (text(b"x" * 1001), 1009),
+                          (bytes([0xC1]) + text(b"rsv")[1:], 1002), (Frame(Opcode.TEXT, b"u").serialize(mask=False), 1002)):
+            with connect(port) as sock:
+                sock.sendall(UPGRADE.replace(b"/ws/news", b"/echo"))
+                buffer = bytearray()
+                await read_until(sock, b"\r\n\r\n", buffer)
+                sock.sendall(bad)
+                frames = [await read_frame(sock, buffer)]
+                if bad.startswith(text(b"ok")):
+                    assert frames[0] == (1, b"ok")  # the whole message before the bad one is handled
+                    frames = [await read_frame(sock, buffer)]
+                assert frames[0][0] == Opcode.CLOSE.value and int.from_bytes(frames[0][1][:2], "big") == code, (bad, frames)

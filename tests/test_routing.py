@@ -61,3 +61,20 @@ def test_bad_patterns_are_refused(pattern: str) -> None:
 def test_sample_path_is_matched_by_its_own_pattern() -> None:
     for pattern in ("/ws/{channel}", "/files/{rest:path}", "/a/{x}/b/{y}"):
         assert compile_path(pattern).match(sample_path(pattern)), pattern
+
+
+def test_a_path_without_parameters_matches_only_itself_and_each_match_has_its_own_params() -> None:
+    router: Router[str] = Router()
+    router.add("/text", "text")
+    router.add("/a.b", "dot")
+    router.add("/rooms/{room}", "rooms")
+    assert router.match("/text") == ("text", {})
+    assert router.match("/a.b") == ("dot", {}) and router.match("/aXb") is None  # no regular-expression '.'
+    assert router.match("/text/") is None and router.match("/tex") is None
+    found = router.match("/text")
+    assert found is not None
+    found[1]["x"] = "changed"
+    assert router.match("/text") == ("text", {})  # a fresh dict per match: requests keep their params
+    assert router.match("/rooms/a%20b") == ("rooms", {"room": "a b"})
+    router.remove("/text")
+    assert router.match("/text") is None

@@ -104,6 +104,12 @@ class Codec(Protocol):
     ping: bytes
 
 
+#: method -> ``"method":{}}``: the tail of a reply with an empty result (a bounded cache: the
+#: protocol has a dozen methods)
+_EMPTY_RESULTS: dict[str, bytes] = {}
+_MAX_EMPTY_RESULTS = 64
+
+
 class JSONCodec:
     """The protocol's JSON format (strict JSON: :mod:`hubbub.strictjson`)."""
 
@@ -134,6 +140,13 @@ class JSONCodec:
             yield command
 
     def encode_reply(self, command_id: int, method: str, result: dict[str, Any]) -> bytes:
+        if not result and type(command_id) is int:  # subscribe, unsubscribe, ping...: the same bytes, made once
+            tail = _EMPTY_RESULTS.get(method)
+            if tail is None:
+                tail = dumps({method: {}})[1:]
+                if len(_EMPTY_RESULTS) < _MAX_EMPTY_RESULTS:
+                    _EMPTY_RESULTS[method] = tail
+            return b'{"id":%d,%s' % (command_id, tail)
         pubs = result.get("publications")
         if not pubs or not isinstance(pubs[0], Publication):
             return dumps({"id": command_id, method: result})

@@ -36,6 +36,11 @@ from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
 
+try:  # websockets' C unmasking (its frames module picks it the same way), else its pure-Python one
+    from websockets.speedups import apply_mask
+except ImportError:  # pragma: no cover - websockets built without its C extension
+    from websockets.utils import apply_mask
+
 from .codes import DisconnectCode
 from .compression import extension_factories, negotiated_frames
 from .config import Config
@@ -712,6 +717,10 @@ class Connection(Writer, asyncio.Protocol):
         """Parse ``data`` :data:`WS_SLICE` bytes at a time; once the inbox is
         full, hold the rest raw (in ``_head``) until :meth:`_inbox_has_room`."""
         if len(data) <= WS_SLICE:
+            if self._ws is None:  # quiet: whole messages need no websockets' protocol object
+                data = self._plain_messages(data)
+                if not data:
+                    return
             self._protocol().receive_data(data)
             self._process_ws_events()
             return
@@ -727,6 +736,50 @@ class Connection(Writer, asyncio.Protocol):
             if self.lost:
                 return
             start += WS_SLICE
+
+    def _plain_messages(self, data: bytes) -> bytes:
+        """Take the whole messages that start ``data`` on a quiet connection
+        (no websockets' protocol object: open, between frames, no extension,
+        nothing under way) and return the rest, which websockets parses as
+        before.
+
+        Taken: single-frame text or binary messages (FIN set, no RSV bit,
+        masked, a 7- or 16-bit length within ``max_message_size``, text valid
+        UTF-8), each complete in ``data``: what every client sends most of
+        the time. The first frame that is anything else (a control frame, a
+        fragment, a partial frame, an error to answer with 1002, 1007 or 1009)
+        and everything after it go to websockets, which starts at that frame
+        boundary as it would have after the frames before. No protocol object,
+        parser generator or frame object is made for a taken message.
+        """
+        pos, end = 0, len(data)
+        limit = self.config.max_message_size
+        while end - pos >= 6:
+            b0, b1 = data[pos], data[pos + 1]
+            opcode = b0 & 0x7F  # FIN is checked below, RSV bits are part of the opcode here
+            if not b0 & 0x80 or (opcode != 1 and opcode != 2) or not b1 & 0x80:
+                break
+            length = b1 & 0x7F
+            start = pos + 6
+            if length == 126:
+                if end - pos < 8:
+                    break
+                length = data[pos + 2] << 8 | data[pos + 3]
+                start = pos + 8
+            elif length == 127:
+                break
+            stop = start + length
+            if stop > end or length > limit:
+                break
+            payload = apply_mask(data[start:stop], data[start - 4:start])
+            if opcode == 1:
+                try:
+                    codecs.utf_8_decode(payload, "strict", True)
+                except UnicodeDecodeError:
+                    break  # websockets' parser takes it from here: 1007
+            pos = stop
+            self._receive(payload, opcode == 2)
+        return data[pos:] if pos else data
 
     def _inbox_has_room(self) -> None:
         """Parse what was held raw while the inbox was full; read again unless it filled again."""

@@ -678,8 +678,14 @@ class Hub:
 
     @staticmethod
     def _check_not_subscribed(state: _Channel, client_id: str) -> None:
-        if client_id in state.buffering or any(client_id in subs for _, subs in state.groups()):
+        # the groups of :meth:`_Channel.groups`, without its generators: once per subscribe
+        if client_id in state.buffering:
             raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
+        for groups in (state.by_wire, state.delta, state.pending):
+            if groups:
+                for subs in groups.values():
+                    if client_id in subs:
+                        raise ProtocolError(ErrorCode.ALREADY_SUBSCRIBED)
 
     def _add_subscriber(
         self, channel: str, state: _Channel, sub: Subscriber, ns: NamespaceOptions,

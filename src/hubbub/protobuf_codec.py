@@ -46,6 +46,11 @@ def publication_from_bytes(data: bytes) -> Publication:
     return Publication(one_line(data))
 
 
+#: method -> the serialized ``Reply`` with only that method's empty result (a bounded cache)
+_EMPTY_RESULTS: dict[str, bytes] = {}
+_MAX_EMPTY_RESULTS = 64
+
+
 def _delimited(payload: bytes) -> bytes:
     """``payload`` preceded by its length as a varint."""
     n = len(payload)
@@ -234,6 +239,17 @@ class ProtobufCodec:
             yield out
 
     def encode_reply(self, command_id: int, method: str, result: dict[str, Any]) -> bytes:
+        if not result and type(command_id) is int and 0 < command_id < 0x80:
+            # an empty result (subscribe, unsubscribe, ping...): ``id`` (field 1, serialized
+            # first) in one byte, then the method's empty message, made once per method
+            tail = _EMPTY_RESULTS.get(method)
+            if tail is None:
+                empty = pb.Reply()
+                getattr(empty, method).SetInParent()
+                tail = empty.SerializeToString()
+                if len(_EMPTY_RESULTS) < _MAX_EMPTY_RESULTS:
+                    _EMPTY_RESULTS[method] = tail
+            return _delimited(b"\x08%c%s" % (command_id, tail))
         reply = pb.Reply(id=command_id)
         _fill(getattr(reply, method), result)
         return _delimited(reply.SerializeToString())

@@ -70,6 +70,9 @@ class Router(Generic[T]):
 
     def __init__(self) -> None:
         self._routes: list[Route[T]] = []
+        #: the routes without parameters, by path: looked up before the patterns are tried (no two
+        #: routes overlap (:meth:`add`), so no other route matches such a path)
+        self._exact: dict[str, Route[T]] = {}
 
     def add(self, pattern: str, target: T, name: str = "") -> None:
         """Add a route.
@@ -84,13 +87,19 @@ class Router(Generic[T]):
             if other.pattern == pattern or other.overlaps(route):
                 raise RouteCollision(route, other)
         self._routes.append(route)
+        if not _PARAM.search(pattern):
+            self._exact[pattern] = route
 
     def remove(self, pattern: str) -> None:
         """Remove the route of ``pattern`` (no error if there is none)."""
         self._routes = [r for r in self._routes if r.pattern != pattern]
+        self._exact.pop(pattern, None)
 
     def match(self, path: str) -> tuple[T, dict[str, str]] | None:
         """The target and decoded parameters for ``path`` (without query), or ``None``."""
+        exact = self._exact.get(path)
+        if exact is not None:
+            return exact.target, {}
         for route in self._routes:
             m = route.regex.match(path)
             if m is not None:
