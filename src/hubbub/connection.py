@@ -23,11 +23,13 @@ import logging
 import sys
 import time
 import uuid
+from collections.abc import Generator
 from typing import Any, cast
 
 import h11
 import httptools
-from websockets.exceptions import InvalidHandshake
+from websockets.exceptions import InvalidHandshake, PayloadTooBig
+from websockets.exceptions import ProtocolError as WebSocketsProtocolError
 from websockets.frames import Close, Frame, Opcode
 from websockets.headers import parse_subprotocol
 from websockets.http11 import Request, Response
@@ -35,11 +37,6 @@ from websockets.protocol import Protocol as Protocol_
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 from websockets.streams import StreamReader
-
-try:  # websockets' C unmasking (its frames module picks it the same way), else its pure-Python one
-    from websockets.speedups import apply_mask
-except ImportError:  # pragma: no cover - websockets built without its C extension
-    from websockets.utils import apply_mask
 
 from .codes import DisconnectCode
 from .compression import extension_factories, negotiated_frames
@@ -100,6 +97,10 @@ _SHARED_WS_ID = uuid.UUID(int=0)
 _SERVER_PARSE_CODE = ServerProtocol.parse.__code__
 _PARSE_CODE = Protocol_.parse.__code__
 _AT_EOF_CODE = StreamReader.at_eof.__code__
+
+
+class _Incomplete(Exception):
+    """A frame that is not all in the data at hand (``Connection._plain_messages``)."""
 
 
 class _Partial:
@@ -739,47 +740,53 @@ class Connection(Writer, asyncio.Protocol):
 
     def _plain_messages(self, data: bytes) -> bytes:
         """Take the whole messages that start ``data`` on a quiet connection
-        (no websockets' protocol object: open, between frames, no extension,
-        nothing under way) and return the rest, which websockets parses as
-        before.
+        (no websockets' protocol object: open, between frames, nothing under
+        way) and return the rest, which websockets' protocol parses as before.
 
-        Taken: single-frame text or binary messages (FIN set, no RSV bit,
-        masked, a 7- or 16-bit length within ``max_message_size``, text valid
-        UTF-8), each complete in ``data``: what every client sends most of
-        the time. The first frame that is anything else (a control frame, a
-        fragment, a partial frame, an error to answer with 1002, 1007 or 1009)
-        and everything after it go to websockets, which starts at that frame
-        boundary as it would have after the frames before. No protocol object,
-        parser generator or frame object is made for a taken message.
+        Each frame is parsed by websockets' own frame parser
+        (:meth:`websockets.frames.Frame.parse`: opcode, masking, length,
+        ``max_message_size``, RSV bits and control-frame rules), without the
+        protocol object around it (``ServerProtocol``: its ``uuid4``, reader
+        and parser generators, 15 µs against 4 µs for one frame). Taken:
+        single-frame text or binary messages, text valid UTF-8, each complete
+        in ``data``: what every client sends most of the time. The first frame
+        that is anything else (a control frame, a fragment, a partial frame, a
+        compressed frame, an error to answer with 1002, 1007 or 1009) and
+        everything after it go to the protocol object, which starts at that
+        frame boundary as it would have after the frames before.
         """
         pos, end = 0, len(data)
+
+        def read_exact(n: int) -> Generator[None, None, bytes]:
+            nonlocal pos
+            if end - pos < n:
+                raise _Incomplete
+            pos += n
+            return data[pos - n:pos]
+            yield  # a generator, as Frame.parse reads with ``yield from``; never suspends
+
         limit = self.config.max_message_size
-        while end - pos >= 6:
-            b0, b1 = data[pos], data[pos + 1]
-            opcode = b0 & 0x7F  # FIN is checked below, RSV bits are part of the opcode here
-            if not b0 & 0x80 or (opcode != 1 and opcode != 2) or not b1 & 0x80:
+        taken = 0
+        while taken < end:
+            try:
+                next(Frame.parse(read_exact, mask=True, max_size=limit))
+                break  # pragma: no cover - read_exact never suspends
+            except StopIteration as parsed:
+                frame: Frame = parsed.value
+            except (_Incomplete, WebSocketsProtocolError, PayloadTooBig):
                 break
-            length = b1 & 0x7F
-            start = pos + 6
-            if length == 126:
-                if end - pos < 8:
-                    break
-                length = data[pos + 2] << 8 | data[pos + 3]
-                start = pos + 8
-            elif length == 127:
+            if not frame.fin or (frame.opcode is not Opcode.TEXT and frame.opcode is not Opcode.BINARY):
                 break
-            stop = start + length
-            if stop > end or length > limit:
-                break
-            payload = apply_mask(data[start:stop], data[start - 4:start])
-            if opcode == 1:
+            text = frame.opcode is Opcode.TEXT
+            payload = cast(bytes, frame.data)  # unmasked by websockets' apply_mask: bytes
+            if text:
                 try:
                     codecs.utf_8_decode(payload, "strict", True)
                 except UnicodeDecodeError:
-                    break  # websockets' parser takes it from here: 1007
-            pos = stop
-            self._receive(payload, opcode == 2)
-        return data[pos:] if pos else data
+                    break  # the protocol object takes it from here: 1007
+            taken = pos
+            self._receive(payload, not text)
+        return data[taken:] if taken else data
 
     def _inbox_has_room(self) -> None:
         """Parse what was held raw while the inbox was full; read again unless it filled again."""
