@@ -259,7 +259,7 @@ async def test_concurrent_recoveries_share_one_stream_read_and_each_takes_its_ow
             hub.subscribe("news", Subscriber("plain", wire, Inbox().deliver, Inbox().closed.append), ns=HISTORY),
         )
         assert broker.reads == [(0, None)]  # one read for all ten, from the smallest offset
-        for offset, result in zip(offsets, results):
+        for offset, result in zip(offsets, results[:len(offsets)], strict=True):
             assert result.recovered is True
             assert [p.offset for p in result.publications] == list(range(offset + 1, 9))
             assert result.position == top
@@ -285,7 +285,7 @@ async def test_a_subscriber_that_comes_after_a_read_was_sent_does_not_join_it() 
         broker.reads.clear()
         broker.gate = asyncio.Event()
         early = [asyncio.ensure_future(recover(hub, f"e{i}", StreamPosition(6, top.epoch), wire)) for i in range(2)]
-        await until(lambda: len(broker.reads) == 1, "the first read sent")
+        await until(lambda: len(broker.reads) >= 1, "the first read sent")
         await hub.publish("news", Publication(b"9"))  # after that read, before the late ones subscribe
         late = [asyncio.ensure_future(recover(hub, f"l{i}", StreamPosition(7, top.epoch), wire)) for i in range(2)]
         await asyncio.sleep(0)  # the late ones are waiting (no read of theirs can be sent while one is in flight)
@@ -293,7 +293,6 @@ async def test_a_subscriber_that_comes_after_a_read_was_sent_does_not_join_it() 
         broker.gate.set()
         early_results = await asyncio.gather(*early)
         late_results = await asyncio.gather(*late)
-        assert broker.reads == [(6, None), (7, None)]  # one read per group
         for result in early_results:  # 9 came through their buffers, after their read
             assert result.recovered is True
             assert [p.offset for p in result.publications] == [7, 8]
@@ -302,6 +301,7 @@ async def test_a_subscriber_that_comes_after_a_read_was_sent_does_not_join_it() 
             assert result.recovered is True
             assert [p.offset for p in result.publications + result.late] == [8, 9]
             assert result.position.offset == 9
+        assert broker.reads == [(6, None), (7, None)]  # one read per group
     finally:
         broker.gate = None
         await hub.close()
@@ -315,7 +315,7 @@ async def test_a_failed_shared_read_fails_every_joiner_and_one_gone_joiner_cance
         broker.reads.clear()
         broker.gate, broker.fail = asyncio.Event(), BrokerError("redis history failed")
         joiners = [asyncio.ensure_future(recover(hub, f"c{i}", StreamPosition(2, top.epoch), wire)) for i in range(3)]
-        await until(lambda: len(broker.reads) == 1, "the read sent")
+        await until(lambda: len(broker.reads) >= 1, "the read sent")
         joiners[0].cancel()  # its client went away: the others still get the read's outcome
         broker.gate.set()
         outcomes = await asyncio.gather(*joiners, return_exceptions=True)
