@@ -3,18 +3,22 @@ one queue operation per subscriber per iteration, and subscriptions come and go 
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from hubbub.brokers.base import Publication
+from hubbub.brokers.base import HistoryResult, Publication, StreamPosition
 from hubbub.brokers.memory import MemoryBroker
 from hubbub.codes import ErrorCode
 from hubbub.config import Config, NamespaceOptions
-from hubbub.errors import ProtocolError
+from hubbub.errors import BrokerError, ProtocolError
 from hubbub.hub import Hub, Subscriber
 from hubbub.outbox import FrameBatch
+
+from .conftest import TIMEOUT, until
 
 NS = NamespaceOptions()
 
@@ -189,4 +193,140 @@ async def test_subscribers_that_read_the_stream_ahead_of_pub_sub_do_not_get_a_pu
         assert first.received() == [b"j:1;", b"j:2;"]
         assert [inbox.received() for inbox in late] == [[b"j:2;"], [b"j:2;"]]
     finally:
+        await hub.close()
+
+
+# -- recovery: one stream read shared by the subscribers that recover at the same time ----------------------
+
+
+class GatedBroker(MemoryBroker):
+    """A memory broker whose stream reads are counted and, while ``gate`` is set,
+    answered only when it opens. The stream is read when the call is made (Redis runs
+    the script when the command arrives); only the answer waits."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: list[tuple[int | None, int | None]] = []  # (since offset, limit) of each read
+        self.gate: asyncio.Event | None = None
+        self.fail: BrokerError | None = None
+
+    async def history(self, channel: str, *, since: StreamPosition | None = None, limit: int | None = None,
+                      reverse: bool = False, history_ttl: float = 0.0) -> HistoryResult:
+        self.reads.append((None if since is None else since.offset, limit))
+        result = await super().history(channel, since=since, limit=limit, reverse=reverse, history_ttl=history_ttl)
+        if self.gate is not None:
+            await asyncio.wait_for(self.gate.wait(), TIMEOUT)
+        if self.fail is not None:
+            raise self.fail
+        return result
+
+
+HISTORY = NamespaceOptions(history_size=10, history_ttl=60)
+
+
+async def recovering_hub() -> tuple[Hub, GatedBroker, StreamPosition]:
+    """A hub whose channel "news" holds publications 1..8 of a stream with history size 10."""
+    broker = GatedBroker()
+    hub = Hub(Config(channels=HISTORY), broker)
+    await hub.start()
+    for i in range(1, 9):
+        await hub.publish("news", Publication(b"%d" % i))
+    position = (await broker.history("news", limit=0)).position
+    broker.reads.clear()
+    return hub, broker, position
+
+
+def recover(hub: Hub, client_id: str, since: StreamPosition, wire: CountingWire) -> Any:
+    inbox = Inbox()
+    return hub.subscribe("news", Subscriber(client_id, wire, inbox.deliver, inbox.closed.append, recoverable=True),
+                         ns=HISTORY, recover_since=since)
+
+
+async def test_concurrent_recoveries_share_one_stream_read_and_each_takes_its_own_slice() -> None:
+    """Workload 8 with recovery: 15,000 clients read and decoded the same publications,
+    one Redis round trip each (25 % of the storm's CPU). Those that recover together
+    share one read, from the smallest offset among them."""
+    hub, broker, top = await recovering_hub()
+    try:
+        wire = CountingWire("j")
+        await recover(hub, "warm", top, wire)  # the channel exists: the next ones only read the stream
+        broker.reads.clear()
+        offsets = [8, 7, 5, 3, 1, 0, 5]
+        results = await asyncio.gather(
+            *[recover(hub, f"c{i}", StreamPosition(o, top.epoch), wire) for i, o in enumerate(offsets)],
+            recover(hub, "other-epoch", StreamPosition(3, "not-" + top.epoch), wire),
+            recover(hub, "ahead", StreamPosition(9, top.epoch), wire),
+            hub.subscribe("news", Subscriber("plain", wire, Inbox().deliver, Inbox().closed.append), ns=HISTORY),
+        )
+        assert broker.reads == [(0, None)]  # one read for all ten, from the smallest offset
+        for offset, result in zip(offsets, results[:len(offsets)], strict=True):
+            assert result.recovered is True
+            assert [p.offset for p in result.publications] == list(range(offset + 1, 9))
+            assert result.position == top
+        other, ahead, plain = results[-3:]
+        assert other.recovered is False and other.publications == []
+        assert ahead.recovered is False and ahead.publications == []
+        assert plain.position == top and plain.publications == []
+        # the same Publication objects (decoded once), each subscriber its own list
+        assert results[5].publications[3] is results[4].publications[2]
+        assert results[5].publications is not results[3].publications
+    finally:
+        await hub.close()
+
+
+async def test_a_subscriber_that_comes_after_a_read_was_sent_does_not_join_it() -> None:
+    """A publication between a read already sent and a later subscriber's buffer start
+    is neither in that read nor in that buffer: the later subscriber must wait for the
+    next read (joining the sent one loses the publication)."""
+    hub, broker, top = await recovering_hub()
+    try:
+        wire = CountingWire("j")
+        await recover(hub, "warm", top, wire)
+        broker.reads.clear()
+        broker.gate = asyncio.Event()
+        early = [asyncio.ensure_future(recover(hub, f"e{i}", StreamPosition(6, top.epoch), wire)) for i in range(2)]
+        await until(lambda: len(broker.reads) >= 1, "the first read sent")
+        await hub.publish("news", Publication(b"9"))  # after that read, before the late ones subscribe
+        late = [asyncio.ensure_future(recover(hub, f"l{i}", StreamPosition(7, top.epoch), wire)) for i in range(2)]
+        await asyncio.sleep(0)  # the late ones are waiting (no read of theirs can be sent while one is in flight)
+        assert len(broker.reads) == 1
+        broker.gate.set()
+        early_results = await asyncio.gather(*early)
+        late_results = await asyncio.gather(*late)
+        for result in early_results:  # 9 came through their buffers, after their read
+            assert result.recovered is True
+            assert [p.offset for p in result.publications] == [7, 8]
+            assert [p.offset for p in result.late] == [9]
+        for result in late_results:  # 9 is in their own read
+            assert result.recovered is True
+            assert [p.offset for p in result.publications + result.late] == [8, 9]
+            assert result.position.offset == 9
+        assert broker.reads == [(6, None), (7, None)]  # one read per group
+    finally:
+        broker.gate = None
+        await hub.close()
+
+
+async def test_a_failed_shared_read_fails_every_joiner_and_one_gone_joiner_cancels_nothing() -> None:
+    hub, broker, top = await recovering_hub()
+    try:
+        wire = CountingWire("j")
+        await recover(hub, "warm", top, wire)
+        broker.reads.clear()
+        broker.gate, broker.fail = asyncio.Event(), BrokerError("redis history failed")
+        joiners = [asyncio.ensure_future(recover(hub, f"c{i}", StreamPosition(2, top.epoch), wire)) for i in range(3)]
+        await until(lambda: len(broker.reads) >= 1, "the read sent")
+        joiners[0].cancel()  # its client went away: the others still get the read's outcome
+        broker.gate.set()
+        outcomes = await asyncio.gather(*joiners, return_exceptions=True)
+        assert isinstance(outcomes[0], asyncio.CancelledError)
+        for exc in outcomes[1:]:
+            assert isinstance(exc, ProtocolError) and exc.code == ErrorCode.INTERNAL and exc.temporary
+            assert "redis history failed" in exc.message
+        assert hub.channels() == {"news": 1}  # only "warm": the failed ones were not added
+        broker.fail = None
+        result = await recover(hub, "again", StreamPosition(2, top.epoch), wire)
+        assert [p.offset for p in result.publications] == [3, 4, 5, 6, 7, 8]
+    finally:
+        broker.gate = None
         await hub.close()

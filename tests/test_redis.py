@@ -23,16 +23,17 @@ import websockets
 from redis import exceptions as redis_errors
 
 from hubbub.brokers import create_broker
-from hubbub.brokers.base import ClientInfo, Publication
+from hubbub.brokers.base import ClientInfo, HistoryResult, Publication, StreamPosition
 from hubbub.brokers.redis import RedisBroker
-from hubbub.config import NamespaceOptions
+from hubbub.config import Config, NamespaceOptions
 from hubbub.errors import BrokerUnavailable, ConfigError
-from hubbub.hub import Hub
+from hubbub.hub import Hub, Subscriber
 from hubbub.server import Server
 
 from .conftest import TIMEOUT, ProtoClient, ServeProcess, make_config, proto_client, until
 from .redis_server import RedisServer, redis_server  # noqa: F401
 from .test_broker_contract import Recorder
+from .test_hub import CountingWire
 
 CHAT = {"history_size": 100, "history_ttl": 300.0, "presence": True, "join_leave": True, "force_recovery": True}
 CHAT_TOML = """
@@ -294,6 +295,53 @@ async def test_publication_missed_by_a_node_is_recovered(
     finally:
         for server in servers:
             await server.close()
+
+
+class CountingRedisBroker(RedisBroker):
+    """A Redis broker that counts its stream reads."""
+
+    reads = 0
+
+    async def history(self, channel: str, **kw: Any) -> HistoryResult:
+        self.reads += 1
+        return await super().history(channel, **kw)
+
+
+async def test_clients_recovering_together_share_one_redis_read(redis_server: RedisServer) -> None:  # noqa: F811
+    """Workload 8 with recovery: every client read and decoded the same publications
+    again, one Redis round trip each. Recoveries that come together now make one read;
+    each client still gets exactly what it missed, from its own offset."""
+    history = NamespaceOptions(history_size=50, history_ttl=60)
+    config = Config(channels=history)
+    publisher = Hub(config, RedisBroker(redis_server.url))
+    broker = CountingRedisBroker(redis_server.url)
+    hub = Hub(config, broker)
+    await publisher.start()
+    await hub.start()
+    try:
+        def recover(client_id: str, since: StreamPosition) -> Any:
+            return hub.subscribe("news", Subscriber(client_id, wire, lambda frame: None, lambda code: None,
+                                                    recoverable=True), ns=history, recover_since=since)
+
+        wire = CountingWire("j")
+        first = await publisher.publish("news", {"n": 1})
+        warm = await recover("warm", StreamPosition(0, first.epoch))
+        assert warm.recovered and [p.value() for p in warm.publications] == [{"n": 1}]
+        for n in range(2, 21):
+            await publisher.publish("news", {"n": n})
+        broker.reads = 0
+        offsets = [0, 1, 5, 19, 20, 5, 10, 0]
+        results = await asyncio.gather(*[recover(f"c{i}", StreamPosition(o, first.epoch))
+                                         for i, o in enumerate(offsets)])
+        assert broker.reads == 1
+        for offset, result in zip(offsets, results[:len(offsets)], strict=True):
+            assert result.recovered is True
+            got = [(p.offset, p.value()) for p in result.publications + result.late]
+            assert got == [(n, {"n": n}) for n in range(offset + 1, 21)]
+        assert results[0].publications[7] is results[2].publications[2]  # decoded once, shared
+    finally:
+        await hub.close()
+        await publisher.close()
 
 
 # -- `hubbub serve` processes sharing Redis ----------------------------------------------------------------------

@@ -11,13 +11,14 @@ See ``docs/design.md``, "The write path" (1 and 2: encode once, shared
 from __future__ import annotations
 
 import asyncio
+import bisect
 import logging
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from . import fossil
-from .brokers.base import Broker, ClientInfo, Publication, PublishCallback, StreamPosition
+from .brokers.base import Broker, ClientInfo, HistoryResult, Publication, PublishCallback, StreamPosition
 from .codes import DisconnectCode, ErrorCode
 from .config import RECOVERY_MODE_CACHE, Config, NamespaceOptions
 from .errors import BrokerError, NotStarted, ProtocolError
@@ -160,6 +161,21 @@ class SubscribeResult:
     late: list[Publication] = field(default_factory=list)
 
 
+@dataclass(slots=True, eq=False)
+class _StreamRead:
+    """One stream read shared by the subscribers of a channel that joined it
+    before it was sent to the broker (each had its publication buffer started by
+    then). ``since``: the smallest offset among its recovering joiners (``None``
+    while it has none: a position-only read, ``limit=0``)."""
+
+    done: asyncio.Future[HistoryResult]
+    since: int | None = None
+
+
+def _offset(pub: Publication) -> int:
+    return pub.offset
+
+
 @dataclass(slots=True)
 class _Channel:
     by_wire: dict[Wire, dict[str, Subscriber]] = field(default_factory=dict)
@@ -183,6 +199,10 @@ class _Channel:
     pending: dict[DeltaWire, dict[str, Subscriber]] | None = None
     #: the last publication fanned out, kept while there are delta subscribers
     prev: Publication | None = None
+    #: the stream read that subscribers may still join (not sent to the broker yet)
+    open_read: _StreamRead | None = None
+    #: whether the channel's reader task runs (it sends ``open_read``, one read at a time)
+    reading: bool = False
 
     def groups(self) -> Iterator[tuple[Wire, dict[str, Subscriber]]]:
         """Every subscriber group: plain by wire, then delta, then pending delta."""
@@ -727,7 +747,7 @@ class Hub:
                 # Cache recovery: the newest publication only, whatever the client's offset.
                 history = await self.broker.history(channel, limit=1, reverse=True)
             else:
-                history = await self.broker.history(channel, since=since, limit=None if since else 0)
+                history = await self._shared_read(channel, state, since)
         except BrokerError as exc:
             raise ProtocolError(ErrorCode.INTERNAL, f"broker error: {exc}", temporary=True) from exc
         finally:
@@ -748,7 +768,10 @@ class Hub:
             else:
                 result.recovered = 0 < since.offset == top.offset and since.epoch == top.epoch
         elif since is not None:
+            # read from the smallest offset among the read's joiners: this subscriber's own slice
+            # (a list of its own; the Publication objects are shared)
             pubs = history.publications
+            pubs = pubs[bisect.bisect_right(pubs, since.offset, key=_offset):]
             missed = top.offset - since.offset
             result.recovered = (
                 since.epoch in ("", top.epoch)
@@ -765,6 +788,62 @@ class Hub:
         if late:
             result.position = StreamPosition(late[-1].offset, top.epoch)
         return result
+
+    async def _shared_read(self, channel: str, state: _Channel, since: StreamPosition | None) -> HistoryResult:
+        """Read ``channel``'s stream for a subscriber whose publication buffer
+        is started: its position, and with ``since`` every publication after
+        ``since.offset`` (possibly more, from an earlier offset: the caller
+        takes its slice).
+
+        Single flight per channel: the subscribers that come while no read is
+        sent share the next one (one broker round trip, one decode, the same
+        :class:`Publication` objects). A read already sent is never joined: a
+        publication between it and a later buffer start would be lost.
+
+        Raises:
+            BrokerError: the read failed (every joiner of that read gets it).
+        """
+        read = state.open_read
+        if read is None:
+            read = state.open_read = _StreamRead(asyncio.get_running_loop().create_future())
+        if since is not None and (read.since is None or since.offset < read.since):
+            read.since = since.offset
+        if not state.reading:
+            state.reading = True
+            self._spawn(self._send_reads(channel, state), f"stream reads of {channel!r}")
+        # shielded: a joiner that goes away (cancelled) must not cancel the others' read
+        return await asyncio.shield(read.done)
+
+    async def _send_reads(self, channel: str, state: _Channel) -> None:
+        """The channel's reader: sends its open read, one at a time, until
+        no subscriber waits for one. Started by :meth:`_shared_read`; it runs
+        first in the next loop iteration, so the subscribers of this one share
+        the first read."""
+        read: _StreamRead | None = None
+        try:
+            while (read := state.open_read) is not None:
+                state.open_read = None  # sent from here on: later subscribers open the next read
+                done = read.done
+                try:
+                    if read.since is None:
+                        result = await self.broker.history(channel, limit=0)
+                    else:
+                        result = await self.broker.history(channel, since=StreamPosition(read.since), limit=None)
+                except Exception as exc:
+                    if not done.done():
+                        done.set_exception(exc)
+                        done.exception()  # retrieved: the joiners that are still there raise it
+                else:
+                    if not done.done():
+                        done.set_result(result)
+                read = None
+        finally:
+            state.reading = False
+            for pending in (read, state.open_read):  # cancelled (the hub closes): nobody sends them
+                if pending is not None and not pending.done.done():
+                    pending.done.set_exception(BrokerError("the hub stopped while reading the stream"))
+                    pending.done.exception()
+            state.open_read = None
 
     def unsubscribe(self, channel: str, client_id: str, *, info: ClientInfo | None = None) -> bool:
         """Remove ``client_id`` from ``channel``. Returns whether it was subscribed.
