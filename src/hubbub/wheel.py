@@ -50,7 +50,10 @@ class Wheel(Generic[T]):
         self.slots = max(1, math.ceil(period / resolution - 1e-9))
         #: seconds between two calls of :meth:`turn` for each item to be visited once per ``period``
         self.tick = period / self.slots
-        self._buckets: list[set[T]] = [set() for _ in range(self.slots)]
+        # lists, not sets: 8 bytes per item where a set's table cost 80 (idle memory,
+        # docs/benchmarks.md workload 4); a slot holds tens to hundreds of items, so
+        # finding one to discard is a short scan in C
+        self._buckets: list[list[T]] = [[] for _ in range(self.slots)]
         self._added = 0  # round-robin over the far half of the wheel
         self._next = 0  # the slot the next turn visits
         self._size = 0
@@ -58,24 +61,28 @@ class Wheel(Generic[T]):
     def add(self, item: T) -> int:
         """Put ``item`` in a slot half a period to a period ahead (round-robin over
         them); returns its slot, which :meth:`discard` needs (the caller keeps it,
-        e.g. ``conn.ping_slot``)."""
+        e.g. ``conn.ping_slot``). The caller adds an item once (until it is
+        discarded): the wheel does not look for it first."""
         near = self.slots // 2  # slots visited in less than half a period: not these
         far = self.slots - near
         slot = (self._next + near + self._added % far) % self.slots
         self._added = (self._added + 1) % far
-        bucket = self._buckets[slot]
-        if item not in bucket:
-            bucket.add(item)
-            self._size += 1
+        self._buckets[slot].append(item)
+        self._size += 1
         return slot
 
     def discard(self, item: T, slot: int) -> None:
         """Take ``item`` out of ``slot`` (nothing happens if it is not there)."""
         if 0 <= slot < self.slots:
             bucket = self._buckets[slot]
-            if item in bucket:
-                bucket.remove(item)
-                self._size -= 1
+            try:
+                index = bucket.index(item)
+            except ValueError:
+                return
+            last = bucket.pop()  # the order within a slot does not matter: the last fills the gap
+            if index < len(bucket):
+                bucket[index] = last
+            self._size -= 1
 
     def turn(self) -> int:
         """Advance one slot; returns the slot visited (its items: :meth:`items`)."""
