@@ -158,16 +158,20 @@ class JSONCodec:
         return b'{"id":%d,%s:%s}' % (command_id, dumps(method), body)
 
     @staticmethod
-    def _publication_json(pub: Publication) -> bytes:
+    def _publication_json(pub: Publication, data: bytes | None = None, delta: bool = False) -> bytes:
         """``pub`` as the protocol's ``Publication`` object (``pub.to_json()`` encoded), built
-        from its JSON bytes without decoding them: a push's ``pub`` and a reply's ``publications``."""
-        parts = [b'{"data":', pub.data]
+        from its JSON bytes without decoding them: a push's ``pub`` and a reply's
+        ``publications``. ``data``: the JSON to send as its data instead (a delta
+        subscriber's string); ``delta``: mark the data as a Fossil delta."""
+        parts = [b'{"data":', pub.data if data is None else data]
         if pub.offset:
             parts.append(b',"offset":%d' % pub.offset)
         if pub.info is not None:
             parts.append(b',"info":' + dumps(pub.info.to_json()))
         if pub.tags:
             parts.append(b',"tags":' + dumps(pub.tags))
+        if delta:
+            parts.append(b',"delta":true')
         parts.append(b"}")
         return b"".join(parts)
 
@@ -193,17 +197,8 @@ class JSONCodec:
 
     def encode_publication_delta(self, channel: str, pub: Publication, data: bytes, delta: bool) -> bytes:
         """As :meth:`encode_publication`, with ``data`` a JSON string (and ``"delta":true``)."""
-        parts = [b'{"push":{"channel":', dumps(channel), b',"pub":{"data":', dumps(data.decode("utf-8"))]
-        if pub.offset:
-            parts.append(b',"offset":%d' % pub.offset)
-        if pub.info is not None:
-            parts.append(b',"info":' + dumps(pub.info.to_json()))
-        if pub.tags:
-            parts.append(b',"tags":' + dumps(pub.tags))
-        if delta:
-            parts.append(b',"delta":true')
-        parts.append(b"}}}")
-        return b"".join(parts)
+        body = self._publication_json(pub, dumps(data.decode("utf-8")), delta)
+        return b'{"push":{"channel":%s,"pub":%s}}' % (dumps(channel), body)
 
     def delta_reply_publication(self, pub: Publication) -> Any:
         out = pub.to_json()
