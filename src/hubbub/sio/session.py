@@ -589,26 +589,20 @@ class SocketIOSession(ClientCore):
             await self.enter_room(conn, conn.sid)
             await self.handlers.connect(self, namespace, conn.sid, auth)
         except ConnectRefused as exc:
-            self.namespaces.pop(namespace, None)
-            self._forget_rooms(conn)
             body: dict[str, Any] = {"message": exc.message}
             if exc.data is not None:
                 body["data"] = exc.data
-            self.send_packet(PacketType.CONNECT_ERROR, namespace, body)
+            self._refuse_connect(conn, namespace, body)
             return
         except (ProtocolError, BadRequest) as exc:
-            self.namespaces.pop(namespace, None)
-            self._forget_rooms(conn)
-            self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": exc.message, "data": {"code": exc.code}})
+            self._refuse_connect(conn, namespace, {"message": exc.message, "data": {"code": exc.code}})
             return
         except Disconnect:
             self.namespaces.pop(namespace, None)
             raise
         except Exception:
             log.exception("error in socket.io connect handler")
-            self.namespaces.pop(namespace, None)
-            self._forget_rooms(conn)
-            self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": "internal server error"})
+            self._refuse_connect(conn, namespace, {"message": "internal server error"})
             return
         if self.namespaces.get(namespace) is not conn:  # the handler disconnected it
             return
@@ -717,6 +711,13 @@ class SocketIOSession(ClientCore):
         conn.rooms.discard(room)
         self.leave(room_channel(conn.namespace, room))
 
+    def _refuse_connect(self, conn: NamespaceConnection, namespace: str, body: dict[str, Any]) -> None:
+        """Take back a namespace connect that a handler or a rule refused (the namespace and
+        the rooms it entered) and answer CONNECT_ERROR with ``body``."""
+        self.namespaces.pop(namespace, None)
+        self._forget_rooms(conn)
+        self.send_packet(PacketType.CONNECT_ERROR, namespace, body)
+
     def _forget_rooms(self, conn: NamespaceConnection) -> None:
         for room in list(conn.rooms):
             self.leave_room(conn, room)
@@ -784,15 +785,11 @@ class SocketIOSession(ClientCore):
         try:
             await self.handlers.connect(self, namespace, conn.sid, auth)
         except ConnectRefused as exc:
-            self.namespaces.pop(namespace, None)
-            self._forget_rooms(conn)
-            self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": exc.message, "data": exc.data})
+            self._refuse_connect(conn, namespace, {"message": exc.message, "data": exc.data})
             return
         except Exception:
             log.exception("error in socket.io connect handler")
-            self.namespaces.pop(namespace, None)
-            self._forget_rooms(conn)
-            self.send_packet(PacketType.CONNECT_ERROR, namespace, {"message": "internal server error"})
+            self._refuse_connect(conn, namespace, {"message": "internal server error"})
             return
         self.send_packet(PacketType.CONNECT, namespace, {"sid": conn.sid, "pid": pid})
         wire = self.wire
